@@ -1,0 +1,28 @@
+# Two entry points for a fresh machine (see README): `make demo` and `make test`.
+# Both create .venv with a Python 3.12 they find themselves (scripts/find-python.sh).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?= -n 2
+
+.PHONY: env demo test test-tensorflow test-jax benchmark clean
+
+env:
+	@scripts/setup-env.sh
+
+demo: env
+	$(PY) -m lsst.meas.madness.cli demo --output demo-output
+
+# The suite runs once per Keras backend; cross-backend agreement is tested from the first run.
+test: env test-tensorflow test-jax
+
+test-tensorflow: env
+	KERAS_BACKEND=tensorflow $(PY) -m pytest $(PYTEST_ARGS) tests
+
+test-jax: env
+	KERAS_BACKEND=jax $(PY) -m pytest $(PYTEST_ARGS) tests
+
+benchmark: env
+	$(PY) benchmarks/bench_deblend.py --output benchmarks/output
+
+clean:
+	rm -rf $(VENV) demo-output benchmarks/output

@@ -1,0 +1,134 @@
+"""The one place with Keras-backend-specific code: compiled value-and-gradient functions.
+
+Everything else (networks, the MAP objective, the Adam update) is written with ``keras.ops``
+or numpy. Only differentiation and compilation differ between backends: TensorFlow uses
+``tf.GradientTape`` inside ``tf.function``; JAX uses ``jax.value_and_grad`` inside ``jax.jit``
+with the models called statelessly, so their weights are arguments of the compiled function
+rather than constants baked into it. Backends are imported lazily, inside their branch.
+"""
+
+from __future__ import annotations
+
+__all__ = ["backend_name", "compile_value_and_grad", "compile_function", "device_description"]
+
+import os
+from collections.abc import Callable, Sequence
+
+import keras
+
+# Quiet TensorFlow/absl start-up chatter in one place (set before TensorFlow is imported).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def backend_name() -> str:
+    """Name of the active Keras backend (``"tensorflow"``, ``"jax"``, ...)."""
+    return keras.config.backend()
+
+
+def device_description() -> str:
+    """Human-readable list of the devices the active backend computes on."""
+    name = backend_name()
+    if name == "jax":
+        import jax
+
+        return ", ".join(f"{d.platform}:{d.id}" for d in jax.devices())
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_logical_devices("GPU")
+        return ", ".join(d.name for d in gpus) if gpus else "CPU"
+    return "unknown"
+
+
+def _stateless(model: keras.Model, variables: tuple) -> Callable:
+    trainable, non_trainable = variables
+
+    def call(x):
+        outputs, _ = model.stateless_call(trainable, non_trainable, x)
+        return outputs
+
+    return call
+
+
+def _model_variables(models: Sequence[keras.Model]) -> list[tuple]:
+    return [
+        ([v.value for v in m.trainable_variables], [v.value for v in m.non_trainable_variables])
+        for m in models
+    ]
+
+
+def compile_value_and_grad(
+    loss_fn: Callable, models: Sequence[keras.Model]
+) -> Callable:
+    """Compile ``x, *data -> (per_item_loss, d sum(loss) / d x)``.
+
+    Parameters
+    ----------
+    loss_fn : callable
+        ``loss_fn(x, *data, calls=calls)`` returning a ``(batch,)`` tensor, written with
+        ``keras.ops``. ``calls`` holds one callable per model in ``models`` (same order),
+        to be used instead of calling the models directly.
+    models : sequence of `keras.Model`
+        Models whose weights are held fixed.
+
+    Returns
+    -------
+    fn : callable
+        ``fn(x, *data) -> (loss, grad)`` with backend tensors in and out.
+    """
+    name = backend_name()
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        calls = tuple(m.__call__ for m in models)
+
+        @tf.function(reduce_retracing=True)
+        def value_and_grad(x, *data):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = loss_fn(x, *data, calls=calls)
+                total = tf.reduce_sum(loss)
+            return loss, tape.gradient(total, x)
+
+        return value_and_grad
+
+    if name == "jax":
+        import jax
+
+        def total_loss(model_vars, x, *data):
+            calls = tuple(_stateless(m, v) for m, v in zip(models, model_vars))
+            loss = loss_fn(x, *data, calls=calls)
+            return loss.sum(), loss
+
+        grad_fn = jax.jit(jax.value_and_grad(total_loss, argnums=1, has_aux=True))
+
+        def value_and_grad(x, *data):
+            (_, loss), grad = grad_fn(_model_variables(models), x, *data)
+            return loss, grad
+
+        return value_and_grad
+
+    raise NotImplementedError(f"Keras backend {name!r} is not supported; use tensorflow or jax.")
+
+
+def compile_function(fn: Callable, models: Sequence[keras.Model]) -> Callable:
+    """Compile ``fn(*args, calls=calls)`` (no gradient) for the active backend.
+
+    Same conventions as `compile_value_and_grad`.
+    """
+    name = backend_name()
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        calls = tuple(m.__call__ for m in models)
+        return tf.function(lambda *args: fn(*args, calls=calls), reduce_retracing=True)
+    if name == "jax":
+        import jax
+
+        def pure(model_vars, *args):
+            calls = tuple(_stateless(m, v) for m, v in zip(models, model_vars))
+            return fn(*args, calls=calls)
+
+        jitted = jax.jit(pure)
+        return lambda *args: jitted(_model_variables(models), *args)
+    raise NotImplementedError(f"Keras backend {name!r} is not supported; use tensorflow or jax.")

@@ -1,0 +1,203 @@
+"""Validation of one blend's arrays and their conversion into what the MAP fit needs.
+
+What counts as bad input, and what happens to it:
+
+==================================  =========================================================
+wrong number of bands               `MadnessValueError`
+image/variance/mask shapes differ   `MadnessValueError`
+no peaks; NaN/inf peak coordinates  `MadnessValueError`
+peak outside the image              `MadnessValueError` naming the peaks (drop or flag them
+                                    before calling: the engine cannot place them)
+two peaks in the same pixel         `MadnessValueError` naming the pairs (their models would
+                                    be degenerate)
+more peaks than ``max_sources``     `MadnessRangeError` (the task flags ``tooManyPeaks``)
+NaN/inf pixel, NaN/inf/<=0 variance the pixel gets zero weight (excluded from the fit and
+or masked pixel                     zeroed in the encoder cutouts); counted per source in
+                                    ``masked_fraction``
+source with no usable pixel         per-source flag ``no_data``: its latents follow the prior
+stamp crossing the image edge       per-source flag ``edge``; the model is cropped in the fit
+no usable pixel in the whole blend  `MadnessNoDataError`
+==================================  =========================================================
+"""
+
+from __future__ import annotations
+
+__all__ = ["PreparedBlend", "prepare_blend"]
+
+import dataclasses
+
+import numpy as np
+
+from ..errors import MadnessNoDataError, MadnessRangeError, MadnessValueError
+from ..networks.normalization import LinearNormalization
+from .geometry import fit_region, peaks_to_pixels, stamp_origins
+
+
+@dataclasses.dataclass
+class PreparedBlend:
+    """One validated blend, normalised and cut to its fit region.
+
+    Attributes
+    ----------
+    image_shape : `tuple` [`int`, `int`]
+        ``(H, W)`` of the input image.
+    peaks_xy : `numpy.ndarray`
+        ``(n, 2)`` input peak positions, ``(x, y)`` pixels.
+    origins : `numpy.ndarray`
+        ``(n, 2)`` ``(y0, x0)`` of each source's stamp in image pixels.
+    region : `tuple`
+        ``(y0, x0, y1, x1)`` fit region in image pixels (end exclusive).
+    data : `numpy.ndarray`
+        ``(bands, h, w)`` float32 image of the region, network units, bad pixels zeroed.
+    weights : `numpy.ndarray`
+        ``(bands, h, w)`` float32 inverse variance in network units, zero for bad pixels.
+    cutouts : `numpy.ndarray`
+        ``(n, bands, S, S)`` float32 peak-centred cutouts, network units, zero off the image
+        and on bad pixels (the encoder's input).
+    edge, no_data : `numpy.ndarray`
+        ``(n,)`` bool flags: stamp crosses the image edge; stamp has no usable pixel.
+    masked_fraction : `numpy.ndarray`
+        ``(n,)`` fraction of the in-image stamp pixels (all bands) with zero weight.
+    """
+
+    image_shape: tuple[int, int]
+    peaks_xy: np.ndarray
+    origins: np.ndarray
+    region: tuple[int, int, int, int]
+    data: np.ndarray
+    weights: np.ndarray
+    cutouts: np.ndarray
+    edge: np.ndarray
+    no_data: np.ndarray
+    masked_fraction: np.ndarray
+
+    @property
+    def n_sources(self) -> int:
+        return len(self.peaks_xy)
+
+
+def _check_peaks(peaks_xy, image_shape, max_sources: int) -> tuple[np.ndarray, np.ndarray]:
+    peaks_xy = np.asarray(peaks_xy, dtype=np.float64)
+    if peaks_xy.ndim == 1 and peaks_xy.size == 2:
+        peaks_xy = peaks_xy[None, :]
+    if peaks_xy.ndim != 2 or peaks_xy.shape[1] != 2:
+        raise MadnessValueError(f"peaks_xy must have shape (n, 2) of (x, y) pixels; got {peaks_xy.shape}.")
+    n = len(peaks_xy)
+    if n == 0:
+        raise MadnessValueError("No peaks: a blend needs at least one peak to deblend.")
+    if n > max_sources:
+        raise MadnessRangeError(f"Too many peaks in one blend ({n}).", n, 1, max_sources)
+    if not np.all(np.isfinite(peaks_xy)):
+        bad = np.flatnonzero(~np.all(np.isfinite(peaks_xy), axis=1)).tolist()
+        raise MadnessValueError(f"Peaks {bad} have non-finite coordinates.")
+    pix = peaks_to_pixels(peaks_xy)
+    height, width = image_shape
+    off = (pix[:, 0] < 0) | (pix[:, 0] >= height) | (pix[:, 1] < 0) | (pix[:, 1] >= width)
+    if off.any():
+        idx = np.flatnonzero(off)
+        raise MadnessValueError(
+            f"Peaks {idx.tolist()} at (x, y) {peaks_xy[idx].tolist()} lie outside the {width}x{height} image."
+        )
+    _, first, counts = np.unique(pix, axis=0, return_index=True, return_counts=True)
+    if (counts > 1).any():
+        dup_pixels = {tuple(pix[i]) for i in first[counts > 1]}
+        groups = [np.flatnonzero((pix == p).all(axis=1)).tolist() for p in sorted(dup_pixels)]
+        raise MadnessValueError(f"Peaks {groups} fall in the same pixel; pass one peak per source.")
+    return peaks_xy, pix
+
+
+def prepare_blend(
+    image: np.ndarray,
+    peaks_xy: np.ndarray,
+    variance: np.ndarray,
+    mask: np.ndarray | None,
+    *,
+    num_bands: int,
+    stamp_size: int,
+    normalization: LinearNormalization,
+    max_sources: int,
+) -> PreparedBlend:
+    """Validate one blend and cut what the fit needs (see the module table for bad input).
+
+    Parameters
+    ----------
+    image : `numpy.ndarray`
+        ``(bands, H, W)`` image, flux units per pixel.
+    peaks_xy : `numpy.ndarray`
+        ``(n, 2)`` peak positions, ``(x, y)`` pixels in the image's frame.
+    variance : `numpy.ndarray`
+        ``(bands, H, W)`` per-pixel variance, flux units squared.
+    mask : `numpy.ndarray` or `None`
+        ``(bands, H, W)`` or ``(H, W)``, bool or integer: non-zero marks a bad pixel.
+    num_bands : `int`
+        Bands the model expects.
+    stamp_size : `int`
+        Model stamp side in pixels.
+    normalization : `LinearNormalization`
+        The model's flux normalisation.
+    max_sources : `int`
+        Largest accepted number of peaks.
+    """
+    image = np.asarray(image)
+    if image.ndim != 3:
+        raise MadnessValueError(f"image must be (bands, H, W); got shape {image.shape}.")
+    if image.shape[0] != num_bands:
+        raise MadnessValueError(
+            f"image has {image.shape[0]} bands but the model expects {num_bands}; "
+            "pass the bands in the model's order (see MadnessDeblender.bands)."
+        )
+    if variance is None:
+        raise MadnessValueError("variance is required: the fit weights pixels by their own inverse variance.")
+    variance = np.asarray(variance)
+    if variance.shape != image.shape:
+        raise MadnessValueError(f"variance shape {variance.shape} differs from image shape {image.shape}.")
+    bad = ~np.isfinite(image) | ~np.isfinite(variance) | ~(variance > 0)
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.shape == image.shape[1:]:
+            mask = np.broadcast_to(mask, image.shape)
+        if mask.shape != image.shape:
+            raise MadnessValueError(f"mask shape {mask.shape} matches neither {image.shape} nor {image.shape[1:]}.")
+        bad |= mask.astype(bool)
+
+    image_shape = image.shape[1:]
+    peaks_xy, pix = _check_peaks(peaks_xy, image_shape, max_sources)
+    origins = stamp_origins(pix, stamp_size)
+    y0, x0, y1, x1 = fit_region(origins, stamp_size, image_shape)
+
+    region_bad = bad[:, y0:y1, x0:x1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        weights = np.where(region_bad, 0.0, 1.0 / normalization.normalize_variance(variance[:, y0:y1, x0:x1]))
+    data = np.where(region_bad, 0.0, normalization.normalize(image[:, y0:y1, x0:x1]))
+    if not (weights > 0).any():
+        raise MadnessNoDataError(
+            "No usable pixel in the blend: every pixel is masked, non-finite or has non-positive variance."
+        )
+
+    # Encoder cutouts, zero off the image and on bad pixels; per-source bad-pixel statistics.
+    n = len(peaks_xy)
+    clean = np.where(bad, 0.0, image).astype(np.float32)
+    cutouts = np.zeros((n, num_bands, stamp_size, stamp_size), dtype=np.float32)
+    masked_fraction = np.zeros(n)
+    edge = np.zeros(n, dtype=bool)
+    height, width = image_shape
+    for i, (oy, ox) in enumerate(origins):
+        sy0, sx0 = max(oy, 0), max(ox, 0)
+        sy1, sx1 = min(oy + stamp_size, height), min(ox + stamp_size, width)
+        edge[i] = (sy0, sx0, sy1, sx1) != (oy, ox, oy + stamp_size, ox + stamp_size)
+        cutouts[i, :, sy0 - oy : sy1 - oy, sx0 - ox : sx1 - ox] = clean[:, sy0:sy1, sx0:sx1]
+        masked_fraction[i] = bad[:, sy0:sy1, sx0:sx1].mean()
+    cutouts = normalization.normalize(cutouts)
+
+    return PreparedBlend(
+        image_shape=tuple(image_shape),
+        peaks_xy=peaks_xy,
+        origins=origins,
+        region=(y0, x0, y1, x1),
+        data=data.astype(np.float32),
+        weights=weights.astype(np.float32),
+        cutouts=cutouts,
+        edge=edge,
+        no_data=masked_fraction >= 1.0,
+        masked_fraction=masked_fraction,
+    )

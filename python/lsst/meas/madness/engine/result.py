@@ -1,0 +1,98 @@
+"""What the deblender returns for one blend."""
+
+from __future__ import annotations
+
+__all__ = ["DeblendResult"]
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class DeblendResult:
+    """Per-source models, latents and diagnostics of one deblended blend.
+
+    Plain numpy arrays only, so results pickle and cross process boundaries.
+
+    Attributes
+    ----------
+    bands : `tuple` [`str`, ...]
+        Band of each model plane, in order.
+    image_shape : `tuple` [`int`, `int`]
+        ``(H, W)`` of the image that was deblended.
+    peaks_xy : `numpy.ndarray`
+        ``(n, 2)`` input peaks, ``(x, y)`` pixels.
+    stamp_yx0 : `numpy.ndarray`
+        ``(n, 2)`` ``(y0, x0)`` image pixel of each model stamp's first pixel. A stamp may
+        extend beyond the image (``edge``): `model_image` crops it.
+    models : `numpy.ndarray`
+        ``(n, bands, S, S)`` float32 model of each source, flux units per pixel.
+    latents, initial_latents : `numpy.ndarray`
+        ``(n, L)`` MAP latents and the VAE-deblender's initial latents.
+    log_prior : `numpy.ndarray`
+        ``(n,)`` flow log-density of the MAP latents.
+    chi2 : `numpy.ndarray`
+        ``(n, bands)`` reduced chi^2 of the blend residual over each source's stamp, per band
+        (mean of ``(y - model)^2 / variance`` over usable pixels; NaN where there is none).
+    n_iter : `int`
+        Optimisation steps taken.
+    converged : `bool`
+        `True` if the stopping rule stopped the blend before ``max_iter``.
+    objective_initial, objective_final : `float`
+        Objective (chi^2 / 2 minus log-prior) at the initial and the final latents.
+    loss_history : `numpy.ndarray`
+        ``(n_iter,)`` objective before each step.
+    edge, no_data : `numpy.ndarray`
+        ``(n,)`` bool: stamp crosses the image edge; stamp had no usable pixel (model from
+        the prior only).
+    masked_fraction : `numpy.ndarray`
+        ``(n,)`` fraction of in-image stamp pixels with zero weight.
+    """
+
+    bands: tuple[str, ...]
+    image_shape: tuple[int, int]
+    peaks_xy: np.ndarray
+    stamp_yx0: np.ndarray
+    models: np.ndarray
+    latents: np.ndarray
+    initial_latents: np.ndarray
+    log_prior: np.ndarray
+    chi2: np.ndarray
+    n_iter: int
+    converged: bool
+    objective_initial: float
+    objective_final: float
+    loss_history: np.ndarray
+    edge: np.ndarray
+    no_data: np.ndarray
+    masked_fraction: np.ndarray
+
+    @property
+    def n_sources(self) -> int:
+        """Number of sources."""
+        return len(self.peaks_xy)
+
+    @property
+    def stamp_size(self) -> int:
+        """Side of the model stamps in pixels."""
+        return self.models.shape[-1]
+
+    def source_image(self, index: int) -> np.ndarray:
+        """Model of source ``index`` painted on the image grid, ``(bands, H, W)``."""
+        return self._paint([index])
+
+    def model_image(self) -> np.ndarray:
+        """Sum of all source models on the image grid, ``(bands, H, W)``, cropped at the edges."""
+        return self._paint(range(self.n_sources))
+
+    def _paint(self, indices) -> np.ndarray:
+        height, width = self.image_shape
+        out = np.zeros((self.models.shape[1], height, width), dtype=np.float32)
+        s = self.stamp_size
+        for i in indices:
+            oy, ox = (int(v) for v in self.stamp_yx0[i])
+            y0, x0, y1, x1 = max(oy, 0), max(ox, 0), min(oy + s, height), min(ox + s, width)
+            if y1 > y0 and x1 > x0:
+                out[:, y0:y1, x0:x1] += self.models[i, :, y0 - oy : y1 - oy, x0 - ox : x1 - ox]
+        return out

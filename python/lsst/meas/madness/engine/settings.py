@@ -1,0 +1,91 @@
+"""Settings of the MAP optimisation (paper section 3.5), as one frozen dataclass.
+
+The engine never sees ``pex_config``: the Task maps its config fields to these keywords,
+the way GalSim objects take a ``GSParams``.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MapSettings"]
+
+import dataclasses
+
+from ..errors import MadnessRangeError
+
+
+@dataclasses.dataclass(frozen=True)
+class MapSettings:
+    """Knobs of the MAP deblender, with the paper's values as defaults.
+
+    Parameters
+    ----------
+    learning_rate : `float`
+        Initial Adam learning rate in latent units per step (0.05).
+    lr_decay : `float`
+        Factor applied to the learning rate every ``lr_decay_steps`` steps (0.8), in (0, 1].
+    lr_decay_steps : `int`
+        Steps between learning-rate decays (30).
+    max_iter : `int`
+        Maximum number of optimisation steps per blend (200).
+    min_iter : `int`
+        Steps before the stopping rule may stop a blend (40).
+    ewma_window : `int`
+        Window of the exponentially weighted moving average of the objective (15): the
+        EWMA uses ``alpha = 2 / (window + 1)``, and decreases are measured over this many steps.
+    rtol : `float`
+        A blend stops when its EWMA decreased, over the last ``ewma_window`` steps, by less than
+        ``rtol`` times its decrease over the first ``ewma_window`` steps (0.05).
+    prior_weight : `float`
+        Weight of the flow log-prior against the Gaussian log-likelihood (1: the posterior).
+    max_sources : `int`
+        Largest number of peaks accepted in one blend; more raises `MadnessRangeError` so the
+        caller can flag the parent (the task's ``maxNumberOfPeaks`` maps here).
+    batch_sources : `int`
+        Largest number of (padded) sources decoded in one compiled step when many blends are
+        deblended together; bounds memory (about 4 MB per source for the paper-size decoder).
+    compact : `bool`
+        Drop finished blends from the compiled batch (to power-of-two sizes, so few shapes
+        are compiled) once half of them have stopped.
+    adam_beta1, adam_beta2, adam_epsilon : `float`
+        Adam moments and epsilon (Keras defaults).
+    """
+
+    learning_rate: float = 0.05
+    lr_decay: float = 0.8
+    lr_decay_steps: int = 30
+    max_iter: int = 200
+    min_iter: int = 40
+    ewma_window: int = 15
+    rtol: float = 0.05
+    prior_weight: float = 1.0
+    max_sources: int = 100
+    batch_sources: int = 256
+    compact: bool = True
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-7
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("learning_rate", self.learning_rate, 0.0, None, False),
+            ("lr_decay", self.lr_decay, 0.0, 1.0, False),
+            ("lr_decay_steps", self.lr_decay_steps, 1, None, True),
+            ("max_iter", self.max_iter, 0, None, True),
+            ("min_iter", self.min_iter, 0, None, True),
+            ("ewma_window", self.ewma_window, 1, None, True),
+            ("rtol", self.rtol, 0.0, None, True),
+            ("prior_weight", self.prior_weight, 0.0, None, True),
+            ("max_sources", self.max_sources, 1, None, True),
+            ("batch_sources", self.batch_sources, 1, None, True),
+            ("adam_beta1", self.adam_beta1, 0.0, 1.0, True),
+            ("adam_beta2", self.adam_beta2, 0.0, 1.0, True),
+            ("adam_epsilon", self.adam_epsilon, 0.0, None, False),
+        ]
+        for name, value, lo, hi, inclusive_lo in checks:
+            too_low = value < lo if inclusive_lo else value <= lo
+            if too_low or (hi is not None and value > hi):
+                raise MadnessRangeError(f"MapSettings.{name} out of range.", value, lo, hi)
+
+    def replace(self, **changes) -> "MapSettings":
+        """Return a copy with ``changes`` applied (validated)."""
+        return dataclasses.replace(self, **changes)

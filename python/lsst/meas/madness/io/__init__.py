@@ -1,0 +1,3 @@
+"""Persistence: the versioned model bundle."""
+
+from .bundle import *
