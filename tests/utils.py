@@ -1,0 +1,82 @@
+"""Shared test helpers: synthetic galaxies with known truth and a small trained model."""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+import unittest
+from pathlib import Path
+
+import numpy as np
+
+BANDS = ("u", "g", "r", "i", "z", "y")
+STAMP = 45
+# Per-band sky variance (electrons^2 per pixel) of the order of LSST 10-year coadds.
+SKY_VARIANCE = np.array([60.0, 110.0, 280.0, 400.0, 550.0, 600.0])
+
+
+def synthetic_galaxies(n: int, seed: int, size: int = STAMP) -> np.ndarray:
+    """``(n, 6, size, size)`` centred elliptical exponential-like galaxies, electrons per pixel.
+
+    Fluxes 3e3-1e5 e- in r, half-light radii 1.5-4 px, ellipticities up to 0.5, smooth colours.
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size] - size // 2
+    flux = 10 ** rng.uniform(3.5, 5.0, n)
+    hlr = rng.uniform(1.5, 4.0, n)
+    e = rng.uniform(0, 0.5, n)
+    theta = rng.uniform(0, np.pi, n)
+    q = (1 - e) / (1 + e)
+    colour = rng.normal(0, 0.3, n)
+    sed = np.exp(colour[:, None] * np.linspace(-1, 1, 6)[None, :]) * np.array([0.3, 0.7, 1.0, 1.2, 1.3, 1.3])
+    c, s = np.cos(theta)[:, None, None], np.sin(theta)[:, None, None]
+    u = c * xx + s * yy
+    v = (-s * xx + c * yy) / q[:, None, None]
+    r = np.sqrt(u**2 + v**2 + 0.5)
+    profile = np.exp(-1.678 * r / hlr[:, None, None])
+    profile /= profile.sum(axis=(1, 2), keepdims=True)
+    return (flux[:, None, None, None] * sed[:, :, None, None] * profile[:, None]).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=1)
+def quick_bundle_path() -> Path:
+    """Directory of a small model trained (once per process) on `synthetic_galaxies`."""
+    from lsst.meas.madness.training import QuickTrainingConfig, train_quick_bundle
+
+    # Small and short: the truths of the engine tests are drawn by this decoder, so its
+    # reconstruction quality does not matter, only that it is smooth and galaxy-like.
+    stamps = synthetic_galaxies(640, seed=1)
+    config = QuickTrainingConfig(
+        encoder_filters=(8, 16, 32, 32), decoder_filters=(32, 16, 16), dense_units=64,
+        epochs=10, flow_epochs=20, batch_size=64, seed=3,
+    )
+    bundle = train_quick_bundle(stamps, SKY_VARIANCE, bands=BANDS, config=config,
+                                description="test fixture trained on synthetic galaxies")
+    path = Path(tempfile.mkdtemp(prefix="madness-test-bundle-")) / "bundle"
+    bundle.save(path)
+    return path
+
+
+def make_blend(deblender, latents, peaks_xy, shape, seed, variance=SKY_VARIANCE):
+    """Blend of decoder-drawn galaxies at ``peaks_xy`` plus Gaussian noise.
+
+    Returns image, variance, and per-source truth images on the image grid.
+    """
+    rng = np.random.default_rng(seed)
+    stamps = deblender.decode(latents)
+    truth = np.zeros((len(latents), 6, *shape), np.float32)
+    s = deblender.stamp_size
+    for i, (x, y) in enumerate(np.floor(np.asarray(peaks_xy) + 0.5).astype(int)):
+        oy, ox = y - s // 2, x - s // 2
+        y0, x0, y1, x1 = max(oy, 0), max(ox, 0), min(oy + s, shape[0]), min(ox + s, shape[1])
+        truth[i, :, y0:y1, x0:x1] = stamps[i, :, y0 - oy : y1 - oy, x0 - ox : x1 - ox]
+    var = np.broadcast_to(np.asarray(variance, np.float32)[:, None, None], (6, *shape)).copy()
+    image = truth.sum(0) + rng.normal(size=var.shape).astype(np.float32) * np.sqrt(var)
+    return image.astype(np.float32), var, truth
+
+
+class MadnessTestCase(unittest.TestCase):
+    """Assertions shared by the test modules."""
+
+    def assertImagesClose(self, a, b, rtol=1e-5, atol=1e-6, msg=None):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol, err_msg=msg or "")
