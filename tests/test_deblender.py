@@ -1,0 +1,127 @@
+"""MAP deblender: self-consistency on decoder-drawn blends, edges, masks, batching, determinism."""
+
+import pickle
+import unittest
+
+import lsst.utils.tests
+import numpy as np
+from lsst.meas.madness import MadnessDeblender, MapSettings
+from utils import make_blend, quick_bundle_path, synthetic_galaxies
+
+PEAKS = np.array([[30.0, 30.0], [38.0, 33.0], [27.0, 41.0]])
+
+
+class DeblenderTestCase(lsst.utils.tests.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.deblender = MadnessDeblender.from_bundle(quick_bundle_path())
+        gal = synthetic_galaxies(8, seed=99)
+        cls.latents = cls.deblender.initial_latents(cls.deblender.normalization.normalize(gal))
+
+    def _blend(self, peaks=PEAKS, shape=(70, 70), seed=5, latents=None):
+        latents = self.latents[: len(peaks)] if latents is None else latents
+        return make_blend(self.deblender, latents, peaks, shape, seed)
+
+    def test_self_consistency(self):
+        """Blends drawn from the decoder are recovered with flux errors at the noise level."""
+        image, var, truth = self._blend()
+        result = self.deblender.deblend(image, PEAKS, variance=var)
+        self.assertEqual(result.models.shape, (3, 6, 45, 45))
+        self.assertEqual(result.latents.shape, (3, 16))
+        self.assertLess(result.objective_final, result.objective_initial)
+        flux_true = truth.sum(axis=(2, 3))
+        flux_map = np.array([result.source_image(i) for i in range(3)]).sum(axis=(2, 3))
+        # Flux noise of a ~100-pixel aperture; the fit uses all pixels, so it should do better.
+        sigma = np.sqrt(var[:, 0, 0] * 100.0)
+        self.assertTrue((np.abs(flux_map - flux_true) < 3 * sigma).all(), (flux_map - flux_true) / sigma)
+        # No deblending (each source takes the blend's flux in its stamp) is far worse.
+        blended = np.array([(image * (t > 0)).sum(axis=(1, 2)) for t in truth])
+        self.assertLess(np.abs(flux_map - flux_true)[:, 2].mean(), 0.3 * np.abs(blended - flux_true)[:, 2].mean())
+        self.assertTrue(np.isfinite(result.log_prior).all())
+        self.assertTrue(((result.chi2 > 0.5) & (result.chi2 < 2.0)).all(), result.chi2)
+        np.testing.assert_allclose(result.model_image(), sum(result.source_image(i) for i in range(3)), atol=1e-3)
+        # The objective decreased along the way, on average.
+        self.assertLess(result.loss_history[-5:].mean(), result.loss_history[:5].mean())
+
+    def test_edge_sources(self):
+        """Sources whose stamps cross the image edge are cropped and fitted, not a crash."""
+        peaks = np.array([[2.0, 30.0], [30.0, 68.0], [40.0, 40.0]])
+        image, var, truth = self._blend(peaks=peaks)
+        result = self.deblender.deblend(image, peaks, variance=var)
+        self.assertEqual(result.edge.tolist(), [True, True, False])
+        self.assertTrue(np.isfinite(result.models).all())
+        flux_true = truth.sum(axis=(1, 2, 3))
+        flux_map = np.array([result.source_image(i).sum() for i in range(3)])
+        np.testing.assert_allclose(flux_map, flux_true, rtol=0.15)
+
+    def test_masked_pixels(self):
+        """NaN and masked pixels are ignored: the fit matches the unmasked one closely."""
+        image, var, truth = self._blend()
+        clean = self.deblender.deblend(image, PEAKS, variance=var)
+        dirty = image.copy()
+        dirty[:, 10:14, :] = np.nan
+        mask = np.zeros(image.shape[1:], np.uint16)
+        mask[50:55, 20:40] = 4  # e.g. a SAT bit
+        result = self.deblender.deblend(dirty, PEAKS, variance=var, mask=mask)
+        self.assertTrue(np.isfinite(result.models).all())
+        self.assertTrue((result.masked_fraction > 0).all())
+        flux_true = truth[:, 2].sum(axis=(1, 2))
+        flux = np.array([result.source_image(i)[2].sum() for i in range(3)])
+        flux_clean = np.array([clean.source_image(i)[2].sum() for i in range(3)])
+        np.testing.assert_allclose(flux, flux_true, rtol=0.1)
+        np.testing.assert_allclose(flux, flux_clean, rtol=0.1)
+
+    def test_batch_matches_single_and_padding_is_inert(self):
+        """A blend deblended inside a padded batch equals the blend alone; order is kept."""
+        settings = MapSettings(max_iter=30, min_iter=30)
+        image, var, _ = self._blend()
+        single_peaks = PEAKS[:1] + 5
+        image1, var1, _ = self._blend(peaks=single_peaks, shape=(60, 80), seed=6)
+        alone = self.deblender.deblend(image1, single_peaks, variance=var1, settings=settings)
+        batch = self.deblender.deblend_batch(
+            [dict(image=image, peaks_xy=PEAKS, variance=var), dict(image=image1, peaks_xy=single_peaks, variance=var1)],
+            settings=settings,
+        )
+        self.assertEqual([r.n_sources for r in batch], [3, 1])
+        np.testing.assert_allclose(batch[1].latents, alone.latents, atol=2e-3)
+        self.assertAlmostEqual(batch[1].objective_final, alone.objective_final, delta=1e-3 * abs(alone.objective_final))
+        np.testing.assert_allclose(batch[1].loss_history, alone.loss_history, rtol=1e-4)
+
+    def test_deterministic(self):
+        image, var, _ = self._blend()
+        settings = MapSettings(max_iter=20, min_iter=20)
+        a = self.deblender.deblend(image, PEAKS, variance=var, settings=settings)
+        b = self.deblender.deblend(image, PEAKS, variance=var, settings=settings)
+        np.testing.assert_array_equal(a.latents, b.latents)
+        np.testing.assert_array_equal(a.models, b.models)
+
+    def test_stopping_and_result_pickle(self):
+        image, var, _ = self._blend()
+        result = self.deblender.deblend(image, PEAKS, variance=var, settings=MapSettings(max_iter=300))
+        self.assertTrue(result.converged)
+        self.assertGreaterEqual(result.n_iter, 40)
+        self.assertLess(result.n_iter, 300)
+        self.assertEqual(len(result.loss_history), result.n_iter)
+        capped = self.deblender.deblend(image, PEAKS, variance=var, settings=MapSettings(max_iter=10))
+        self.assertEqual((capped.n_iter, capped.converged), (10, False))
+        clone = pickle.loads(pickle.dumps(result))
+        np.testing.assert_array_equal(clone.models, result.models)
+
+    def test_single_isolated_source(self):
+        peaks = np.array([[35.0, 35.0]])
+        image, var, truth = self._blend(peaks=peaks)
+        result = self.deblender.deblend(image, peaks, variance=var)
+        np.testing.assert_allclose(result.source_image(0).sum(), truth.sum(), rtol=0.05)
+
+
+class MemoryTester(lsst.utils.tests.MemoryTestCase):
+    pass
+
+
+def setup_module(module):
+    lsst.utils.tests.init()
+
+
+if __name__ == "__main__":
+    lsst.utils.tests.init()
+    unittest.main()

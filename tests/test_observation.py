@@ -1,0 +1,124 @@
+"""Bad input to the engine: which raises, which is flagged (engine/observation.py table)."""
+
+import pickle
+import unittest
+
+import lsst.utils.tests
+import numpy as np
+from lsst.meas.madness import (
+    MadnessNoDataError,
+    MadnessRangeError,
+    MadnessValueError,
+)
+from lsst.meas.madness.engine import EwmaStopping, MapSettings, placement_matrices, prepare_blend
+from lsst.meas.madness.errors import MadnessBlendError, MadnessBundleError, MadnessError
+from lsst.meas.madness.networks import LinearNormalization
+
+
+def _prepare(image=None, peaks=((20, 20),), variance=None, mask=None, max_sources=10):
+    image = np.ones((6, 60, 70), "f4") if image is None else image
+    variance = np.ones_like(image) * 100 if variance is None else variance
+    return prepare_blend(image, np.asarray(peaks, float), variance, mask, num_bands=6, stamp_size=45,
+                         normalization=LinearNormalization(), max_sources=max_sources)
+
+
+class BadInputTestCase(lsst.utils.tests.TestCase):
+    def test_raises(self):
+        with self.assertRaisesRegex(MadnessValueError, "expects 6"):
+            _prepare(image=np.ones((5, 60, 70), "f4"))
+        with self.assertRaisesRegex(MadnessValueError, "No peaks"):
+            _prepare(peaks=np.zeros((0, 2)))
+        with self.assertRaisesRegex(MadnessValueError, "outside"):
+            _prepare(peaks=[(20, 20), (75, 10)])
+        with self.assertRaisesRegex(MadnessValueError, "same pixel"):
+            _prepare(peaks=[(20, 20), (20.3, 19.8)])
+        with self.assertRaisesRegex(MadnessValueError, "non-finite"):
+            _prepare(peaks=[(np.nan, 3)])
+        with self.assertRaises(MadnessRangeError) as cm:
+            _prepare(peaks=[(i, 5) for i in range(11)])
+        self.assertEqual((cm.exception.value, cm.exception.max), (11, 10))
+        with self.assertRaisesRegex(MadnessValueError, "variance shape"):
+            _prepare(variance=np.ones((6, 10, 10)))
+        with self.assertRaisesRegex(MadnessValueError, "mask shape"):
+            _prepare(mask=np.zeros((3, 3), bool))
+        with self.assertRaises(MadnessNoDataError):
+            _prepare(variance=np.zeros((6, 60, 70), "f4"))
+        # Builtin bases let callers catch without importing our classes.
+        with self.assertRaises(ValueError):
+            _prepare(peaks=np.zeros((0, 2)))
+
+    def test_bad_pixels_get_zero_weight(self):
+        image = np.full((6, 60, 70), 50.0, "f4")
+        variance = np.full_like(image, 100.0)
+        image[0, 20, 20] = np.nan
+        variance[1, 21, 21] = -1.0
+        variance[2, 22, 22] = np.inf
+        mask = np.zeros((60, 70), bool)
+        mask[23, 23] = True
+        blend = _prepare(image=image, variance=variance, mask=mask, peaks=[(20, 20)])
+        y0, x0 = blend.region[:2]
+        self.assertEqual(blend.weights[0, 20 - y0, 20 - x0], 0)
+        self.assertEqual(blend.weights[1, 21 - y0, 21 - x0], 0)
+        self.assertEqual(blend.weights[2, 22 - y0, 22 - x0], 0)
+        self.assertTrue((blend.weights[:, 23 - y0, 23 - x0] == 0).all())
+        self.assertTrue(np.isfinite(blend.data).all() and np.isfinite(blend.cutouts).all())
+        np.testing.assert_allclose(blend.weights[3, 0, 0], 1e8 / 100.0, rtol=1e-6)  # network units
+        self.assertGreater(blend.masked_fraction[0], 0)
+
+    def test_edge_and_no_data_flags(self):
+        image = np.ones((6, 60, 70), "f4")
+        mask = np.zeros((60, 70), bool)
+        mask[:, 45:] = True  # everything the second source's stamp sees inside the image
+        blend = _prepare(image=image, mask=mask, peaks=[(22, 30), (3, 57)])
+        self.assertEqual(blend.edge.tolist(), [False, True])
+        blend2 = _prepare(image=image, mask=np.ones((60, 70), bool) & (np.arange(70) >= 40)[None, :],
+                          peaks=[(10, 30), (65, 30)])
+        self.assertEqual(blend2.no_data.tolist(), [False, True])
+        # The region is clipped to the image; cutouts are zero off the image.
+        self.assertEqual(blend.region, (8, 0, 60, 45))
+        self.assertEqual(float(blend.cutouts[1, 0, 0, 0]), 0.0)
+
+
+class SmallPiecesTestCase(lsst.utils.tests.TestCase):
+    def test_placement_crops(self):
+        m = placement_matrices(np.array([-2, 3]), 5, 4)
+        stamp = np.arange(4.0)
+        np.testing.assert_array_equal(m[0] @ stamp, [2, 3, 0, 0, 0])
+        np.testing.assert_array_equal(m[1] @ stamp, [0, 0, 0, 0, 1])
+
+    def test_stopping(self):
+        rule = EwmaStopping(2, window=15, rtol=0.05, min_iter=40)
+        for t in range(80):
+            stop = rule.update(np.array([1e4 * np.exp(-t / 3.0) + 10, 1e4 - 100 * t]))
+        self.assertEqual(stop.tolist(), [True, False])
+        early = EwmaStopping(1, window=15, rtol=0.05, min_iter=40)
+        self.assertFalse(any(early.update(np.array([1.0]))[0] for _ in range(39)))
+
+    def test_settings_validated(self):
+        with self.assertRaises(MadnessRangeError):
+            MapSettings(learning_rate=-1)
+        with self.assertRaises(MadnessRangeError):
+            MapSettings(lr_decay=1.5)
+        self.assertEqual(MapSettings().replace(max_iter=5).max_iter, 5)
+
+    def test_errors_pickle(self):
+        for exc in [MadnessValueError("x"), MadnessRangeError("r", 3, 0, 2), MadnessBundleError("b"),
+                    MadnessBlendError("m", 42, "deblend_failed")]:
+            clone = pickle.loads(pickle.dumps(exc))
+            self.assertIs(type(clone), type(exc))
+            self.assertEqual(str(clone), str(exc))
+            self.assertIsInstance(clone, MadnessError)
+        self.assertEqual(pickle.loads(pickle.dumps(MadnessBlendError("m", 42))).parent_id, 42)
+
+
+class MemoryTester(lsst.utils.tests.MemoryTestCase):
+    pass
+
+
+def setup_module(module):
+    lsst.utils.tests.init()
+
+
+if __name__ == "__main__":
+    lsst.utils.tests.init()
+    unittest.main()
