@@ -87,7 +87,9 @@ def draw_galaxies(n: int, seed: int, conditions: LsstConditions, stamp_size: int
     bulge_frac = rng.uniform(0.0, 0.6, n)
     g = rng.uniform(0, 0.6, n) * np.exp(2j * rng.uniform(0, np.pi, n))
     # Colours relative to r (u g r i z y), scattered per galaxy.
-    colours = np.array([1.2, 0.5, 0.0, -0.3, -0.45, -0.55])[None, :] + rng.normal(0, 0.2, (n, 1)) * np.linspace(1, -1, 6)
+    # The scatter tilts the SED about r, so mag_r is the r magnitude.
+    tilt = np.array([1.0, 0.5, 0.0, -0.3, -0.6, -0.9])
+    colours = np.array([1.2, 0.5, 0.0, -0.3, -0.45, -0.55])[None, :] + rng.normal(0, 0.2, (n, 1)) * tilt
     stamps = np.zeros((n, len(conditions.bands), stamp_size, stamp_size), np.float32)
     offsets = np.zeros((n, 2)) if offsets is None else np.asarray(offsets)
     psfs = [galsim.Kolmogorov(fwhm=f) for f in conditions.psf_fwhm]
@@ -154,7 +156,8 @@ def run_demo(output: str | Path, *, n_train: int = 1500, seed: int = 0, n_blend:
     flux_map = np.array([result.source_image(i)[r].sum() for i in range(n_blend)])
     init_models = deblender.decode(result.initial_latents)
     flux_init = init_models[:, r].sum(axis=(1, 2))
-    # No deblending: every source claims all flux of the noiseless blend inside its own support.
+    # No deblending: every source claims all flux of the noiseless blend inside its own support
+    # (pixels above 1% of its peak), i.e. what a footprint on the undeblended scene would see.
     support = truth[:, r] > 0.01 * truth[:, r].max(axis=(1, 2), keepdims=True)
     flux_blended = np.array([(truth[:, r].sum(0) * s).sum() for s in support])
     rel = lambda f: np.abs(f / flux_true - 1)  # noqa: E731
@@ -225,8 +228,11 @@ def _plot(path: Path, image_r, result, truth_r, r: int) -> None:
         if i >= n:
             ax.axis("off")
             continue
+        # Truth and model side by side, cut to the source's stamp.
         src = result.source_image(i)[r]
-        ax.imshow(np.hstack([truth_r[i], src]), origin="lower", cmap="magma")
+        oy, ox = (max(int(v), 0) for v in result.stamp_yx0[i])
+        cut = np.s_[oy : oy + result.stamp_size, ox : ox + result.stamp_size]
+        ax.imshow(np.hstack([truth_r[i][cut], src[cut]]), origin="lower", cmap="magma")
         ax.set_title(f"source {i}: truth | model")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
