@@ -408,9 +408,27 @@ class MadnessDeblender:
                 selection = np.concatenate([ids, np.full(size - n_active, ids[0])])
                 selected = [keras.ops.take(a, keras.ops.convert_to_tensor(selection), axis=0) for a in packed]
 
+        # Decode and evaluate the prior for the whole batch at once (one network call each).
+        final = np.concatenate([latents[k, : b.n_sources] for k, b in enumerate(blends)])
+        start = np.concatenate([initial[k, : b.n_sources] for k, b in enumerate(blends)])
+        models = self.decode(np.concatenate([final, start]))
+        priors = self.log_prior(np.concatenate([final, start]))
+        n_total = len(final)
+        bounds = np.cumsum([0] + [b.n_sources for b in blends])
         return [
-            self._finish(b, latents[k, : b.n_sources], initial[k, : b.n_sources], int(n_iter[k]),
-                         bool(converged[k]), history[: n_iter[k], k], settings)
+            self._finish(
+                b,
+                latents[k, : b.n_sources],
+                initial[k, : b.n_sources],
+                models=models[bounds[k] : bounds[k + 1]],
+                initial_models=models[n_total + bounds[k] : n_total + bounds[k + 1]],
+                log_prior=priors[bounds[k] : bounds[k + 1]],
+                initial_log_prior=priors[n_total + bounds[k] : n_total + bounds[k + 1]],
+                n_iter=int(n_iter[k]),
+                converged=bool(converged[k]),
+                history=history[: n_iter[k], k],
+                settings=settings,
+            )
             for k, b in enumerate(blends)
         ]
 
@@ -419,17 +437,19 @@ class MadnessDeblender:
         blend: PreparedBlend,
         latents: np.ndarray,
         initial: np.ndarray,
+        *,
+        models: np.ndarray,
+        initial_models: np.ndarray,
+        log_prior: np.ndarray,
+        initial_log_prior: np.ndarray,
         n_iter: int,
         converged: bool,
         history: np.ndarray,
         settings: MapSettings,
     ) -> DeblendResult:
+        """Diagnostics of one fitted blend; ``models`` in flux units."""
         norm = self.normalization
         s = self.stamp_size
-        both = self.decode(np.concatenate([latents, initial]))  # flux units
-        models, init_models = both[: len(latents)], both[len(latents):]
-        log_prior = self.log_prior(latents)
-        init_log_prior = self.log_prior(initial)
 
         y0, x0, y1, x1 = blend.region
         data = norm.denormalize(blend.data)
@@ -445,10 +465,10 @@ class MadnessDeblender:
             return out
 
         resid_sq = weights * (data - region_model(models)) ** 2
-        resid_init = weights * (data - region_model(init_models)) ** 2
+        resid_init = weights * (data - region_model(initial_models)) ** 2
         w = settings.prior_weight
         objective_final = 0.5 * resid_sq.sum() - w * log_prior.sum()
-        objective_initial = 0.5 * resid_init.sum() - w * init_log_prior.sum()
+        objective_initial = 0.5 * resid_init.sum() - w * initial_log_prior.sum()
 
         chi2 = np.full((len(latents), len(self.bands)), np.nan)
         for i, (oy, ox) in enumerate(offsets):
