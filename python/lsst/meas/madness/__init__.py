@@ -7,10 +7,33 @@ Typical use::
     result = deblender.deblend(image, peaks_xy, variance=variance)
 """
 
-from . import backend  # noqa: F401  (quiets TensorFlow before anything imports it)
-from .engine import DeblendResult, MadnessDeblender, MapSettings
+import importlib
+
 from .errors import *
-from .io import BundleMetadata, ModelBundle
+
+# The engine and the bundle pull in Keras and its backend (seconds of import); simulation
+# workers and the command line do not need them, so they are imported on first use.
+_LAZY = {
+    "DeblendResult": ".engine",
+    "MadnessDeblender": ".engine",
+    "MapSettings": ".engine",
+    "BundleMetadata": ".io",
+    "ModelBundle": ".io",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        from . import backend  # noqa: F401  (quiets TensorFlow before anything imports it)
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))
 
 try:
     from .version import __version__
