@@ -1,9 +1,10 @@
-"""The ``madness`` command line: ``madness info``, ``madness demo``."""
+"""The ``madness`` command line: ``info``, ``demo``, ``simulate catalog``, ``simulate datasets``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _info(args: argparse.Namespace) -> int:
@@ -46,6 +47,63 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulate_catalog(args: argparse.Namespace) -> int:
+    import os
+    import time
+    from pathlib import Path
+
+    from .simulation.catalog import apply_snr_cut
+    from .simulation.skypy_catalog import generate_catsim_catalog
+
+    start = time.perf_counter()
+    table = generate_catsim_catalog(args.area, args.seed, mag_limit_r=args.mag_limit)
+    n_all = len(table)
+    if args.min_snr is not None:
+        table = apply_snr_cut(table, args.min_snr)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(output.name + ".tmp")
+    table.write(tmp, format="fits", overwrite=True)
+    os.replace(tmp, output)
+    cut = "" if args.min_snr is None else f", {len(table)} with SNR_r >= {args.min_snr}"
+    print(f"{output}: {n_all} galaxies to r < {args.mag_limit} over {args.area} deg^2{cut} "
+          f"({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+def _simulate_datasets(args: argparse.Namespace) -> int:
+    import json
+
+    from .simulation.catalog import read_catsim_catalog
+    from .simulation.suite import simulate_suite
+
+    if (args.catalog is None) == (args.area is None):
+        raise SystemExit("madness simulate datasets: give --catalog FILE or --area DEG2 (one of them).")
+    from .simulation.datasets import DATASET_KINDS
+
+    catalog = None if args.catalog is None else read_catsim_catalog(args.catalog)
+    configs = {}
+    for kind, size in (("isolated", args.shard_size), ("blended", args.shard_size),
+                       ("testfields", args.fields_per_shard)):
+        if size is not None:
+            configs[kind] = DATASET_KINDS[kind](shard_size=size)
+    datasets = simulate_suite(
+        args.output, catalog=catalog, area_deg2=args.area, seed=args.seed, min_snr=args.min_snr,
+        kinds=args.kinds, n_train=args.n_train, n_validation=args.n_validation,
+        n_test_fields=args.n_test_fields, configs=configs, workers=args.workers, progress=not args.no_progress,
+        catalog_source=args.catalog or "",
+    )
+    for name, data in datasets.items():
+        info = data.manifest.info
+        rate = (info.get("last_run") or {}).get("items_per_second")
+        print(f"{name:22s} {len(data):7d} {'fields' if data.kind == 'testfields' else 'stamps'}"
+              f"  {info.get('bytes', 0) / 1e6:8.1f} MB" + (f"  {rate:.1f}/s" if rate else ""))
+    summary = json.loads((Path(args.output) / "suite.json").read_text())
+    print(f"catalogue: {summary['catalog']['n_input']} galaxies, {summary['catalog']['n_after_snr_cut']} after "
+          f"the SNR cut, splits {summary['catalog']['splits']}; {args.output}/examples.png")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``madness`` command."""
     parser = argparse.ArgumentParser(prog="madness", description="MADNESS galaxy deblender.")
@@ -58,6 +116,33 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--n-train", type=int, default=1500, help="galaxies drawn for the quick model")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
+
+    simulate = sub.add_parser("simulate", help="CatSim-format catalogues and the paper's datasets (BTK)")
+    sim = simulate.add_subparsers(dest="what", required=True)
+    cat = sim.add_parser("catalog", help="generate a CatSim-format catalogue with SkyPy")
+    cat.add_argument("--area", type=float, required=True, help="square degrees")
+    cat.add_argument("--seed", type=int, default=0)
+    cat.add_argument("--mag-limit", type=float, default=28.0, help="r_ab limit (CatSim's is 28)")
+    cat.add_argument("--min-snr", type=float, default=None, help="also apply the appendix-A SNR cut in r")
+    cat.add_argument("--output", required=True, help="output FITS file")
+    cat.set_defaults(func=_simulate_catalog)
+    ds = sim.add_parser("datasets", help="SNR cut, train/validation/test split, IsolatedSims, BlendedSims, "
+                                         "TestFields in resumable shards")
+    ds.add_argument("--output", required=True, help="suite directory (rerun to resume)")
+    ds.add_argument("--catalog", default=None, help="CatSim-format catalogue file (FITS or any astropy table)")
+    ds.add_argument("--area", type=float, default=None, help="generate the catalogue over this many deg^2")
+    ds.add_argument("--seed", type=int, default=0)
+    ds.add_argument("--min-snr", type=float, default=10.0, help="appendix-A SNR cut in r (paper: 10)")
+    ds.add_argument("--kinds", nargs="+", default=["isolated", "blended", "testfields"],
+                    choices=["isolated", "blended", "testfields"])
+    ds.add_argument("--n-train", type=int, default=None, help="cap on stamps per training dataset")
+    ds.add_argument("--n-validation", type=int, default=None, help="cap on stamps per validation dataset")
+    ds.add_argument("--n-test-fields", type=int, default=None, help="number of TestFields (default: all fit)")
+    ds.add_argument("--shard-size", type=int, default=None, help="stamps per shard (default 2000)")
+    ds.add_argument("--fields-per-shard", type=int, default=None, help="TestFields per shard (default 25)")
+    ds.add_argument("--workers", type=int, default=1, help="worker processes")
+    ds.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ds.set_defaults(func=_simulate_datasets)
     args = parser.parse_args(argv)
     return args.func(args)
 
