@@ -1,4 +1,4 @@
-"""The ``madness`` command line: ``info``, ``demo``, ``simulate catalog``, ``simulate datasets``."""
+"""The ``madness`` command line: ``info``, ``demo``, ``simulate catalog|datasets``, ``train``."""
 
 from __future__ import annotations
 
@@ -104,6 +104,28 @@ def _simulate_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    import json
+    import logging
+
+    from .training import preset, train_madness
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    overrides = {}
+    if args.seed is not None:
+        overrides["seed"] = args.seed
+    if args.max_train is not None:
+        overrides["max_train"] = args.max_train
+    if args.max_validation is not None:
+        overrides["max_validation"] = args.max_validation
+    config = preset(args.preset, **overrides)
+    bundle = train_madness(args.data, args.output, config, progress=not args.no_progress,
+                           figures=not args.no_figures)
+    print(json.dumps(bundle.metadata.metrics, indent=1))
+    print(f"bundle: {Path(args.output) / 'bundle'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``madness`` command."""
     parser = argparse.ArgumentParser(prog="madness", description="MADNESS galaxy deblender.")
@@ -143,6 +165,17 @@ def main(argv: list[str] | None = None) -> int:
     ds.add_argument("--workers", type=int, default=1, help="worker processes")
     ds.add_argument("--no-progress", action="store_true", help="no progress bars")
     ds.set_defaults(func=_simulate_datasets)
+    train = sub.add_parser("train", help="the paper's training stages -> a model bundle (resumable)")
+    train.add_argument("--data", required=True, help="directory from `madness simulate datasets`")
+    train.add_argument("--output", required=True, help="run directory (rerun the same command to resume)")
+    train.add_argument("--preset", default="cpu", choices=["paper", "cpu", "tiny"],
+                       help="paper: full schedule (GPU); cpu: ~2 h on 2 cores; tiny: smoke tests")
+    train.add_argument("--seed", type=int, default=None)
+    train.add_argument("--max-train", type=int, default=None, help="cap on training stamps per dataset")
+    train.add_argument("--max-validation", type=int, default=None, help="cap on validation stamps")
+    train.add_argument("--no-progress", action="store_true")
+    train.add_argument("--no-figures", action="store_true")
+    train.set_defaults(func=_train)
     args = parser.parse_args(argv)
     return args.func(args)
 

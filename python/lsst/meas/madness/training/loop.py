@@ -1,0 +1,245 @@
+"""One training stage: epochs, learning-rate schedule, early stopping, checkpoints, logs.
+
+Keras ``fit`` runs one epoch at a time over batches in an order drawn from
+``SeedSequence([seed, stage, epoch])``; between epochs this loop sets the learning rate (and the
+warm-up's alpha), evaluates on the validation set, logs, and writes a checkpoint atomically:
+every model and optimiser variable (the latent sampler's seed state included), the epoch, the
+early-stopping state and the history. A killed run restarts from the last finished epoch and,
+because nothing random lives outside the checkpoint, ends where the uninterrupted run ends.
+"""
+
+from __future__ import annotations
+
+__all__ = ["StageResult", "run_stage"]
+
+import csv
+import dataclasses
+import io
+import json
+import logging
+import math
+import os
+import time
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from .config import StageSchedule
+
+_log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class StageResult:
+    """What a stage did: per-epoch history, best validation loss and epoch, wall time."""
+
+    name: str
+    history: list[dict]
+    best_val_loss: float
+    best_epoch: int
+    epochs_run: int
+    stopped_early: bool
+    seconds: float
+
+    def as_dict(self) -> dict:
+        out = dataclasses.asdict(self)
+        out.pop("history")
+        return out
+
+
+class _Batches(keras.utils.PyDataset):
+    """Batches of ``x`` (and ``y``) in a given order, without copying the arrays."""
+
+    def __init__(self, x, y, batch_size: int, order: np.ndarray):
+        super().__init__()
+        self.x, self.y, self.batch_size, self.order = x, y, int(batch_size), order
+
+    def __len__(self):
+        return math.ceil(len(self.order) / self.batch_size)
+
+    def __getitem__(self, i):
+        idx = self.order[i * self.batch_size:(i + 1) * self.batch_size]
+        return (self.x[idx],) if self.y is None else (self.x[idx], self.y[idx])
+
+
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _values(variables) -> dict[str, np.ndarray]:
+    return {f"{i:05d}": np.asarray(keras.ops.convert_to_numpy(v.value)) for i, v in enumerate(variables)}
+
+
+def _assign(variables, arrays) -> None:
+    if len(arrays) != len(variables):
+        raise RuntimeError(f"Checkpoint holds {len(arrays)} arrays for {len(variables)} variables.")
+    for i, v in enumerate(variables):
+        value = arrays[f"{i:05d}"]
+        if tuple(value.shape) != tuple(v.shape):
+            raise RuntimeError(f"Checkpoint array {i} has shape {value.shape}, variable {v.path} {v.shape}.")
+        v.assign(value)
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    _atomic_bytes(path, buffer.getvalue())
+
+
+class _TensorBoard:
+    """Scalars to TensorBoard when TensorFlow is importable (it is not on the GPU machines)."""
+
+    def __init__(self, logdir: Path):
+        try:
+            import tensorboard  # noqa: F401  (tf.summary needs it)
+            import tensorflow as tf
+        except ImportError:
+            self._writer = None
+            _log.info("TensorFlow/TensorBoard not installed: no TensorBoard logs (CSV logs are written).")
+            return
+        self._tf = tf
+        self._writer = tf.summary.create_file_writer(str(logdir))
+
+    def write(self, step: int, values: dict) -> None:
+        if self._writer is None:
+            return
+        with self._writer.as_default():
+            for key, value in values.items():
+                if isinstance(value, (int, float)) and key != "epoch":
+                    self._tf.summary.scalar(key, value, step=step)
+        self._writer.flush()
+
+
+def run_stage(name: str, trainer: keras.Model, schedule: StageSchedule, x, y, x_val, y_val, *,
+              directory: Path, seed: int, extra_metrics: Callable[[], dict] | None = None,
+              on_epoch_start: Callable[[int], dict] | None = None, progress: bool = True) -> StageResult:
+    """Train ``trainer`` for one stage, resuming from ``directory`` if a checkpoint is there.
+
+    Parameters
+    ----------
+    name : `str`
+        Stage name (logs and the shuffle seed).
+    trainer : `keras.Model`
+        A model whose ``compute_loss`` is the stage's loss (`lsst.meas.madness.training.models`).
+    schedule : `StageSchedule`
+        Learning rate, clipping, epochs, patience, batch size.
+    x, y, x_val, y_val : `numpy.ndarray`
+        Training and validation inputs and targets (``y`` may be `None`).
+    directory : `pathlib.Path`
+        Run directory: ``checkpoints/<name>/`` and ``logs/<name>.csv`` are written there.
+    seed : `int`
+        Seed of the batch order.
+    extra_metrics : callable, optional
+        Called after each epoch; its dict of numbers is logged too (validation components).
+    on_epoch_start : callable, optional
+        Called with the epoch before it runs (e.g. to set alpha); its dict is logged.
+    progress : `bool`
+        A progress bar over epochs.
+
+    Returns
+    -------
+    result : `StageResult`
+    """
+    from tqdm.auto import tqdm
+
+    directory = Path(directory)
+    ckpt = directory / "checkpoints" / name
+    ckpt.mkdir(parents=True, exist_ok=True)
+    (directory / "logs").mkdir(parents=True, exist_ok=True)
+    csv_path = directory / "logs" / f"{name}.csv"
+    board = _TensorBoard(directory / "logs" / "tensorboard" / name)
+    stage_code = zlib.crc32(name.encode()) & 0x7FFFFFFF
+
+    optimizer = keras.optimizers.Adam(schedule.learning_rate, clipvalue=schedule.clip_value)
+    trainer.compile(optimizer=optimizer, jit_compile=False)
+    # Build everything now so that checkpoints can be restored into existing variables.
+    trainer(x[: min(2, len(x))], training=False)
+    optimizer.build(trainer.trainable_variables)
+
+    state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": -1, "wait": 0, "history": [],
+             "done": False, "seconds": 0.0}
+    state_path = ckpt / "state.json"
+    if state_path.exists():
+        state = json.loads(state_path.read_text())
+        with np.load(ckpt / "variables.npz") as arrays:
+            _assign(trainer.variables, arrays)
+        with np.load(ckpt / "optimizer.npz") as arrays:
+            _assign(optimizer.variables, arrays)
+        _log.info("Stage %s: resuming at epoch %d.", name, state["epoch"])
+        if state["done"]:
+            if schedule.patience is not None:
+                with np.load(ckpt / "best.npz") as arrays:
+                    _assign(trainer.variables, arrays)
+            return StageResult(name, state["history"], state["best_val_loss"], state["best_epoch"],
+                               state["epoch"], state.get("stopped_early", False), state["seconds"])
+
+    val_batches = _Batches(x_val, y_val, schedule.batch_size, np.arange(len(x_val)))
+    bar = tqdm(total=schedule.max_epochs, initial=state["epoch"], desc=name, unit="epoch", disable=not progress)
+    stopped_early = False
+    try:
+        for epoch in range(state["epoch"], schedule.max_epochs):
+            start = time.perf_counter()
+            lr = schedule.learning_rate_at(epoch)
+            optimizer.learning_rate.assign(lr)
+            row = {"epoch": epoch, "learning_rate": lr}
+            if on_epoch_start is not None:
+                row.update(on_epoch_start(epoch))
+            order = np.random.default_rng(np.random.SeedSequence([seed, stage_code, epoch])).permutation(len(x))
+            fit = trainer.fit(_Batches(x, y, schedule.batch_size, order), epochs=1, shuffle=False, verbose=0)
+            row["loss"] = float(fit.history["loss"][-1])
+            row["val_loss"] = float(trainer.evaluate(val_batches, verbose=0))
+            if extra_metrics is not None:
+                row.update(extra_metrics())
+            row["seconds"] = round(time.perf_counter() - start, 2)
+            state["seconds"] += row["seconds"]
+            state["history"].append(row)
+            improved = row["val_loss"] < state["best_val_loss"]
+            if improved:
+                state.update(best_val_loss=row["val_loss"], best_epoch=epoch, wait=0)
+                _save_npz(ckpt / "best.npz", _values(trainer.variables))
+            else:
+                state["wait"] += 1
+            state["epoch"] = epoch + 1
+            stop = schedule.patience is not None and state["wait"] >= schedule.patience
+            state["done"] = stop or state["epoch"] >= schedule.max_epochs
+            stopped_early = stop
+            state["stopped_early"] = stopped_early
+            # variables first, state last: a kill in between redoes the epoch from the old state
+            _save_npz(ckpt / "variables.npz", _values(trainer.variables))
+            _save_npz(ckpt / "optimizer.npz", _values(optimizer.variables))
+            _atomic_bytes(state_path, json.dumps(state, indent=1).encode())
+            _write_csv(csv_path, state["history"])
+            board.write(epoch, row)
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['loss']:.4g}", val=f"{row['val_loss']:.4g}")
+            if stop:
+                _log.info("Stage %s: early stop after epoch %d (best %d).", name, epoch, state["best_epoch"])
+                break
+    finally:
+        bar.close()
+    # With early stopping keep the best epoch; without (the warm-up, whose loss changes with
+    # alpha from epoch to epoch) keep the last.
+    if schedule.patience is not None and (ckpt / "best.npz").exists():
+        with np.load(ckpt / "best.npz") as arrays:
+            _assign(trainer.variables, arrays)
+    return StageResult(name, state["history"], state["best_val_loss"], state["best_epoch"], state["epoch"],
+                       stopped_early, state["seconds"])
+
+
+def _write_csv(path: Path, history: list[dict]) -> None:
+    keys: list[str] = []
+    for row in history:
+        keys += [k for k in row if k not in keys]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=keys)
+    writer.writeheader()
+    writer.writerows(history)
+    _atomic_bytes(path, buffer.getvalue().encode())

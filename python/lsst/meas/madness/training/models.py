@@ -1,0 +1,88 @@
+"""Keras models that carry each stage's loss, so ``fit`` does the backend-specific work.
+
+Each trainer overrides ``compute_loss``; Keras's own TensorFlow and JAX trainers then compute
+gradients and apply the optimiser, so this package has no backend-specific training code.
+"""
+
+from __future__ import annotations
+
+__all__ = ["DeblenderTrainer", "FlowTrainer", "VaeTrainer"]
+
+import keras
+import numpy as np
+
+from ..networks import Decoder, Encoder, MaskedAutoregressiveFlow
+from ..networks.gaussian import latent_mean
+from .losses import gaussian_kl, latent_l2, reconstruction_chi2, sample_latents, ssim_per_band
+
+
+class VaeTrainer(keras.Model):
+    """beta-VAE with the paper's warm-up loss (eq. 4).
+
+    ``x`` is the noisy stamp, ``y`` the noiseless galaxy (both network layout and units). The
+    loss per stamp is ``chi2 (1 - alpha SSIM) + beta KL`` where chi2 compares the decoded sample
+    with the target (``y`` when ``target == "truth"``, else ``x``) under sky + Poisson variance,
+    SSIM is the mean over bands of the decoded stamp against ``y``, and ``alpha`` is a
+    non-trainable weight set per epoch (0 outside the warm-up).
+    """
+
+    def __init__(self, encoder: Encoder, decoder: Decoder, sky_variance, *, scale: float, beta: float,
+                 target: str = "truth", seed: int = 0, **kwargs):
+        super().__init__(**kwargs)
+        self.encoder = encoder
+        self.decoder = decoder
+        self.latent_dim = encoder.latent_dim
+        self.sky_variance = np.asarray(sky_variance, np.float32)
+        self.scale = float(scale)
+        self.beta = float(beta)
+        self.target = target
+        self.sampler = keras.random.SeedGenerator(seed)
+        self.alpha = self.add_weight(shape=(), initializer="zeros", trainable=False, name="ssim_alpha")
+
+    def call(self, x, training=False):
+        params = self.encoder(x, training=training)
+        z = sample_latents(params, self.latent_dim, self.sampler) if training else latent_mean(params, self.latent_dim)
+        return params, self.decoder(z, training=training)
+
+    def loss_terms(self, x, y, params, prediction):
+        target = y if self.target == "truth" else x
+        chi2 = reconstruction_chi2(target, prediction, y, self.sky_variance, self.scale)
+        kl = gaussian_kl(params, self.latent_dim)
+        ssim = keras.ops.mean(ssim_per_band(y, prediction), axis=-1)
+        return chi2, kl, ssim
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        params, prediction = y_pred
+        chi2, kl, ssim = self.loss_terms(x, y, params, prediction)
+        alpha = keras.ops.convert_to_tensor(self.alpha)
+        return keras.ops.mean(chi2 * (1.0 - alpha * ssim) + self.beta * kl)
+
+
+class FlowTrainer(keras.Model):
+    """Maximum likelihood of the flow on latent vectors (eq. 7): loss = mean(-log p(z))."""
+
+    def __init__(self, flow: MaskedAutoregressiveFlow, **kwargs):
+        super().__init__(**kwargs)
+        self.flow = flow
+
+    def call(self, z, training=False):
+        return -self.flow.log_prob(z)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        return keras.ops.mean(y_pred)
+
+
+class DeblenderTrainer(keras.Model):
+    """VAE-deblender (section 3.4): ``x`` blended stamps, ``y`` the frozen encoder's latents of
+    the isolated central galaxy; loss = mean squared Euclidean distance of the predicted mean."""
+
+    def __init__(self, encoder: Encoder, **kwargs):
+        super().__init__(**kwargs)
+        self.encoder = encoder
+        self.latent_dim = encoder.latent_dim
+
+    def call(self, x, training=False):
+        return latent_mean(self.encoder(x, training=training), self.latent_dim)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        return keras.ops.mean(latent_l2(y_pred, y))

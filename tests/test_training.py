@@ -1,0 +1,184 @@
+"""``madness train``: the three stages end to end on tiny data, resume, and cross-backend loading."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import unittest
+from pathlib import Path
+from unittest import mock
+
+import keras
+import lsst.utils.tests
+import numpy as np
+
+from lsst.meas.madness import MadnessDeblender, ModelBundle
+from lsst.meas.madness.cli import main
+from lsst.meas.madness.errors import MadnessValueError
+from lsst.meas.madness.simulation import simulate_suite
+from lsst.meas.madness.training import TrainingConfig, preset, train_madness
+from lsst.meas.madness.training.config import StageSchedule
+from lsst.meas.madness.training.losses import gaussian_kl, ssim_per_band
+
+_DECODE = r"""
+import sys
+import numpy as np
+from lsst.meas.madness import MadnessDeblender
+d = MadnessDeblender.from_bundle(sys.argv[1])
+np.save(sys.argv[3], d.decode(np.load(sys.argv[2])))
+"""
+
+
+def _tiny(**overrides) -> TrainingConfig:
+    config = preset("tiny", max_train=48, max_validation=16)
+    return TrainingConfig.from_dict({**config.as_dict(), **overrides})
+
+
+def _weights(bundle: ModelBundle) -> list[np.ndarray]:
+    return [np.asarray(w) for net in (bundle.decoder, bundle.flow, bundle.deblender_encoder) for w in net.get_weights()]
+
+
+class LossTestCase(unittest.TestCase):
+    def test_kl_of_standard_normal_is_zero(self):
+        d = 4
+        # mean 0, scale_tril = I: softplus(x) + 1e-5 = 1 -> x = log(e^(1-1e-5) - 1)
+        diag = math.log(math.expm1(1 - 1e-5))
+        tril = []
+        for i in range(d):
+            for j in range(i + 1):
+                tril.append(diag if i == j else 0.0)
+        params = np.array([[0.0] * d + tril], np.float32)
+        self.assertAlmostEqual(float(keras.ops.convert_to_numpy(gaussian_kl(params, d))[0]), 0.0, places=4)
+        shifted = params.copy()
+        shifted[0, :d] = 1.0
+        self.assertAlmostEqual(float(keras.ops.convert_to_numpy(gaussian_kl(shifted, d))[0]), d / 2, places=4)
+
+    def test_ssim_identity_and_scale_invariance(self):
+        rng = np.random.default_rng(0)
+        a = np.abs(rng.normal(size=(2, 45, 45, 6))).astype(np.float32)
+        same = keras.ops.convert_to_numpy(ssim_per_band(a, a))
+        np.testing.assert_allclose(same, 1.0, atol=1e-5)
+        # per-band max normalisation: a scaled copy is structurally identical
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(ssim_per_band(a, 7.0 * a)), 1.0, atol=1e-5)
+        other = np.abs(rng.normal(size=a.shape)).astype(np.float32)
+        self.assertTrue(np.all(keras.ops.convert_to_numpy(ssim_per_band(a, other)) < 0.5))
+
+    def test_schedule(self):
+        s = StageSchedule(1e-5, 0.1, 200)
+        self.assertEqual(s.learning_rate_at(0), 1e-5)
+        self.assertAlmostEqual(s.learning_rate_at(40), 1e-5 / 2.5)
+        self.assertAlmostEqual(s.learning_rate_at(119), 1e-5 / 2.5**2)
+        self.assertEqual(preset("paper").vae.learning_rate, 1e-5)
+        self.assertEqual(preset("paper").flow.clip_value, 0.01)
+        self.assertEqual(preset("paper").ssim_warmup_epochs, 50)
+        with self.assertRaises(MadnessValueError):
+            preset("huge")
+
+
+class TrainingTestCase(unittest.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = Path(tempfile.mkdtemp(prefix="madness-train-"))
+        cls.data = cls.tmp / "data"
+        simulate_suite(cls.data, area_deg2=0.004, seed=5, kinds=("isolated", "blended"), n_train=48,
+                       n_validation=16, progress=False)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def test_cli_end_to_end(self):
+        out = self.tmp / "cli-run"
+        self.assertEqual(main(["train", "--data", str(self.data), "--output", str(out), "--preset", "tiny",
+                               "--max-train", "48", "--max-validation", "16", "--no-progress"]), 0)
+        bundle = ModelBundle.load(out / "bundle")
+        meta = bundle.metadata
+        self.assertTrue(meta.trained)
+        self.assertEqual(meta.training["preset"], "tiny")
+        self.assertEqual(meta.bands, ("u", "g", "r", "i", "z", "y"))
+        self.assertEqual(meta.training["n_train"]["isolated"], 48)
+        self.assertEqual(set(meta.training["stages"]), {"vae_warmup", "vae", "flow", "deblender"})
+        for key, value in meta.metrics.items():
+            self.assertTrue(np.isfinite(value), key)
+        # per-epoch logs of every stage, with the warm-up's alpha falling to 0
+        with open(out / "logs" / "vae_warmup.csv") as f:
+            rows = list(csv.DictReader(f))
+        self.assertEqual([float(r["alpha"]) for r in rows], [1.0, 0.5])
+        self.assertIn("val_chi2_per_pixel", rows[0])
+        for stage in ("vae", "flow", "deblender"):
+            self.assertTrue((out / "logs" / f"{stage}.csv").exists())
+        self.assertTrue(any((out / "logs" / "tensorboard").rglob("events.out.tfevents*"))
+                        or keras.config.backend() != "tensorflow")
+        for name in ("learning_curves", "latents_vs_flow", "flow_samples", "deblender_predictions"):
+            self.assertGreater((out / "figures" / f"{name}.png").stat().st_size, 5000, name)
+        summary = json.loads((out / "summary.json").read_text())
+        self.assertGreater(summary["wall_time_s"], 0)
+        # the bundle deblends
+        deblender = MadnessDeblender.from_bundle(out / "bundle")
+        z = np.zeros((2, 16), np.float32)
+        self.assertEqual(deblender.decode(z).shape, (2, 6, 45, 45))
+
+        # weights trained here load and decode the same on the other backend
+        other = {"tensorflow": "jax", "jax": "tensorflow"}[keras.config.backend()]
+        latents = np.random.default_rng(1).normal(0, 0.5, (3, 16)).astype(np.float32)
+        np.save(self.tmp / "z.npy", latents)
+        env = dict(os.environ, KERAS_BACKEND=other)
+        subprocess.run([sys.executable, "-c", _DECODE, str(out / "bundle"), str(self.tmp / "z.npy"),
+                        str(self.tmp / "decoded.npy")], check=True, env=env, capture_output=True)
+        np.testing.assert_allclose(np.load(self.tmp / "decoded.npy"), deblender.decode(latents),
+                                   rtol=1e-3, atol=1e-2)
+        # a different configuration in the same run directory is refused
+        with self.assertRaisesRegex(MadnessValueError, "another configuration"):
+            train_madness(self.data, out, _tiny(seed=99), progress=False, figures=False)
+
+    def test_resume_matches_uninterrupted(self):
+        if keras.config.backend() == "tensorflow":
+            import tensorflow as tf
+
+            tf.config.experimental.enable_op_determinism()
+        config = _tiny(seed=3)
+        reference = train_madness(self.data, self.tmp / "full", config, progress=False, figures=False)
+
+        real_fit = keras.Model.fit
+        calls = []
+
+        def dies(self_, *args, **kwargs):
+            calls.append(1)
+            if len(calls) == 4:  # warm-up has 2 epochs: die in the 2nd epoch of the VAE stage
+                raise KeyboardInterrupt("killed")
+            return real_fit(self_, *args, **kwargs)
+
+        target = self.tmp / "resumed"
+        with mock.patch.object(keras.Model, "fit", dies):
+            with self.assertRaises(KeyboardInterrupt):
+                train_madness(self.data, target, config, progress=False, figures=False)
+        state = json.loads((target / "checkpoints" / "vae" / "state.json").read_text())
+        self.assertEqual(state["epoch"], 1)
+        self.assertFalse((target / "checkpoints" / "flow").exists())
+        resumed = train_madness(self.data, target, config, progress=False, figures=False)
+        for a, b in zip(_weights(reference), _weights(resumed)):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+        self.assertEqual(reference.metadata.metrics, resumed.metadata.metrics)
+
+    def test_missing_datasets(self):
+        with self.assertRaisesRegex(MadnessValueError, "lacks the datasets"):
+            train_madness(self.tmp / "nowhere", self.tmp / "x", _tiny(), progress=False)
+
+
+class MemoryTester(lsst.utils.tests.MemoryTestCase):
+    ignore_regexps = [r"skypy/data/kcorrect/", r"tfevents"]
+
+
+def setup_module(module):
+    lsst.utils.tests.init()
+
+
+if __name__ == "__main__":
+    lsst.utils.tests.init()
+    unittest.main()
