@@ -134,10 +134,10 @@ PRESETS: dict[str, TrainingConfig] = {
     "cpu": TrainingConfig(
         name="cpu",
         ssim_warmup_epochs=4,
-        vae_warmup=StageSchedule(1e-4, 0.1, 4, patience=None, decay_every=40, batch_size=64),
-        vae=StageSchedule(1e-4, 0.1, 14, patience=4, decay_every=6, batch_size=64),
+        vae_warmup=StageSchedule(2e-4, 0.1, 4, patience=None, decay_every=40, batch_size=64),
+        vae=StageSchedule(2e-4, 0.1, 14, patience=4, decay_every=6, batch_size=64),
         flow=StageSchedule(1e-3, 0.01, 120, patience=15, decay_every=40, batch_size=128),
-        deblender=StageSchedule(5e-5, 0.1, 8, patience=3, decay_every=4, batch_size=64),
+        deblender=StageSchedule(1e-4, 0.1, 8, patience=3, decay_every=4, batch_size=64),
         max_train=8000,
         max_validation=1500,
     ),
