@@ -1,0 +1,546 @@
+"""``MadnessDeblendTask``: the MADNESS deblender as a Rubin PipelineTask (pip-only I/O path).
+
+Inputs are lsst.images coadds (one per band) and the detection table + span table written by
+`MadnessDetectionTask` (see `lsst.meas.madness.tasks.footprints` for the formats). Outputs are a
+deblended catalog (parents and children, afw/scarlet column conventions plus MADNESS's latents,
+log-prior, chi^2, iterations) and, per band, a heavy-footprint table.
+
+The task loops; the algorithm lives in `lsst.meas.madness.tasks.blends` (fit region, neighbours,
+children) and in the engine (`MadnessDeblender.deblend_batch`, many parents per call).
+"""
+
+from __future__ import annotations
+
+__all__ = ["MadnessDeblendConnections", "MadnessDeblendConfig", "MadnessDeblendTask", "load_deblender"]
+
+import functools
+import time
+from collections.abc import Mapping
+
+import numpy as np
+from astropy.table import Table
+
+import lsst.pex.config as pexConfig
+import lsst.pipe.base as pipeBase
+import lsst.pipe.base.connectionTypes as cT
+from lsst.utils.logging import PeriodicLogger
+from lsst.utils.timer import timeMethod
+
+from ..engine import MadnessDeblender, MapSettings, prepare_blend
+from ..errors import MadnessValueError
+from .blends import BlendPlan, ParentFootprint, plan_blend, split_blend
+from .catalogs import deblend_columns, make_table
+from .coadds import DEFAULT_BAD_MASK_PLANES, MultibandCoadd
+from .footprints import Footprint, footprints_from_table, heavy_footprints_to_table
+
+_TEMPLATES = {"inputCoaddName": "deep", "outputCoaddName": "deep"}
+# Errors that must stop the patch even with catchFailures (meas_base's FATAL_EXCEPTIONS idea).
+_FATAL = (MemoryError, KeyboardInterrupt)
+
+
+@functools.lru_cache(maxsize=2)
+def load_deblender(path: str | None) -> MadnessDeblender:
+    """The deblender of a bundle, loaded once per process (`None`: the packaged default bundle)."""
+    return MadnessDeblender.from_bundle(path)
+
+
+class MadnessDeblendConnections(
+    pipeBase.PipelineTaskConnections,
+    dimensions=("tract", "patch", "skymap"),
+    defaultTemplates=_TEMPLATES,
+):
+    coadds = cT.Input(
+        doc="Per-band coadds (lsst.images MaskedImage or CellCoadd) to deblend.",
+        name="{inputCoaddName}Coadd_calexp",
+        storageClass="MaskedImageV2",
+        dimensions=("tract", "patch", "band", "skymap"),
+        multiple=True,
+    )
+    detections = cT.Input(
+        doc="Parent footprints and their peaks (MadnessDetectionTask).",
+        name="{inputCoaddName}Coadd_madnessDet",
+        storageClass="ArrowAstropy",
+        dimensions=("tract", "patch", "skymap"),
+    )
+    detectionSpans = cT.Input(
+        doc="Spans of the parent footprints.",
+        name="{inputCoaddName}Coadd_madnessDet_spans",
+        storageClass="ArrowAstropy",
+        dimensions=("tract", "patch", "skymap"),
+    )
+    deblendedCatalog = cT.Output(
+        doc="Parents and deblended children with deblend flags, MADNESS latents and diagnostics.",
+        name="{outputCoaddName}Coadd_madnessDeblendedCatalog",
+        storageClass="ArrowAstropy",
+        dimensions=("tract", "patch", "skymap"),
+    )
+    deblendedFlux = cT.Output(
+        doc="Heavy footprints of parents (observed pixels) and children, one table per band.",
+        name="{outputCoaddName}Coadd_madnessDeblendedFlux",
+        storageClass="ArrowAstropy",
+        dimensions=("tract", "patch", "band", "skymap"),
+        multiple=True,
+    )
+
+
+class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=MadnessDeblendConnections):
+    """Configuration of `MadnessDeblendTask`."""
+
+    # Model
+    bundlePath = pexConfig.Field[str](
+        default=None,
+        optional=True,
+        doc="Directory of the MADNESS model bundle; None for the packaged default LSST bundle.",
+    )
+    bands = pexConfig.ListField[str](
+        default=["u", "g", "r", "i", "z", "y"],
+        doc="Bands of the model's channels, in the model's order; checked against the bundle. "
+        "A coadd of each is required (a missing band is an error); other bands are ignored.",
+    )
+    # Size restrictions
+    maxNumberOfPeaks = pexConfig.Field[int](
+        default=50,
+        doc="Skip parents with more peaks than this (flag deblend_tooManyPeaks) (<= 0: unlimited). "
+        "All peaks of a parent are fitted jointly, so memory and time grow with it.",
+    )
+    maxFootprintArea = pexConfig.Field[int](
+        default=250_000,
+        doc="Skip parents whose footprint covers more pixels than this (flag deblend_parentTooBig) "
+        "(<= 0: unlimited); large footprints are usually artefacts or bright-star halos.",
+    )
+    # Failure modes
+    catchFailures = pexConfig.Field[bool](
+        default=True,
+        doc="Catch an error of one blend, flag its parent deblend_failed (deblend_error names the "
+        "error) and go on; False re-raises (debugging).",
+    )
+    processSingles = pexConfig.Field[bool](
+        default=True,
+        doc="Deblend parents with a single peak too (one child with latents and a model); False "
+        "leaves them undeblended with deblend_isolatedParent.",
+    )
+    badMask = pexConfig.ListField[str](
+        default=list(DEFAULT_BAD_MASK_PLANES),
+        doc="Mask planes whose pixels get zero weight; names a coadd lacks are skipped. Non-finite "
+        "pixels and variance <= 0 always get zero weight.",
+    )
+    # Neighbours
+    includeNeighbors = pexConfig.Field[bool](
+        default=True,
+        doc="Fit peaks of other parents that fall in a blend's stamps together with it (their models "
+        "are dropped), so that their flux is not given to this blend's children.",
+    )
+    maxNeighbors = pexConfig.Field[int](default=20, doc="Most neighbours added to one blend, nearest first.")
+    # Children
+    modelSupportThreshold = pexConfig.Field[float](
+        default=0.05,
+        doc="A child's footprint is the parent's pixels where its band-summed model exceeds this "
+        "many times the band-summed pixel noise (>= 0), plus its peak pixel.",
+    )
+    conserveFlux = pexConfig.Field[bool](
+        default=True,
+        doc="Children's pixel values: the observed flux shared in proportion to the models, as scarlet "
+        "does (True), or the models themselves (False).",
+    )
+    # MAP settings (lsst.meas.madness.MapSettings; paper section 3.5)
+    maxIter = pexConfig.Field[int](default=200, doc="Most MAP steps per blend.")
+    minIter = pexConfig.Field[int](default=40, doc="Steps before the stopping rule may stop a blend.")
+    relativeError = pexConfig.Field[float](
+        default=0.05,
+        doc="Stop when the objective's EWMA fell over the last ewmaWindow steps by less than this "
+        "fraction of its fall over the first ewmaWindow steps.",
+    )
+    ewmaWindow = pexConfig.Field[int](default=15, doc="Window (steps) of the objective's moving average.")
+    learningRate = pexConfig.Field[float](default=0.05, doc="Initial Adam step in latent units.")
+    learningRateDecay = pexConfig.Field[float](
+        default=0.8, doc="Factor on the learning rate every learningRateDecaySteps."
+    )
+    learningRateDecaySteps = pexConfig.Field[int](default=30, doc="Steps between learning-rate decays.")
+    priorWeight = pexConfig.Field[float](default=1.0, doc="Weight of the flow log-prior (1: the posterior).")
+    # Batching
+    batchSize = pexConfig.Field[int](
+        default=64, doc="Parents per deblend_batch call (bounds the memory of results held at once)."
+    )
+    batchSources = pexConfig.Field[int](
+        default=256,
+        doc="Most padded sources in one compiled MAP step (memory bound, ~4 MB per source for the "
+        "paper-size decoder).",
+    )
+
+    def validate(self):
+        super().validate()
+        if len(set(self.bands)) != len(self.bands) or not self.bands:
+            raise pexConfig.FieldValidationError(
+                MadnessDeblendConfig.bands, self, "bands must be unique and non-empty."
+            )
+        if self.modelSupportThreshold < 0:
+            raise pexConfig.FieldValidationError(
+                MadnessDeblendConfig.modelSupportThreshold, self, "must be >= 0."
+            )
+
+    def map_settings(self) -> MapSettings:
+        """The engine's `MapSettings` for this config."""
+        max_peaks = self.maxNumberOfPeaks if self.maxNumberOfPeaks > 0 else 1000
+        return MapSettings(
+            learning_rate=self.learningRate,
+            lr_decay=self.learningRateDecay,
+            lr_decay_steps=self.learningRateDecaySteps,
+            max_iter=self.maxIter,
+            min_iter=self.minIter,
+            ewma_window=self.ewmaWindow,
+            rtol=self.relativeError,
+            prior_weight=self.priorWeight,
+            max_sources=max(max_peaks + (self.maxNeighbors if self.includeNeighbors else 0), 1),
+            batch_sources=self.batchSources,
+        )
+
+
+def _parents_from_tables(detections: Table, spans: Table) -> list[ParentFootprint]:
+    footprints = footprints_from_table(spans)
+    ids = np.asarray(detections["id"], dtype=np.int64)
+    parent_col = np.asarray(detections["parent"], dtype=np.int64)
+    px = np.asarray(detections["peak_x"], dtype=np.int64)
+    py = np.asarray(detections["peak_y"], dtype=np.int64)
+    peak_rows = np.flatnonzero(parent_col != 0)
+    by_parent: dict[int, list[int]] = {}
+    for r in peak_rows:
+        by_parent.setdefault(int(parent_col[r]), []).append(r)
+    parents = []
+    for r in np.flatnonzero(parent_col == 0):
+        pid = int(ids[r])
+        rows = by_parent.get(pid, [])
+        fp = footprints.get(pid, Footprint(np.zeros((0, 3), np.int64)))
+        parents.append(
+            ParentFootprint(
+                pid,
+                fp,
+                ids[rows],
+                np.stack([px[rows], py[rows]], axis=1) if rows else np.zeros((0, 2), np.int64),
+            )
+        )
+    return parents
+
+
+class MadnessDeblendTask(pipeBase.PipelineTask):
+    """Deblend every parent footprint of a patch with MADNESS.
+
+    All peaks of a parent are fitted jointly (with neighbouring peaks of other parents that fall
+    in their stamps), many parents per `MadnessDeblender.deblend_batch` call. Parents with no
+    usable peak, too many peaks or too large a footprint are skipped and flagged; a blend that
+    fails is flagged ``deblend_failed`` and the patch goes on (``catchFailures``). Each child is
+    cut to its parent (see `lsst.meas.madness.tasks.blends`).
+    """
+
+    ConfigClass = MadnessDeblendConfig
+    _DefaultName = "madnessDeblend"
+
+    def runQuantum(self, butlerQC, inputRefs, outputRefs):
+        bands = [ref.dataId["band"] for ref in inputRefs.coadds]
+        coadds = dict(zip(bands, butlerQC.get(inputRefs.coadds)))
+        detections = butlerQC.get(inputRefs.detections)
+        spans = butlerQC.get(inputRefs.detectionSpans)
+        outputs = self.run(coadds=coadds, detections=detections, detectionSpans=spans)
+        butlerQC.put(outputs.deblendedCatalog, outputRefs.deblendedCatalog)
+        flux = dict(zip(outputs.bands, outputs.deblendedFlux))
+        for ref in outputRefs.deblendedFlux:
+            if (band := ref.dataId["band"]) in flux:
+                butlerQC.put(flux[band], ref)
+
+    def _deblender(self) -> MadnessDeblender:
+        deblender = load_deblender(self.config.bundlePath)
+        if tuple(self.config.bands) != deblender.bands:
+            raise MadnessValueError(
+                f"config.bands {list(self.config.bands)} differ from the bundle's bands "
+                f"{list(deblender.bands)} (order matters); set bands to the bundle's."
+            )
+        return deblender
+
+    @timeMethod
+    def run(
+        self,
+        coadds: Mapping[str, object],
+        detections: Table,
+        detectionSpans: Table,
+        deblender: MadnessDeblender | None = None,
+    ) -> pipeBase.Struct:
+        """Deblend all parents of a patch.
+
+        Parameters
+        ----------
+        coadds : mapping [`str`, `lsst.images.MaskedImage`]
+            Coadd of each band; every band of ``config.bands`` must be present.
+        detections : `astropy.table.Table`
+            Parents and peaks (`lsst.meas.madness.tasks.catalogs.DETECTION_COLUMNS`).
+        detectionSpans : `astropy.table.Table`
+            Span table of the parent footprints.
+        deblender : `MadnessDeblender`, optional
+            Use this deblender instead of loading ``config.bundlePath``.
+
+        Returns
+        -------
+        result : `lsst.pipe.base.Struct`
+            ``deblendedCatalog`` (`astropy.table.Table`), ``deblendedFlux`` (`list` of
+            `astropy.table.Table`, one heavy-footprint table per band) and ``bands`` (`list` of
+            `str`, the band of each table: the model's).
+
+        Raises
+        ------
+        MadnessMissingBandError
+            A band of ``config.bands`` has no coadd.
+        MadnessValueError
+            ``config.bands`` differ from the bundle's.
+        """
+        config = self.config
+        deblender = deblender if deblender is not None else self._deblender()
+        bands = deblender.bands
+        coadd = MultibandCoadd.from_masked_images(coadds, bands=bands, bad_mask_planes=config.badMask)
+        extra = sorted(set(coadds) - set(bands))
+        if extra:
+            self.log.info("Ignoring coadds of bands %s, which the model does not use", extra)
+        settings = config.map_settings()
+        stamp = deblender.stamp_size
+        parents = _parents_from_tables(detections, detectionSpans)
+        self.log.info(
+            "Deblending %d parents (%d peaks) on %s coadds of %dx%d pixels",
+            len(parents),
+            sum(p.n_peaks for p in parents),
+            "".join(bands),
+            *coadd.shape[::-1],
+        )
+
+        all_peaks = np.concatenate([p.peaks_xy for p in parents]) if parents else np.zeros((0, 2), np.int64)
+        owner = (
+            np.concatenate([np.full(p.n_peaks, k) for k, p in enumerate(parents)])
+            if parents
+            else np.zeros(0, int)
+        )
+
+        parent_rows: list[dict] = []
+        child_rows: list[dict] = []
+        heavy_fp: dict[int, Footprint] = {}
+        heavy_values: dict[int, np.ndarray] = {}
+        to_fit: list[tuple[int, BlendPlan]] = []
+
+        for k, parent in enumerate(parents):
+            row = self._parent_row(parent, coadd, bands)
+            parent_rows.append(row)
+            mask = parent.footprint.to_mask()
+            py0, px0, py1, px1 = parent.footprint.bbox
+            cy0, cx0 = coadd.yx0
+            obs = (
+                coadd.image[:, py0 - cy0 : py1 - cy0, px0 - cx0 : px1 - cx0][:, mask]
+                if parent.footprint.area
+                else np.zeros((len(bands), 0))
+            )
+            heavy_fp[parent.id] = parent.footprint
+            heavy_values[parent.id] = obs
+            if parent.footprint.area == 0:
+                self._skip(row, "deblend_noPeaks", "has an empty footprint")
+                continue
+            if config.maxFootprintArea > 0 and parent.footprint.area > config.maxFootprintArea:
+                self._skip(row, "deblend_parentTooBig", f"covers {parent.footprint.area} pixels")
+                continue
+            if config.maxNumberOfPeaks > 0 and parent.n_peaks > config.maxNumberOfPeaks:
+                self._skip(row, "deblend_tooManyPeaks", f"has {parent.n_peaks} peaks")
+                continue
+            others = all_peaks[owner != k] if config.includeNeighbors else None
+            plan = plan_blend(
+                parent,
+                coadd.bbox,
+                stamp_size=stamp,
+                other_peaks_xy=others,
+                max_neighbours=config.maxNeighbors if config.includeNeighbors else 0,
+            )
+            row["deblend_droppedPeaks"] = plan.dropped
+            if len(plan.peak_ids) == 0:
+                self._skip(row, "deblend_noPeaks", "has no usable peak")
+                continue
+            if len(plan.peak_ids) == 1 and not config.processSingles:
+                row["deblend_isolatedParent"] = True
+                continue
+            row["deblend_nNeighbors"] = len(plan.neighbours_xy)
+            to_fit.append((k, plan))
+
+        n_failed = 0
+        n_not_converged = 0
+        periodic = PeriodicLogger(self.log)
+        done = 0
+        for start in range(0, len(to_fit), max(config.batchSize, 1)):
+            chunk = to_fit[start : start + max(config.batchSize, 1)]
+            for (k, plan), outcome, runtime in self._fit_chunk(deblender, chunk, coadd, settings):
+                row = parent_rows[k]
+                row["deblend_runtime"] = runtime * plan.n_sources
+                if isinstance(outcome, BaseException):
+                    row["deblend_failed"] = True
+                    row["deblend_error"] = type(outcome).__name__[:48]
+                    n_failed += 1
+                    continue
+                n_not_converged += int(not outcome.converged)
+                self._add_children(row, plan, outcome, coadd, bands, child_rows, heavy_fp, heavy_values)
+            done += len(chunk)
+            periodic.log("Deblended %d of %d blends", done, len(to_fit))
+
+        catalog = self._make_catalog(parent_rows + child_rows, bands, deblender.latent_dim)
+        catalog.meta["bands"] = list(bands)
+        catalog.meta["conserveFlux"] = bool(config.conserveFlux)
+        flux_tables = [
+            heavy_footprints_to_table(heavy_fp, {i: v[b] for i, v in heavy_values.items()}, band=band)
+            for b, band in enumerate(bands)
+        ]
+        n_skipped = sum(bool(r.get("deblend_skipped")) for r in parent_rows)
+        self.metadata["n_parents"] = len(parent_rows)
+        self.metadata["n_blends"] = len(to_fit)
+        self.metadata["n_children"] = len(child_rows)
+        self.metadata["n_skipped"] = n_skipped
+        self.metadata["n_failed"] = n_failed
+        self.metadata["n_not_converged"] = n_not_converged
+        self.log.info(
+            "Deblended %d blends into %d children; %d parents skipped, %d failed, %d blends not converged",
+            len(to_fit) - n_failed,
+            len(child_rows),
+            n_skipped,
+            n_failed,
+            n_not_converged,
+        )
+        return pipeBase.Struct(deblendedCatalog=catalog, deblendedFlux=flux_tables, bands=list(bands))
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _skip(self, row: dict, flag: str, why: str) -> None:
+        row["deblend_skipped"] = True
+        row[flag] = True
+        self.log.debug("Skipping parent %d: it %s (%s)", row["id"], why, flag)
+
+    @staticmethod
+    def _parent_row(parent: ParentFootprint, coadd: MultibandCoadd, bands) -> dict:
+        y0, x0, y1, x1 = parent.footprint.bbox
+        row = dict(
+            id=parent.id,
+            parent=0,
+            footprint_area=parent.footprint.area,
+            bbox_x0=x0,
+            bbox_y0=y0,
+            bbox_width=x1 - x0,
+            bbox_height=y1 - y0,
+            deblend_nPeaks=parent.n_peaks,
+        )
+        if parent.n_peaks:
+            row["deblend_peak_center_x"] = int(parent.peaks_xy[0, 0])
+            row["deblend_peak_center_y"] = int(parent.peaks_xy[0, 1])
+        if parent.footprint.area:
+            cy0, cx0 = coadd.yx0
+            sl = (slice(None), slice(y0 - cy0, y1 - cy0), slice(x0 - cx0, x1 - cx0))
+            good = ~coadd.bad[sl] & parent.footprint.to_mask()
+            flux = np.where(good, coadd.image[sl], 0.0).sum(axis=(1, 2))
+            for b, band in enumerate(bands):
+                row[f"deblend_flux_{band}"] = float(flux[b])
+        return row
+
+    def _fit_chunk(self, deblender, chunk, coadd, settings):
+        """Yield ``((k, plan), result or exception, runtime per source in ms)`` for each blend.
+
+        The chunk goes to the engine in one call. If that raises, the blends whose input the
+        engine rejects (`prepare_blend`, no fitting) fail alone and the others go back as one
+        batch; if every input is valid (the fit itself raised), each blend is retried alone. A
+        bad blend thus fails only itself, without splitting the batch (each batch shape costs a
+        compilation).
+        """
+        inputs = [plan.engine_input(coadd) for _, plan in chunk]
+        t0 = time.perf_counter()
+        try:
+            results = deblender.deblend_batch(inputs, bands=deblender.bands, settings=settings)
+        except _FATAL:
+            raise
+        except Exception as error:
+            if len(chunk) == 1:
+                if not self.config.catchFailures:
+                    raise
+                self.log.warning(
+                    "Deblending parent %d failed: %s: %s", chunk[0][1].parent.id, type(error).__name__, error
+                )
+                yield chunk[0], error, 0.0
+                return
+            valid = []
+            for item, blend in zip(chunk, inputs):
+                try:
+                    prepare_blend(
+                        blend["image"],
+                        blend["peaks_xy"],
+                        blend["variance"],
+                        blend["mask"],
+                        num_bands=len(deblender.bands),
+                        stamp_size=deblender.stamp_size,
+                        normalization=deblender.normalization,
+                        max_sources=settings.max_sources,
+                    )
+                    valid.append(item)
+                except _FATAL:
+                    raise
+                except Exception:
+                    yield from self._fit_chunk(deblender, [item], coadd, settings)
+            if len(valid) == len(chunk):
+                self.log.debug("A blend of a batch of %d failed (%s); retrying one by one", len(chunk), error)
+                for item in chunk:
+                    yield from self._fit_chunk(deblender, [item], coadd, settings)
+            elif valid:
+                yield from self._fit_chunk(deblender, valid, coadd, settings)
+            return
+        per_source = 1e3 * (time.perf_counter() - t0) / max(sum(p.n_sources for _, p in chunk), 1)
+        for item, result in zip(chunk, results):
+            yield item, result, per_source
+
+    def _add_children(self, row, plan, result, coadd, bands, child_rows, heavy_fp, heavy_values):
+        cfg = self.config
+        split = split_blend(
+            plan, result, coadd, threshold=cfg.modelSupportThreshold, conserve_flux=cfg.conserveFlux
+        )
+        n = len(plan.peak_ids)
+        row["deblend_nChild"] = n
+        row["deblend_iterations"] = result.n_iter
+        row["deblend_converged"] = result.converged
+        row["deblend_unassignedFluxFraction"] = split.unassigned_fraction
+        for i in range(n):
+            fp = split.footprints[i]
+            cid = int(plan.peak_ids[i])
+            y0, x0, y1, x1 = fp.bbox
+            child = dict(
+                id=cid,
+                parent=plan.parent.id,
+                deblend_peakId=cid,
+                deblend_peak_center_x=int(plan.peaks_xy[i, 0]),
+                deblend_peak_center_y=int(plan.peaks_xy[i, 1]),
+                footprint_area=fp.area,
+                bbox_x0=x0,
+                bbox_y0=y0,
+                bbox_width=x1 - x0,
+                bbox_height=y1 - y0,
+                deblend_nPeaks=1,
+                deblend_edge=bool(result.edge[i]),
+                deblend_noData=bool(result.no_data[i]),
+                deblend_maskedFraction=float(result.masked_fraction[i]),
+                deblend_iterations=result.n_iter,
+                deblend_converged=result.converged,
+                deblend_logPrior=float(result.log_prior[i]),
+                deblend_latents=result.latents[i],
+                deblend_modelFractionInFootprint=float(split.model_fraction_in_footprint[i]),
+            )
+            values = split.values[i]
+            for b, band in enumerate(bands):
+                child[f"deblend_chi2_{band}"] = float(result.chi2[i, b])
+                child[f"deblend_modelFlux_{band}"] = float(split.model_flux[i, b])
+                child[f"deblend_flux_{band}"] = float(np.nansum(values[b]))
+            child_rows.append(child)
+            heavy_fp[cid] = fp
+            heavy_values[cid] = values
+
+    @staticmethod
+    def _make_catalog(rows: list[dict], bands, latent_dim: int) -> Table:
+        table = make_table(deblend_columns(bands, latent_dim), len(rows))
+        columns = {name: table[name] for name in table.colnames}
+        for i, row in enumerate(rows):
+            for name, value in row.items():
+                columns[name][i] = value
+        if len(table):
+            order = np.lexsort((table["id"], np.where(table["parent"] == 0, table["id"], table["parent"])))
+            table = table[order]
+        return table

@@ -1,0 +1,324 @@
+"""MadnessDeblendTask: connections, children and flags on a synthetic patch, quantum runs."""
+
+import tempfile
+import unittest
+
+import lsst.utils.tests
+import numpy as np
+from lsst.meas.madness import MadnessValueError
+from lsst.meas.madness.tasks import (
+    Footprint,
+    MadnessDeblendConnections,
+    MadnessDeblendTask,
+    MadnessDetectionConnections,
+    MadnessMeasurementConnections,
+    MadnessMissingBandError,
+    detection_tables,
+    footprints_from_table,
+    heavy_footprints_from_table,
+)
+from lsst.pipe.base.testUtils import assertValidOutput, lintConnections, makeQuantum, runTestQuantum
+from task_utils import (
+    BANDS,
+    DATA_ID,
+    PATCH_SHAPE,
+    PATCH_YX0,
+    SCENE_GROUPS,
+    SCENE_PEAKS,
+    add_patch_records,
+    masked_images,
+    register_connections,
+    run_config,
+    scene,
+    truth_detections,
+)
+from utils import MadnessTestCase
+
+Y0, X0 = PATCH_YX0
+# A box of NaN pixels that covers the whole fit region of the "NaN parent" below.
+NAN_PEAK = (60, 110)  # local (x, y)
+NAN_BOX = (slice(NAN_PEAK[1] - 22, NAN_PEAK[1] + 23), slice(NAN_PEAK[0] - 22, NAN_PEAK[0] + 23))
+
+
+def _tract(xy_local):
+    return np.asarray(xy_local, dtype=int) + np.array([X0, Y0])
+
+
+def _injected_detections(truth):
+    """Truth parents plus injected failures: a parent with no peak, a parent in a NaN box, and
+    the isolated parent C given a duplicate peak and a peak outside its footprint."""
+    parents = []
+    for members in SCENE_GROUPS:
+        mask = truth[members].sum(axis=(0, 1)) > 5.0
+        for i in members:
+            mask[int(SCENE_PEAKS[i, 1]), int(SCENE_PEAKS[i, 0])] = True
+        peaks = _tract(SCENE_PEAKS[members])
+        if members == [5]:
+            peaks = np.concatenate([peaks, peaks, _tract([[170, 20]])])
+        parents.append((Footprint.from_mask(mask, PATCH_YX0), peaks))
+    empty = np.zeros(PATCH_SHAPE, bool)
+    empty[10:20, 170:180] = True
+    parents.append((Footprint.from_mask(empty, PATCH_YX0), np.zeros((0, 2), int)))
+    nan_fp = np.zeros(PATCH_SHAPE, bool)
+    nan_fp[NAN_PEAK[1] - 3 : NAN_PEAK[1] + 4, NAN_PEAK[0] - 3 : NAN_PEAK[0] + 4] = True
+    parents.append((Footprint.from_mask(nan_fp, PATCH_YX0), _tract([NAN_PEAK])))
+    return detection_tables(parents)
+
+
+class DeblendTaskTestCase(MadnessTestCase):
+    @classmethod
+    def setUpClass(cls):
+        image, var, truth = scene()
+        cls.truth = truth
+        cls.image = image.copy()
+        cls.image[:, NAN_BOX[0], NAN_BOX[1]] = np.nan
+        cls.variance = var
+        cls.coadds = masked_images(cls.image, var)
+        cls.detections, cls.spans = _injected_detections(truth)
+        cls.task = MadnessDeblendTask(config=run_config())
+        cls.result = cls.task.run(coadds=cls.coadds, detections=cls.detections, detectionSpans=cls.spans)
+        cls.catalog = cls.result.deblendedCatalog
+        cls.heavy = {
+            b: heavy_footprints_from_table(t) for b, t in zip(cls.result.bands, cls.result.deblendedFlux)
+        }
+
+    def _parents(self):
+        return self.catalog[self.catalog["parent"] == 0]
+
+    def _children(self, parent_id):
+        return self.catalog[self.catalog["parent"] == parent_id]
+
+    def test_lint_connections(self):
+        for connections in (
+            MadnessDetectionConnections,
+            MadnessDeblendConnections,
+            MadnessMeasurementConnections,
+        ):
+            lintConnections(connections)
+
+    def test_children_per_parent(self):
+        parents = self._parents()
+        self.assertEqual(len(parents), len(SCENE_GROUPS) + 2)
+        expected = [len(g) for g in SCENE_GROUPS] + [0, 0]
+        self.assertEqual(parents["deblend_nChild"].tolist(), expected)
+        self.assertEqual(parents["deblend_nPeaks"].tolist(), [3, 2, 3, 1, 1, 0, 1])
+        for parent in parents:
+            children = self._children(parent["id"])
+            self.assertEqual(len(children), parent["deblend_nChild"])
+            self.assertTrue((children["deblend_nPeaks"] == 1).all())
+        self.assertEqual(len(set(self.catalog["id"])), len(self.catalog))
+        self.assertEqual(self.catalog["deblend_latents"].shape, (len(self.catalog), 16))
+        children = self.catalog[self.catalog["parent"] != 0]
+        self.assertTrue(np.isfinite(children["deblend_latents"]).all())
+        self.assertTrue(np.isnan(parents["deblend_latents"]).all())
+        self.assertTrue(np.isfinite(children["deblend_logPrior"]).all())
+        for band in BANDS:
+            self.assertTrue(np.isfinite(children[f"deblend_chi2_{band}"]).all())
+        self.assertEqual(self.task.metadata["n_children"], len(children))
+
+    def test_child_footprints_inside_parents(self):
+        """A child's footprint lies in its parent's, holds its own peak, and is the same in all bands."""
+        parent_fps = footprints_from_table(self.spans)
+        for child in self.catalog[self.catalog["parent"] != 0]:
+            fp, _ = self.heavy["r"][child["id"]]
+            parent_fp = parent_fps[child["parent"]]
+            y, x = fp.pixels()
+            self.assertTrue(parent_fp.contains(y, x).all(), child["id"])
+            self.assertTrue(fp.contains(child["deblend_peak_center_y"], child["deblend_peak_center_x"])[0])
+            self.assertEqual(fp.area, child["footprint_area"])
+            for band in BANDS:
+                self.assertEqual(self.heavy[band][child["id"]][0], fp)
+        # Parents' heavy footprints are their detection footprints, observed pixels.
+        for pid, fp in parent_fps.items():
+            self.assertEqual(self.heavy["g"][pid][0], fp)
+
+    def test_flux_conserved_and_correct(self):
+        parents = self._parents()
+        for parent in parents[parents["deblend_nChild"] > 0]:
+            children = self._children(parent["id"])
+            # Good pixels: all observed flux goes to the children.
+            self.assertLess(abs(parent["deblend_unassignedFluxFraction"]), 0.005)
+            if (children["deblend_maskedFraction"] > 0).any():
+                # Bad pixels carry the model in the children, not in the parent's observed sum.
+                self.assertGreater(children["deblend_flux_r"].sum(), parent["deblend_flux_r"])
+                continue
+            for band in BANDS:
+                total = children[f"deblend_flux_{band}"].sum()
+                self.assertLess(
+                    abs(total - parent[f"deblend_flux_{band}"]), 0.005 * abs(parent[f"deblend_flux_{band}"])
+                )
+        # The blends' children carry the true fluxes (decoder-drawn truth, high S/N).
+        for members in SCENE_GROUPS[:2]:
+            ids = [self._child_at(SCENE_PEAKS[i]) for i in members]
+            flux = np.array([self.catalog[self.catalog["id"] == i]["deblend_flux_r"][0] for i in ids])
+            true = self.truth[members, 2].sum(axis=(1, 2))
+            np.testing.assert_allclose(flux, true, rtol=0.05)
+
+    def _child_at(self, xy_local):
+        x, y = _tract(xy_local)
+        sel = (
+            (self.catalog["deblend_peak_center_x"] == x)
+            & (self.catalog["deblend_peak_center_y"] == y)
+            & (self.catalog["parent"] != 0)
+        )
+        self.assertEqual(int(sel.sum()), 1)
+        return int(self.catalog["id"][sel][0])
+
+    def test_injected_failures_flagged(self):
+        parents = self._parents()
+        no_peaks, nan_parent = parents[-2], parents[-1]
+        self.assertTrue(no_peaks["deblend_skipped"] and no_peaks["deblend_noPeaks"])
+        self.assertFalse(no_peaks["deblend_failed"])
+        self.assertTrue(nan_parent["deblend_failed"])
+        self.assertEqual(nan_parent["deblend_error"], "MadnessNoDataError")
+        self.assertFalse(nan_parent["deblend_skipped"])
+        self.assertEqual(self.task.metadata["n_failed"], 1)
+        # Duplicate peak and peak outside the footprint are dropped, the parent still deblended.
+        c = parents[2]
+        self.assertEqual((c["deblend_nPeaks"], c["deblend_droppedPeaks"], c["deblend_nChild"]), (3, 2, 1))
+        # The source on the edge is deblended and flagged; the one next to NaN pixels too.
+        edge = self.catalog[self.catalog["id"] == self._child_at(SCENE_PEAKS[6])][0]
+        self.assertTrue(edge["deblend_edge"])
+        self.assertGreaterEqual(edge["bbox_x0"], X0)
+        hole = self.catalog[self.catalog["id"] == self._child_at(SCENE_PEAKS[7])][0]
+        self.assertGreater(hole["deblend_maskedFraction"], 0)
+        self.assertTrue(np.isfinite(self.heavy["r"][hole["id"]][1]).all())
+
+    def test_size_limits_and_singles(self):
+        """Too many peaks, too big, processSingles=False: flagged without fitting anything."""
+        parents = self._parents()
+        config = run_config(
+            maxNumberOfPeaks=1, maxFootprintArea=int(parents["footprint_area"][0]) - 1, processSingles=False
+        )
+        task = MadnessDeblendTask(config=config)
+        catalog = task.run(
+            coadds=self.coadds, detections=self.detections, detectionSpans=self.spans
+        ).deblendedCatalog
+        top = catalog[catalog["parent"] == 0]
+        self.assertEqual(len(catalog), len(top))
+        self.assertTrue(top["deblend_parentTooBig"][0] and top["deblend_skipped"][0])
+        self.assertFalse(top["deblend_tooManyPeaks"][0])
+        self.assertTrue(top["deblend_tooManyPeaks"][1] and top["deblend_skipped"][1])
+        self.assertTrue(top["deblend_isolatedParent"][3] and not top["deblend_skipped"][3])
+        self.assertEqual(task.metadata["n_blends"], 0)
+
+    def test_model_values_without_flux_conservation(self):
+        members = SCENE_GROUPS[1]
+        det, spans = truth_detections(self.truth, groups=[members])
+        task = MadnessDeblendTask(config=run_config(conserveFlux=False))
+        result = task.run(coadds=self.coadds, detections=det, detectionSpans=spans)
+        children = result.deblendedCatalog[result.deblendedCatalog["parent"] != 0]
+        self.assertEqual(len(children), 2)
+        for band in BANDS:
+            model_in_fp = children[f"deblend_modelFlux_{band}"]
+            flux = children[f"deblend_flux_{band}"]
+            # Values are the model: flux <= full model flux, equal to the part in the footprint.
+            self.assertTrue((flux <= model_in_fp * 1.0001 + 1e-3).all())
+        np.testing.assert_allclose(
+            children["deblend_flux_r"] + children["deblend_flux_g"],
+            (children["deblend_modelFlux_r"] + children["deblend_modelFlux_g"])
+            * children["deblend_modelFractionInFootprint"],
+            rtol=0.05,
+        )
+
+    def test_catch_failures_false_raises(self):
+        det, spans = _injected_detections(self.truth)
+        only_nan = det[
+            (det["id"] == det["id"][det["parent"] == 0][-1])
+            | (det["parent"] == det["id"][det["parent"] == 0][-1])
+        ]
+        task = MadnessDeblendTask(config=run_config(catchFailures=False))
+        with self.assertRaises(ValueError) as cm:
+            task.run(coadds=self.coadds, detections=only_nan, detectionSpans=spans)
+        self.assertIn("No usable pixel", str(cm.exception))
+
+    def test_missing_band_and_band_order(self):
+        coadds = {b: c for b, c in self.coadds.items() if b != "z"}
+        with self.assertRaises(MadnessMissingBandError) as cm:
+            self.task.run(coadds=coadds, detections=self.detections, detectionSpans=self.spans)
+        self.assertIn("'z'", str(cm.exception))
+        self.assertIsInstance(cm.exception, ValueError)
+        task = MadnessDeblendTask(config=run_config(bands=list(reversed(BANDS))))
+        with self.assertRaises(MadnessValueError) as cm:
+            task.run(coadds=self.coadds, detections=self.detections, detectionSpans=self.spans)
+        self.assertIn("order matters", str(cm.exception))
+
+    def test_valid_output(self):
+        assertValidOutput(self.task, self.result)
+
+
+class DeblendQuantumTestCase(MadnessTestCase):
+    """runQuantum through makeQuantum/runTestQuantum on a makeTestRepo butler."""
+
+    def setUp(self):
+        from lsst.daf.butler import Butler
+        from lsst.daf.butler.tests import makeTestRepo
+
+        self.root = tempfile.TemporaryDirectory()
+        repo = makeTestRepo(self.root.name)
+        add_patch_records(repo)
+        self.butler = Butler.from_config(butler=repo, run="test/in")
+        self.config = run_config()
+        register_connections(self.butler, self.config)
+        image, var, truth = scene()
+        for band, coadd in masked_images(image, var).items():
+            self.butler.put(coadd, "deepCoadd_calexp", DATA_ID, band=band)
+        det, spans = truth_detections(truth)
+        self.butler.put(det, "deepCoadd_madnessDet", DATA_ID)
+        self.butler.put(spans, "deepCoadd_madnessDet_spans", DATA_ID)
+        self.n_parents = int((det["parent"] == 0).sum())
+
+    def tearDown(self):
+        self.butler.close()
+        self.root.cleanup()
+
+    def _quantum(self, task, bands):
+        per_band = [dict(DATA_ID, band=b) for b in bands]
+        return makeQuantum(
+            task,
+            self.butler,
+            DATA_ID,
+            {
+                "coadds": per_band,
+                "detections": DATA_ID,
+                "detectionSpans": DATA_ID,
+                "deblendedCatalog": DATA_ID,
+                "deblendedFlux": per_band,
+            },
+        )
+
+    def test_run_quantum(self):
+        task = MadnessDeblendTask(config=self.config)
+        mock = runTestQuantum(task, self.butler, self._quantum(task, BANDS), mockRun=True)
+        _, kwargs = mock.call_args
+        self.assertEqual(sorted(kwargs["coadds"]), sorted(BANDS))
+        runTestQuantum(task, self.butler, self._quantum(task, BANDS), mockRun=False)
+        catalog = self.butler.get("deepCoadd_madnessDeblendedCatalog", DATA_ID)
+        self.assertEqual(int((catalog["parent"] == 0).sum()), self.n_parents)
+        self.assertEqual(int((catalog["parent"] != 0).sum()), len(SCENE_PEAKS))
+        self.assertIn("Number of children", catalog["deblend_nChild"].description)
+        for band in BANDS:
+            heavy = heavy_footprints_from_table(
+                self.butler.get("deepCoadd_madnessDeblendedFlux", DATA_ID, band=band)
+            )
+            self.assertEqual(set(heavy), set(catalog["id"]))
+
+    def test_missing_band_quantum(self):
+        task = MadnessDeblendTask(config=self.config)
+        with self.assertRaises(MadnessMissingBandError):
+            runTestQuantum(
+                task, self.butler, self._quantum(task, [b for b in BANDS if b != "z"]), mockRun=False
+            )
+
+
+class MemoryTester(lsst.utils.tests.MemoryTestCase):
+    pass
+
+
+def setup_module(module):
+    lsst.utils.tests.init()
+
+
+if __name__ == "__main__":
+    lsst.utils.tests.init()
+    unittest.main()
