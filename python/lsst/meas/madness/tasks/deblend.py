@@ -297,9 +297,47 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
         extra = sorted(set(coadds) - set(bands))
         if extra:
             self.log.info("Ignoring coadds of bands %s, which the model does not use", extra)
+        parents = _parents_from_tables(detections, detectionSpans)
+        result = self.deblendParents(coadd, parents, deblender)
+        parent_rows, child_rows = result.parentRows, result.childRows
+        heavy_fp, heavy_values = result.heavyFootprints, result.heavyValues
+        catalog = self._make_catalog(parent_rows + child_rows, bands, deblender.latent_dim)
+        catalog.meta["bands"] = list(bands)
+        catalog.meta["conserveFlux"] = bool(config.conserveFlux)
+        flux_tables = [
+            heavy_footprints_to_table(heavy_fp, {i: v[b] for i, v in heavy_values.items()}, band=band)
+            for b, band in enumerate(bands)
+        ]
+        return pipeBase.Struct(deblendedCatalog=catalog, deblendedFlux=flux_tables, bands=list(bands))
+
+    def deblendParents(
+        self, coadd: MultibandCoadd, parents: list[ParentFootprint], deblender: MadnessDeblender
+    ) -> pipeBase.Struct:
+        """Deblend parents on a stacked coadd: the I/O-free core shared by both I/O paths.
+
+        Parameters
+        ----------
+        coadd : `MultibandCoadd`
+            Stacked coadd planes in the deblender's band order.
+        parents : `list` [`ParentFootprint`]
+            Parent footprints and peaks, tract frame. Peak ids must be unique in the patch:
+            a child takes its peak's id.
+        deblender : `MadnessDeblender`
+            The loaded deblender.
+
+        Returns
+        -------
+        result : `lsst.pipe.base.Struct`
+            ``parentRows`` and ``childRows`` (`list` of `dict`, one per source, keyed by the
+            columns of `lsst.meas.madness.tasks.catalogs.deblend_columns`; the children of a
+            parent follow in peak order), ``heavyFootprints`` (`dict` id -> `Footprint`) and
+            ``heavyValues`` (`dict` id -> ``(bands, area)`` pixel values: a parent's observed
+            pixels, a child's deblended ones). Counts go to ``self.metadata``.
+        """
+        config = self.config
+        bands = deblender.bands
         settings = config.map_settings()
         stamp = deblender.stamp_size
-        parents = _parents_from_tables(detections, detectionSpans)
         self.log.info(
             "Deblending %d parents (%d peaks) on %s coadds of %dx%d pixels",
             len(parents),
@@ -380,13 +418,6 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
             done += len(chunk)
             periodic.log("Deblended %d of %d blends", done, len(to_fit))
 
-        catalog = self._make_catalog(parent_rows + child_rows, bands, deblender.latent_dim)
-        catalog.meta["bands"] = list(bands)
-        catalog.meta["conserveFlux"] = bool(config.conserveFlux)
-        flux_tables = [
-            heavy_footprints_to_table(heavy_fp, {i: v[b] for i, v in heavy_values.items()}, band=band)
-            for b, band in enumerate(bands)
-        ]
         n_skipped = sum(bool(r.get("deblend_skipped")) for r in parent_rows)
         self.metadata["n_parents"] = len(parent_rows)
         self.metadata["n_blends"] = len(to_fit)
@@ -402,7 +433,9 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
             n_failed,
             n_not_converged,
         )
-        return pipeBase.Struct(deblendedCatalog=catalog, deblendedFlux=flux_tables, bands=list(bands))
+        return pipeBase.Struct(
+            parentRows=parent_rows, childRows=child_rows, heavyFootprints=heavy_fp, heavyValues=heavy_values
+        )
 
     # --- helpers ---------------------------------------------------------------------------
 

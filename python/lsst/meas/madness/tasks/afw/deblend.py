@@ -1,0 +1,369 @@
+"""``MadnessDeblendAfwTask``: the MADNESS deblender on the full Rubin stack (afw I/O).
+
+Inputs and outputs follow ``lsst.pipe.tasks.deblendCoaddSourcesPipeline.DeblendCoaddSourcesMultiTask``
+(label ``deblendCoaddFootprints`` in LSSTCam DRP): the merged detections (afw ``SourceCatalog``
+with Footprints and peaks) and one ``ExposureF`` coadd per band (or cell coadds and their
+backgrounds, ``useCellCoadds``). The deblending itself is the pip-only task's
+(`MadnessDeblendTask.deblendParents`); only the conversions differ.
+
+Outputs, and why two
+--------------------
+``{outputCoaddName}Coadd_deblendedCatalog`` (tract, patch): parents (the merged detections, with
+their Footprints) followed by their children, each child's Footprint being its pixels with
+exactly one peak, inside its parent's. It holds no pixel values, as scarlet's catalog.
+
+``{outputCoaddName}Coadd_deblendedFlux`` (tract, patch, band; ``multiple``): the same records,
+in each band, with every child's Footprint replaced by a ``HeavyFootprintF`` of that band. This
+is the per-band deblender output afw measurement reads (meas_deblender's format;
+``ForcedPhotCoaddTask``'s ``footprintDatasetName="DeblendedFlux"``). Scarlet instead stores its
+models (``LsstScarletModelData``) and lets ``MeasureMergedCoaddSourcesTask`` rebuild the heavy
+footprints per band (``doAddFootprints``); MADNESS has no scarlet models, so it writes the heavy
+footprints, and `MadnessMeasureMergedCoaddSourcesTask` reads the per-band catalog instead of the
+band-less one. The init-output ``{outputCoaddName}Coadd_deblendedFlux_schema`` is the name
+``MeasureMergedCoaddSourcesTask`` reads its ``inputSchema`` from.
+
+afw is imported when the task is constructed, so the module (and its connections and config)
+imports on the pip-only stack too: pipelines using it can be built and their contracts checked
+there.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MadnessDeblendAfwConnections", "MadnessDeblendAfwConfig", "MadnessDeblendAfwTask"]
+
+from collections.abc import Mapping
+
+import numpy as np
+
+import lsst.pex.config as pexConfig
+import lsst.pipe.base as pipeBase
+import lsst.pipe.base.connectionTypes as cT
+from lsst.utils.timer import timeMethod
+
+from ...engine import MadnessDeblender
+from ...errors import MadnessValueError
+from ..deblend import MadnessDeblendConfig, MadnessDeblendTask
+from .conventions import AFW_SKIPPED_COLUMNS, afw_fields
+
+_TEMPLATES = {"inputCoaddName": "deep", "outputCoaddName": "deep"}
+
+try:  # The full stack's id generator; a placeholder with its settable fields elsewhere.
+    from lsst.meas.base import SkyMapIdGeneratorConfig
+
+    _ID_GENERATOR_FIELD = SkyMapIdGeneratorConfig.make_field()
+except ImportError:
+
+    class _IdGeneratorPlaceholder(pexConfig.Config):
+        """Stand-in for ``lsst.meas.base.SkyMapIdGeneratorConfig`` where meas_base is absent.
+
+        It has the fields DRP pipelines set, so that pipelines validate; running the task needs
+        the real one.
+        """
+
+        release_id = pexConfig.Field[int](default=0, doc="Data release identifier (meas_base).")
+        n_releases = pexConfig.Field[int](default=1, doc="Number of data releases (meas_base).")
+
+    _ID_GENERATOR_FIELD = pexConfig.ConfigField(
+        dtype=_IdGeneratorPlaceholder, doc="Source id generator (lsst.meas.base.SkyMapIdGeneratorConfig)."
+    )
+
+
+class MadnessDeblendAfwConnections(
+    pipeBase.PipelineTaskConnections,
+    dimensions=("tract", "patch", "skymap"),
+    defaultTemplates=_TEMPLATES,
+):
+    inputSchema = cT.InitInput(
+        doc="Schema of the merged detection catalog.",
+        name="{inputCoaddName}Coadd_mergeDet_schema",
+        storageClass="SourceCatalog",
+    )
+    peakSchema = cT.InitInput(
+        doc="Schema of the footprint peak catalogs.",
+        name="{inputCoaddName}Coadd_peak_schema",
+        storageClass="PeakCatalog",
+    )
+    mergedDetections = cT.Input(
+        doc="Detection catalog merged across bands: parent Footprints with their peaks.",
+        name="{inputCoaddName}Coadd_mergeDet",
+        storageClass="SourceCatalog",
+        dimensions=("tract", "patch", "skymap"),
+    )
+    coadds = cT.Input(
+        doc="Per-band coadds to deblend.",
+        name="{inputCoaddName}Coadd_calexp",
+        storageClass="ExposureF",
+        multiple=True,
+        dimensions=("tract", "patch", "band", "skymap"),
+    )
+    coadds_cell = cT.Input(
+        doc="Per-band cell-based coadds to deblend (useCellCoadds).",
+        name="{inputCoaddName}CoaddCell",
+        storageClass="MultipleCellCoadd",
+        multiple=True,
+        dimensions=("tract", "patch", "band", "skymap"),
+    )
+    backgrounds = cT.Input(
+        doc="Backgrounds subtracted from the cell-based coadds (useCellCoadds).",
+        name="{inputCoaddName}Coadd_calexp_background",
+        storageClass="Background",
+        multiple=True,
+        dimensions=("tract", "patch", "band", "skymap"),
+    )
+    outputSchema = cT.InitOutput(
+        doc="Schema of the deblended catalogs (read by MeasureMergedCoaddSourcesTask as inputSchema).",
+        name="{outputCoaddName}Coadd_deblendedFlux_schema",
+        storageClass="SourceCatalog",
+    )
+    deblendedCatalog = cT.Output(
+        doc="Parents and MADNESS children with Footprints (no pixel values), flags and diagnostics.",
+        name="{outputCoaddName}Coadd_deblendedCatalog",
+        storageClass="SourceCatalog",
+        dimensions=("tract", "patch", "skymap"),
+    )
+    deblendedFlux = cT.Output(
+        doc="The deblended catalog in each band, every child carrying a HeavyFootprintF of that band.",
+        name="{outputCoaddName}Coadd_deblendedFlux",
+        storageClass="SourceCatalog",
+        dimensions=("tract", "patch", "band", "skymap"),
+        multiple=True,
+    )
+
+    def __init__(self, *, config=None):
+        super().__init__(config=config)
+        if config is not None:
+            if config.useCellCoadds:
+                del self.coadds
+            else:
+                del self.coadds_cell
+                del self.backgrounds
+
+
+class MadnessDeblendAfwConfig(MadnessDeblendConfig, pipelineConnections=MadnessDeblendAfwConnections):
+    """Configuration of `MadnessDeblendAfwTask`: `MadnessDeblendConfig` plus the afw inputs."""
+
+    useCellCoadds = pexConfig.Field[bool](
+        default=False,
+        doc="Deblend cell-based coadds (stitched, background subtracted) instead of ExposureF coadds, "
+        "as DeblendCoaddSourcesMultiTask does.",
+    )
+    idGenerator = _ID_GENERATOR_FIELD
+
+
+class MadnessDeblendAfwTask(MadnessDeblendTask):
+    """Deblend the merged detections of a patch with MADNESS; afw catalogs and heavy footprints out.
+
+    Parameters
+    ----------
+    schema : `lsst.afw.table.Schema`, optional
+        Schema of the merged detections (``initInputs["inputSchema"]`` overrides it).
+    peakSchema : `lsst.afw.table.Schema`, optional
+        Schema of their peaks (``initInputs["peakSchema"]`` overrides it).
+    initInputs : `dict`, optional
+        Init-inputs of a pipeline run.
+    deblender : `MadnessDeblender`, optional
+        Use this deblender rather than loading ``config.bundlePath``.
+    **kwargs
+        Passed to `lsst.pipe.base.PipelineTask`.
+    """
+
+    ConfigClass = MadnessDeblendAfwConfig
+    _DefaultName = "madnessDeblendAfw"
+
+    def __init__(self, schema=None, peakSchema=None, initInputs=None, deblender=None, **kwargs):
+        super().__init__(initInputs=initInputs, **kwargs)
+        import lsst.afw.detection as afwDet
+        import lsst.afw.table as afwTable
+
+        if initInputs is not None:
+            schema = initInputs["inputSchema"].schema
+            peakSchema = initInputs["peakSchema"].schema
+        if schema is None:
+            raise ValueError("The merged detections' schema is required (schema or initInputs).")
+        self._madness = deblender if deblender is not None else self._deblender()
+        if tuple(self.config.bands) != self._madness.bands:
+            raise self._band_error(self._madness)
+        self.schemaMapper = afwTable.SchemaMapper(schema)
+        self.schemaMapper.addMinimalSchema(schema)
+        self.schema = self.schemaMapper.getOutputSchema()
+
+        # Non-minimal peak fields (merge_peak_<band>...) become source fields, filled from each
+        # child's peak and from a parent's first peak, as scarlet does.
+        minimalPeakSchema = afwDet.PeakTable.makeMinimalSchema()
+        self.peakSchema = peakSchema if peakSchema is not None else minimalPeakSchema
+        self.peakSchemaMapper = afwTable.SchemaMapper(self.peakSchema, self.schema)
+        for item in self.peakSchema:
+            if item.key not in minimalPeakSchema and item.field.getName() not in self.schema.getNames():
+                self.peakSchemaMapper.addMapping(item.key, item.field)
+                self.schema.addField(item.field)
+
+        self.fieldKeys = {
+            f.name: f.add_to(self.schema) for f in afw_fields(self._madness.bands, self._madness.latent_dim)
+        }
+        self.fieldTypes = {f.name: f.type for f in afw_fields(self._madness.bands, self._madness.latent_dim)}
+        self.outputSchema = afwTable.SourceCatalog(self.schema)
+
+    def runQuantum(self, butlerQC, inputRefs, outputRefs):
+        inputs = butlerQC.get(inputRefs)
+        mergedDetections = inputs.pop("mergedDetections")
+        if self.config.useCellCoadds:
+            refs = inputRefs.coadds_cell
+            exposures = [mcc.stitch().asExposure() for mcc in inputs.pop("coadds_cell")]
+            for exposure, background in zip(exposures, inputs.pop("backgrounds")):
+                exposure.image -= background.getImage()
+        else:
+            refs = inputRefs.coadds
+            exposures = inputs.pop("coadds")
+        assert not inputs, "runQuantum got extra inputs"
+        coadds = {ref.dataId["band"]: exposure for ref, exposure in zip(refs, exposures)}
+        idFactory = self.config.idGenerator.apply(butlerQC.quantum.dataId).make_table_id_factory()
+        outputs = self.run(coadds=coadds, mergedDetections=mergedDetections, idFactory=idFactory)
+        butlerQC.put(outputs.deblendedCatalog, outputRefs.deblendedCatalog)
+        for ref in outputRefs.deblendedFlux:
+            if (band := ref.dataId["band"]) in outputs.deblendedFlux:
+                butlerQC.put(outputs.deblendedFlux[band], ref)
+
+    @timeMethod
+    def run(
+        self,
+        coadds: Mapping[str, object],
+        mergedDetections,
+        idFactory=None,
+        deblender: MadnessDeblender | None = None,
+    ) -> pipeBase.Struct:
+        """Deblend all parents of a patch.
+
+        Parameters
+        ----------
+        coadds : mapping [`str`, `lsst.afw.image.ExposureF`]
+            Coadd of each band; every band of the model must be present, others are ignored.
+        mergedDetections : `lsst.afw.table.SourceCatalog`
+            Parent Footprints with their peaks (``inputSchema``).
+        idFactory : `lsst.afw.table.IdFactory`, optional
+            Source ids of the children; a simple one (after the largest parent id) by default.
+        deblender : `MadnessDeblender`, optional
+            Use this deblender instead of the task's.
+
+        Returns
+        -------
+        result : `lsst.pipe.base.Struct`
+            ``deblendedCatalog`` (`lsst.afw.table.SourceCatalog`, parents then children, sorted
+            by parent) and ``deblendedFlux`` (`dict` band -> `lsst.afw.table.SourceCatalog`, the
+            same records with each child's ``HeavyFootprintF`` in that band).
+
+        Raises
+        ------
+        MadnessMissingBandError
+            A band of the model has no coadd.
+        MadnessValueError
+            ``config.bands`` differ from the bundle's.
+        """
+        from .convert import coadd_from_exposures, parents_from_catalog
+
+        deblender = deblender if deblender is not None else self._madness
+        if tuple(self.config.bands) != deblender.bands:
+            raise self._band_error(deblender)
+        bands = deblender.bands
+        coadd = coadd_from_exposures(coadds, bands, self.config.badMask)
+        extra = sorted(set(coadds) - set(bands))
+        if extra:
+            self.log.info("Ignoring coadds of bands %s, which the model does not use", extra)
+        sources = self._makeSourceCatalog(mergedDetections, idFactory)
+        parents, peaks = parents_from_catalog(sources)
+        result = self.deblendParents(coadd, parents, deblender)
+        children = self._fillCatalog(sources, result, peaks, bands)
+        fluxCatalogs = {
+            band: self._bandCatalog(sources, children, result, b, coadds[band])
+            for b, band in enumerate(bands)
+        }
+        return pipeBase.Struct(deblendedCatalog=sources, deblendedFlux=fluxCatalogs)
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _band_error(self, deblender):
+        return MadnessValueError(
+            f"config.bands {list(self.config.bands)} differ from the bundle's bands "
+            f"{list(deblender.bands)} (order matters); set bands to the bundle's."
+        )
+
+    def _makeSourceCatalog(self, mergedDetections, idFactory):
+        """Parents: the merged detections mapped to the output schema, ids kept."""
+        import lsst.afw.table as afwTable
+
+        if idFactory is None:
+            idFactory = afwTable.IdFactory.makeSimple()
+        if len(mergedDetections):
+            # Ids of the merged detections may have gaps; children's ids start after the largest.
+            idFactory.notify(int(np.max(mergedDetections["id"])))
+        table = afwTable.SourceTable.make(self.schema, idFactory)
+        sources = afwTable.SourceCatalog(table)
+        sources.extend(mergedDetections, self.schemaMapper)
+        return sources
+
+    def _set(self, record, name: str, value) -> None:
+        kind = self.fieldTypes[name]
+        if kind in ("I", "L"):
+            value = int(value)
+        elif kind in ("F", "D"):
+            value = float(value)
+        elif kind == "Flag":
+            value = bool(value)
+        elif kind == "ArrayF":
+            value = np.asarray(value, dtype=np.float32)
+        else:
+            value = str(value)
+        record.set(self.fieldKeys[name], value)
+
+    def _fillCatalog(self, sources, result, peaks, bands) -> dict[int, tuple[object, int]]:
+        """Write the parents' columns and append the children; return key -> (child record, index)."""
+        from .convert import child_footprint
+
+        rowById = {row["id"]: row for row in result.parentRows}
+        for record in list(sources):
+            fp = record.getFootprint()
+            if fp is not None and len(fp.getPeaks()):
+                record.assign(fp.getPeaks()[0], self.peakSchemaMapper)
+            row = rowById.get(int(record.getId()))
+            if row is None:
+                continue
+            for name, value in row.items():
+                if name not in AFW_SKIPPED_COLUMNS and name != "deblend_peakId" and name in self.fieldKeys:
+                    self._set(record, name, value)
+
+        children = {}
+        # SourceCatalog.getChildren needs the catalog sorted by parent: parents (0) come first,
+        # children follow grouped by increasing parent id.
+        order = sorted(range(len(result.childRows)), key=lambda i: result.childRows[i]["parent"])
+        for i in order:
+            row = result.childRows[i]
+            key = int(row["id"])
+            parentRecord, peak = peaks[key]
+            parentRow = rowById[int(parentRecord.getId())]
+            child = sources.addNew()
+            child.assign(peak, self.peakSchemaMapper)
+            child.setParent(parentRecord.getId())
+            child.setFootprint(child_footprint(result.heavyFootprints[key], peak, self.peakSchema))
+            for name, value in row.items():
+                if name in AFW_SKIPPED_COLUMNS or name not in self.fieldKeys:
+                    continue
+                self._set(child, name, int(peak.getId()) if name == "deblend_peakId" else value)
+            self._set(child, "deblend_parentNPeaks", parentRow.get("deblend_nPeaks", 0))
+            self._set(child, "deblend_parentNChild", parentRow.get("deblend_nChild", 0))
+            children[key] = child
+        return children
+
+    def _bandCatalog(self, sources, children, result, b: int, exposure):
+        """A deep copy of the catalog whose children carry their ``HeavyFootprintF`` in band ``b``."""
+        from .convert import heavy_footprint
+
+        out = sources.copy(deep=True)
+        # A deep copy keeps the record order; find records by position, not by (sorted) id.
+        index = {int(r.getId()): i for i, r in enumerate(sources)}
+        for key, child in children.items():
+            record = out[index[int(child.getId())]]
+            record.setFootprint(
+                heavy_footprint(
+                    child.getFootprint(), result.heavyFootprints[key], result.heavyValues[key][b], exposure
+                )
+            )
+        return out

@@ -1,0 +1,453 @@
+"""The afw I/O path: conventions (run everywhere) and MadnessDeblendAfwTask on afw data (needs afw).
+
+The afw-independent pieces (schema fields, bad pixels from an afw-style mask, stacking arrays,
+footprint images, the task's connections and config, the shared deblending core fed through
+them) are tested here for real. The afw tests use ``lsst.meas.base.tests.TestDataset`` and are
+skipped where ``lsst.afw`` / ``lsst.meas.base`` do not import (the pip-only stack: this
+repository's CI); they are written against the real afw API (afw, meas_base at the commits
+doc/tasks.md names) but have not been run.
+"""
+
+import importlib.util
+import unittest
+
+import numpy as np
+from task_utils import (
+    NAN_HOLE,
+    PATCH_YX0,
+    deblender,
+    masked_images,
+    run_config,
+    scene,
+    truth_detections,
+)
+from utils import BANDS, MadnessTestCase, quick_bundle_path
+
+import lsst.utils.tests
+from lsst.meas.madness.errors import MadnessValueError
+from lsst.meas.madness.tasks import Footprint, MadnessDeblendTask, MadnessMissingBandError, MultibandCoadd
+from lsst.meas.madness.tasks.afw import (
+    AFW_SKIPPED_COLUMNS,
+    MadnessDeblendAfwConfig,
+    MadnessDeblendAfwConnections,
+    afw_fields,
+    bad_pixels,
+    coadd_from_arrays,
+    footprint_image,
+)
+from lsst.meas.madness.tasks.catalogs import deblend_columns
+from lsst.pipe.base.testUtils import lintConnections
+
+HAVE_AFW = all(importlib.util.find_spec(m) is not None for m in ("lsst.afw", "lsst.meas.base"))
+HAVE_PIPE_TASKS = importlib.util.find_spec("lsst.pipe.tasks") is not None
+NO_AFW = "lsst.afw and lsst.meas.base are not importable (pip-only stack); the afw path needs the Rubin stack"
+
+# afw-style mask bits of the test arrays.
+PLANE_BITS = {"BAD": 0, "SAT": 1, "INTRP": 2, "NO_DATA": 8, "DETECTED": 5}
+
+
+class ConventionsTestCase(MadnessTestCase):
+    """afw-independent conventions of the afw path."""
+
+    def test_fields_follow_catalog_columns(self):
+        fields = afw_fields(BANDS, 16)
+        names = [f.name for f in fields]
+        expected = [c.name for c in deblend_columns(BANDS, 16) if c.name not in AFW_SKIPPED_COLUMNS]
+        self.assertEqual(names[: len(expected)], expected)
+        self.assertEqual(len(set(names)), len(names))
+        types = {f.name: f.type for f in fields}
+        # The Rubin flag and count conventions.
+        for flag in ("deblend_failed", "deblend_skipped", "deblend_tooManyPeaks", "deblend_parentTooBig"):
+            self.assertEqual(types[flag], "Flag")
+        for count in ("deblend_nChild", "deblend_nPeaks", "deblend_peak_center_x", "deblend_peak_center_y"):
+            self.assertEqual(types[count], "I")
+        self.assertEqual(types["deblend_peakId"], "L")
+        self.assertEqual(types["deblend_logPrior"], "F")
+        self.assertEqual(types["deblend_error"], "String")
+        latents = next(f for f in fields if f.name == "deblend_latents")
+        self.assertEqual((latents.type, latents.size), ("ArrayF", 16))
+        for band in BANDS:
+            self.assertEqual(types[f"deblend_chi2_{band}"], "F")
+        units = {f.name: f.units for f in fields}
+        self.assertEqual(units["deblend_peak_center_x"], "pixel")
+        self.assertEqual(units["deblend_runtime"], "ms")
+        self.assertIn("deblend_parentNPeaks", names)
+
+    def test_bad_pixels(self):
+        image = np.ones((3, 4), np.float32)
+        variance = np.ones((3, 4), np.float32)
+        mask = np.zeros((3, 4), np.int32)
+        image[0, 0] = np.nan
+        variance[0, 1] = 0.0
+        variance[0, 2] = np.inf
+        mask[1, 0] = 1 << PLANE_BITS["SAT"]
+        mask[1, 1] = 1 << PLANE_BITS["NO_DATA"]
+        mask[1, 2] = 1 << PLANE_BITS["DETECTED"]  # not a bad plane
+        mask[1, 3] = 1 << PLANE_BITS["BAD"] | 1 << PLANE_BITS["DETECTED"]
+        bad = bad_pixels(image, variance, mask, PLANE_BITS, ["BAD", "SAT", "NO_DATA", "SUSPECT"])
+        expected = np.zeros((3, 4), bool)
+        expected[0, :3] = True
+        expected[1, [0, 1, 3]] = True
+        np.testing.assert_array_equal(bad, expected)
+        # Planes the mask lacks are ignored; no plane at all leaves only the non-finite pixels.
+        non_finite = np.zeros((3, 4), bool)
+        non_finite[0, :3] = True
+        np.testing.assert_array_equal(bad_pixels(image, variance, mask, PLANE_BITS, []), non_finite)
+
+    def test_coadd_from_arrays_matches_lsst_images(self):
+        """afw-style arrays and lsst.images coadds give the same MultibandCoadd."""
+        image, var, _ = scene()
+        h, w = image.shape[1:]
+        masks = np.zeros(image.shape, np.int32)
+        masks[2, 10:14, 20:30] = 1 << PLANE_BITS["SAT"]
+        planes = {b: (image[i], var[i], masks[i], PLANE_BITS) for i, b in enumerate(BANDS)}
+        xy0 = (PATCH_YX0[1], PATCH_YX0[0])
+        coadd = coadd_from_arrays(BANDS, planes, xy0, ["SAT", "NO_DATA"])
+        reference = MultibandCoadd.from_masked_images(masked_images(image, var), bands=BANDS)
+        self.assertEqual(coadd.yx0, PATCH_YX0)
+        self.assertEqual(coadd.bbox, reference.bbox)
+        np.testing.assert_array_equal(coadd.image, reference.image)
+        np.testing.assert_array_equal(coadd.variance, reference.variance)
+        # The NaN hole is bad in both; the SAT box only where the mask says so.
+        expected_bad = reference.bad.copy()
+        expected_bad[2, 10:14, 20:30] = True
+        np.testing.assert_array_equal(coadd.bad, expected_bad)
+        self.assertTrue(coadd.bad[:, NAN_HOLE[0], NAN_HOLE[1]].all())
+        # Only the model's bands are stacked, in its order; a missing one is an error.
+        self.assertEqual(coadd_from_arrays(BANDS[::-1], planes, xy0, []).bands, tuple(BANDS[::-1]))
+        with self.assertRaises(MadnessMissingBandError):
+            coadd_from_arrays(BANDS, {b: planes[b] for b in BANDS[:-1]}, xy0, [])
+        bad_shape = dict(planes)
+        bad_shape["g"] = (image[1, :-1], var[1], masks[1], PLANE_BITS)
+        with self.assertRaises(MadnessValueError):
+            coadd_from_arrays(BANDS, bad_shape, xy0, [])
+        self.assertEqual(coadd.shape, (h, w))
+
+    def test_footprint_image(self):
+        rng = np.random.default_rng(3)
+        mask = rng.random((9, 7)) > 0.5
+        fp = Footprint.from_mask(mask, (100, 200))
+        values = rng.random(fp.area).astype(np.float32)
+        img, xy0 = footprint_image(fp, values)
+        y0, x0, y1, x1 = fp.bbox
+        self.assertEqual(xy0, (x0, y0))
+        self.assertEqual(img.shape, (y1 - y0, x1 - x0))
+        # Values land on the footprint's pixels in span order.
+        y, x = fp.pixels()
+        np.testing.assert_array_equal(img[y - y0, x - x0], values)
+        self.assertAlmostEqual(float(img.sum()), float(values.sum()), places=4)
+        with self.assertRaises(MadnessValueError):
+            footprint_image(fp, values[:-1])
+
+
+class AfwTaskConnectionsTestCase(MadnessTestCase):
+    """The afw task's connections and config import and behave without afw."""
+
+    def test_lint_and_cell_switch(self):
+        lintConnections(MadnessDeblendAfwConnections)
+        config = MadnessDeblendAfwConfig()
+        connections = MadnessDeblendAfwConnections(config=config)
+        self.assertEqual(set(connections.inputs), {"mergedDetections", "coadds"})
+        self.assertEqual(set(connections.initInputs), {"inputSchema", "peakSchema"})
+        self.assertEqual(set(connections.outputs), {"deblendedCatalog", "deblendedFlux"})
+        self.assertEqual(connections.coadds.name, "deepCoadd_calexp")
+        self.assertEqual(connections.coadds.storageClass, "ExposureF")
+        self.assertEqual(connections.mergedDetections.name, "deepCoadd_mergeDet")
+        self.assertEqual(connections.deblendedCatalog.name, "deepCoadd_deblendedCatalog")
+        self.assertEqual(connections.deblendedFlux.name, "deepCoadd_deblendedFlux")
+        self.assertIn("band", connections.deblendedFlux.dimensions)
+        # The name MeasureMergedCoaddSourcesTask reads its inputSchema from.
+        self.assertEqual(connections.outputSchema.name, "deepCoadd_deblendedFlux_schema")
+        config.useCellCoadds = True
+        connections = MadnessDeblendAfwConnections(config=config)
+        self.assertEqual(set(connections.inputs), {"mergedDetections", "coadds_cell", "backgrounds"})
+
+    def test_config_is_the_pip_config_plus_afw_fields(self):
+        config = MadnessDeblendAfwConfig()
+        for name in ("bundlePath", "bands", "maxNumberOfPeaks", "maxFootprintArea", "catchFailures"):
+            self.assertIn(name, config)
+        config.idGenerator.release_id = 2
+        config.validate()
+
+    @unittest.skipIf(HAVE_PIPE_TASKS, "lsst.pipe.tasks is importable")
+    def test_measurement_task_needs_pipe_tasks(self):
+        import lsst.meas.madness.tasks.afw as afw_tasks
+
+        with self.assertRaisesRegex(ImportError, "lsst.pipe.tasks"):
+            getattr(afw_tasks, "MadnessMeasureMergedCoaddSourcesTask")
+
+    def test_shared_core_matches_pip_task(self):
+        """deblendParents (the core the afw task calls) gives the pip task's children."""
+        from lsst.meas.madness.tasks.deblend import _parents_from_tables
+
+        image, var, truth = scene()
+        detections, spans = truth_detections(truth)
+        task = MadnessDeblendTask(config=run_config())
+        full = task.run(coadds=masked_images(image, var), detections=detections, detectionSpans=spans)
+        zero_mask = np.zeros(image.shape[1:], np.int32)
+        planes = {b: (image[i], var[i], zero_mask, PLANE_BITS) for i, b in enumerate(BANDS)}
+        coadd = coadd_from_arrays(BANDS, planes, (PATCH_YX0[1], PATCH_YX0[0]), ["BAD", "SAT", "NO_DATA"])
+        core = task.deblendParents(coadd, _parents_from_tables(detections, spans), deblender())
+        catalog = full.deblendedCatalog
+        children = catalog[catalog["parent"] != 0]
+        self.assertEqual(sorted(r["id"] for r in core.childRows), sorted(children["id"]))
+        for row in core.childRows:
+            # Every child's footprint lies inside its parent's, holding its own peak.
+            parent_fp = core.heavyFootprints[row["parent"]]
+            fp = core.heavyFootprints[row["id"]]
+            y, x = fp.pixels()
+            self.assertTrue(parent_fp.contains(y, x).all())
+            self.assertTrue(fp.contains(row["deblend_peak_center_y"], row["deblend_peak_center_x"])[0])
+            self.assertEqual(core.heavyValues[row["id"]].shape, (len(BANDS), fp.area))
+
+
+def _afw_scene(bands, fluxes, noise=10.0, seed=0):
+    """One TestDataset per band with the same sources: an isolated star, a 2-galaxy blend,
+    a 3-galaxy blend. Returns ``{band: exposure}`` and the r-band truth catalog."""
+    import lsst.afw.geom
+    import lsst.geom
+    from lsst.meas.base.tests import TestDataset
+
+    bbox = lsst.geom.Box2I(lsst.geom.Point2I(1000, 2000), lsst.geom.Extent2I(140, 120))
+    exposures, catalogs = {}, {}
+    for b, band in enumerate(bands):
+        dataset = TestDataset(bbox, psfSigma=2.0)
+        scale = fluxes[b]
+        dataset.addSource(scale * 4e4, lsst.geom.Point2D(1030, 2030))
+        with dataset.addBlend() as family:
+            family.addChild(scale * 6e4, lsst.geom.Point2D(1080, 2040), lsst.afw.geom.Quadrupole(6, 4, 1))
+            family.addChild(scale * 4e4, lsst.geom.Point2D(1088, 2046), lsst.afw.geom.Quadrupole(5, 5, 0))
+        with dataset.addBlend() as family:
+            family.addChild(scale * 5e4, lsst.geom.Point2D(1060, 2090), lsst.afw.geom.Quadrupole(7, 5, -1))
+            family.addChild(scale * 3e4, lsst.geom.Point2D(1068, 2094), lsst.afw.geom.Quadrupole(4, 4, 0))
+            family.addChild(scale * 3e4, lsst.geom.Point2D(1055, 2098), lsst.afw.geom.Quadrupole(4, 4, 1))
+        exposure, catalog = dataset.realize(noise, TestDataset.makeMinimalSchema(), randomSeed=seed + b)
+        exposures[band] = exposure
+        catalogs[band] = catalog
+    return exposures, catalogs["r"]
+
+
+@unittest.skipUnless(HAVE_AFW, NO_AFW)
+class AfwDeblendTestCase(MadnessTestCase):
+    """MadnessDeblendAfwTask on TestDataset coadds (afw, meas_base)."""
+
+    @classmethod
+    def setUpClass(cls):
+        from lsst.meas.madness.tasks.afw import MadnessDeblendAfwTask
+
+        cls.exposures, truth = _afw_scene(BANDS, [0.3, 0.6, 1.0, 1.2, 1.3, 1.2])
+        # The merged detections: the truth parents, with their Footprints and peaks.
+        cls.merged = truth[truth["parent"] == 0].copy(deep=True)
+        cls.peakSchema = cls.merged[0].getFootprint().getPeaks().getSchema()
+        config = MadnessDeblendAfwConfig()
+        config.bundlePath = str(quick_bundle_path())
+        config.maxIter = 60
+        config.minIter = 20
+        cls.task = MadnessDeblendAfwTask(
+            schema=cls.merged.schema, peakSchema=cls.peakSchema, config=config, deblender=deblender()
+        )
+        cls.result = cls.task.run(coadds=cls.exposures, mergedDetections=cls.merged)
+        cls.catalog = cls.result.deblendedCatalog
+
+    def test_schema_and_init_output(self):
+        names = self.task.schema.getNames()
+        expected = (
+            "parent",
+            "deblend_nChild",
+            "deblend_nPeaks",
+            "deblend_failed",
+            "deblend_skipped",
+            "deblend_tooManyPeaks",
+            "deblend_parentTooBig",
+            "deblend_peak_center_x",
+            "deblend_latents",
+            "deblend_logPrior",
+            "deblend_chi2_r",
+            "deblend_iterations",
+            "deblend_converged",
+        )
+        for name in expected:
+            self.assertIn(name, names)
+        self.assertEqual(self.task.outputSchema.schema, self.task.schema)
+
+    def test_children_and_footprints(self):
+        import lsst.afw.table as afwTable
+
+        catalog = self.catalog
+        self.assertTrue(catalog.isSorted(afwTable.SourceTable.getParentKey()))
+        parents = [r for r in catalog if r.getParent() == 0]
+        self.assertEqual(len(parents), len(self.merged))
+        for parent in parents:
+            nPeaks = len(parent.getFootprint().getPeaks())
+            children = catalog.getChildren(parent.getId())
+            self.assertEqual(parent.get("deblend_nChild"), len(children))
+            self.assertEqual(parent.get("deblend_nPeaks"), nPeaks)
+            self.assertEqual(len(children), nPeaks)
+            for child in children:
+                fp = child.getFootprint()
+                self.assertEqual(len(fp.getPeaks()), 1)
+                self.assertTrue(parent.getFootprint().getSpans().contains(fp.getSpans()))
+                peak = fp.getPeaks()[0]
+                self.assertEqual(child.get("deblend_peakId"), peak.getId())
+                self.assertEqual(child.get("deblend_peak_center_x"), peak.getIx())
+                self.assertTrue(np.isfinite(child.get("deblend_latents")).all())
+                self.assertFalse(fp.isHeavy())
+
+    def test_heavy_footprints_per_band(self):
+        self.assertEqual(set(self.result.deblendedFlux), set(BANDS))
+        for band, catalog in self.result.deblendedFlux.items():
+            exposure = self.exposures[band]
+            self.assertEqual(len(catalog), len(self.catalog))
+            for parent in [r for r in catalog if r.getParent() == 0]:
+                children = catalog.getChildren(parent.getId())
+                if not len(children):
+                    continue
+                parentFlux = np.zeros(parent.getFootprint().getArea(), np.float32)
+                parent.getFootprint().getSpans().flatten(parentFlux, exposure.image.array, exposure.getXY0())
+                childSum = 0.0
+                for child in children:
+                    heavy = child.getFootprint()
+                    self.assertTrue(heavy.isHeavy())
+                    values = heavy.getImageArray()
+                    self.assertAlmostEqual(
+                        float(values.sum()),
+                        child.get(f"deblend_flux_{band}"),
+                        delta=1e-4 * float(np.abs(values).sum()) + 1e-3,
+                    )
+                    # Mask and variance are the coadd's.
+                    variance = np.zeros(heavy.getArea(), np.float32)
+                    heavy.getSpans().flatten(variance, exposure.variance.array, exposure.getXY0())
+                    np.testing.assert_allclose(heavy.getVarianceArray(), variance)
+                    childSum += float(values.sum())
+                # Flux-conserving children share the parent's pixels (the part given to no child,
+                # deblend_unassignedFluxFraction, is small for these isolated blends).
+                noise = 10.0 * np.sqrt(parentFlux.size)
+                self.assertLess(abs(childSum - parentFlux.sum()), 0.2 * abs(parentFlux.sum()) + 5 * noise)
+
+    def test_noise_replacer_accepts_outputs(self):
+        """meas_base's NoiseReplacer (used by coadd measurement) takes the per-band catalog."""
+        from lsst.meas.base import NoiseReplacer, NoiseReplacerConfig
+
+        catalog = self.result.deblendedFlux["r"]
+        exposure = self.exposures["r"].clone()
+        before = exposure.image.array.copy()
+        footprints = {r.getId(): (r.getParent(), r.getFootprint()) for r in catalog}
+        replacer = NoiseReplacer(NoiseReplacerConfig(), exposure, footprints, noiseImage=None)
+        for record in catalog:
+            replacer.insertSource(record.getId())
+            replacer.removeSource(record.getId())
+        replacer.end()
+        np.testing.assert_allclose(exposure.image.array, before)
+
+    def test_single_frame_measurement(self):
+        """SingleFrameMeasurementTask (what MeasureMergedCoaddSourcesTask runs) measures children."""
+        import lsst.afw.table as afwTable
+        from lsst.meas.base import SingleFrameMeasurementConfig, SingleFrameMeasurementTask
+
+        catalog = self.result.deblendedFlux["r"]
+        mapper = afwTable.SchemaMapper(catalog.schema)
+        mapper.addMinimalSchema(catalog.schema)
+        schema = mapper.getOutputSchema()
+        config = SingleFrameMeasurementConfig()
+        config.plugins.names = ["base_SdssCentroid", "base_PsfFlux", "base_SdssShape"]
+        config.slots.centroid = "base_SdssCentroid"
+        config.slots.shape = "base_SdssShape"
+        config.slots.psfFlux = "base_PsfFlux"
+        config.slots.apFlux = None
+        config.slots.gaussianFlux = None
+        config.slots.calibFlux = None
+        task = SingleFrameMeasurementTask(schema=schema, config=config)
+        sources = afwTable.SourceCatalog(schema)
+        sources.extend(catalog, mapper)
+        task.run(sources, self.exposures["r"].clone())
+        children = sources[sources["parent"] != 0]
+        self.assertGreater(len(children), 0)
+        self.assertTrue(np.isfinite(children["base_PsfFlux_instFlux"]).all())
+
+    def test_flags_on_injected_failures(self):
+        """Too many peaks and too big parents are skipped with their flags; NaN blends fail alone."""
+        from lsst.meas.madness.tasks.afw import MadnessDeblendAfwTask
+
+        config = MadnessDeblendAfwConfig()
+        config.bundlePath = str(quick_bundle_path())
+        config.maxIter = 30
+        config.minIter = 10
+        config.maxNumberOfPeaks = 2
+        task = MadnessDeblendAfwTask(
+            schema=self.merged.schema, peakSchema=self.peakSchema, config=config, deblender=deblender()
+        )
+        exposures = {b: e.clone() for b, e in self.exposures.items()}
+        # Every pixel of the 2-galaxy blend is NaN in every band: no data to fit.
+        blend2 = next(r for r in self.merged if len(r.getFootprint().getPeaks()) == 2)
+        for exposure in exposures.values():
+            blend2.getFootprint().getSpans().setImage(exposure.image, np.nan)
+        result = task.run(coadds=exposures, mergedDetections=self.merged)
+        catalog = result.deblendedCatalog
+        for parent in [r for r in catalog if r.getParent() == 0]:
+            nPeaks = len(parent.getFootprint().getPeaks())
+            if nPeaks > 2:
+                self.assertTrue(parent.get("deblend_skipped"))
+                self.assertTrue(parent.get("deblend_tooManyPeaks"))
+                self.assertEqual(parent.get("deblend_nChild"), 0)
+            elif parent.getId() == blend2.getId():
+                self.assertTrue(parent.get("deblend_failed"))
+                self.assertEqual(parent.get("deblend_error"), "MadnessNoDataError")
+            else:
+                self.assertFalse(parent.get("deblend_skipped") or parent.get("deblend_failed"))
+        config.maxNumberOfPeaks = 50
+        config.maxFootprintArea = 10
+        task = MadnessDeblendAfwTask(
+            schema=self.merged.schema, peakSchema=self.peakSchema, config=config, deblender=deblender()
+        )
+        catalog = task.run(coadds=self.exposures, mergedDetections=self.merged).deblendedCatalog
+        for parent in [r for r in catalog if r.getParent() == 0]:
+            self.assertTrue(parent.get("deblend_parentTooBig"))
+
+    def test_missing_band_and_bad_mask(self):
+        with self.assertRaises(MadnessMissingBandError):
+            self.task.run(
+                coadds={b: e for b, e in self.exposures.items() if b != "u"}, mergedDetections=self.merged
+            )
+        from lsst.meas.madness.tasks.afw import coadd_from_exposures
+
+        exposures = {b: e.clone() for b, e in self.exposures.items()}
+        mask = exposures["g"].mask
+        mask.array[5:9, 5:9] |= mask.getPlaneBitMask("SAT")
+        coadd = coadd_from_exposures(exposures, BANDS, ["SAT"])
+        self.assertTrue(coadd.bad[1, 5:9, 5:9].all())
+        self.assertFalse(coadd.bad[0, 5:9, 5:9].any())
+        self.assertEqual(coadd.yx0, (2000, 1000))
+
+
+@unittest.skipUnless(HAVE_PIPE_TASKS and HAVE_AFW, "needs lsst.pipe.tasks and lsst.afw (the Rubin stack)")
+class AfwMeasurementConfigTestCase(MadnessTestCase):
+    def test_measurement_reads_per_band_catalog(self):
+        from lsst.pex.config import FieldValidationError
+
+        from lsst.meas.madness.tasks.afw.measurement import (
+            MadnessMeasureMergedCoaddSourcesConfig,
+            MadnessMeasureMergedCoaddSourcesConnections,
+        )
+
+        config = MadnessMeasureMergedCoaddSourcesConfig()
+        self.assertFalse(config.doAddFootprints)
+        connections = MadnessMeasureMergedCoaddSourcesConnections(config=config)
+        self.assertEqual(connections.scarletCatalog.name, "deepCoadd_deblendedFlux")
+        self.assertIn("band", connections.scarletCatalog.dimensions)
+        self.assertNotIn("scarletModels", connections.inputs)
+        config.doAddFootprints = True
+        with self.assertRaises(FieldValidationError):
+            config.validate()
+
+
+class MemoryTester(lsst.utils.tests.MemoryTestCase):
+    pass
+
+
+def setup_module(module):
+    lsst.utils.tests.init()
+
+
+if __name__ == "__main__":
+    lsst.utils.tests.init()
+    unittest.main()
