@@ -96,9 +96,15 @@ def plot_deblender_predictions(deblender_encoder, decoder, blended, truth, bands
     import matplotlib.pyplot as plt
 
     r = list(bands).index("r") if "r" in bands else 0
-    # show stamps with neighbours first: they are what the deblender is for
+    # Show real blends: a neighbour carrying 0.3-3x the central galaxy's flux in the stamp,
+    # brightest centrals first (a faint central next to a bright neighbour shows nothing).
+    central = truth[..., r].sum(axis=(1, 2))
     excess = (blended - truth)[..., r].sum(axis=(1, 2))
-    pick = np.argsort(-excess)[:n]
+    ratio = excess / np.maximum(central, 1e-12)
+    candidates = np.flatnonzero((ratio > 0.3) & (ratio < 3.0) & (central > 0))
+    if len(candidates) < n:
+        candidates = np.argsort(-excess)[:n]
+    pick = candidates[np.argsort(-central[candidates])][:n]
     z = np.asarray(deblender_encoder.encode_mean(blended[pick]), np.float32)
     predicted = np.asarray(decoder.predict(z, verbose=0))
     fig, axes = plt.subplots(n, 4, figsize=(7.2, 1.8 * n), squeeze=False)
