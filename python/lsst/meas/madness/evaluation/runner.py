@@ -1,0 +1,387 @@
+"""Run every method on the same fields and collect the section-4 metrics per galaxy.
+
+Each deblender runs in its own worker process (``spawn``), started once and fed the fields one
+at a time, so that its time and memory are its own: the parent measures the metrics between
+calls, never while a worker is busy, so the methods never compete for the cores. Per field and
+method the worker reports the wall time of the deblending proper and its resident-memory
+high-water mark (`lsst.meas.madness.evaluation.resources`). Each worker deblends the first
+field once, untimed, before timing anything (first-call costs: graph tracing, JIT, lazy
+imports), and reports that warm-up time separately.
+
+No deblending (``blended``) needs no worker: its numbers are the reference metrics measured
+on the blended field.
+"""
+
+from __future__ import annotations
+
+__all__ = ["EvaluationResult", "MethodRecord", "run_evaluation"]
+
+import dataclasses
+import logging
+import multiprocessing
+import os
+import time
+import traceback
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from ..errors import MadnessValueError
+from .fields import TestField
+from .methods import METHOD_NAMES, FieldInput, get_method, method_availability
+from .metrics import model_metrics, reference_metrics
+from .resources import MemoryMeter
+
+_log = logging.getLogger(__name__)
+
+# Method-independent per-galaxy quantities kept from `reference_metrics`: (key, per band?).
+REFERENCE_KEYS = (
+    ("flux_isolated", True), ("flux_isolated_err", True), ("flux_blended", True), ("flux_blended_err", True),
+    ("snr_blend", True), ("kappa", True), ("beta", True), ("colour_true", False), ("colour_isolated", False),
+    ("e1_true", True), ("e2_true", True), ("hsm_failed_true", True),
+)
+# Per-method per-galaxy quantities from `model_metrics`.
+MODEL_KEYS = (
+    ("flux", True), ("flux_err", True), ("flux_residual", True), ("colour", False),
+    ("colour_residual_true", False), ("colour_residual_blend", False), ("ssim", True), ("cosine", True),
+    ("e1", True), ("e2", True), ("e1_residual", True), ("e2_residual", True), ("hsm_failed", True),
+)
+# Catalogue columns copied per galaxy when present.
+CATALOG_KEYS = ("catalog_index", "galtileid", "redshift", "r_ab", "g_ab", "snr_r")
+
+
+@dataclasses.dataclass
+class MethodRecord:
+    """What happened to one method in a run.
+
+    Attributes
+    ----------
+    name, label : `str`
+        Method name (``madness``) and display label.
+    status : `str`
+        ``"ok"``, ``"absent"`` (not installed, or its setup failed) or ``"failed"`` (its
+        worker died).
+    reason : `str` or `None`
+        Why absent or failed.
+    config : `dict`
+        How the method was configured (`DeblendMethod.describe`).
+    setup_seconds : `float` or `None`
+        Imports and model loading in the worker.
+    warmup_seconds : `float` or `None`
+        The untimed first call.
+    fields : `list` [`dict`]
+        Per field: ``field_id``, ``n_galaxies``, ``seconds``, ``compile_seconds``,
+        ``peak_rss`` and ``rss_before`` (bytes), ``memory_resettable``, ``error``, ``info``.
+    """
+
+    name: str
+    label: str
+    status: str
+    reason: str | None = None
+    config: dict = dataclasses.field(default_factory=dict)
+    setup_seconds: float | None = None
+    warmup_seconds: float | None = None
+    fields: list = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
+class EvaluationResult:
+    """Per-galaxy measurements of every method on the same fields.
+
+    Attributes
+    ----------
+    bands : `tuple` [`str`]
+        Bands measured (columns of the ``(N, bands)`` arrays).
+    galaxies : `dict` [`str`, `numpy.ndarray`]
+        Method-independent columns, ``(N,)`` or ``(N, bands)``: ``field_id``, ``galaxy``
+        (index in its field), ``x``, ``y``, catalogue columns (`CATALOG_KEYS`) and the
+        reference metrics (`REFERENCE_KEYS`).
+    metrics : `dict` [`str`, `dict` [`str`, `numpy.ndarray`]]
+        Per method that ran, its `MODEL_KEYS` columns (NaN where it failed on a field;
+        morphology NaN for ``blended``).
+    methods : `dict` [`str`, `MethodRecord`]
+        Every requested method, ran or absent, in report order.
+    info : `dict`
+        Run description (fields, machine, backend, timings).
+    """
+
+    bands: tuple[str, ...]
+    galaxies: dict
+    metrics: dict
+    methods: dict
+    info: dict
+
+
+# --- the worker process -----------------------------------------------------------------------
+
+
+def _worker_main(conn, name: str, bands, conditions, bundle) -> None:
+    """Entry point of a method's worker process (see the module docstring for the protocol)."""
+    try:
+        start = time.perf_counter()
+        method = get_method(name)(bands, conditions, bundle)
+        method.setup()
+        conn.send(("ready", {"setup_seconds": time.perf_counter() - start, "config": method.describe(),
+                             "rss": MemoryMeter.rss(), "pid": os.getpid()}))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which marks it absent
+        conn.send(("setup_failed", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+        conn.close()
+        return
+    meter = MemoryMeter()
+    warmed = False
+    while True:
+        message = conn.recv()
+        if message[0] == "stop":
+            break
+        field = message[1]
+        try:
+            warmup = None
+            if not warmed:
+                t0 = time.perf_counter()
+                method.deblend(field)
+                warmup = time.perf_counter() - t0
+                warmed = True
+            meter.start()
+            output = method.deblend(field)
+            sample = meter.stop()
+            conn.send(("result", output, {"rss_before": sample.rss_before, "peak_rss": sample.peak_rss,
+                                          "memory_resettable": sample.resettable, "warmup_seconds": warmup}))
+        except MemoryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one failed field is recorded, not fatal
+            conn.send(("error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+    conn.close()
+
+
+class _Worker:
+    """Parent-side handle of one method's worker process."""
+
+    def __init__(self, name: str, bands, conditions, bundle, context):
+        self.name = name
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_worker_main, args=(child, name, tuple(bands), conditions,
+                                                                   None if bundle is None else str(bundle)),
+                                       name=f"madness-evaluate-{name}", daemon=True)
+        self.process.start()
+        child.close()
+
+    def ready(self) -> tuple:
+        try:
+            return self.conn.recv()
+        except EOFError:
+            code = self.process.exitcode
+            return ("setup_failed", f"the worker process died during setup (exit code {code})", "")
+
+    def deblend(self, field: FieldInput) -> tuple:
+        try:
+            self.conn.send(("field", field))
+            return self.conn.recv()
+        except (EOFError, BrokenPipeError, ConnectionResetError):
+            self.process.join(timeout=5)
+            return ("died", f"the worker process died (exit code {self.process.exitcode})", "")
+
+    def stop(self) -> None:
+        try:
+            self.conn.send(("stop",))
+        except (BrokenPipeError, OSError):
+            pass
+        self.process.join(timeout=30)
+        if self.process.is_alive():
+            self.process.terminate()
+            self.process.join(timeout=5)
+        self.conn.close()
+
+
+# --- collecting metrics -----------------------------------------------------------------------
+
+
+class _Columns:
+    """Per-galaxy columns appended field by field."""
+
+    def __init__(self):
+        self.parts: dict[str, list[np.ndarray]] = {}
+
+    def add(self, key: str, values) -> None:
+        self.parts.setdefault(key, []).append(np.asarray(values))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {k: np.concatenate(v) for k, v in self.parts.items()}
+
+
+def _nan_metrics(n: int, nb: int) -> dict[str, np.ndarray]:
+    out = {}
+    for key, per_band in MODEL_KEYS:
+        shape = (n, nb) if per_band else (n,)
+        out[key] = np.ones(shape, bool) if key == "hsm_failed" else np.full(shape, np.nan)
+    return out
+
+
+def _blended_metrics(ref_metrics: dict, n: int, nb: int) -> dict[str, np.ndarray]:
+    out = _nan_metrics(n, nb)
+    out.update(flux=ref_metrics["flux_blended"], flux_err=ref_metrics["flux_blended_err"],
+               flux_residual=ref_metrics["flux_residual_blended"], colour=ref_metrics["colour_blended"],
+               colour_residual_true=ref_metrics["colour_residual_true_blended"],
+               colour_residual_blend=ref_metrics["colour_residual_blend_blended"])
+    return out
+
+
+def run_evaluation(fields: Iterable[TestField], methods: Sequence[str] = METHOD_NAMES, *, bundle=None,
+                   bands: Sequence[str] | None = None, conditions=None, progress: bool = True,
+                   n_fields: int | None = None, info: dict | None = None) -> EvaluationResult:
+    """Deblend ``fields`` with every method and measure each galaxy.
+
+    Parameters
+    ----------
+    fields : iterable of `TestField`
+        The fields (read lazily, one at a time).
+    methods : sequence of `str`
+        Methods to compare (`METHOD_NAMES`); the ones not installed here are recorded absent.
+    bundle : path-like, optional
+        MADNESS model bundle; the packaged default if `None`.
+    bands : sequence of `str`, optional
+        Bands to measure and report (default all bands of the fields). Every method still
+        deblends all bands of the field (MADNESS's model needs all of them).
+    conditions : `lsst.meas.madness.simulation.LsstConditions`, optional
+        Survey conditions of the fields' bands (default SurveyCodex's).
+    progress : `bool`
+        Show a progress bar.
+    n_fields : `int`, optional
+        Number of fields, for the progress bar.
+    info : `dict`, optional
+        Extra run description stored in ``EvaluationResult.info``.
+
+    Returns
+    -------
+    result : `EvaluationResult`
+    """
+    from tqdm.auto import tqdm
+
+    from ..simulation import LsstConditions
+
+    methods = list(dict.fromkeys(methods))
+    for name in methods:
+        get_method(name)  # unknown names raise here
+    methods = [m for m in METHOD_NAMES if m in methods]  # report order
+    availability = method_availability(methods)
+    records: dict[str, MethodRecord] = {}
+    for name in methods:
+        cls = get_method(name)
+        status = "ok" if availability[name] is None else "absent"
+        records[name] = MethodRecord(name=name, label=cls.label, status=status, reason=availability[name])
+    for name, rec in records.items():
+        if rec.status == "absent":
+            _log.warning("Method %s is absent: %s", name, rec.reason)
+
+    field_iter = iter(fields)
+    try:
+        first = next(field_iter)
+    except StopIteration:
+        raise MadnessValueError("No field to evaluate.") from None
+    field_bands = tuple(first.bands)
+    conditions = conditions or LsstConditions.from_surveycodex(bands=field_bands)
+    bands = field_bands if bands is None else tuple(bands)
+    unknown = [b for b in bands if b not in field_bands]
+    if unknown:
+        raise MadnessValueError(f"Bands {unknown} are not among the fields' bands {field_bands}.")
+    band_index = [field_bands.index(b) for b in bands]
+
+    context = multiprocessing.get_context("spawn")
+    workers: dict[str, _Worker] = {}
+    started = time.perf_counter()
+    for name, rec in records.items():
+        if rec.status == "ok" and name != "blended":
+            workers[name] = _Worker(name, field_bands, conditions, bundle, context)
+    for name, worker in list(workers.items()):
+        message = worker.ready()
+        rec = records[name]
+        if message[0] == "ready":
+            rec.setup_seconds = message[1]["setup_seconds"]
+            rec.config = message[1]["config"]
+        else:
+            rec.status, rec.reason = "absent", f"setup failed: {message[1]}"
+            _log.warning("Method %s is absent: %s\n%s", name, message[1],
+                         message[2] if len(message) > 2 else "")
+            worker.stop()
+            del workers[name]
+    if "blended" in records:
+        records["blended"].config = get_method("blended")(field_bands, conditions).describe()
+        records["blended"].setup_seconds = 0.0
+
+    galaxies = _Columns()
+    per_method = {name: _Columns() for name, rec in records.items() if rec.status == "ok"}
+    n_steps = None if n_fields is None else n_fields * max(len(per_method), 1)
+    bar = tqdm(total=n_steps, desc="madness evaluate", unit="deblend", disable=not progress)
+    n_done = 0
+    try:
+        for field in _chain(first, field_iter):
+            n = field.n_galaxies
+            nb = len(bands)
+            sel = np.asarray(band_index)
+            ref = reference_metrics(field.image[sel], field.isolated[:, sel], field.catalog,
+                                    variance=field.variance[sel], conditions=conditions, bands=bands,
+                                    centers_xy=field.centers_xy)
+            galaxies.add("field_id", np.full(n, field.field_id))
+            galaxies.add("galaxy", np.arange(n))
+            galaxies.add("x", ref.x)
+            galaxies.add("y", ref.y)
+            for key in CATALOG_KEYS:
+                if key in field.catalog.colnames:
+                    galaxies.add(key, np.asarray(field.catalog[key]))
+            for key, _ in REFERENCE_KEYS:
+                galaxies.add(key, ref.metrics[key])
+            variance = np.broadcast_to(np.asarray(field.variance, np.float32)[:, None, None],
+                                       field.image.shape).copy()
+            field_input = FieldInput(field_id=field.field_id, image=field.image, variance=variance,
+                                     centers_xy=field.centers_xy, bands=field_bands)
+            for name, columns in per_method.items():
+                rec = records[name]
+                entry = {"field_id": int(field.field_id), "n_galaxies": int(n), "seconds": None,
+                         "compile_seconds": None, "peak_rss": None, "rss_before": None,
+                         "memory_resettable": None, "error": None, "info": {}}
+                if name == "blended":
+                    metrics = _blended_metrics(ref.metrics, n, nb)
+                    entry["seconds"] = 0.0
+                elif name not in workers:  # its worker died earlier in the run
+                    metrics = _nan_metrics(n, nb)
+                    entry["error"] = rec.reason
+                else:
+                    message = workers[name].deblend(field_input)
+                    if message[0] == "result":
+                        output, memory = message[1], message[2]
+                        models = output.models[:, sel]
+                        metrics = model_metrics(ref, models, models_yx0=output.models_yx0,
+                                                conditions=conditions)
+                        entry.update(seconds=output.seconds, compile_seconds=output.compile_seconds,
+                                     peak_rss=memory["peak_rss"], rss_before=memory["rss_before"],
+                                     memory_resettable=memory["memory_resettable"], info=output.info)
+                        if memory["warmup_seconds"] is not None:
+                            rec.warmup_seconds = memory["warmup_seconds"]
+                    else:
+                        metrics = _nan_metrics(n, nb)
+                        entry["error"] = message[1]
+                        _log.warning("Method %s failed on field %d: %s", name, field.field_id, message[1])
+                        if message[0] == "died":
+                            rec.status, rec.reason = "failed", message[1]
+                            workers.pop(name).stop()
+                for key, _ in MODEL_KEYS:
+                    columns.add(key, metrics[key])
+                rec.fields.append(entry)
+                bar.update(1)
+            n_done += 1
+    finally:
+        bar.close()
+        for worker in workers.values():
+            worker.stop()
+    if n_done == 0:
+        raise MadnessValueError("No field to evaluate.")
+    run_info = dict(info or {})
+    run_info.update(n_fields=n_done, n_galaxies=int(sum(len(v) for v in galaxies.parts["galaxy"])),
+                    field_bands=list(field_bands), seconds=round(time.perf_counter() - started, 2))
+    return EvaluationResult(bands=bands, galaxies=galaxies.arrays(),
+                            metrics={name: cols.arrays() for name, cols in per_method.items()},
+                            methods=records, info=run_info)
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest

@@ -1,0 +1,213 @@
+"""``madness evaluate``: every available method side by side on a few small simulated fields."""
+
+from __future__ import annotations
+
+import contextlib
+import doctest
+import io
+import json
+import math
+import shutil
+import tempfile
+import unittest
+from pathlib import Path
+
+import lsst.utils.tests
+import numpy as np
+from astropy.table import Table
+
+from lsst.meas.madness.cli import main
+from lsst.meas.madness.evaluation.fields import iter_test_fields, simulate_test_fields
+from lsst.meas.madness.evaluation.methods import METHOD_NAMES, method_availability, psf_images
+from lsst.meas.madness.evaluation.report import KAPPA_BLENDED, KAPPA_MAX, read_measurements
+from lsst.meas.madness.evaluation.resources import MemoryMeter
+from lsst.meas.madness.simulation import LsstConditions, TestFieldsConfig
+from utils import quick_bundle_path
+
+BANDS = "ugrizy"
+
+
+def bright_catalog(n: int, seed: int = 0) -> Table:
+    """CatSim-format bright, ordinary-sized bulge+disk galaxies (r 20-22.5)."""
+    rng = np.random.default_rng(seed)
+    r = rng.uniform(20.0, 22.5, n)
+    t = Table()
+    t["galtileid"] = np.arange(n, dtype=np.int64) + 1000
+    t["ra"] = np.zeros(n)
+    t["dec"] = np.zeros(n)
+    t["redshift"] = rng.uniform(0.1, 1.5, n)
+    for b, colour in zip(BANDS, [0.9, 0.4, 0.0, -0.2, -0.3, -0.35]):
+        t[f"{b}_ab"] = r + colour + rng.normal(0, 0.1, n)
+    bulge = rng.uniform(0.0, 0.4, n)
+    t["fluxnorm_bulge"] = bulge
+    t["fluxnorm_disk"] = 1.0 - bulge
+    t["fluxnorm_agn"] = np.zeros(n)
+    a = rng.uniform(0.3, 0.8, n)
+    q = rng.uniform(0.5, 1.0, n)
+    t["a_d"], t["b_d"] = a, a * q
+    t["a_b"], t["b_b"] = 0.5 * a, 0.5 * a * q
+    pa = rng.uniform(0.0, 180.0, n)
+    t["pa_disk"], t["pa_bulge"] = pa, pa
+    return t
+
+
+# Small, moderately blended fields: 4-5 bright galaxies with centres in a 36x36 px box, so that
+# even the quick test model (trained on synthetic galaxies) beats no deblending on them.
+SMALL_FIELDS = TestFieldsConfig(field_size=95, inner=36, min_galaxies=4, max_galaxies=5, shard_size=2)
+N_FIELDS = 2
+
+
+class EvaluateCliTestCase(lsst.utils.tests.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.tmp = Path(tempfile.mkdtemp(prefix="madness-evaluate-"))
+        cls.fields = simulate_test_fields(cls.tmp / "fields", N_FIELDS, seed=4, config=SMALL_FIELDS,
+                                          catalog=bright_catalog(40), progress=False).directory
+        cls.output = cls.tmp / "run"
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            cls.rc = main(["evaluate", "--fields", str(cls.fields), "--bundle", str(quick_bundle_path()),
+                           "--output", str(cls.output), "--no-progress"])
+        cls.stdout = out.getvalue()
+        cls.summary = json.loads((cls.output / "summary.json").read_text())
+        cls.available = {name for name, reason in method_availability().items() if reason is None}
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.tmp, ignore_errors=True)
+
+    def test_outputs(self):
+        self.assertEqual(self.rc, 0)
+        for name in ("measurements.json", "summary.json", "report.md"):
+            self.assertTrue((self.output / name).exists(), name)
+        figures = sorted(p.name for p in (self.output / "figures").glob("*.png"))
+        self.assertEqual(len(figures), 7, figures)
+        report = (self.output / "report.md").read_text()
+        self.assertIn("paper", report)
+        self.assertIn("s / galaxy", report)
+        self.assertIn("report:", self.stdout)
+
+    def test_summary_keys_and_numbers(self):
+        s = self.summary
+        self.assertEqual(s["run"]["n_fields"], N_FIELDS)
+        self.assertEqual(s["run"]["bands"], list(BANDS))
+        self.assertEqual(set(s["methods"]), set(METHOD_NAMES))
+        for name in ("blended", "vae_deblender", "madness"):
+            self.assertEqual(s["methods"][name]["status"], "ok", s["methods"][name].get("reason"))
+        ran = [n for n, m in s["methods"].items() if m["status"] == "ok"]
+        self.assertLessEqual(set(ran), self.available)  # an installed one may still fail its setup
+        for name in ran:
+            m = s["methods"][name]
+            r = m["bands"]["r"]
+            self.assertTrue(math.isfinite(r["mean_abs_flux_residual"]), name)
+            self.assertGreaterEqual(r["n_kappa_cut"], 6)
+            if name != "blended":
+                for key in ("mean_cosine", "mean_ssim", "std_e1_residual", "std_e2_residual"):
+                    self.assertTrue(math.isfinite(r[key]), (name, key))
+                self.assertTrue(-1 <= r["mean_cosine"] <= 1)
+                res = m["resources"]
+                self.assertEqual(res["n_fields"], N_FIELDS)
+                self.assertEqual(res["failed_fields"], 0)
+                self.assertGreater(res["seconds_per_galaxy"], 0)
+                self.assertGreater(res["peak_rss_mb"], 50)
+                self.assertGreaterEqual(res["warmup_seconds"], 0)
+        self.assertEqual(s["paper"]["mean_abs_flux_residual"]["madness"], 0.020)
+
+    def test_absent_comparators_are_listed(self):
+        s = self.summary
+        absent = {n for n, m in s["methods"].items() if m["status"] != "ok"}
+        self.assertLessEqual(set(METHOD_NAMES) - self.available, absent)
+        self.assertEqual(set(s["absent"]), absent)
+        report = (self.output / "report.md").read_text()
+        for name in absent:
+            self.assertEqual(s["methods"][name]["status"], "absent")
+            self.assertTrue(s["methods"][name]["reason"])
+            self.assertIn(f"`{name}`", report)
+            self.assertIn(name, self.stdout)
+        if absent:
+            self.assertIn("absent:", self.stdout)
+
+    def test_madness_beats_no_deblending_on_blended_galaxies(self):
+        bands, galaxies, metrics = read_measurements(self.output / "measurements.json")
+        j = bands.index("r")
+        kappa = galaxies["kappa"][:, j]
+        blended = (kappa >= KAPPA_BLENDED) & (kappa <= KAPPA_MAX)
+        self.assertGreaterEqual(blended.sum(), 3)
+        none = np.nanmean(np.abs(metrics["blended"]["flux_residual"][blended, j]))
+        madness = np.nanmean(np.abs(metrics["madness"]["flux_residual"][blended, j]))
+        self.assertLess(madness, none)
+        # the same galaxies, in the same order, for every method
+        for name, m in metrics.items():
+            self.assertEqual(m["flux_residual"].shape, (len(kappa), len(bands)), name)
+
+    def test_time_and_memory_per_field(self):
+        rows = {n: m for n, m in self.summary["methods"].items() if m["status"] == "ok" and n != "blended"}
+        self.assertTrue(rows)
+        for name, m in rows.items():
+            self.assertIsNotNone(m["resources"]["peak_increase_mb"], name)
+
+
+class EvaluateUnitTestCase(lsst.utils.tests.TestCase):
+    def test_simulated_and_band_subset(self):
+        """``--simulate`` draws fields itself; ``--bands`` limits what is measured."""
+        tmp = Path(tempfile.mkdtemp(prefix="madness-evaluate-sim-"))
+        try:
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                rc = main(["evaluate", "--simulate", "1", "--seed", "3", "--methods", "blended",
+                           "scarlet_lite", "--bands", "gr", "--output", str(tmp), "--no-progress",
+                           "--no-figures"])
+            self.assertEqual(rc, 0)
+            summary = json.loads((tmp / "summary.json").read_text())
+            self.assertEqual(summary["run"]["bands"], ["g", "r"])
+            self.assertEqual(set(summary["methods"]), {"blended", "scarlet_lite"})
+            self.assertGreaterEqual(summary["run"]["n_galaxies"], 12)
+            r_band = summary["methods"]["blended"]["bands"]["r"]
+            self.assertTrue(math.isfinite(r_band["mean_abs_flux_residual"]))
+            if method_availability(["scarlet_lite"])["scarlet_lite"] is not None:
+                self.assertIn("scarlet_lite", summary["absent"])
+            fields = list(iter_test_fields(tmp / "fields"))
+            self.assertEqual(len(fields), 1)
+            f = fields[0]
+            self.assertEqual(f.image.shape, (6, 205, 205))
+            self.assertEqual(f.isolated.shape, (f.n_galaxies, 6, 205, 205))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def test_psf_images(self):
+        conditions = LsstConditions.from_surveycodex()
+        psf = psf_images(conditions)
+        self.assertEqual(psf.shape, (6, 41, 41))
+        np.testing.assert_allclose(psf.sum(axis=(1, 2)), 1.0, rtol=1e-6)
+        self.assertTrue(np.all(psf[:, 20, 20] == psf.max(axis=(1, 2))))
+        # wider PSF in u (0.9") than in y (0.76"): lower peak
+        self.assertLess(psf[0, 20, 20], psf[5, 20, 20])
+
+    def test_docstring_examples(self):
+        from lsst.meas.madness.evaluation import resources
+
+        result = doctest.testmod(resources, optionflags=doctest.ELLIPSIS)
+        self.assertEqual(result.failed, 0)
+
+    def test_memory_meter(self):
+        meter = MemoryMeter()
+        meter.start()
+        block = np.ones(40_000_000 // 8)  # 40 MB touched
+        sample = meter.stop()
+        self.assertGreater(block.sum(), 0)
+        if sample.resettable:
+            self.assertGreater(sample.increase, 30_000_000)
+
+
+class MemoryTester(lsst.utils.tests.MemoryTestCase):
+    # SkyPy's kcorrect templates (--simulate's catalogue) stay open for the life of the process.
+    ignore_regexps = [r"skypy/data/kcorrect/"]
+
+
+def setup_module(module):
+    lsst.utils.tests.init()
+
+
+if __name__ == "__main__":
+    lsst.utils.tests.init()
+    unittest.main()
