@@ -13,3 +13,4 @@ from .deblend import *
 from .detection import *
 from .footprints import *
 from .measurement import *
+from .model_dataset import *

@@ -32,8 +32,9 @@ from .blends import BlendPlan, ParentFootprint, plan_blend, split_blend
 from .catalogs import deblend_columns, make_table
 from .coadds import DEFAULT_BAD_MASK_PLANES, MultibandCoadd
 from .footprints import Footprint, footprints_from_table, heavy_footprints_to_table
+from .model_dataset import MODEL_DATASET_TYPE, MODEL_STORAGE_CLASS
 
-_TEMPLATES = {"inputCoaddName": "deep", "outputCoaddName": "deep"}
+_TEMPLATES = {"inputCoaddName": "deep", "outputCoaddName": "deep", "modelName": MODEL_DATASET_TYPE}
 # Errors that must stop the patch even with catchFailures (meas_base's FATAL_EXCEPTIONS idea).
 _FATAL = (MemoryError, KeyboardInterrupt)
 
@@ -42,6 +43,11 @@ _FATAL = (MemoryError, KeyboardInterrupt)
 def load_deblender(path: str | None) -> MadnessDeblender:
     """The deblender of a bundle, loaded once per process (`None`: the packaged default bundle)."""
     return MadnessDeblender.from_bundle(path)
+
+
+# Deblenders built from butler model datasets, by dataset id: quanta of one process share them,
+# as they share `load_deblender`'s (a task instance may be made per quantum).
+_BUTLER_DEBLENDERS: dict = {}
 
 
 class MadnessDeblendConnections(
@@ -81,6 +87,19 @@ class MadnessDeblendConnections(
         dimensions=("tract", "patch", "band", "skymap"),
         multiple=True,
     )
+    model = cT.PrerequisiteInput(
+        doc="MADNESS model bundle stored in the butler (modelSource='butler'; ingest one with "
+        "lsst.meas.madness.tasks.put_model).",
+        name="{modelName}",
+        storageClass=MODEL_STORAGE_CLASS,
+        dimensions=(),
+        deferLoad=True,
+    )
+
+    def __init__(self, *, config=None):
+        super().__init__(config=config)
+        if getattr(config, "modelSource", "package") != "butler":
+            del self.model
 
 
 class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=MadnessDeblendConnections):
@@ -90,7 +109,18 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
     bundlePath = pexConfig.Field[str](
         default=None,
         optional=True,
-        doc="Directory of the MADNESS model bundle; None for the packaged default LSST bundle.",
+        doc="Directory of the MADNESS model bundle; None for the packaged default LSST bundle. "
+        "Ignored when modelSource is 'butler'.",
+    )
+    modelSource = pexConfig.ChoiceField[str](
+        default="package",
+        allowed={
+            "package": "bundlePath if set, else the packaged default LSST bundle",
+            "path": "the bundle directory bundlePath (required)",
+            "butler": "the prerequisite input dataset 'model' (connections.modelName, default "
+            "madnessModel; dimensions ()), loaded once per process",
+        },
+        doc="Where the model comes from.",
     )
     bands = pexConfig.ListField[str](
         default=["u", "g", "r", "i", "z", "y"],
@@ -173,6 +203,10 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
             raise pexConfig.FieldValidationError(
                 MadnessDeblendConfig.bands, self, "bands must be unique and non-empty."
             )
+        if self.modelSource == "path" and not self.bundlePath:
+            raise pexConfig.FieldValidationError(
+                MadnessDeblendConfig.modelSource, self, "modelSource='path' needs bundlePath."
+            )
         if self.modelSupportThreshold < 0:
             raise pexConfig.FieldValidationError(
                 MadnessDeblendConfig.modelSupportThreshold, self, "must be >= 0."
@@ -235,19 +269,50 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
     _DefaultName = "madnessDeblend"
 
     def runQuantum(self, butlerQC, inputRefs, outputRefs):
+        deblender = None
+        if self.config.modelSource == "butler":
+            deblender = self._butlerDeblender(butlerQC.get(inputRefs.model))
         bands = [ref.dataId["band"] for ref in inputRefs.coadds]
         coadds = dict(zip(bands, butlerQC.get(inputRefs.coadds)))
         detections = butlerQC.get(inputRefs.detections)
         spans = butlerQC.get(inputRefs.detectionSpans)
-        outputs = self.run(coadds=coadds, detections=detections, detectionSpans=spans)
+        outputs = self.run(coadds=coadds, detections=detections, detectionSpans=spans, deblender=deblender)
         butlerQC.put(outputs.deblendedCatalog, outputRefs.deblendedCatalog)
         flux = dict(zip(outputs.bands, outputs.deblendedFlux))
         for ref in outputRefs.deblendedFlux:
             if (band := ref.dataId["band"]) in flux:
                 butlerQC.put(flux[band], ref)
 
+    def _butlerDeblender(self, handle) -> MadnessDeblender:
+        """The deblender of the model dataset behind ``handle`` (a `DeferredDatasetHandle`),
+        read and built once per task instance and per process (keyed by dataset id)."""
+        key = handle.ref.id
+        cached = getattr(self, "_modelCache", None)
+        if cached is None or cached[0] != key:
+            deblender = _BUTLER_DEBLENDERS.get(key)
+            if deblender is None:
+                bundle = handle.get()  # ModelBundle.load: sizes and sha256 checked
+                if not bundle.metadata.trained:
+                    raise MadnessValueError(
+                        f"The model dataset {handle.ref} holds untrained weights; refusing to use it."
+                    )
+                deblender = MadnessDeblender.from_model_bundle(bundle)
+                while len(_BUTLER_DEBLENDERS) >= 2:
+                    _BUTLER_DEBLENDERS.pop(next(iter(_BUTLER_DEBLENDERS)))
+                _BUTLER_DEBLENDERS[key] = deblender
+                self.log.info("Loaded the MADNESS model from %s", handle.ref)
+            self._modelCache = (key, deblender)
+        return self._checkBands(self._modelCache[1])
+
     def _deblender(self) -> MadnessDeblender:
-        deblender = load_deblender(self.config.bundlePath)
+        if self.config.modelSource == "butler":
+            raise MadnessValueError(
+                "modelSource='butler': the model comes with the quantum (runQuantum); pass deblender= "
+                "to run() when calling it directly."
+            )
+        return self._checkBands(load_deblender(self.config.bundlePath))
+
+    def _checkBands(self, deblender: MadnessDeblender) -> MadnessDeblender:
         if tuple(self.config.bands) != deblender.bands:
             raise MadnessValueError(
                 f"config.bands {list(self.config.bands)} differ from the bundle's bands "
