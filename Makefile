@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?= -n 2
 
-.PHONY: env demo test test-tensorflow test-jax benchmark clean
+.PHONY: env demo test test-tensorflow test-jax benchmark scale-out clean
 
 env:
 	@scripts/setup-env.sh
@@ -21,8 +21,12 @@ test-tensorflow: env
 test-jax: env
 	KERAS_BACKEND=jax $(PY) -m pytest $(PYTEST_ARGS) tests
 
+# Several simulated patches through ctrl_bps + Parsl (and pipetask -j), timed: doc/tasks.md.
+scale-out: env
+	$(PY) scripts/run-patches.py --work run-patches --patches 4
+
 benchmark: env
 	$(PY) benchmarks/bench_deblend.py --output benchmarks/output
 
 clean:
-	rm -rf $(VENV) demo-output benchmarks/output
+	rm -rf $(VENV) demo-output benchmarks/output run-patches

@@ -19,7 +19,7 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 # The project and its declared dependencies, pinned by the one constraints file.
 # compat mode keeps python/ on sys.path so the pkgutil-style `lsst` namespace merges
 # with the Rubin middleware's.
-"${pip[@]}" install -c requirements/constraints.txt -e ".[test]" --config-settings editable_mode=compat
+"${pip[@]}" install -c requirements/constraints.txt -e ".[test,bps]" --config-settings editable_mode=compat
 # BTK declares astropy<7; it works with astropy 8, which the butler needs.
 "${pip[@]}" install -c requirements/constraints.txt --no-deps -r requirements/btk.txt
 echo "$want" > "$stamp"

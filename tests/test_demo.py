@@ -1,34 +1,183 @@
-"""The demo's LSST galaxy drawing (the full demo runs with `make demo`)."""
+"""The demo (``madness demo``): a simulated patch through pipelines/madness.yaml in a local butler.
 
+The end-to-end test runs the real demo (BTK simulation, SQLite butler, ``pipetask run`` in a
+subprocess, scoring, figure) on a tiny patch; ``bps/madness-parsl.yaml`` is checked with
+``bps prepare`` (a submit dry run) when ctrl_bps and its Parsl plugin are installed.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import unittest
+import unittest.mock
+from pathlib import Path
 
 import lsst.utils.tests
 import numpy as np
-from lsst.meas.madness.demo import LsstConditions, draw_galaxies
+from lsst.meas.madness.localrepo import (
+    COADD_DATASET,
+    SKYMAP,
+    TRUTH_DATASET,
+    create_local_repo,
+    ingest_patch,
+    simulate_patch,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+BPS_YAML = ROOT / "bps" / "madness-parsl.yaml"
 
 
-class DemoDrawingTestCase(lsst.utils.tests.TestCase):
-    def test_conditions_match_paper_table(self):
-        cond = LsstConditions.from_surveycodex()
-        self.assertEqual(cond.bands, ("u", "g", "r", "i", "z", "y"))
-        self.assertAlmostEqual(cond.pixel_scale, 0.2)
-        self.assertAlmostEqual(cond.psf_fwhm[cond.bands.index("r")], 0.81)  # paper table 1
+def _bundle():
+    """The packaged default bundle (what the demo uses) when it is installed, else the test model."""
+    from lsst.meas.madness.io.bundle import METADATA_FILE, default_bundle_path
 
-    def test_draw_deterministic_and_calibrated(self):
-        cond = LsstConditions.from_surveycodex()
-        a, truth = draw_galaxies(3, seed=4, conditions=cond)
-        b, _ = draw_galaxies(3, seed=4, conditions=cond)
-        np.testing.assert_array_equal(a, b)
-        self.assertEqual(a.shape, (3, 6, 45, 45))
-        r = cond.bands.index("r")
-        expected = cond.mag24_counts[r] * 10 ** (-0.4 * (truth["mag_r"] - 24.0))
-        # Large galaxies lose a little flux outside the 9" stamp.
-        np.testing.assert_allclose(a[:, r].sum(axis=(1, 2)), expected, rtol=0.1)
-        self.assertTrue((a[:, r].sum(axis=(1, 2)) <= expected * 1.001).all())
+    if (default_bundle_path() / METADATA_FILE).is_file():
+        return None
+    from utils import quick_bundle_path
+
+    return quick_bundle_path()
+
+
+def _bps_missing() -> str | None:
+    import importlib.util
+
+    for module in ("lsst.ctrl.bps", "lsst.ctrl.bps.parsl", "parsl"):
+        if importlib.util.find_spec(module) is None:
+            return (f"{module} is not installed: bps scale-out is optional (pip install "
+                    "lsst-ctrl-bps lsst-ctrl-bps-parsl parsl to test it)")
+    return None
+
+
+class SimulatePatchTestCase(lsst.utils.tests.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.patch = simulate_patch(5, size=71, n_galaxies=5, yx0=(100, 300))
+
+    def test_deterministic_and_consistent(self):
+        patch = self.patch
+        again = simulate_patch(5, size=71, n_galaxies=5, yx0=(100, 300))
+        np.testing.assert_array_equal(patch.image, again.image)
+        self.assertEqual(patch.bands, ("u", "g", "r", "i", "z", "y"))
+        self.assertEqual(patch.image.shape, (6, 71, 71))
+        self.assertEqual(patch.isolated.shape, (5, 6, 71, 71))
+        truth = patch.truth
+        self.assertEqual(len(truth), 5)
+        self.assertTrue((truth["snr_r"] >= 10).all())
+        # Centres in the tract frame, inside the margin, on the galaxies' brightest pixels (roughly).
+        x, y = np.asarray(truth["x"]) - 300, np.asarray(truth["y"]) - 100
+        self.assertTrue(((x >= 8) & (x <= 62) & (y >= 8) & (y <= 62)).all())
+        np.testing.assert_allclose(truth["flux_r"], patch.isolated[:, 2].sum(axis=(1, 2)), rtol=1e-5)
+        # The noise is what the variance plane says.
+        chi = (patch.image - patch.isolated.sum(0)) / np.sqrt(patch.variance)
+        self.assertAlmostEqual(float(chi.std()), 1.0, delta=0.05)
+        self.assertTrue(((truth["blendedness_r"] >= 0) & (truth["blendedness_r"] <= 1)).all())
+
+    def test_repo_round_trip(self):
+        from lsst.daf.butler import Butler
+
+        with tempfile.TemporaryDirectory() as tmp:
+            root = os.path.join(tmp, "repo")
+            create_local_repo(root, n_patches=2)
+            create_local_repo(root, n_patches=3)  # idempotent, adds a patch
+            ingest_patch(root, self.patch, 2, "sim")
+            with Butler.from_config(root, collections=["sim"]) as butler:
+                self.assertEqual(len(butler.query_datasets(COADD_DATASET)), 6)
+                coadd = butler.get(COADD_DATASET, skymap=SKYMAP, tract=0, patch=2, band="i")
+                np.testing.assert_array_equal(coadd.image.array, self.patch.image[3])
+                self.assertEqual((coadd.bbox.y.start, coadd.bbox.x.start), (100, 300))
+                truth = butler.get(TRUTH_DATASET, skymap=SKYMAP, tract=0, patch=2)
+                self.assertEqual(truth["truth_id"].tolist(), list(range(5)))
+
+
+class DemoTestCase(lsst.utils.tests.TestCase):
+    """``run_demo`` end to end on a tiny patch (the packaged model, fewer MAP steps)."""
+
+    def test_demo_end_to_end(self):
+        from lsst.meas.madness.demo import run_demo
+
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "demo"
+            lines = []
+            summary = run_demo(out, seed=1, size=101, n_galaxies=6, bundle=_bundle(),
+                               config=["deblend:maxIter=40", "deblend:minIter=10"], echo=lines.append)
+            for name in ("demo.png", "summary.json", "summary.md", "pipetask.log", "repo/butler.yaml"):
+                self.assertTrue((out / name).is_file(), name)
+            self.assertEqual(json.loads((out / "summary.json").read_text())["seed"], 1)
+            self.assertTrue(any(line.startswith("[demo] running: pipetask") for line in lines))
+            self.assertTrue(any("[pipetask]" in line for line in lines))
+            det = summary["detection"]
+            self.assertEqual(det["n_truth"], 6)
+            self.assertGreaterEqual(det["n_parents"], 1)
+            self.assertGreaterEqual(det["n_matched"], 1)
+            self.assertEqual(det["n_matched"] + det["n_missed"], 6)
+            self.assertEqual(det["n_failed_parents"], 0)
+            self.assertEqual(len(summary["objects"]), 6)
+            matched = [o for o in summary["objects"] if o["matched"]]
+            for o in matched:
+                self.assertLessEqual(o["separation_px"], 3.0)
+                self.assertTrue(np.isfinite(o["flux_true"]["r"]) and o["flux_true"]["r"] > 0)
+                self.assertTrue(np.isfinite(o["flux_deblended"]["r"]))
+            # Without deblending an aperture holds its galaxy's flux plus neighbours' and noise.
+            m = summary["mean_abs_dF_over_F"]["all_matched"]
+            self.assertTrue(np.isfinite(m["deblended"]["r"]) and np.isfinite(m["no_deblending"]["r"]))
+            self.assertEqual(summary["deblend_counts"]["n_failed"], 0)
+            for key in ("simulate", "butler_setup_ingest", "pipetask_run", "task_deblend", "total"):
+                self.assertIn(key, summary["timings_s"])
+            self.assertIn("## Detections vs truth", (out / "summary.md").read_text())
+
+
+@unittest.skipIf(_bps_missing() is not None, _bps_missing() or "")
+class BpsTestCase(lsst.utils.tests.TestCase):
+    """bps/madness-parsl.yaml parses, and ``bps prepare`` (submit without running) succeeds."""
+
+    def setUp(self):
+        self.env = dict(os.environ)
+        self.env["MEAS_MADNESS_DIR"] = str(ROOT)
+        self.env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + self.env.get("PATH", "")
+
+    def test_config_parses(self):
+        from lsst.ctrl.bps import BpsConfig
+        from lsst.utils import doImport
+
+        with unittest.mock.patch.dict(os.environ, {"MEAS_MADNESS_DIR": str(ROOT)}):
+            config = BpsConfig(str(BPS_YAML))
+            pipeline = Path(os.path.expandvars(config["pipelineYaml"]))
+        self.assertEqual(config["wmsServiceClass"], "lsst.ctrl.bps.parsl.ParslService")
+        site = config[f".site.{config['computeSite']}"]
+        self.assertIsNotNone(doImport(site["class"]))
+        self.assertIsNotNone(doImport(config["clusterAlgorithm"]))
+        self.assertEqual(pipeline, ROOT / "pipelines" / "madness.yaml")
+        self.assertEqual([t.strip() for t in config[".cluster.patch.pipetasks"].split(",")],
+                         ["detect", "deblend", "measure"])
+
+    def test_prepare_dry_run(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            repo = os.path.join(tmp, "repo")
+            create_local_repo(repo, n_patches=2)
+            patch = simulate_patch(5, size=71, n_galaxies=3)
+            ingest_patch(repo, patch, 0, "sim/coadds")
+            ingest_patch(repo, patch, 1, "sim/coadds")
+            self.env["PWD"] = tmp
+            proc = subprocess.run(
+                [str(Path(sys.executable).parent / "bps"), "prepare", str(BPS_YAML), "-b", repo,
+                 "-i", "sim/coadds", "-o", "madness/bps-test"],
+                capture_output=True, text=True, cwd=tmp, env=self.env, timeout=300,
+            )
+            self.assertEqual(proc.returncode, 0, proc.stdout[-2000:] + proc.stderr[-3000:])
+            submit = Path(tmp) / "submit" / "madness" / "bps-test"
+            self.assertTrue(submit.is_dir(), proc.stderr[-2000:])
+            self.assertEqual(len(list(submit.rglob("*.qg"))), 1)
+            log = proc.stdout + proc.stderr
+            # One job per patch (its three quanta in one process), the init job and the final job.
+            self.assertIn("ClusteredQuantumGraph contains 2 cluster(s)", log)
+            self.assertIn("GenericWorkflow contains 4 job(s) (including final)", log)
 
 
 class MemoryTester(lsst.utils.tests.MemoryTestCase):
-    pass
+    # SkyPy's kcorrect templates (the patch's catalogue) stay open for the life of the process.
+    ignore_regexps = [r"skypy/data/kcorrect/"]
 
 
 def setup_module(module):

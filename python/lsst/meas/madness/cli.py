@@ -1,4 +1,5 @@
-"""The ``madness`` command line: ``info``, ``demo``, ``simulate catalog|datasets``, ``train``."""
+"""The ``madness`` command line: ``info``, ``demo``, ``simulate catalog|datasets``, ``train``,
+``evaluate``."""
 
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ def _info(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(args.output, n_train=args.n_train, seed=args.seed)
+    run_demo(args.output, seed=args.seed, size=args.size, n_galaxies=args.galaxies, min_snr=args.min_snr,
+             bundle=args.bundle, config=args.config)
     return 0
 
 
@@ -126,6 +128,62 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    import json
+    import logging
+    import shlex
+
+    from .evaluation.fields import iter_test_fields, simulate_test_fields
+    from .evaluation.methods import METHOD_NAMES
+    from .evaluation.report import write_evaluation
+    from .evaluation.runner import run_evaluation
+    from .simulation import SimulatedDataset
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    output = Path(args.output)
+    if args.simulate is not None:
+        dataset = simulate_test_fields(output / "fields", args.simulate, args.seed, workers=args.workers,
+                                       progress=not args.no_progress)
+        fields_dir = dataset.directory
+        source = f"{args.simulate} TestFields simulated with seed {args.seed} ({fields_dir})"
+    else:
+        dataset = SimulatedDataset(args.fields)
+        fields_dir = dataset.directory
+        source = f"TestFields {fields_dir}"
+    n_fields = len(dataset) if args.max_fields is None else min(len(dataset), args.max_fields)
+    bands = None
+    if args.bands:
+        bands = [c for b in args.bands for c in (list(b) if len(b) > 1 and b not in dataset.bands else [b])]
+    methods = args.methods or list(METHOD_NAMES)
+    result = run_evaluation(iter_test_fields(fields_dir, max_fields=args.max_fields), methods,
+                            bundle=args.bundle, bands=bands, progress=not args.no_progress, n_fields=n_fields,
+                            info={"fields": source, "bundle": args.bundle or "packaged default",
+                                  "command": "madness " + " ".join(shlex.quote(a) for a in args.argv)})
+    paths = write_evaluation(result, output, figures=not args.no_figures)
+    summary = json.loads(paths["summary"].read_text())
+    band = "r" if "r" in result.bands else result.bands[0]
+
+    def fmt(value, spec):
+        return "-" if value is None else format(value, spec)
+
+    print(f"{result.info['n_fields']} fields, {result.info['n_galaxies']} galaxies; {band} band, kappa <= 5:")
+    print(f"{'method':15s} {'status':7s} {'|dF/F|':>8s} {'cosine':>7s} {'std e1':>7s} {'s/galaxy':>9s} "
+          f"{'peak MB':>8s}")
+    for name, m in summary["methods"].items():
+        if m["status"] != "ok" and "bands" not in m:
+            print(f"{name:15s} {m['status']:7s} {m['reason']}")
+            continue
+        s = m["bands"][band]
+        r = m.get("resources") or {}
+        print(f"{name:15s} {m['status']:7s} {fmt(s['mean_abs_flux_residual'], '8.4f')} "
+              f"{fmt(s['mean_cosine'], '7.3f')} {fmt(s['std_e1_residual'], '7.3f')} "
+              f"{fmt(r.get('seconds_per_galaxy'), '9.4f')} {fmt(r.get('peak_rss_mb'), '8.0f')}")
+    if summary["absent"]:
+        print("absent: " + "; ".join(f"{n} ({reason})" for n, reason in summary["absent"].items()))
+    print(f"report: {paths['report']}  summary: {paths['summary']}  measurements: {paths['measurements']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``madness`` command."""
     parser = argparse.ArgumentParser(prog="madness", description="MADNESS galaxy deblender.")
@@ -133,10 +191,18 @@ def main(argv: list[str] | None = None) -> int:
     info = sub.add_parser("info", help="versions, Keras backend, devices and the model bundle in use")
     info.add_argument("--bundle", default=None, help="bundle directory (default: the packaged one)")
     info.set_defaults(func=_info)
-    demo = sub.add_parser("demo", help="simulate LSST galaxies, train a quick model, deblend, plot")
+    demo = sub.add_parser(
+        "demo", help="simulate an LSST patch, run pipelines/madness.yaml in a local butler, plot and score"
+    )
     demo.add_argument("--output", default="demo-output", help="output directory")
-    demo.add_argument("--n-train", type=int, default=1500, help="galaxies drawn for the quick model")
-    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--seed", type=int, default=0, help="seed of the simulated patch")
+    demo.add_argument("--size", type=int, default=301, help="side of the patch in pixels (odd)")
+    demo.add_argument("--galaxies", type=int, default=40, help="galaxies in the patch")
+    demo.add_argument("--min-snr", type=float, default=20.0,
+                      help="appendix-A SNR cut in r (paper: 10; 20 keeps most galaxies detectable)")
+    demo.add_argument("--bundle", default=None, help="model bundle directory (default: the packaged one)")
+    demo.add_argument("-c", "--config", action="append", default=[], metavar="LABEL:FIELD=VALUE",
+                      help="pipetask config override, repeatable (e.g. deblend:maxIter=100)")
     demo.set_defaults(func=_demo)
 
     simulate = sub.add_parser("simulate", help="CatSim-format catalogues and the paper's datasets (BTK)")
@@ -176,7 +242,32 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--no-progress", action="store_true")
     train.add_argument("--no-figures", action="store_true")
     train.set_defaults(func=_train)
+    evaluate = sub.add_parser("evaluate", help="every deblender side by side on TestFields: the paper's "
+                                               "section-4 metrics, time and memory, report and figures")
+    source = evaluate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--fields", default=None,
+                        help="a TestFields dataset directory (madness simulate datasets)")
+    source.add_argument("--simulate", type=int, default=None, metavar="N",
+                        help="simulate N TestFields first (into OUTPUT/fields)")
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of --simulate")
+    evaluate.add_argument("--methods", nargs="+", default=None,
+                          choices=["blended", "vae_deblender", "madness", "scarlet2", "scarlet_lite",
+                                   "scarlet"],
+                          help="methods to compare (default: all; those not installed are reported absent)")
+    evaluate.add_argument("--bands", nargs="+", default=None,
+                          help="bands to measure and report, e.g. 'g r i' or 'gri' (default: all; deblending "
+                               "always uses every band)")
+    evaluate.add_argument("--max-fields", type=int, default=None, help="evaluate only the first N fields")
+    evaluate.add_argument("--bundle", default=None, help="MADNESS model bundle (default: the packaged one)")
+    evaluate.add_argument("--output", required=True, help="directory for measurements.json, summary.json, "
+                                                          "report.md and figures/")
+    evaluate.add_argument("--workers", type=int, default=1, help="drawing processes for --simulate")
+    evaluate.add_argument("--no-progress", action="store_true", help="no progress bar")
+    evaluate.add_argument("--no-figures", action="store_true", help="skip the figures")
+    evaluate.set_defaults(func=_evaluate)
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     return args.func(args)
 
 

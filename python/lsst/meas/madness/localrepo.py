@@ -1,0 +1,371 @@
+"""Simulated LSST patches in a local SQLite butler, and `pipetask run` on them (no obs_base).
+
+What `madness demo` and ``scripts/run-patches.py`` share:
+
+* `simulate_patch` draws one square patch of CatSim-format galaxies (SkyPy catalogue, the
+  paper's SNR >= 10 cut in r) with BTK under SurveyCodex's LSST 10-year conditions;
+* `create_local_repo` makes a SQLite repository and inserts the dimension records directly
+  with ``syncDimensionData`` (instrument, one physical_filter per band, skymap, tract, patches);
+* `ingest_patch` puts the per-band coadds as lsst.images ``MaskedImage`` (``deepCoadd_calexp``,
+  storage class ``MaskedImageV2``) and the truth catalogue (``deepCoadd_madnessTruth``,
+  ``ArrowAstropy``);
+* `pipetask_command` / `run_logged` run ``pipelines/madness.yaml`` in a subprocess.
+
+Patches of one repository lie side by side along x in tract 0 of the skymap ``madness_sim``:
+patch ``p`` covers tract-frame columns ``[p * size, (p + 1) * size)``. Each patch is an
+independent draw (no galaxy crosses a patch border).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "INSTRUMENT",
+    "SKYMAP",
+    "TRACT",
+    "COADD_DATASET",
+    "TRUTH_DATASET",
+    "SimulatedPatch",
+    "simulate_patch",
+    "create_local_repo",
+    "ingest_patch",
+    "pipeline_path",
+    "pipetask_command",
+    "run_logged",
+]
+
+import dataclasses
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .errors import MadnessValueError
+
+INSTRUMENT = "MadnessSim"
+SKYMAP = "madness_sim"
+TRACT = 0
+COADD_DATASET = "deepCoadd_calexp"
+TRUTH_DATASET = "deepCoadd_madnessTruth"
+# SNR-cut CatSim-like galaxies per square degree (measured on the SkyPy catalogue: ~86 in one
+# arcmin^2 after the appendix-A cut); the catalogue area is sized from it with a margin.
+_DENSITY_PER_DEG2 = 3.0e5
+
+
+@dataclasses.dataclass
+class SimulatedPatch:
+    """One simulated patch: the noisy coadds and the truth.
+
+    Attributes
+    ----------
+    bands : `tuple` [`str`, ...]
+        Band of each plane (BTK's LSST order, ugrizy).
+    image : `numpy.ndarray`
+        ``(bands, S, S)`` float32 noisy image, electrons per pixel, sky subtracted.
+    variance : `numpy.ndarray`
+        ``(bands, S, S)`` float32 variance: sky level plus the noiseless source electrons (gain 1).
+    isolated : `numpy.ndarray`
+        ``(n, bands, S, S)`` float32 noiseless image of each galaxy alone, electrons per pixel.
+    truth : `astropy.table.Table`
+        One row per galaxy: ``truth_id``, tract-frame ``x``/``y`` (pixel index of the centre),
+        the catalogue's columns, ``flux_<band>`` (noiseless electrons in the patch) and
+        ``blendedness_<band>`` (paper eq. 16).
+    yx0 : `tuple` [`int`, `int`]
+        Tract-frame ``(y, x)`` of pixel ``[0, 0]``.
+    seed : `int`
+        Seed of the draw.
+    """
+
+    bands: tuple[str, ...]
+    image: np.ndarray
+    variance: np.ndarray
+    isolated: np.ndarray
+    truth: object
+    yx0: tuple[int, int]
+    seed: int
+
+    @property
+    def size(self) -> int:
+        """Side of the patch in pixels."""
+        return int(self.image.shape[-1])
+
+    def masked_images(self) -> dict:
+        """``{band: lsst.images.MaskedImage}`` at the patch's tract-frame box (no pixel masked)."""
+        import lsst.images as li
+
+        schema = li.MaskSchema(
+            [
+                li.MaskPlane("BAD", "Bad pixel."),
+                li.MaskPlane("SAT", "Saturated pixel."),
+                li.MaskPlane("NO_DATA", "No data."),
+            ]
+        )
+        y0, x0 = self.yx0
+        box = li.Box.factory[y0 : y0 + self.size, x0 : x0 + self.size]
+        out = {}
+        for b, band in enumerate(self.bands):
+            image = li.Image(np.ascontiguousarray(self.image[b]), bbox=box)
+            variance = li.Image(np.ascontiguousarray(self.variance[b]), bbox=box)
+            out[band] = li.MaskedImage(image, mask_schema=schema, variance=variance)
+        return out
+
+
+def _catalogue(n_galaxies: int, seed: int, min_snr: float):
+    """At least ``n_galaxies`` SNR-cut SkyPy galaxies (the area grows until there are enough)."""
+    from .simulation.catalog import apply_snr_cut
+    from .simulation.skypy_catalog import generate_catsim_catalog
+
+    area = max(2.0 * n_galaxies / _DENSITY_PER_DEG2, 1e-4)
+    for _ in range(6):
+        table = apply_snr_cut(generate_catsim_catalog(area, seed), min_snr)
+        if len(table) >= n_galaxies:
+            return table
+        area *= 2.0
+    raise MadnessValueError(f"Only {len(table)} galaxies pass the SNR cut in {area / 2:.2g} deg^2; "
+                            f"{n_galaxies} were asked for.")
+
+
+def _group_positions(rng: np.random.Generator, n: int, low: int, high: int, max_group: int,
+                     group_shift: int) -> np.ndarray:
+    """``(n, 2)`` distinct integer ``(x, y)`` pixels in ``[low, high]^2``, in groups.
+
+    Groups of 1 to ``max_group`` galaxies (uniform) have centres uniform in the square; members
+    lie uniformly within ``group_shift`` pixels of their group's centre (clipped to the square),
+    as the paper's BlendedSims place 1-3 galaxies in a 20x20 pixel box.
+    """
+    if (high - low + 1) ** 2 < n:
+        raise MadnessValueError(f"{n} galaxies do not fit in distinct pixels of [{low}, {high}]^2.")
+    chosen: dict[tuple[int, int], None] = {}
+    while len(chosen) < n:
+        size = int(rng.integers(1, max_group + 1))
+        centre = rng.integers(low, high + 1, size=2)
+        for _ in range(min(size, n - len(chosen))):
+            for _attempt in range(100):
+                xy = np.clip(centre + rng.integers(-group_shift, group_shift + 1, size=2), low, high)
+                if tuple(xy.tolist()) not in chosen:
+                    chosen[tuple(xy.tolist())] = None
+                    break
+    return np.array(list(chosen), dtype=np.int64)
+
+
+def simulate_patch(
+    seed: int,
+    *,
+    size: int = 301,
+    n_galaxies: int = 40,
+    margin: int = 8,
+    max_group: int = 3,
+    group_shift: int = 10,
+    min_snr: float = 10.0,
+    yx0: tuple[int, int] = (0, 0),
+) -> SimulatedPatch:
+    """Draw one LSST patch of SkyPy CatSim-format galaxies with BTK (seeded).
+
+    ``n_galaxies`` galaxies are picked at random among those of a SkyPy catalogue that pass the
+    paper's SNR >= ``min_snr`` cut in r (appendix A), and placed on distinct pixel centres at
+    least ``margin`` pixels inside the patch, in groups of 1 to ``max_group`` galaxies within
+    ``group_shift`` pixels of a group centre (uniform), so that most of them are blended, as in
+    the paper's BlendedSims (1-3 galaxies in a 20x20 pixel box). BTK draws them (bulge + disk +
+    AGN, Kolmogorov + Airy PSF per band) with Poisson noise from the sources and the 10-year sky,
+    sky subtracted, gain 1.
+
+    Parameters
+    ----------
+    seed : `int`
+        Seed of the catalogue, the selection, the positions and the noise.
+    size : `int`
+        Side of the square patch in pixels (odd: BTK centres its stamp on a pixel); 0.2"/pixel.
+    n_galaxies : `int`
+        Number of galaxies in the patch.
+    margin : `int`
+        Smallest distance of a galaxy centre from the patch edge, pixels.
+    max_group, group_shift : `int`
+        Largest number of galaxies in a group, and their largest offset (pixels, per axis) from
+        the group's centre; ``max_group=1`` places every galaxy independently.
+    min_snr : `float`
+        Appendix-A SNR cut in r.
+    yx0 : `tuple` [`int`, `int`]
+        Tract-frame ``(y, x)`` of the patch's pixel ``[0, 0]``.
+    """
+    from astropy.table import Table
+
+    from .simulation.btk_draw import BlendPlan, draw_planned_blends, lsst_survey
+    from .simulation.conditions import LsstConditions
+
+    if size % 2 != 1 or size < 47:
+        raise MadnessValueError(f"simulate_patch: size must be odd and >= 47 pixels, got {size}.")
+    if n_galaxies < 1 or 2 * margin >= size:
+        raise MadnessValueError(f"simulate_patch: need n_galaxies >= 1 and margin < size / 2 "
+                                f"(n_galaxies={n_galaxies}, margin={margin}, size={size}).")
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 17]))
+    catalog = _catalogue(n_galaxies, int(seed), min_snr)
+    rows = np.sort(rng.choice(len(catalog), size=n_galaxies, replace=False))
+    xy = _group_positions(rng, n_galaxies, margin, size - 1 - margin, max_group, group_shift)
+    half = (size - 1) // 2
+    plan = BlendPlan(rows, (xy[:, 0] - half).astype(float), (xy[:, 1] - half).astype(float))
+    survey = lsst_survey()
+    blends, isolated, catalogs = draw_planned_blends(catalog, [plan], size, seed=int(seed), survey=survey)
+    image, isolated = blends[0], isolated[0, :n_galaxies]
+    conditions = LsstConditions.from_surveycodex()
+    bands = tuple(conditions.bands)
+    noiseless = isolated.sum(axis=0)
+    variance = (conditions.sky_levels[:, None, None] + np.clip(noiseless, 0.0, None)).astype(np.float32)
+
+    drawn = catalogs[0]
+    truth = Table()
+    truth["truth_id"] = np.arange(n_galaxies, dtype=np.int64)
+    truth["x"] = np.rint(np.asarray(drawn["x_peak"], dtype=np.float64)).astype(np.int32) + int(yx0[1])
+    truth["y"] = np.rint(np.asarray(drawn["y_peak"], dtype=np.float64)).astype(np.int32) + int(yx0[0])
+    truth["x"].description = truth["y"].description = "tract-frame pixel index of the galaxy's centre"
+    for name in ("galtileid", "redshift", *(f"{b}_ab" for b in bands), "a_d", "b_d", "a_b", "b_b",
+                 "fluxnorm_bulge", "fluxnorm_disk", "snr_r"):
+        if name in catalog.colnames:
+            truth[name] = np.asarray(catalog[name])[rows]
+    total = (isolated * noiseless[None]).sum(axis=(2, 3))
+    own = (isolated**2).sum(axis=(2, 3))
+    for b, band in enumerate(bands):
+        truth[f"flux_{band}"] = isolated[:, b].sum(axis=(1, 2)).astype(np.float64)
+        truth[f"flux_{band}"].unit = "electron"
+        truth[f"flux_{band}"].description = f"noiseless {band} electrons of the galaxy inside the patch"
+        with np.errstate(divide="ignore", invalid="ignore"):
+            truth[f"blendedness_{band}"] = np.where(total[:, b] > 0, 1.0 - own[:, b] / total[:, b], 0.0)
+        truth[f"blendedness_{band}"].description = "1 - sum(I_i^2) / sum(I_i I_all), paper eq. 16"
+    return SimulatedPatch(bands=bands, image=image.astype(np.float32), variance=variance,
+                          isolated=isolated.astype(np.float32), truth=truth,
+                          yx0=(int(yx0[0]), int(yx0[1])), seed=int(seed))
+
+
+def create_local_repo(root: str | os.PathLike, *, bands: Sequence[str] = ("u", "g", "r", "i", "z", "y"),
+                      n_patches: int = 1) -> None:
+    """Make a SQLite repository at ``root`` with the dimension records of ``n_patches`` patches.
+
+    No obs_base: ``instrument`` (``MadnessSim``), one ``physical_filter`` per band
+    (``sim_<band>``), ``skymap`` (``madness_sim``), ``tract`` 0 and ``patch`` 0..n-1 are inserted
+    with ``registry.syncDimensionData``, and the dataset types `COADD_DATASET` and
+    `TRUTH_DATASET` are registered. Running it again on an existing repository adds what is
+    missing.
+    """
+    from lsst.daf.butler import Butler, DatasetType
+
+    root = str(root)
+    if not os.path.exists(os.path.join(root, "butler.yaml")):
+        Butler.makeRepo(root)  # SQLite registry, file datastore
+    with Butler.from_config(root, writeable=True) as butler:
+        reg = butler.registry
+        reg.syncDimensionData(
+            "instrument",
+            {"name": INSTRUMENT, "visit_max": 1, "exposure_max": 1, "detector_max": 1, "class_name": "none"},
+        )
+        for band in bands:
+            reg.syncDimensionData(
+                "physical_filter", {"instrument": INSTRUMENT, "name": f"sim_{band}", "band": band}
+            )
+        # syncDimensionData refuses a record that differs from the stored one, so the skymap
+        # record is sized generously once (up to 1000 patches in a row).
+        reg.syncDimensionData(
+            "skymap",
+            {"name": SKYMAP, "hash": b"madness-sim-v1", "tract_max": 1, "patch_nx_max": 1000,
+             "patch_ny_max": 1},
+        )
+        reg.syncDimensionData("tract", {"skymap": SKYMAP, "id": TRACT})
+        for patch in range(n_patches):
+            reg.syncDimensionData(
+                "patch", {"skymap": SKYMAP, "tract": TRACT, "id": patch, "cell_x": patch, "cell_y": 0}
+            )
+        universe = butler.dimensions
+        reg.registerDatasetType(
+            DatasetType(COADD_DATASET, ("skymap", "tract", "patch", "band"), "MaskedImageV2",
+                        universe=universe)
+        )
+        reg.registerDatasetType(
+            DatasetType(TRUTH_DATASET, ("skymap", "tract", "patch"), "ArrowAstropy", universe=universe)
+        )
+
+
+def ingest_patch(root: str | os.PathLike, patch: SimulatedPatch, patch_id: int, run: str) -> None:
+    """Put ``patch``'s coadds (one ``MaskedImageV2`` per band) and truth table into ``run``."""
+    from lsst.daf.butler import Butler
+
+    data_id = {"skymap": SKYMAP, "tract": TRACT, "patch": int(patch_id)}
+    with Butler.from_config(str(root), writeable=True, run=run) as butler:
+        for band, coadd in patch.masked_images().items():
+            butler.put(coadd, COADD_DATASET, data_id, band=band)
+        butler.put(patch.truth, TRUTH_DATASET, data_id)
+
+
+def pipeline_path() -> Path:
+    """``pipelines/madness.yaml``: under ``$MEAS_MADNESS_DIR`` (EUPS) or the source tree."""
+    candidates = []
+    if os.environ.get("MEAS_MADNESS_DIR"):
+        candidates.append(Path(os.environ["MEAS_MADNESS_DIR"]) / "pipelines" / "madness.yaml")
+    # python/lsst/meas/madness/localrepo.py -> the package root holds pipelines/.
+    candidates.append(Path(__file__).resolve().parents[4] / "pipelines" / "madness.yaml")
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise MadnessValueError(
+        f"pipelines/madness.yaml not found (looked at {[str(p) for p in candidates]}); set "
+        "MEAS_MADNESS_DIR to the meas_madness source directory."
+    )
+
+
+def pipetask_command(
+    repo: str | os.PathLike,
+    inputs: str,
+    output: str,
+    *,
+    pipeline: str | os.PathLike | None = None,
+    config: Sequence[str] = (),
+    where: str | None = None,
+    jobs: int = 1,
+    log_level: str = "lsst.meas.madness=INFO",
+) -> list[str]:
+    """The ``pipetask run`` command line (argv) for ``pipelines/madness.yaml``.
+
+    ``config`` items are ``label:field=value`` overrides (``-c``). The command starts with this
+    interpreter (``python -c "...pipetask main()"``), so it runs in the same environment even
+    when ``pipetask`` is not on ``PATH``.
+    """
+    command = [
+        sys.executable, "-c",
+        "import sys; from lsst.ctrl.mpexec.cli.pipetask import main; sys.exit(main())",
+        "--log-level", log_level,
+        "run", "-b", str(repo), "-i", inputs, "-o", output,
+        "-p", str(pipeline or pipeline_path()), "--register-dataset-types",
+    ]
+    for item in config:
+        command += ["-c", item]
+    if where:
+        command += ["-d", where]
+    if jobs > 1:
+        command += ["-j", str(int(jobs))]
+    return command
+
+
+def run_logged(command: Sequence[str], log_path: str | os.PathLike, *, prefix: str = "",
+               echo: Callable[[str], None] | None = print, env: dict | None = None,
+               cwd: str | os.PathLike | None = None) -> float:
+    """Run ``command``, copy its output to ``log_path`` and, line by line, to ``echo``.
+
+    Returns the wall time in seconds; raises `subprocess.CalledProcessError` (with the last
+    lines of the log) if the command fails.
+    """
+    start = time.perf_counter()
+    lines: list[str] = []
+    with open(log_path, "w") as log, subprocess.Popen(
+        list(command), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
+        env=env, cwd=cwd,
+    ) as proc:
+        for line in proc.stdout:
+            log.write(line)
+            lines.append(line)
+            del lines[:-40]
+            if echo is not None:
+                echo(prefix + line.rstrip())
+        code = proc.wait()
+    if code != 0:
+        raise subprocess.CalledProcessError(code, list(command), output="".join(lines))
+    return time.perf_counter() - start
