@@ -137,8 +137,10 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
         chi2, kl, ssim = (np.asarray(keras.ops.convert_to_numpy(t)) for t in vae.loss_terms(
             keras.ops.convert_to_tensor(xv_iso), keras.ops.convert_to_tensor(yv_iso),
             keras.ops.convert_to_tensor(params), keras.ops.convert_to_tensor(prediction)))
-        return {"val_chi2_per_pixel": float(chi2.mean() / yv_iso[0].size), "val_kl": float(kl.mean()),
-                "val_ssim": float(ssim.mean())}
+        row = {"val_chi2_per_pixel": float(chi2.mean() / yv_iso[0].size), "val_kl": float(kl.mean()),
+               "val_ssim": float(ssim.mean())}
+        row.update(_dead_bands(np.asarray(prediction), bands))
+        return row
 
     def set_alpha(epoch):
         alpha = max(0.0, 1.0 - epoch / config.ssim_warmup_epochs)
@@ -183,7 +185,7 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
     # --- bundle, metrics, figures -----------------------------------------------------------------
     wall = time.perf_counter() - start
     metrics = _validation_metrics(vae, flow, deblender_encoder, decoder, xv_iso, yv_iso, z_val, xv_bl, yv_bl,
-                                  target_val, sky_net, norm.scale)
+                                  target_val, sky_net, norm.scale, bands)
     from ..simulation.conditions import LsstConditions
 
     conditions = LsstConditions.from_surveycodex(bands=bands).as_dict()
@@ -214,8 +216,20 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
     return bundle
 
 
+def _dead_bands(prediction: np.ndarray, bands) -> dict:
+    """Fraction of decoded validation stamps whose band is identically zero, per band.
+
+    The decoder ends in a ReLU: a band whose output channel is driven negative everywhere early
+    in training stops receiving gradient and stays dark (the paper's SSIM warm-up exists to make
+    every band learn; a short, fast warm-up can still lose the faint u band). Logged per epoch so
+    that a dying channel is seen while it happens.
+    """
+    zero = (prediction.reshape(len(prediction), -1, prediction.shape[-1]).max(axis=1) <= 0).mean(axis=0)
+    return {f"val_zero_frac_{b}": float(z) for b, z in zip(bands, zero)}
+
+
 def _validation_metrics(vae, flow, deblender_encoder, decoder, xv_iso, yv_iso, z_val, xv_bl, yv_bl,
-                        target_val, sky_net, scale) -> dict:
+                        target_val, sky_net, scale, bands) -> dict:
     """Validation numbers for the model card (network units unless stated)."""
     from .losses import reconstruction_chi2
 
@@ -234,7 +248,9 @@ def _validation_metrics(vae, flow, deblender_encoder, decoder, xv_iso, yv_iso, z
     flux_deb = decoded[..., r].sum(axis=(1, 2))
     bright = flux_true > 0
     pixels = yv_iso[0].size
+    dead = _dead_bands(np.asarray(prediction), bands)
     return {
+        **dead,
         "vae_val_chi2_per_pixel": float(chi2.mean() / pixels),
         "vae_val_kl": float(kl.mean()),
         "vae_val_ssim": float(ssim.mean()),
