@@ -243,6 +243,27 @@ class DeblendTaskTestCase(MadnessTestCase):
             task.run(coadds=self.coadds, detections=self.detections, detectionSpans=self.spans)
         self.assertIn("order matters", str(cm.exception))
 
+    def test_backend_and_device(self):
+        import keras
+
+        here = keras.config.backend()
+        other = {"tensorflow": "jax", "jax": "tensorflow"}[here]
+        members = SCENE_GROUPS[1]
+        det, spans = truth_detections(self.truth, groups=[members])
+        # the process's backend on the CPU: same children as with the defaults
+        reference = MadnessDeblendTask(config=run_config()).run(
+            coadds=self.coadds, detections=det, detectionSpans=spans).deblendedCatalog
+        pinned = MadnessDeblendTask(config=run_config(kerasBackend=here, device="cpu")).run(
+            coadds=self.coadds, detections=det, detectionSpans=spans).deblendedCatalog
+        np.testing.assert_allclose(pinned["deblend_flux_r"], reference["deblend_flux_r"], rtol=1e-4)
+        # another backend cannot be switched to inside a running process: a clear error
+        task = MadnessDeblendTask(config=run_config(kerasBackend=other))
+        with self.assertRaisesRegex(MadnessValueError, f"KERAS_BACKEND={other}"):
+            task.run(coadds=self.coadds, detections=det, detectionSpans=spans)
+        task = MadnessDeblendTask(config=run_config(device="gpu:7"))
+        with self.assertRaisesRegex(MadnessValueError, "No .* device 'gpu:7'"):
+            task.run(coadds=self.coadds, detections=det, detectionSpans=spans)
+
     def test_valid_output(self):
         assertValidOutput(self.task, self.result)
 

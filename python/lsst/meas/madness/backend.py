@@ -9,7 +9,8 @@ rather than constants baked into it. Backends are imported lazily, inside their 
 
 from __future__ import annotations
 
-__all__ = ["backend_name", "compile_value_and_grad", "compile_function", "device_description"]
+__all__ = ["backend_name", "compile_value_and_grad", "compile_function", "device_description", "device_scope",
+           "require_backend"]
 
 import os
 from collections.abc import Callable, Sequence
@@ -38,6 +39,55 @@ def device_description() -> str:
         gpus = tf.config.list_logical_devices("GPU")
         return ", ".join(d.name for d in gpus) if gpus else "CPU"
     return "unknown"
+
+
+def require_backend(name: str | None) -> None:
+    """Raise a clear error when the running Keras backend is not ``name`` (None: any).
+
+    Keras picks its backend once per process, at import, from ``KERAS_BACKEND``; a task
+    configuration can only check it, not switch it.
+    """
+    if name and name != backend_name():
+        from .errors import MadnessValueError
+
+        raise MadnessValueError(
+            f"This process runs the Keras {backend_name()!r} backend but {name!r} was asked for; "
+            f"set KERAS_BACKEND={name} in the environment before starting (e.g. before pipetask)."
+        )
+
+
+def device_scope(device: str | None):
+    """Context manager placing the computations inside it on ``device`` (None: the default).
+
+    ``device`` is ``"cpu"``, ``"gpu"`` or ``"gpu:N"`` (``"cuda:N"`` is accepted for JAX).
+    """
+    import contextlib
+
+    if not device:
+        return contextlib.nullcontext()
+    kind, _, index = device.lower().partition(":")
+    index = int(index or 0)
+    name = backend_name()
+    from .errors import MadnessValueError
+
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        found = tf.config.list_logical_devices(kind.upper().replace("CUDA", "GPU"))
+        if index >= len(found):
+            raise MadnessValueError(f"No TensorFlow device {device!r}; have {[d.name for d in tf.config.list_logical_devices()]}.")
+        return tf.device(found[index].name)
+    if name == "jax":
+        import jax
+
+        try:
+            found = jax.devices("gpu" if kind in ("gpu", "cuda") else kind)
+        except RuntimeError:
+            found = []
+        if index >= len(found):
+            raise MadnessValueError(f"No JAX device {device!r}; have {jax.devices()}.")
+        return jax.default_device(found[index])
+    raise MadnessValueError(f"Devices are not supported on the Keras backend {name!r}.")
 
 
 def _stateless(model: keras.Model, variables: tuple) -> Callable:

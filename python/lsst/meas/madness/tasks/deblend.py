@@ -187,6 +187,19 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
     )
     learningRateDecaySteps = pexConfig.Field[int](default=30, doc="Steps between learning-rate decays.")
     priorWeight = pexConfig.Field[float](default=1.0, doc="Weight of the flow log-prior (1: the posterior).")
+    # Where it computes
+    kerasBackend = pexConfig.ChoiceField[str](
+        default=None,
+        optional=True,
+        allowed={"tensorflow": "TensorFlow", "jax": "JAX"},
+        doc="Keras backend the task must run on; None accepts the process's. Keras fixes its backend "
+        "at import from KERAS_BACKEND, so this checks it (clear error) rather than switching it.",
+    )
+    device = pexConfig.Field[str](
+        default=None,
+        optional=True,
+        doc="Device for the networks: 'cpu', 'gpu' or 'gpu:N'; None lets the backend choose.",
+    )
     # Batching
     batchSize = pexConfig.Field[int](
         default=64, doc="Parents per deblend_batch call (bounds the memory of results held at once)."
@@ -355,8 +368,16 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
         MadnessValueError
             ``config.bands`` differ from the bundle's.
         """
+        from ..backend import device_scope, require_backend
+
         config = self.config
+        require_backend(config.kerasBackend)
         deblender = deblender if deblender is not None else self._deblender()
+        with device_scope(config.device):
+            return self._run(coadds, detections, detectionSpans, deblender)
+
+    def _run(self, coadds, detections, detectionSpans, deblender) -> pipeBase.Struct:
+        config = self.config
         bands = deblender.bands
         coadd = MultibandCoadd.from_masked_images(coadds, bands=bands, bad_mask_planes=config.badMask)
         extra = sorted(set(coadds) - set(bands))
