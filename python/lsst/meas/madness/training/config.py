@@ -133,11 +133,11 @@ PRESETS: dict[str, TrainingConfig] = {
     # up for far fewer epochs, 8k training stamps.
     "cpu": TrainingConfig(
         name="cpu",
-        ssim_warmup_epochs=4,
-        vae_warmup=StageSchedule(2e-4, 0.1, 4, patience=None, decay_every=40, batch_size=64),
-        vae=StageSchedule(2e-4, 0.1, 14, patience=4, decay_every=6, batch_size=64),
+        ssim_warmup_epochs=6,
+        vae_warmup=StageSchedule(5e-5, 0.1, 6, patience=None, decay_every=40, batch_size=64),
+        vae=StageSchedule(1e-4, 0.1, 16, patience=4, decay_every=8, batch_size=64),
         flow=StageSchedule(1e-3, 0.01, 120, patience=15, decay_every=40, batch_size=128),
-        deblender=StageSchedule(1e-4, 0.1, 8, patience=3, decay_every=4, batch_size=64),
+        deblender=StageSchedule(1e-4, 0.1, 10, patience=3, decay_every=5, batch_size=64),
         max_train=8000,
         max_validation=1500,
     ),
