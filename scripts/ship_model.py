@@ -49,6 +49,8 @@ def main(argv=None) -> int:
     parser.add_argument("run", type=Path)
     parser.add_argument("--card", type=Path, default=HERE / "doc" / "model-card.md")
     parser.add_argument("--no-ship", action="store_true", help="write the card only")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="the suite directory the run trained on (for its suite.json)")
     parser.add_argument("--data-note", default="", help="extra line for the Data section (e.g. the command)")
     parser.add_argument("--limits", default="", help="extra paragraph for the Limits section")
     args = parser.parse_args(argv)
@@ -77,7 +79,7 @@ def main(argv=None) -> int:
     config = training["config"]
     summary = json.loads((run / "summary.json").read_text())
     catalog = training.get("catalog", {})
-    data = Path(training["data"])
+    data = args.data if args.data is not None else Path(training["data"])
     suite = json.loads((data / "suite.json").read_text()) if (data / "suite.json").exists() else {}
     metrics = meta.metrics
     lines = [

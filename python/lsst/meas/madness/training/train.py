@@ -194,7 +194,7 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
         normalization=float(norm.scale), latent_dim=config.latent_dim, trained=True, conditions=conditions,
         description=description or f"MADNESS trained with the {config.name!r} preset on {data_dir.name}.",
         training={
-            "preset": config.name, "config": config.as_dict(), "data": str(data_dir),
+            "preset": config.name, "config": config.as_dict(), "data": data_dir.name,  # the suite's name, not this machine's path
             "catalog": iso.manifest.request["catalog"],
             "n_train": {"isolated": len(x_iso), "blended": len(x_bl)},
             "n_validation": {"isolated": len(xv_iso), "blended": len(xv_bl)},
