@@ -80,6 +80,17 @@ class LossTestCase(unittest.TestCase):
         with self.assertRaises(MadnessValueError):
             preset("huge")
 
+    def test_cosine_schedule(self):
+        s = StageSchedule(1e-3, 0.1, 11, schedule="cosine", warmup_epochs=1, min_factor=0.1)
+        self.assertAlmostEqual(s.learning_rate_at(0), 0.5e-3)  # ramp
+        self.assertAlmostEqual(s.learning_rate_at(1), 1e-3)  # the peak after the ramp
+        self.assertAlmostEqual(s.learning_rate_at(6), 1e-3 * (0.1 + 0.9 * 0.5))  # half-way down
+        self.assertAlmostEqual(s.learning_rate_at(11), 1e-4)  # the floor at max_epochs
+        rates = [s.learning_rate_at(e) for e in range(1, 11)]
+        self.assertTrue(all(a > b for a, b in zip(rates, rates[1:])))
+        with self.assertRaises(MadnessValueError):
+            StageSchedule(1e-3, 0.1, 3, schedule="exponential")
+
 
 class TrainingTestCase(unittest.TestCase):
     @classmethod
@@ -142,7 +153,9 @@ class TrainingTestCase(unittest.TestCase):
             import tensorflow as tf
 
             tf.config.experimental.enable_op_determinism()
-        config = _tiny(seed=3)
+        # fresh noise: each batch's noise comes from its own seed, so a resumed epoch sees the
+        # batches the uninterrupted one saw
+        config = _tiny(seed=3, fresh_noise=True)
         reference = train_madness(self.data, self.tmp / "full", config, progress=False, figures=False)
 
         real_fit = keras.Model.fit
@@ -165,6 +178,66 @@ class TrainingTestCase(unittest.TestCase):
         for a, b in zip(_weights(reference), _weights(resumed)):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
         self.assertEqual(reference.metadata.metrics, resumed.metadata.metrics)
+
+    def test_warm_start_fresh_noise_and_time_budget(self):
+        parent_dir = self.tmp / "parent"
+        parent = train_madness(self.data, parent_dir, _tiny(seed=4), progress=False, figures=False)
+        # A linear-output decoder with fresh noise, continued from the ReLU parent, on a budget so
+        # short that every stage stops after its first epoch.
+        config = _tiny(seed=4, decoder_output_activation="linear", fresh_noise=True,
+                       vae={**_tiny().vae.__dict__, "max_epochs": 4, "patience": None})
+        child = train_madness(self.data, self.tmp / "child", config, progress=False, figures=False,
+                              init_from=parent_dir / "bundle", time_budget_s=1e-3)
+        training = child.metadata.training
+        self.assertNotIn("vae_warmup", training["stages"])  # a warm start skips the SSIM warm-up
+        for stage in ("vae", "flow", "deblender"):
+            self.assertEqual(training["stages"][stage]["epochs_run"], 1, stage)
+            self.assertTrue(training["stages"][stage]["stopped_for_time"], stage)
+        self.assertEqual(training["augmentation"], {"fresh_noise": True, "symmetries": 8})
+        self.assertEqual(len(training["lineage"]), 1)
+        self.assertEqual(training["lineage"][0]["preset"], "tiny")
+        self.assertAlmostEqual(training["total_wall_time_s"],
+                               training["wall_time_s"] + parent.metadata.training["wall_time_s"], places=0)
+        self.assertEqual(training["total_sample_passes"],
+                         training["sample_passes"] + training["lineage"][0]["sample_passes"])
+        self.assertEqual(child.decoder.output_activation, "linear")
+        # The warm start copies the parent's networks: a linear decoder given the ReLU parent's
+        # weights draws the same stamps wherever the parent's are positive.
+        from lsst.meas.madness.networks import Decoder, Encoder, MaskedAutoregressiveFlow
+        from lsst.meas.madness.training.train import _warm_start
+
+        tiny = _tiny()
+        decoder = Decoder(45, 6, 16, tiny.decoder_filters, dense_units=tiny.dense_units, output_activation="linear")
+        encoder = Encoder(45, 6, 16, tiny.encoder_filters, dense_units=tiny.dense_units)
+        encoder.build((None, 45, 45, 6))
+        flow = MaskedAutoregressiveFlow(16, seed=1)
+        flow.build()
+        _warm_start(parent, encoder, decoder, flow, parent.metadata.bands, 45)
+        z = np.random.default_rng(2).normal(size=(4, 16)).astype(np.float32)
+        ours, theirs = np.asarray(decoder(z)), np.asarray(parent.decoder(z))
+        self.assertGreater((theirs > 0).mean(), 0.05)
+        np.testing.assert_allclose(ours[theirs > 0], theirs[theirs > 0], rtol=1e-5, atol=1e-7)
+        for a, b in zip(encoder.get_weights(), parent.encoder.get_weights()):
+            np.testing.assert_array_equal(a, b)
+        # A bundle of another architecture is refused.
+        with self.assertRaisesRegex(MadnessValueError, "Cannot warm-start"):
+            train_madness(self.data, self.tmp / "other", _tiny(dense_units=32), progress=False, figures=False,
+                          init_from=parent)
+
+    def test_loss_falls_with_fresh_noise(self):
+        config = _tiny(seed=6, fresh_noise=True, decoder_output_activation="linear",
+                       vae={**_tiny().vae.__dict__, "max_epochs": 8, "patience": None, "batch_size": 8, "learning_rate": 3e-3,
+                            "schedule": "cosine"})
+        out = self.tmp / "falls"
+        train_madness(self.data, out, config, progress=False, figures=False)
+        with open(out / "logs" / "vae.csv") as f:
+            rows = list(csv.DictReader(f))
+        loss = [float(r["loss"]) for r in rows]
+        chi2 = [float(r["val_chi2_per_pixel"]) for r in rows]
+        # 48 steps on new noise each time: the training loss and the validation chi^2 of the
+        # decoded galaxies fall
+        self.assertLess(np.mean(loss[-2:]), 0.7 * np.mean(loss[:2]), loss)
+        self.assertLess(chi2[-1], chi2[0], chi2)
 
     def test_missing_datasets(self):
         with self.assertRaisesRegex(MadnessValueError, "lacks the datasets"):

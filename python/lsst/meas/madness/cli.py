@@ -106,7 +106,22 @@ def _simulate_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _duration(text: str | None) -> float | None:
+    """``"7200"``, ``"90m"``, ``"2h"``, ``"45s"`` -> seconds."""
+    if text is None:
+        return None
+    units = {"s": 1.0, "m": 60.0, "h": 3600.0}
+    try:
+        value = float(text[:-1]) * units[text[-1]] if text[-1] in units else float(text)
+    except (ValueError, IndexError):
+        raise SystemExit(f"madness: not a duration: {text!r} (e.g. 7200, 90m, 2h)") from None
+    if not value > 0:
+        raise SystemExit(f"madness: the time budget must be positive, not {text!r}")
+    return value
+
+
 def _train(args: argparse.Namespace) -> int:
+    import dataclasses
     import json
     import logging
 
@@ -121,8 +136,16 @@ def _train(args: argparse.Namespace) -> int:
     if args.max_validation is not None:
         overrides["max_validation"] = args.max_validation
     config = preset(args.preset, **overrides)
+    if args.vae_epochs is not None:
+        config = dataclasses.replace(config, vae=dataclasses.replace(config.vae, max_epochs=args.vae_epochs))
+    init_from = args.init_from
+    if init_from == "default":
+        from .io.bundle import default_bundle_path
+
+        init_from = default_bundle_path()
     bundle = train_madness(args.data, args.output, config, progress=not args.no_progress,
-                           figures=not args.no_figures)
+                           figures=not args.no_figures, init_from=init_from,
+                           time_budget_s=_duration(args.time_budget))
     print(json.dumps(bundle.metadata.metrics, indent=1))
     print(f"bundle: {Path(args.output) / 'bundle'}")
     return 0
@@ -234,8 +257,15 @@ def main(argv: list[str] | None = None) -> int:
     train = sub.add_parser("train", help="the paper's training stages -> a model bundle (resumable)")
     train.add_argument("--data", required=True, help="directory from `madness simulate datasets`")
     train.add_argument("--output", required=True, help="run directory (rerun the same command to resume)")
-    train.add_argument("--preset", default="cpu", choices=["paper", "cpu", "tiny"],
-                       help="paper: full schedule (GPU); cpu: ~2 h on 2 cores; tiny: smoke tests")
+    train.add_argument("--preset", default="cpu2", choices=["paper", "cpu", "cpu2", "tiny"],
+                       help="paper: full schedule (GPU); cpu: the first 2-core recipe (0.6 h); cpu2: fresh noise, "
+                            "linear output, cosine schedule, sized by --time-budget; tiny: smoke tests")
+    train.add_argument("--init-from", default=None, metavar="BUNDLE",
+                       help="warm start from this bundle ('default' for the packaged one); skips the SSIM warm-up")
+    train.add_argument("--time-budget", default=None, metavar="DURATION",
+                       help="training time for the whole run, e.g. 7200, 90m, 2h (stages end cleanly inside it)")
+    train.add_argument("--vae-epochs", type=int, default=None,
+                       help="epochs of the VAE stage (its cosine schedule spans them)")
     train.add_argument("--seed", type=int, default=None)
     train.add_argument("--max-train", type=int, default=None, help="cap on training stamps per dataset")
     train.add_argument("--max-validation", type=int, default=None, help="cap on validation stamps")

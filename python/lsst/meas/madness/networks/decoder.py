@@ -19,9 +19,13 @@ class Decoder(keras.Model):
 
     Dense ``dense_units`` and dense ``base_size^2 * filters[0]`` layers with PReLU, a reshape to
     ``(base_size, base_size, filters[0])``, stride-2 transposed convolutions with PReLU, a
-    stride-1 transposed convolution to ``num_bands`` channels with ReLU (fluxes are not
-    negative), then a crop to ``stamp_size``. Outputs are in normalised flux units
-    (`lsst.meas.madness.networks.LinearNormalization`).
+    stride-1 transposed convolution to ``num_bands`` channels, then a crop to ``stamp_size``.
+    Outputs are in normalised flux units (`lsst.meas.madness.networks.LinearNormalization`).
+
+    The paper ends in a ReLU (fluxes are not negative). A ReLU channel whose pre-activations go
+    negative for every galaxy receives no gradient again: trained fast on a CPU, the faint u
+    channel died that way (``doc/training.md``). ``output_activation="linear"`` cannot die; the
+    noiseless training targets keep its outputs close to non-negative.
 
     Parameters
     ----------
@@ -39,6 +43,8 @@ class Decoder(keras.Model):
         Kernel of the last, stride-1 transposed convolution (3).
     dense_units : `int`
         Units of the first dense layer (512).
+    output_activation : `str`
+        Activation of the output layer: ``"relu"`` (the paper) or ``"linear"``.
     **kwargs
         Forwarded to `keras.Model`.
 
@@ -58,8 +64,11 @@ class Decoder(keras.Model):
         kernel_size: int = 5,
         output_kernel_size: int = 3,
         dense_units: int = 512,
+        output_activation: str = "relu",
         **kwargs,
     ):
+        if output_activation not in ("relu", "linear"):
+            raise ValueError(f"Decoder output_activation must be 'relu' or 'linear', not {output_activation!r}.")
         filters = tuple(int(f) for f in filters)
         upsampling = 2 ** len(filters)
         base_size = -(-stamp_size // upsampling)  # ceil: the crop removes the excess
@@ -79,7 +88,7 @@ class Decoder(keras.Model):
             )(x)
             x = keras.layers.PReLU(name=f"convT{i + 1}_prelu")(x)
         x = keras.layers.Conv2DTranspose(
-            num_bands, output_kernel_size, strides=1, padding="same", activation="relu",
+            num_bands, output_kernel_size, strides=1, padding="same", activation=output_activation,
             name=f"convT{len(filters) + 1}",
         )(x)
         # Centre the crop (the extra pixel of an odd crop goes to the high side).
@@ -99,6 +108,7 @@ class Decoder(keras.Model):
         self.kernel_size = int(kernel_size)
         self.output_kernel_size = int(output_kernel_size)
         self.dense_units = int(dense_units)
+        self.output_activation = output_activation
 
     def get_config(self) -> dict:
         return {
@@ -110,6 +120,7 @@ class Decoder(keras.Model):
             "kernel_size": self.kernel_size,
             "output_kernel_size": self.output_kernel_size,
             "dense_units": self.dense_units,
+            "output_activation": self.output_activation,
         }
 
     @classmethod

@@ -20,6 +20,7 @@ from __future__ import annotations
 __all__ = ["PRESETS", "StageSchedule", "TrainingConfig", "preset"]
 
 import dataclasses
+import math
 
 from ..errors import MadnessValueError
 
@@ -45,6 +46,15 @@ class StageSchedule:
         ... every this many epochs.
     batch_size : `int`
         Samples per step.
+    schedule : `str`
+        ``"step"`` (the paper: divide by ``decay_factor`` every ``decay_every`` epochs) or
+        ``"cosine"`` (half a cosine from ``learning_rate`` to ``min_factor * learning_rate``
+        over the epochs after the warm-up, ending at ``max_epochs``).
+    warmup_epochs : `int`
+        Epochs of linear ramp up to ``learning_rate`` before the schedule (epoch ``e`` of the
+        ramp uses ``(e + 1) / (warmup_epochs + 1)`` of it).
+    min_factor : `float`
+        Final fraction of ``learning_rate`` of the cosine schedule.
     """
 
     learning_rate: float
@@ -54,9 +64,22 @@ class StageSchedule:
     decay_factor: float = 2.5
     decay_every: int = 40
     batch_size: int = 100
+    schedule: str = "step"
+    warmup_epochs: int = 0
+    min_factor: float = 0.05
+
+    def __post_init__(self):
+        if self.schedule not in ("step", "cosine"):
+            raise MadnessValueError(f"StageSchedule.schedule must be 'step' or 'cosine', not {self.schedule!r}.")
 
     def learning_rate_at(self, epoch: int) -> float:
         """Learning rate of 0-based ``epoch``."""
+        if epoch < self.warmup_epochs:
+            return self.learning_rate * (epoch + 1) / (self.warmup_epochs + 1)
+        if self.schedule == "cosine":
+            span = max(self.max_epochs - self.warmup_epochs, 1)
+            t = min((epoch - self.warmup_epochs) / span, 1.0)
+            return self.learning_rate * (self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * t)))
         return self.learning_rate / self.decay_factor ** (epoch // self.decay_every)
 
 
@@ -88,6 +111,13 @@ class TrainingConfig:
         Caps on the stamps used from each dataset.
     seed : `int`
         Seed of initialisation, shuffling, latent sampling and the deblender's target noise.
+    decoder_output_activation : `str`
+        ``"relu"`` (the paper) or ``"linear"`` (cannot die; see `Decoder`).
+    fresh_noise : `bool`
+        The VAE stages draw a new noise realisation and a random symmetry of the square for
+        every stamp of every batch from the stored noiseless galaxies
+        (`lsst.meas.madness.training.augment.FreshNoise`) instead of reusing the stored noisy
+        stamp.
     """
 
     name: str = "paper"
@@ -105,8 +135,13 @@ class TrainingConfig:
     max_train: int | None = None
     max_validation: int | None = None
     seed: int = 0
+    decoder_output_activation: str = "relu"
+    fresh_noise: bool = False
 
     def __post_init__(self):
+        if self.decoder_output_activation not in ("relu", "linear"):
+            raise MadnessValueError("TrainingConfig.decoder_output_activation must be 'relu' or 'linear', "
+                                    f"not {self.decoder_output_activation!r}.")
         if self.target not in ("truth", "noisy"):
             raise MadnessValueError(f"TrainingConfig.target must be 'truth' or 'noisy', not {self.target!r}.")
 
@@ -141,6 +176,22 @@ PRESETS: dict[str, TrainingConfig] = {
         max_train=8000,
         max_validation=1500,
     ),
+    # The second CPU recipe (issue 12): a linear decoder output (the ReLU u channel died in both
+    # runs of "cpu"), a new noise realisation and a symmetry of the square for every stamp of every
+    # epoch, a one-epoch ramp then half a cosine, all the training stamps given. Sized for a time
+    # budget (`madness train --time-budget`): the VAE runs until its share of the budget is spent.
+    "cpu2": TrainingConfig(
+        name="cpu2",
+        decoder_output_activation="linear",
+        fresh_noise=True,
+        ssim_warmup_epochs=3,
+        vae_warmup=StageSchedule(1e-4, 0.1, 3, patience=None, warmup_epochs=1, batch_size=64),
+        vae=StageSchedule(1e-4, 0.1, 30, patience=8, schedule="cosine", warmup_epochs=1, min_factor=0.03,
+                          batch_size=64),
+        flow=StageSchedule(1e-3, 0.01, 120, patience=15, decay_every=40, batch_size=128),
+        deblender=StageSchedule(1e-4, 0.1, 8, patience=3, schedule="cosine", min_factor=0.1, batch_size=64),
+        max_validation=2000,
+    ),
     # Tiny networks and a few epochs: tests and smoke runs only, never a science model.
     "tiny": TrainingConfig(
         name="tiny",
@@ -157,7 +208,7 @@ PRESETS: dict[str, TrainingConfig] = {
 
 
 def preset(name: str, **overrides) -> TrainingConfig:
-    """The named preset (``paper``, ``cpu``, ``tiny``) with ``overrides`` applied."""
+    """The named preset (``paper``, ``cpu``, ``cpu2``, ``tiny``) with ``overrides`` applied."""
     if name not in PRESETS:
         raise MadnessValueError(f"Unknown training preset {name!r}; choose one of {sorted(PRESETS)}.")
     return dataclasses.replace(PRESETS[name], **overrides) if overrides else PRESETS[name]

@@ -43,6 +43,7 @@ class StageResult:
     epochs_run: int
     stopped_early: bool
     seconds: float
+    stopped_for_time: bool = False
 
     def as_dict(self) -> dict:
         out = dataclasses.asdict(self)
@@ -51,17 +52,25 @@ class StageResult:
 
 
 class _Batches(keras.utils.PyDataset):
-    """Batches of ``x`` (and ``y``) in a given order, without copying the arrays."""
+    """Batches of ``x`` (and ``y``) in a given order, without copying the arrays.
 
-    def __init__(self, x, y, batch_size: int, order: np.ndarray):
+    With ``augment``, batch ``i`` is ``augment(y[idx], rng)`` instead, with ``rng`` drawn from
+    ``SeedSequence([*seed_key, i])``: new noise (and symmetries) every epoch, the same for a
+    resumed run as for an uninterrupted one.
+    """
+
+    def __init__(self, x, y, batch_size: int, order: np.ndarray, augment=None, seed_key=()):
         super().__init__()
         self.x, self.y, self.batch_size, self.order = x, y, int(batch_size), order
+        self.augment, self.seed_key = augment, tuple(int(k) for k in seed_key)
 
     def __len__(self):
         return math.ceil(len(self.order) / self.batch_size)
 
     def __getitem__(self, i):
         idx = self.order[i * self.batch_size:(i + 1) * self.batch_size]
+        if self.augment is not None:
+            return self.augment(self.y[idx], np.random.default_rng(np.random.SeedSequence([*self.seed_key, i])))
         return (self.x[idx],) if self.y is None else (self.x[idx], self.y[idx])
 
 
@@ -120,7 +129,8 @@ class _TensorBoard:
 
 def run_stage(name: str, trainer: keras.Model, schedule: StageSchedule, x, y, x_val, y_val, *,
               directory: Path, seed: int, extra_metrics: Callable[[], dict] | None = None,
-              on_epoch_start: Callable[[int], dict] | None = None, progress: bool = True) -> StageResult:
+              on_epoch_start: Callable[[int], dict] | None = None, progress: bool = True,
+              augment: Callable | None = None, time_budget_s: float | None = None) -> StageResult:
     """Train ``trainer`` for one stage, resuming from ``directory`` if a checkpoint is there.
 
     Parameters
@@ -143,6 +153,12 @@ def run_stage(name: str, trainer: keras.Model, schedule: StageSchedule, x, y, x_
         Called with the epoch before it runs (e.g. to set alpha); its dict is logged.
     progress : `bool`
         A progress bar over epochs.
+    augment : callable, optional
+        ``augment(y_batch, rng) -> (x_batch, y_batch)`` makes each training batch from the
+        targets (`lsst.meas.madness.training.augment.FreshNoise`); ``x`` is then unused.
+    time_budget_s : `float`, optional
+        Training seconds this stage may use in all (resumed runs included): an epoch that would
+        end past it is not started, and the stage ends as if finished (``stopped_for_time``).
 
     Returns
     -------
@@ -179,13 +195,22 @@ def run_stage(name: str, trainer: keras.Model, schedule: StageSchedule, x, y, x_
                 with np.load(ckpt / "best.npz") as arrays:
                     _assign(trainer.variables, arrays)
             return StageResult(name, state["history"], state["best_val_loss"], state["best_epoch"],
-                               state["epoch"], state.get("stopped_early", False), state["seconds"])
+                               state["epoch"], state.get("stopped_early", False), state["seconds"],
+                               state.get("stopped_for_time", False))
 
     val_batches = _Batches(x_val, y_val, schedule.batch_size, np.arange(len(x_val)))
     bar = tqdm(total=schedule.max_epochs, initial=state["epoch"], desc=name, unit="epoch", disable=not progress)
     stopped_early = False
     try:
         for epoch in range(state["epoch"], schedule.max_epochs):
+            if time_budget_s is not None and state["history"]:
+                # The next epoch is assumed to take as long as the last one.
+                if state["seconds"] + state["history"][-1]["seconds"] > time_budget_s:
+                    _log.info("Stage %s: time budget of %.0f s reached after epoch %d.", name, time_budget_s,
+                              epoch - 1)
+                    state.update(done=True, stopped_for_time=True)
+                    _atomic_bytes(state_path, json.dumps(state, indent=1).encode())
+                    break
             start = time.perf_counter()
             lr = schedule.learning_rate_at(epoch)
             optimizer.learning_rate.assign(lr)
@@ -193,7 +218,8 @@ def run_stage(name: str, trainer: keras.Model, schedule: StageSchedule, x, y, x_
             if on_epoch_start is not None:
                 row.update(on_epoch_start(epoch))
             order = np.random.default_rng(np.random.SeedSequence([seed, stage_code, epoch])).permutation(len(x))
-            fit = trainer.fit(_Batches(x, y, schedule.batch_size, order), epochs=1, shuffle=False, verbose=0)
+            batches = _Batches(x, y, schedule.batch_size, order, augment, (seed, stage_code, epoch))
+            fit = trainer.fit(batches, epochs=1, shuffle=False, verbose=0)
             row["loss"] = float(fit.history["loss"][-1])
             row["val_loss"] = float(trainer.evaluate(val_batches, verbose=0))
             if extra_metrics is not None:
@@ -231,7 +257,7 @@ def run_stage(name: str, trainer: keras.Model, schedule: StageSchedule, x, y, x_
         with np.load(ckpt / "best.npz") as arrays:
             _assign(trainer.variables, arrays)
     return StageResult(name, state["history"], state["best_val_loss"], state["best_epoch"], state["epoch"],
-                       stopped_early, state["seconds"])
+                       stopped_early, state["seconds"], state.get("stopped_for_time", False))
 
 
 def _write_csv(path: Path, history: list[dict]) -> None:

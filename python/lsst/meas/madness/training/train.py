@@ -70,8 +70,13 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+# Shares of a time budget kept for the stages after the VAE (the flow takes seconds; the
+# VAE-deblender a few epochs of an encoder).
+_BUDGET_RESERVE = {"flow": 0.02, "deblender": 0.15}
+
+
 def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = True, figures: bool = True,
-                  description: str = "") -> ModelBundle:
+                  description: str = "", init_from=None, time_budget_s: float | None = None) -> ModelBundle:
     """Train encoder, decoder, flow and VAE-deblender; write and return the model bundle.
 
     Parameters
@@ -89,6 +94,16 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
         Write the learning curves and the paper-style figures to ``figures/``.
     description : `str`
         Free text for the bundle's metadata.
+    init_from : `str`, `pathlib.Path` or `ModelBundle`, optional
+        Warm start: a bundle whose networks (same architecture) initialise this run's. The
+        encoder starts from the bundle's training encoder, or from its VAE-deblender encoder when
+        the bundle has none; the SSIM warm-up, whose purpose is to start a new network's bands,
+        is skipped. The bundle's training record (time, data, stages) is carried into this
+        one's ``training["lineage"]`` and its time into the totals.
+    time_budget_s : `float`, optional
+        Training seconds for the whole run (resumes included): the VAE stages stop at an epoch
+        boundary so that the flow and the VAE-deblender (which keep 2% and 15% of the budget)
+        still fit, and every stage ends cleanly inside its share.
 
     Returns
     -------
@@ -96,6 +111,7 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
         Also saved in ``<output>/bundle``.
     """
     data_dir, output = Path(data_dir), Path(output)
+    parent = _load_parent(init_from, config)
     missing = [d for d in DATASETS if not (data_dir / d / "manifest.json").exists()]
     if missing:
         raise MadnessValueError(f"{data_dir} lacks the datasets {missing}; make them with `madness simulate datasets`.")
@@ -123,10 +139,30 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
               len(xv_iso), len(xv_bl))
 
     encoder = Encoder(size, len(bands), config.latent_dim, config.encoder_filters, dense_units=config.dense_units)
-    decoder = Decoder(size, len(bands), config.latent_dim, config.decoder_filters, dense_units=config.dense_units)
+    decoder = Decoder(size, len(bands), config.latent_dim, config.decoder_filters, dense_units=config.dense_units,
+                      output_activation=config.decoder_output_activation)
     flow = MaskedAutoregressiveFlow(config.latent_dim, seed=config.seed)
     flow.build()
+    encoder.build((None, size, size, len(bands)))
+    if parent is not None:
+        _warm_start(parent, encoder, decoder, flow, bands, size)
     results = {}
+
+    def budget(stage: str) -> float | None:
+        """Seconds ``stage`` may use: what the budget leaves after the stages before it, less
+        the reserves of the stages after it."""
+        if time_budget_s is None:
+            return None
+        order = ["vae_warmup", "vae", "flow", "deblender"]
+        spent = sum(r.seconds for k, r in results.items())
+        later = sum(_BUDGET_RESERVE.get(k, 0.0) for k in order[order.index(stage) + 1:])
+        return max(time_budget_s * (1.0 - later) - spent, 0.0)
+
+    augment = None
+    if config.fresh_noise:
+        from .augment import FreshNoise
+
+        augment = FreshNoise(sky_net, norm.scale)
 
     # --- 1-2: beta-VAE, warm-up then plain loss -------------------------------------------------
     vae = VaeTrainer(encoder, decoder, sky_net, scale=norm.scale, beta=config.beta, target=config.target,
@@ -147,20 +183,24 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
         vae.alpha.assign(alpha)
         return {"alpha": alpha}
 
-    results["vae_warmup"] = run_stage("vae_warmup", vae, config.vae_warmup, x_iso, y_iso, xv_iso, yv_iso,
-                                      directory=output, seed=config.seed, extra_metrics=vae_components,
-                                      on_epoch_start=set_alpha, progress=progress)
+    if parent is None:
+        results["vae_warmup"] = run_stage("vae_warmup", vae, config.vae_warmup, x_iso, y_iso, xv_iso, yv_iso,
+                                          directory=output, seed=config.seed, extra_metrics=vae_components,
+                                          on_epoch_start=set_alpha, progress=progress, augment=augment,
+                                          time_budget_s=budget("vae_warmup"))
     vae.alpha.assign(0.0)
     results["vae"] = run_stage("vae", vae, config.vae, x_iso, y_iso, xv_iso, yv_iso, directory=output,
                                seed=config.seed, extra_metrics=vae_components,
-                               on_epoch_start=lambda e: {"alpha": 0.0}, progress=progress)
+                               on_epoch_start=lambda e: {"alpha": 0.0}, progress=progress, augment=augment,
+                               time_budget_s=budget("vae"))
 
     # --- 3: the flow prior on the encoder's mean latents ----------------------------------------
     z_train = np.asarray(encoder.encode_mean(x_iso), np.float32)
     z_val = np.asarray(encoder.encode_mean(xv_iso), np.float32)
     flow_trainer = FlowTrainer(flow)
     results["flow"] = run_stage("flow", flow_trainer, config.flow, z_train, None, z_val, None,
-                                directory=output, seed=config.seed, progress=progress)
+                                directory=output, seed=config.seed, progress=progress,
+                                time_budget_s=budget("flow"))
 
     # --- 4: the VAE-deblender -------------------------------------------------------------------
     # Targets: the frozen encoder's mean latents of the isolated central galaxy with a noise
@@ -180,7 +220,7 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
     deblender_encoder.set_weights(encoder.get_weights())
     results["deblender"] = run_stage("deblender", DeblenderTrainer(deblender_encoder), config.deblender,
                                      x_bl, target_train, xv_bl, target_val, directory=output,
-                                     seed=config.seed, progress=progress)
+                                     seed=config.seed, progress=progress, time_budget_s=budget("deblender"))
 
     # --- bundle, metrics, figures -----------------------------------------------------------------
     wall = time.perf_counter() - start
@@ -200,6 +240,13 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
             "n_validation": {"isolated": len(xv_iso), "blended": len(xv_bl)},
             "stages": {k: v.as_dict() for k, v in results.items()},
             "wall_time_s": round(wall, 1), "machine": _machine(), "backend": keras.config.backend(),
+            "augmentation": augment.describe() if augment is not None else None,
+            "time_budget_s": time_budget_s,
+            "sample_passes": _sample_passes(results, len(x_iso), len(x_bl)),
+            "lineage": _lineage(parent),
+            "total_wall_time_s": round(wall + sum(p.get("wall_time_s", 0.0) for p in _lineage(parent)), 1),
+            "total_sample_passes": _sample_passes(results, len(x_iso), len(x_bl)) + sum(
+                p.get("sample_passes", 0) for p in _lineage(parent)),
         },
         metrics=metrics,
     )
@@ -214,6 +261,60 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
         write_training_figures(output, results, decoder, flow, deblender_encoder, z_val, xv_bl, yv_bl, bands,
                                seed=config.seed)
     return bundle
+
+
+def _load_parent(init_from, config: TrainingConfig) -> ModelBundle | None:
+    """The warm-start bundle, checked against the configuration's architecture."""
+    if init_from is None:
+        return None
+    parent = init_from if isinstance(init_from, ModelBundle) else ModelBundle.load(init_from)
+    dec = parent.decoder
+    mine = (config.latent_dim, tuple(config.decoder_filters), config.dense_units)
+    theirs = (dec.latent_dim, tuple(dec.filters), dec.dense_units)
+    if mine != theirs or tuple(parent.deblender_encoder.filters) != tuple(config.encoder_filters):
+        raise MadnessValueError(
+            f"Cannot warm-start the {config.name!r} preset (latent_dim, decoder filters, dense units {mine}, "
+            f"encoder filters {tuple(config.encoder_filters)}) from a bundle with {theirs}, encoder filters "
+            f"{tuple(parent.deblender_encoder.filters)}.")
+    return parent
+
+
+def _warm_start(parent: ModelBundle, encoder, decoder, flow, bands, size) -> None:
+    meta = parent.metadata
+    if tuple(meta.bands) != tuple(bands) or meta.stamp_size != size:
+        raise MadnessValueError(f"The warm-start bundle has bands {meta.bands} and {meta.stamp_size}px stamps; "
+                                f"the data have {bands} and {size}px.")
+    # The output activation has no weights: a ReLU decoder's weights start a linear one.
+    decoder.set_weights(parent.decoder.get_weights())
+    flow.set_weights(parent.flow.get_weights())
+    encoder.set_weights((parent.encoder or parent.deblender_encoder).get_weights())
+    _log.info("Warm start from a bundle trained with %r (%s encoder).", meta.training.get("preset"),
+              "training" if parent.encoder is not None else "VAE-deblender")
+
+
+def _lineage(parent: ModelBundle | None) -> list[dict]:
+    """The training records of the runs this one continues, oldest first."""
+    if parent is None:
+        return []
+    record = dict(parent.metadata.training)
+    earlier = list(record.pop("lineage", []) or [])
+    keep = ("preset", "data", "catalog", "n_train", "wall_time_s", "machine", "backend", "augmentation",
+            "sample_passes")
+    entry = {k: record[k] for k in keep if k in record}
+    if "sample_passes" not in entry and "stages" in record and "config" in record:
+        cfg = record["config"]
+        stages = record["stages"]
+        n_iso = record.get("n_train", {}).get("isolated", 0)
+        n_bl = record.get("n_train", {}).get("blended", 0)
+        entry["sample_passes"] = int(sum(stages.get(k, {}).get("epochs_run", 0) for k in ("vae_warmup", "vae")) * n_iso
+                                     + stages.get("deblender", {}).get("epochs_run", 0) * n_bl)
+    return earlier + [entry]
+
+
+def _sample_passes(results: dict, n_iso: int, n_bl: int) -> int:
+    """Stamps seen by the image networks in this run (the flow's latent vectors not counted)."""
+    vae = sum(results[k].epochs_run for k in ("vae_warmup", "vae") if k in results)
+    return int(vae * n_iso + (results["deblender"].epochs_run if "deblender" in results else 0) * n_bl)
 
 
 def _dead_bands(prediction: np.ndarray, bands) -> dict:

@@ -1,0 +1,113 @@
+"""Benchmark of training throughput: samples per second of one VAE train step, per backend.
+
+The paper-size encoder (6,691,608 parameters) and decoder (3,473,062) in the `VaeTrainer` of
+``madness train`` (chi^2 + beta KL, Adam, clip value 0.1), batch 64, random stamps: the cost of
+a step does not depend on the pixel values. Variants:
+
+- ``tensorflow``: Keras's TensorFlow trainer, a ``tf.function`` graph (what ``madness train``
+  uses on CPU);
+- ``tensorflow-xla``: the same with ``jit_compile=True``;
+- ``tensorflow-bf16``: the ``mixed_bfloat16`` policy (float32 variables, bfloat16 compute);
+  fast only where the CPU has AVX512-BF16/AMX, and not used for the shipped models;
+- ``jax``: Keras's JAX trainer (``jax.jit`` of the stateless step).
+
+Each variant runs in its own process: a warm-up of 3 steps (compilation), then steps for
+``--seconds`` of wall time. Writes ``training_throughput.json`` and prints a markdown table.
+
+Usage::
+
+    python benchmarks/bench_training.py --output benchmarks/output [--seconds 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+VARIANTS = ("tensorflow", "tensorflow-xla", "tensorflow-bf16", "jax")
+BATCH = 64
+
+
+def run_variant(variant: str, seconds: float) -> dict:
+    os.environ["KERAS_BACKEND"] = "jax" if variant == "jax" else "tensorflow"
+    import keras
+    import numpy as np
+
+    from lsst.meas.madness.networks import Decoder, Encoder
+    from lsst.meas.madness.training.models import VaeTrainer
+
+    if variant == "tensorflow-bf16":
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    keras.utils.set_random_seed(0)
+    encoder, decoder = Encoder(), Decoder()
+    vae = VaeTrainer(encoder, decoder, np.full(6, 1e-6, np.float32), scale=1e4, beta=0.01)
+    vae.compile(optimizer=keras.optimizers.Adam(1e-4, clipvalue=0.1), jit_compile=variant == "tensorflow-xla")
+    rng = np.random.default_rng(0)
+    y = rng.uniform(0, 0.01, (BATCH * 4, 45, 45, 6)).astype(np.float32)
+    x = (y + rng.normal(0, 1e-3, y.shape)).astype(np.float32)
+    start = time.perf_counter()
+    vae.fit(x[:BATCH * 3], y[:BATCH * 3], batch_size=BATCH, epochs=1, verbose=0, shuffle=False)
+    compile_s = time.perf_counter() - start
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        vae.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, shuffle=False)
+        steps += 4
+    elapsed = time.perf_counter() - start
+    return {"variant": variant, "batch_size": BATCH, "steps": steps, "seconds": round(elapsed, 2),
+            "samples_per_second": round(steps * BATCH / elapsed, 1), "warmup_seconds": round(compile_s, 1),
+            "keras": keras.__version__, "backend": keras.config.backend()}
+
+
+def _cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, required=True)
+    parser.add_argument("--seconds", type=float, default=40.0, help="timed wall time per variant")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args._child:
+        print(json.dumps(run_variant(args._child, args.seconds)))
+        return 0
+    args.output.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for variant in args.variants:
+        proc = subprocess.run([sys.executable, __file__, "--output", str(args.output), "--seconds", str(args.seconds),
+                               "--_child", variant], capture_output=True, text=True)
+        if proc.returncode != 0:
+            rows.append({"variant": variant, "error": proc.stderr.strip().splitlines()[-1:]})
+        else:
+            rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(rows[-1], file=sys.stderr)
+    result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "machine": f"{_cpu()}, {os.cpu_count()} cores", "results": rows}
+    tmp = args.output / "training_throughput.json.tmp"
+    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    os.replace(tmp, args.output / "training_throughput.json")
+    print(f"| variant | samples/s (batch {BATCH}) | warm-up s |\n| --- | --- | --- |")
+    for row in rows:
+        if "error" in row:
+            print(f"| {row['variant']} | failed: {row['error']} | |")
+        else:
+            print(f"| {row['variant']} | {row['samples_per_second']} | {row['warmup_seconds']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
