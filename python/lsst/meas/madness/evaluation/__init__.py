@@ -20,3 +20,4 @@ from .report import *
 from .resources import *
 from .runner import *
 from .stamps import *
+from .reach import *

@@ -43,6 +43,9 @@ def _load(directory: Path, limit: int | None, norm: LinearNormalization):
     from ..simulation import SimulatedDataset
 
     data = SimulatedDataset(directory)
+    if not data.manifest.complete:
+        raise MadnessValueError(f"{directory} is incomplete ({len(data.manifest.shards)} of {data.manifest.n_shards} "
+                                "shards): finish it by rerunning its `madness simulate datasets` command.")
     images, truth = data.load("images", "truth")
     if limit is not None:
         images, truth = images[:limit], truth[:limit]
@@ -113,8 +116,10 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
     data_dir, output = Path(data_dir), Path(output)
     parent = _load_parent(init_from, config)
     missing = [d for d in DATASETS if not (data_dir / d / "manifest.json").exists()]
-    if missing:
+    if any(d.startswith("isolated") for d in missing) or len(missing) == len(DATASETS):
         raise MadnessValueError(f"{data_dir} lacks the datasets {missing}; make them with `madness simulate datasets`.")
+    if missing:
+        _log.warning("%s lacks %s: they must be complete before the VAE-deblender stage.", data_dir, missing)
     output.mkdir(parents=True, exist_ok=True)
     config_path = output / "config.json"
     if config_path.exists():
@@ -129,14 +134,11 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
 
     x_iso, y_iso, iso = _load(data_dir / "isolated-train", config.max_train, norm)
     xv_iso, yv_iso, _ = _load(data_dir / "isolated-validation", config.max_validation, norm)
-    x_bl, y_bl, _ = _load(data_dir / "blended-train", config.max_train, norm)
-    xv_bl, yv_bl, _ = _load(data_dir / "blended-validation", config.max_validation, norm)
     bands = iso.bands
     sky = np.array([iso.manifest.info["sky_level"][b] for b in bands])
     sky_net = norm.normalize_variance(sky).astype(np.float32)
     size = x_iso.shape[1]
-    _log.info("Training on %d isolated / %d blended stamps (%d / %d validation).", len(x_iso), len(x_bl),
-              len(xv_iso), len(xv_bl))
+    _log.info("Training on %d isolated stamps (%d validation).", len(x_iso), len(xv_iso))
 
     encoder = Encoder(size, len(bands), config.latent_dim, config.encoder_filters, dense_units=config.dense_units)
     decoder = Decoder(size, len(bands), config.latent_dim, config.decoder_filters, dense_units=config.dense_units,
@@ -203,6 +205,11 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
                                 time_budget_s=budget("flow"))
 
     # --- 4: the VAE-deblender -------------------------------------------------------------------
+    # BlendedSims are read only now: the VAE stages do not need them (memory), and a suite whose
+    # blended datasets are still being drawn can start training.
+    x_bl, y_bl, _ = _load(data_dir / "blended-train", config.max_train, norm)
+    xv_bl, yv_bl, _ = _load(data_dir / "blended-validation", config.max_validation, norm)
+    _log.info("VAE-deblender on %d blended stamps (%d validation).", len(x_bl), len(xv_bl))
     # Targets: the frozen encoder's mean latents of the isolated central galaxy with a noise
     # realisation of its own (sky + Poisson, Gaussian approximation, seeded), so the encoder sees
     # the kind of stamp it was trained on.

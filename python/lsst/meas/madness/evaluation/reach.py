@@ -1,0 +1,130 @@
+"""The decoder's reach: how well a model can draw a galaxy at all.
+
+Each galaxy of a set of TestFields is fitted *alone*, on its own *noiseless* isolated image,
+by the MAP engine (its VAE-deblender initialisation, then MAP with the model's prior, the sky
+variance of the band as weights). No neighbour and no noise stand in the way, so what is left is
+the error of the decoder's manifold: a model whose reach is a 5% flux error cannot deblend to
+better than 5%. Three numbers per band, against the noiseless truth:
+
+- ``flux_error``: ``|F_model / F_true - 1|`` in a circular aperture of ``aperture_radius``
+  pixels (8 by default) at the true centre;
+- ``cosine``: cosine similarity (eq. 22) of the 45x45 stamps;
+- ``init_flux_error``, ``init_cosine``: the same for the VAE-deblender's initialisation alone.
+
+The fit runs a fixed number of MAP steps (200, the paper's maximum) instead of the engine's
+stopping rule: on a noiseless galaxy the rule stops after ~45 steps, while the objective still
+falls by orders of magnitude (measured with the first shipped model on galaxies it drew itself:
+4-21% flux error after the rule's 45-51 steps, 0.1-1% after 200 forced steps, no better after
+1000). The reach is what the decoder can draw, not where the stopping rule gives up.
+
+Only galaxies whose stamp holds at least ``min_flux_fraction`` of their flux are used (the
+decoder draws 45x45 stamps; a galaxy larger than that is another issue's problem).
+"""
+
+from __future__ import annotations
+
+__all__ = ["ReachResult", "decoder_reach"]
+
+import dataclasses
+from collections.abc import Iterable
+
+import numpy as np
+
+from .fields import TestField
+from .morphology import cosine_similarity
+from .photometry import aperture_photometry
+from .stamps import cutout_stamps
+
+
+@dataclasses.dataclass
+class ReachResult:
+    """Per-galaxy reach metrics, ``(n, bands)`` arrays, and their summary."""
+
+    bands: tuple[str, ...]
+    flux_error: np.ndarray
+    cosine: np.ndarray
+    init_flux_error: np.ndarray
+    init_cosine: np.ndarray
+    n_iter: np.ndarray
+
+    def summary(self) -> dict:
+        """Median and mean of each metric per band, and the number of galaxies."""
+        out: dict = {"n_galaxies": int(len(self.flux_error))}
+        for name in ("flux_error", "cosine", "init_flux_error", "init_cosine"):
+            values = getattr(self, name)
+            for i, band in enumerate(self.bands):
+                v = values[:, i][np.isfinite(values[:, i])]
+                out[f"{name}_median_{band}"] = float(np.median(v)) if len(v) else None
+                out[f"{name}_mean_{band}"] = float(np.mean(v)) if len(v) else None
+        out["n_iter_median"] = float(np.median(self.n_iter)) if len(self.n_iter) else None
+        return out
+
+
+def decoder_reach(deblender, fields: Iterable[TestField], *, aperture_radius: float = 8.0,
+                  min_flux_fraction: float = 0.95, steps: int = 200, settings=None) -> ReachResult:
+    """Fit every galaxy of ``fields`` alone on its noiseless image; see the module docstring.
+
+    Parameters
+    ----------
+    deblender : `lsst.meas.madness.MadnessDeblender`
+        The model to measure.
+    fields : iterable of `TestField`
+        Where the galaxies come from (their ``isolated`` noiseless images and centres).
+    aperture_radius : `float`
+        Radius in pixels of the flux aperture.
+    min_flux_fraction : `float`
+        Skip a galaxy whose 45x45 stamp holds less than this fraction of its r-band flux.
+    steps : `int`
+        MAP steps, all of them run (no stopping rule).
+    settings : `lsst.meas.madness.MapSettings`, optional
+        MAP settings (the deblender's by default; ``steps`` overrides their iteration limits).
+
+    Returns
+    -------
+    result : `ReachResult`
+    """
+    size = deblender.stamp_size
+    half = size // 2
+    blends, truths = [], []
+    bands = tuple(deblender.bands)
+    r = bands.index("r") if "r" in bands else 0
+    for field in fields:
+        if tuple(field.bands) != bands:
+            raise ValueError(f"Fields have bands {field.bands}, the model {bands}.")
+        centres = field.centers_xy
+        stamps, _ = cutout_stamps(field.isolated, centres, size)
+        total = field.isolated.sum(axis=(-2, -1))
+        for k in range(field.n_galaxies):
+            truth = stamps[k]
+            if not total[k, r] > 0 or truth[r].sum() < min_flux_fraction * total[k, r]:
+                continue
+            x, y = centres[k]
+            # the galaxy's own position inside its stamp (sub-pixel part kept)
+            peak = np.array([[half + x - round(x), half + y - round(y)]])
+            variance = np.broadcast_to(np.asarray(field.variance, np.float32)[:, None, None], truth.shape)
+            blends.append(dict(image=truth.astype(np.float32), peaks_xy=peak, variance=variance))
+            truths.append(truth)
+    if not blends:
+        raise ValueError("No galaxy of these fields fits in the model's stamp.")
+    settings = settings or deblender.settings
+    init_settings = settings.replace(max_iter=0, min_iter=0)
+    fitted = deblender.deblend_batch(blends, settings=settings.replace(max_iter=steps, min_iter=steps))
+    initial = deblender.deblend_batch(blends, settings=init_settings)
+    truths = np.stack(truths)
+    models = np.stack([f.models[0] for f in fitted])
+    starts = np.stack([f.models[0] for f in initial])
+    n_iter = np.array([int(f.n_iter) for f in fitted])
+    return ReachResult(bands, *_flux_error_and_cosine(models, truths, aperture_radius),
+                       *_flux_error_and_cosine(starts, truths, aperture_radius), n_iter)
+
+
+def _flux_error_and_cosine(models: np.ndarray, truths: np.ndarray, radius: float):
+    n, nb, size, _ = truths.shape
+    c = [(size - 1) / 2.0]
+    flux_err = np.empty((n, nb))
+    for k in range(n):  # one aperture per stamp: sep measures one image at a time
+        model_flux, _, _ = aperture_photometry(models[k], c, c, [radius], [radius], [0.0])
+        true_flux, _, _ = aperture_photometry(truths[k], c, c, [radius], [radius], [0.0])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            flux_err[k] = np.where(true_flux[0] > 0, np.abs(model_flux[0] / true_flux[0] - 1.0), np.nan)
+    return flux_err, cosine_similarity(models, truths)

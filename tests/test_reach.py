@@ -1,0 +1,73 @@
+"""The decoder's reach: a galaxy the decoder drew itself is in reach; a sharp square is not."""
+
+from __future__ import annotations
+
+import unittest
+
+import lsst.utils.tests
+import numpy as np
+from astropy.table import Table
+
+from lsst.meas.madness import MadnessDeblender
+from lsst.meas.madness.evaluation.fields import TestField
+from lsst.meas.madness.evaluation.reach import decoder_reach
+
+SKY = np.array([60.0, 110.0, 280.0, 400.0, 550.0, 600.0])  # electrons^2 per pixel, LSST-like
+
+
+def _field(galaxies: np.ndarray, centres_xy: np.ndarray, size: int = 121) -> TestField:
+    """A TestField whose galaxies are the given 45x45 stamps pasted at integer centres."""
+    n = len(galaxies)
+    isolated = np.zeros((n, 6, size, size), np.float32)
+    for k, (x, y) in enumerate(centres_xy.astype(int)):
+        isolated[k, :, y - 22:y + 23, x - 22:x + 23] = galaxies[k]
+    catalog = Table({"x_peak": centres_xy[:, 0].astype(float), "y_peak": centres_xy[:, 1].astype(float)})
+    return TestField(0, isolated.sum(axis=0), SKY.copy(), isolated, catalog, tuple("ugrizy"))
+
+
+class ReachTestCase(lsst.utils.tests.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.deblender = MadnessDeblender.from_bundle()
+
+    def test_own_drawings_are_in_reach_and_a_square_is_not(self):
+        rng = np.random.default_rng(3)
+        # Galaxies the decoder drew from latents near its encoder's typical range: the known
+        # answer is "drawable exactly", so their reach must be close to perfect.
+        z = rng.normal(0, 0.7, (3, self.deblender.latent_dim)).astype(np.float32)
+        drawn = self.deblender.decode(z)
+        self.assertTrue(np.all(drawn[:, 2].sum(axis=(1, 2)) > 1e4))  # bright: r flux > 1e4 e-
+        square = np.zeros((1, 6, 45, 45), np.float32)
+        square[:, :, 17:28, 17:28] = 5e4 / 121  # a flat 11x11 square: no galaxy looks like this
+        centres = np.array([[30, 30], [90, 30], [30, 90], [90, 90]])
+        result = decoder_reach(self.deblender, [_field(np.concatenate([drawn, square]), centres)])
+        self.assertEqual(len(result.cosine), 4)
+        r = result.bands.index("r")
+        self.assertTrue(np.all(result.cosine[:3, r] > 0.99), result.cosine[:, r])
+        self.assertTrue(np.all(result.flux_error[:3, r] < 0.03), result.flux_error[:, r])
+        # the square is drawn much worse than any of the decoder's own galaxies
+        self.assertLess(result.cosine[3, r], result.cosine[:3, r].min() - 0.02)
+        summary = result.summary()
+        self.assertEqual(summary["n_galaxies"], 4)
+        self.assertIn("flux_error_median_r", summary)
+
+    def test_galaxy_larger_than_the_stamp_is_skipped(self):
+        big = np.zeros((1, 6, 45, 45), np.float32)
+        big[:] = 10.0  # flat to the edge of the stamp ...
+        field = _field(big, np.array([[60, 60]]))
+        field.isolated[0, :, 10:110, 10:110] = 10.0  # ... and far beyond it
+        with self.assertRaisesRegex(ValueError, "No galaxy"):
+            decoder_reach(self.deblender, [field])
+
+
+class MemoryTester(lsst.utils.tests.MemoryTestCase):
+    pass
+
+
+def setup_module(module):
+    lsst.utils.tests.init()
+
+
+if __name__ == "__main__":
+    lsst.utils.tests.init()
+    unittest.main()
