@@ -132,6 +132,7 @@ def _worker_main(conn, name: str, bands, conditions, bundle) -> None:
     while True:
         message = conn.recv()
         if message[0] == "stop":
+            method.close()
             break
         field = message[1]
         try:
@@ -144,7 +145,12 @@ def _worker_main(conn, name: str, bands, conditions, bundle) -> None:
             meter.start()
             output = method.deblend(field)
             sample = meter.stop()
-            conn.send(("result", output, {"rss_before": sample.rss_before, "peak_rss": sample.peak_rss,
+            rss_before, peak_rss = sample.rss_before, sample.peak_rss
+            if output.extra_peak_rss is not None:  # a helper process's memory counts too
+                peak_rss += output.extra_peak_rss
+                rss_before = None if rss_before is None or output.extra_rss_before is None \
+                    else rss_before + output.extra_rss_before
+            conn.send(("result", output, {"rss_before": rss_before, "peak_rss": peak_rss,
                                           "memory_resettable": sample.resettable, "warmup_seconds": warmup}))
         except MemoryError:
             raise
