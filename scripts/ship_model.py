@@ -4,10 +4,13 @@ Usage::
 
     python scripts/ship_model.py RUN_DIR [--card doc/model-card.md] [--no-ship]
 
-Copies ``RUN_DIR/bundle`` (without the optional training encoder, which the deblender does not
-use) to ``python/lsst/meas/madness/data/bundles/lsst-default``, copies the run's figures to
+Copies ``RUN_DIR/bundle`` to ``python/lsst/meas/madness/data/bundles/lsst-default`` (with the
+VAE's training encoder, which the deblender does not use but a warm-started run continues from:
+``madness train --init-from default``; ``--no-encoder`` drops it), copies the run's figures to
 ``doc/figures/model/`` and writes the model card from ``RUN_DIR/summary.json``, the bundle
-metadata, the per-stage CSV logs and the data manifests.
+metadata, the per-stage CSV logs, the data manifests and the diagnostics of
+``scripts/model_diagnostics.py`` (``--diagnostics``, one JSON per model compared, the shipped
+one first).
 """
 
 from __future__ import annotations
@@ -23,14 +26,14 @@ HERE = Path(__file__).resolve().parent.parent
 
 
 def _stage_table(run: Path) -> list[str]:
-    rows = ["| stage | epochs run | best epoch | best validation loss | stopped early | wall time |",
-            "| --- | --- | --- | --- | --- | --- |"]
+    rows = ["| stage | epochs run | best epoch | best validation loss | stopped early | stopped for time | wall time |",
+            "| --- | --- | --- | --- | --- | --- | --- |"]
     summary = json.loads((run / "summary.json").read_text())
     order = ["vae_warmup", "vae", "flow", "deblender"]
     for name in sorted(summary["stages"], key=lambda k: order.index(k) if k in order else len(order)):
         stage = summary["stages"][name]
         rows.append(f"| {name} | {stage['epochs_run']} | {stage['best_epoch']} | {stage['best_val_loss']:.6g} | "
-                    f"{stage['stopped_early']} | {stage['seconds'] / 60:.1f} min |")
+                    f"{stage['stopped_early']} | {stage.get('stopped_for_time', False)} | {stage['seconds'] / 60:.1f} min |")
     return rows
 
 
@@ -44,6 +47,45 @@ def _last_rows(run: Path, stage: str, keys: list[str]) -> str:
     return "\n".join(out)
 
 
+def _schedule(stage: dict) -> str:
+    if stage.get("schedule", "step") == "cosine":
+        shape = f"cosine to x{stage.get('min_factor', 0.05):g}"
+    else:
+        shape = f"/{stage.get('decay_factor', 2.5):g} every {stage['decay_every']}"
+    ramp = f", {stage['warmup_epochs']}-epoch ramp" if stage.get("warmup_epochs") else ""
+    return (f"<= {stage['max_epochs']} epochs (lr {stage['learning_rate']:g}, {shape}{ramp}, "
+            f"patience {stage['patience']}, batch {stage['batch_size']})")
+
+
+def _lineage_lines(training: dict) -> list[str]:
+    lineage = training.get("lineage") or []
+    if not lineage:
+        return []
+    earlier = "; ".join(f"`{p.get('preset')}` on {p.get('data')} ({p.get('wall_time_s', 0) / 3600:.2f} h, "
+                        f"{p.get('sample_passes', 0):,} stamp passes)" for p in lineage)
+    return [f"- Continues (warm start) from: {earlier}. All training together: "
+            f"{training.get('total_wall_time_s', 0) / 3600:.2f} h, {training.get('total_sample_passes', 0):,} "
+            "stamp passes through the image networks."]
+
+
+def _diagnostics_lines(paths: list[Path]) -> list[str]:
+    if not paths:
+        return []
+    sys.path.insert(0, str(HERE / "scripts"))
+    from model_diagnostics import markdown_table
+
+    lines = ["## Where the error lives", "",
+             "`scripts/model_diagnostics.py` on validation TestFields (never used to report results): the decoder's",
+             "reach (each galaxy fitted alone on its noiseless image, 200 MAP steps: what the decoder can draw at all),",
+             "the VAE-deblender alone and MADNESS (MAP) in the blended fields, and no deblending; abs(dF/F) in 8-px",
+             "apertures for the reach, the paper's apertures and kappa <= 5 in the fields.", ""]
+    for path in paths:
+        diag = json.loads(Path(path).read_text())
+        lines += [f"**{diag['label']}** ({diag['n_fields']} fields of `{diag['fields']}`, "
+                  f"{diag['reach']['n_galaxies']} galaxies in reach):", "", markdown_table(diag), ""]
+    return lines
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
@@ -53,6 +95,10 @@ def main(argv=None) -> int:
                         help="the suite directory the run trained on (for its suite.json)")
     parser.add_argument("--data-note", default="", help="extra line for the Data section (e.g. the command)")
     parser.add_argument("--limits", default="", help="extra paragraph for the Limits section")
+    parser.add_argument("--no-encoder", action="store_true", help="ship without the training encoder")
+    parser.add_argument("--diagnostics", type=Path, nargs="*", default=[],
+                        help="scripts/model_diagnostics.py JSON files: this model first, then the ones it is "
+                             "compared with")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(HERE / "python"))
     from lsst.meas.madness.io.bundle import ModelBundle, default_bundle_path
@@ -62,7 +108,8 @@ def main(argv=None) -> int:
     if not args.no_ship:
         target = default_bundle_path()
         shipped = ModelBundle(bundle.metadata, bundle.decoder, bundle.flow,
-                              deblender_encoder=bundle.deblender_encoder, encoder=None)
+                              deblender_encoder=bundle.deblender_encoder,
+                              encoder=None if args.no_encoder else bundle.encoder)
         if target.exists():
             shutil.rmtree(target)
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -97,9 +144,11 @@ def main(argv=None) -> int:
         f"{bundle.flow.count_params():,}, VAE-deblender encoder {bundle.deblender_encoder.count_params():,} "
         "parameters; weights stored as float16.",
         f"- Conditions: {meta.survey} 10-year (SurveyCodex; paper table 1), gain 1, sky-subtracted Poisson noise.",
+        f"- Decoder output activation: {bundle.decoder.output_activation}.",
         f"- Trained with the `{training['preset']}` preset on {training['backend']} "
         f"({training['machine']}), {training['wall_time_s'] / 3600:.2f} h wall time, "
         f"meas_madness {meta.code_version}, {meta.created}.",
+        *_lineage_lines(training),
         "",
         "## Data",
         "",
@@ -122,21 +171,27 @@ def main(argv=None) -> int:
         "",
         "## Training",
         "",
-        f"Preset `{config['name']}` ([training.md](training.md)): warm-up {config['vae_warmup']['max_epochs']} epochs "
-        f"(lr {config['vae_warmup']['learning_rate']:g}), VAE <= {config['vae']['max_epochs']} epochs "
-        f"(lr {config['vae']['learning_rate']:g}, /2.5 every {config['vae']['decay_every']}, patience "
-        f"{config['vae']['patience']}), flow <= {config['flow']['max_epochs']} (lr {config['flow']['learning_rate']:g}), "
-        f"VAE-deblender <= {config['deblender']['max_epochs']} (lr {config['deblender']['learning_rate']:g}); "
-        f"batch {config['vae']['batch_size']}, beta {config['beta']}, seed {config['seed']}.",
+        f"Preset `{config['name']}` ([training.md](training.md)): "
+        + ("" if "vae_warmup" in training["stages"] else "warm start (no SSIM warm-up); ")
+        + ", ".join(f"{stage} {_schedule(config[key])}" for stage, key in
+                    (("warm-up", "vae_warmup"), ("VAE", "vae"), ("flow", "flow"), ("VAE-deblender", "deblender"))
+                    if stage != "warm-up" or "vae_warmup" in training["stages"])
+        + f"; beta {config['beta']}, seed {config['seed']}"
+        + (f"; fresh noise and the {training['augmentation']['symmetries']} symmetries of the square every batch"
+           if training.get("augmentation") else "")
+        + (f"; time budget {training['time_budget_s'] / 3600:.2f} h" if training.get("time_budget_s") else "")
+        + ".",
         "",
         *_stage_table(run),
         "",
-        "VAE validation per epoch (chi2 per pixel of the decoded mean against the noiseless galaxy, KL, SSIM):",
+        "VAE validation per epoch (chi2 per pixel of the decoded mean against the noiseless galaxy, KL, SSIM,",
+        "fraction of validation stamps whose u band is dark):",
         "",
-        _last_rows(run, "vae_warmup", ["alpha", "val_chi2_per_pixel", "val_kl", "val_ssim"]),
+        *([_last_rows(run, "vae_warmup", ["alpha", "val_chi2_per_pixel", "val_kl", "val_ssim"]), ""]
+          if (run / "logs" / "vae_warmup.csv").exists() else []),
+        _last_rows(run, "vae", ["learning_rate", "val_chi2_per_pixel", "val_kl", "val_ssim", "val_zero_frac_u"]),
         "",
-        _last_rows(run, "vae", ["val_chi2_per_pixel", "val_kl", "val_ssim"]),
-        "",
+        *_diagnostics_lines(args.diagnostics),
         "## Validation metrics",
         "",
         "| metric | value |",

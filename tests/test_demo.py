@@ -122,6 +122,10 @@ class DemoTestCase(lsst.utils.tests.TestCase):
             # Without deblending an aperture holds its galaxy's flux plus neighbours' and noise.
             m = summary["mean_abs_dF_over_F"]["all_matched"]
             self.assertTrue(np.isfinite(m["deblended"]["r"]) and np.isfinite(m["no_deblending"]["r"]))
+            # On the galaxies that share a parent, MADNESS beats no deblending in flux error.
+            self.assertGreaterEqual(det["n_matched_in_blends"], 2)
+            blends = summary["mean_abs_dF_over_F"]["in_blends"]
+            self.assertLess(blends["deblended"]["r"], blends["no_deblending"]["r"])
             self.assertEqual(summary["deblend_counts"]["n_failed"], 0)
             for key in ("simulate", "butler_setup_ingest", "pipetask_run", "task_deblend", "total"):
                 self.assertIn(key, summary["timings_s"])
