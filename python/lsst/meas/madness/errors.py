@@ -7,6 +7,9 @@ Which exception to raise when
                                no peaks, peaks off the image, duplicate peaks). Also a ``ValueError``.
 ``MadnessRangeError``          A number is outside its valid range (too many peaks, a negative
                                learning rate). Carries ``value``, ``min`` and ``max``.
+``MadnessUnitError``           Photometric units cannot be reconciled: an image unit that is unknown, missing
+                               or differs between bands, a bundle that does not record the units it was
+                               trained in, a band it has no calibration for. Also a ``ValueError``.
 ``MadnessBundleError``         A model bundle cannot be used: missing, truncated or tampered files,
                                unknown schema version, metadata that does not match the data.
 ``MadnessNoDataError``         A blend has no pixel with positive finite weight: nothing to fit.
@@ -25,6 +28,7 @@ __all__ = [
     "MadnessError",
     "MadnessValueError",
     "MadnessRangeError",
+    "MadnessUnitError",
     "MadnessBundleError",
     "MadnessNoDataError",
     "MadnessBlendError",
@@ -66,6 +70,14 @@ class MadnessRangeError(MadnessValueError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (self.__class__, (self.message, self.value, self.min, self.max))
+
+
+class MadnessUnitError(MadnessValueError):
+    """Image units are unknown, missing or inconsistent, or a model's own units are not recorded.
+
+    Never a silent pass-through: pixels in the wrong unit would be fitted by a model trained on
+    another flux scale (see `lsst.meas.madness.units`).
+    """
 
 
 class MadnessBundleError(MadnessError, OSError):
