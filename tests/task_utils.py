@@ -49,9 +49,16 @@ def scene(seed: int = 7):
     return image, var, truth
 
 
-def masked_images(image, variance, bands=BANDS, yx0=PATCH_YX0, unit=None):
-    """``{band: lsst.images.MaskedImage}`` of ``(bands, H, W)`` arrays at tract-frame ``yx0``."""
+def masked_images(image, variance, bands=BANDS, yx0=PATCH_YX0, unit="electron"):
+    """``{band: lsst.images.MaskedImage}`` of ``(bands, H, W)`` arrays at tract-frame ``yx0``.
+
+    ``unit`` (astropy unit or string; `None` for none) is the image's; the variance's is its square.
+    The test scenes are drawn by the test model's decoder, so they are in its units (electrons).
+    """
+    import astropy.units as u
     import lsst.images as li
+
+    unit = None if unit is None else u.Unit(unit)
 
     schema = li.MaskSchema(
         [

@@ -41,6 +41,7 @@ def synthetic_galaxies(n: int, seed: int, size: int = STAMP) -> np.ndarray:
 @functools.lru_cache(maxsize=1)
 def quick_bundle_path() -> Path:
     """Directory of a small model trained (once per process) on `synthetic_galaxies`."""
+    from lsst.meas.madness.simulation.conditions import LsstConditions
     from lsst.meas.madness.training import QuickTrainingConfig, train_quick_bundle
 
     # Small and short: the truths of the engine tests are drawn by this decoder, so its
@@ -50,7 +51,10 @@ def quick_bundle_path() -> Path:
         encoder_filters=(8, 16, 32, 32), decoder_filters=(32, 16, 16), dense_units=64,
         epochs=10, flow_epochs=20, batch_size=64, seed=3,
     )
-    bundle = train_quick_bundle(stamps, SKY_VARIANCE, bands=BANDS, config=config,
+    # The LSST conditions make the fixture's images "electrons at LSST 10-year depth", as the
+    # shipped model's are, so the tasks can convert coadds in nJy into its units.
+    conditions = LsstConditions.from_surveycodex(bands=BANDS).as_dict()
+    bundle = train_quick_bundle(stamps, SKY_VARIANCE, bands=BANDS, config=config, conditions=conditions,
                                 description="test fixture trained on synthetic galaxies")
     path = Path(tempfile.mkdtemp(prefix="madness-test-bundle-")) / "bundle"
     bundle.save(path)

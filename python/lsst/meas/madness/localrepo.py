@@ -77,6 +77,9 @@ class SimulatedPatch:
         Tract-frame ``(y, x)`` of pixel ``[0, 0]``.
     seed : `int`
         Seed of the draw.
+    unit : `str`
+        Unit of ``image``, ``isolated`` and the truth's ``flux_<band>`` (``variance`` is in its
+        square): ``"electron"`` as drawn, ``"nJy"`` after `to_nanojansky`.
     """
 
     bands: tuple[str, ...]
@@ -86,6 +89,7 @@ class SimulatedPatch:
     truth: object
     yx0: tuple[int, int]
     seed: int
+    unit: str = "electron"
 
     @property
     def size(self) -> int:
@@ -93,7 +97,9 @@ class SimulatedPatch:
         return int(self.image.shape[-1])
 
     def masked_images(self) -> dict:
-        """``{band: lsst.images.MaskedImage}`` at the patch's tract-frame box (no pixel masked)."""
+        """``{band: lsst.images.MaskedImage}`` at the patch's tract-frame box (no pixel masked), with
+        the patch's `unit`."""
+        import astropy.units as u
         import lsst.images as li
 
         schema = li.MaskSchema(
@@ -103,14 +109,44 @@ class SimulatedPatch:
                 li.MaskPlane("NO_DATA", "No data."),
             ]
         )
+        unit = u.Unit(self.unit)
         y0, x0 = self.yx0
         box = li.Box.factory[y0 : y0 + self.size, x0 : x0 + self.size]
         out = {}
         for b, band in enumerate(self.bands):
-            image = li.Image(np.ascontiguousarray(self.image[b]), bbox=box)
-            variance = li.Image(np.ascontiguousarray(self.variance[b]), bbox=box)
+            image = li.Image(np.ascontiguousarray(self.image[b]), bbox=box, unit=unit)
+            variance = li.Image(np.ascontiguousarray(self.variance[b]), bbox=box, unit=unit**2)
             out[band] = li.MaskedImage(image, mask_schema=schema, variance=variance)
         return out
+
+    def to_nanojansky(self) -> "SimulatedPatch":
+        """The patch in nJy, as Rubin's coadds are (a copy; this one must be in electrons).
+
+        The electrons are those of SurveyCodex's LSST 10-year conditions that BTK drew them with,
+        so each band is divided by ``exposure_time * 10**(0.4 * (zeropoint - 31.4))`` electrons
+        per nJy (`lsst.meas.madness.units.electrons_per_nanojansky`); the variance by its square.
+        """
+        from .simulation.conditions import LsstConditions
+        from .units import electrons_per_nanojansky
+
+        if self.unit != "electron":
+            raise MadnessValueError(f"to_nanojansky: the patch is in {self.unit}, not electrons.")
+        conditions = LsstConditions.from_surveycodex(bands=self.bands)
+        k = electrons_per_nanojansky(conditions.zeropoint, conditions.exposure_time)
+        per_band = k.reshape(-1, 1, 1)
+        truth = self.truth.copy()
+        for b, band in enumerate(self.bands):
+            truth[f"flux_{band}"] = np.asarray(truth[f"flux_{band}"], dtype=np.float64) / k[b]
+            truth[f"flux_{band}"].unit = "nJy"
+            truth[f"flux_{band}"].description = f"noiseless {band} flux of the galaxy inside the patch, nJy"
+        return dataclasses.replace(
+            self,
+            image=(self.image / per_band).astype(np.float32),
+            variance=(self.variance / per_band**2).astype(np.float32),
+            isolated=(self.isolated / per_band[None]).astype(np.float32),
+            truth=truth,
+            unit="nJy",
+        )
 
 
 def _catalogue(n_galaxies: int, seed: int, min_snr: float):

@@ -17,7 +17,7 @@ import numpy as np
 
 from lsst.pipe.base import RepeatableQuantumError
 
-from ..errors import MadnessValueError
+from ..errors import MadnessUnitError, MadnessValueError
 
 # Legacy (afw) and lsst.images names of the planes whose pixels get zero weight.
 DEFAULT_BAD_MASK_PLANES = ("BAD", "CR", "COSMIC_RAY", "NO_DATA", "SAT", "SATURATED", "SUSPECT")
@@ -44,7 +44,8 @@ class MultibandCoadd:
     yx0 : `tuple` [`int`, `int`]
         Tract-frame ``(y, x)`` of array index ``[0, 0]`` (the coadd box's start).
     unit : `str` or `None`
-        Image unit of the coadds (e.g. ``"nJy"``), if they have one.
+        Image unit of the coadds (e.g. ``"nJy"``), if they have one; ``"model"`` after
+        `scaled` (the model's electrons, `lsst.meas.madness.units`).
     """
 
     bands: tuple[str, ...]
@@ -89,6 +90,8 @@ class MultibandCoadd:
             A band of ``bands`` has no coadd.
         MadnessValueError
             The coadds' boxes differ.
+        MadnessUnitError
+            The coadds' units differ (some with a unit, some without, or two units).
         """
         bands = tuple(sorted(coadds)) if bands is None else tuple(bands)
         missing = [b for b in bands if b not in coadds]
@@ -116,13 +119,38 @@ class MultibandCoadd:
             images.append(image)
             variances.append(variance)
             bads.append(bad)
-        unit = None if first.unit is None else str(first.unit)
+        units = {band: None if coadds[band].unit is None else str(coadds[band].unit) for band in bands}
+        if len(set(units.values())) > 1:
+            raise MadnessUnitError(
+                f"Coadd units differ between bands: {units}. All bands of a patch must be in one unit."
+            )
+        unit = None if first.unit is None else first.unit.to_string()
         return cls(
             bands=bands,
             image=np.stack(images),
             variance=np.stack(variances),
             bad=np.stack(bads),
             yx0=(int(box.y.start), int(box.x.start)),
+            unit=unit,
+        )
+
+    def scaled(self, scale: np.ndarray, unit: str = "model") -> MultibandCoadd:
+        """A copy with each band's image times ``scale[b]`` and variance times ``scale[b]**2``.
+
+        Parameters
+        ----------
+        scale : `numpy.ndarray`
+            ``(bands,)`` factors (e.g. `lsst.meas.madness.units.ModelUnits.scale`).
+        unit : `str`
+            Unit of the result.
+        """
+        s = np.asarray(scale, dtype=np.float64).reshape(-1, 1, 1)
+        if s.shape[0] != len(self.bands):
+            raise MadnessValueError(f"{s.shape[0]} scale factors for {len(self.bands)} bands.")
+        return dataclasses.replace(
+            self,
+            image=(self.image.astype(np.float64) * s).astype(np.float32),
+            variance=(self.variance.astype(np.float64) * s**2).astype(np.float32),
             unit=unit,
         )
 

@@ -28,6 +28,7 @@ from lsst.utils.timer import timeMethod
 
 from ..engine import MadnessDeblender, MapSettings, prepare_blend
 from ..errors import MadnessValueError
+from ..units import ModelUnits, parse_unit, resolve_unit
 from .blends import BlendPlan, ParentFootprint, plan_blend, split_blend
 from .catalogs import deblend_columns, make_table
 from .coadds import DEFAULT_BAD_MASK_PLANES, MultibandCoadd
@@ -149,6 +150,17 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
         doc="Deblend parents with a single peak too (one child with latents and a model); False "
         "leaves them undeblended with deblend_isolatedParent.",
     )
+    inputUnit = pexConfig.Field[str](
+        default=None,
+        optional=True,
+        doc="Unit of coadds that carry none (an astropy unit string: 'nJy', 'electron' for the "
+        "model's own electrons, 'ct'/'adu' for counts with the model's gain). None requires the "
+        "coadds to carry a unit (lsst.images unit; afw PhotoCalib), and a coadd without one is an "
+        "error. A coadd's own unit always wins; one that differs from inputUnit is an error. Image "
+        "and variance are converted into the model's units (electrons over the training exposure "
+        "time, from the bundle's conditions) before the fit, and models, footprint values and "
+        "fluxes back into the coadd's units.",
+    )
     badMask = pexConfig.ListField[str](
         default=list(DEFAULT_BAD_MASK_PLANES),
         doc="Mask planes whose pixels get zero weight; names a coadd lacks are skipped. Non-finite "
@@ -220,6 +232,11 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
             raise pexConfig.FieldValidationError(
                 MadnessDeblendConfig.modelSource, self, "modelSource='path' needs bundlePath."
             )
+        if self.inputUnit is not None:
+            try:
+                parse_unit(self.inputUnit)
+            except MadnessValueError as exc:
+                raise pexConfig.FieldValidationError(MadnessDeblendConfig.inputUnit, self, str(exc)) from None
         if self.modelSupportThreshold < 0:
             raise pexConfig.FieldValidationError(
                 MadnessDeblendConfig.modelSupportThreshold, self, "must be >= 0."
@@ -367,6 +384,10 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
             A band of ``config.bands`` has no coadd.
         MadnessValueError
             ``config.bands`` differ from the bundle's.
+        MadnessUnitError
+            The coadds carry no unit and ``config.inputUnit`` is None, their unit is unknown or
+            differs from ``config.inputUnit`` or between bands, or the bundle does not record
+            the units it was trained in (see `lsst.meas.madness.units`).
         """
         from ..backend import device_scope, require_backend
 
@@ -383,18 +404,77 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
         extra = sorted(set(coadds) - set(bands))
         if extra:
             self.log.info("Ignoring coadds of bands %s, which the model does not use", extra)
+        unit = resolve_unit(coadd.unit, config.inputUnit)
+        scale = ModelUnits.from_deblender(deblender).scale(unit, bands)
         parents = _parents_from_tables(detections, detectionSpans)
-        result = self.deblendParents(coadd, parents, deblender)
+        result = self.deblendInModelUnits(coadd, parents, deblender, scale, unit_name=unit.to_string())
         parent_rows, child_rows = result.parentRows, result.childRows
         heavy_fp, heavy_values = result.heavyFootprints, result.heavyValues
         catalog = self._make_catalog(parent_rows + child_rows, bands, deblender.latent_dim)
         catalog.meta["bands"] = list(bands)
         catalog.meta["conserveFlux"] = bool(config.conserveFlux)
-        flux_tables = [
-            heavy_footprints_to_table(heavy_fp, {i: v[b] for i, v in heavy_values.items()}, band=band)
-            for b, band in enumerate(bands)
-        ]
+        catalog.meta["unit"] = unit.to_string()
+        for band in bands:
+            catalog[f"deblend_flux_{band}"].unit = unit
+            catalog[f"deblend_modelFlux_{band}"].unit = unit
+        flux_tables = []
+        for b, band in enumerate(bands):
+            table = heavy_footprints_to_table(heavy_fp, {i: v[b] for i, v in heavy_values.items()}, band=band)
+            table["flux"].unit = unit
+            flux_tables.append(table)
         return pipeBase.Struct(deblendedCatalog=catalog, deblendedFlux=flux_tables, bands=list(bands))
+
+    def deblendInModelUnits(
+        self,
+        coadd: MultibandCoadd,
+        parents: list[ParentFootprint],
+        deblender: MadnessDeblender,
+        scale: np.ndarray,
+        unit_name: str | None = None,
+    ) -> pipeBase.Struct:
+        """`deblendParents` on the coadd converted into model units, outputs converted back.
+
+        Parameters
+        ----------
+        coadd : `MultibandCoadd`
+            Stacked coadd planes in the deblender's band order, in the coadd's units.
+        parents : `list` [`ParentFootprint`]
+            Parent footprints and peaks (see `deblendParents`).
+        deblender : `MadnessDeblender`
+            The loaded deblender.
+        scale : `numpy.ndarray`
+            ``(bands,)`` model units per coadd unit
+            (`lsst.meas.madness.units.ModelUnits.scale`).
+        unit_name : `str`, optional
+            The coadd's unit, for the log.
+
+        Returns
+        -------
+        result : `lsst.pipe.base.Struct`
+            As `deblendParents`, with the heavy-footprint values and the ``deblend_flux_<band>``
+            and ``deblend_modelFlux_<band>`` columns of the rows in the coadd's units. All
+            decisions (fit, model support, flux sharing) are taken in model units, so a coadd in
+            nJy and the same coadd in electrons give the same children.
+        """
+        scale = np.asarray(scale, dtype=np.float64)
+        if scale.shape != (len(deblender.bands),) or not (np.isfinite(scale).all() and (scale > 0).all()):
+            raise MadnessValueError(f"Unit scale {scale} must be finite and positive, one per band.")
+        self.log.info(
+            "Coadds in %s; model units per coadd unit: %s",
+            unit_name or coadd.unit,
+            ", ".join(f"{b} {s:.6g}" for b, s in zip(deblender.bands, scale)),
+        )
+        result = self.deblendParents(coadd.scaled(scale), parents, deblender)
+        inverse = 1.0 / scale
+        for row in (*result.parentRows, *result.childRows):
+            for b, band in enumerate(deblender.bands):
+                for name in (f"deblend_flux_{band}", f"deblend_modelFlux_{band}"):
+                    if name in row:
+                        row[name] = float(row[name] * inverse[b])
+        for key, values in result.heavyValues.items():
+            values = np.asarray(values)
+            result.heavyValues[key] = (values.astype(np.float64) * inverse[:, None]).astype(values.dtype)
+        return result
 
     def deblendParents(
         self, coadd: MultibandCoadd, parents: list[ParentFootprint], deblender: MadnessDeblender

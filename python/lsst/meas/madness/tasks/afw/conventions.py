@@ -15,6 +15,7 @@ Three things are decided here and only applied in `lsst.meas.madness.tasks.afw.c
 from __future__ import annotations
 
 __all__ = [
+    "photocalib_scales",
     "AfwField",
     "AFW_SKIPPED_COLUMNS",
     "CHILD_EXTRA_FIELDS",
@@ -29,7 +30,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from ...errors import MadnessValueError
+from ...errors import MadnessUnitError, MadnessValueError
+from ...units import ModelUnits, resolve_unit
 from ..catalogs import deblend_columns
 from ..coadds import MadnessMissingBandError, MultibandCoadd
 from ..footprints import Footprint
@@ -305,3 +307,61 @@ def footprint_image(footprint: Footprint, values: np.ndarray) -> tuple[np.ndarra
     # Footprint pixels in span order are the mask's True pixels in row-major order.
     image[mask] = values
     return image, (x0, y0)
+
+
+def photocalib_scales(
+    photo_calibs: Mapping[str, object],
+    bands: Sequence[str],
+    units: ModelUnits,
+    fallback_unit: str | None = None,
+) -> np.ndarray:
+    """Model units per coadd pixel value, per band, from the coadds' afw ``PhotoCalib``.
+
+    A ``PhotoCalib`` turns an instrumental flux into nJy (``instFluxToNanojansky``); a
+    spatially constant one is its ``getCalibrationMean()`` nJy per pixel unit (Rubin's coadds are
+    in nJy, so theirs is 1). The model units per nJy come from the bundle
+    (`lsst.meas.madness.units.ModelUnits.electrons_per_nanojansky`).
+
+    Parameters
+    ----------
+    photo_calibs : mapping [`str`, `lsst.afw.image.PhotoCalib` or `None`]
+        Each band's ``exposure.getPhotoCalib()``.
+    bands : sequence of `str`
+        The model's bands, in its order; each must be in ``photo_calibs``.
+    units : `lsst.meas.madness.units.ModelUnits`
+        The model's units.
+    fallback_unit : `str`, optional
+        Unit of a coadd without a ``PhotoCalib`` (the task's ``inputUnit``); `None` makes a
+        missing ``PhotoCalib`` an error.
+
+    Returns
+    -------
+    scale : `numpy.ndarray`
+        ``(bands,)`` float64: multiply a band's pixels by it to get model units.
+
+    Raises
+    ------
+    MadnessUnitError
+        A band without ``PhotoCalib`` and no ``fallback_unit``, a spatially varying
+        ``PhotoCalib`` (not supported: the conversion is one factor per band), a calibration
+        mean that is not finite and positive, or a band the model's units do not cover.
+    """
+    per_nanojansky = units.electrons_per_nanojansky
+    out = np.zeros(len(bands))
+    for b, band in enumerate(bands):
+        (index,) = units.band_indices([band])
+        calib = photo_calibs.get(band)
+        if calib is None:
+            unit = resolve_unit(None, fallback_unit, what=f"The {band} coadd (it has no PhotoCalib)")
+            out[b] = units.scale(unit, [band])[0]
+            continue
+        if not calib._isConstant:
+            raise MadnessUnitError(
+                f"The {band} coadd's PhotoCalib varies across the image; MADNESS converts each band by "
+                "one factor. Calibrate the coadd to nJy first (PhotoCalib.calibrateImage)."
+            )
+        mean = float(calib.getCalibrationMean())
+        if not (np.isfinite(mean) and mean > 0):
+            raise MadnessUnitError(f"The {band} coadd's PhotoCalib has calibration mean {mean} nJy per count.")
+        out[b] = mean * per_nanojansky[index]
+    return out

@@ -43,7 +43,8 @@ from lsst.utils.timer import timeMethod
 from ...engine import MadnessDeblender
 from ...errors import MadnessValueError
 from ..deblend import MadnessDeblendConfig, MadnessDeblendTask
-from .conventions import AFW_SKIPPED_COLUMNS, afw_fields
+from ...units import ModelUnits
+from .conventions import AFW_SKIPPED_COLUMNS, afw_fields, photocalib_scales
 
 _TEMPLATES = {"inputCoaddName": "deep", "outputCoaddName": "deep"}
 
@@ -257,6 +258,10 @@ class MadnessDeblendAfwTask(MadnessDeblendTask):
             A band of the model has no coadd.
         MadnessValueError
             ``config.bands`` differ from the bundle's.
+        MadnessUnitError
+            A coadd without ``PhotoCalib`` while ``config.inputUnit`` is None, a spatially varying
+            ``PhotoCalib``, or a bundle that does not record its units
+            (`lsst.meas.madness.tasks.afw.conventions.photocalib_scales`).
         """
         from .convert import coadd_from_exposures, parents_from_catalog
 
@@ -268,9 +273,16 @@ class MadnessDeblendAfwTask(MadnessDeblendTask):
         extra = sorted(set(coadds) - set(bands))
         if extra:
             self.log.info("Ignoring coadds of bands %s, which the model does not use", extra)
+        # Pixels -> nJy through each band's PhotoCalib -> the model's electrons; back after the fit.
+        scale = photocalib_scales(
+            {band: coadds[band].getPhotoCalib() for band in bands},
+            bands,
+            ModelUnits.from_deblender(deblender),
+            self.config.inputUnit,
+        )
         sources = self._makeSourceCatalog(mergedDetections, idFactory)
         parents, peaks = parents_from_catalog(sources)
-        result = self.deblendParents(coadd, parents, deblender)
+        result = self.deblendInModelUnits(coadd, parents, deblender, scale, unit_name="PhotoCalib units")
         children = self._fillCatalog(sources, result, peaks, bands)
         fluxCatalogs = {
             band: self._bandCatalog(sources, children, result, b, coadds[band])
