@@ -3,9 +3,12 @@
 `run_demo` (``madness demo``, ``make demo``):
 
 1. simulates a square LSST patch with BTK (SkyPy CatSim-format galaxies after the paper's
-   SNR cut, SurveyCodex 10-year conditions, six bands; `lsst.meas.madness.localrepo`), seeded;
+   SNR cut, SurveyCodex 10-year conditions, six bands; `lsst.meas.madness.localrepo`), seeded,
+   and converts it from electrons to nJy, the unit of Rubin's coadds (the deblender converts
+   it back into its model's electrons and its outputs into nJy: `lsst.meas.madness.units`);
 2. creates a local SQLite butler with the dimension records inserted directly (no obs_base) and
-   ingests the per-band coadds as lsst.images ``MaskedImage`` plus the truth catalogue;
+   ingests the per-band coadds (unit nJy) as lsst.images ``MaskedImage`` plus the truth
+   catalogue;
 3. runs ``pipetask run -p pipelines/madness.yaml`` (detect -> deblend -> measure) in a
    subprocess with the packaged model bundle (or ``bundle``), no network;
 4. reads the outputs back, matches detections to the truth, compares aperture fluxes measured
@@ -168,7 +171,8 @@ def _aperture_fluxes_per_truth(patch, objects, ti, oj, config) -> np.ndarray:
 def model_image(catalog, deblender, shape: tuple[int, int], yx0: tuple[int, int]) -> np.ndarray:
     """``(bands, H, W)`` MADNESS model of a patch: every child's decoded latents at its peak.
 
-    Children whose latents are NaN (none in a normal run) are left out.
+    In the model's units (electrons; `lsst.meas.madness.units.ModelUnits.from_model` converts
+    them). Children whose latents are NaN (none in a normal run) are left out.
     """
     children = np.flatnonzero(np.asarray(catalog["parent"]) != 0)
     latents = np.asarray(catalog["deblend_latents"], dtype=np.float32)[children]
@@ -305,7 +309,8 @@ def _markdown(summary: dict) -> str:
         "",
         "## Per galaxy (r band)",
         "",
-        "| truth | r mag | blendedness | object | children of parent | true flux (e-) | MADNESS | "
+        f"| truth | r mag | blendedness | object | children of parent | true flux ({summary['flux_unit']}) "
+        "| MADNESS | "
         "no deblending | abs(dF/F) MADNESS | abs(dF/F) no deblending |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -318,7 +323,7 @@ def _markdown(summary: dict) -> str:
         t, d, n = o["flux_true"]["r"], o["flux_deblended"]["r"], o["flux_no_deblending"]["r"]
         lines.append(
             f"| {o['truth_id']} | {o['r_ab']:.2f} | {o['blendedness_r']:.3f} | {o['object_id']} | "
-            f"{o['n_children_of_parent']} | {t:.0f} | {d:.0f} | {n:.0f} | {abs(d / t - 1):.3f} | "
+            f"{o['n_children_of_parent']} | {t:.1f} | {d:.1f} | {n:.1f} | {abs(d / t - 1):.3f} | "
             f"{abs(n / t - 1):.3f} |"
         )
     tm = summary["timings_s"]
@@ -382,6 +387,7 @@ def run_demo(
     from .errors import MadnessBundleError
     from .io.bundle import METADATA_FILE, default_bundle_path
     from .tasks import MadnessMeasurementConfig
+    from .units import ModelUnits
 
     say = echo or (lambda _line: None)
     start = time.perf_counter()
@@ -399,10 +405,12 @@ def run_demo(
 
     say(f"[demo] simulating a {size}x{size} px LSST patch with {n_galaxies} galaxies (BTK, seed {seed}) ...")
     t = time.perf_counter()
-    patch = simulate_patch(seed, size=size, n_galaxies=n_galaxies, min_snr=min_snr, group_shift=group_shift)
+    patch = simulate_patch(seed, size=size, n_galaxies=n_galaxies, min_snr=min_snr,
+                           group_shift=group_shift).to_nanojansky()
     timings["simulate"] = round(time.perf_counter() - t, 1)
 
-    say(f"[demo] creating the butler at {repo} and ingesting {len(patch.bands)} coadds + the truth ...")
+    say(f"[demo] creating the butler at {repo} and ingesting {len(patch.bands)} coadds ({patch.unit}) "
+        "+ the truth ...")
     t = time.perf_counter()
     create_local_repo(repo, bands=patch.bands, n_patches=1)
     ingest_patch(repo, patch, 0, INPUT_COLLECTION)
@@ -436,6 +444,8 @@ def run_demo(
     t = time.perf_counter()
     deblender = MadnessDeblender.from_bundle(bundle)
     model = model_image(catalog, deblender, patch.image.shape[1:], patch.yx0)
+    # The decoder draws in the model's electrons; the patch (and every flux above) is in nJy.
+    model = ModelUnits.from_deblender(deblender).from_model(model, patch.unit, patch.bands)
     truth_xy = np.stack([np.asarray(truth["x"]), np.asarray(truth["y"])], axis=1)
     _plot(output / "demo.png", patch, model, truth_xy, objects, score)
     timings["model_and_figure"] = round(time.perf_counter() - t, 1)
@@ -449,6 +459,7 @@ def run_demo(
     summary = {
         "seed": int(seed),
         "bands": list(patch.bands),
+        "flux_unit": patch.unit,
         "patch": {"size": patch.size, "n_galaxies": int(n_galaxies), "min_snr_r": float(min_snr),
                   "group_shift_px": int(group_shift),
                   "pixel_scale_arcsec": 0.2},
