@@ -57,7 +57,8 @@ class FactorTestCase(lsst.utils.tests.TestCase):
             self.skipTest("the packaged default bundle is not installed")
         meta = json.loads(path.read_text())["metadata"]
         units = ModelUnits.from_conditions(meta["conditions"], meta["bands"])
-        np.testing.assert_allclose(units.electrons_per_nanojansky, _units().electrons_per_nanojansky, rtol=1e-12)
+        np.testing.assert_allclose(units.electrons_per_nanojansky, _units().electrons_per_nanojansky,
+                                   rtol=1e-12)
         self.assertEqual(units.gain, 1.0)
 
     def test_scale_per_unit(self):
@@ -196,7 +197,8 @@ class TaskUnitsTestCase(lsst.utils.tests.TestCase):
                                            err_msg=name)
             self.assertEqual(cat_n[f"deblend_flux_{band}"].unit, u.nJy)
             self.assertEqual(cat_e[f"deblend_flux_{band}"].unit, u.electron)
-            np.testing.assert_allclose(cat_n[f"deblend_chi2_{band}"], cat_e[f"deblend_chi2_{band}"], rtol=1e-3)
+            np.testing.assert_allclose(cat_n[f"deblend_chi2_{band}"], cat_e[f"deblend_chi2_{band}"],
+                                       rtol=1e-3)
         self.assertEqual(cat_n.meta["unit"], "nJy")
 
     def test_heavy_footprints_in_nanojansky(self):
@@ -211,12 +213,14 @@ class TaskUnitsTestCase(lsst.utils.tests.TestCase):
             np.testing.assert_allclose(n[good], e[good], rtol=2e-4, atol=1e-5 * scale)
             self.assertEqual(flux_n["flux"].unit, u.nJy)
         # Parents carry the observed pixels: exactly the nJy coadd's, up to float rounding.
-        parents = np.asarray(self.out_n.deblendedCatalog["id"])[np.asarray(self.out_n.deblendedCatalog["parent"]) == 0]
+        catalog = self.out_n.deblendedCatalog
+        parents = np.asarray(catalog["id"])[np.asarray(catalog["parent"]) == 0]
         table = self.out_n.deblendedFlux[2]
         rows = np.isin(np.asarray(table["id"]), parents)
         y = np.asarray(table["y"])[rows] - 1000
         x = np.asarray(table["x"])[rows] - 2000
-        np.testing.assert_allclose(np.asarray(table["flux"])[rows], self.njy[0][2][y, x], rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(np.asarray(table["flux"])[rows], self.njy[0][2][y, x],
+                                   rtol=1e-6, atol=1e-9)
 
     def test_unitless_coadds(self):
         from lsst.meas.madness.tasks import MadnessDeblendTask

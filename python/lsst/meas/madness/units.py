@@ -94,7 +94,9 @@ def parse_unit(unit: Any) -> u.UnitBase:
     try:
         return u.Unit(str(unit))
     except (ValueError, TypeError) as exc:
-        raise MadnessUnitError(f"Image unit {unit!r} is not an astropy unit ({exc}); expected {_ACCEPTED}.") from None
+        raise MadnessUnitError(
+            f"Image unit {unit!r} is not an astropy unit ({exc}); expected {_ACCEPTED}."
+        ) from None
 
 
 def resolve_unit(image_unit: Any, fallback: Any = None, *, what: str = "The coadds") -> u.UnitBase:
@@ -255,7 +257,8 @@ class ModelUnits:
         unknown = [b for b in bands if b not in self.bands]
         if unknown:
             raise MadnessUnitError(
-                f"No model flux unit for band(s) {unknown}: the model's calibration covers {list(self.bands)}."
+                f"No model flux unit for band(s) {unknown}: the model's calibration covers "
+                f"{list(self.bands)}."
             )
         return [self.bands.index(b) for b in bands]
 

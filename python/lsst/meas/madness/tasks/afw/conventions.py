@@ -362,6 +362,8 @@ def photocalib_scales(
             )
         mean = float(calib.getCalibrationMean())
         if not (np.isfinite(mean) and mean > 0):
-            raise MadnessUnitError(f"The {band} coadd's PhotoCalib has calibration mean {mean} nJy per count.")
+            raise MadnessUnitError(
+                f"The {band} coadd's PhotoCalib has calibration mean {mean} nJy per count."
+            )
         out[b] = mean * per_nanojansky[index]
     return out
