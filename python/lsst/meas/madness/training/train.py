@@ -236,6 +236,8 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
     from ..simulation.conditions import LsstConditions
 
     conditions = LsstConditions.from_surveycodex(bands=bands).as_dict()
+    lineage = _lineage(parent)
+    passes = _sample_passes(results, len(x_iso), len(x_bl))
     metadata = BundleMetadata(
         bands=bands, stamp_size=size, pixel_scale=float(iso.manifest.info.get("pixel_scale", 0.2)),
         normalization=float(norm.scale), latent_dim=config.latent_dim, trained=True, conditions=conditions,
@@ -249,11 +251,10 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
             "wall_time_s": round(wall, 1), "machine": _machine(), "backend": keras.config.backend(),
             "augmentation": augment.describe() if augment is not None else None,
             "time_budget_s": time_budget_s,
-            "sample_passes": _sample_passes(results, len(x_iso), len(x_bl)),
-            "lineage": _lineage(parent),
-            "total_wall_time_s": round(wall + sum(p.get("wall_time_s", 0.0) for p in _lineage(parent)), 1),
-            "total_sample_passes": _sample_passes(results, len(x_iso), len(x_bl)) + sum(
-                p.get("sample_passes", 0) for p in _lineage(parent)),
+            "sample_passes": passes,
+            "lineage": lineage,
+            "total_wall_time_s": round(wall + sum(p.get("wall_time_s", 0.0) for p in lineage), 1),
+            "total_sample_passes": passes + sum(p.get("sample_passes", 0) for p in lineage),
         },
         metrics=metrics,
     )
