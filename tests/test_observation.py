@@ -78,6 +78,19 @@ class BadInputTestCase(lsst.utils.tests.TestCase):
         self.assertEqual(blend.region, (8, 0, 60, 45))
         self.assertEqual(float(blend.cutouts[1, 0, 0, 0]), 0.0)
 
+    def test_subpixel_peaks(self):
+        """Float peaks keep their offset from the pixel centre; the encoder's cutout is re-centred."""
+        yy, xx = np.mgrid[:60, :70]
+        x, y = 30.4, 24.65  # pixel (25, 30), shift (dy, dx) = (-0.35, 0.4)
+        blob = np.exp(-((xx - x) ** 2 + (yy - y) ** 2) / (2 * 2.0**2)).astype("f4")
+        blend = _prepare(image=np.repeat(blob[None], 6, axis=0), peaks=[(x, y)])
+        np.testing.assert_allclose(blend.shifts, [[y - 25, x - 30]], atol=1e-12)
+        self.assertEqual(blend.origins.tolist(), [[25 - 22, 30 - 22]])
+        cut = blend.cutouts[0, 2]
+        sy, sx = np.mgrid[:45, :45]
+        self.assertAlmostEqual(float((cut * sx).sum() / cut.sum()), 22.0, delta=1e-3)
+        self.assertAlmostEqual(float((cut * sy).sum() / cut.sum()), 22.0, delta=1e-3)
+
 
 class SmallPiecesTestCase(lsst.utils.tests.TestCase):
     def test_placement_crops(self):

@@ -25,7 +25,7 @@ from ..errors import MadnessBundleError, MadnessValueError
 from ..io.bundle import BundleMetadata, ModelBundle
 from ..networks import Decoder, Encoder, LinearNormalization, MaskedAutoregressiveFlow
 from ..networks.layout import from_network_layout, to_network_layout
-from .geometry import placement_matrices
+from .geometry import paste_stamps, placement_matrices, shift_stamps, stamp_overlap
 from .objective import blend_objective
 from .observation import PreparedBlend, prepare_blend
 from .result import DeblendResult
@@ -347,7 +347,8 @@ class MadnessDeblender:
             source_mask[k, :n] = 1.0
             data[k, :h, :, :w] = np.transpose(b.data, (1, 0, 2))
             weights[k, :h, :, :w] = np.transpose(b.weights, (1, 0, 2))
-            offsets = b.origins - np.array(b.region[:2])
+            # Stamp origin in the region plus the sub-pixel shift: the placement also shifts.
+            offsets = b.origins - np.array(b.region[:2]) + b.shifts
             rows[k, :n, :h] = placement_matrices(offsets[:, 0], h, s)
             cols[k, :n, :w] = placement_matrices(offsets[:, 1], w, s)
         return source_mask, data, weights, rows, cols
@@ -447,9 +448,12 @@ class MadnessDeblender:
         history: np.ndarray,
         settings: MapSettings,
     ) -> DeblendResult:
-        """Diagnostics of one fitted blend; ``models`` in flux units."""
+        """Diagnostics of one fitted blend; ``models`` in flux units, centred (as decoded)."""
         norm = self.normalization
         s = self.stamp_size
+        # The models as the fit placed them: each moved by its peak's sub-pixel shift.
+        models = shift_stamps(models, blend.shifts).astype(np.float32)
+        initial_models = shift_stamps(initial_models, blend.shifts)
 
         y0, x0, y1, x1 = blend.region
         data = norm.denormalize(blend.data)
@@ -457,12 +461,7 @@ class MadnessDeblender:
         offsets = blend.origins - np.array([y0, x0])
 
         def region_model(stamps):
-            out = np.zeros_like(data)
-            for (oy, ox), stamp in zip(offsets, stamps):
-                ry0, rx0 = max(oy, 0), max(ox, 0)
-                ry1, rx1 = min(oy + s, y1 - y0), min(ox + s, x1 - x0)
-                out[:, ry0:ry1, rx0:rx1] += stamp[:, ry0 - oy : ry1 - oy, rx0 - ox : rx1 - ox]
-            return out
+            return paste_stamps(stamps, offsets, data.shape[1:], dtype=data.dtype)
 
         resid_sq = weights * (data - region_model(models)) ** 2
         resid_init = weights * (data - region_model(initial_models)) ** 2
@@ -471,11 +470,10 @@ class MadnessDeblender:
         objective_initial = 0.5 * resid_init.sum() - w * initial_log_prior.sum()
 
         chi2 = np.full((len(latents), len(self.bands)), np.nan)
-        for i, (oy, ox) in enumerate(offsets):
-            ry0, rx0 = max(oy, 0), max(ox, 0)
-            ry1, rx1 = min(oy + s, y1 - y0), min(ox + s, x1 - x0)
-            n_valid = (weights[:, ry0:ry1, rx0:rx1] > 0).sum(axis=(1, 2))
-            total = resid_sq[:, ry0:ry1, rx0:rx1].sum(axis=(1, 2))
+        for i, origin in enumerate(offsets):
+            _, (ry, rx) = stamp_overlap(origin, (s, s), (0, 0, y1 - y0, x1 - x0))
+            n_valid = (weights[:, ry, rx] > 0).sum(axis=(1, 2))
+            total = resid_sq[:, ry, rx].sum(axis=(1, 2))
             with np.errstate(invalid="ignore", divide="ignore"):
                 chi2[i] = np.where(n_valid > 0, total / n_valid, np.nan)
 

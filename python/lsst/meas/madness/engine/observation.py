@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import MadnessNoDataError, MadnessRangeError, MadnessValueError
 from ..networks.normalization import LinearNormalization
-from .geometry import fit_region, peaks_to_pixels, stamp_origins
+from .geometry import crop_stamps, fit_region, peaks_to_pixels, shift_stamps, stamp_origins, subpixel_shifts
 
 
 @dataclasses.dataclass
@@ -44,7 +44,11 @@ class PreparedBlend:
     peaks_xy : `numpy.ndarray`
         ``(n, 2)`` input peak positions, ``(x, y)`` pixels.
     origins : `numpy.ndarray`
-        ``(n, 2)`` ``(y0, x0)`` of each source's stamp in image pixels.
+        ``(n, 2)`` ``(y0, x0)`` of each source's stamp in image pixels (centred on the peak's
+        pixel, `lsst.meas.madness.engine.geometry.stamp_origins`).
+    shifts : `numpy.ndarray`
+        ``(n, 2)`` ``(dy, dx)`` sub-pixel offset of each peak from its pixel's centre, in
+        ``[-0.5, 0.5)`` pixels: the fit draws each source's model shifted by it.
     region : `tuple`
         ``(y0, x0, y1, x1)`` fit region in image pixels (end exclusive).
     data : `numpy.ndarray`
@@ -53,7 +57,8 @@ class PreparedBlend:
         ``(bands, h, w)`` float32 inverse variance in network units, zero for bad pixels.
     cutouts : `numpy.ndarray`
         ``(n, bands, S, S)`` float32 peak-centred cutouts, network units, zero off the image
-        and on bad pixels (the encoder's input).
+        and on bad pixels, shifted by ``-shifts`` so each source sits at the cutout's centre
+        as in the encoder's training stamps (the encoder's input).
     edge, no_data : `numpy.ndarray`
         ``(n,)`` bool flags: stamp crosses the image edge; stamp has no usable pixel.
     masked_fraction : `numpy.ndarray`
@@ -63,6 +68,7 @@ class PreparedBlend:
     image_shape: tuple[int, int]
     peaks_xy: np.ndarray
     origins: np.ndarray
+    shifts: np.ndarray
     region: tuple[int, int, int, int]
     data: np.ndarray
     weights: np.ndarray
@@ -174,25 +180,23 @@ def prepare_blend(
             "No usable pixel in the blend: every pixel is masked, non-finite or has non-positive variance."
         )
 
-    # Encoder cutouts, zero off the image and on bad pixels; per-source bad-pixel statistics.
-    n = len(peaks_xy)
+    # Encoder cutouts, zero off the image and on bad pixels, each source moved to the centre
+    # of its cutout; per-source bad-pixel statistics over the in-image stamp pixels.
+    shifts = subpixel_shifts(peaks_xy)
     clean = np.where(bad, 0.0, image).astype(np.float32)
-    cutouts = np.zeros((n, num_bands, stamp_size, stamp_size), dtype=np.float32)
-    masked_fraction = np.zeros(n)
-    edge = np.zeros(n, dtype=bool)
-    height, width = image_shape
-    for i, (oy, ox) in enumerate(origins):
-        sy0, sx0 = max(oy, 0), max(ox, 0)
-        sy1, sx1 = min(oy + stamp_size, height), min(ox + stamp_size, width)
-        edge[i] = (sy0, sx0, sy1, sx1) != (oy, ox, oy + stamp_size, ox + stamp_size)
-        cutouts[i, :, sy0 - oy : sy1 - oy, sx0 - ox : sx1 - ox] = clean[:, sy0:sy1, sx0:sx1]
-        masked_fraction[i] = bad[:, sy0:sy1, sx0:sx1].mean()
+    cutouts = shift_stamps(crop_stamps(clean, origins, stamp_size), -shifts).astype(np.float32)
+    in_image = crop_stamps(np.ones((1, *image_shape), np.float32), origins, stamp_size).sum(axis=(1, 2, 3))
+    n_bad = crop_stamps(bad.astype(np.float32), origins, stamp_size).sum(axis=(1, 2, 3))
+    edge = in_image < stamp_size * stamp_size
+    with np.errstate(divide="ignore", invalid="ignore"):
+        masked_fraction = np.where(in_image > 0, n_bad / (num_bands * in_image), 1.0)
     cutouts = normalization.normalize(cutouts)
 
     return PreparedBlend(
         image_shape=tuple(image_shape),
         peaks_xy=peaks_xy,
         origins=origins,
+        shifts=shifts,
         region=(y0, x0, y1, x1),
         data=data.astype(np.float32),
         weights=weights.astype(np.float32),

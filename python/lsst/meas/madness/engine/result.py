@@ -8,6 +8,8 @@ import dataclasses
 
 import numpy as np
 
+from .geometry import paste_stamps, subpixel_shifts
+
 
 @dataclasses.dataclass
 class DeblendResult:
@@ -22,12 +24,15 @@ class DeblendResult:
     image_shape : `tuple` [`int`, `int`]
         ``(H, W)`` of the image that was deblended.
     peaks_xy : `numpy.ndarray`
-        ``(n, 2)`` input peaks, ``(x, y)`` pixels.
+        ``(n, 2)`` input peaks, ``(x, y)`` pixels (float: sub-pixel positions are kept).
     stamp_yx0 : `numpy.ndarray`
-        ``(n, 2)`` ``(y0, x0)`` image pixel of each model stamp's first pixel. A stamp may
+        ``(n, 2)`` ``(y0, x0)`` image pixel of each model stamp's first pixel: the stamp is
+        centred on the peak's pixel (`lsst.meas.madness.engine.geometry`). A stamp may
         extend beyond the image (``edge``): `model_image` crops it.
     models : `numpy.ndarray`
-        ``(n, bands, S, S)`` float32 model of each source, flux units per pixel.
+        ``(n, bands, S, S)`` float32 model of each source, flux units per pixel, on the image's
+        pixel grid: the decoded stamp moved by the peak's sub-pixel offset from its pixel
+        centre (`shifts`), as the fit placed it.
     latents, initial_latents : `numpy.ndarray`
         ``(n, L)`` MAP latents and the VAE-deblender's initial latents.
     log_prior : `numpy.ndarray`
@@ -74,6 +79,11 @@ class DeblendResult:
         return len(self.peaks_xy)
 
     @property
+    def shifts(self) -> np.ndarray:
+        """``(n, 2)`` ``(dy, dx)`` sub-pixel offset of each peak from its stamp's central pixel."""
+        return subpixel_shifts(self.peaks_xy)
+
+    @property
     def stamp_size(self) -> int:
         """Side of the model stamps in pixels."""
         return self.models.shape[-1]
@@ -87,12 +97,5 @@ class DeblendResult:
         return self._paint(range(self.n_sources))
 
     def _paint(self, indices) -> np.ndarray:
-        height, width = self.image_shape
-        out = np.zeros((self.models.shape[1], height, width), dtype=np.float32)
-        s = self.stamp_size
-        for i in indices:
-            oy, ox = (int(v) for v in self.stamp_yx0[i])
-            y0, x0, y1, x1 = max(oy, 0), max(ox, 0), min(oy + s, height), min(ox + s, width)
-            if y1 > y0 and x1 > x0:
-                out[:, y0:y1, x0:x1] += self.models[i, :, y0 - oy : y1 - oy, x0 - ox : x1 - ox]
-        return out
+        indices = list(indices)
+        return paste_stamps(self.models[indices], self.stamp_yx0[indices], self.image_shape, dtype=np.float32)
