@@ -6,6 +6,7 @@ import unittest
 
 import lsst.utils.tests
 import numpy as np
+from lsst.meas.madness.engine.geometry import stamp_origins_xy
 from lsst.meas.madness.errors import MadnessValueError
 from lsst.meas.madness.evaluation import (
     adaptive_moments,
@@ -158,7 +159,7 @@ class FieldPhotometryTestCase(lsst.utils.tests.TestCase):
         gal = synthetic_galaxies(3, seed=11)
         cls.x = np.array([30.0, 41.0, 75.0])
         cls.y = np.array([35.0, 40.0, 60.0])
-        yx0 = np.floor(np.stack([cls.y, cls.x], 1) + 0.5).astype(int) - 22
+        yx0 = stamp_origins_xy(np.stack([cls.x, cls.y], 1), 45)
         cls.stamps, cls.yx0 = gal, yx0
         cls.truth = paint_stamps(gal, yx0, SHAPE)
         cls.noise = rng.normal(size=(6, *SHAPE)) * np.sqrt(SKY_VARIANCE)[:, None, None]
@@ -208,7 +209,7 @@ class FieldPhotometryTestCase(lsst.utils.tests.TestCase):
     def test_edge_stamps(self):
         """Stamp pixels off the field do not count, as when the model is painted on the field."""
         x, y = np.array([3.0, 86.0]), np.array([40.0, 77.0])
-        yx0 = np.floor(np.stack([y, x], 1) + 0.5).astype(int) - 22
+        yx0 = stamp_origins_xy(np.stack([x, y], 1), 45)
         stamps = synthetic_galaxies(2, seed=3)
         full = paint_stamps(stamps, yx0, SHAPE)
         a, b, th = np.full(2, 9.0), np.full(2, 6.0), np.zeros(2)
@@ -364,7 +365,7 @@ class FieldMetricsTestCase(lsst.utils.tests.TestCase):
         gal = synthetic_galaxies(3, seed=8).astype(np.float64) * 50
         cls.stamps = gal
         cls.xy = np.array([[30.0, 35.0], [36.4, 41.2], [60.0, 50.0]])
-        cls.yx0 = np.floor(cls.xy[:, ::-1] + 0.5).astype(int) - 22
+        cls.yx0 = stamp_origins_xy(cls.xy, 45)
         cls.truth = paint_stamps(gal, cls.yx0, SHAPE)
         sky = cls.conditions.sky_levels
         cls.field = cls.truth.sum(0) + rng.normal(size=(6, *SHAPE)) * np.sqrt(sky)[:, None, None]

@@ -67,13 +67,12 @@ def make_blend(deblender, latents, peaks_xy, shape, seed, variance=SKY_VARIANCE)
     Returns image, variance, and per-source truth images on the image grid.
     """
     rng = np.random.default_rng(seed)
-    stamps = deblender.decode(latents)
-    truth = np.zeros((len(latents), 6, *shape), np.float32)
-    s = deblender.stamp_size
-    for i, (x, y) in enumerate(np.floor(np.asarray(peaks_xy) + 0.5).astype(int)):
-        oy, ox = y - s // 2, x - s // 2
-        y0, x0, y1, x1 = max(oy, 0), max(ox, 0), min(oy + s, shape[0]), min(ox + s, shape[1])
-        truth[i, :, y0:y1, x0:x1] = stamps[i, :, y0 - oy : y1 - oy, x0 - ox : x1 - ox]
+    from lsst.meas.madness.engine.geometry import paste_stamps, shift_stamps, stamp_origins_xy, subpixel_shifts
+
+    # Decoded centred, moved to each peak's sub-pixel position (none for integer peaks).
+    stamps = shift_stamps(deblender.decode(latents), subpixel_shifts(peaks_xy))
+    origins = stamp_origins_xy(peaks_xy, deblender.stamp_size)
+    truth = paste_stamps(stamps, origins, shape, total=False, dtype=np.float32)
     var = np.broadcast_to(np.asarray(variance, np.float32)[:, None, None], (6, *shape)).copy()
     image = truth.sum(0) + rng.normal(size=var.shape).astype(np.float32) * np.sqrt(var)
     return image.astype(np.float32), var, truth

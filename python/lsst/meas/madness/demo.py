@@ -181,15 +181,14 @@ def model_image(catalog, deblender, shape: tuple[int, int], yx0: tuple[int, int]
     model = np.zeros((len(deblender.bands), *shape), np.float32)
     if not len(children):
         return model
+    from .engine.geometry import paste_stamps, stamp_origins_xy
+
     stamps = deblender.decode(latents)
-    s = deblender.stamp_size
-    for k, row in enumerate(children):
-        oy = int(catalog["deblend_peak_center_y"][row]) - yx0[0] - s // 2
-        ox = int(catalog["deblend_peak_center_x"][row]) - yx0[1] - s // 2
-        y0, x0, y1, x1 = max(oy, 0), max(ox, 0), min(oy + s, shape[0]), min(ox + s, shape[1])
-        if y1 > y0 and x1 > x0:
-            model[:, y0:y1, x0:x1] += stamps[k][:, y0 - oy : y1 - oy, x0 - ox : x1 - ox]
-    return model
+    centres = np.stack([np.asarray(catalog["deblend_peak_center_x"])[children],
+                        np.asarray(catalog["deblend_peak_center_y"])[children]], axis=1)
+    # Integer peak pixels: the catalogue's centres are whole pixels, so no sub-pixel shift here.
+    origins = stamp_origins_xy(centres, deblender.stamp_size)
+    return paste_stamps(stamps, origins, shape, image_yx0=yx0, out=model)
 
 
 def _task_seconds(butler, data_id) -> dict:
@@ -350,6 +349,7 @@ def run_demo(
     bundle: str | Path | None = None,
     config: Sequence[str] = (),
     echo: Callable[[str], None] | None = print,
+    subpixel: bool = False,
 ) -> dict:
     """Run the demo; write ``demo.png``, ``summary.json``, ``summary.md``, ``repo/``, ``pipetask.log``.
 
@@ -375,6 +375,8 @@ def run_demo(
         Extra ``pipetask -c`` overrides, ``label:field=value`` (e.g. ``deblend:maxIter=100``).
     echo : callable, optional
         Where progress lines go (`print` by default; `None` for silence).
+    subpixel : `bool`
+        Draw the galaxies at sub-pixel positions (`simulate_patch`); off by default.
 
     Returns
     -------
@@ -406,7 +408,7 @@ def run_demo(
     say(f"[demo] simulating a {size}x{size} px LSST patch with {n_galaxies} galaxies (BTK, seed {seed}) ...")
     t = time.perf_counter()
     patch = simulate_patch(seed, size=size, n_galaxies=n_galaxies, min_snr=min_snr,
-                           group_shift=group_shift).to_nanojansky()
+                           group_shift=group_shift, subpixel=subpixel).to_nanojansky()
     timings["simulate"] = round(time.perf_counter() - t, 1)
 
     say(f"[demo] creating the butler at {repo} and ingesting {len(patch.bands)} coadds ({patch.unit}) "
@@ -461,7 +463,7 @@ def run_demo(
         "bands": list(patch.bands),
         "flux_unit": patch.unit,
         "patch": {"size": patch.size, "n_galaxies": int(n_galaxies), "min_snr_r": float(min_snr),
-                  "group_shift_px": int(group_shift),
+                  "group_shift_px": int(group_shift), "subpixel_positions": bool(subpixel),
                   "pixel_scale_arcsec": 0.2},
         "bundle": (str(Path(bundle).resolve()) if bundle is not None
                    else f"packaged ({default_bundle_path()})"),

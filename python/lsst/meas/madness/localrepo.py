@@ -197,6 +197,7 @@ def simulate_patch(
     group_shift: int = 10,
     min_snr: float = 10.0,
     yx0: tuple[int, int] = (0, 0),
+    subpixel: bool = False,
 ) -> SimulatedPatch:
     """Draw one LSST patch of SkyPy CatSim-format galaxies with BTK (seeded).
 
@@ -225,8 +226,15 @@ def simulate_patch(
         Appendix-A SNR cut in r.
     yx0 : `tuple` [`int`, `int`]
         Tract-frame ``(y, x)`` of the patch's pixel ``[0, 0]``.
+    subpixel : `bool`
+        Move each centre off its pixel centre by a uniform offset in [-0.5, 0.5) pixel per
+        axis, as real galaxies are (BTK draws at float positions). Off by default, which keeps
+        the patches, and every number measured on them, as they were; the truth table's
+        ``x_true``/``y_true`` hold the float centres either way.
     """
     from astropy.table import Table
+
+    from .engine.geometry import round_half_up
 
     from .simulation.btk_draw import BlendPlan, draw_planned_blends, lsst_survey
     from .simulation.conditions import LsstConditions
@@ -241,7 +249,10 @@ def simulate_patch(
     rows = np.sort(rng.choice(len(catalog), size=n_galaxies, replace=False))
     xy = _group_positions(rng, n_galaxies, margin, size - 1 - margin, max_group, group_shift)
     half = (size - 1) // 2
-    plan = BlendPlan(rows, (xy[:, 0] - half).astype(float), (xy[:, 1] - half).astype(float))
+    # A separate stream, so the default (on-pixel) patches are unchanged by the option.
+    offsets = (np.random.default_rng(np.random.SeedSequence([int(seed), 18])).uniform(-0.5, 0.5, (n_galaxies, 2))
+               if subpixel else np.zeros((n_galaxies, 2)))
+    plan = BlendPlan(rows, xy[:, 0] - half + offsets[:, 0], xy[:, 1] - half + offsets[:, 1])
     survey = lsst_survey()
     blends, isolated, catalogs = draw_planned_blends(catalog, [plan], size, seed=int(seed), survey=survey)
     image, isolated = blends[0], isolated[0, :n_galaxies]
@@ -253,9 +264,13 @@ def simulate_patch(
     drawn = catalogs[0]
     truth = Table()
     truth["truth_id"] = np.arange(n_galaxies, dtype=np.int64)
-    truth["x"] = np.rint(np.asarray(drawn["x_peak"], dtype=np.float64)).astype(np.int32) + int(yx0[1])
-    truth["y"] = np.rint(np.asarray(drawn["y_peak"], dtype=np.float64)).astype(np.int32) + int(yx0[0])
+    x_true = np.asarray(drawn["x_peak"], dtype=np.float64) + int(yx0[1])
+    y_true = np.asarray(drawn["y_peak"], dtype=np.float64) + int(yx0[0])
+    truth["x"] = round_half_up(x_true).astype(np.int32)
+    truth["y"] = round_half_up(y_true).astype(np.int32)
     truth["x"].description = truth["y"].description = "tract-frame pixel index of the galaxy's centre"
+    truth["x_true"], truth["y_true"] = x_true, y_true
+    truth["x_true"].description = truth["y_true"].description = "tract-frame position of the galaxy's centre"
     for name in ("galtileid", "redshift", *(f"{b}_ab" for b in bands), "a_d", "b_d", "a_b", "b_b",
                  "fluxnorm_bulge", "fluxnorm_disk", "snr_r"):
         if name in catalog.colnames:

@@ -37,6 +37,7 @@ from astropy.table import Table
 from btk.blend_batch import BlendBatch, DeblendBatch, DeblendExample
 from btk.deblend import Deblender
 
+from ..engine.geometry import peaks_to_pixels
 from ..errors import MadnessError, MadnessValueError
 
 _log = logging.getLogger(__name__)
@@ -185,7 +186,7 @@ class MadnessBtkDeblender(Deblender):
         xy = np.stack([np.asarray(catalog["x_peak"], np.float64),
                        np.asarray(catalog["y_peak"], np.float64)], axis=1)
         finite = np.isfinite(xy).all(axis=1)
-        pix = np.floor(np.where(finite[:, None], xy, -1.0) + 0.5).astype(np.int64)
+        pix = peaks_to_pixels(np.where(finite[:, None], xy, -1.0))[:, ::-1]  # (x, y) pixel
         inside = finite & (pix >= 0).all(axis=1) & (pix < image_size).all(axis=1)
         keep, seen = [], set()
         for j in np.flatnonzero(inside):
@@ -241,7 +242,9 @@ class MadnessBtkDeblender(Deblender):
             cat["true_index"] = rows
             if result is not None:
                 for j in range(result.n_sources):
-                    images[k, j] = result.source_image(j)[inverse]
+                    # BTK's PSNR/SSIM assert non-negative images; a sub-pixel shift of a decoded
+                    # stamp rings slightly below zero (engine.geometry), so clip for BTK.
+                    images[k, j] = np.clip(result.source_image(j)[inverse], 0.0, None)
                 cat["log_prior"] = result.log_prior
                 for bi, band in enumerate(model_bands):
                     cat[f"chi2_{band}"] = result.chi2[:, bi]

@@ -68,6 +68,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from ..engine.geometry import peaks_to_pixels, shift_stamps
 from ..errors import MadnessValueError
 from .stamps import cutout_stamps
 
@@ -237,7 +238,8 @@ class VaeDeblenderMethod(_MadnessBase):
         prepared = prepare_blend(field.image, field.centers_xy, field.variance, None, num_bands=len(d.bands),
                                  stamp_size=d.stamp_size, normalization=d.normalization,
                                  max_sources=d.settings.max_sources)
-        models = d.decode(d.initial_latents(prepared.cutouts))
+        # decoded centred; moved to each peak's sub-pixel position as the MAP's models are
+        models = shift_stamps(d.decode(d.initial_latents(prepared.cutouts)), prepared.shifts)
         seconds = time.perf_counter() - start
         return MethodOutput(models=models.astype(np.float32), models_yx0=np.asarray(prepared.origins),
                             seconds=seconds)
@@ -530,7 +532,7 @@ class ScarletLiteMethod(DeblendMethod):
             weights *= footprints
         observation = scl.Observation(image, variance, weights, self.psf, model_psf[None], bands=self.bands,
                                       convolution_mode="fft")
-        centers = [(int(round(y)), int(round(x))) for x, y in field.centers_xy]
+        centers = [(int(y), int(x)) for y, x in peaks_to_pixels(field.centers_xy)]
         monotonicity = scl.operators.Monotonicity((101, 101))
         sources = scl.initialization.FactorizedInitialization(
             observation=observation, centers=centers, detect=np.sum(deconvolved, axis=0),

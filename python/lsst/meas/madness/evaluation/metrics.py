@@ -17,6 +17,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..engine.geometry import subpixel_shifts
 from ..errors import MadnessValueError
 from .blending import blendedness, contamination
 from .morphology import adaptive_moments, cosine_similarity, ellipticity_residual, ssim
@@ -144,7 +145,7 @@ def reference_metrics(field, isolated, catalog, *, variance, conditions, bands=N
     f_bl, e_bl, _ = field_photometry(field, x, y, a, b, theta, models=None, variance=variance)
     truth_stamps, _ = cutout_stamps(isolated, centers_xy, stamp_size)
     centre = np.full(2, float(stamp_size // 2))
-    shapes = adaptive_moments(truth_stamps, centers_xy - np.floor(centers_xy + 0.5) + centre)
+    shapes = adaptive_moments(truth_stamps, subpixel_shifts(centers_xy)[:, ::-1] + centre)
     if all(f"{c}_ab" in _colnames(catalog) for c in colour_bands):
         c_true = catalog_colour(catalog, colour_bands)
     else:
@@ -228,7 +229,7 @@ def model_metrics(reference: FieldReference, models, *, models_yx0=None, conditi
         full = paint_stamps(models, models_yx0, reference.field.shape[1:])
     stamps, _ = cutout_stamps(full, centers_xy, size)
     centre = np.full(2, float(size // 2))
-    shapes = adaptive_moments(stamps, centers_xy - np.floor(centers_xy + 0.5) + centre)
+    shapes = adaptive_moments(stamps, subpixel_shifts(centers_xy)[:, ::-1] + centre)
     c = _colours(flux, reference.bands, conditions, colour_bands)
     return {
         "flux": flux,

@@ -30,6 +30,7 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from ..engine.geometry import subpixel_shifts
 from .fields import TestField
 from .morphology import cosine_similarity
 from .photometry import aperture_photometry
@@ -98,9 +99,8 @@ def decoder_reach(deblender, fields: Iterable[TestField], *, aperture_radius: fl
             truth = stamps[k]
             if not total[k, r] > 0 or truth[r].sum() < min_flux_fraction * total[k, r]:
                 continue
-            x, y = centres[k]
             # the galaxy's own position inside its stamp (sub-pixel part kept)
-            peak = np.array([[half + x - round(x), half + y - round(y)]])
+            peak = half + subpixel_shifts(centres[k])[:, ::-1]
             variance = np.broadcast_to(np.asarray(field.variance, np.float32)[:, None, None], truth.shape)
             blends.append(dict(image=truth.astype(np.float32), peaks_xy=peak, variance=variance))
             truths.append(truth)

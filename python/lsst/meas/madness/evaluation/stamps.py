@@ -1,9 +1,9 @@
 """Moving per-galaxy images between stamps and the field grid, for the metrics.
 
-Stamps follow the engine's convention: a stamp of side ``S`` around a position ``(x, y)`` is
-centred on the pixel ``(floor(y + 0.5), floor(x + 0.5))`` and starts ``S // 2`` pixels before
-it, so cutouts made here around the true centres lie on the same grid as
-`DeblendResult.models` made around the same peaks.
+Thin field-grid forms of `lsst.meas.madness.engine.geometry`, which owns the rule: a stamp of
+side ``S`` around a position ``(x, y)`` is centred on the pixel ``(floor(y + 0.5),
+floor(x + 0.5))`` and starts ``S // 2`` pixels before it, so cutouts made here around the true
+centres lie on the same grid as `DeblendResult.models` made around the same peaks.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ __all__ = ["cutout_stamps", "paint_stamps", "stamp_origins_xy"]
 
 import numpy as np
 
+from ..engine.geometry import crop_stamps, paste_stamps, stamp_overlap
+from ..engine.geometry import stamp_origins_xy as _stamp_origins_xy
 from ..errors import MadnessValueError
 
 
@@ -27,16 +29,7 @@ def as_band_images(image) -> tuple[np.ndarray, bool]:
 
 def stamp_origins_xy(centers_xy, size: int) -> np.ndarray:
     """``(n, 2)`` ``(y0, x0)`` first pixel of the ``size`` stamp around each ``(x, y)`` centre."""
-    centers_xy = np.asarray(centers_xy, np.float64).reshape(-1, 2)
-    return np.floor(centers_xy[:, ::-1] + 0.5).astype(np.int64) - size // 2
-
-
-def _overlap(oy: int, ox: int, h: int, w: int, height: int, width: int):
-    """Slices of a ``(h, w)`` block at ``(oy, ox)`` and of the ``(height, width)`` grid it overlaps."""
-    y0, x0, y1, x1 = max(oy, 0), max(ox, 0), min(oy + h, height), min(ox + w, width)
-    if y1 <= y0 or x1 <= x0:
-        return None
-    return (slice(y0 - oy, y1 - oy), slice(x0 - ox, x1 - ox)), (slice(y0, y1), slice(x0, x1))
+    return _stamp_origins_xy(centers_xy, size)
 
 
 def paint_stamps(models, yx0, shape, *, total: bool = False) -> np.ndarray:
@@ -59,22 +52,11 @@ def paint_stamps(models, yx0, shape, *, total: bool = False) -> np.ndarray:
         ``(n, bands, H, W)`` float64, or ``(bands, H, W)`` if ``total``.
     """
     models = np.asarray(models)
-    n, nb, h, w = models.shape
-    height, width = shape
+    n = len(models)
     yx0 = np.asarray(yx0, np.int64).reshape(n, 2)
-    if total and (h, w) == (height, width) and not yx0.any():
+    if total and models.shape[-2:] == tuple(shape) and not yx0.any():
         return models.sum(axis=0, dtype=np.float64)
-    out = np.zeros((nb, height, width) if total else (n, nb, height, width))
-    for i, (oy, ox) in enumerate(yx0):
-        sl = _overlap(int(oy), int(ox), h, w, height, width)
-        if sl is None:
-            continue
-        src, dst = sl
-        if total:
-            out[(slice(None), *dst)] += models[i][(slice(None), *src)]
-        else:
-            out[(i, slice(None), *dst)] = models[i][(slice(None), *src)]
-    return out
+    return paste_stamps(models, yx0, shape, total=total, dtype=np.float64)
 
 
 def cutout_stamps(images, centers_xy, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -100,21 +82,11 @@ def cutout_stamps(images, centers_xy, size: int) -> tuple[np.ndarray, np.ndarray
     images = np.asarray(images)
     yx0 = stamp_origins_xy(centers_xy, size)
     n = len(yx0)
-    shared = images.ndim == 3
-    if not shared and (images.ndim != 4 or len(images) != n):
+    if images.ndim not in (3, 4) or (images.ndim == 4 and len(images) != n):
         raise MadnessValueError(
             f"images must be (bands, H, W) or (n, bands, H, W) with n={n}; got shape {images.shape}."
         )
-    nb, height, width = images.shape[-3:]
-    out = np.zeros((n, nb, size, size))
-    for i, (oy, ox) in enumerate(yx0):
-        sl = _overlap(int(oy), int(ox), size, size, height, width)
-        if sl is None:
-            continue
-        dst, src = sl
-        img = images if shared else images[i]
-        out[(i, slice(None), *dst)] = img[(slice(None), *src)]
-    return out, yx0
+    return crop_stamps(images, yx0, size).astype(np.float64), yx0
 
 
 def stamp_aperture_sums(models, yx0, shape, x, y, a, b, theta, *, subpix: int = 0) -> np.ndarray:
@@ -130,7 +102,7 @@ def stamp_aperture_sums(models, yx0, shape, x, y, a, b, theta, *, subpix: int = 
     height, width = shape
     out = np.zeros((n, nb))
     for i, (oy, ox) in enumerate(np.asarray(yx0, np.int64).reshape(n, 2)):
-        sl = _overlap(int(oy), int(ox), h, w, height, width)
+        sl = stamp_overlap((oy, ox), (h, w), (0, 0, height, width))
         if sl is None:
             continue
         src, _ = sl

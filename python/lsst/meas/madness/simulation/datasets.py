@@ -49,6 +49,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..engine.geometry import crop_stamps, round_half_up
 from ..errors import MadnessValueError
 from .btk_draw import BlendPlan, draw_planned_blends
 from .plans import plan_blended, plan_isolated, plan_test_fields
@@ -200,16 +201,8 @@ def _catalog_rows(table, rows: np.ndarray) -> dict[str, np.ndarray]:
 
 
 def _cut(images: np.ndarray, cy: int, cx: int, size: int) -> np.ndarray:
-    """``size`` x ``size`` window of ``(..., H, W)`` images centred on pixel (cy, cx), zero-padded."""
-    half = size // 2
-    h, w = images.shape[-2:]
-    out = np.zeros(images.shape[:-2] + (size, size), dtype=images.dtype)
-    y0, x0 = cy - half, cx - half
-    ys, xs = max(y0, 0), max(x0, 0)
-    ye, xe = min(y0 + size, h), min(x0 + size, w)
-    if ye > ys and xe > xs:
-        out[..., ys - y0:ye - y0, xs - x0:xe - x0] = images[..., ys:ye, xs:xe]
-    return out
+    """``size`` x ``size`` window of ``(bands, H, W)`` images centred on pixel (cy, cx), zero-padded."""
+    return crop_stamps(images, np.array([[cy - size // 2, cx - size // 2]]), size)[0]
 
 
 def _shard_table(catalog, plans: list[BlendPlan]) -> tuple[object, list[BlendPlan], np.ndarray]:
@@ -259,7 +252,7 @@ def _make_shard(kind: str, index: int, table, plans: list[BlendPlan], catalog_in
                 stamp = config.stamp_size
                 half = stamp // 2
                 for k in range(n):
-                    cy, cx = int(round(y[k])), int(round(x[k]))
+                    cy, cx = int(round_half_up(y[k])), int(round_half_up(x[k]))
                     images.append(_cut(blends[j], cy, cx, stamp)[None])
                     truth.append(_cut(isolated[j, k], cy, cx, stamp)[None])
                     for name, col in rows.items():
@@ -284,7 +277,7 @@ def _make_shard(kind: str, index: int, table, plans: list[BlendPlan], catalog_in
                     blendedness = np.where(s_dot_s > 0, 1.0 - s_dot_s / sb_dot_s, np.nan)
                 windows = []
                 for k in range(n):
-                    cy, cx = int(round(y[k])), int(round(x[k]))
+                    cy, cx = int(round_half_up(y[k])), int(round_half_up(x[k]))
                     windows.append(_cut(field_truth[k], cy, cx, ts))
                     truth_yx0.append((cy - ts // 2, cx - ts // 2))
                 windows = np.stack(windows)

@@ -30,6 +30,7 @@ import dataclasses
 import numpy as np
 
 from ..engine import DeblendResult
+from ..engine.geometry import peaks_to_pixels, stamp_origins_xy, stamp_overlap
 from .coadds import MultibandCoadd
 from .footprints import Footprint
 
@@ -47,7 +48,8 @@ class ParentFootprint:
     peak_ids : `numpy.ndarray`
         ``(n,)`` int64 peak ids, in table order (brightest first from `MadnessDetectionTask`).
     peaks_xy : `numpy.ndarray`
-        ``(n, 2)`` int64 ``(x, y)`` peak pixels, tract frame.
+        ``(n, 2)`` ``(x, y)`` peak positions, tract frame: integer pixels, or float positions
+        (sub-pixel peaks are kept through the fit).
     """
 
     id: int
@@ -71,7 +73,8 @@ class BlendPlan:
     peak_ids : `numpy.ndarray`
         ``(n,)`` ids of the peaks deblended (valid peaks of the parent).
     peaks_xy : `numpy.ndarray`
-        ``(n, 2)`` their ``(x, y)`` pixels, tract frame.
+        ``(n, 2)`` their ``(x, y)`` positions, tract frame (float; the engine shifts each model
+        by the position's offset from its pixel centre).
     neighbours_xy : `numpy.ndarray`
         ``(m, 2)`` peaks of other parents fitted with them, tract frame.
     dropped : `int`
@@ -110,11 +113,11 @@ class BlendPlan:
 def _stamp_union(
     peaks_xy: np.ndarray, stamp_size: int, bbox: tuple[int, int, int, int]
 ) -> tuple[int, int, int, int]:
-    half = stamp_size // 2
-    y0 = max(int(peaks_xy[:, 1].min()) - half, bbox[0])
-    x0 = max(int(peaks_xy[:, 0].min()) - half, bbox[1])
-    y1 = min(int(peaks_xy[:, 1].max()) - half + stamp_size, bbox[2])
-    x1 = min(int(peaks_xy[:, 0].max()) - half + stamp_size, bbox[3])
+    origins = stamp_origins_xy(peaks_xy, stamp_size)
+    y0 = max(int(origins[:, 0].min()), bbox[0])
+    x0 = max(int(origins[:, 1].min()), bbox[1])
+    y1 = min(int(origins[:, 0].max()) + stamp_size, bbox[2])
+    x1 = min(int(origins[:, 1].max()) + stamp_size, bbox[3])
     return y0, x0, y1, x1
 
 
@@ -146,39 +149,43 @@ def plan_blend(
     plan : `BlendPlan`
         With no peak at all when none is usable (the caller skips the parent).
     """
-    peaks = np.asarray(parent.peaks_xy, dtype=np.int64).reshape(-1, 2)
+    peaks = np.asarray(parent.peaks_xy, dtype=np.float64).reshape(-1, 2)
+    pix = peaks_to_pixels(peaks)[:, ::-1]  # (x, y) pixel of each peak
     ids = np.asarray(parent.peak_ids, dtype=np.int64)
     by0, bx0, by1, bx1 = coadd_bbox
-    on_image = (peaks[:, 0] >= bx0) & (peaks[:, 0] < bx1) & (peaks[:, 1] >= by0) & (peaks[:, 1] < by1)
-    inside = on_image & parent.footprint.contains(peaks[:, 1], peaks[:, 0])
+    on_image = (pix[:, 0] >= bx0) & (pix[:, 0] < bx1) & (pix[:, 1] >= by0) & (pix[:, 1] < by1)
+    inside = on_image & parent.footprint.contains(pix[:, 1], pix[:, 0])
     keep = np.zeros(len(peaks), dtype=bool)
     seen = set()
     for i in np.flatnonzero(inside):
-        pixel = (int(peaks[i, 0]), int(peaks[i, 1]))
+        pixel = (int(pix[i, 0]), int(pix[i, 1]))
         if pixel not in seen:
             seen.add(pixel)
             keep[i] = True
-    peaks, ids = peaks[keep], ids[keep]
+    peaks, pix, ids = peaks[keep], pix[keep], ids[keep]
     dropped = int((~keep).sum())
-    empty = np.zeros((0, 2), np.int64)
+    empty = np.zeros((0, 2), np.float64)
     if len(peaks) == 0:
         return BlendPlan(parent, ids, peaks, empty, dropped, (0, 0, 0, 0))
 
     neighbours = empty
     half = stamp_size // 2
     if other_peaks_xy is not None and len(other_peaks_xy) and max_neighbours > 0:
-        others = np.asarray(other_peaks_xy, dtype=np.int64).reshape(-1, 2)
+        others = np.asarray(other_peaks_xy, dtype=np.float64).reshape(-1, 2)
+        other_pix = peaks_to_pixels(others)[:, ::-1]
         # Cheap box cut first: only peaks within half a stamp of the own peaks' box can qualify.
-        lo, hi = peaks.min(axis=0) - half, peaks.max(axis=0) + half
-        others = others[((others >= lo) & (others <= hi)).all(axis=1)]
-        # Chebyshev distance to the nearest own peak: inside one of its stamps when <= half.
-        dist = np.abs(others[:, None, :] - peaks[None, :, :]).max(axis=2).min(axis=1)
-        on_image = (others[:, 0] >= bx0) & (others[:, 0] < bx1) & (others[:, 1] >= by0) & (others[:, 1] < by1)
+        lo, hi = pix.min(axis=0) - half, pix.max(axis=0) + half
+        near = ((other_pix >= lo) & (other_pix <= hi)).all(axis=1)
+        others, other_pix = others[near], other_pix[near]
+        # Chebyshev distance (pixels) to the nearest own peak: inside one of its stamps when <= half.
+        dist = np.abs(other_pix[:, None, :] - pix[None, :, :]).max(axis=2).min(axis=1)
+        on_image = ((other_pix[:, 0] >= bx0) & (other_pix[:, 0] < bx1) & (other_pix[:, 1] >= by0)
+                    & (other_pix[:, 1] < by1))
         candidates = np.flatnonzero((dist <= half) & (dist > 0) & on_image)
         candidates = candidates[np.argsort(dist[candidates], kind="stable")]
         chosen = []
         for i in candidates:
-            pixel = (int(others[i, 0]), int(others[i, 1]))
+            pixel = (int(other_pix[i, 0]), int(other_pix[i, 1]))
             if pixel not in seen:
                 seen.add(pixel)
                 chosen.append(i)
@@ -217,16 +224,8 @@ class ChildSplit:
 
 def _window(origin_yx, size, bbox):
     """Overlap of a ``size`` stamp at ``origin_yx`` with ``bbox``: (bbox slices, stamp slices) or None."""
-    y0, x0, y1, x1 = bbox
-    oy, ox = origin_yx
-    wy0, wx0 = max(oy, y0), max(ox, x0)
-    wy1, wx1 = min(oy + size, y1), min(ox + size, x1)
-    if wy1 <= wy0 or wx1 <= wx0:
-        return None
-    return (
-        (slice(wy0 - y0, wy1 - y0), slice(wx0 - x0, wx1 - x0)),
-        (slice(wy0 - oy, wy1 - oy), slice(wx0 - ox, wx1 - ox)),
-    )
+    overlap = stamp_overlap(origin_yx, (size, size), bbox)
+    return None if overlap is None else overlap[::-1]
 
 
 def split_blend(
@@ -268,7 +267,9 @@ def split_blend(
 
     # Tract-frame stamp origins.
     origins = np.asarray(result.stamp_yx0, dtype=np.int64) + np.array(plan.region[:2], dtype=np.int64)
-    models = result.models.astype(np.float64)
+    # The sub-pixel shift of a decoded stamp rings slightly below zero (engine.geometry); that is
+    # no flux of the child, so it neither takes a share of the pixels nor counts in its flux.
+    models = np.clip(result.models.astype(np.float64), 0.0, None)
     den = np.zeros_like(obs)
     count = np.zeros(parent_mask.shape, dtype=np.int32)
     windows, supports = [], []
@@ -282,7 +283,7 @@ def split_blend(
         m = models[i][:, sy, sx]
         if i < n_children:
             support = parent_mask[wy, wx] & (m.sum(axis=0) > threshold * sigma_sum[wy, wx])
-            py, px = int(plan.peaks_xy[i, 1]) - py0, int(plan.peaks_xy[i, 0]) - px0
+            py, px = peaks_to_pixels(plan.peaks_xy[i])[0] - (py0, px0)
             if wy.start <= py < wy.stop and wx.start <= px < wx.stop:
                 support[py - wy.start, px - wx.start] = True
             supports.append(support)

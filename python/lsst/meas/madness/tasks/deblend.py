@@ -27,6 +27,7 @@ from lsst.utils.logging import PeriodicLogger
 from lsst.utils.timer import timeMethod
 
 from ..engine import MadnessDeblender, MapSettings, prepare_blend
+from ..engine.geometry import peaks_to_pixels
 from ..errors import MadnessValueError
 from ..units import ModelUnits, parse_unit, resolve_unit
 from .blends import BlendPlan, ParentFootprint, plan_blend, split_blend
@@ -624,8 +625,8 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
             deblend_nPeaks=parent.n_peaks,
         )
         if parent.n_peaks:
-            row["deblend_peak_center_x"] = int(parent.peaks_xy[0, 0])
-            row["deblend_peak_center_y"] = int(parent.peaks_xy[0, 1])
+            py, px = peaks_to_pixels(parent.peaks_xy[0])[0]
+            row["deblend_peak_center_x"], row["deblend_peak_center_y"] = int(px), int(py)
         if parent.footprint.area:
             cy0, cx0 = coadd.yx0
             sl = (slice(None), slice(y0 - cy0, y1 - cy0), slice(x0 - cx0, x1 - cx0))
@@ -706,8 +707,8 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
                 id=cid,
                 parent=plan.parent.id,
                 deblend_peakId=cid,
-                deblend_peak_center_x=int(plan.peaks_xy[i, 0]),
-                deblend_peak_center_y=int(plan.peaks_xy[i, 1]),
+                deblend_peak_center_x=int(peaks_to_pixels(plan.peaks_xy[i])[0, 1]),
+                deblend_peak_center_y=int(peaks_to_pixels(plan.peaks_xy[i])[0, 0]),
                 footprint_area=fp.area,
                 bbox_x0=x0,
                 bbox_y0=y0,

@@ -120,7 +120,8 @@ def parents_from_catalog(catalog) -> tuple[list[ParentFootprint], dict[int, tupl
             spans, peak_records = footprint_from_afw(fp), list(fp.getPeaks())
         keys = np.arange(key + 1, key + 1 + len(peak_records), dtype=np.int64)
         key += len(peak_records)
-        xy = np.array([(p.getIx(), p.getIy()) for p in peak_records], dtype=np.int64).reshape(-1, 2)
+        # The float peak position (afw f_x, f_y): the engine keeps its offset from the pixel centre.
+        xy = np.array([(p.getFx(), p.getFy()) for p in peak_records], dtype=np.float64).reshape(-1, 2)
         for k, peak in zip(keys, peak_records):
             peaks[int(k)] = (record, peak)
         parents.append(ParentFootprint(int(record.getId()), spans, keys, xy))
