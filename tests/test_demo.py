@@ -74,6 +74,32 @@ class SimulatePatchTestCase(lsst.utils.tests.TestCase):
         self.assertAlmostEqual(float(chi.std()), 1.0, delta=0.05)
         self.assertTrue(((truth["blendedness_r"] >= 0) & (truth["blendedness_r"] <= 1)).all())
 
+    def test_subpixel_positions(self):
+        """``subpixel=True`` moves the same galaxies off their pixel centres; BTK draws them there."""
+        from lsst.meas.madness.engine.geometry import round_half_up
+
+        sub = simulate_patch(5, size=71, n_galaxies=5, yx0=(100, 300), subpixel=True)
+        x_true, y_true = np.asarray(sub.truth["x_true"]), np.asarray(sub.truth["y_true"])
+        offsets = np.concatenate([x_true - sub.truth["x"], y_true - sub.truth["y"]])
+        self.assertTrue(((offsets >= -0.5) & (offsets < 0.5)).all())
+        self.assertGreater(np.abs(offsets).min(), 0.0)
+        # Same galaxies on the same pixels as the default patch, which stays on pixel centres.
+        np.testing.assert_array_equal(round_half_up(x_true), self.patch.truth["x"])
+        np.testing.assert_array_equal(round_half_up(y_true), self.patch.truth["y"])
+        np.testing.assert_allclose(self.patch.truth["x_true"], self.patch.truth["x"], atol=1e-6)
+        # The drawn galaxies sit at the float centres: each isolated image's centroid moved by the
+        # offset from the on-pixel drawing of the same galaxy.
+        yy, xx = np.mgrid[:71, :71]
+
+        def centroids(patch):
+            img = patch.isolated[:, 2]
+            total = img.sum(axis=(1, 2))
+            return (img * xx).sum(axis=(1, 2)) / total, (img * yy).sum(axis=(1, 2)) / total
+
+        (cx0, cy0), (cx1, cy1) = centroids(self.patch), centroids(sub)
+        np.testing.assert_allclose(cx1 - cx0, x_true - self.patch.truth["x"], atol=0.02)
+        np.testing.assert_allclose(cy1 - cy0, y_true - self.patch.truth["y"], atol=0.02)
+
     def test_repo_round_trip(self):
         from lsst.daf.butler import Butler
 
