@@ -33,7 +33,8 @@ def main():
 
     from lsst.meas.madness import MadnessDeblender
     from lsst.meas.madness.engine.geometry import round_half_up
-    from lsst.meas.madness.evaluation import iter_test_fields, model_metrics, reference_metrics, simulate_test_fields
+    from lsst.meas.madness.evaluation import (iter_test_fields, model_metrics, reference_metrics,
+                                              simulate_test_fields)
     from lsst.meas.madness.simulation import LsstConditions, TestFieldsConfig
 
     out = Path(args.output)
@@ -50,9 +51,12 @@ def main():
         for field in iter_test_fields(out / grid, max_fields=args.fields, conditions=conditions):
             ref = reference_metrics(field.image, field.isolated, field.catalog, variance=field.variance,
                                     conditions=conditions, centers_xy=field.centers_xy)
-            var = np.broadcast_to(np.asarray(field.variance, np.float32)[:, None, None], field.image.shape).copy()
+            var = np.broadcast_to(np.asarray(field.variance, np.float32)[:, None, None], field.image.shape)
+            var = var.copy()
             for mode in modes:
-                peaks = field.centers_xy if mode.startswith("true") else round_half_up(field.centers_xy).astype(float)
+                peaks = field.centers_xy
+                if not mode.startswith("true"):
+                    peaks = round_half_up(peaks).astype(float)
                 result = deblender.deblend(field.image, peaks, variance=var)
                 m = model_metrics(ref, result.models, models_yx0=result.stamp_yx0, conditions=conditions)
                 acc[mode]["dF"].append(m["flux_residual"][:, r])

@@ -101,11 +101,13 @@ def main():
           f"{'max |de|':>10s}")
     for m, vals in rows.items():
         a = np.array(vals)
-        summary[m] = dict(max_abs_flux_error=float(np.nanmax(a[:, 0])), median_residual=float(np.median(a[:, 1])),
+        summary[m] = dict(max_abs_flux_error=float(np.nanmax(a[:, 0])),
+                          median_residual=float(np.median(a[:, 1])),
                           max_residual=float(np.max(a[:, 1])), max_peak_residual=float(np.max(a[:, 2])),
                           max_abs_de=float(np.nanmax(a[:, 3])))
         s = summary[m]
-        print(f"{m:22s} {s['max_abs_flux_error']:10.2e} {s['median_residual']:10.2e} {s['max_residual']:10.2e} "
+        print(f"{m:22s} {s['max_abs_flux_error']:10.2e} {s['median_residual']:10.2e} "
+              f"{s['max_residual']:10.2e} "
               f"{s['max_peak_residual']:10.2e} {s['max_abs_de']:10.2e}")
     print("\nmedian residual per galaxy:")
     for name, d in per_galaxy.items():
@@ -117,7 +119,8 @@ def main():
         extra["map"] = map_fits(args.seed)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(summary=summary, scale=SCALE, size=SIZE, shifts=args.shifts, seed=args.seed, **extra),
+            json.dump(dict(summary=summary, scale=SCALE, size=SIZE, shifts=args.shifts, seed=args.seed,
+                           **extra),
                       f, indent=1)
 
 
@@ -141,8 +144,10 @@ def decoded_ringing(seed, n=20):
     stamps = np.array([SED[:, None, None] * draw(g)[None] for g in _random_galaxies(rng, n)], np.float32)
     decoded = deblender.decode(deblender.initial_latents(deblender.normalization.normalize(stamps)))
     shifts = rng.uniform(-0.5, 0.5, (n, 2))
-    border = (decoded.sum(axis=(1, 2, 3)) - decoded[:, :, 2:-2, 2:-2].sum(axis=(1, 2, 3))) / decoded.sum(axis=(1, 2, 3))
-    print(f"\ndecoded stamps ({n} GalSim galaxies reconstructed by the packaged model): median flux fraction in "
+    total = decoded.sum(axis=(1, 2, 3))
+    border = (total - decoded[:, :, 2:-2, 2:-2].sum(axis=(1, 2, 3))) / total
+    print(f"\ndecoded stamps ({n} GalSim galaxies reconstructed by the packaged model): "
+          f"median flux fraction in "
           f"the 2-pixel border {np.median(border):.1e}")
     out = {}
     for name, src in (("GalSim", stamps), ("decoded", decoded)):
@@ -150,10 +155,12 @@ def decoded_ringing(seed, n=20):
             shifted = shift_stamps(src, shifts, kernel=kernel)
             neg = np.clip(-shifted.min(axis=(1, 2, 3)), 0, None) / src.max(axis=(1, 2, 3))
             neg_flux = np.clip(-shifted, 0, None).sum(axis=(1, 2, 3)) / src.sum(axis=(1, 2, 3))
-            out[f"{name} {kernel}"] = dict(median_min_over_peak=float(np.median(neg)), max_min_over_peak=float(neg.max()),
+            out[f"{name} {kernel}"] = dict(median_min_over_peak=float(np.median(neg)),
+                                           max_min_over_peak=float(neg.max()),
                                            median_negative_flux=float(np.median(neg_flux)),
                                            max_negative_flux=float(neg_flux.max()))
-            print(f"  {name:8s} {kernel:9s} most negative pixel / peak: median {np.median(neg):.1e} max {neg.max():.1e}; "
+            print(f"  {name:8s} {kernel:9s} most negative pixel / peak: median {np.median(neg):.1e} "
+                  f"max {neg.max():.1e}; "
                   f"negative flux / flux: median {np.median(neg_flux):.1e} max {neg_flux.max():.1e}")
     return out
 
@@ -180,7 +187,8 @@ def map_fits(seed, n=6, size=61):
         return (SED[:, None, None] * arr[None]).astype(np.float32)
 
     out = {}
-    print(f"\nMAP fits of {n} noiseless GalSim galaxies (packaged model, 150 steps): median chi2 and mean r-band |dF/F|")
+    print(f"\nMAP fits of {n} noiseless GalSim galaxies (packaged model, 150 steps): "
+          "median chi2 and mean r-band |dF/F|")
     for kernel in ("fourier", "lanczos3"):
         engine_deblender.placement_matrices = functools.partial(geometry.placement_matrices, kernel=kernel)
         engine_deblender.shift_stamps = functools.partial(geometry.shift_stamps, kernel=kernel)
@@ -188,13 +196,15 @@ def map_fits(seed, n=6, size=61):
         rows = []
         for obj, (dx, dy) in zip(gals, shifts):
             centred, moved = image(obj, c, c), image(obj, c + dx, c + dy)
-            fits = [(centred, deblender.deblend(centred, np.array([[c, c]], float), variance=var, settings=settings)),
-                    (moved, deblender.deblend(moved, np.array([[c + dx, c + dy]]), variance=var, settings=settings)),
-                    (moved, deblender.deblend(moved, np.array([[c, c]], float), variance=var, settings=settings))]
+            fit = functools.partial(deblender.deblend, variance=var, settings=settings)
+            fits = [(centred, fit(centred, np.array([[c, c]], float))),
+                    (moved, fit(moved, np.array([[c + dx, c + dy]]))),
+                    (moved, fit(moved, np.array([[c, c]], float)))]
             rows.append([float(((img - r.model_image()) ** 2 / var).sum()) for img, r in fits]
                         + [float(r.model_image()[2].sum() / img[2].sum() - 1) for img, r in fits])
         a = np.array(rows)
-        out[kernel] = dict(median_chi2=np.median(a[:, :3], axis=0).tolist(), mean_abs_dF=np.abs(a[:, 3:]).mean(axis=0).tolist())
+        out[kernel] = dict(median_chi2=np.median(a[:, :3], axis=0).tolist(),
+                           mean_abs_dF=np.abs(a[:, 3:]).mean(axis=0).tolist())
         print(f"  {kernel:9s} chi2 centred {np.median(a[:, 0]):.1f}, shifted {np.median(a[:, 1]):.1f}, "
               f"rounded {np.median(a[:, 2]):.1f}; |dF/F| centred {np.abs(a[:, 3]).mean():.4f}, "
               f"shifted {np.abs(a[:, 4]).mean():.4f}, rounded {np.abs(a[:, 5]).mean():.4f}")

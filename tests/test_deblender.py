@@ -138,7 +138,8 @@ class DeblenderTestCase(lsst.utils.tests.TestCase):
         shifted = self.deblender.deblend(image, np.array([[x, y]]), variance=var, settings=settings)
         rounded = self.deblender.deblend(image, np.array([[35.0, 35.0]]), variance=var, settings=settings)
         centred_image = draw(35.0, 35.0)
-        centred = self.deblender.deblend(centred_image, np.array([[35.0, 35.0]]), variance=var, settings=settings)
+        centred = self.deblender.deblend(centred_image, np.array([[35.0, 35.0]]), variance=var,
+                                         settings=settings)
         np.testing.assert_allclose(shifted.shifts, [[y - 35, x - 35]], atol=1e-12)
         np.testing.assert_array_equal(shifted.stamp_yx0, rounded.stamp_yx0)
         # The decoder's own mismatch is the floor (the centred galaxy); the shift adds nothing to it,
@@ -155,7 +156,8 @@ class DeblenderTestCase(lsst.utils.tests.TestCase):
             return np.array([(model * xx).sum(), (model * yy).sum()]) / model.sum()
 
         np.testing.assert_allclose(centroid(shifted) - centroid(centred), [x - 35, y - 35], atol=0.01)
-        np.testing.assert_allclose(shifted.models.sum(axis=(2, 3)), centred.models.sum(axis=(2, 3)), rtol=1e-3)
+        np.testing.assert_allclose(shifted.models.sum(axis=(2, 3)), centred.models.sum(axis=(2, 3)),
+                                   rtol=1e-3)
 
 
 class MemoryTester(lsst.utils.tests.MemoryTestCase):

@@ -152,7 +152,8 @@ class PlacementTestCase(lsst.utils.tests.TestCase):
             placed = rows @ centred @ cols.T
             oracle = _draw(gal, w, h, x, y)
             # The oracle has flux beyond the 45-pixel stamp; compare inside the stamp window.
-            window = paste_stamps(np.ones((1, 1, SIZE, SIZE)), [[pix_y - SIZE // 2, pix_x - SIZE // 2]], (h, w))[0]
+            origin = [[pix_y - SIZE // 2, pix_x - SIZE // 2]]
+            window = paste_stamps(np.ones((1, 1, SIZE, SIZE)), origin, (h, w))[0]
             oracle = oracle * (window > 0)
             with self.subTest(x=x, y=y):
                 self.assertLess(abs(placed.sum() / oracle.sum() - 1.0), 5e-3)
@@ -172,7 +173,8 @@ class ImportTestCase(lsst.utils.tests.TestCase):
 
     def test_importable_without_keras(self):
         """Tasks and evaluation import the geometry; that must not load a Keras backend."""
-        code = ("import sys; import lsst.meas.madness.engine.geometry; import lsst.meas.madness.evaluation.stamps; "
+        code = ("import sys; import lsst.meas.madness.engine.geometry; "
+                "import lsst.meas.madness.evaluation.stamps; "
                 "print('keras' in sys.modules, 'tensorflow' in sys.modules)")
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
         self.assertEqual(out.split(), ["False", "False"])

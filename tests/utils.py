@@ -67,7 +67,8 @@ def make_blend(deblender, latents, peaks_xy, shape, seed, variance=SKY_VARIANCE)
     Returns image, variance, and per-source truth images on the image grid.
     """
     rng = np.random.default_rng(seed)
-    from lsst.meas.madness.engine.geometry import paste_stamps, shift_stamps, stamp_origins_xy, subpixel_shifts
+    from lsst.meas.madness.engine.geometry import (paste_stamps, shift_stamps, stamp_origins_xy,
+                                                   subpixel_shifts)
 
     # Decoded centred, moved to each peak's sub-pixel position (none for integer peaks).
     stamps = shift_stamps(deblender.decode(latents), subpixel_shifts(peaks_xy))

@@ -250,8 +250,8 @@ def simulate_patch(
     xy = _group_positions(rng, n_galaxies, margin, size - 1 - margin, max_group, group_shift)
     half = (size - 1) // 2
     # A separate stream, so the default (on-pixel) patches are unchanged by the option.
-    offsets = (np.random.default_rng(np.random.SeedSequence([int(seed), 18])).uniform(-0.5, 0.5, (n_galaxies, 2))
-               if subpixel else np.zeros((n_galaxies, 2)))
+    offset_rng = np.random.default_rng(np.random.SeedSequence([int(seed), 18]))
+    offsets = offset_rng.uniform(-0.5, 0.5, (n_galaxies, 2)) if subpixel else np.zeros((n_galaxies, 2))
     plan = BlendPlan(rows, xy[:, 0] - half + offsets[:, 0], xy[:, 1] - half + offsets[:, 1])
     survey = lsst_survey()
     blends, isolated, catalogs = draw_planned_blends(catalog, [plan], size, seed=int(seed), survey=survey)

@@ -132,7 +132,8 @@ def stamp_origins_xy(centers_xy: np.ndarray, stamp_size: int) -> np.ndarray:
     return stamp_origins(peaks_to_pixels(centers_xy), stamp_size)
 
 
-def fit_region(origins: np.ndarray, stamp_size: int, image_shape: tuple[int, int]) -> tuple[int, int, int, int]:
+def fit_region(origins: np.ndarray, stamp_size: int,
+               image_shape: tuple[int, int]) -> tuple[int, int, int, int]:
     """Bounding box ``(y0, x0, y1, x1)`` (end exclusive) of all stamps, clipped to the image.
 
     Pixels outside every stamp cannot be modelled, so the fit uses only this region.
@@ -171,7 +172,8 @@ def stamp_overlap(yx0, stamp_shape, bbox) -> tuple[tuple[slice, slice], tuple[sl
     y0, x0, y1, x1 = max(oy, by0), max(ox, bx0), min(oy + h, by1), min(ox + w, bx1)
     if y1 <= y0 or x1 <= x0:
         return None
-    return (slice(y0 - oy, y1 - oy), slice(x0 - ox, x1 - ox)), (slice(y0 - by0, y1 - by0), slice(x0 - bx0, x1 - bx0))
+    stamp_slices = (slice(y0 - oy, y1 - oy), slice(x0 - ox, x1 - ox))
+    return stamp_slices, (slice(y0 - by0, y1 - by0), slice(x0 - bx0, x1 - bx0))
 
 
 def _stamp_indices(yx0: np.ndarray, size_yx: tuple[int, int], shape: tuple[int, int]):
@@ -215,7 +217,8 @@ def crop_stamps(image: np.ndarray, yx0: np.ndarray, size, *, image_yx0=(0, 0)) -
     n = len(yx0)
     shared = image.ndim == 3
     if not shared and (image.ndim != 4 or len(image) != n):
-        raise ValueError(f"image must be (bands, H, W) or (n, bands, H, W) with n={n}; got shape {image.shape}.")
+        raise ValueError(f"image must be (bands, H, W) or (n, bands, H, W) with n={n}; "
+                         f"got shape {image.shape}.")
     yy, xx, in_y, in_x = _stamp_indices(yx0, (h, w), image.shape[-2:])
     yc = np.clip(yy, 0, image.shape[-2] - 1)
     xc = np.clip(xx, 0, image.shape[-1] - 1)
@@ -281,8 +284,8 @@ def paste_stamps(stamps: np.ndarray, yx0: np.ndarray, shape, *, total: bool = Tr
     flat = yy[i, r] * width + xx[i, c]
     values = stamps[i, :, r, c]  # (k, bands)
     for b in range(nb):
-        image[b] += np.bincount(flat, weights=values[:, b], minlength=height * width).reshape(height, width).astype(
-            dtype, copy=False)
+        summed = np.bincount(flat, weights=values[:, b], minlength=height * width)
+        image[b] += summed.reshape(height, width).astype(dtype, copy=False)
     return image
 
 
@@ -385,11 +388,13 @@ def shift_stamps(stamps: np.ndarray, shifts_yx: np.ndarray, kernel: str = SHIFT_
     if len(moved):
         ky = shift_matrices(shifts_yx[moved, 0], h, kernel)
         kx = shift_matrices(shifts_yx[moved, 1], w, kernel)
-        out[moved] = np.einsum("nrs,ncsq,nuq->ncru", ky, stamps[moved].astype(np.float64), kx).astype(out.dtype)
+        moved_stamps = stamps[moved].astype(np.float64)
+        out[moved] = np.einsum("nrs,ncsq,nuq->ncru", ky, moved_stamps, kx).astype(out.dtype)
     return out
 
 
-def placement_matrices(offsets: np.ndarray, length: int, stamp_size: int, kernel: str = SHIFT_KERNEL) -> np.ndarray:
+def placement_matrices(offsets: np.ndarray, length: int, stamp_size: int,
+                       kernel: str = SHIFT_KERNEL) -> np.ndarray:
     """Matrices that place (and shift) stamps along one axis of a region.
 
     ``offsets[i]`` is where stamp pixel 0 of source ``i`` lands, relative to the region start:
