@@ -239,6 +239,38 @@ class TrainingTestCase(unittest.TestCase):
         self.assertLess(np.mean(loss[-2:]), 0.7 * np.mean(loss[:2]), loss)
         self.assertLess(chi2[-1], chi2[0], chi2)
 
+    def test_mixed_bfloat16(self):
+        """bfloat16 compute trains (the loss falls) and leaves float32 networks and policy behind."""
+        config = _tiny(seed=6, fresh_noise=True, decoder_output_activation="linear", precision="mixed_bfloat16",
+                       vae={**_tiny().vae.__dict__, "max_epochs": 8, "patience": None, "batch_size": 8,
+                            "learning_rate": 3e-3, "schedule": "cosine"})
+        out = self.tmp / "bf16"
+        bundle = train_madness(self.data, out, config, progress=False, figures=False)
+        self.assertEqual(keras.config.dtype_policy().name, "float32")
+        for net in (bundle.decoder, bundle.encoder, bundle.deblender_encoder, bundle.flow):
+            self.assertEqual(net.dtype_policy.name, "float32", net.name)
+        with open(out / "logs" / "vae.csv") as f:
+            rows = list(csv.DictReader(f))
+        loss = [float(r["loss"]) for r in rows]
+        chi2 = [float(r["val_chi2_per_pixel"]) for r in rows]
+        # Same schedule as test_loss_falls_with_fresh_noise; bfloat16's rounding makes the 48 steps
+        # noisier, so the bar is lower than there.
+        self.assertLess(np.mean(loss[-2:]), 0.9 * np.mean(loss[:2]), loss)
+        self.assertLess(chi2[-1], chi2[0], chi2)
+        for key, value in bundle.metadata.metrics.items():
+            self.assertTrue(np.isfinite(value), key)
+        self.assertEqual(bundle.metadata.training["config"]["precision"], "mixed_bfloat16")
+        # A run directory written before `precision` existed still resumes (the field defaults).
+        old = json.loads((out / "config.json").read_text())
+        plain = dict(config.as_dict(), precision="float32")
+        plain_dir = self.tmp / "bf16-old"
+        shutil.copytree(out, plain_dir)
+        old.pop("precision")
+        (plain_dir / "config.json").write_text(json.dumps(old))
+        train_madness(self.data, plain_dir, TrainingConfig.from_dict(plain), progress=False, figures=False)
+        with self.assertRaisesRegex(MadnessValueError, "precision"):
+            _tiny(precision="float16")
+
     def test_missing_datasets(self):
         with self.assertRaisesRegex(MadnessValueError, "lacks the datasets"):
             train_madness(self.tmp / "nowhere", self.tmp / "x", _tiny(), progress=False)

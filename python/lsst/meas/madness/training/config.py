@@ -113,6 +113,11 @@ class TrainingConfig:
         Seed of initialisation, shuffling, latent sampling and the deblender's target noise.
     decoder_output_activation : `str`
         ``"relu"`` (the paper) or ``"linear"`` (cannot die; see `Decoder`).
+    precision : `str`
+        ``"float32"`` or ``"mixed_bfloat16"``: the encoder and decoder compute in bfloat16 with
+        float32 weights while training (Keras mixed precision; the losses, the flow and every
+        bundle stay float32). On CPUs with AMX-BF16 this about doubles training throughput
+        (doc/training.md).
     fresh_noise : `bool`
         The VAE stages draw a new noise realisation and a random symmetry of the square for
         every stamp of every batch from the stored noiseless galaxies
@@ -137,8 +142,12 @@ class TrainingConfig:
     seed: int = 0
     decoder_output_activation: str = "relu"
     fresh_noise: bool = False
+    precision: str = "float32"
 
     def __post_init__(self):
+        if self.precision not in ("float32", "mixed_bfloat16"):
+            raise MadnessValueError(f"TrainingConfig.precision must be 'float32' or 'mixed_bfloat16', "
+                                    f"not {self.precision!r}.")
         if self.decoder_output_activation not in ("relu", "linear"):
             raise MadnessValueError("TrainingConfig.decoder_output_activation must be 'relu' or 'linear', "
                                     f"not {self.decoder_output_activation!r}.")
@@ -150,6 +159,7 @@ class TrainingConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainingConfig":
+        """The config of ``as_dict``; keys added since it was written take their defaults."""
         data = dict(data)
         for key in ("vae_warmup", "vae", "flow", "deblender"):
             if isinstance(data.get(key), dict):

@@ -45,6 +45,10 @@ class VaeTrainer(keras.Model):
         return params, self.decoder(z, training=training)
 
     def loss_terms(self, x, y, params, prediction):
+        # Under a mixed-precision policy the networks compute in bfloat16/float16; the chi^2 of
+        # a bright galaxy (~1e5) and the KL's log-determinant need float32.
+        params = keras.ops.cast(params, "float32")
+        prediction = keras.ops.cast(prediction, "float32")
         target = y if self.target == "truth" else x
         chi2 = reconstruction_chi2(target, prediction, y, self.sky_variance, self.scale)
         kl = gaussian_kl(params, self.latent_dim)
@@ -85,4 +89,4 @@ class DeblenderTrainer(keras.Model):
         return latent_mean(self.encoder(x, training=training), self.latent_dim)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        return keras.ops.mean(latent_l2(y_pred, y))
+        return keras.ops.mean(latent_l2(keras.ops.cast(y_pred, "float32"), y))

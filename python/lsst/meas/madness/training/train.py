@@ -16,6 +16,7 @@ from __future__ import annotations
 
 __all__ = ["train_madness"]
 
+import contextlib
 import json
 import logging
 import os
@@ -123,7 +124,8 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
     output.mkdir(parents=True, exist_ok=True)
     config_path = output / "config.json"
     if config_path.exists():
-        previous = json.loads(config_path.read_text())
+        # Through from_dict, so that a run written before a field was added still resumes.
+        previous = json.loads(json.dumps(TrainingConfig.from_dict(json.loads(config_path.read_text())).as_dict()))
         if previous != json.loads(json.dumps(config.as_dict())):
             raise MadnessValueError(f"{output} holds a run with another configuration; use another directory.")
     else:
@@ -140,12 +142,14 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
     size = x_iso.shape[1]
     _log.info("Training on %d isolated stamps (%d validation).", len(x_iso), len(xv_iso))
 
-    encoder = Encoder(size, len(bands), config.latent_dim, config.encoder_filters, dense_units=config.dense_units)
-    decoder = Decoder(size, len(bands), config.latent_dim, config.decoder_filters, dense_units=config.dense_units,
-                      output_activation=config.decoder_output_activation)
+    with _precision(config.precision):
+        encoder = Encoder(size, len(bands), config.latent_dim, config.encoder_filters, dense_units=config.dense_units)
+        decoder = Decoder(size, len(bands), config.latent_dim, config.decoder_filters,
+                          dense_units=config.dense_units, output_activation=config.decoder_output_activation)
+        encoder.build((None, size, size, len(bands)))
+    # The flow is a density: it trains in float32 whatever the image networks do.
     flow = MaskedAutoregressiveFlow(config.latent_dim, seed=config.seed)
     flow.build()
-    encoder.build((None, size, size, len(bands)))
     if parent is not None:
         _warm_start(parent, encoder, decoder, flow, bands, size)
     results = {}
@@ -221,9 +225,10 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
 
     target_train = np.asarray(encoder.encode_mean(isolated_noisy(y_bl)), np.float32)
     target_val = np.asarray(encoder.encode_mean(isolated_noisy(yv_bl)), np.float32)
-    deblender_encoder = Encoder(size, len(bands), config.latent_dim, config.encoder_filters,
-                                dense_units=config.dense_units, name="deblender_encoder")
-    deblender_encoder.build((None, size, size, len(bands)))
+    with _precision(config.precision):
+        deblender_encoder = Encoder(size, len(bands), config.latent_dim, config.encoder_filters,
+                                    dense_units=config.dense_units, name="deblender_encoder")
+        deblender_encoder.build((None, size, size, len(bands)))
     deblender_encoder.set_weights(encoder.get_weights())
     results["deblender"] = run_stage("deblender", DeblenderTrainer(deblender_encoder), config.deblender,
                                      x_bl, target_train, xv_bl, target_val, directory=output,
@@ -231,6 +236,11 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
 
     # --- bundle, metrics, figures -----------------------------------------------------------------
     wall = time.perf_counter() - start
+    if config.precision != "float32":
+        # The bundle, its metrics and figures are what inference sees: float32 networks.
+        encoder, decoder, deblender_encoder = (_float32_copy(n) for n in (encoder, decoder, deblender_encoder))
+        vae = VaeTrainer(encoder, decoder, sky_net, scale=norm.scale, beta=config.beta, target=config.target,
+                         seed=config.seed)
     metrics = _validation_metrics(vae, flow, deblender_encoder, decoder, xv_iso, yv_iso, z_val, xv_bl, yv_bl,
                                   target_val, sky_net, norm.scale, bands)
     from ..simulation.conditions import LsstConditions
@@ -269,6 +279,24 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
         write_training_figures(output, results, decoder, flow, deblender_encoder, z_val, xv_bl, yv_bl, bands,
                                seed=config.seed)
     return bundle
+
+
+@contextlib.contextmanager
+def _precision(policy: str):
+    """Build the networks created inside under the Keras dtype ``policy``; restore it after."""
+    before = keras.config.dtype_policy().name
+    keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(before)
+
+
+def _float32_copy(network):
+    """A float32 network with ``network``'s architecture and weights (float32 master copies)."""
+    copy = type(network).from_config(network.get_config())
+    copy.set_weights(network.get_weights())
+    return copy
 
 
 def _load_parent(init_from, config: TrainingConfig) -> ModelBundle | None:
