@@ -12,9 +12,13 @@ On the same validation TestFields (a seed never used to report results):
 2. **VAE-deblender** -- the initialisation alone, in the blended fields;
 3. **MADNESS** -- MAP in the blended fields (the engine's defaults);
 
-and no deblending, for scale. Per band: median |dF/F| and mean cosine (reach), mean and median
-|dF/F| (kappa <= 5) and mean cosine (fields). Writes the JSON and prints a Markdown table;
-``scripts/ship_model.py --diagnostics`` puts it in the model card.
+and no deblending and scarlet_lite (when installed: the Rubin DRP deblender, run as DRP runs it)
+for scale. Per band: median |dF/F| and mean cosine (reach), mean and median |dF/F| (kappa <= 5)
+and mean cosine (fields). Then which galaxies carry the mean r-band error: the share of each
+method's mean in its 5 largest errors, and the largest MADNESS errors with what surrounds them
+(brightest neighbour within 3", nearest neighbour, the fraction of the galaxy's own r flux that
+falls outside the model stamp). Writes the JSON and prints Markdown tables;
+``scripts/ship_model.py --diagnostics`` puts them in the model card.
 """
 
 from __future__ import annotations
@@ -45,8 +49,8 @@ def main(argv=None) -> int:
     fields = list(iter_test_fields(args.fields, max_fields=args.max_fields))
     reach = decoder_reach(deblender, fields).summary()
     reach_seconds = time.perf_counter() - start
-    result = run_evaluation(fields, ["blended", "vae_deblender", "madness"], bundle=args.bundle, progress=False,
-                            n_fields=len(fields))
+    result = run_evaluation(fields, ["blended", "vae_deblender", "madness", "scarlet_lite"], bundle=args.bundle,
+                            progress=False, n_fields=len(fields))
     summary = summarize(result)
     bands = list(result.bands)
     out = {
@@ -61,13 +65,99 @@ def main(argv=None) -> int:
         "methods": {name: {"bands": entry.get("bands"), "resources": entry.get("resources")}
                     for name, entry in summary["methods"].items()},
         "machine": f"{os.cpu_count()} cores",
+        "largest_errors": largest_errors(result, fields, deblender.stamp_size),
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.output.with_name(args.output.name + ".tmp")
     tmp.write_text(json.dumps(out, indent=1) + "\n")
     os.replace(tmp, args.output)
     print(markdown_table(out))
+    print()
+    print(largest_errors_table(out["largest_errors"]))
     return 0
+
+
+def largest_errors(result, fields, stamp_size: int, band: str = "r", top: int = 10) -> dict:
+    """Which galaxies carry each method's mean abs(dF/F) in ``band`` (kappa <= 5).
+
+    Returns, per method, the mean, the mean without its 5 largest errors and their share of the
+    total; and the ``top`` largest MADNESS errors with their surroundings.
+    """
+    import numpy as np
+
+    b = list(result.bands).index(band)
+    g = result.galaxies
+    keep = g["kappa"][:, b] <= 5
+    out = {"band": band, "methods": {}}
+    for name, metrics in result.metrics.items():
+        err = np.abs(metrics["flux_residual"][:, b])[keep]
+        err = err[np.isfinite(err)]
+        if not len(err):
+            continue
+        ranked = np.sort(err)[::-1]
+        out["methods"][name] = {"n": int(len(err)), "mean": float(err.mean()),
+                                "mean_without_top5": float(ranked[5:].mean()),
+                                "top5_share": float(ranked[:5].sum() / ranked.sum())}
+    if "madness" not in result.metrics:
+        return out
+    # Per galaxy: neighbours and the own flux outside the stamp, from each field's truth.
+    by_field = {f.field_id: f for f in fields}
+    rows = []
+    err = np.abs(result.metrics["madness"]["flux_residual"][:, b])
+    order = [i for i in np.argsort(-np.where(keep & np.isfinite(err), err, -1)) if keep[i]][:top]
+    for i in order:
+        f = by_field[int(g["field_id"][i])]
+        j = int(g["galaxy"][i])
+        field_band = list(f.bands).index(band)
+        iso = f.isolated[:, field_band]
+        flux = iso.sum(axis=(1, 2))
+        d = np.hypot(*(f.centers_xy - f.centers_xy[j]).T)
+        d[j] = np.inf
+        near = d < 15.0  # 3" at 0.2"/px
+        around = np.flatnonzero(d < 2 * stamp_size)
+        rows.append({
+            "field_id": int(f.field_id), "galaxy": j, "r_ab": float(g["r_ab"][i]), "snr_r": float(g["snr_r"][i]),
+            "kappa": float(g["kappa"][i, b]), "nearest_px": float(d.min()),
+            "brightest_neighbour_ratio_3arcsec": float(flux[near].max() / flux[j]) if near.any() else 0.0,
+            "own_flux_outside_stamp": _outside(iso[j], f.centers_xy[j], stamp_size),
+            "brightest_in_field_outside_stamp": max((_outside(iso[k], f.centers_xy[k], stamp_size) for k in around),
+                                                    default=0.0),
+            "abs_dflux": {name: float(abs(m["flux_residual"][i, b])) for name, m in result.metrics.items()},
+        })
+    out["madness_largest"] = rows
+    return out
+
+
+def _outside(image, center_xy, stamp_size: int) -> float:
+    """Fraction of ``image``'s flux ``(H, W)`` outside the model stamp around ``center_xy``."""
+    from lsst.meas.madness.engine.geometry import crop_stamps, stamp_origins_xy
+
+    yx0 = stamp_origins_xy([center_xy], stamp_size)
+    inner = crop_stamps(image[None], yx0, stamp_size).sum()
+    return float(1.0 - inner / image.sum())
+
+
+def largest_errors_table(entry: dict) -> str:
+    """The share of the mean in the largest errors, and the largest MADNESS errors, as Markdown."""
+    band = entry["band"]
+    lines = [f"| method | mean abs(dF/F) {band} | without its 5 largest | share of the 5 largest |",
+             "| --- | --- | --- | --- |"]
+    for name, m in entry["methods"].items():
+        lines.append(f"| {name} | {m['mean']:.4f} | {m['mean_without_top5']:.4f} | {m['top5_share']:.2f} |")
+    rows = entry.get("madness_largest") or []
+    if rows:
+        others = [k for k in rows[0]["abs_dflux"] if k != "madness"]
+        lines += ["", f"| field | galaxy | {band} mag | SNR | kappa | nearest (px) | brightest within 3\" "
+                  "(flux ratio) | own flux outside stamp | worst neighbour's flux outside stamp | MADNESS | "
+                  + " | ".join(others) + " |",
+                  "| " + " | ".join(["---"] * (10 + len(others))) + " |"]
+        for r in rows:
+            lines.append(f"| {r['field_id']} | {r['galaxy']} | {r['r_ab']:.2f} | {r['snr_r']:.0f} | {r['kappa']:.2f} | "
+                         f"{r['nearest_px']:.1f} | {r['brightest_neighbour_ratio_3arcsec']:.1f} | "
+                         f"{r['own_flux_outside_stamp']:.3f} | {r['brightest_in_field_outside_stamp']:.3f} | "
+                         f"{r['abs_dflux']['madness']:.3f} | "
+                         + " | ".join(f"{r['abs_dflux'][k]:.3f}" for k in others) + " |")
+    return "\n".join(lines)
 
 
 def _fmt(value, digits=3) -> str:

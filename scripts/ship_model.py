@@ -72,7 +72,7 @@ def _diagnostics_lines(paths: list[Path]) -> list[str]:
     if not paths:
         return []
     sys.path.insert(0, str(HERE / "scripts"))
-    from model_diagnostics import markdown_table
+    from model_diagnostics import largest_errors_table, markdown_table
 
     lines = ["## Where the error lives", "",
              "`scripts/model_diagnostics.py` on validation TestFields (never used to report results): the decoder's",
@@ -83,6 +83,9 @@ def _diagnostics_lines(paths: list[Path]) -> list[str]:
         diag = json.loads(Path(path).read_text())
         lines += [f"**{diag['label']}** ({diag['n_fields']} fields of `{diag['fields']}`, "
                   f"{diag['reach']['n_galaxies']} galaxies in reach):", "", markdown_table(diag), ""]
+        if diag.get("largest_errors"):
+            lines += ["Which galaxies carry the mean (the largest MADNESS errors and what surrounds them):", "",
+                      largest_errors_table(diag["largest_errors"]), ""]
     return lines
 
 
