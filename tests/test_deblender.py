@@ -159,6 +159,47 @@ class DeblenderTestCase(lsst.utils.tests.TestCase):
         np.testing.assert_allclose(shifted.models.sum(axis=(2, 3)), centred.models.sum(axis=(2, 3)),
                                    rtol=1e-3)
 
+    def test_fitted_offsets(self):
+        """With ``fit_offsets`` a galaxy given its rounded peak is found at its true centre, and
+        fitted to the true centre's chi2; without, the offsets are zero."""
+        import galsim
+
+        from lsst.meas.madness.engine.geometry import shift_matrices
+        from lsst.meas.madness.engine.objective import fourier_shift_matrices
+
+        # The compiled step's shift matrices equal the numpy ones (odd and even sides, |d| > 0.5).
+        d = np.array([[0.0, 0.3], [-1.2, 0.49]], np.float32)
+        for size in (45, 8):
+            ours = np.asarray(fourier_shift_matrices(d, size))
+            np.testing.assert_allclose(ours, shift_matrices(d.ravel(), size).reshape(2, 2, size, size), atol=1e-5)
+
+        sed = np.array([0.3, 0.7, 1.0, 1.2, 1.3, 1.3])
+        gal = galsim.Exponential(half_light_radius=0.3, flux=1e4).shear(e1=0.2, e2=0.1)
+        obj = galsim.Convolve(gal, galsim.Moffat(beta=3.5, fwhm=0.7))
+        size, (x, y) = 71, (35.45, 34.58)
+        drawn = obj.drawImage(nx=size, ny=size, scale=0.2, offset=(x - size // 2, y - size // 2)).array
+        image = (sed[:, None, None] * drawn[None]).astype(np.float32)
+        var = np.broadcast_to(SKY_VARIANCE.astype(np.float32)[:, None, None], image.shape).copy()
+        settings = MapSettings(max_iter=100, min_iter=100)
+
+        def chi2(result):
+            return float(((image - result.model_image()) ** 2 / var).sum())
+
+        true = self.deblender.deblend(image, np.array([[x, y]]), variance=var, settings=settings)
+        rounded = self.deblender.deblend(image, np.array([[35.0, 35.0]]), variance=var, settings=settings)
+        fitted = self.deblender.deblend(image, np.array([[35.0, 35.0]]), variance=var,
+                                        settings=settings.replace(fit_offsets=True))
+        np.testing.assert_array_equal(rounded.offsets_xy, 0.0)
+        # Measured: offsets (0.463, -0.380) for (0.45, -0.42); chi2 2798 vs 2807 at the true centre.
+        np.testing.assert_allclose(fitted.centers_xy, [[x, y]], atol=0.08)
+        self.assertTrue((np.abs(fitted.offsets_xy) < 1.0).all())
+        self.assertLess(chi2(fitted), 1.02 * chi2(true))
+        self.assertLess(chi2(fitted), 0.8 * chi2(rounded))
+        np.testing.assert_allclose(fitted.shifts, [[y - 35, x - 35]], atol=0.08)
+        # The objective includes the offsets' prior.
+        expected = 0.5 * chi2(fitted) - fitted.log_prior.sum() + 0.5 * (fitted.offsets_xy**2).sum() / 0.5**2
+        self.assertAlmostEqual(fitted.objective_final, expected, delta=1e-3 * abs(expected))
+
 
 class MemoryTester(lsst.utils.tests.MemoryTestCase):
     pass

@@ -26,7 +26,7 @@ from ..io.bundle import BundleMetadata, ModelBundle
 from ..networks import Decoder, Encoder, LinearNormalization, MaskedAutoregressiveFlow
 from ..networks.layout import from_network_layout, to_network_layout
 from .geometry import paste_stamps, placement_matrices, shift_stamps, stamp_overlap
-from .objective import blend_objective
+from .objective import blend_objective, blend_objective_with_offsets
 from .observation import PreparedBlend, prepare_blend
 from .result import DeblendResult
 from .settings import MapSettings
@@ -322,16 +322,26 @@ class MadnessDeblender:
             batches.append([i])
         return batches
 
-    def _step_fn(self, prior_weight: float):
-        if prior_weight not in self._steps:
-            loss = functools.partial(blend_objective, prior_weight=prior_weight)
-            self._steps[prior_weight] = compile_value_and_grad(
+    def _step_fn(self, settings: MapSettings):
+        if settings.fit_offsets:
+            key = (float(settings.prior_weight), float(settings.offset_max), float(settings.offset_sigma))
+            loss = functools.partial(blend_objective_with_offsets, prior_weight=key[0], offset_max=key[1],
+                                     offset_sigma=key[2])
+        else:
+            key = float(settings.prior_weight)
+            loss = functools.partial(blend_objective, prior_weight=key)
+        if key not in self._steps:
+            self._steps[key] = compile_value_and_grad(
                 loss, [self.decoder, self.flow]  # the flow's call is its log_prob
             )
-        return self._steps[prior_weight]
+        return self._steps[key]
 
-    def _pack(self, blends: Sequence[PreparedBlend]) -> tuple[np.ndarray, ...]:
-        """Pad blends to common (sources, region) sizes; layouts as `blend_objective` wants."""
+    def _pack(self, blends: Sequence[PreparedBlend], fit_offsets: bool = False) -> tuple[np.ndarray, ...]:
+        """Pad blends to common (sources, region) sizes; layouts as `blend_objective` wants.
+
+        With ``fit_offsets`` the placement matrices are integer (one-hot) and the sub-pixel
+        shifts come as an extra ``(B, N, 2)`` array, as `blend_objective_with_offsets` wants.
+        """
         s = self.stamp_size
         n_max = max(b.n_sources for b in blends)
         h_max = max(b.data.shape[1] for b in blends)
@@ -342,15 +352,19 @@ class MadnessDeblender:
         weights = np.zeros((nb, h_max, c, w_max), np.float32)
         rows = np.zeros((nb, n_max, h_max, s), np.float32)
         cols = np.zeros((nb, n_max, w_max, s), np.float32)
+        shifts = np.zeros((nb, n_max, 2), np.float32)
         for k, b in enumerate(blends):
             n, (_, h, w) = b.n_sources, b.data.shape
             source_mask[k, :n] = 1.0
             data[k, :h, :, :w] = np.transpose(b.data, (1, 0, 2))
             weights[k, :h, :, :w] = np.transpose(b.weights, (1, 0, 2))
             # Stamp origin in the region plus the sub-pixel shift: the placement also shifts.
-            offsets = b.origins - np.array(b.region[:2]) + b.shifts
+            offsets = b.origins - np.array(b.region[:2]) + (0.0 if fit_offsets else b.shifts)
             rows[k, :n, :h] = placement_matrices(offsets[:, 0], h, s)
             cols[k, :n, :w] = placement_matrices(offsets[:, 1], w, s)
+            shifts[k, :n] = b.shifts
+        if fit_offsets:
+            return source_mask, data, weights, rows, cols, shifts
         return source_mask, data, weights, rows, cols
 
     def _fit_batch(
@@ -358,12 +372,14 @@ class MadnessDeblender:
     ) -> list[DeblendResult]:
         nb = len(blends)
         n_max = max(b.n_sources for b in blends)
-        latents = np.zeros((nb, n_max, self.latent_dim), np.float32)
+        # The optimised variables: each source's latents, then (fit_offsets) two offset parameters.
+        n_extra = 2 if settings.fit_offsets else 0
+        latents = np.zeros((nb, n_max, self.latent_dim + n_extra), np.float32)
         for k, z0 in enumerate(init):
-            latents[k, : len(z0)] = z0
+            latents[k, : len(z0), : self.latent_dim] = z0
         initial = latents.copy()
-        packed = [keras.ops.convert_to_tensor(a) for a in self._pack(blends)]
-        step = self._step_fn(float(settings.prior_weight))
+        packed = [keras.ops.convert_to_tensor(a) for a in self._pack(blends, settings.fit_offsets)]
+        step = self._step_fn(settings)
 
         m = np.zeros_like(latents)
         v = np.zeros_like(latents)
@@ -410,6 +426,8 @@ class MadnessDeblender:
                 selected = [keras.ops.take(a, keras.ops.convert_to_tensor(selection), axis=0) for a in packed]
 
         # Decode and evaluate the prior for the whole batch at once (one network call each).
+        offsets = settings.offset_max * np.tanh(latents[..., self.latent_dim:].astype(np.float64))  # (dy, dx)
+        latents, initial = latents[..., : self.latent_dim], initial[..., : self.latent_dim]
         final = np.concatenate([latents[k, : b.n_sources] for k, b in enumerate(blends)])
         start = np.concatenate([initial[k, : b.n_sources] for k, b in enumerate(blends)])
         models = self.decode(np.concatenate([final, start]))
@@ -429,6 +447,7 @@ class MadnessDeblender:
                 converged=bool(converged[k]),
                 history=history[: n_iter[k], k],
                 settings=settings,
+                offsets=offsets[k, : b.n_sources] if n_extra else None,
             )
             for k, b in enumerate(blends)
         ]
@@ -447,12 +466,15 @@ class MadnessDeblender:
         converged: bool,
         history: np.ndarray,
         settings: MapSettings,
+        offsets: np.ndarray | None = None,
     ) -> DeblendResult:
         """Diagnostics of one fitted blend; ``models`` in flux units, centred (as decoded)."""
         norm = self.normalization
         s = self.stamp_size
-        # The models as the fit placed them: each moved by its peak's sub-pixel shift.
-        models = shift_stamps(models, blend.shifts).astype(np.float32)
+        # The models as the fit placed them: each moved by its peak's sub-pixel shift (plus the
+        # fitted offset, which starts at zero: the initial models are at the peaks).
+        fitted = np.zeros_like(blend.shifts) if offsets is None else np.asarray(offsets, np.float64)
+        models = shift_stamps(models, blend.shifts + fitted).astype(np.float32)
         initial_models = shift_stamps(initial_models, blend.shifts)
 
         y0, x0, y1, x1 = blend.region
@@ -467,6 +489,8 @@ class MadnessDeblender:
         resid_init = weights * (data - region_model(initial_models)) ** 2
         w = settings.prior_weight
         objective_final = 0.5 * resid_sq.sum() - w * log_prior.sum()
+        if offsets is not None:
+            objective_final += 0.5 * float((fitted**2).sum()) / settings.offset_sigma**2
         objective_initial = 0.5 * resid_init.sum() - w * initial_log_prior.sum()
 
         chi2 = np.full((len(latents), len(self.bands)), np.nan)
@@ -495,5 +519,6 @@ class MadnessDeblender:
             edge=blend.edge,
             no_data=blend.no_data,
             masked_fraction=blend.masked_fraction,
+            offsets_xy=fitted[:, ::-1].copy(),
         )
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["blend_models", "blend_objective"]
+__all__ = ["blend_models", "blend_objective", "blend_objective_with_offsets", "fourier_shift_matrices"]
+
+import math
 
 import keras
 
@@ -17,9 +19,9 @@ def blend_models(latents, source_mask, rows, cols, decode):
     source_mask : tensor
         ``(B, N)`` 1 for a real source, 0 for padding.
     rows, cols : tensor
-        ``(B, N, h, S)`` and ``(B, N, w, S)`` one-hot placement matrices
-        (`lsst.meas.madness.engine.geometry.placement_matrices`); stamps are cropped where
-        they leave the region.
+        ``(B, N, h, S)`` and ``(B, N, w, S)`` placement matrices
+        (`lsst.meas.madness.engine.geometry.placement_matrices`: one-hot, with each source's
+        sub-pixel shift folded in); stamps are cropped where they leave the region.
     decode : callable
         ``(B * N, L) -> (B * N, S, S, C)`` decoder.
 
@@ -73,3 +75,66 @@ def blend_objective(latents, source_mask, data, weights, rows, cols, *, calls, p
     b, n = ops.shape(latents)[0], ops.shape(latents)[1]
     log_prior = ops.reshape(log_prob(ops.reshape(latents, (b * n, -1))), (b, n))
     return 0.5 * chi2 - prior_weight * ops.sum(log_prior * source_mask, axis=1)
+
+
+def fourier_shift_matrices(shifts, size: int):
+    """``(..., size, size)`` Fourier shift matrices of ``(...)`` shifts, written with ``keras.ops``.
+
+    The differentiable twin of `lsst.meas.madness.engine.geometry.shift_matrices` with
+    ``kernel="fourier"``: ``K[t, s] = D(t - s - d)`` with the periodic sinc
+    ``D(x) = (1 + 2 sum_{k=1}^{(S-1)/2} cos(2 pi k x / S) [+ cos(pi x)]) / S`` (the bracket for even
+    ``S``), evaluated on the ``2 S - 1`` differences and gathered into the Toeplitz matrix.
+    """
+    ops = keras.ops
+    shifts = ops.convert_to_tensor(shifts, "float32")
+    j = ops.arange(-(size - 1), size, dtype="float32")  # t - s
+    x = j - shifts[..., None]  # (..., 2S - 1)
+    k = ops.arange(1, (size - 1) // 2 + 1, dtype="float32")
+    values = 1.0 + 2.0 * ops.sum(ops.cos((2.0 * math.pi / size) * x[..., None] * k), axis=-1)
+    if size % 2 == 0:
+        values = values + ops.cos(math.pi * x)
+    values = values / size
+    t = ops.arange(size, dtype="int32")
+    index = t[:, None] - t[None, :] + (size - 1)  # (S, S) into the differences
+    gathered = ops.take(values, ops.reshape(index, (-1,)), axis=-1)  # (..., S * S)
+    return ops.reshape(gathered, tuple(ops.shape(shifts)) + (size, size))
+
+
+def blend_objective_with_offsets(x, source_mask, data, weights, rows, cols, shifts, *, calls,
+                                 prior_weight: float = 1.0, offset_max: float = 1.0, offset_sigma: float = 0.5):
+    """`blend_objective` with a position offset per source fitted alongside its latents.
+
+    ``x`` holds each source's latents followed by two unconstrained numbers ``u``; the offset is
+    ``d = offset_max * tanh(u)`` ``(dy, dx)`` pixels (so ``|d| < offset_max``), with a weak
+    Gaussian prior ``sum |d|^2 / (2 offset_sigma^2)``. Each stamp is shifted by its peak's
+    sub-pixel remainder plus ``d`` (`fourier_shift_matrices`) and placed by the integer
+    placement matrices ``rows``, ``cols``.
+
+    Parameters
+    ----------
+    x : tensor
+        ``(B, N, L + 2)`` latents and offset parameters.
+    source_mask, data, weights, calls, prior_weight
+        As in `blend_objective`.
+    rows, cols : tensor
+        ``(B, N, h, S)`` and ``(B, N, w, S)`` one-hot placement of the stamps' pixel grids.
+    shifts : tensor
+        ``(B, N, 2)`` ``(dy, dx)`` sub-pixel remainder of each peak, pixels.
+    offset_max, offset_sigma : `float`
+        Bound and prior width of the fitted offsets, pixels.
+
+    Returns
+    -------
+    loss : tensor
+        ``(B,)`` objective per blend.
+    """
+    ops = keras.ops
+    latents = x[..., :-2]
+    offsets = offset_max * ops.tanh(x[..., -2:])
+    size = ops.shape(rows)[-1]
+    ky = fourier_shift_matrices(shifts[..., 0] + offsets[..., 0], size)
+    kx = fourier_shift_matrices(shifts[..., 1] + offsets[..., 1], size)
+    loss = blend_objective(latents, source_mask, data, weights, ops.matmul(rows, ky), ops.matmul(cols, kx),
+                           calls=calls, prior_weight=prior_weight)
+    penalty = 0.5 * ops.sum(ops.sum(offsets * offsets, axis=-1) * source_mask, axis=1) / offset_sigma**2
+    return loss + penalty

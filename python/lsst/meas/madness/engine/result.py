@@ -32,7 +32,7 @@ class DeblendResult:
     models : `numpy.ndarray`
         ``(n, bands, S, S)`` float32 model of each source, flux units per pixel, on the image's
         pixel grid: the decoded stamp moved by the peak's sub-pixel offset from its pixel
-        centre (`shifts`), as the fit placed it.
+        centre (`shifts`), plus the fitted offset if any, as the fit placed it.
     latents, initial_latents : `numpy.ndarray`
         ``(n, L)`` MAP latents and the VAE-deblender's initial latents.
     log_prior : `numpy.ndarray`
@@ -53,6 +53,9 @@ class DeblendResult:
         the prior only).
     masked_fraction : `numpy.ndarray`
         ``(n,)`` fraction of in-image stamp pixels with zero weight.
+    offsets_xy : `numpy.ndarray`
+        ``(n, 2)`` ``(dx, dy)`` position offset fitted with the latents (``MapSettings.fit_offsets``;
+        zeros otherwise), pixels: the fitted centre is ``peaks_xy + offsets_xy`` (`centers_xy`).
     """
 
     bands: tuple[str, ...]
@@ -72,6 +75,11 @@ class DeblendResult:
     edge: np.ndarray
     no_data: np.ndarray
     masked_fraction: np.ndarray
+    offsets_xy: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.offsets_xy is None:
+            self.offsets_xy = np.zeros((len(self.peaks_xy), 2))
 
     @property
     def n_sources(self) -> int:
@@ -80,8 +88,14 @@ class DeblendResult:
 
     @property
     def shifts(self) -> np.ndarray:
-        """``(n, 2)`` ``(dy, dx)`` sub-pixel offset of each peak from its stamp's central pixel."""
-        return subpixel_shifts(self.peaks_xy)
+        """``(n, 2)`` ``(dy, dx)`` by which each model was moved from its stamp's central pixel: the
+        peak's sub-pixel remainder plus the fitted offset."""
+        return subpixel_shifts(self.peaks_xy) + np.asarray(self.offsets_xy)[:, ::-1]
+
+    @property
+    def centers_xy(self) -> np.ndarray:
+        """``(n, 2)`` ``(x, y)`` centre of each model: the peak plus the fitted offset."""
+        return np.asarray(self.peaks_xy, np.float64) + np.asarray(self.offsets_xy)
 
     @property
     def stamp_size(self) -> int:

@@ -48,6 +48,15 @@ class MapSettings:
         are compiled) once half of them have stopped.
     adam_beta1, adam_beta2, adam_epsilon : `float`
         Adam moments and epsilon (Keras defaults).
+    fit_offsets : `bool`
+        Fit a position offset per source with its latents, for peaks that are not the true
+        centres (detected peaks): each model is moved by its peak's sub-pixel remainder plus the
+        offset. Off by default (the peaks are taken as the centres).
+    offset_max : `float`
+        Bound on each fitted offset component, pixels (1: a detected peak is within a pixel of
+        the centre); the offset is ``offset_max * tanh(u)`` of a free ``u``.
+    offset_sigma : `float`
+        Width of the weak Gaussian prior on the offsets, pixels.
     """
 
     learning_rate: float = 0.05
@@ -64,6 +73,9 @@ class MapSettings:
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-7
+    fit_offsets: bool = False
+    offset_max: float = 1.0
+    offset_sigma: float = 0.5
 
     def __post_init__(self) -> None:
         checks = [
@@ -80,6 +92,8 @@ class MapSettings:
             ("adam_beta1", self.adam_beta1, 0.0, 1.0, True),
             ("adam_beta2", self.adam_beta2, 0.0, 1.0, True),
             ("adam_epsilon", self.adam_epsilon, 0.0, None, False),
+            ("offset_max", self.offset_max, 0.0, 3.0, False),
+            ("offset_sigma", self.offset_sigma, 0.0, None, False),
         ]
         for name, value, lo, hi, inclusive_lo in checks:
             too_low = value < lo if inclusive_lo else value <= lo
