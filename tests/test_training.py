@@ -239,6 +239,8 @@ class TrainingTestCase(unittest.TestCase):
         self.assertLess(np.mean(loss[-2:]), 0.7 * np.mean(loss[:2]), loss)
         self.assertLess(chi2[-1], chi2[0], chi2)
 
+    @unittest.skipIf(keras.config.backend() != "tensorflow",
+                     "bfloat16 through JAX's CPU convolutions: this test took 10 min there (2026-11-30), 2 on TF")
     def test_mixed_bfloat16(self):
         """bfloat16 compute trains (the loss falls) and leaves float32 networks and policy behind."""
         config = _tiny(seed=6, fresh_noise=True, decoder_output_activation="linear", precision="mixed_bfloat16",
