@@ -3,6 +3,7 @@
 import tempfile
 import unittest
 
+import lsst.pex.config as pexConfig
 import lsst.utils.tests
 import numpy as np
 from lsst.meas.madness import MadnessValueError
@@ -242,6 +243,27 @@ class DeblendTaskTestCase(MadnessTestCase):
         with self.assertRaises(MadnessValueError) as cm:
             task.run(coadds=self.coadds, detections=self.detections, detectionSpans=self.spans)
         self.assertIn("order matters", str(cm.exception))
+
+    def test_model_centres_and_fitted_offsets(self):
+        """Children report the centre their model is drawn at: the peak, or the peak plus a fitted
+        offset (fitPositionOffsets), bounded by maxPositionOffset."""
+        children = self.catalog[self.catalog["parent"] != 0]
+        np.testing.assert_array_equal(children["deblend_center_x"], children["deblend_peak_center_x"])
+        np.testing.assert_array_equal(children["deblend_center_y"], children["deblend_peak_center_y"])
+        self.assertTrue(np.isnan(self._parents()["deblend_center_x"]).all())
+        config = run_config(fitPositionOffsets=True, maxPositionOffset=0.8, positionOffsetSigma=1.0)
+        settings = config.map_settings()
+        self.assertEqual((settings.fit_offsets, settings.offset_max, settings.offset_sigma), (True, 0.8, 1.0))
+        det, spans = truth_detections(self.truth, groups=[SCENE_GROUPS[1]])
+        fitted = MadnessDeblendTask(config=config).run(coadds=self.coadds, detections=det,
+                                                       detectionSpans=spans).deblendedCatalog
+        kids = fitted[fitted["parent"] != 0]
+        dx = kids["deblend_center_x"] - kids["deblend_peak_center_x"]
+        dy = kids["deblend_center_y"] - kids["deblend_peak_center_y"]
+        self.assertTrue(np.isfinite(dx).all() and (np.abs(dx) < 0.8).all() and (np.abs(dy) < 0.8).all())
+        self.assertTrue((np.abs(dx) + np.abs(dy) > 0).any())
+        with self.assertRaises(pexConfig.FieldValidationError):
+            run_config(maxPositionOffset=5.0).validate()
 
     def test_backend_and_device(self):
         import keras

@@ -181,12 +181,14 @@ def model_image(catalog, deblender, shape: tuple[int, int], yx0: tuple[int, int]
     model = np.zeros((len(deblender.bands), *shape), np.float32)
     if not len(children):
         return model
-    from .engine.geometry import paste_stamps, stamp_origins_xy
+    from .engine.geometry import paste_stamps, shift_stamps, stamp_origins_xy, subpixel_shifts
 
-    stamps = deblender.decode(latents)
-    centres = np.stack([np.asarray(catalog["deblend_peak_center_x"])[children],
-                        np.asarray(catalog["deblend_peak_center_y"])[children]], axis=1)
-    # Integer peak pixels: the catalogue's centres are whole pixels, so no sub-pixel shift here.
+    # Each child's model drawn at the centre the fit used (its peak, plus the fitted offset).
+    names = ("deblend_center_x", "deblend_center_y")
+    if not all(n in catalog.colnames for n in names):  # catalogs written before these columns
+        names = ("deblend_peak_center_x", "deblend_peak_center_y")
+    centres = np.stack([np.asarray(catalog[n], np.float64)[children] for n in names], axis=1)
+    stamps = shift_stamps(deblender.decode(latents), subpixel_shifts(centres))
     origins = stamp_origins_xy(centres, deblender.stamp_size)
     return paste_stamps(stamps, origins, shape, image_yx0=yx0, out=model)
 

@@ -144,6 +144,20 @@ def deblend_columns(bands: Sequence[str], latent_dim: int) -> list[Column]:
             "deblend_peak_center_y", "int32", "Row of the peak the source is centred on, tract frame.", "pix"
         ),
         Column(
+            "deblend_center_x",
+            "float64",
+            "Column of the centre the child's model is drawn at, tract frame: its peak position plus the "
+            "position offset fitted with the latents (fitPositionOffsets; the peak itself otherwise). "
+            "NaN for parents.",
+            "pix",
+        ),
+        Column(
+            "deblend_center_y",
+            "float64",
+            "Row of the centre the child's model is drawn at, tract frame (see deblend_center_x).",
+            "pix",
+        ),
+        Column(
             "footprint_area",
             "int32",
             "Pixels in the source's footprint (a child: model support inside the parent).",

@@ -200,6 +200,18 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
     )
     learningRateDecaySteps = pexConfig.Field[int](default=30, doc="Steps between learning-rate decays.")
     priorWeight = pexConfig.Field[float](default=1.0, doc="Weight of the flow log-prior (1: the posterior).")
+    fitPositionOffsets = pexConfig.Field[bool](
+        default=False,
+        doc="Fit a position offset per source with its latents, for peaks that are not the galaxies' "
+        "centres; the fitted centre is the catalog's deblend_center_x/y. Off by default: measured with "
+        "the packaged model on off-grid TestFields it did not improve on the peaks (doc/engine.md).",
+    )
+    maxPositionOffset = pexConfig.Field[float](
+        default=1.0, doc="Bound on each fitted offset component (pixels, > 0 and <= 3)."
+    )
+    positionOffsetSigma = pexConfig.Field[float](
+        default=0.5, doc="Width of the Gaussian prior on the fitted offsets (pixels, > 0)."
+    )
     # Where it computes
     kerasBackend = pexConfig.ChoiceField[str](
         default=None,
@@ -238,6 +250,11 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
                 parse_unit(self.inputUnit)
             except MadnessValueError as exc:
                 raise pexConfig.FieldValidationError(MadnessDeblendConfig.inputUnit, self, str(exc)) from None
+        if not 0 < self.maxPositionOffset <= 3 or not self.positionOffsetSigma > 0:
+            raise pexConfig.FieldValidationError(
+                MadnessDeblendConfig.maxPositionOffset, self,
+                "maxPositionOffset must be in (0, 3] and positionOffsetSigma > 0 (pixels).",
+            )
         if self.modelSupportThreshold < 0:
             raise pexConfig.FieldValidationError(
                 MadnessDeblendConfig.modelSupportThreshold, self, "must be >= 0."
@@ -257,6 +274,9 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
             prior_weight=self.priorWeight,
             max_sources=max(max_peaks + (self.maxNeighbors if self.includeNeighbors else 0), 1),
             batch_sources=self.batchSources,
+            fit_offsets=self.fitPositionOffsets,
+            offset_max=self.maxPositionOffset,
+            offset_sigma=self.positionOffsetSigma,
         )
 
 
@@ -709,6 +729,8 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
                 deblend_peakId=cid,
                 deblend_peak_center_x=int(peaks_to_pixels(plan.peaks_xy[i])[0, 1]),
                 deblend_peak_center_y=int(peaks_to_pixels(plan.peaks_xy[i])[0, 0]),
+                deblend_center_x=float(plan.peaks_xy[i, 0] + result.offsets_xy[i, 0]),
+                deblend_center_y=float(plan.peaks_xy[i, 1] + result.offsets_xy[i, 1]),
                 footprint_area=fp.area,
                 bbox_x0=x0,
                 bbox_y0=y0,
