@@ -101,7 +101,8 @@ def fourier_shift_matrices(shifts, size: int):
 
 
 def blend_objective_with_offsets(x, source_mask, data, weights, rows, cols, shifts, *, calls,
-                                 prior_weight: float = 1.0, offset_max: float = 1.0, offset_sigma: float = 0.5):
+                                 prior_weight: float = 1.0, offset_max: float = 1.0,
+                                 offset_sigma: float = 0.5):
     """`blend_objective` with a position offset per source fitted alongside its latents.
 
     ``x`` holds each source's latents followed by two unconstrained numbers ``u``; the offset is
