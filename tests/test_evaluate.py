@@ -149,12 +149,13 @@ class EvaluateCliTestCase(lsst.utils.tests.TestCase):
 
 class EvaluateUnitTestCase(lsst.utils.tests.TestCase):
     def test_simulated_and_band_subset(self):
-        """``--simulate`` draws fields itself; ``--bands`` limits what is measured."""
+        """``--simulate`` draws fields itself (``--subpixel``: off the pixel centres); ``--bands`` limits
+        what is measured."""
         tmp = Path(tempfile.mkdtemp(prefix="madness-evaluate-sim-"))
         try:
             out = io.StringIO()
             with contextlib.redirect_stdout(out):
-                rc = main(["evaluate", "--simulate", "1", "--seed", "3", "--methods", "blended",
+                rc = main(["evaluate", "--simulate", "1", "--seed", "3", "--subpixel", "--methods", "blended",
                            "scarlet_lite", "--bands", "gr", "--output", str(tmp), "--no-progress",
                            "--no-figures"])
             self.assertEqual(rc, 0)
@@ -171,6 +172,14 @@ class EvaluateUnitTestCase(lsst.utils.tests.TestCase):
             f = fields[0]
             self.assertEqual(f.image.shape, (6, 205, 205))
             self.assertEqual(f.isolated.shape, (f.n_galaxies, 6, 205, 205))
+            offsets = np.abs(f.centers_xy - np.round(f.centers_xy))
+            self.assertGreater(offsets.max(), 0.1)  # the centres are off the pixel grid
+            # ... and the truth image is drawn there: its r-band centroid follows the float centre
+            iso = f.isolated[:, 2]
+            yy, xx = np.mgrid[:205, :205]
+            bright = int(np.argmax(iso.sum(axis=(1, 2))))
+            cx = (iso[bright] * xx).sum() / iso[bright].sum()
+            self.assertAlmostEqual(cx, f.centers_xy[bright, 0], delta=0.15)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 

@@ -45,7 +45,7 @@ def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     run_demo(args.output, seed=args.seed, size=args.size, n_galaxies=args.galaxies, min_snr=args.min_snr,
-             bundle=args.bundle, config=args.config)
+             bundle=args.bundle, config=args.config, subpixel=args.subpixel)
     return 0
 
 
@@ -172,8 +172,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     output = Path(args.output)
     if args.simulate is not None:
+        from .simulation import TestFieldsConfig
+
         dataset = simulate_test_fields(output / "fields", args.simulate, args.seed, workers=args.workers,
-                                       progress=not args.no_progress)
+                                       progress=not args.no_progress, config=TestFieldsConfig(subpixel=args.subpixel))
         fields_dir = dataset.directory
         source = f"{args.simulate} TestFields simulated with seed {args.seed} ({fields_dir})"
     else:
@@ -233,6 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--bundle", default=None, help="model bundle directory (default: the packaged one)")
     demo.add_argument("-c", "--config", action="append", default=[], metavar="LABEL:FIELD=VALUE",
                       help="pipetask config override, repeatable (e.g. deblend:maxIter=100)")
+    demo.add_argument("--subpixel", action="store_true",
+                      help="draw the galaxies at random sub-pixel positions instead of pixel centres")
     demo.set_defaults(func=_demo)
 
     simulate = sub.add_parser("simulate", help="CatSim-format catalogues and the paper's datasets (BTK)")
@@ -292,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--simulate", type=int, default=None, metavar="N",
                         help="simulate N TestFields first (into OUTPUT/fields)")
     evaluate.add_argument("--seed", type=int, default=0, help="seed of --simulate")
+    evaluate.add_argument("--subpixel", action="store_true",
+                          help="--simulate draws the galaxies at random sub-pixel positions (true float centres)")
     evaluate.add_argument("--methods", nargs="+", default=None,
                           choices=["blended", "vae_deblender", "madness", "scarlet2", "scarlet_lite",
                                    "scarlet"],
