@@ -98,6 +98,11 @@ def largest_errors(result, fields, stamp_size: int, band: str = "r", top: int = 
         out["methods"][name] = {"n": int(len(err)), "mean": float(err.mean()),
                                 "mean_without_top5": float(ranked[5:].mean()),
                                 "top5_share": float(ranked[:5].sum() / ranked.sum())}
+    # How common galaxies bigger than the stamp are (truth only: the same for every model).
+    outside = np.array([_outside(f.isolated[k, list(f.bands).index(band)], f.centers_xy[k], stamp_size)
+                        for f in fields for k in range(f.n_galaxies)])
+    out["own_flux_outside_stamp"] = {"n_galaxies": int(len(outside)), "fraction_over_1pc": float((outside > 0.01).mean()),
+                                     "fraction_over_5pc": float((outside > 0.05).mean())}
     if "madness" not in result.metrics:
         return out
     # Per galaxy: neighbours and the own flux outside the stamp, from each field's truth.
@@ -144,6 +149,11 @@ def largest_errors_table(entry: dict) -> str:
              "| --- | --- | --- | --- |"]
     for name, m in entry["methods"].items():
         lines.append(f"| {name} | {m['mean']:.4f} | {m['mean_without_top5']:.4f} | {m['top5_share']:.2f} |")
+    share = entry.get("own_flux_outside_stamp")
+    if share:
+        lines += ["", f"Of the {share['n_galaxies']} galaxies of these fields, {100 * share['fraction_over_1pc']:.1f}% have "
+                  f"more than 1% of their own {band} flux outside the model stamp, "
+                  f"{100 * share['fraction_over_5pc']:.1f}% more than 5%."]
     rows = entry.get("madness_largest") or []
     if rows:
         others = [k for k in rows[0]["abs_dflux"] if k != "madness"]
