@@ -78,7 +78,9 @@ def _diagnostics_lines(paths: list[Path]) -> list[str]:
              "`scripts/model_diagnostics.py` on validation TestFields (never used to report results): the decoder's",
              "reach (each galaxy fitted alone on its noiseless image, 200 MAP steps: what the decoder can draw at all),",
              "the VAE-deblender alone and MADNESS (MAP) in the blended fields, and no deblending; abs(dF/F) in 8-px",
-             "apertures for the reach, the paper's apertures and kappa <= 5 in the fields.", ""]
+             "apertures for the reach, the paper's apertures and kappa <= 5 in the fields. Which galaxies carry the",
+             "mean, and what does not limit it (the optimiser, the noise model): [error-budget.md](error-budget.md).",
+             ""]
     for path in paths:
         diag = json.loads(Path(path).read_text())
         lines += [f"**{diag['label']}** ({diag['n_fields']} fields of `{diag['fields']}`, "
