@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import unittest
 
+import keras
 import lsst.utils.tests
 import numpy as np
 from astropy.table import Table
@@ -31,11 +32,13 @@ class ReachTestCase(lsst.utils.tests.TestCase):
         cls.deblender = MadnessDeblender.from_bundle()
 
     def test_own_drawings_are_in_reach_and_a_square_is_not(self):
-        rng = np.random.default_rng(3)
-        # Galaxies the decoder drew from latents near its encoder's typical range: the known
-        # answer is "drawable exactly", so their reach must be close to perfect.
-        z = rng.normal(0, 0.7, (3, self.deblender.latent_dim)).astype(np.float32)
+        # Galaxies the decoder drew from latents its own prior finds typical (the brightest 3 of
+        # 32 flow samples): the known answer is "drawable exactly", so their reach must be close
+        # to perfect. (Fixed N(0, 0.7) latents are not typical for every model: a model whose
+        # latents spread further puts some of them where the prior holds MAP back.)
+        z = np.asarray(keras.ops.convert_to_numpy(self.deblender.flow.sample(32, seed=3)), np.float32)
         drawn = self.deblender.decode(z)
+        drawn = drawn[np.argsort(-drawn[:, 2].sum(axis=(1, 2)))[:3]]
         self.assertTrue(np.all(drawn[:, 2].sum(axis=(1, 2)) > 1e4))  # bright: r flux > 1e4 e-
         square = np.zeros((1, 6, 45, 45), np.float32)
         square[:, :, 17:28, 17:28] = 5e4 / 121  # a flat 11x11 square: no galaxy looks like this
