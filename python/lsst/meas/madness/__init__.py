@@ -7,8 +7,7 @@ Typical use::
     result = deblender.deblend(image, peaks_xy, variance=variance)
 """
 
-import importlib
-
+from ._lazy import lazy_exports
 from .errors import *
 
 # The engine and the bundle pull in Keras and its backend (seconds of import); simulation
@@ -21,19 +20,7 @@ _LAZY = {
     "ModelBundle": ".io",
 }
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        from . import backend  # noqa: F401  (quiets TensorFlow before anything imports it)
-
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = lazy_exports(globals(), _LAZY)
 
 try:
     from .version import __version__

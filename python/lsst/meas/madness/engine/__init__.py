@@ -6,8 +6,7 @@ need Keras and are imported on first use, so the tasks and the evaluation can us
 geometry module without loading a Keras backend.
 """
 
-import importlib
-
+from .._lazy import lazy_exports
 from .geometry import *
 from .geometry import __all__ as _geometry_all
 from .result import *
@@ -27,16 +26,4 @@ _LAZY = {
 
 __all__ = [*_geometry_all, *_result_all, *_settings_all, *_stopping_all, *_LAZY]
 
-
-def __getattr__(name):
-    if name in _LAZY:
-        from .. import backend  # noqa: F401  (quiets TensorFlow before anything imports it)
-
-        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = lazy_exports(globals(), _LAZY)
