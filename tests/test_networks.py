@@ -49,6 +49,36 @@ class PaperSizeTestCase(lsst.utils.tests.TestCase):
         self.assertGreaterEqual(out.min(), 0.0)
 
 
+class BandScaledOutputTestCase(lsst.utils.tests.TestCase):
+    """The per-band scaled ReLU output (``Decoder(output_scale=...)``)."""
+
+    scale = (1e-4, 1e-3, 1e-2, 0.1, 1.0, 10.0)
+
+    def test_scaled_relu_is_scale_times_relu_of_linear(self):
+        # Oracle: the linear decoder with the same weights; its output through numpy's
+        # max(., 0) times the scale is what the scaled decoder must draw, band by band.
+        linear = Decoder(filters=(8, 8, 8), dense_units=16, output_activation="linear")
+        scaled = Decoder(filters=(8, 8, 8), dense_units=16, output_activation="relu", output_scale=self.scale)
+        self.assertEqual(scaled.count_params(), linear.count_params())  # the scale is not trained
+        scaled.set_weights(linear.get_weights())
+        z = np.random.default_rng(3).normal(size=(4, 16)).astype("f4")
+        pre = keras.ops.convert_to_numpy(linear(z))
+        out = keras.ops.convert_to_numpy(scaled(z))
+        self.assertGreater((pre < 0).mean(), 0.1)
+        np.testing.assert_allclose(out, np.maximum(pre, 0) * np.array(self.scale, "f4"), rtol=1e-6, atol=0)
+        self.assertEqual(Decoder.from_config(scaled.get_config()).output_scale, self.scale)
+
+    def test_refused(self):
+        with self.assertRaisesRegex(ValueError, "applies to a 'relu'"):
+            Decoder(filters=(8, 8, 8), dense_units=16, output_activation="linear", output_scale=self.scale)
+        with self.assertRaisesRegex(ValueError, "6 bands"):
+            Decoder(filters=(8, 8, 8), dense_units=16, output_scale=self.scale[:5])
+        with self.assertRaisesRegex(ValueError, "positive"):
+            Decoder(filters=(8, 8, 8), dense_units=16, output_scale=(0.0,) + self.scale[1:])
+        with self.assertRaisesRegex(ValueError, "output_activation"):
+            Decoder(output_activation="softplus")
+
+
 class RoundTripTestCase(lsst.utils.tests.TestCase):
     """get_config -> from_config gives the same config; saving keeps outputs."""
 
@@ -58,6 +88,7 @@ class RoundTripTestCase(lsst.utils.tests.TestCase):
         return [
             (Encoder(filters=(4, 4, 4, 4), dense_units=8), np.ones((2, 45, 45, 6), "f4")),
             (Decoder(filters=(8, 4, 4), dense_units=8), np.ones((2, 16), "f4")),
+            (Decoder(filters=(8, 4, 4), dense_units=8, output_scale=(0.5, 1, 2, 3, 4, 5)), np.ones((2, 16), "f4")),
             (flow, np.linspace(-1, 1, 8, dtype="f4").reshape(2, 4)),
         ]
 

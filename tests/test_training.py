@@ -224,6 +224,28 @@ class TrainingTestCase(unittest.TestCase):
             train_madness(self.data, self.tmp / "other", _tiny(dense_units=32), progress=False, figures=False,
                           init_from=parent)
 
+    def test_warm_start_into_scaled_relu(self):
+        """A linear parent's output layer, rescaled into a per-band scaled ReLU, draws relu(parent)."""
+        from lsst.meas.madness.networks import Decoder
+        from lsst.meas.madness.training.train import _match_output_scale, _output_scale
+
+        tiny = _tiny()
+        parent = Decoder(45, 6, 16, tiny.decoder_filters, dense_units=tiny.dense_units, output_activation="linear")
+        sky = np.array([1e-5, 1e-4, 1e-3, 2e-3, 3e-3, 4e-3], np.float32)  # network units
+        config = _tiny(decoder_output_scale_sigma=0.1)
+        scale = _output_scale(config, sky)
+        np.testing.assert_allclose(scale, 0.1 * np.sqrt(sky), rtol=1e-6)
+        child = Decoder(45, 6, 16, tiny.decoder_filters, dense_units=tiny.dense_units, output_scale=scale)
+        child.set_weights(parent.get_weights())
+        _match_output_scale(parent, child)
+        z = np.random.default_rng(5).normal(size=(4, 16)).astype(np.float32)
+        theirs, ours = np.asarray(parent(z)), np.asarray(child(z))
+        self.assertGreater((theirs < 0).mean(), 0.1)
+        np.testing.assert_allclose(ours, np.maximum(theirs, 0), rtol=1e-4, atol=1e-7)
+        self.assertIsNone(_output_scale(_tiny(), sky))
+        with self.assertRaisesRegex(MadnessValueError, "needs a 'relu'"):
+            _tiny(decoder_output_activation="linear", decoder_output_scale_sigma=0.1)
+
     def test_loss_falls_with_fresh_noise(self):
         config = _tiny(seed=6, fresh_noise=True, decoder_output_activation="linear",
                        vae={**_tiny().vae.__dict__, "max_epochs": 8, "patience": None, "batch_size": 8, "learning_rate": 3e-3,

@@ -268,9 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     train = sub.add_parser("train", help="the paper's training stages -> a model bundle (resumable)")
     train.add_argument("--data", required=True, help="directory from `madness simulate datasets`")
     train.add_argument("--output", required=True, help="run directory (rerun the same command to resume)")
-    train.add_argument("--preset", default="cpu2", choices=["paper", "cpu", "cpu2", "tiny"],
+    train.add_argument("--preset", default="cpu2", choices=["paper", "cpu", "cpu2", "cpu3", "tiny"],
                        help="paper: full schedule (GPU); cpu: the first 2-core recipe (0.6 h); cpu2: fresh noise, "
-                            "linear output, cosine schedule, sized by --time-budget; tiny: smoke tests")
+                            "linear output, cosine schedule, sized by --time-budget; cpu3: cpu2 with the paper's ReLU "
+                            "output scaled per band to the sky noise (exact zeros; u cannot die); tiny: smoke tests")
     train.add_argument("--init-from", default=None, metavar="BUNDLE",
                        help="warm start from this bundle ('default' for the packaged one); skips the SSIM warm-up")
     train.add_argument("--time-budget", default=None, metavar="DURATION",

@@ -23,6 +23,7 @@ import dataclasses
 import math
 
 from ..errors import MadnessValueError
+from ..networks.decoder import OUTPUT_ACTIVATIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +113,13 @@ class TrainingConfig:
     seed : `int`
         Seed of initialisation, shuffling, latent sampling and the deblender's target noise.
     decoder_output_activation : `str`
-        ``"relu"`` (the paper) or ``"linear"`` (cannot die; see `Decoder`).
+        ``"relu"`` (the paper) or ``"linear"`` (cannot die, keeps a background pedestal; see
+        `Decoder`).
+    decoder_output_scale_sigma : `float`, optional
+        With ``"relu"``: scale each band's output by this fraction of the band's sky sigma (the
+        training data's sky level), so that a pre-activation of 1 is the same fraction of a sky
+        sigma in every band (`lsst.meas.madness.networks.BandScaledReLU`). `None`: the paper's
+        unscaled ReLU.
     precision : `str`
         ``"float32"`` or ``"mixed_bfloat16"``: the encoder and decoder compute in bfloat16 with
         float32 weights while training (Keras mixed precision; the losses, the flow and every
@@ -141,6 +148,7 @@ class TrainingConfig:
     max_validation: int | None = None
     seed: int = 0
     decoder_output_activation: str = "relu"
+    decoder_output_scale_sigma: float | None = None
     fresh_noise: bool = False
     precision: str = "float32"
 
@@ -148,9 +156,14 @@ class TrainingConfig:
         if self.precision not in ("float32", "mixed_bfloat16"):
             raise MadnessValueError(f"TrainingConfig.precision must be 'float32' or 'mixed_bfloat16', "
                                     f"not {self.precision!r}.")
-        if self.decoder_output_activation not in ("relu", "linear"):
-            raise MadnessValueError("TrainingConfig.decoder_output_activation must be 'relu' or 'linear', "
+        if self.decoder_output_activation not in OUTPUT_ACTIVATIONS:
+            raise MadnessValueError(f"TrainingConfig.decoder_output_activation must be one of {OUTPUT_ACTIVATIONS}, "
                                     f"not {self.decoder_output_activation!r}.")
+        if self.decoder_output_scale_sigma is not None and not (
+                self.decoder_output_activation == "relu" and self.decoder_output_scale_sigma > 0):
+            raise MadnessValueError("TrainingConfig.decoder_output_scale_sigma must be > 0 and needs a 'relu' "
+                                    f"output, not {self.decoder_output_scale_sigma!r} with "
+                                    f"{self.decoder_output_activation!r}.")
         if self.target not in ("truth", "noisy"):
             raise MadnessValueError(f"TrainingConfig.target must be 'truth' or 'noisy', not {self.target!r}.")
 
@@ -202,6 +215,23 @@ PRESETS: dict[str, TrainingConfig] = {
         deblender=StageSchedule(1e-4, 0.1, 8, patience=3, schedule="cosine", min_factor=0.1, batch_size=64),
         max_validation=2000,
     ),
+    # The third CPU recipe (issue 12): "cpu2" with the paper's ReLU output back, scaled per band to
+    # a tenth of the band's sky sigma so that the u channel cannot be driven dark. The linear
+    # output of "cpu2" kept a background pedestal that gave the task path's children light far
+    # from their galaxies (doc/training.md).
+    "cpu3": TrainingConfig(
+        name="cpu3",
+        decoder_output_activation="relu",
+        decoder_output_scale_sigma=0.1,
+        fresh_noise=True,
+        ssim_warmup_epochs=3,
+        vae_warmup=StageSchedule(1e-4, 0.1, 3, patience=None, warmup_epochs=1, batch_size=64),
+        vae=StageSchedule(1e-4, 0.1, 30, patience=8, schedule="cosine", warmup_epochs=1, min_factor=0.03,
+                          batch_size=64),
+        flow=StageSchedule(1e-3, 0.01, 120, patience=15, decay_every=40, batch_size=128),
+        deblender=StageSchedule(1e-4, 0.1, 8, patience=3, schedule="cosine", min_factor=0.1, batch_size=64),
+        max_validation=2000,
+    ),
     # Tiny networks and a few epochs: tests and smoke runs only, never a science model.
     "tiny": TrainingConfig(
         name="tiny",
@@ -218,7 +248,7 @@ PRESETS: dict[str, TrainingConfig] = {
 
 
 def preset(name: str, **overrides) -> TrainingConfig:
-    """The named preset (``paper``, ``cpu``, ``cpu2``, ``tiny``) with ``overrides`` applied."""
+    """The named preset (``paper``, ``cpu``, ``cpu2``, ``cpu3``, ``tiny``) with ``overrides`` applied."""
     if name not in PRESETS:
         raise MadnessValueError(f"Unknown training preset {name!r}; choose one of {sorted(PRESETS)}.")
     return dataclasses.replace(PRESETS[name], **overrides) if overrides else PRESETS[name]

@@ -145,7 +145,8 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
     with _precision(config.precision):
         encoder = Encoder(size, len(bands), config.latent_dim, config.encoder_filters, dense_units=config.dense_units)
         decoder = Decoder(size, len(bands), config.latent_dim, config.decoder_filters,
-                          dense_units=config.dense_units, output_activation=config.decoder_output_activation)
+                          dense_units=config.dense_units, output_activation=config.decoder_output_activation,
+                          output_scale=_output_scale(config, sky_net))
         encoder.build((None, size, size, len(bands)))
     # The flow is a density: it trains in float32 whatever the image networks do.
     flow = MaskedAutoregressiveFlow(config.latent_dim, seed=config.seed)
@@ -320,12 +321,37 @@ def _warm_start(parent: ModelBundle, encoder, decoder, flow, bands, size) -> Non
     if tuple(meta.bands) != tuple(bands) or meta.stamp_size != size:
         raise MadnessValueError(f"The warm-start bundle has bands {meta.bands} and {meta.stamp_size}px stamps; "
                                 f"the data have {bands} and {size}px.")
-    # The output activation has no weights: a ReLU decoder's weights start a linear one.
     decoder.set_weights(parent.decoder.get_weights())
+    _match_output_scale(parent.decoder, decoder)
     flow.set_weights(parent.flow.get_weights())
     encoder.set_weights((parent.encoder or parent.deblender_encoder).get_weights())
     _log.info("Warm start from a bundle trained with %r (%s encoder).", meta.training.get("preset"),
               "training" if parent.encoder is not None else "VAE-deblender")
+
+
+def _output_scale(config: TrainingConfig, sky_net: np.ndarray) -> list[float] | None:
+    """Per-band output scale of a ReLU decoder: a fraction of each band's sky sigma (network units)."""
+    if config.decoder_output_scale_sigma is None:
+        return None
+    return [float(config.decoder_output_scale_sigma * np.sqrt(v)) for v in sky_net]
+
+
+def _match_output_scale(parent: Decoder, decoder: Decoder) -> None:
+    """Rescale the warm-started output layer so ``decoder`` draws what ``parent`` drew.
+
+    An unscaled output ``act(W h + b)`` and a scaled ReLU ``s relu(W' h + b')`` agree where the
+    old output is positive when ``W' = W / s`` and ``b' = b / s`` (a linear parent's negative
+    pixels become zeros); between two output scales the same ratio carries over.
+    """
+    old = np.ones(parent.num_bands) if parent.output_scale is None else np.asarray(parent.output_scale)
+    new = np.ones(decoder.num_bands) if decoder.output_scale is None else np.asarray(decoder.output_scale)
+    if np.allclose(old, new):
+        return
+    layer = decoder.get_layer(f"convT{len(decoder.filters) + 1}")
+    kernel, bias = layer.get_weights()  # kernel (k, k, bands, filters): Conv2DTranspose puts outputs third
+    ratio = (old / new).astype(kernel.dtype)
+    layer.set_weights([kernel * ratio[None, None, :, None], bias * ratio])
+    _log.info("Output layer rescaled by %s per band (output scale %s -> %s).", np.round(ratio, 2), old, new)
 
 
 def _lineage(parent: ModelBundle | None) -> list[dict]:
