@@ -10,7 +10,14 @@ subtracted, gain 1.
 
 from __future__ import annotations
 
-__all__ = ["BlendPlan", "draw_planned_blends", "lsst_survey", "stamp_arcsec"]
+__all__ = [
+    "BlendPlan",
+    "draw_planned_blends",
+    "draw_galaxy_stamps",
+    "add_btk_noise",
+    "lsst_survey",
+    "stamp_arcsec",
+]
 
 import dataclasses
 from collections.abc import Sequence
@@ -173,3 +180,147 @@ def draw_planned_blends(table, plans: Sequence[BlendPlan], stamp_pixels: int, se
         raise MadnessValueError(f"BTK drew {batch.blend_images.shape[-1]}-pixel stamps, not {stamp_pixels}.")
     return (batch.blend_images.astype(np.float32), batch.isolated_images.astype(np.float32),
             list(batch.catalog_list))
+
+
+def _survey_psfs(survey) -> list:
+    """The PSF of each band of ``survey`` (a GalSim object), as BTK's generator builds them."""
+    psfs = []
+    for band in survey.available_filters:
+        filt = survey.get_filter(band)
+        psfs.append(filt.psf(survey, filt) if callable(filt.psf) else filt.psf)
+    return psfs
+
+
+def draw_galaxy_stamps(table, rows, centers_xy: np.ndarray, *, survey=None,
+                       min_size: int = 45) -> tuple[list[np.ndarray], np.ndarray]:
+    """Draw each galaxy alone on its own stamp, the way BTK draws it in a blend.
+
+    Every galaxy is BTK's CatSim profile (bulge + disk + AGN, `btk.draw_blends.get_catsim_galaxy`)
+    convolved with the survey's PSF of each band and drawn by BTK's own
+    ``render_single_catsim_galaxy``, only on a stamp centred on the galaxy's pixel instead of
+    the whole image, so memory scales with the galaxies' sizes, not with ``n * image area``.
+
+    Parameters
+    ----------
+    table : `astropy.table.Table`
+        CatSim-format catalogue.
+    rows : `numpy.ndarray`
+        ``(n,)`` row of each galaxy in ``table``.
+    centers_xy : `numpy.ndarray`
+        ``(n, 2)`` float ``(x, y)`` centre of each galaxy, pixels, in the frame of the image
+        the stamps will be pasted into (pixel ``(iy, ix)`` covers ``[i - 0.5, i + 0.5)``).
+    survey : BTK survey, optional
+        Default `lsst_survey`.
+    min_size : `int`
+        Smallest stamp side, pixels.
+
+    Returns
+    -------
+    stamps : `list` [`numpy.ndarray`]
+        Per galaxy, a ``(bands, S, S)`` float32 noiseless stamp, electrons per pixel; ``S`` is
+        odd, at least ``min_size`` and at least GalSim's ``getGoodImageSize`` of the galaxy in
+        every band (which holds all but ~0.5% of its flux: GalSim's ``folding_threshold``).
+        A galaxy with no flux in a band (BTK's ``SourceNotVisible``) is zero there.
+    yx0 : `numpy.ndarray`
+        ``(n, 2)`` int64 ``(y0, x0)`` of each stamp's first pixel in the image frame
+        (`lsst.meas.madness.engine.geometry.stamp_origins`): the stamp is centred on the
+        galaxy's pixel and the sub-pixel remainder is drawn as a GalSim shift.
+    """
+    import btk
+    import galsim
+    from btk.draw_blends import get_catsim_galaxy, render_single_catsim_galaxy
+
+    from ..engine.geometry import peaks_to_pixels, stamp_origins, subpixel_shifts
+
+    survey = lsst_survey() if survey is None else survey
+    pixel_scale = float(survey.pixel_scale.to_value("arcsec"))
+    psfs = _survey_psfs(survey)
+    filters = [survey.get_filter(band) for band in survey.available_filters]
+    centers_xy = np.asarray(centers_xy, dtype=np.float64).reshape(-1, 2)
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) != len(centers_xy):
+        raise MadnessValueError(f"draw_galaxy_stamps: {len(rows)} rows but {len(centers_xy)} centres.")
+    pixels_yx = peaks_to_pixels(centers_xy)
+    shifts_yx = subpixel_shifts(centers_xy)
+    stamps, origins = [], []
+    for k, row in enumerate(rows):
+        entry = table[int(row) : int(row) + 1].copy()
+        entry["btk_rotation"] = [0.0]
+        # BTK's shift of the galaxy from the stamp centre, arcsec (x -> ra, y -> dec).
+        entry["ra"] = [shifts_yx[k, 1] * pixel_scale]
+        entry["dec"] = [shifts_yx[k, 0] * pixel_scale]
+        entry = entry[0]
+        size = int(min_size)
+        for filt, psf in zip(filters, psfs):
+            try:
+                galaxy = get_catsim_galaxy(entry, filt, survey)
+            except btk.draw_blends.SourceNotVisible:
+                continue
+            size = max(size, galsim.Convolve(galaxy, psf).getGoodImageSize(pixel_scale))
+        size += 1 - size % 2  # odd: the galaxy's pixel is the centre pixel
+        stamp = np.zeros((len(filters), size, size), np.float32)
+        for b, (filt, psf) in enumerate(zip(filters, psfs)):
+            try:
+                stamp[b] = render_single_catsim_galaxy(entry, filt, survey, psf, size).array
+            except btk.draw_blends.SourceNotVisible:
+                pass
+        stamps.append(stamp)
+        origins.append(stamp_origins(pixels_yx[k : k + 1], size)[0])
+    return stamps, np.asarray(origins, dtype=np.int64).reshape(-1, 2)
+
+
+def add_btk_noise(noiseless: np.ndarray, seed: int, *, survey=None, noise: str = "all") -> np.ndarray:
+    """Noisy image from a noiseless one, with BTK 1.0.9's noise model and seeding.
+
+    As BTK's ``DrawBlendsGenerator`` does for the first blend of a batch of one drawn with
+    ``seed``: per band, Poisson noise of the sources (GalSim ``PoissonNoise``, no sky), then
+    the sky-subtracted Poisson noise of the survey's mean sky level, each from a
+    ``galsim.BaseDeviate`` seeded from the band's spawned `numpy.random.SeedSequence`.
+
+    Parameters
+    ----------
+    noiseless : `numpy.ndarray`
+        ``(bands, H, W)`` noiseless image, electrons per pixel (the survey's bands, in order).
+    seed : `int`
+        BTK's batch seed.
+    survey : BTK survey, optional
+        Default `lsst_survey`.
+    noise : `str`
+        ``"all"``, ``"background"``, ``"galaxy"`` or ``"none"``, as BTK's ``add_noise``.
+
+    Returns
+    -------
+    image : `numpy.ndarray`
+        ``(bands, H, W)`` float64 noisy image, electrons, sky subtracted.
+
+    Notes
+    -----
+    The source noise depends on every pixel's expectation, so an image whose galaxies were
+    drawn on stamps (zero past each stamp) gets the same sky noise as BTK's full-image drawing
+    of the same galaxies but another realisation of the source noise.
+    """
+    import galsim
+    from surveycodex.utilities import mean_sky_level
+
+    if noise not in ("all", "background", "galaxy", "none"):
+        raise MadnessValueError(f"noise must be all, background, galaxy or none; got {noise!r}.")
+    survey = lsst_survey() if survey is None else survey
+    noiseless = np.asarray(noiseless, dtype=np.float64)
+    if len(noiseless) != len(survey.available_filters):
+        raise MadnessValueError(f"{len(noiseless)} bands given; the survey has "
+                                f"{len(survey.available_filters)}.")
+    # BTK: SeedSequence(seed).spawn(batch_size // mini_batch_size + 1)[0], then spawn(n_bands).
+    band_seeds = np.random.SeedSequence(int(seed)).spawn(2)[0].spawn(len(noiseless))
+    out = np.empty_like(noiseless)
+    for b, band in enumerate(survey.available_filters):
+        image = galsim.Image(noiseless[b].copy())
+        state = int(band_seeds[b].generate_state(1)[0])
+        if noise in ("galaxy", "all"):
+            image.addNoise(galsim.PoissonNoise(rng=galsim.BaseDeviate(state), sky_level=0.0))
+        if noise in ("background", "all"):
+            sky = mean_sky_level(survey, survey.get_filter(band)).to_value("electron")
+            background = galsim.Image(np.zeros(noiseless.shape[1:]))
+            background.addNoise(galsim.PoissonNoise(rng=galsim.BaseDeviate(state), sky_level=sky))
+            image += background
+        out[b] = image.array
+    return out
