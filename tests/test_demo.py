@@ -5,6 +5,7 @@ subprocess, scoring, figure) on a tiny patch; ``bps/madness-parsl.yaml`` is chec
 ``bps prepare`` (a submit dry run) when ctrl_bps and its Parsl plugin are installed.
 """
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -24,6 +25,8 @@ from lsst.meas.madness.localrepo import (
     ingest_patch,
     simulate_patch,
 )
+from lsst.meas.madness.errors import MadnessValueError
+from lsst.meas.madness.skymap import SimSkyMap
 
 ROOT = Path(__file__).resolve().parent.parent
 BPS_YAML = ROOT / "bps" / "madness-parsl.yaml"
@@ -100,13 +103,59 @@ class SimulatePatchTestCase(lsst.utils.tests.TestCase):
         np.testing.assert_allclose(cx1 - cx0, x_true - self.patch.truth["x"], atol=0.02)
         np.testing.assert_allclose(cy1 - cy0, y_true - self.patch.truth["y"], atol=0.02)
 
+    def test_stamps_match_btk_full_size(self):
+        """Stamps pasted into the patch equal BTK drawing every galaxy at full patch size (the oracle)."""
+        from lsst.meas.madness.demo import _aperture_fluxes_per_truth
+        from lsst.meas.madness.localrepo import plan_patch
+        from lsst.meas.madness.simulation.btk_draw import BlendPlan, add_btk_noise, draw_planned_blends
+        from lsst.meas.madness.tasks import MadnessMeasurementConfig
+
+        patch = self.patch
+        catalog, rows, centers = plan_patch(5, size=71, n_galaxies=5)
+        plan = BlendPlan(rows, centers[:, 0] - 35, centers[:, 1] - 35)
+        blends, isolated, _ = draw_planned_blends(catalog, [plan], 71, seed=5)
+        oracle = isolated[0, :5]
+        for k in range(5):
+            # Past a stamp GalSim folds < 1e-4 of the peak; the stamps here cover the patch.
+            np.testing.assert_allclose(patch.isolated_image(k), oracle[k], rtol=0, atol=1e-4 * oracle[k].max())
+        self.assertLess(max(s.shape[-1] for s in patch.stamps), 72)
+        # The total flux lacks what lies past each stamp (GalSim's folding threshold, < 0.5%): 0.11% here.
+        np.testing.assert_allclose(patch.truth["flux_r"], oracle[:, 2].sum(axis=(1, 2)), rtol=2e-3)
+        # The noise is BTK's: the same seeds on the same noiseless image give BTK's noisy image.
+        np.testing.assert_allclose(add_btk_noise(oracle.astype(np.float64).sum(axis=0), 5), blends[0],
+                                   rtol=0, atol=1e-3)
+        # The demo's truth fluxes (the galaxy's own image in an object's aperture) are the same.
+        objects = {"x": np.asarray(patch.truth["x"], float) + 0.3, "y": np.asarray(patch.truth["y"], float),
+                   "shape_a": np.full(5, 3.0), "shape_b": np.full(5, 2.0), "shape_theta": np.full(5, 0.4),
+                   "kron_radius": np.full(5, 2.5), "ap_radius_flag": np.array([0, 0, 1, 0, 0], bool)}
+        config = MadnessMeasurementConfig()
+        new = _aperture_fluxes_per_truth(patch, objects, np.arange(5), np.arange(5), config)
+        old_patch = dataclasses.replace(patch, stamps=tuple(oracle), stamp_yx0=np.tile(patch.yx0, (5, 1)))
+        old = _aperture_fluxes_per_truth(old_patch, objects, np.arange(5), np.arange(5), config)
+        np.testing.assert_allclose(new, old, rtol=1e-5)
+
+    def test_cutout(self):
+        """A cut-out keeps the pixels, and the galaxies centred in it with their stamps clipped."""
+        box = (110, 320, 150, 360)
+        cut = self.patch.cutout(box)
+        np.testing.assert_array_equal(cut.image, self.patch.image[:, 10:50, 20:60])
+        inside = [(320 <= x < 360) and (110 <= y < 150) for x, y in zip(self.patch.truth["x"], self.patch.truth["y"])]
+        self.assertEqual(cut.truth["truth_id"].tolist(), np.flatnonzero(inside).tolist())
+        for k, t in enumerate(cut.truth["truth_id"]):
+            np.testing.assert_array_equal(cut.isolated_image(k), self.patch.isolated_image(t)[:, 10:50, 20:60])
+        with self.assertRaises(MadnessValueError):
+            self.patch.cutout((90, 300, 150, 360))
+
     def test_repo_round_trip(self):
         from lsst.daf.butler import Butler
 
         with tempfile.TemporaryDirectory() as tmp:
             root = os.path.join(tmp, "repo")
-            create_local_repo(root, n_patches=2)
-            create_local_repo(root, n_patches=3)  # idempotent, adds a patch
+            skymap = SimSkyMap.from_patch_size(71)
+            create_local_repo(root, skymap, n_patches=2)
+            create_local_repo(root, skymap, n_patches=3)  # idempotent, adds a patch
+            with self.assertRaises(MadnessValueError):  # one geometry per skymap name
+                create_local_repo(root, SimSkyMap.from_patch_size(71, patch_border=5))
             ingest_patch(root, self.patch, 2, "sim")
             with Butler.from_config(root, collections=["sim"]) as butler:
                 self.assertEqual(len(butler.query_datasets(COADD_DATASET)), 6)
@@ -185,14 +234,14 @@ class BpsTestCase(lsst.utils.tests.TestCase):
     def test_prepare_dry_run(self):
         with tempfile.TemporaryDirectory() as tmp:
             repo = os.path.join(tmp, "repo")
-            create_local_repo(repo, n_patches=2)
+            create_local_repo(repo, SimSkyMap.from_patch_size(71), n_patches=2)
             patch = simulate_patch(5, size=71, n_galaxies=3)
             ingest_patch(repo, patch, 0, "sim/coadds")
             ingest_patch(repo, patch, 1, "sim/coadds")
             self.env["PWD"] = tmp
             proc = subprocess.run(
                 [str(Path(sys.executable).parent / "bps"), "prepare", str(BPS_YAML), "-b", repo,
-                 "-i", "sim/coadds", "-o", "madness/bps-test"],
+                 "-i", "sim/coadds,skymaps", "-o", "madness/bps-test"],
                 capture_output=True, text=True, cwd=tmp, env=self.env, timeout=300,
             )
             self.assertEqual(proc.returncode, 0, proc.stdout[-2000:] + proc.stderr[-3000:])

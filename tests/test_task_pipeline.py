@@ -66,6 +66,8 @@ class PipelineTestCase(MadnessTestCase):
 
         pipeline = Pipeline.fromFile(str(PIPELINE))
         pipeline.addConfigOverride("deblend", "bundlePath", str(quick_bundle_path()))
+        # One patch and no skymap dataset in this repository: every leaf is primary.
+        pipeline.addConfigOverride("measure", "useSkyMap", False)
         for key, value in OVERRIDES.items():
             pipeline.addConfigOverride("deblend", key, int(value))
         butler = SimplePipelineExecutor.prep_butler(cls.root, inputs=[INPUT], output=OUTPUT)
@@ -156,6 +158,8 @@ class PipelineTestCase(MadnessTestCase):
             str(PIPELINE),
             "-c",
             f"deblend:bundlePath={quick_bundle_path()}",
+            "-c",
+            "measure:useSkyMap=False",
         ]
         for key, value in OVERRIDES.items():
             command += ["-c", f"deblend:{key}={value}"]

@@ -32,6 +32,7 @@ import numpy as np
 
 from .localrepo import SKYMAP, TRACT, TRUTH_DATASET, create_local_repo, ingest_patch, pipetask_command, \
     run_logged, simulate_patch
+from .skymap import SKYMAP_RUN, SimSkyMap
 
 INPUT_COLLECTION = "sim/coadds"
 OUTPUT_COLLECTION = "madness/demo"
@@ -164,7 +165,8 @@ def score_patch(patch, catalog, objects, measure_config, match_radius: float = M
 def _aperture_fluxes_per_truth(patch, objects, ti, oj, config) -> np.ndarray:
     out = np.full((len(ti), len(patch.bands)), np.nan)
     for k, (t, o) in enumerate(zip(ti, oj)):
-        out[k] = _aperture_fluxes(patch.isolated[t], objects, np.array([o]), patch.yx0, config)[0]
+        # The galaxy's own stamp (zero elsewhere in the patch), placed by its tract-frame origin.
+        out[k] = _aperture_fluxes(patch.stamps[t], objects, np.array([o]), patch.stamp_yx0[t], config)[0]
     return out
 
 
@@ -416,13 +418,14 @@ def run_demo(
     say(f"[demo] creating the butler at {repo} and ingesting {len(patch.bands)} coadds ({patch.unit}) "
         "+ the truth ...")
     t = time.perf_counter()
-    create_local_repo(repo, bands=patch.bands, n_patches=1)
+    # One patch, all of it inner (no neighbour to share objects with): every leaf is primary.
+    create_local_repo(repo, SimSkyMap.from_patch_size(patch.size, patch_border=0), bands=patch.bands)
     ingest_patch(repo, patch, 0, INPUT_COLLECTION)
     timings["butler_setup_ingest"] = round(time.perf_counter() - t, 1)
 
     overrides = [f"deblend:bundlePath={Path(bundle).resolve()}"] if bundle is not None else []
     overrides += list(config)
-    command = pipetask_command(repo, INPUT_COLLECTION, OUTPUT_COLLECTION, config=overrides)
+    command = pipetask_command(repo, f"{INPUT_COLLECTION},{SKYMAP_RUN}", OUTPUT_COLLECTION, config=overrides)
     shown = "pipetask " + " ".join(command[3:])
     say(f"[demo] running: {shown}")
     timings["pipetask_run"] = round(run_logged(command, output / "pipetask.log", prefix="[pipetask] ",

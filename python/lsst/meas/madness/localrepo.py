@@ -3,7 +3,8 @@
 What `madness demo` and ``scripts/run-patches.py`` share:
 
 * `simulate_patch` draws one square patch of CatSim-format galaxies (SkyPy catalogue, the
-  paper's SNR >= 10 cut in r) with BTK under SurveyCodex's LSST 10-year conditions;
+  paper's SNR >= 10 cut in r) under SurveyCodex's LSST 10-year conditions, each galaxy with
+  BTK's profile on its own stamp, pasted into the patch, with BTK's noise;
 * `create_local_repo` makes a SQLite repository and inserts the dimension records directly
   with ``syncDimensionData`` (instrument, one physical_filter per band, skymap, tract, patches);
 * `ingest_patch` puts the per-band coadds as lsst.images ``MaskedImage`` (``deepCoadd_calexp``,
@@ -11,9 +12,12 @@ What `madness demo` and ``scripts/run-patches.py`` share:
   ``ArrowAstropy``);
 * `pipetask_command` / `run_logged` run ``pipelines/madness.yaml`` in a subprocess.
 
-Patches of one repository lie side by side along x in tract 0 of the skymap ``madness_sim``:
-patch ``p`` covers tract-frame columns ``[p * size, (p + 1) * size)``. Each patch is an
-independent draw (no galaxy crosses a patch border).
+Patches of one repository lie side by side along x in tract 0 of the skymap ``madness_sim``,
+whose geometry (inner boxes, overlapping outer boxes) `lsst.meas.madness.skymap.SimSkyMap`
+owns; the repository holds it as the ``madnessSkyMap`` dataset (run ``skymaps``), from which
+the measurement sets ``detect_isPrimary``. `simulate_tract` draws one scene over all patches
+and `SimulatedPatch.cutout` cuts each patch out of it, so overlapping patches hold the same
+pixels and galaxies there, as real coadds do.
 """
 
 from __future__ import annotations
@@ -26,11 +30,14 @@ __all__ = [
     "TRUTH_DATASET",
     "SimulatedPatch",
     "simulate_patch",
+    "simulate_tract",
+    "plan_patch",
     "create_local_repo",
     "ingest_patch",
     "pipeline_path",
     "pipetask_command",
     "run_logged",
+    "primary_counts",
 ]
 
 import dataclasses
@@ -67,8 +74,12 @@ class SimulatedPatch:
         ``(bands, S, S)`` float32 noisy image, electrons per pixel, sky subtracted.
     variance : `numpy.ndarray`
         ``(bands, S, S)`` float32 variance: sky level plus the noiseless source electrons (gain 1).
-    isolated : `numpy.ndarray`
-        ``(n, bands, S, S)`` float32 noiseless image of each galaxy alone, electrons per pixel.
+    stamps : `tuple` [`numpy.ndarray`, ...]
+        Per galaxy, its ``(bands, h, w)`` float32 noiseless image alone, electrons per pixel, on
+        its own stamp (drawn as large as GalSim's good image size, then clipped to the patch);
+        zero everywhere else in the patch. `isolated_image` pastes one at full patch size.
+    stamp_yx0 : `numpy.ndarray`
+        ``(n, 2)`` int64 tract-frame ``(y0, x0)`` of each stamp's first pixel.
     truth : `astropy.table.Table`
         One row per galaxy: ``truth_id``, tract-frame ``x``/``y`` (pixel index of the centre),
         the catalogue's columns, ``flux_<band>`` (noiseless electrons in the patch) and
@@ -78,14 +89,15 @@ class SimulatedPatch:
     seed : `int`
         Seed of the draw.
     unit : `str`
-        Unit of ``image``, ``isolated`` and the truth's ``flux_<band>`` (``variance`` is in its
+        Unit of ``image``, ``stamps`` and the truth's ``flux_<band>`` (``variance`` is in its
         square): ``"electron"`` as drawn, ``"nJy"`` after `to_nanojansky`.
     """
 
     bands: tuple[str, ...]
     image: np.ndarray
     variance: np.ndarray
-    isolated: np.ndarray
+    stamps: tuple
+    stamp_yx0: np.ndarray
     truth: object
     yx0: tuple[int, int]
     seed: int
@@ -93,8 +105,56 @@ class SimulatedPatch:
 
     @property
     def size(self) -> int:
-        """Side of the patch in pixels."""
+        """Side of the patch in pixels (its width, for a scene that is not square)."""
         return int(self.image.shape[-1])
+
+    def cutout(self, bbox: tuple[int, int, int, int]) -> "SimulatedPatch":
+        """The part of this scene in the tract-frame box ``(y0, x0, y1, x1)`` (end exclusive).
+
+        Pixels are copied; the truth keeps the galaxies whose centre pixel lies in the box, with
+        their stamps clipped to it and ``flux_<band>`` summed over what is left (blendedness stays
+        the scene's). ``truth_id`` is unchanged, so the cut-outs of one scene share ids.
+        """
+        from .engine.geometry import stamp_overlap
+
+        y0, x0, y1, x1 = (int(v) for v in bbox)
+        sy, sx = y0 - self.yx0[0], x0 - self.yx0[1]
+        if sy < 0 or sx < 0 or y1 - self.yx0[0] > self.image.shape[-2] or x1 - self.yx0[1] > self.image.shape[-1]:
+            raise MadnessValueError(f"cutout: box {bbox} is not inside the scene (yx0 {self.yx0}, "
+                                    f"shape {self.image.shape[-2:]}).")
+        window = (slice(None), slice(sy, sy + y1 - y0), slice(sx, sx + x1 - x0))
+        x, y = np.asarray(self.truth["x"]), np.asarray(self.truth["y"])
+        keep = np.flatnonzero((x >= x0) & (x < x1) & (y >= y0) & (y < y1))
+        stamps, stamp_yx0 = [], np.zeros((len(keep), 2), np.int64)
+        for k, t in enumerate(keep):
+            stamp = self.stamps[t]
+            overlap = stamp_overlap(self.stamp_yx0[t], stamp.shape[-2:], bbox)
+            stamp_slices, box_slices = overlap  # the centre pixel is in the box, so they overlap
+            stamps.append(np.ascontiguousarray(stamp[(slice(None), *stamp_slices)]))
+            stamp_yx0[k] = (y0 + box_slices[0].start, x0 + box_slices[1].start)
+        truth = self.truth[keep]
+        for b, band in enumerate(self.bands):
+            truth[f"flux_{band}"] = np.array([float(st[b].sum()) for st in stamps], dtype=np.float64)
+        return dataclasses.replace(self, image=self.image[window].copy(), variance=self.variance[window].copy(),
+                                   stamps=tuple(stamps), stamp_yx0=stamp_yx0, truth=truth, yx0=(y0, x0))
+
+    def isolated_image(self, index: int) -> np.ndarray:
+        """``(bands, S, S)`` float32 image of galaxy ``index`` alone at full patch size (its stamp pasted)."""
+        from .engine.geometry import paste_stamps
+
+        return paste_stamps(self.stamps[index][None], self.stamp_yx0[index : index + 1],
+                            self.image.shape[-2:], image_yx0=self.yx0, dtype=np.float32)
+
+    @property
+    def isolated(self) -> np.ndarray:
+        """``(n, bands, S, S)`` float32 image of each galaxy alone at full patch size, built on demand.
+
+        ``n * bands * S**2`` floats: for small patches (tests); `stamps` hold the same pixels.
+        """
+        out = np.zeros((len(self.stamps), *self.image.shape), np.float32)
+        for k in range(len(self.stamps)):
+            out[k] = self.isolated_image(k)
+        return out
 
     def masked_images(self) -> dict:
         """``{band: lsst.images.MaskedImage}`` at the patch's tract-frame box (no pixel masked), with
@@ -143,7 +203,7 @@ class SimulatedPatch:
             self,
             image=(self.image / per_band).astype(np.float32),
             variance=(self.variance / per_band**2).astype(np.float32),
-            isolated=(self.isolated / per_band[None]).astype(np.float32),
+            stamps=tuple((stamp / per_band).astype(np.float32) for stamp in self.stamps),
             truth=truth,
             unit="nJy",
         )
@@ -164,15 +224,22 @@ def _catalogue(n_galaxies: int, seed: int, min_snr: float):
                             f"{n_galaxies} were asked for.")
 
 
-def _group_positions(rng: np.random.Generator, n: int, low: int, high: int, max_group: int,
+def _shape(size) -> tuple[int, int]:
+    """``(height, width)`` of a patch given as one side or as ``(height, width)``."""
+    return (int(size), int(size)) if np.ndim(size) == 0 else (int(size[0]), int(size[1]))
+
+
+def _group_positions(rng: np.random.Generator, n: int, low: int, high, max_group: int,
                      group_shift: int) -> np.ndarray:
     """``(n, 2)`` distinct integer ``(x, y)`` pixels in ``[low, high]^2``, in groups.
+
+    ``high`` is one bound for both axes, or ``[high_x, high_y]``.
 
     Groups of 1 to ``max_group`` galaxies (uniform) have centres uniform in the square; members
     lie uniformly within ``group_shift`` pixels of their group's centre (clipped to the square),
     as the paper's BlendedSims place 1-3 galaxies in a 20x20 pixel box.
     """
-    if (high - low + 1) ** 2 < n:
+    if np.prod(np.asarray(high) - low + 1) * (1 if np.ndim(high) else np.asarray(high) - low + 1) < n:
         raise MadnessValueError(f"{n} galaxies do not fit in distinct pixels of [{low}, {high}]^2.")
     chosen: dict[tuple[int, int], None] = {}
     while len(chosen) < n:
@@ -190,7 +257,7 @@ def _group_positions(rng: np.random.Generator, n: int, low: int, high: int, max_
 def simulate_patch(
     seed: int,
     *,
-    size: int = 301,
+    size: int | tuple[int, int] = 301,
     n_galaxies: int = 40,
     margin: int = 8,
     max_group: int = 3,
@@ -205,16 +272,20 @@ def simulate_patch(
     paper's SNR >= ``min_snr`` cut in r (appendix A), and placed on distinct pixel centres at
     least ``margin`` pixels inside the patch, in groups of 1 to ``max_group`` galaxies within
     ``group_shift`` pixels of a group centre (uniform), so that most of them are blended, as in
-    the paper's BlendedSims (1-3 galaxies in a 20x20 pixel box). BTK draws them (bulge + disk +
-    AGN, Kolmogorov + Airy PSF per band) with Poisson noise from the sources and the 10-year sky,
-    sky subtracted, gain 1.
+    the paper's BlendedSims (1-3 galaxies in a 20x20 pixel box). Each galaxy is drawn alone on
+    its own stamp with BTK's profile (bulge + disk + AGN, Kolmogorov + Airy PSF per band;
+    `lsst.meas.madness.simulation.btk_draw.draw_galaxy_stamps`), clipped to the patch and pasted
+    into it; BTK's Poisson noise from the sources and the 10-year sky is added (sky subtracted,
+    gain 1; `~lsst.meas.madness.simulation.btk_draw.add_btk_noise`). Memory grows with the
+    galaxies' stamps, not with ``n_galaxies * size**2`` as BTK's full-size isolated images did
+    (doc/tasks.md, "Simulated patches").
 
     Parameters
     ----------
     seed : `int`
         Seed of the catalogue, the selection, the positions and the noise.
-    size : `int`
-        Side of the square patch in pixels (odd: BTK centres its stamp on a pixel); 0.2"/pixel.
+    size : `int` or `tuple` [`int`, `int`]
+        Side of the square patch in pixels, or its ``(height, width)``; 0.2"/pixel.
     n_galaxies : `int`
         Number of galaxies in the patch.
     margin : `int`
@@ -234,38 +305,37 @@ def simulate_patch(
     """
     from astropy.table import Table
 
-    from .engine.geometry import round_half_up
-
-    from .simulation.btk_draw import BlendPlan, draw_planned_blends, lsst_survey
+    from .engine.geometry import crop_stamps, paste_stamps, round_half_up, stamp_overlap
+    from .simulation.btk_draw import add_btk_noise, draw_galaxy_stamps, lsst_survey
     from .simulation.conditions import LsstConditions
 
-    if size % 2 != 1 or size < 47:
-        raise MadnessValueError(f"simulate_patch: size must be odd and >= 47 pixels, got {size}.")
-    if n_galaxies < 1 or 2 * margin >= size:
-        raise MadnessValueError(f"simulate_patch: need n_galaxies >= 1 and margin < size / 2 "
-                                f"(n_galaxies={n_galaxies}, margin={margin}, size={size}).")
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 17]))
-    catalog = _catalogue(n_galaxies, int(seed), min_snr)
-    rows = np.sort(rng.choice(len(catalog), size=n_galaxies, replace=False))
-    xy = _group_positions(rng, n_galaxies, margin, size - 1 - margin, max_group, group_shift)
-    half = (size - 1) // 2
-    # A separate stream, so the default (on-pixel) patches are unchanged by the option.
-    offset_rng = np.random.default_rng(np.random.SeedSequence([int(seed), 18]))
-    offsets = offset_rng.uniform(-0.5, 0.5, (n_galaxies, 2)) if subpixel else np.zeros((n_galaxies, 2))
-    plan = BlendPlan(rows, xy[:, 0] - half + offsets[:, 0], xy[:, 1] - half + offsets[:, 1])
+    catalog, rows, centers_xy = plan_patch(seed, size=size, n_galaxies=n_galaxies, margin=margin,
+                                           max_group=max_group, group_shift=group_shift, min_snr=min_snr,
+                                           subpixel=subpixel)
     survey = lsst_survey()
-    blends, isolated, catalogs = draw_planned_blends(catalog, [plan], size, seed=int(seed), survey=survey)
-    image, isolated = blends[0], isolated[0, :n_galaxies]
+    drawn, origins = draw_galaxy_stamps(catalog, rows, centers_xy, survey=survey)
     conditions = LsstConditions.from_surveycodex()
     bands = tuple(conditions.bands)
-    noiseless = isolated.sum(axis=0)
+    # Each stamp clipped to the patch (what BTK's full-size isolated images held) and added into
+    # the noiseless patch; float64 as BTK sums its galaxies.
+    stamps, stamp_yx0 = [], np.zeros((n_galaxies, 2), np.int64)
+    shape = _shape(size)
+    noiseless64 = np.zeros((len(bands), *shape), np.float64)
+    for k, (stamp, yx) in enumerate(zip(drawn, origins)):
+        stamp_slices, patch_slices = stamp_overlap(yx, stamp.shape[-2:], (0, 0, *shape))
+        stamps.append(np.ascontiguousarray(stamp[(slice(None), *stamp_slices)]))
+        stamp_yx0[k] = (patch_slices[0].start, patch_slices[1].start)
+        paste_stamps(stamps[k][None], stamp_yx0[k : k + 1], shape, out=noiseless64)
+    del drawn
+    image = add_btk_noise(noiseless64, int(seed), survey=survey)
+    noiseless = noiseless64.astype(np.float32)
+    del noiseless64
     variance = (conditions.sky_levels[:, None, None] + np.clip(noiseless, 0.0, None)).astype(np.float32)
 
-    drawn = catalogs[0]
     truth = Table()
     truth["truth_id"] = np.arange(n_galaxies, dtype=np.int64)
-    x_true = np.asarray(drawn["x_peak"], dtype=np.float64) + int(yx0[1])
-    y_true = np.asarray(drawn["y_peak"], dtype=np.float64) + int(yx0[0])
+    x_true = centers_xy[:, 0] + int(yx0[1])
+    y_true = centers_xy[:, 1] + int(yx0[0])
     truth["x"] = round_half_up(x_true).astype(np.int32)
     truth["y"] = round_half_up(y_true).astype(np.int32)
     truth["x"].description = truth["y"].description = "tract-frame pixel index of the galaxy's centre"
@@ -275,32 +345,105 @@ def simulate_patch(
                  "fluxnorm_bulge", "fluxnorm_disk", "snr_r"):
         if name in catalog.colnames:
             truth[name] = np.asarray(catalog[name])[rows]
-    total = (isolated * noiseless[None]).sum(axis=(2, 3))
-    own = (isolated**2).sum(axis=(2, 3))
+    flux = np.stack([stamp.sum(axis=(1, 2)) for stamp in stamps]).astype(np.float64)  # (n, bands)
+    # Paper eq. 16 over each galaxy's own pixels (it is zero elsewhere).
+    total = np.stack([(stamp * crop_stamps(noiseless, stamp_yx0[k : k + 1], stamp.shape[-2:])[0]).sum(axis=(1, 2))
+                      for k, stamp in enumerate(stamps)])
+    own = np.stack([(stamp**2).sum(axis=(1, 2)) for stamp in stamps])
     for b, band in enumerate(bands):
-        truth[f"flux_{band}"] = isolated[:, b].sum(axis=(1, 2)).astype(np.float64)
+        truth[f"flux_{band}"] = flux[:, b]
         truth[f"flux_{band}"].unit = "electron"
         truth[f"flux_{band}"].description = f"noiseless {band} electrons of the galaxy inside the patch"
         with np.errstate(divide="ignore", invalid="ignore"):
             truth[f"blendedness_{band}"] = np.where(total[:, b] > 0, 1.0 - own[:, b] / total[:, b], 0.0)
         truth[f"blendedness_{band}"].description = "1 - sum(I_i^2) / sum(I_i I_all), paper eq. 16"
     return SimulatedPatch(bands=bands, image=image.astype(np.float32), variance=variance,
-                          isolated=isolated.astype(np.float32), truth=truth,
+                          stamps=tuple(stamps), stamp_yx0=stamp_yx0 + np.asarray(yx0, np.int64), truth=truth,
                           yx0=(int(yx0[0]), int(yx0[1])), seed=int(seed))
 
 
-def create_local_repo(root: str | os.PathLike, *, bands: Sequence[str] = ("u", "g", "r", "i", "z", "y"),
+def simulate_tract(seed: int, skymap, n_patches: int, *, n_galaxies: int, **kwargs) -> SimulatedPatch:
+    """Draw one scene over the outer boxes of patches ``0 .. n_patches - 1`` of ``skymap``.
+
+    `simulate_patch` over ``skymap.outer_bbox(n_patches)`` (all the pixels of the patches, the
+    overlaps once); cut each patch out with
+    ``scene.cutout(skymap.patch_outer_bbox(p))``, so neighbouring patches share their overlap's
+    pixels and galaxies, as overlapping coadds of one sky do.
+
+    Parameters
+    ----------
+    seed : `int`
+        Seed of the scene.
+    skymap : `lsst.meas.madness.skymap.SimSkyMap`
+        Patch geometry.
+    n_patches : `int`
+        Patches in a row.
+    n_galaxies : `int`
+        Galaxies in the whole scene.
+    **kwargs
+        Other `simulate_patch` arguments (``min_snr``, ``group_shift``, ``margin``...).
+    """
+    y0, x0, y1, x1 = skymap.outer_bbox(n_patches)
+    return simulate_patch(seed, size=(y1 - y0, x1 - x0), n_galaxies=n_galaxies, yx0=(y0, x0), **kwargs)
+
+
+def plan_patch(
+    seed: int,
+    *,
+    size: int | tuple[int, int] = 301,
+    n_galaxies: int = 40,
+    margin: int = 8,
+    max_group: int = 3,
+    group_shift: int = 10,
+    min_snr: float = 10.0,
+    subpixel: bool = False,
+):
+    """Which galaxies `simulate_patch` draws, and where (seeded; the arguments are its own).
+
+    Returns
+    -------
+    catalog : `astropy.table.Table`
+        The SNR-cut SkyPy CatSim-format catalogue.
+    rows : `numpy.ndarray`
+        ``(n_galaxies,)`` sorted rows of ``catalog``.
+    centers_xy : `numpy.ndarray`
+        ``(n_galaxies, 2)`` float ``(x, y)`` centre of each galaxy in the patch's pixels.
+    """
+    height, width = _shape(size)
+    if min(height, width) < 47:
+        raise MadnessValueError(f"simulate_patch: the patch must be >= 47 pixels on a side, got {size}.")
+    if n_galaxies < 1 or 2 * margin >= min(height, width):
+        raise MadnessValueError(f"simulate_patch: need n_galaxies >= 1 and margin < size / 2 "
+                                f"(n_galaxies={n_galaxies}, margin={margin}, size={size}).")
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), 17]))
+    catalog = _catalogue(n_galaxies, int(seed), min_snr)
+    rows = np.sort(rng.choice(len(catalog), size=n_galaxies, replace=False))
+    high = width - 1 - margin if height == width else np.array([width - 1 - margin, height - 1 - margin])
+    xy = _group_positions(rng, n_galaxies, margin, high, max_group, group_shift)
+    # A separate stream, so the default (on-pixel) patches are unchanged by the option.
+    offset_rng = np.random.default_rng(np.random.SeedSequence([int(seed), 18]))
+    offsets = offset_rng.uniform(-0.5, 0.5, (n_galaxies, 2)) if subpixel else np.zeros((n_galaxies, 2))
+    return catalog, rows, xy.astype(np.float64) + offsets
+
+
+def create_local_repo(root: str | os.PathLike, skymap, *, bands: Sequence[str] = ("u", "g", "r", "i", "z", "y"),
                       n_patches: int = 1) -> None:
     """Make a SQLite repository at ``root`` with the dimension records of ``n_patches`` patches.
 
     No obs_base: ``instrument`` (``MadnessSim``), one ``physical_filter`` per band
-    (``sim_<band>``), ``skymap`` (``madness_sim``), ``tract`` 0 and ``patch`` 0..n-1 are inserted
-    with ``registry.syncDimensionData``, and the dataset types `COADD_DATASET` and
-    `TRUTH_DATASET` are registered. Running it again on an existing repository adds what is
-    missing.
+    (``sim_<band>``), ``skymap`` (``skymap.name``), ``tract`` 0 and ``patch`` 0..n-1 are inserted
+    with ``registry.syncDimensionData``, the dataset types `COADD_DATASET`, `TRUTH_DATASET` and
+    ``madnessSkyMap`` are registered, and ``skymap`` (a `lsst.meas.madness.skymap.SimSkyMap`)
+    is put in the RUN collection ``skymaps``, as ``butler register-skymap`` puts Rubin's. Running
+    it again on an existing repository adds what is missing; a different skymap geometry under
+    the same name is an error.
     """
     from lsst.daf.butler import Butler, DatasetType
 
+    from .skymap import MAX_PATCHES, SKYMAP_DATASET, SKYMAP_RUN
+
+    if not 1 <= n_patches <= MAX_PATCHES:
+        raise MadnessValueError(f"create_local_repo: n_patches must be in [1, {MAX_PATCHES}], got {n_patches}.")
     root = str(root)
     if not os.path.exists(os.path.join(root, "butler.yaml")):
         Butler.makeRepo(root)  # SQLite registry, file datastore
@@ -315,16 +458,17 @@ def create_local_repo(root: str | os.PathLike, *, bands: Sequence[str] = ("u", "
                 "physical_filter", {"instrument": INSTRUMENT, "name": f"sim_{band}", "band": band}
             )
         # syncDimensionData refuses a record that differs from the stored one, so the skymap
-        # record is sized generously once (up to 1000 patches in a row).
+        # record is sized generously once (up to MAX_PATCHES patches in a row).
         reg.syncDimensionData(
             "skymap",
-            {"name": SKYMAP, "hash": b"madness-sim-v1", "tract_max": 1, "patch_nx_max": 1000,
+            {"name": skymap.name, "hash": b"madness-sim-v1", "tract_max": 1, "patch_nx_max": MAX_PATCHES,
              "patch_ny_max": 1},
         )
-        reg.syncDimensionData("tract", {"skymap": SKYMAP, "id": TRACT})
+        reg.syncDimensionData("tract", {"skymap": skymap.name, "id": skymap.tract})
         for patch in range(n_patches):
             reg.syncDimensionData(
-                "patch", {"skymap": SKYMAP, "tract": TRACT, "id": patch, "cell_x": patch, "cell_y": 0}
+                "patch", {"skymap": skymap.name, "tract": skymap.tract, "id": patch, "cell_x": patch,
+                          "cell_y": 0}
             )
         universe = butler.dimensions
         reg.registerDatasetType(
@@ -334,10 +478,22 @@ def create_local_repo(root: str | os.PathLike, *, bands: Sequence[str] = ("u", "
         reg.registerDatasetType(
             DatasetType(TRUTH_DATASET, ("skymap", "tract", "patch"), "ArrowAstropy", universe=universe)
         )
+        reg.registerDatasetType(DatasetType(SKYMAP_DATASET, ("skymap",), "StructuredDataDict", universe=universe))
+        reg.registerRun(SKYMAP_RUN)
+        ref = butler.find_dataset(SKYMAP_DATASET, {"skymap": skymap.name}, collections=SKYMAP_RUN)
+        if ref is None:
+            butler.put(skymap.to_dict(), SKYMAP_DATASET, {"skymap": skymap.name}, run=SKYMAP_RUN)
+        elif butler.get(ref) != skymap.to_dict():
+            raise MadnessValueError(f"{root} holds skymap {skymap.name!r} as {butler.get(ref)}, "
+                                    f"not {skymap.to_dict()}.")
 
 
 def ingest_patch(root: str | os.PathLike, patch: SimulatedPatch, patch_id: int, run: str) -> None:
-    """Put ``patch``'s coadds (one ``MaskedImageV2`` per band) and truth table into ``run``."""
+    """Put ``patch``'s coadds (one ``MaskedImageV2`` per band) and truth table into ``run``.
+
+    The patch must lie where the repository's skymap puts patch ``patch_id`` (its outer box);
+    `SimSkyMap.patch_yx0` gives that place.
+    """
     from lsst.daf.butler import Butler
 
     data_id = {"skymap": SKYMAP, "tract": TRACT, "patch": int(patch_id)}
@@ -420,3 +576,40 @@ def run_logged(command: Sequence[str], log_path: str | os.PathLike, *, prefix: s
     if code != 0:
         raise subprocess.CalledProcessError(code, list(command), output="".join(lines))
     return time.perf_counter() - start
+
+
+def primary_counts(truth, object_tables: Sequence, match_radius: float = 3.0) -> dict:
+    """How many times each truth galaxy is detected, and detected primary, over several patches.
+
+    In each patch's object table, every truth galaxy is matched to its nearest object within
+    ``match_radius`` pixels (tract frame) among all objects (leaves of the blend tree, in or out
+    of the patch's inner region) and, separately, among the primary ones (``detect_isPrimary``).
+
+    Parameters
+    ----------
+    truth : `astropy.table.Table`
+        The scene's truth (``truth_id``, tract-frame ``x``, ``y``).
+    object_tables : sequence of `astropy.table.Table`
+        Object table of each patch (``deepCoadd_madnessObj``).
+    match_radius : `float`
+        Largest truth-to-centroid distance, pixels.
+
+    Returns
+    -------
+    counts : `dict`
+        ``"detected"`` and ``"primary"``: ``(n_truth,)`` int arrays, the number of patches in
+        which each galaxy has a leaf object (any) or a primary object within the radius.
+    """
+    tx, ty = np.asarray(truth["x"], float), np.asarray(truth["y"], float)
+    detected = np.zeros(len(truth), np.int64)
+    primary = np.zeros(len(truth), np.int64)
+    for objects in object_tables:
+        leaf = (np.asarray(objects["parent"]) != 0) | (np.asarray(objects["deblend_nChild"]) == 0)
+        for selection, counts in ((leaf, detected), (np.asarray(objects["detect_isPrimary"], bool), primary)):
+            ox = np.asarray(objects["x"], float)[selection]
+            oy = np.asarray(objects["y"], float)[selection]
+            if not len(ox):
+                continue
+            dist = np.hypot(tx[:, None] - ox[None], ty[:, None] - oy[None])
+            counts += np.nanmin(np.where(np.isfinite(dist), dist, np.inf), axis=1) <= match_radius
+    return {"detected": detected, "primary": primary}

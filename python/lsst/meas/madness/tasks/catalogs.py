@@ -276,8 +276,20 @@ def object_columns(bands: Sequence[str]) -> list[Column]:
         Column("deblend_skipped", "bool", "Copied from the deblended catalog."),
         Column("deblend_failed", "bool", "Copied from the deblended catalog."),
         Column(
-            "detect_isPrimary", "bool", "A leaf of the blend tree: a child, or a parent with no children."
+            "detect_isPrimary",
+            "bool",
+            "True if the source has no children (a child, or a parent with no children) and its centroid "
+            "is in the inner region of the coadd patch and of the coadd tract (detect_isPatchInner and "
+            "detect_isTractInner), as Rubin's SetPrimaryFlagsTask sets it: each object once across "
+            "overlapping patches.",
         ),
+        Column(
+            "detect_isPatchInner",
+            "bool",
+            "True if the source's centroid is in the inner region of the coadd patch (one pixel further in "
+            "when centroid_flag is set).",
+        ),
+        Column("detect_isTractInner", "bool", "True if the source's centroid is in the inner region of the coadd tract."),
         Column(
             "x",
             "float64",

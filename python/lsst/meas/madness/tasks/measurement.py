@@ -21,6 +21,7 @@ __all__ = [
     "MadnessMeasurementConfig",
     "MadnessMeasurementTask",
     "measure_sources",
+    "set_primary_flags",
 ]
 
 import numpy as np
@@ -31,6 +32,7 @@ import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
 from lsst.utils.timer import timeMethod
 
+from ..skymap import SKYMAP_DATASET, SimSkyMap, is_patch_inner
 from .catalogs import make_table, object_columns
 from .coadds import DEFAULT_BAD_MASK_PLANES, MultibandCoadd
 from .footprints import heavy_footprints_from_table
@@ -63,12 +65,25 @@ class MadnessMeasurementConnections(
         dimensions=("tract", "patch", "band", "skymap"),
         multiple=True,
     )
+    skyMap = cT.Input(
+        doc="Geometry of the skymap's tracts and patches (lsst.meas.madness.skymap.SimSkyMap.to_dict): "
+        "the inner patch and tract regions that detect_isPrimary needs. The pip-only counterpart of "
+        "Rubin's skyMap dataset (lsst.skymap needs afw).",
+        name=SKYMAP_DATASET,
+        storageClass="StructuredDataDict",
+        dimensions=("skymap",),
+    )
     objectTable = cT.Output(
         doc="Per-band aperture fluxes and HSM shapes of every source.",
         name="{outputCoaddName}Coadd_madnessObj",
         storageClass="ArrowAstropy",
         dimensions=("tract", "patch", "skymap"),
     )
+
+    def __init__(self, *, config=None):
+        super().__init__(config=config)
+        if config is not None and not config.useSkyMap:
+            del self.skyMap
 
 
 class MadnessMeasurementConfig(
@@ -93,6 +108,15 @@ class MadnessMeasurementConfig(
         doc="Mask planes whose pixels are excluded (sep mask, HSM badpix).",
     )
     doHsm = pexConfig.Field[bool](default=True, doc="Measure GalSim HSM adaptive moments.")
+
+    # Primary flags
+    useSkyMap = pexConfig.Field[bool](
+        default=True,
+        doc="Read the skymap (connection skyMap) and set detect_isPatchInner and detect_isTractInner from "
+        "its inner patch and tract regions, so that detect_isPrimary holds each object in one patch only, "
+        "as Rubin's SetPrimaryFlagsTask does. False: every source counts as inner (a repository of "
+        "one patch without a skymap dataset; overlapping patches then count their overlaps twice).",
+    )
 
 
 def _ellipse(image: np.ndarray) -> tuple[float, float, float, float, float] | None:
@@ -148,9 +172,6 @@ def measure_sources(
     out = make_table(object_columns(bands), len(catalog))
     for name in ("id", "parent", "deblend_nChild", "deblend_skipped", "deblend_failed"):
         out[name] = np.asarray(catalog[name])
-    out["detect_isPrimary"] = (np.asarray(catalog["parent"]) != 0) | (
-        np.asarray(catalog["deblend_nChild"]) == 0
-    )
     cy0, cx0, cy1, cx1 = coadd.bbox
     pad = config.cutoutPadding
     for row, source_id in enumerate(np.asarray(catalog["id"], dtype=np.int64)):
@@ -237,6 +258,39 @@ def measure_sources(
     return out
 
 
+def set_primary_flags(objects: Table, skymap: SimSkyMap | None = None, patch: int | None = None) -> None:
+    """Set ``detect_isPatchInner``, ``detect_isTractInner`` and ``detect_isPrimary`` in place.
+
+    As Rubin's ``SetPrimaryFlagsTask`` does for coadds (meas_algorithms setPrimaryFlags.py): a
+    source is primary when it is a leaf of the blend tree (a child, or a parent with no
+    children) and its centroid (``x``, ``y``; with ``centroid_flag`` one pixel further in) lies
+    in the inner region of the patch (`lsst.meas.madness.skymap.is_patch_inner`) and of the
+    tract (`lsst.meas.madness.skymap.SimSkyMap.is_tract_inner`).
+
+    Parameters
+    ----------
+    objects : `astropy.table.Table`
+        Object table (`object_columns`) with ``parent``, ``deblend_nChild``, ``x``, ``y`` and
+        ``centroid_flag`` filled.
+    skymap : `lsst.meas.madness.skymap.SimSkyMap`, optional
+        The skymap; `None`: every source counts as patch- and tract-inner.
+    patch : `int`, optional
+        Id of the patch the objects were measured in (required with ``skymap``).
+    """
+    leaf = (np.asarray(objects["parent"]) != 0) | (np.asarray(objects["deblend_nChild"]) == 0)
+    if skymap is None:
+        patch_inner = tract_inner = np.ones(len(objects), bool)
+    else:
+        if patch is None:
+            raise ValueError("set_primary_flags: a skymap needs the patch id.")
+        x, y = np.asarray(objects["x"], np.float64), np.asarray(objects["y"], np.float64)
+        patch_inner = is_patch_inner(x, y, skymap.patch_inner_bbox(patch), objects["centroid_flag"])
+        tract_inner = skymap.is_tract_inner(x, y)
+    objects["detect_isPatchInner"] = patch_inner
+    objects["detect_isTractInner"] = tract_inner
+    objects["detect_isPrimary"] = leaf & patch_inner & tract_inner
+
+
 class MadnessMeasurementTask(pipeBase.PipelineTask):
     """Measure sep Kron-aperture fluxes and GalSim HSM shapes of deblended sources, per band."""
 
@@ -250,11 +304,17 @@ class MadnessMeasurementTask(pipeBase.PipelineTask):
             for ref, t in zip(inputRefs.deblendedFlux, butlerQC.get(inputRefs.deblendedFlux))
         }
         catalog = butlerQC.get(inputRefs.deblendedCatalog)
-        outputs = self.run(coadds=coadds, deblendedCatalog=catalog, deblendedFlux=fluxes)
+        skyMap = patch = None
+        if self.config.useSkyMap:
+            skyMap = SimSkyMap.from_dict(butlerQC.get(inputRefs.skyMap))
+            patch = int(butlerQC.quantum.dataId["patch"])
+        outputs = self.run(coadds=coadds, deblendedCatalog=catalog, deblendedFlux=fluxes, skyMap=skyMap,
+                           patch=patch)
         butlerQC.put(outputs, outputRefs)
 
     @timeMethod
-    def run(self, coadds, deblendedCatalog: Table, deblendedFlux: dict[str, Table]) -> pipeBase.Struct:
+    def run(self, coadds, deblendedCatalog: Table, deblendedFlux: dict[str, Table],
+            skyMap: SimSkyMap | None = None, patch: int | None = None) -> pipeBase.Struct:
         """Measure every source of the deblended catalog.
 
         Parameters
@@ -266,6 +326,11 @@ class MadnessMeasurementTask(pipeBase.PipelineTask):
         deblendedFlux : `dict` [`str`, `astropy.table.Table`]
             Heavy-footprint table of each band; the bands measured are those of the catalog
             (``deblend_flux_<band>`` columns) that have a table and a coadd.
+        skyMap : `lsst.meas.madness.skymap.SimSkyMap`, optional
+            Skymap whose inner patch and tract regions decide ``detect_isPrimary``
+            (`set_primary_flags`); `None`: every leaf is primary.
+        patch : `int`, optional
+            Id of the patch measured (required with ``skyMap``).
 
         Returns
         -------
@@ -284,6 +349,8 @@ class MadnessMeasurementTask(pipeBase.PipelineTask):
         heavy = {band: heavy_footprints_from_table(deblendedFlux[band]) for band in bands}
         self.log.info("Measuring %d sources in bands %s", len(deblendedCatalog), bands)
         objects = measure_sources(deblendedCatalog, heavy, coadd, self.config)
+        set_primary_flags(objects, skyMap, patch)
+        self.metadata["n_primary"] = int(objects["detect_isPrimary"].sum())
         self.metadata["n_sources"] = len(objects)
         self.metadata["n_hsm_failed"] = int(sum(objects[f"{b}_hsm_flag"].sum() for b in bands))
         return pipeBase.Struct(objectTable=objects)
