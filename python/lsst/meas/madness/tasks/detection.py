@@ -24,7 +24,12 @@ __all__ = [
     "MadnessDetectionConnections",
     "MadnessDetectionConfig",
     "MadnessDetectionTask",
+    "ProminenceConfig",
+    "RubinLikeConfig",
+    "ScarletLiteDetectConfig",
+    "SepPeaksConfig",
     "detect_footprints",
+    "find_detections",
     "detection_tables",
 ]
 
@@ -40,6 +45,14 @@ from lsst.utils.timer import timeMethod
 
 from .catalogs import DETECTION_COLUMNS, make_table, source_id_prefix
 from .coadds import DEFAULT_BAD_MASK_PLANES, MultibandCoadd
+from .detection_methods import (
+    Detections,
+    detect_prominence,
+    detect_rubin_like,
+    detect_scarlet_lite,
+    detect_sep,
+    gaussian_kernel,
+)
 from .footprints import Footprint, footprints_to_table
 
 _TEMPLATES = {"inputCoaddName": "deep", "outputCoaddName": "deep"}
@@ -71,58 +84,217 @@ class MadnessDetectionConnections(
     )
 
 
-class MadnessDetectionConfig(pipeBase.PipelineTaskConfig, pipelineConnections=MadnessDetectionConnections):
-    """Configuration of `MadnessDetectionTask`."""
+class SepPeaksConfig(pexConfig.Config):
+    """sep's thresholding and multi-threshold deblending (``method="sep"`` and ``"sepPsf"``)."""
 
-    # Detection
     thresholdSigma = pexConfig.Field[float](
         default=3.0,
         doc="Detection threshold in units of the detection image's per-pixel noise, applied to the "
-        "image filtered by sep's default 3x3 kernel.",
+        "image filtered by sep's default 3x3 kernel (``sep``) or the PSF's Gaussian (``sepPsf``).",
     )
     minArea = pexConfig.Field[int](default=5, doc="Fewest pixels above threshold for a footprint (pixels).")
-    subtractBackground = pexConfig.Field[bool](
-        default=False,
-        doc="Subtract a sep background from the detection image first (coadds are usually "
-        "background-subtracted already).",
-    )
-    badMask = pexConfig.ListField[str](
-        default=list(DEFAULT_BAD_MASK_PLANES),
-        doc="Mask planes whose pixels are ignored; names a coadd lacks are skipped.",
-    )
     footprintGrow = pexConfig.Field[int](
         default=2,
         doc="Grow each footprint by this many pixels into undetected pixels (never into another "
         "footprint), so that children footprints keep the wings just below threshold (pixels; 0: off).",
     )
-    # Peaks
     deblendNThresh = pexConfig.Field[int](default=32, doc="sep deblend_nthresh of the peak pass.")
     deblendCont = pexConfig.Field[float](
         default=0.005,
-        doc="sep deblend_cont of the peak pass: smallest fraction of a footprint's flux a branch "
-        "must hold to be a separate peak.",
+        doc="sep deblend_cont of the peak pass (``method=\"sep\"``): smallest fraction of a footprint's "
+        "flux a branch must hold to be a separate peak.",
+    )
+    psfDeblendCont = pexConfig.Field[float](
+        default=0.0005,
+        doc="sep deblend_cont of the peak pass with the PSF-matched filter (``method=\"sepPsf\"``).",
+    )
+
+
+class RubinLikeConfig(pexConfig.Config):
+    """Per-band detection and a merge with Rubin's rules (``method="rubinLike"``).
+
+    The defaults are those of ``SourceDetectionTask`` on coadds and of ``MergeDetectionsTask``
+    with ``CullPeaksConfig`` (lsst/meas_algorithms, lsst/pipe_tasks).
+    """
+
+    thresholdValue = pexConfig.Field[float](
+        default=5.0,
+        doc="Threshold on each band's PSF-smoothed image in units of its per-pixel noise (pixel_stdev).",
+    )
+    minPixels = pexConfig.Field[int](default=1, doc="Fewest pixels above threshold for a footprint.")
+    nSigmaToGrow = pexConfig.Field[float](
+        default=2.4, doc="Grow footprints by this many PSF sigma; grown footprints that touch merge."
+    )
+    priorityList = pexConfig.ListField[str](
+        default=["i", "r", "z", "y", "g", "u"],
+        doc="Bands in merge order; peaks of the first band are all kept, later bands only add new ones.",
+    )
+    minNewPeak = pexConfig.Field[float](
+        default=1.0, doc="A later band's peak is new only beyond this distance from every merged peak (arcsec)."
+    )
+    maxSamePeak = pexConfig.Field[float](
+        default=0.3, doc="A later band's peak within this distance of a merged peak is that peak (arcsec)."
+    )
+    nBandsSufficient = pexConfig.Field[int](default=2, doc="Cull: always keep peaks detected in this many bands.")
+    rankSufficient = pexConfig.Field[int](default=20, doc="Cull: always keep this many peaks in each family.")
+    rankConsidered = pexConfig.Field[int](
+        default=30, doc="Cull: keep peaks of lower rank that also meet rankNormalizedConsidered."
+    )
+    rankNormalizedConsidered = pexConfig.Field[float](
+        default=0.7, doc="Cull: keep peaks whose rank is below this fraction of the family size."
+    )
+
+
+class ScarletLiteDetectConfig(pexConfig.Config):
+    """scarlet_lite's ``detect_footprints`` on the bands (``method="scarletLite"``); its defaults."""
+
+    minSeparation = pexConfig.Field[float](default=4.0, doc="Smallest separation of two peaks (pixels).")
+    minArea = pexConfig.Field[int](default=4, doc="Fewest pixels of a footprint.")
+    peakThreshold = pexConfig.Field[float](default=5.0, doc="scarlet_lite's peak_thresh.")
+    footprintThreshold = pexConfig.Field[float](default=5.0, doc="scarlet_lite's footprint_thresh.")
+    scales = pexConfig.Field[int](default=1, doc="Wavelet scales; the finest is removed before peak finding.")
+
+
+class ProminenceConfig(pexConfig.Config):
+    """Matched-filter footprints and prominent peaks on the band stack (``method="prominence"``)."""
+
+    thresholdSigma = pexConfig.Field[float](
+        default=5.0,
+        doc="Footprints: pixels where the detection image smoothed by the PSF's Gaussian exceeds this many "
+        "times its own per-pixel noise (Rubin's 5 sigma, on all bands at once).",
+    )
+    minArea = pexConfig.Field[int](default=5, doc="Fewest pixels above threshold for a footprint (pixels).")
+    nSigmaToGrow = pexConfig.Field[float](
+        default=2.4, doc="Grow footprints by this many PSF sigma; grown footprints that touch merge (Rubin's)."
+    )
+    peakSmoothing = pexConfig.Field[float](
+        default=0.5,
+        doc="Sigma of the Gaussian that smooths the image peaks are found in, in units of the PSF's sigma "
+        "(0: none). Smoothing by the full PSF merges pairs closer than ~1.2 FWHM.",
+    )
+    prominence = pexConfig.Field[float](
+        default=2.5,
+        doc="Smallest prominence of a peak (the dip between it and any higher peak), in units of the peak "
+        "image's per-pixel noise. Lower finds fainter companions and more noise peaks.",
+    )
+    peakThreshold = pexConfig.Field[float](
+        default=3.0, doc="Smallest significance of a peak in the peak image (units of its noise)."
+    )
+
+
+# LSST 10-year PSF FWHM per band (SurveyCodex 1.3, the simulations' conditions), arcsec.
+_LSST_PSF_FWHM = {"u": 0.90, "g": 0.86, "r": 0.81, "i": 0.79, "z": 0.77, "y": 0.76}
+
+
+class MadnessDetectionConfig(pipeBase.PipelineTaskConfig, pipelineConnections=MadnessDetectionConnections):
+    """Configuration of `MadnessDetectionTask`.
+
+    ``method`` picks the footprint and peak finder (`lsst.meas.madness.tasks.detection_methods`);
+    each has its own group of fields. The task's behaviour before issue 14 is
+    ``method="sep"`` (with ``sep``'s defaults). The measurements behind the default are in
+    ``doc/detection.md``.
+    """
+
+    method = pexConfig.ChoiceField[str](
+        default="prominence",
+        doc="Footprint and peak finder.",
+        allowed={
+            "sep": "sep on the inverse-variance weighted band mean, 3x3 filter, deblend_cont (the method "
+            "before issue 14)",
+            "sepPsf": "sep as above with a PSF-matched Gaussian filter and sep.psfDeblendCont",
+            "rubinLike": "each band smoothed by its PSF, 5 sigma, local maxima, bands merged with "
+            "MergeDetectionsTask's rules",
+            "scarletLite": "scarlet_lite's detect_footprints on the bands",
+            "prominence": "PSF-matched footprints on the band mean, peaks by prominence in noise units",
+        },
+    )
+    sep = pexConfig.ConfigField(dtype=SepPeaksConfig, doc="Settings of methods sep and sepPsf.")
+    rubinLike = pexConfig.ConfigField(dtype=RubinLikeConfig, doc="Settings of method rubinLike.")
+    scarletLite = pexConfig.ConfigField(dtype=ScarletLiteDetectConfig, doc="Settings of method scarletLite.")
+    prominence = pexConfig.ConfigField(dtype=ProminenceConfig, doc="Settings of method prominence.")
+    # PSF: the pip-only coadds carry none, so its FWHM per band is configured.
+    psfFwhm = pexConfig.DictField(
+        keytype=str,
+        itemtype=float,
+        default=dict(_LSST_PSF_FWHM),
+        doc="PSF FWHM per band (arcsec) of the smoothing kernels; LSST 10-year values by default.",
+    )
+    defaultPsfFwhm = pexConfig.Field[float](default=0.8, doc="PSF FWHM of a band not in psfFwhm (arcsec).")
+    pixelScale = pexConfig.Field[float](default=0.2, doc="Pixel scale of the coadds (arcsec per pixel).")
+    # Input
+    subtractBackground = pexConfig.Field[bool](
+        default=False,
+        doc="Subtract a sep background from the detection image first (coadds are usually "
+        "background-subtracted already; methods sep, sepPsf and prominence).",
+    )
+    badMask = pexConfig.ListField[str](
+        default=list(DEFAULT_BAD_MASK_PLANES),
+        doc="Mask planes whose pixels are ignored; names a coadd lacks are skipped.",
     )
     pixelStack = pexConfig.Field[int](
         default=1_000_000,
         doc="sep's pixel buffer (set_extract_pixstack); raised to the image size when smaller.",
     )
 
+    def psf_sigma(self, bands: Sequence[str]) -> np.ndarray:
+        """``(bands,)`` Gaussian sigma of each band's PSF, pixels."""
+        fwhm = np.array([self.psfFwhm.get(b, self.defaultPsfFwhm) for b in bands], float)
+        return fwhm / self.pixelScale / (2.0 * np.sqrt(2.0 * np.log(2.0)))
 
-def _grow_labels(labels: np.ndarray, n: int) -> np.ndarray:
-    """Grow a label map by ``n`` pixels (4-connected) into its zero pixels only."""
-    labels = labels.copy()
-    for _ in range(n):
-        grown = labels.copy()
-        for axis, shift in ((0, 1), (0, -1), (1, 1), (1, -1)):
-            neighbour = np.roll(labels, shift, axis=axis)
-            # np.roll wraps: blank the wrapped row/column.
-            edge = [slice(None), slice(None)]
-            edge[axis] = 0 if shift == 1 else -1
-            neighbour[tuple(edge)] = 0
-            take = (grown == 0) & (neighbour > 0)
-            grown[take] = neighbour[take]
-        labels = grown
-    return labels
+
+def find_detections(coadd: MultibandCoadd, config: MadnessDetectionConfig) -> Detections:
+    """Footprints and peaks of ``coadd`` with the configured method, in array pixels.
+
+    Parameters
+    ----------
+    coadd : `MultibandCoadd`
+        Stacked bands.
+    config : `MadnessDetectionConfig`
+        Method and its settings.
+
+    Returns
+    -------
+    detections : `lsst.meas.madness.tasks.detection_methods.Detections`
+        Label map of the parents and their peaks.
+    """
+    image, variance, bad = coadd.detection_image()
+    if config.subtractBackground and config.method in ("sep", "sepPsf", "prominence"):
+        import sep
+
+        image = np.ascontiguousarray(image, dtype=np.float32)
+        image = image - sep.Background(image, mask=bad).back().astype(np.float32)
+        image[bad] = 0.0
+    sigmas = config.psf_sigma(coadd.bands)
+    # The band mean's PSF: the bands' sigmas weighted as the mean weights them (median weights).
+    with np.errstate(divide="ignore"):
+        w = np.array([np.median(1.0 / v[~m]) if (~m).any() else 0.0 for v, m in zip(coadd.variance, coadd.bad)])
+    mean_sigma = float((w * sigmas).sum() / w.sum()) if w.sum() > 0 else float(sigmas.mean())
+    if config.method in ("sep", "sepPsf"):
+        c = config.sep
+        psf = config.method == "sepPsf"
+        return detect_sep(image, variance, bad, threshold=c.thresholdSigma, min_area=c.minArea,
+                          deblend_nthresh=c.deblendNThresh,
+                          deblend_cont=c.psfDeblendCont if psf else c.deblendCont,
+                          filter_kernel=gaussian_kernel(mean_sigma) if psf else None,
+                          grow=c.footprintGrow, pixel_stack=config.pixelStack)
+    if config.method == "rubinLike":
+        c = config.rubinLike
+        return detect_rubin_like(
+            coadd.image, coadd.variance, coadd.bad, coadd.bands, sigmas, threshold=c.thresholdValue,
+            min_pixels=c.minPixels, n_sigma_grow=c.nSigmaToGrow, priority=list(c.priorityList),
+            min_new_peak=c.minNewPeak / config.pixelScale, max_same_peak=c.maxSamePeak / config.pixelScale,
+            n_bands_sufficient=c.nBandsSufficient, rank_sufficient=c.rankSufficient,
+            rank_considered=c.rankConsidered, rank_normalized_considered=c.rankNormalizedConsidered,
+        )
+    if config.method == "scarletLite":
+        c = config.scarletLite
+        return detect_scarlet_lite(coadd.image, coadd.variance, coadd.bad, min_separation=c.minSeparation,
+                                   min_area=c.minArea, peak_threshold=c.peakThreshold,
+                                   footprint_threshold=c.footprintThreshold, scales=c.scales)
+    c = config.prominence
+    return detect_prominence(image, variance, bad, mean_sigma, threshold=c.thresholdSigma, min_area=c.minArea,
+                             n_sigma_grow=c.nSigmaToGrow, peak_smoothing=c.peakSmoothing,
+                             prominence=c.prominence, peak_threshold=c.peakThreshold)
 
 
 def detect_footprints(
@@ -130,14 +302,14 @@ def detect_footprints(
     config: MadnessDetectionConfig,
     id_prefix: int = 0,
 ) -> tuple[Table, Table]:
-    """Detect parent footprints and peaks on the coadd's detection image.
+    """Detect parent footprints and peaks on the coadd with the configured method.
 
     Parameters
     ----------
     coadd : `MultibandCoadd`
         Stacked bands.
     config : `MadnessDetectionConfig`
-        Thresholds and sep settings.
+        Method and settings.
     id_prefix : `int`
         Added to the running source number (see `lsst.meas.madness.tasks.catalogs`).
 
@@ -148,67 +320,26 @@ def detect_footprints(
     spans : `astropy.table.Table`
         Span table of the parent footprints.
     """
-    import sep
-
-    image, variance, bad = coadd.detection_image()
-    image = np.ascontiguousarray(image, dtype=np.float32)
-    if config.subtractBackground:
-        image = image - sep.Background(image, mask=bad).back().astype(np.float32)
-        image[bad] = 0.0
-    good_err = np.sqrt(variance[~bad]) if (~bad).any() else np.array([1.0])
-    err = np.where(bad, np.median(good_err), np.sqrt(np.where(bad, 1.0, variance))).astype(np.float32)
-    sep.set_extract_pixstack(max(int(config.pixelStack), image.size))
-    common = dict(err=err, mask=bad.astype(np.uint8), minarea=config.minArea)
-
-    y0, x0 = coadd.yx0
-    if not (~bad).any():
-        return make_table(DETECTION_COLUMNS, 0), footprints_to_table({})
-    objects, seg = sep.extract(
-        image, config.thresholdSigma, deblend_cont=1.0, segmentation_map=True, **common
-    )
-    peaks = sep.extract(
-        image,
-        config.thresholdSigma,
-        deblend_nthresh=config.deblendNThresh,
-        deblend_cont=config.deblendCont,
-        **common,
-    )
-    seg = _grow_labels(seg.astype(np.int64), config.footprintGrow)
-
-    # Peaks of each parent: the deblended objects' brightest pixels that fall in its segment;
-    # a parent none falls in keeps its own brightest pixel.
-    peak_xy = (
-        np.stack([peaks["xpeak"], peaks["ypeak"]], axis=1).astype(np.int64)
-        if len(peaks)
-        else np.zeros((0, 2), np.int64)
-    )
-    owner = seg[peak_xy[:, 1], peak_xy[:, 0]] - 1 if len(peak_xy) else np.zeros(0, np.int64)
-
-    n_parents = len(objects)
-    peak_lists = []
-    for k in range(n_parents):
-        mine = peak_xy[owner == k]
-        if len(mine) == 0:
-            mine = np.array([[objects["xpeak"][k], objects["ypeak"][k]]], dtype=np.int64)
-        mine = np.unique(mine, axis=0)
-        values = image[mine[:, 1], mine[:, 0]]
-        order = np.argsort(-values, kind="stable")
-        peak_lists.append(mine[order])
-
-    # Footprints from the (grown) segmentation map, one bounding-box slice per label.
     from scipy import ndimage
 
-    slices = ndimage.find_objects(seg, max_label=n_parents)
-    sigma = np.sqrt(np.where(bad, np.inf, variance))
+    if not (~coadd.bad).any():
+        return make_table(DETECTION_COLUMNS, 0), footprints_to_table({})
+    found = find_detections(coadd, config)
+    y0, x0 = coadd.yx0
+    seg = found.labels
+    slices = ndimage.find_objects(seg, max_label=found.n_parents)
     parents = []
-    for k in range(n_parents):
+    for k in range(found.n_parents):
         sl = slices[k]
+        if sl is None:
+            continue
         fp = Footprint.from_mask(seg[sl] == k + 1, (sl[0].start + y0, sl[1].start + x0))
-        pk = peak_lists[k]
-        value = image[pk[:, 1], pk[:, 0]]
-        parents.append((fp, pk + np.array([x0, y0]), value, value / sigma[pk[:, 1], pk[:, 0]]))
+        mine = found.peak_parent == k + 1
+        parents.append((fp, found.peaks_xy[mine] + np.array([x0, y0]), found.peak_value[mine],
+                        found.peak_significance[mine]))
     detections, spans = detection_tables(parents, id_prefix=id_prefix)
     detections.meta["bands"] = list(coadd.bands)
+    detections.meta["method"] = config.method
     return detections, spans
 
 

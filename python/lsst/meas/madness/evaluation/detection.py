@@ -1,0 +1,230 @@
+"""Detections scored against the truth: completeness, purity, unrecognised blends, resolved pairs.
+
+The definitions of issue 14 (``doc/detection.md``), on one patch at a time (`score_detections`)
+and summed over patches (`summarise_detections`):
+
+* a truth galaxy and a detection (a peak) **match** when the one-to-one (Hungarian) assignment of
+  truth centres to peaks within ``match_radius`` (0.5") pairs them;
+* **completeness** in a bin: matched truth galaxies over truth galaxies (binned by true i);
+* **purity** in a bin: matched detections over detections, a detection binned by its matched
+  galaxy's true i, or, unmatched, by its own i in a 1" radius aperture;
+* a truth galaxy is in an **unrecognised blend** when it is not matched and one detection lies
+  within ``blend_radius`` (1") of it and of another truth galaxy whose i differs by less than
+  ``blend_delta_mag`` (2.5): one detection covers both;
+* a pair of truth galaxies (each other's nearest neighbour in the patch) is **resolved** when
+  both are matched; pairs are binned by separation in PSF FWHMs and split by their i difference.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DETECTION_MATCH_RADIUS_ARCSEC",
+    "match_one_to_one",
+    "score_detections",
+    "summarise_detections",
+]
+
+import numpy as np
+
+DETECTION_MATCH_RADIUS_ARCSEC = 0.5
+AB_ZEROPOINT_NJY = 31.4  # AB magnitude of 1 nJy
+
+
+def match_one_to_one(truth_xy: np.ndarray, det_xy: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    """One-to-one match of truth to detections within ``radius`` (pixels), total distance minimal.
+
+    Parameters
+    ----------
+    truth_xy, det_xy : `numpy.ndarray`
+        ``(n, 2)`` and ``(m, 2)`` ``(x, y)`` positions, pixels.
+    radius : `float`
+        Largest separation of a match, pixels.
+
+    Returns
+    -------
+    truth_index, det_index : `numpy.ndarray`
+        Indices of the matched pairs.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    truth_xy = np.asarray(truth_xy, float).reshape(-1, 2)
+    det_xy = np.asarray(det_xy, float).reshape(-1, 2)
+    if not len(truth_xy) or not len(det_xy):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    dist = np.hypot(truth_xy[:, None, 0] - det_xy[None, :, 0], truth_xy[:, None, 1] - det_xy[None, :, 1])
+    ti, dj = linear_sum_assignment(np.where(dist <= radius, dist, 1e6))
+    keep = dist[ti, dj] <= radius
+    return ti[keep].astype(np.int64), dj[keep].astype(np.int64)
+
+
+def score_detections(
+    truth_xy: np.ndarray,
+    truth_mag: np.ndarray,
+    truth_snr: np.ndarray,
+    det_xy: np.ndarray,
+    det_aperture_mag: np.ndarray,
+    *,
+    pixel_scale: float = 0.2,
+    psf_fwhm: float = 0.79,
+    match_radius: float = DETECTION_MATCH_RADIUS_ARCSEC,
+    blend_radius: float = 1.0,
+    blend_delta_mag: float = 2.5,
+) -> dict:
+    """Per-galaxy, per-detection and per-pair results of one patch.
+
+    Parameters
+    ----------
+    truth_xy : `numpy.ndarray`
+        ``(n, 2)`` true centres ``(x, y)``, pixels (any frame shared with ``det_xy``).
+    truth_mag, truth_snr : `numpy.ndarray`
+        ``(n,)`` true i magnitude (AB) and SNR (appendix A, r) of each galaxy.
+    det_xy : `numpy.ndarray`
+        ``(m, 2)`` peaks ``(x, y)``, pixels.
+    det_aperture_mag : `numpy.ndarray`
+        ``(m,)`` i magnitude of each detection in a 1" radius aperture (bins unmatched ones).
+    pixel_scale : `float`
+        Arcsec per pixel.
+    psf_fwhm : `float`
+        PSF FWHM (arcsec) that pair separations are measured in.
+    match_radius, blend_radius : `float`
+        Match radius and unrecognised-blend radius, arcsec.
+    blend_delta_mag : `float`
+        Largest i difference of an unrecognised blend's galaxies.
+
+    Returns
+    -------
+    score : `dict`
+        ``truth`` (``mag``, ``snr``, ``matched``, ``unrecognised``), ``detections`` (``mag``,
+        ``matched``) and ``pairs`` (``separation_fwhm``, ``separation_arcsec``, ``delta_mag``,
+        ``fainter_mag``, ``resolved``), each a dict of arrays.
+    """
+    truth_xy = np.asarray(truth_xy, float).reshape(-1, 2)
+    det_xy = np.asarray(det_xy, float).reshape(-1, 2)
+    truth_mag = np.asarray(truth_mag, float)
+    n, m = len(truth_xy), len(det_xy)
+    ti, dj = match_one_to_one(truth_xy, det_xy, match_radius / pixel_scale)
+    matched = np.zeros(n, bool)
+    matched[ti] = True
+    det_matched = np.zeros(m, bool)
+    det_matched[dj] = True
+    det_mag = np.asarray(det_aperture_mag, float).copy()
+    det_mag[dj] = truth_mag[ti]
+
+    # Unrecognised blends: an unmatched galaxy covered by a detection that also covers another
+    # galaxy of similar brightness.
+    unrecognised = np.zeros(n, bool)
+    if n and m:
+        d_td = np.hypot(truth_xy[:, None, 0] - det_xy[None, :, 0], truth_xy[:, None, 1] - det_xy[None, :, 1])
+        covers = d_td * pixel_scale <= blend_radius  # (n, m)
+        similar = np.abs(truth_mag[:, None] - truth_mag[None, :]) < blend_delta_mag
+        np.fill_diagonal(similar, False)
+        for t in np.flatnonzero(~matched):
+            for d in np.flatnonzero(covers[t]):
+                if (covers[:, d] & similar[t]).any():
+                    unrecognised[t] = True
+                    break
+
+    # Pairs: each galaxy with its nearest neighbour, each pair once.
+    pairs = {"separation_arcsec": [], "separation_fwhm": [], "delta_mag": [], "fainter_mag": [], "resolved": []}
+    if n >= 2:
+        d_tt = np.hypot(truth_xy[:, None, 0] - truth_xy[None, :, 0], truth_xy[:, None, 1] - truth_xy[None, :, 1])
+        np.fill_diagonal(d_tt, np.inf)
+        nearest = np.argmin(d_tt, axis=1)
+        seen = set()
+        for a, b in enumerate(nearest):
+            key = (min(a, b), max(a, b))
+            if key in seen:
+                continue
+            seen.add(key)
+            sep_arcsec = d_tt[a, b] * pixel_scale
+            pairs["separation_arcsec"].append(sep_arcsec)
+            pairs["separation_fwhm"].append(sep_arcsec / psf_fwhm)
+            pairs["delta_mag"].append(abs(truth_mag[a] - truth_mag[b]))
+            pairs["fainter_mag"].append(max(truth_mag[a], truth_mag[b]))
+            pairs["resolved"].append(bool(matched[a] and matched[b]))
+    return {
+        "truth": {"mag": truth_mag, "snr": np.asarray(truth_snr, float), "matched": matched,
+                  "unrecognised": unrecognised},
+        "detections": {"mag": det_mag, "matched": det_matched},
+        "pairs": {k: np.asarray(v) for k, v in pairs.items()},
+    }
+
+
+def _fraction(flags: np.ndarray) -> dict:
+    flags = np.asarray(flags, bool)
+    return {"n": int(len(flags)), "k": int(flags.sum()),
+            "fraction": float(flags.mean()) if len(flags) else None}
+
+
+def summarise_detections(
+    scores: list[dict],
+    *,
+    pair_scores: list[dict] = (),
+    mag_bins: np.ndarray | None = None,
+    fwhm_bins: dict | None = None,
+) -> dict:
+    """Sum `score_detections` results over patches.
+
+    Parameters
+    ----------
+    scores : `list` [`dict`]
+        One `score_detections` result per patch.
+    mag_bins : `numpy.ndarray`, optional
+        Edges of the i bins (default 0.5 mag from 19 to 27.5).
+    pair_scores : `list` [`dict`]
+        Further `score_detections` results whose pairs only are counted (patches of close pairs).
+    fwhm_bins : `dict`, optional
+        ``{label: (low, high)}`` pair separations in PSF FWHMs (default centred on 0.5, 0.75, 1,
+        1.5 and 2).
+
+    Returns
+    -------
+    summary : `dict`
+        ``completeness`` and ``purity`` per i bin and overall (``snr>10``, ``snr>20``,
+        ``i<25``), ``unrecognised_blends`` at 23 < i < 24.5 and per bin, and ``pairs_resolved``
+        per separation bin and i difference (< 1, 1-2.5), plus the goals' arcsec bins
+        (1-3" and 0.6-0.8" for delta i < 1, all pairs and pairs whose fainter galaxy has i < 25).
+        Each entry is ``{"n", "k", "fraction"}``.
+    """
+    if mag_bins is None:
+        mag_bins = np.arange(19.0, 27.51, 0.5)
+    if fwhm_bins is None:
+        fwhm_bins = {"0.5": (0.375, 0.625), "0.75": (0.625, 0.875), "1": (0.875, 1.25), "1.5": (1.25, 1.75),
+                     "2": (1.75, 2.25)}
+    cat = {part: {key: np.concatenate([s[part][key] for s in scores]) if scores else np.zeros(0)
+                  for key in scores[0][part]} for part in ("truth", "detections", "pairs")} if scores else None
+    t, d = cat["truth"], cat["detections"]
+    p = {key: np.concatenate([s["pairs"][key] for s in [*scores, *pair_scores]]) for key in cat["pairs"]}
+    out: dict = {"n_truth": int(len(t["mag"])), "n_detections": int(len(d["mag"])), "n_pairs": int(len(p["resolved"]))}
+    per_bin = []
+    for lo, hi in zip(mag_bins[:-1], mag_bins[1:]):
+        tin = (t["mag"] >= lo) & (t["mag"] < hi)
+        din = (d["mag"] >= lo) & (d["mag"] < hi)
+        per_bin.append({"i_low": float(lo), "i_high": float(hi), "completeness": _fraction(t["matched"][tin]),
+                        "purity": _fraction(d["matched"][din]),
+                        "unrecognised": _fraction(t["unrecognised"][tin])})
+    out["per_i_bin"] = per_bin
+    out["completeness"] = {"snr>10": _fraction(t["matched"][t["snr"] >= 10]),
+                           "snr>20": _fraction(t["matched"][t["snr"] >= 20]),
+                           "i<25": _fraction(t["matched"][t["mag"] < 25])}
+    out["purity"] = {"all": _fraction(d["matched"]), "i<25": _fraction(d["matched"][d["mag"] < 25])}
+    band = (t["mag"] > 23.0) & (t["mag"] < 24.5)
+    out["unrecognised_blends"] = {"23<i<24.5": _fraction(t["unrecognised"][band]),
+                                  "all": _fraction(t["unrecognised"])}
+    res = {}
+    for label, (lo, hi) in fwhm_bins.items():
+        sel = (p["separation_fwhm"] >= lo) & (p["separation_fwhm"] < hi)
+        res[label] = {"dm<1": _fraction(p["resolved"][sel & (p["delta_mag"] < 1)]),
+                      "1<=dm<2.5": _fraction(p["resolved"][sel & (p["delta_mag"] >= 1) & (p["delta_mag"] < 2.5)])}
+    out["pairs_resolved"] = res
+    close = p["delta_mag"] < 1
+    wide = (p["separation_arcsec"] >= 1.0) & (p["separation_arcsec"] < 3.0)
+    tight = (p["separation_arcsec"] >= 0.6) & (p["separation_arcsec"] < 0.8)
+    bright = p["fainter_mag"] < 25.0
+    out["pairs_goal"] = {
+        "dm<1, sep>=1arcsec": _fraction(p["resolved"][close & wide]),
+        "dm<1, 0.6-0.8arcsec": _fraction(p["resolved"][close & tight]),
+        "dm<1, sep>=1arcsec, both i<25": _fraction(p["resolved"][close & wide & bright]),
+        "dm<1, 0.6-0.8arcsec, both i<25": _fraction(p["resolved"][close & tight & bright]),
+    }
+    return out

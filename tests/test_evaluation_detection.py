@@ -1,0 +1,52 @@
+"""lsst.meas.madness.evaluation.detection: matching, unrecognised blends and pairs on hand-made cases."""
+
+import unittest
+
+import lsst.utils.tests
+import numpy as np
+from lsst.meas.madness.evaluation.detection import match_one_to_one, score_detections, summarise_detections
+
+
+class DetectionScoreTestCase(lsst.utils.tests.TestCase):
+    def test_match_is_one_to_one(self):
+        truth = np.array([[10.0, 10.0], [12.0, 10.0]])
+        det = np.array([[11.0, 10.0]])  # within 2.5 px of both: only one match
+        ti, dj = match_one_to_one(truth, det, 2.5)
+        self.assertEqual(len(ti), 1)
+        ti, dj = match_one_to_one(truth, np.array([[20.0, 10.0]]), 2.5)
+        self.assertEqual(len(ti), 0)
+
+    def test_unrecognised_blend_and_pairs(self):
+        # Galaxies A, B 0.6" apart (3 px), one detection on A; C isolated and detected; D far from
+        # everything and missed; E 0.4" from C but 3 mag fainter (not a blend of similar galaxies).
+        truth = np.array([[50.0, 50.0], [53.0, 50.0], [100.0, 100.0], [200.0, 200.0], [102.0, 100.0]])
+        mag = np.array([24.0, 24.3, 22.0, 25.0, 25.1])
+        det = np.array([[50.0, 50.0], [100.0, 100.0], [150.0, 20.0]])  # the last one is spurious
+        score = score_detections(truth, mag, np.full(5, 30.0), det, np.array([0.0, 0.0, 26.0]))
+        np.testing.assert_array_equal(score["truth"]["matched"], [True, False, True, False, False])
+        np.testing.assert_array_equal(score["truth"]["unrecognised"], [False, True, False, False, False])
+        np.testing.assert_array_equal(score["detections"]["matched"], [True, True, False])
+        np.testing.assert_allclose(score["detections"]["mag"], [24.0, 22.0, 26.0])
+        pairs = score["pairs"]
+        order = np.argsort(pairs["separation_arcsec"])
+        np.testing.assert_allclose(pairs["separation_arcsec"][order][:2], [0.4, 0.6])
+        np.testing.assert_array_equal(pairs["resolved"][order][:2], [False, False])
+        summary = summarise_detections([score])
+        self.assertEqual(summary["completeness"]["snr>10"]["k"], 2)
+        self.assertEqual(summary["purity"]["all"]["k"], 2)
+        self.assertEqual(summary["purity"]["i<25"], {"n": 2, "k": 2, "fraction": 1.0})
+        self.assertEqual(summary["unrecognised_blends"]["23<i<24.5"]["k"], 1)
+        self.assertEqual(summary["pairs_goal"]["dm<1, 0.6-0.8arcsec"], {"n": 1, "k": 0, "fraction": 0.0})
+
+
+class MemoryTester(lsst.utils.tests.MemoryTestCase):
+    pass
+
+
+def setup_module(module):
+    lsst.utils.tests.init()
+
+
+if __name__ == "__main__":
+    lsst.utils.tests.init()
+    unittest.main()
