@@ -175,7 +175,9 @@ class DemoTestCase(lsst.utils.tests.TestCase):
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "demo"
             lines = []
-            summary = run_demo(out, seed=1, size=101, n_galaxies=6, bundle=_bundle(),
+            # min_snr=20: this tiny patch's galaxies as before the demo's default became the paper's
+            # 10, a scene with a blend the detection splits.
+            summary = run_demo(out, seed=1, size=101, n_galaxies=6, min_snr=20.0, bundle=_bundle(),
                                config=["deblend:maxIter=40", "deblend:minIter=10"], echo=lines.append)
             for name in ("demo.png", "summary.json", "summary.md", "pipetask.log", "repo/butler.yaml"):
                 self.assertTrue((out / name).is_file(), name)
@@ -189,6 +191,19 @@ class DemoTestCase(lsst.utils.tests.TestCase):
             self.assertEqual(det["n_matched"] + det["n_missed"], 6)
             self.assertEqual(det["n_failed_parents"], 0)
             self.assertEqual(len(summary["objects"]), 6)
+            # Every truth galaxy is scored: completeness and purity, and a missed galaxy counts as 1.
+            self.assertAlmostEqual(det["completeness"], det["n_matched"] / 6)
+            self.assertAlmostEqual(det["purity"], det["n_matched"] / det["n_primary_objects"])
+            self.assertEqual(summary["patch"]["min_snr_r"], 20.0)
+            import inspect
+
+            self.assertEqual(inspect.signature(run_demo).parameters["min_snr"].default, 10.0)  # the paper's cut
+            every = summary["mean_abs_dF_over_F"]["all_truth"]["deblended"]["r"]
+            matched_rel = [abs(o["flux_deblended"]["r"] / o["flux_true"]["r"] - 1) for o in summary["objects"]
+                           if o["matched"]]
+            self.assertAlmostEqual(every, (sum(matched_rel) + det["n_missed"]) / 6, places=6)
+            self.assertIn("Completeness", (out / "summary.md").read_text())
+            self.assertTrue(any("completeness" in line and "purity" in line for line in lines))
             matched = [o for o in summary["objects"] if o["matched"]]
             for o in matched:
                 self.assertLessEqual(o["separation_px"], 3.0)
