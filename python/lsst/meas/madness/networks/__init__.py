@@ -11,3 +11,4 @@ from .gaussian import *
 from .layout import *
 from .made import *
 from .normalization import *
+from .precision import *

@@ -24,6 +24,7 @@ import math
 
 from ..errors import MadnessValueError
 from ..networks.decoder import OUTPUT_ACTIVATIONS
+from ..networks.precision import PRECISIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,7 +154,7 @@ class TrainingConfig:
     precision: str = "float32"
 
     def __post_init__(self):
-        if self.precision not in ("float32", "mixed_bfloat16"):
+        if self.precision not in PRECISIONS:
             raise MadnessValueError(f"TrainingConfig.precision must be 'float32' or 'mixed_bfloat16', "
                                     f"not {self.precision!r}.")
         if self.decoder_output_activation not in OUTPUT_ACTIVATIONS:

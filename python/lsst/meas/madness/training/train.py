@@ -16,7 +16,6 @@ from __future__ import annotations
 
 __all__ = ["train_madness"]
 
-import contextlib
 import json
 import logging
 import os
@@ -29,7 +28,7 @@ import numpy as np
 
 from ..errors import MadnessValueError
 from ..io.bundle import BundleMetadata, ModelBundle
-from ..networks import Decoder, Encoder, LinearNormalization, MaskedAutoregressiveFlow
+from ..networks import Decoder, Encoder, LinearNormalization, MaskedAutoregressiveFlow, dtype_policy, with_precision
 from ..networks.layout import to_network_layout
 from .config import TrainingConfig
 from .loop import run_stage
@@ -142,7 +141,7 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
     size = x_iso.shape[1]
     _log.info("Training on %d isolated stamps (%d validation).", len(x_iso), len(xv_iso))
 
-    with _precision(config.precision):
+    with dtype_policy(config.precision):
         encoder = Encoder(size, len(bands), config.latent_dim, config.encoder_filters, dense_units=config.dense_units)
         decoder = Decoder(size, len(bands), config.latent_dim, config.decoder_filters,
                           dense_units=config.dense_units, output_activation=config.decoder_output_activation,
@@ -226,7 +225,7 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
 
     target_train = np.asarray(encoder.encode_mean(isolated_noisy(y_bl)), np.float32)
     target_val = np.asarray(encoder.encode_mean(isolated_noisy(yv_bl)), np.float32)
-    with _precision(config.precision):
+    with dtype_policy(config.precision):
         deblender_encoder = Encoder(size, len(bands), config.latent_dim, config.encoder_filters,
                                     dense_units=config.dense_units, name="deblender_encoder")
         deblender_encoder.build((None, size, size, len(bands)))
@@ -239,7 +238,7 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
     wall = time.perf_counter() - start
     if config.precision != "float32":
         # The bundle, its metrics and figures are what inference sees: float32 networks.
-        encoder, decoder, deblender_encoder = (_float32_copy(n) for n in (encoder, decoder, deblender_encoder))
+        encoder, decoder, deblender_encoder = (with_precision(n, "float32") for n in (encoder, decoder, deblender_encoder))
         vae = VaeTrainer(encoder, decoder, sky_net, scale=norm.scale, beta=config.beta, target=config.target,
                          seed=config.seed)
     metrics = _validation_metrics(vae, flow, deblender_encoder, decoder, xv_iso, yv_iso, z_val, xv_bl, yv_bl,
@@ -280,24 +279,6 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
         write_training_figures(output, results, decoder, flow, deblender_encoder, z_val, xv_bl, yv_bl, bands,
                                seed=config.seed)
     return bundle
-
-
-@contextlib.contextmanager
-def _precision(policy: str):
-    """Build the networks created inside under the Keras dtype ``policy``; restore it after."""
-    before = keras.config.dtype_policy().name
-    keras.config.set_dtype_policy(policy)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(before)
-
-
-def _float32_copy(network):
-    """A float32 network with ``network``'s architecture and weights (float32 master copies)."""
-    copy = type(network).from_config(network.get_config())
-    copy.set_weights(network.get_weights())
-    return copy
 
 
 def _load_parent(init_from, config: TrainingConfig) -> ModelBundle | None:
