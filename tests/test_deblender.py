@@ -95,6 +95,25 @@ class DeblenderTestCase(lsst.utils.tests.TestCase):
         np.testing.assert_array_equal(a.latents, b.latents)
         np.testing.assert_array_equal(a.models, b.models)
 
+    def test_bfloat16_steps(self):
+        """MAP steps with a bfloat16 decoder find the same fluxes as float32, within the noise."""
+        image, var, truth = self._blend()
+        settings = MapSettings(max_iter=60, min_iter=60)
+        full = self.deblender.deblend(image, PEAKS, variance=var, settings=settings)
+        half = self.deblender.deblend(image, PEAKS, variance=var, settings=settings.replace(precision="mixed_bfloat16"))
+        self.assertEqual(half.models.dtype, full.models.dtype)  # final models decoded in float32
+        self.assertFalse(np.array_equal(half.latents, full.latents))  # the steps did run in bfloat16
+        flux_full = np.array([full.source_image(i) for i in range(3)]).sum(axis=(2, 3))
+        flux_half = np.array([half.source_image(i) for i in range(3)]).sum(axis=(2, 3))
+        sigma = np.sqrt(var[:, 0, 0] * 100.0)  # flux noise of a ~100-pixel aperture
+        self.assertTrue((np.abs(flux_half - flux_full) < sigma).all(), (flux_half - flux_full) / sigma)
+        flux_true = truth.sum(axis=(2, 3))
+        self.assertTrue((np.abs(flux_half - flux_true) < 3 * sigma).all(), (flux_half - flux_true) / sigma)
+        # The float32 decoder is left as it was: the bfloat16 copy is the steps' own.
+        self.assertEqual(self.deblender.decoder.dtype_policy.name, "float32")
+        with self.assertRaisesRegex(ValueError, "precision"):
+            MapSettings(precision="float16")
+
     def test_stopping_and_result_pickle(self):
         image, var, _ = self._blend()
         result = self.deblender.deblend(image, PEAKS, variance=var, settings=MapSettings(max_iter=300))

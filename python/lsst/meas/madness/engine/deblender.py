@@ -23,7 +23,7 @@ import numpy as np
 from ..backend import compile_value_and_grad
 from ..errors import MadnessBundleError, MadnessValueError
 from ..io.bundle import BundleMetadata, ModelBundle
-from ..networks import Decoder, Encoder, LinearNormalization, MaskedAutoregressiveFlow
+from ..networks import Decoder, Encoder, LinearNormalization, MaskedAutoregressiveFlow, with_precision
 from ..networks.layout import from_network_layout, to_network_layout
 from .geometry import paste_stamps, placement_matrices, shift_stamps, stamp_overlap
 from .objective import blend_objective, blend_objective_with_offsets
@@ -100,7 +100,9 @@ class MadnessDeblender:
             )
         if decoder.stamp_size != deblender_encoder.stamp_size:
             raise MadnessValueError("Decoder and encoder stamp sizes differ.")
-        self._steps: dict[float, object] = {}
+        self._steps: dict[tuple, object] = {}
+        # The decoder the MAP steps call, per precision (a bfloat16 copy shares nothing with it).
+        self._step_decoders: dict[str, Decoder] = {decoder.dtype_policy.name: decoder}
 
     # --- construction ------------------------------------------------------------------------
 
@@ -328,11 +330,14 @@ class MadnessDeblender:
             loss = functools.partial(blend_objective_with_offsets, prior_weight=key[0], offset_max=key[1],
                                      offset_sigma=key[2])
         else:
-            key = float(settings.prior_weight)
-            loss = functools.partial(blend_objective, prior_weight=key)
+            key = (float(settings.prior_weight),)
+            loss = functools.partial(blend_objective, prior_weight=key[0])
+        key += (settings.precision,)
         if key not in self._steps:
+            if settings.precision not in self._step_decoders:
+                self._step_decoders[settings.precision] = with_precision(self.decoder, settings.precision)
             self._steps[key] = compile_value_and_grad(
-                loss, [self.decoder, self.flow]  # the flow's call is its log_prob
+                loss, [self._step_decoders[settings.precision], self.flow]  # the flow's call is its log_prob
             )
         return self._steps[key]
 

@@ -34,7 +34,8 @@ def blend_models(latents, source_mask, rows, cols, decode):
     ops = keras.ops
     b, n, s = ops.shape(rows)[0], ops.shape(rows)[1], ops.shape(rows)[3]
     h, w = ops.shape(rows)[2], ops.shape(cols)[2]
-    stamps = decode(ops.reshape(latents, (b * n, -1)))  # (B*N, S, S, C)
+    # A bfloat16 decoder (MapSettings.precision) hands back bfloat16: place and compare in float32.
+    stamps = ops.cast(decode(ops.reshape(latents, (b * n, -1))), "float32")  # (B*N, S, S, C)
     c = ops.shape(stamps)[-1]
     stamps = ops.reshape(stamps, (b, n, s, s * c)) * source_mask[:, :, None, None]
     placed_rows = ops.matmul(rows, stamps)  # (B, N, h, S*C)

@@ -234,6 +234,17 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
         doc="Most padded sources in one compiled MAP step (memory bound, ~4 MB per source for the "
         "paper-size decoder).",
     )
+    precision = pexConfig.ChoiceField[str](
+        default="float32",
+        allowed={
+            "float32": "float32 throughout",
+            "mixed_bfloat16": "the decoder of the MAP steps computes in bfloat16 (float32 weights, "
+            "objective and optimiser): about half the step time on CPUs with AMX-BF16 and on GPUs, "
+            "the same fluxes on validation fields (doc/benchmarks.md); slower where bfloat16 is "
+            "emulated",
+        },
+        doc="Compute precision of the MAP steps (MapSettings.precision).",
+    )
 
     def validate(self):
         super().validate()
@@ -277,6 +288,7 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
             fit_offsets=self.fitPositionOffsets,
             offset_max=self.maxPositionOffset,
             offset_sigma=self.positionOffsetSigma,
+            precision=self.precision,
         )
 
 
