@@ -178,7 +178,7 @@ class AfwTaskConnectionsTestCase(MadnessTestCase):
 
     def test_shared_core_matches_pip_task(self):
         """deblendParents (the core the afw task calls) gives the pip task's children."""
-        from lsst.meas.madness.tasks.deblend import _parents_from_tables
+        from lsst.meas.madness.tasks import parents_from_tables
 
         image, var, truth = scene()
         detections, spans = truth_detections(truth)
@@ -187,7 +187,7 @@ class AfwTaskConnectionsTestCase(MadnessTestCase):
         zero_mask = np.zeros(image.shape[1:], np.int32)
         planes = {b: (image[i], var[i], zero_mask, PLANE_BITS) for i, b in enumerate(BANDS)}
         coadd = coadd_from_arrays(BANDS, planes, (PATCH_YX0[1], PATCH_YX0[0]), ["BAD", "SAT", "NO_DATA"])
-        core = task.deblendParents(coadd, _parents_from_tables(detections, spans), deblender())
+        core = task.deblendParents(coadd, parents_from_tables(detections, spans), deblender())
         catalog = full.deblendedCatalog
         children = catalog[catalog["parent"] != 0]
         self.assertEqual(sorted(r["id"] for r in core.childRows), sorted(children["id"]))

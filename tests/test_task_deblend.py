@@ -2,11 +2,12 @@
 
 import tempfile
 import unittest
+from unittest import mock
 
 import lsst.pex.config as pexConfig
 import lsst.utils.tests
 import numpy as np
-from lsst.meas.madness import MadnessValueError
+from lsst.meas.madness import MadnessDeblender, MadnessValueError
 from lsst.meas.madness.tasks import (
     Footprint,
     MadnessDeblendConnections,
@@ -252,7 +253,7 @@ class DeblendTaskTestCase(MadnessTestCase):
         np.testing.assert_array_equal(children["deblend_center_y"], children["deblend_peak_center_y"])
         self.assertTrue(np.isnan(self._parents()["deblend_center_x"]).all())
         config = run_config(fitPositionOffsets=True, maxPositionOffset=0.8, positionOffsetSigma=1.0)
-        settings = config.map_settings()
+        settings = config.makeMapSettings()
         self.assertEqual((settings.fit_offsets, settings.offset_max, settings.offset_sigma), (True, 0.8, 1.0))
         det, spans = truth_detections(self.truth, groups=[SCENE_GROUPS[1]])
         fitted = MadnessDeblendTask(config=config).run(coadds=self.coadds, detections=det,
@@ -288,6 +289,89 @@ class DeblendTaskTestCase(MadnessTestCase):
 
     def test_valid_output(self):
         assertValidOutput(self.task, self.result)
+
+    def _without(self, parent_id):
+        """The injected detection tables without parent ``parent_id`` and its peaks."""
+        det = self.detections
+        keep = (det["id"] != parent_id) & (det["parent"] != parent_id)
+        return det[keep]
+
+    def test_failing_fit_fails_alone(self):
+        """An engine error in one parent's fit flags that parent only: its batch-mates are
+        refitted one by one and keep their children, whatever the batch size."""
+        blend_b = int(self.catalog["parent"][self.catalog["id"] == self._child_at(SCENE_PEAKS[3])][0])
+        original = MadnessDeblender.deblend_batch
+
+        def failing(deblender, blends, **kwargs):
+            # Blend B is the only one fitted with two sources (C keeps one of its three peaks).
+            if any(len(blend["peaks_xy"]) == 2 for blend in blends):
+                raise FloatingPointError("injected fit failure")
+            return original(deblender, blends, **kwargs)
+
+        reference = self.catalog[(self.catalog["parent"] != blend_b) & (self.catalog["id"] != blend_b)]
+        for batch_size in (64, 2):
+            with self.subTest(batchSize=batch_size), mock.patch.object(MadnessDeblender, "deblend_batch", failing):
+                task = MadnessDeblendTask(config=run_config(batchSize=batch_size))
+                catalog = task.run(
+                    coadds=self.coadds, detections=self.detections, detectionSpans=self.spans
+                ).deblendedCatalog
+                parents = catalog[catalog["parent"] == 0]
+                failed = parents[parents["deblend_failed"]]
+                self.assertEqual(sorted(failed["id"]), sorted([blend_b, parents["id"][-1]]))
+                errors = dict(zip(failed["id"], failed["deblend_error"]))
+                self.assertEqual(errors[blend_b], "FloatingPointError")
+                self.assertEqual(errors[parents["id"][-1]], "MadnessNoDataError")
+                self.assertFalse(parents["deblend_skipped"][parents["id"] == blend_b][0])
+                self.assertEqual(task.metadata["n_failed"], 2)
+                self.assertEqual(int((catalog["parent"] == blend_b).sum()), 0)
+                # Every other parent is deblended as without the failure.
+                rest = catalog[catalog["id"] != blend_b]
+                self.assertEqual(rest["id"].tolist(), reference["id"].tolist())
+                self.assertEqual(rest["deblend_nChild"].tolist(), reference["deblend_nChild"].tolist())
+                children = rest[rest["parent"] != 0]
+                for band in BANDS:
+                    self.assertTrue(np.isfinite(children[f"deblend_flux_{band}"]).all())
+                    np.testing.assert_allclose(
+                        children[f"deblend_flux_{band}"],
+                        reference[reference["parent"] != 0][f"deblend_flux_{band}"],
+                        rtol=1e-3,
+                        atol=1e-2,
+                    )
+                self.assertTrue(np.isfinite(children["deblend_latents"]).all())
+
+    def test_invalid_parent_leaves_batch_unchanged(self):
+        """A parent whose input the engine rejects fails before its batch is fitted: the other
+        parents are fitted in the same batch as without it, to the bit."""
+        nan_parent = int(self._parents()["id"][-1])
+        task = MadnessDeblendTask(config=run_config())
+        catalog = task.run(
+            coadds=self.coadds, detections=self._without(nan_parent), detectionSpans=self.spans
+        ).deblendedCatalog
+        self.assertEqual(task.metadata["n_failed"], 0)
+        reference = self.catalog[self.catalog["id"] != nan_parent]
+        self.assertEqual(catalog.colnames, reference.colnames)
+        for name in catalog.colnames:
+            if name != "deblend_runtime":
+                np.testing.assert_array_equal(catalog[name], reference[name], err_msg=name)
+
+    def test_catch_failures_false_raises_fit_errors(self):
+        """Without catchFailures a fit error is raised, after the one-by-one retry."""
+        original = MadnessDeblender.deblend_batch
+        calls = []
+
+        def failing(deblender, blends, **kwargs):
+            calls.append(len(blends))
+            if any(len(blend["peaks_xy"]) == 2 for blend in blends):
+                raise FloatingPointError("injected fit failure")
+            return original(deblender, blends, **kwargs)
+
+        det, spans = truth_detections(self.truth, groups=SCENE_GROUPS[:3])
+        task = MadnessDeblendTask(config=run_config(catchFailures=False))
+        with mock.patch.object(MadnessDeblender, "deblend_batch", failing):
+            with self.assertRaises(FloatingPointError):
+                task.run(coadds=self.coadds, detections=det, detectionSpans=spans)
+        # The batch of three, then A alone (fitted), then B alone (raised).
+        self.assertEqual(calls, [3, 1, 1])
 
 
 class DeblendQuantumTestCase(MadnessTestCase):

@@ -192,7 +192,7 @@ class ModelDatasetTestCase(MadnessTestCase):
         """runQuantum reads the model from the butler, deblends with it, and builds it once."""
         from lsst.daf.butler import Butler
 
-        deblend_module._BUTLER_DEBLENDERS.clear()
+        deblend_module._DEBLENDERS.clear()
         config = _butler_config()
         task = MadnessDeblendTask(config=config)
         # makeQuantum takes every input from the butler's run: a run with inputs and model of its own.
@@ -235,7 +235,7 @@ class ModelDatasetTestCase(MadnessTestCase):
             MadnessDeblendTask(config=other)._butlerDeblender(butler.getDeferred(self.model_ref))
         # run() without a deblender has no model to load in butler mode.
         with self.assertRaisesRegex(Exception, "modelSource='butler'"):
-            MadnessDeblendTask(config=config)._deblender()
+            MadnessDeblendTask(config=config)._loadDeblender()
 
     def test_pipetask(self):
         """``pipetask run -c deblend:modelSource=butler`` with the model collection as an input."""

@@ -6,293 +6,137 @@ deblended catalog (parents and children, afw/scarlet column conventions plus MAD
 log-prior, chi^2, iterations) and, per band, a heavy-footprint table.
 
 The task loops; the algorithm lives in `lsst.meas.madness.tasks.blends` (fit region, neighbours,
-children) and in the engine (`MadnessDeblender.deblend_batch`, many parents per call).
+children) and in the engine (`MadnessDeblender.deblend_batch`, many parents per call). Its
+connections and config are in `lsst.meas.madness.tasks.deblend_config`.
+
+How a patch is deblended (`MadnessDeblendTask.deblendParents`):
+
+1. each parent gets its catalog row; parents that cannot be deblended (empty footprint, too many
+   peaks, too large, no usable peak) are skipped with a ``deblend_skipped_*``-style flag, and the
+   others are planned (fit region, neighbours);
+2. the planned parents are fitted ``batchSize`` at a time. In each batch, a parent whose input the
+   engine rejects fails on its own; the others are fitted in one engine call, and if that call
+   raises they are refitted one by one, so that a failing parent never takes its batch down. Each
+   failure sets ``deblend_failed`` and ``deblend_error`` on its own parent (``catchFailures``);
+3. the children of each fitted parent are cut to it (`lsst.meas.madness.tasks.blends.split_blend`).
 """
 
 from __future__ import annotations
 
-__all__ = ["MadnessDeblendConnections", "MadnessDeblendConfig", "MadnessDeblendTask", "load_deblender"]
+__all__ = [
+    "MadnessDeblendConnections",
+    "MadnessDeblendConfig",
+    "MadnessDeblendTask",
+    "load_deblender",
+    "parents_from_tables",
+]
 
-import functools
 import time
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator, Mapping
 
 import numpy as np
 from astropy.table import Table
 
-import lsst.pex.config as pexConfig
 import lsst.pipe.base as pipeBase
-import lsst.pipe.base.connectionTypes as cT
 from lsst.utils.logging import PeriodicLogger
 from lsst.utils.timer import timeMethod
 
-from ..engine import MadnessDeblender, MapSettings, prepare_blend
+from ..engine import DeblendResult, MadnessDeblender, MapSettings, prepare_blend
 from ..engine.geometry import peaks_to_pixels
 from ..errors import MadnessValueError
-from ..units import ModelUnits, parse_unit, resolve_unit
+from ..units import ModelUnits, resolve_unit
 from .blends import BlendPlan, ParentFootprint, plan_blend, split_blend
 from .catalogs import deblend_columns, make_table
-from .coadds import DEFAULT_BAD_MASK_PLANES, MultibandCoadd
+from .coadds import MultibandCoadd
+from .deblend_config import MadnessDeblendConfig, MadnessDeblendConnections
 from .footprints import Footprint, footprints_from_table, heavy_footprints_to_table
-from .model_dataset import MODEL_DATASET_TYPE, MODEL_STORAGE_CLASS
 
-_TEMPLATES = {"inputCoaddName": "deep", "outputCoaddName": "deep", "modelName": MODEL_DATASET_TYPE}
 # Errors that must stop the patch even with catchFailures (meas_base's FATAL_EXCEPTIONS idea).
 _FATAL = (MemoryError, KeyboardInterrupt)
 
 
-@functools.lru_cache(maxsize=2)
+class _DeblenderCache:
+    """The deblenders this process has built, by model, least recently used dropped first.
+
+    Quanta run by one process (a task instance may be made per quantum) share a model's
+    deblender: its networks and its compiled MAP steps are built once.
+
+    Parameters
+    ----------
+    maxSize : `int`
+        Most deblenders held at once.
+    """
+
+    def __init__(self, maxSize: int = 2):
+        self.maxSize = maxSize
+        self._deblenders: OrderedDict[Hashable, MadnessDeblender] = OrderedDict()
+
+    def get(self, key: Hashable, load: Callable[[], MadnessDeblender]) -> MadnessDeblender:
+        """The deblender of ``key``, built by ``load()`` the first time.
+
+        Parameters
+        ----------
+        key : hashable
+            Names the model: ``("path", bundlePath)`` or ``("butler", dataset id)``.
+        load : callable
+            Builds the deblender when it is not held.
+
+        Returns
+        -------
+        deblender : `MadnessDeblender`
+            The held (or newly built) deblender.
+        """
+        if key in self._deblenders:
+            self._deblenders.move_to_end(key)
+            return self._deblenders[key]
+        deblender = load()
+        self._deblenders[key] = deblender
+        while len(self._deblenders) > self.maxSize:
+            self._deblenders.popitem(last=False)
+        return deblender
+
+    def clear(self) -> None:
+        """Drop every held deblender."""
+        self._deblenders.clear()
+
+
+# The one model cache of the deblend tasks (pip-only and afw), for every model source.
+_DEBLENDERS = _DeblenderCache(maxSize=2)
+
+
 def load_deblender(path: str | None) -> MadnessDeblender:
-    """The deblender of a bundle, loaded once per process (`None`: the packaged default bundle)."""
-    return MadnessDeblender.from_bundle(path)
+    """The deblender of a bundle directory, built once per process.
+
+    Parameters
+    ----------
+    path : `str` or `None`
+        Bundle directory; `None` for the packaged default LSST bundle.
+
+    Returns
+    -------
+    deblender : `MadnessDeblender`
+        The process's deblender of that bundle (shared; do not change its settings).
+    """
+    return _DEBLENDERS.get(("path", path), lambda: MadnessDeblender.from_bundle(path))
 
 
-# Deblenders built from butler model datasets, by dataset id: quanta of one process share them,
-# as they share `load_deblender`'s (a task instance may be made per quantum).
-_BUTLER_DEBLENDERS: dict = {}
+def parents_from_tables(detections: Table, spans: Table) -> list[ParentFootprint]:
+    """Parent footprints and their peaks from `MadnessDetectionTask`'s tables.
 
+    Parameters
+    ----------
+    detections : `astropy.table.Table`
+        Parents (``parent == 0``) and peaks (``parent`` = their parent's id), with ``peak_x`` and
+        ``peak_y`` in tract pixels (`lsst.meas.madness.tasks.catalogs.DETECTION_COLUMNS`).
+    spans : `astropy.table.Table`
+        Span table of the parent footprints (`lsst.meas.madness.tasks.footprints`).
 
-class MadnessDeblendConnections(
-    pipeBase.PipelineTaskConnections,
-    dimensions=("tract", "patch", "skymap"),
-    defaultTemplates=_TEMPLATES,
-):
-    coadds = cT.Input(
-        doc="Per-band coadds (lsst.images MaskedImage or CellCoadd) to deblend.",
-        name="{inputCoaddName}Coadd_calexp",
-        storageClass="MaskedImageV2",
-        dimensions=("tract", "patch", "band", "skymap"),
-        multiple=True,
-    )
-    detections = cT.Input(
-        doc="Parent footprints and their peaks (MadnessDetectionTask).",
-        name="{inputCoaddName}Coadd_madnessDet",
-        storageClass="ArrowAstropy",
-        dimensions=("tract", "patch", "skymap"),
-    )
-    detectionSpans = cT.Input(
-        doc="Spans of the parent footprints.",
-        name="{inputCoaddName}Coadd_madnessDet_spans",
-        storageClass="ArrowAstropy",
-        dimensions=("tract", "patch", "skymap"),
-    )
-    deblendedCatalog = cT.Output(
-        doc="Parents and deblended children with deblend flags, MADNESS latents and diagnostics.",
-        name="{outputCoaddName}Coadd_madnessDeblendedCatalog",
-        storageClass="ArrowAstropy",
-        dimensions=("tract", "patch", "skymap"),
-    )
-    deblendedFlux = cT.Output(
-        doc="Heavy footprints of parents (observed pixels) and children, one table per band.",
-        name="{outputCoaddName}Coadd_madnessDeblendedFlux",
-        storageClass="ArrowAstropy",
-        dimensions=("tract", "patch", "band", "skymap"),
-        multiple=True,
-    )
-    model = cT.PrerequisiteInput(
-        doc="MADNESS model bundle stored in the butler (modelSource='butler'; ingest one with "
-        "lsst.meas.madness.tasks.put_model).",
-        name="{modelName}",
-        storageClass=MODEL_STORAGE_CLASS,
-        dimensions=(),
-        deferLoad=True,
-    )
-
-    def __init__(self, *, config=None):
-        super().__init__(config=config)
-        if getattr(config, "modelSource", "package") != "butler":
-            del self.model
-
-
-class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=MadnessDeblendConnections):
-    """Configuration of `MadnessDeblendTask`."""
-
-    # Model
-    bundlePath = pexConfig.Field[str](
-        default=None,
-        optional=True,
-        doc="Directory of the MADNESS model bundle; None for the packaged default LSST bundle. "
-        "Ignored when modelSource is 'butler'.",
-    )
-    modelSource = pexConfig.ChoiceField[str](
-        default="package",
-        allowed={
-            "package": "bundlePath if set, else the packaged default LSST bundle",
-            "path": "the bundle directory bundlePath (required)",
-            "butler": "the prerequisite input dataset 'model' (connections.modelName, default "
-            "madnessModel; dimensions ()), loaded once per process",
-        },
-        doc="Where the model comes from.",
-    )
-    bands = pexConfig.ListField[str](
-        default=["u", "g", "r", "i", "z", "y"],
-        doc="Bands of the model's channels, in the model's order; checked against the bundle. "
-        "A coadd of each is required (a missing band is an error); other bands are ignored.",
-    )
-    # Size restrictions
-    maxNumberOfPeaks = pexConfig.Field[int](
-        default=50,
-        doc="Skip parents with more peaks than this (flag deblend_tooManyPeaks) (<= 0: unlimited). "
-        "All peaks of a parent are fitted jointly, so memory and time grow with it.",
-    )
-    maxFootprintArea = pexConfig.Field[int](
-        default=250_000,
-        doc="Skip parents whose footprint covers more pixels than this (flag deblend_parentTooBig) "
-        "(<= 0: unlimited); large footprints are usually artefacts or bright-star halos.",
-    )
-    # Failure modes
-    catchFailures = pexConfig.Field[bool](
-        default=True,
-        doc="Catch an error of one blend, flag its parent deblend_failed (deblend_error names the "
-        "error) and go on; False re-raises (debugging).",
-    )
-    processSingles = pexConfig.Field[bool](
-        default=True,
-        doc="Deblend parents with a single peak too (one child with latents and a model); False "
-        "leaves them undeblended with deblend_isolatedParent.",
-    )
-    inputUnit = pexConfig.Field[str](
-        default=None,
-        optional=True,
-        doc="Unit of coadds that carry none (an astropy unit string: 'nJy', 'electron' for the "
-        "model's own electrons, 'ct'/'adu' for counts with the model's gain). None requires the "
-        "coadds to carry a unit (lsst.images unit; afw PhotoCalib), and a coadd without one is an "
-        "error. A coadd's own unit always wins; one that differs from inputUnit is an error. Image "
-        "and variance are converted into the model's units (electrons over the training exposure "
-        "time, from the bundle's conditions) before the fit, and models, footprint values and "
-        "fluxes back into the coadd's units.",
-    )
-    badMask = pexConfig.ListField[str](
-        default=list(DEFAULT_BAD_MASK_PLANES),
-        doc="Mask planes whose pixels get zero weight; names a coadd lacks are skipped. Non-finite "
-        "pixels and variance <= 0 always get zero weight.",
-    )
-    # Neighbours
-    includeNeighbors = pexConfig.Field[bool](
-        default=True,
-        doc="Fit peaks of other parents that fall in a blend's stamps together with it (their models "
-        "are dropped), so that their flux is not given to this blend's children.",
-    )
-    maxNeighbors = pexConfig.Field[int](default=20, doc="Most neighbours added to one blend, nearest first.")
-    # Children
-    modelSupportThreshold = pexConfig.Field[float](
-        default=0.05,
-        doc="A child's footprint is the parent's pixels where its band-summed model exceeds this "
-        "many times the band-summed pixel noise (>= 0), plus its peak pixel.",
-    )
-    conserveFlux = pexConfig.Field[bool](
-        default=True,
-        doc="Children's pixel values: the observed flux shared in proportion to the models, as scarlet "
-        "does (True), or the models themselves (False).",
-    )
-    # MAP settings (lsst.meas.madness.MapSettings; paper section 3.5)
-    maxIter = pexConfig.Field[int](default=200, doc="Most MAP steps per blend.")
-    minIter = pexConfig.Field[int](default=40, doc="Steps before the stopping rule may stop a blend.")
-    relativeError = pexConfig.Field[float](
-        default=0.05,
-        doc="Stop when the objective's EWMA fell over the last ewmaWindow steps by less than this "
-        "fraction of its fall over the first ewmaWindow steps.",
-    )
-    ewmaWindow = pexConfig.Field[int](default=15, doc="Window (steps) of the objective's moving average.")
-    learningRate = pexConfig.Field[float](default=0.05, doc="Initial Adam step in latent units.")
-    learningRateDecay = pexConfig.Field[float](
-        default=0.8, doc="Factor on the learning rate every learningRateDecaySteps."
-    )
-    learningRateDecaySteps = pexConfig.Field[int](default=30, doc="Steps between learning-rate decays.")
-    priorWeight = pexConfig.Field[float](default=1.0, doc="Weight of the flow log-prior (1: the posterior).")
-    fitPositionOffsets = pexConfig.Field[bool](
-        default=False,
-        doc="Fit a position offset per source with its latents, for peaks that are not the galaxies' "
-        "centres; the fitted centre is the catalog's deblend_center_x/y. Off by default: measured with "
-        "the packaged model on off-grid TestFields it did not improve on the peaks (doc/engine.md).",
-    )
-    maxPositionOffset = pexConfig.Field[float](
-        default=1.0, doc="Bound on each fitted offset component (pixels, > 0 and <= 3)."
-    )
-    positionOffsetSigma = pexConfig.Field[float](
-        default=0.5, doc="Width of the Gaussian prior on the fitted offsets (pixels, > 0)."
-    )
-    # Where it computes
-    kerasBackend = pexConfig.ChoiceField[str](
-        default=None,
-        optional=True,
-        allowed={"tensorflow": "TensorFlow", "jax": "JAX"},
-        doc="Keras backend the task must run on; None accepts the process's. Keras fixes its backend "
-        "at import from KERAS_BACKEND, so this checks it (clear error) rather than switching it.",
-    )
-    device = pexConfig.Field[str](
-        default=None,
-        optional=True,
-        doc="Device for the networks: 'cpu', 'gpu' or 'gpu:N'; None lets the backend choose.",
-    )
-    # Batching
-    batchSize = pexConfig.Field[int](
-        default=64, doc="Parents per deblend_batch call (bounds the memory of results held at once)."
-    )
-    batchSources = pexConfig.Field[int](
-        default=256,
-        doc="Most padded sources in one compiled MAP step (memory bound, ~4 MB per source for the "
-        "paper-size decoder).",
-    )
-    precision = pexConfig.ChoiceField[str](
-        default="float32",
-        allowed={
-            "float32": "float32 throughout",
-            "mixed_bfloat16": "the decoder of the MAP steps computes in bfloat16 (float32 weights, "
-            "objective and optimiser): about half the step time on CPUs with AMX-BF16 and on GPUs, "
-            "the same fluxes on validation fields (doc/benchmarks.md); slower where bfloat16 is "
-            "emulated",
-        },
-        doc="Compute precision of the MAP steps (MapSettings.precision).",
-    )
-
-    def validate(self):
-        super().validate()
-        if len(set(self.bands)) != len(self.bands) or not self.bands:
-            raise pexConfig.FieldValidationError(
-                MadnessDeblendConfig.bands, self, "bands must be unique and non-empty."
-            )
-        if self.modelSource == "path" and not self.bundlePath:
-            raise pexConfig.FieldValidationError(
-                MadnessDeblendConfig.modelSource, self, "modelSource='path' needs bundlePath."
-            )
-        if self.inputUnit is not None:
-            try:
-                parse_unit(self.inputUnit)
-            except MadnessValueError as exc:
-                raise pexConfig.FieldValidationError(MadnessDeblendConfig.inputUnit, self, str(exc)) from None
-        if not 0 < self.maxPositionOffset <= 3 or not self.positionOffsetSigma > 0:
-            raise pexConfig.FieldValidationError(
-                MadnessDeblendConfig.maxPositionOffset, self,
-                "maxPositionOffset must be in (0, 3] and positionOffsetSigma > 0 (pixels).",
-            )
-        if self.modelSupportThreshold < 0:
-            raise pexConfig.FieldValidationError(
-                MadnessDeblendConfig.modelSupportThreshold, self, "must be >= 0."
-            )
-
-    def map_settings(self) -> MapSettings:
-        """The engine's `MapSettings` for this config."""
-        max_peaks = self.maxNumberOfPeaks if self.maxNumberOfPeaks > 0 else 1000
-        return MapSettings(
-            learning_rate=self.learningRate,
-            lr_decay=self.learningRateDecay,
-            lr_decay_steps=self.learningRateDecaySteps,
-            max_iter=self.maxIter,
-            min_iter=self.minIter,
-            ewma_window=self.ewmaWindow,
-            rtol=self.relativeError,
-            prior_weight=self.priorWeight,
-            max_sources=max(max_peaks + (self.maxNeighbors if self.includeNeighbors else 0), 1),
-            batch_sources=self.batchSources,
-            fit_offsets=self.fitPositionOffsets,
-            offset_max=self.maxPositionOffset,
-            offset_sigma=self.positionOffsetSigma,
-            precision=self.precision,
-        )
-
-
-def _parents_from_tables(detections: Table, spans: Table) -> list[ParentFootprint]:
+    Returns
+    -------
+    parents : `list` [`ParentFootprint`]
+        One per parent row, in table order; a parent without spans gets an empty footprint.
+    """
     footprints = footprints_from_table(spans)
     ids = np.asarray(detections["id"], dtype=np.int64)
     parent_col = np.asarray(detections["parent"], dtype=np.int64)
@@ -323,9 +167,10 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
 
     All peaks of a parent are fitted jointly (with neighbouring peaks of other parents that fall
     in their stamps), many parents per `MadnessDeblender.deblend_batch` call. Parents with no
-    usable peak, too many peaks or too large a footprint are skipped and flagged; a blend that
-    fails is flagged ``deblend_failed`` and the patch goes on (``catchFailures``). Each child is
-    cut to its parent (see `lsst.meas.madness.tasks.blends`).
+    usable peak, too many peaks or too large a footprint are skipped and flagged; a parent whose
+    fit fails is flagged ``deblend_failed`` (``deblend_error`` names the error) and the patch
+    goes on (``catchFailures``), without its batch. Each child is cut to its parent (see
+    `lsst.meas.madness.tasks.blends`).
     """
 
     ConfigClass = MadnessDeblendConfig
@@ -345,43 +190,6 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
         for ref in outputRefs.deblendedFlux:
             if (band := ref.dataId["band"]) in flux:
                 butlerQC.put(flux[band], ref)
-
-    def _butlerDeblender(self, handle) -> MadnessDeblender:
-        """The deblender of the model dataset behind ``handle`` (a `DeferredDatasetHandle`),
-        read and built once per task instance and per process (keyed by dataset id)."""
-        key = handle.ref.id
-        cached = getattr(self, "_modelCache", None)
-        if cached is None or cached[0] != key:
-            deblender = _BUTLER_DEBLENDERS.get(key)
-            if deblender is None:
-                bundle = handle.get()  # ModelBundle.load: sizes and sha256 checked
-                if not bundle.metadata.trained:
-                    raise MadnessValueError(
-                        f"The model dataset {handle.ref} holds untrained weights; refusing to use it."
-                    )
-                deblender = MadnessDeblender.from_model_bundle(bundle)
-                while len(_BUTLER_DEBLENDERS) >= 2:
-                    _BUTLER_DEBLENDERS.pop(next(iter(_BUTLER_DEBLENDERS)))
-                _BUTLER_DEBLENDERS[key] = deblender
-                self.log.info("Loaded the MADNESS model from %s", handle.ref)
-            self._modelCache = (key, deblender)
-        return self._checkBands(self._modelCache[1])
-
-    def _deblender(self) -> MadnessDeblender:
-        if self.config.modelSource == "butler":
-            raise MadnessValueError(
-                "modelSource='butler': the model comes with the quantum (runQuantum); pass deblender= "
-                "to run() when calling it directly."
-            )
-        return self._checkBands(load_deblender(self.config.bundlePath))
-
-    def _checkBands(self, deblender: MadnessDeblender) -> MadnessDeblender:
-        if tuple(self.config.bands) != deblender.bands:
-            raise MadnessValueError(
-                f"config.bands {list(self.config.bands)} differ from the bundle's bands "
-                f"{list(deblender.bands)} (order matters); set bands to the bundle's."
-            )
-        return deblender
 
     @timeMethod
     def run(
@@ -426,11 +234,12 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
 
         config = self.config
         require_backend(config.kerasBackend)
-        deblender = deblender if deblender is not None else self._deblender()
+        deblender = deblender if deblender is not None else self._loadDeblender()
         with device_scope(config.device):
             return self._run(coadds, detections, detectionSpans, deblender)
 
     def _run(self, coadds, detections, detectionSpans, deblender) -> pipeBase.Struct:
+        """`run` once the backend, device and deblender are settled."""
         config = self.config
         bands = deblender.bands
         coadd = MultibandCoadd.from_masked_images(coadds, bands=bands, bad_mask_planes=config.badMask)
@@ -439,11 +248,11 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
             self.log.info("Ignoring coadds of bands %s, which the model does not use", extra)
         unit = resolve_unit(coadd.unit, config.inputUnit)
         scale = ModelUnits.from_deblender(deblender).scale(unit, bands)
-        parents = _parents_from_tables(detections, detectionSpans)
+        parents = parents_from_tables(detections, detectionSpans)
         result = self.deblendInModelUnits(coadd, parents, deblender, scale, unit_name=unit.to_string())
         parent_rows, child_rows = result.parentRows, result.childRows
         heavy_fp, heavy_values = result.heavyFootprints, result.heavyValues
-        catalog = self._make_catalog(parent_rows + child_rows, bands, deblender.latent_dim)
+        catalog = self._makeCatalog(parent_rows + child_rows, bands, deblender.latent_dim)
         catalog.meta["bands"] = list(bands)
         catalog.meta["conserveFlux"] = bool(config.conserveFlux)
         catalog.meta["unit"] = unit.to_string()
@@ -533,10 +342,7 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
             ``heavyValues`` (`dict` id -> ``(bands, area)`` pixel values: a parent's observed
             pixels, a child's deblended ones). Counts go to ``self.metadata``.
         """
-        config = self.config
         bands = deblender.bands
-        settings = config.map_settings()
-        stamp = deblender.stamp_size
         self.log.info(
             "Deblending %d parents (%d peaks) on %s coadds of %dx%d pixels",
             len(parents),
@@ -544,107 +350,110 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
             "".join(bands),
             *coadd.shape[::-1],
         )
-
-        all_peaks = np.concatenate([p.peaks_xy for p in parents]) if parents else np.zeros((0, 2), np.int64)
+        allPeaks = np.concatenate([p.peaks_xy for p in parents]) if parents else np.zeros((0, 2), np.int64)
         owner = (
             np.concatenate([np.full(p.n_peaks, k) for k, p in enumerate(parents)])
             if parents
             else np.zeros(0, int)
         )
 
-        parent_rows: list[dict] = []
-        child_rows: list[dict] = []
-        heavy_fp: dict[int, Footprint] = {}
-        heavy_values: dict[int, np.ndarray] = {}
-        to_fit: list[tuple[int, BlendPlan]] = []
-
+        # 1. A row per parent; skipped parents flagged, the others planned.
+        parentRows: list[dict] = []
+        childRows: list[dict] = []
+        heavyFootprints: dict[int, Footprint] = {}
+        heavyValues: dict[int, np.ndarray] = {}
+        blends: list[tuple[int, BlendPlan]] = []
         for k, parent in enumerate(parents):
-            row = self._parent_row(parent, coadd, bands)
-            parent_rows.append(row)
-            mask = parent.footprint.to_mask()
-            py0, px0, py1, px1 = parent.footprint.bbox
-            cy0, cx0 = coadd.yx0
-            obs = (
-                coadd.image[:, py0 - cy0 : py1 - cy0, px0 - cx0 : px1 - cx0][:, mask]
-                if parent.footprint.area
-                else np.zeros((len(bands), 0))
-            )
-            heavy_fp[parent.id] = parent.footprint
-            heavy_values[parent.id] = obs
-            if parent.footprint.area == 0:
-                self._skip(row, "deblend_noPeaks", "has an empty footprint")
-                continue
-            if config.maxFootprintArea > 0 and parent.footprint.area > config.maxFootprintArea:
-                self._skip(row, "deblend_parentTooBig", f"covers {parent.footprint.area} pixels")
-                continue
-            if config.maxNumberOfPeaks > 0 and parent.n_peaks > config.maxNumberOfPeaks:
-                self._skip(row, "deblend_tooManyPeaks", f"has {parent.n_peaks} peaks")
-                continue
-            others = all_peaks[owner != k] if config.includeNeighbors else None
-            plan = plan_blend(
-                parent,
-                coadd.bbox,
-                stamp_size=stamp,
-                other_peaks_xy=others,
-                max_neighbours=config.maxNeighbors if config.includeNeighbors else 0,
-            )
-            row["deblend_droppedPeaks"] = plan.dropped
-            if len(plan.peak_ids) == 0:
-                self._skip(row, "deblend_noPeaks", "has no usable peak")
-                continue
-            if len(plan.peak_ids) == 1 and not config.processSingles:
-                row["deblend_isolatedParent"] = True
-                continue
-            row["deblend_nNeighbors"] = len(plan.neighbours_xy)
-            to_fit.append((k, plan))
+            row = self._makeParentRow(parent, coadd, bands)
+            parentRows.append(row)
+            heavyFootprints[parent.id] = parent.footprint
+            heavyValues[parent.id] = self._observedPixels(parent, coadd)
+            otherPeaks = allPeaks[owner != k] if self.config.includeNeighbors else None
+            plan = self._planBlend(row, parent, coadd, otherPeaks, deblender.stamp_size)
+            if plan is not None:
+                blends.append((k, plan))
 
-        n_failed = 0
-        n_not_converged = 0
+        # 2. Fit the planned parents in batches; each failure flagged on its own parent.
+        nFailed = 0
+        nNotConverged = 0
         periodic = PeriodicLogger(self.log)
-        done = 0
-        for start in range(0, len(to_fit), max(config.batchSize, 1)):
-            chunk = to_fit[start : start + max(config.batchSize, 1)]
-            for (k, plan), outcome, runtime in self._fit_chunk(deblender, chunk, coadd, settings):
-                row = parent_rows[k]
-                row["deblend_runtime"] = runtime * plan.n_sources
-                if isinstance(outcome, BaseException):
-                    row["deblend_failed"] = True
-                    row["deblend_error"] = type(outcome).__name__[:48]
-                    n_failed += 1
-                    continue
-                n_not_converged += int(not outcome.converged)
-                self._add_children(row, plan, outcome, coadd, bands, child_rows, heavy_fp, heavy_values)
-            done += len(chunk)
-            periodic.log("Deblended %d of %d blends", done, len(to_fit))
+        for done, (k, plan, outcome, runtime) in enumerate(
+            self._fitBlends(deblender, blends, coadd, self.config.makeMapSettings()), start=1
+        ):
+            row = parentRows[k]
+            row["deblend_runtime"] = runtime * plan.n_sources
+            if isinstance(outcome, Exception):
+                row["deblend_failed"] = True
+                row["deblend_error"] = type(outcome).__name__[:48]
+                nFailed += 1
+            else:
+                nNotConverged += int(not outcome.converged)
+                # 3. Cut the children to their parent.
+                self._addChildren(row, plan, outcome, coadd, bands, childRows, heavyFootprints, heavyValues)
+            periodic.log("Deblended %d of %d blends", done, len(blends))
 
-        n_skipped = sum(bool(r.get("deblend_skipped")) for r in parent_rows)
-        self.metadata["n_parents"] = len(parent_rows)
-        self.metadata["n_blends"] = len(to_fit)
-        self.metadata["n_children"] = len(child_rows)
-        self.metadata["n_skipped"] = n_skipped
-        self.metadata["n_failed"] = n_failed
-        self.metadata["n_not_converged"] = n_not_converged
+        nSkipped = sum(bool(r.get("deblend_skipped")) for r in parentRows)
+        self.metadata["n_parents"] = len(parentRows)
+        self.metadata["n_blends"] = len(blends)
+        self.metadata["n_children"] = len(childRows)
+        self.metadata["n_skipped"] = nSkipped
+        self.metadata["n_failed"] = nFailed
+        self.metadata["n_not_converged"] = nNotConverged
         self.log.info(
             "Deblended %d blends into %d children; %d parents skipped, %d failed, %d blends not converged",
-            len(to_fit) - n_failed,
-            len(child_rows),
-            n_skipped,
-            n_failed,
-            n_not_converged,
+            len(blends) - nFailed,
+            len(childRows),
+            nSkipped,
+            nFailed,
+            nNotConverged,
         )
         return pipeBase.Struct(
-            parentRows=parent_rows, childRows=child_rows, heavyFootprints=heavy_fp, heavyValues=heavy_values
+            parentRows=parentRows,
+            childRows=childRows,
+            heavyFootprints=heavyFootprints,
+            heavyValues=heavyValues,
         )
 
-    # --- helpers ---------------------------------------------------------------------------
+    # --- model ---------------------------------------------------------------------------------
 
-    def _skip(self, row: dict, flag: str, why: str) -> None:
-        row["deblend_skipped"] = True
-        row[flag] = True
-        self.log.debug("Skipping parent %d: it %s (%s)", row["id"], why, flag)
+    def _loadDeblender(self) -> MadnessDeblender:
+        """The deblender of ``config.bundlePath`` (modelSource 'package' or 'path')."""
+        if self.config.modelSource == "butler":
+            raise MadnessValueError(
+                "modelSource='butler': the model comes with the quantum (runQuantum); pass deblender= "
+                "to run() when calling it directly."
+            )
+        return self._checkBands(load_deblender(self.config.bundlePath))
+
+    def _butlerDeblender(self, handle) -> MadnessDeblender:
+        """The deblender of the model dataset behind ``handle`` (a `DeferredDatasetHandle`),
+        read and built once per process (keyed by dataset id)."""
+
+        def load() -> MadnessDeblender:
+            bundle = handle.get()  # ModelBundle.load: sizes and sha256 checked
+            if not bundle.metadata.trained:
+                raise MadnessValueError(
+                    f"The model dataset {handle.ref} holds untrained weights; refusing to use it."
+                )
+            self.log.info("Loaded the MADNESS model from %s", handle.ref)
+            return MadnessDeblender.from_model_bundle(bundle)
+
+        return self._checkBands(_DEBLENDERS.get(("butler", handle.ref.id), load))
+
+    def _checkBands(self, deblender: MadnessDeblender) -> MadnessDeblender:
+        """Return ``deblender`` if its bands are ``config.bands``, in order; raise otherwise."""
+        if tuple(self.config.bands) != deblender.bands:
+            raise MadnessValueError(
+                f"config.bands {list(self.config.bands)} differ from the bundle's bands "
+                f"{list(deblender.bands)} (order matters); set bands to the bundle's."
+            )
+        return deblender
+
+    # --- parents -------------------------------------------------------------------------------
 
     @staticmethod
-    def _parent_row(parent: ParentFootprint, coadd: MultibandCoadd, bands) -> dict:
+    def _makeParentRow(parent: ParentFootprint, coadd: MultibandCoadd, bands) -> dict:
+        """A parent's catalog row: footprint, first peak and observed flux on good pixels."""
         y0, x0, y1, x1 = parent.footprint.bbox
         row = dict(
             id=parent.id,
@@ -668,60 +477,204 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
                 row[f"deblend_flux_{band}"] = float(flux[b])
         return row
 
-    def _fit_chunk(self, deblender, chunk, coadd, settings):
-        """Yield ``((k, plan), result or exception, runtime per source in ms)`` for each blend.
+    @staticmethod
+    def _observedPixels(parent: ParentFootprint, coadd: MultibandCoadd) -> np.ndarray:
+        """``(bands, area)`` observed pixels of a parent's footprint (its heavy footprint)."""
+        if parent.footprint.area == 0:
+            return np.zeros((coadd.image.shape[0], 0))
+        py0, px0, py1, px1 = parent.footprint.bbox
+        cy0, cx0 = coadd.yx0
+        return coadd.image[:, py0 - cy0 : py1 - cy0, px0 - cx0 : px1 - cx0][:, parent.footprint.to_mask()]
 
-        The chunk goes to the engine in one call. If that raises, the blends whose input the
-        engine rejects (`prepare_blend`, no fitting) fail alone and the others go back as one
-        batch; if every input is valid (the fit itself raised), each blend is retried alone. A
-        bad blend thus fails only itself, without splitting the batch (each batch shape costs a
-        compilation).
+    def _planBlend(
+        self,
+        row: dict,
+        parent: ParentFootprint,
+        coadd: MultibandCoadd,
+        otherPeaks: np.ndarray | None,
+        stampSize: int,
+    ) -> BlendPlan | None:
+        """Plan a parent's fit, or flag in ``row`` why it is not fitted and return `None`.
+
+        Parameters
+        ----------
+        row : `dict`
+            The parent's catalog row; skip flags, dropped peaks and neighbours are written in it.
+        parent : `ParentFootprint`
+            The parent.
+        coadd : `MultibandCoadd`
+            The coadd (its bbox bounds the fit region).
+        otherPeaks : `numpy.ndarray` or `None`
+            ``(n, 2)`` (x, y) peaks of the other parents, candidate neighbours; `None` for none.
+        stampSize : `int`
+            The model's stamp side, pixels.
+
+        Returns
+        -------
+        plan : `BlendPlan` or `None`
+            The blend to fit; `None` for a skipped parent or a single left undeblended
+            (``processSingles=False``, flag ``deblend_isolatedParent``).
         """
-        inputs = [plan.engine_input(coadd) for _, plan in chunk]
+        config = self.config
+        if parent.footprint.area == 0:
+            self._skipParent(row, "deblend_noPeaks", "has an empty footprint")
+            return None
+        if config.maxFootprintArea > 0 and parent.footprint.area > config.maxFootprintArea:
+            self._skipParent(row, "deblend_parentTooBig", f"covers {parent.footprint.area} pixels")
+            return None
+        if config.maxNumberOfPeaks > 0 and parent.n_peaks > config.maxNumberOfPeaks:
+            self._skipParent(row, "deblend_tooManyPeaks", f"has {parent.n_peaks} peaks")
+            return None
+        plan = plan_blend(
+            parent,
+            coadd.bbox,
+            stamp_size=stampSize,
+            other_peaks_xy=otherPeaks,
+            max_neighbours=config.maxNeighbors if config.includeNeighbors else 0,
+        )
+        row["deblend_droppedPeaks"] = plan.dropped
+        if len(plan.peak_ids) == 0:
+            self._skipParent(row, "deblend_noPeaks", "has no usable peak")
+            return None
+        if len(plan.peak_ids) == 1 and not config.processSingles:
+            row["deblend_isolatedParent"] = True
+            return None
+        row["deblend_nNeighbors"] = len(plan.neighbours_xy)
+        return plan
+
+    def _skipParent(self, row: dict, flag: str, why: str) -> None:
+        """Flag a parent ``deblend_skipped`` and ``flag``."""
+        row["deblend_skipped"] = True
+        row[flag] = True
+        self.log.debug("Skipping parent %d: it %s (%s)", row["id"], why, flag)
+
+    # --- fitting -------------------------------------------------------------------------------
+
+    def _fitBlends(
+        self,
+        deblender: MadnessDeblender,
+        blends: list[tuple[int, BlendPlan]],
+        coadd: MultibandCoadd,
+        settings: MapSettings,
+    ) -> Iterator[tuple[int, BlendPlan, DeblendResult | Exception, float]]:
+        """Fit planned parents ``batchSize`` at a time; yield each parent's outcome.
+
+        In each batch, parents whose engine input is invalid (`prepare_blend` raises: no usable
+        pixel, bad peaks) fail alone. The others go to the engine in one call; if that call
+        raises, they are fitted one by one, so that only the failing parent fails (refitting
+        is rare, and each batch shape costs a compilation, so batches are not split further).
+
+        Parameters
+        ----------
+        deblender : `MadnessDeblender`
+            The loaded deblender.
+        blends : `list` [`tuple` [`int`, `BlendPlan`]]
+            Index of each parent in the patch and its plan, in fitting order.
+        coadd : `MultibandCoadd`
+            The coadd, in model units.
+        settings : `MapSettings`
+            MAP settings of every blend.
+
+        Yields
+        ------
+        outcome : `tuple` [`int`, `BlendPlan`, `DeblendResult` or `Exception`, `float`]
+            The parent's index and plan, its result or the error it failed with (already
+            logged; re-raised instead when ``catchFailures`` is False), and the runtime per
+            source of the engine call that fitted it, in ms (0 for a failure). In each batch,
+            the parents with invalid input come first, then the others in batch order.
+
+        Raises
+        ------
+        MemoryError
+            Always re-raised, as any error with ``catchFailures=False``.
+        """
+        size = max(self.config.batchSize, 1)
+        for start in range(0, len(blends), size):
+            valid = []
+            for k, plan in blends[start : start + size]:
+                blendInput = plan.engine_input(coadd)
+                try:
+                    self._checkInput(deblender, blendInput, settings)
+                except _FATAL:
+                    raise
+                except Exception as error:
+                    yield k, plan, self._failed(plan, error), 0.0
+                    continue
+                valid.append((k, plan, blendInput))
+            if not valid:
+                continue
+            try:
+                outcomes = self._fitBatch(deblender, valid, settings)
+            except _FATAL:
+                raise
+            except Exception as error:
+                if len(valid) == 1:
+                    k, plan, _ = valid[0]
+                    outcomes = [(k, plan, self._failed(plan, error), 0.0)]
+                else:
+                    self.log.debug(
+                        "A fit in a batch of %d parents failed (%s: %s); fitting them one by one",
+                        len(valid),
+                        type(error).__name__,
+                        error,
+                    )
+                    outcomes = [self._fitAlone(deblender, item, settings) for item in valid]
+            yield from outcomes
+
+    @staticmethod
+    def _checkInput(deblender: MadnessDeblender, blendInput: dict, settings: MapSettings) -> None:
+        """Raise what `MadnessDeblender.deblend_batch` would raise on this input, without fitting."""
+        prepare_blend(
+            blendInput["image"],
+            blendInput["peaks_xy"],
+            blendInput["variance"],
+            blendInput["mask"],
+            num_bands=len(deblender.bands),
+            stamp_size=deblender.stamp_size,
+            normalization=deblender.normalization,
+            max_sources=settings.max_sources,
+        )
+
+    @staticmethod
+    def _fitBatch(
+        deblender: MadnessDeblender, batch: list[tuple[int, BlendPlan, dict]], settings: MapSettings
+    ) -> list[tuple[int, BlendPlan, DeblendResult, float]]:
+        """Fit a batch of parents in one engine call; the runtime is the call's per source (ms)."""
         t0 = time.perf_counter()
+        results = deblender.deblend_batch(
+            [blendInput for _, _, blendInput in batch], bands=deblender.bands, settings=settings
+        )
+        perSource = 1e3 * (time.perf_counter() - t0) / max(sum(plan.n_sources for _, plan, _ in batch), 1)
+        return [(k, plan, result, perSource) for (k, plan, _), result in zip(batch, results)]
+
+    def _fitAlone(
+        self, deblender: MadnessDeblender, item: tuple[int, BlendPlan, dict], settings: MapSettings
+    ) -> tuple[int, BlendPlan, DeblendResult | Exception, float]:
+        """Fit one parent; its error (logged) is its outcome."""
+        k, plan, _ = item
         try:
-            results = deblender.deblend_batch(inputs, bands=deblender.bands, settings=settings)
+            return self._fitBatch(deblender, [item], settings)[0]
         except _FATAL:
             raise
         except Exception as error:
-            if len(chunk) == 1:
-                if not self.config.catchFailures:
-                    raise
-                self.log.warning(
-                    "Deblending parent %d failed: %s: %s", chunk[0][1].parent.id, type(error).__name__, error
-                )
-                yield chunk[0], error, 0.0
-                return
-            valid = []
-            for item, blend in zip(chunk, inputs):
-                try:
-                    prepare_blend(
-                        blend["image"],
-                        blend["peaks_xy"],
-                        blend["variance"],
-                        blend["mask"],
-                        num_bands=len(deblender.bands),
-                        stamp_size=deblender.stamp_size,
-                        normalization=deblender.normalization,
-                        max_sources=settings.max_sources,
-                    )
-                    valid.append(item)
-                except _FATAL:
-                    raise
-                except Exception:
-                    yield from self._fit_chunk(deblender, [item], coadd, settings)
-            if len(valid) == len(chunk):
-                self.log.debug("A blend of a batch of %d failed (%s); retrying one by one", len(chunk), error)
-                for item in chunk:
-                    yield from self._fit_chunk(deblender, [item], coadd, settings)
-            elif valid:
-                yield from self._fit_chunk(deblender, valid, coadd, settings)
-            return
-        per_source = 1e3 * (time.perf_counter() - t0) / max(sum(p.n_sources for _, p in chunk), 1)
-        for item, result in zip(chunk, results):
-            yield item, result, per_source
+            return k, plan, self._failed(plan, error), 0.0
 
-    def _add_children(self, row, plan, result, coadd, bands, child_rows, heavy_fp, heavy_values):
+    def _failed(self, plan: BlendPlan, error: Exception) -> Exception:
+        """Log a parent's failure once and return the error; re-raise it without catchFailures.
+
+        Must be called from the ``except`` clause that caught ``error``.
+        """
+        if not self.config.catchFailures:
+            raise error
+        self.log.warning(
+            "Deblending parent %d failed: %s: %s", plan.parent.id, type(error).__name__, error
+        )
+        return error
+
+    # --- children and catalog ------------------------------------------------------------------
+
+    def _addChildren(self, row, plan, result, coadd, bands, child_rows, heavy_fp, heavy_values):
+        """Cut a fitted blend's children to its parent; append their rows and heavy footprints."""
         cfg = self.config
         split = split_blend(
             plan, result, coadd, threshold=cfg.modelSupportThreshold, conserve_flux=cfg.conserveFlux
@@ -768,7 +721,8 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
             heavy_values[cid] = values
 
     @staticmethod
-    def _make_catalog(rows: list[dict], bands, latent_dim: int) -> Table:
+    def _makeCatalog(rows: list[dict], bands, latent_dim: int) -> Table:
+        """The catalog of ``rows``, each parent followed by its children, by id."""
         table = make_table(deblend_columns(bands, latent_dim), len(rows))
         columns = {name: table[name] for name in table.colnames}
         for i, row in enumerate(rows):

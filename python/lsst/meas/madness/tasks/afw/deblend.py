@@ -41,7 +41,6 @@ import lsst.pipe.base.connectionTypes as cT
 from lsst.utils.timer import timeMethod
 
 from ...engine import MadnessDeblender
-from ...errors import MadnessValueError
 from ..deblend import MadnessDeblendConfig, MadnessDeblendTask
 from ...units import ModelUnits
 from .conventions import AFW_SKIPPED_COLUMNS, afw_fields, photocalib_scales
@@ -181,9 +180,7 @@ class MadnessDeblendAfwTask(MadnessDeblendTask):
             peakSchema = initInputs["peakSchema"].schema
         if schema is None:
             raise ValueError("The merged detections' schema is required (schema or initInputs).")
-        self._madness = deblender if deblender is not None else self._deblender()
-        if tuple(self.config.bands) != self._madness.bands:
-            raise self._band_error(self._madness)
+        self._madness = self._checkBands(deblender if deblender is not None else self._loadDeblender())
         self.schemaMapper = afwTable.SchemaMapper(schema)
         self.schemaMapper.addMinimalSchema(schema)
         self.schema = self.schemaMapper.getOutputSchema()
@@ -265,9 +262,7 @@ class MadnessDeblendAfwTask(MadnessDeblendTask):
         """
         from .convert import coadd_from_exposures, parents_from_catalog
 
-        deblender = deblender if deblender is not None else self._madness
-        if tuple(self.config.bands) != deblender.bands:
-            raise self._band_error(deblender)
+        deblender = self._checkBands(deblender if deblender is not None else self._madness)
         bands = deblender.bands
         coadd = coadd_from_exposures(coadds, bands, self.config.badMask)
         extra = sorted(set(coadds) - set(bands))
@@ -291,12 +286,6 @@ class MadnessDeblendAfwTask(MadnessDeblendTask):
         return pipeBase.Struct(deblendedCatalog=sources, deblendedFlux=fluxCatalogs)
 
     # --- helpers ---------------------------------------------------------------------------
-
-    def _band_error(self, deblender):
-        return MadnessValueError(
-            f"config.bands {list(self.config.bands)} differ from the bundle's bands "
-            f"{list(deblender.bands)} (order matters); set bands to the bundle's."
-        )
 
     def _makeSourceCatalog(self, mergedDetections, idFactory):
         """Parents: the merged detections mapped to the output schema, ids kept."""

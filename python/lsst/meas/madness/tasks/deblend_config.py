@@ -1,0 +1,268 @@
+"""Connections and config of `MadnessDeblendTask` (`lsst.meas.madness.tasks.deblend`).
+
+Kept apart from the task so that each file reads in one sitting; import both from
+`lsst.meas.madness.tasks`.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MadnessDeblendConnections", "MadnessDeblendConfig"]
+
+import lsst.pex.config as pexConfig
+import lsst.pipe.base as pipeBase
+import lsst.pipe.base.connectionTypes as cT
+
+from ..engine import MapSettings
+from ..errors import MadnessValueError
+from ..units import parse_unit
+from .coadds import DEFAULT_BAD_MASK_PLANES
+from .model_dataset import MODEL_DATASET_TYPE, MODEL_STORAGE_CLASS
+
+_TEMPLATES = {"inputCoaddName": "deep", "outputCoaddName": "deep", "modelName": MODEL_DATASET_TYPE}
+
+
+class MadnessDeblendConnections(
+    pipeBase.PipelineTaskConnections,
+    dimensions=("tract", "patch", "skymap"),
+    defaultTemplates=_TEMPLATES,
+):
+    coadds = cT.Input(
+        doc="Per-band coadds (lsst.images MaskedImage or CellCoadd) to deblend.",
+        name="{inputCoaddName}Coadd_calexp",
+        storageClass="MaskedImageV2",
+        dimensions=("tract", "patch", "band", "skymap"),
+        multiple=True,
+    )
+    detections = cT.Input(
+        doc="Parent footprints and their peaks (MadnessDetectionTask).",
+        name="{inputCoaddName}Coadd_madnessDet",
+        storageClass="ArrowAstropy",
+        dimensions=("tract", "patch", "skymap"),
+    )
+    detectionSpans = cT.Input(
+        doc="Spans of the parent footprints.",
+        name="{inputCoaddName}Coadd_madnessDet_spans",
+        storageClass="ArrowAstropy",
+        dimensions=("tract", "patch", "skymap"),
+    )
+    deblendedCatalog = cT.Output(
+        doc="Parents and deblended children with deblend flags, MADNESS latents and diagnostics.",
+        name="{outputCoaddName}Coadd_madnessDeblendedCatalog",
+        storageClass="ArrowAstropy",
+        dimensions=("tract", "patch", "skymap"),
+    )
+    deblendedFlux = cT.Output(
+        doc="Heavy footprints of parents (observed pixels) and children, one table per band.",
+        name="{outputCoaddName}Coadd_madnessDeblendedFlux",
+        storageClass="ArrowAstropy",
+        dimensions=("tract", "patch", "band", "skymap"),
+        multiple=True,
+    )
+    model = cT.PrerequisiteInput(
+        doc="MADNESS model bundle stored in the butler (modelSource='butler'; ingest one with "
+        "lsst.meas.madness.tasks.put_model).",
+        name="{modelName}",
+        storageClass=MODEL_STORAGE_CLASS,
+        dimensions=(),
+        deferLoad=True,
+    )
+
+    def __init__(self, *, config=None):
+        super().__init__(config=config)
+        if getattr(config, "modelSource", "package") != "butler":
+            del self.model
+
+
+class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=MadnessDeblendConnections):
+    """Configuration of `MadnessDeblendTask`."""
+
+    # Model
+    bundlePath = pexConfig.Field[str](
+        default=None,
+        optional=True,
+        doc="Directory of the MADNESS model bundle; None for the packaged default LSST bundle. "
+        "Ignored when modelSource is 'butler'.",
+    )
+    modelSource = pexConfig.ChoiceField[str](
+        default="package",
+        allowed={
+            "package": "bundlePath if set, else the packaged default LSST bundle",
+            "path": "the bundle directory bundlePath (required)",
+            "butler": "the prerequisite input dataset 'model' (connections.modelName, default "
+            "madnessModel; dimensions ()), loaded once per process",
+        },
+        doc="Where the model comes from.",
+    )
+    bands = pexConfig.ListField[str](
+        default=["u", "g", "r", "i", "z", "y"],
+        doc="Bands of the model's channels, in the model's order; checked against the bundle. "
+        "A coadd of each is required (a missing band is an error); other bands are ignored.",
+    )
+    # Size restrictions
+    maxNumberOfPeaks = pexConfig.Field[int](
+        default=50,
+        doc="Skip parents with more peaks than this (flag deblend_tooManyPeaks) (<= 0: unlimited). "
+        "All peaks of a parent are fitted jointly, so memory and time grow with it.",
+    )
+    maxFootprintArea = pexConfig.Field[int](
+        default=250_000,
+        doc="Skip parents whose footprint covers more pixels than this (flag deblend_parentTooBig) "
+        "(<= 0: unlimited); large footprints are usually artefacts or bright-star halos.",
+    )
+    # Failure modes
+    catchFailures = pexConfig.Field[bool](
+        default=True,
+        doc="Catch an error of one blend, flag its parent deblend_failed (deblend_error names the "
+        "error) and go on; False re-raises (debugging).",
+    )
+    processSingles = pexConfig.Field[bool](
+        default=True,
+        doc="Deblend parents with a single peak too (one child with latents and a model); False "
+        "leaves them undeblended with deblend_isolatedParent.",
+    )
+    inputUnit = pexConfig.Field[str](
+        default=None,
+        optional=True,
+        doc="Unit of coadds that carry none (an astropy unit string: 'nJy', 'electron' for the "
+        "model's own electrons, 'ct'/'adu' for counts with the model's gain). None requires the "
+        "coadds to carry a unit (lsst.images unit; afw PhotoCalib), and a coadd without one is an "
+        "error. A coadd's own unit always wins; one that differs from inputUnit is an error. Image "
+        "and variance are converted into the model's units (electrons over the training exposure "
+        "time, from the bundle's conditions) before the fit, and models, footprint values and "
+        "fluxes back into the coadd's units.",
+    )
+    badMask = pexConfig.ListField[str](
+        default=list(DEFAULT_BAD_MASK_PLANES),
+        doc="Mask planes whose pixels get zero weight; names a coadd lacks are skipped. Non-finite "
+        "pixels and variance <= 0 always get zero weight.",
+    )
+    # Neighbours
+    includeNeighbors = pexConfig.Field[bool](
+        default=True,
+        doc="Fit peaks of other parents that fall in a blend's stamps together with it (their models "
+        "are dropped), so that their flux is not given to this blend's children.",
+    )
+    maxNeighbors = pexConfig.Field[int](default=20, doc="Most neighbours added to one blend, nearest first.")
+    # Children
+    modelSupportThreshold = pexConfig.Field[float](
+        default=0.05,
+        doc="A child's footprint is the parent's pixels where its band-summed model exceeds this "
+        "many times the band-summed pixel noise (>= 0), plus its peak pixel.",
+    )
+    conserveFlux = pexConfig.Field[bool](
+        default=True,
+        doc="Children's pixel values: the observed flux shared in proportion to the models, as scarlet "
+        "does (True), or the models themselves (False).",
+    )
+    # MAP settings (lsst.meas.madness.MapSettings; paper section 3.5)
+    maxIter = pexConfig.Field[int](default=200, doc="Most MAP steps per blend.")
+    minIter = pexConfig.Field[int](default=40, doc="Steps before the stopping rule may stop a blend.")
+    relativeError = pexConfig.Field[float](
+        default=0.05,
+        doc="Stop when the objective's EWMA fell over the last ewmaWindow steps by less than this "
+        "fraction of its fall over the first ewmaWindow steps.",
+    )
+    ewmaWindow = pexConfig.Field[int](default=15, doc="Window (steps) of the objective's moving average.")
+    learningRate = pexConfig.Field[float](default=0.05, doc="Initial Adam step in latent units.")
+    learningRateDecay = pexConfig.Field[float](
+        default=0.8, doc="Factor on the learning rate every learningRateDecaySteps."
+    )
+    learningRateDecaySteps = pexConfig.Field[int](default=30, doc="Steps between learning-rate decays.")
+    priorWeight = pexConfig.Field[float](default=1.0, doc="Weight of the flow log-prior (1: the posterior).")
+    fitPositionOffsets = pexConfig.Field[bool](
+        default=False,
+        doc="Fit a position offset per source with its latents, for peaks that are not the galaxies' "
+        "centres; the fitted centre is the catalog's deblend_center_x/y. Off by default: measured with "
+        "the packaged model on off-grid TestFields it did not improve on the peaks (doc/engine.md).",
+    )
+    maxPositionOffset = pexConfig.Field[float](
+        default=1.0, doc="Bound on each fitted offset component (pixels, > 0 and <= 3)."
+    )
+    positionOffsetSigma = pexConfig.Field[float](
+        default=0.5, doc="Width of the Gaussian prior on the fitted offsets (pixels, > 0)."
+    )
+    # Where it computes
+    kerasBackend = pexConfig.ChoiceField[str](
+        default=None,
+        optional=True,
+        allowed={"tensorflow": "TensorFlow", "jax": "JAX"},
+        doc="Keras backend the task must run on; None accepts the process's. Keras fixes its backend "
+        "at import from KERAS_BACKEND, so this checks it (clear error) rather than switching it.",
+    )
+    device = pexConfig.Field[str](
+        default=None,
+        optional=True,
+        doc="Device for the networks: 'cpu', 'gpu' or 'gpu:N'; None lets the backend choose.",
+    )
+    # Batching
+    batchSize = pexConfig.Field[int](
+        default=64, doc="Parents per deblend_batch call (bounds the memory of results held at once)."
+    )
+    batchSources = pexConfig.Field[int](
+        default=256,
+        doc="Most padded sources in one compiled MAP step (memory bound, ~4 MB per source for the "
+        "paper-size decoder).",
+    )
+    precision = pexConfig.ChoiceField[str](
+        default="float32",
+        allowed={
+            "float32": "float32 throughout",
+            "mixed_bfloat16": "the decoder of the MAP steps computes in bfloat16 (float32 weights, "
+            "objective and optimiser): about half the step time on CPUs with AMX-BF16 and on GPUs, "
+            "the same fluxes on validation fields (doc/benchmarks.md); slower where bfloat16 is "
+            "emulated",
+        },
+        doc="Compute precision of the MAP steps (MapSettings.precision).",
+    )
+
+    def validate(self):
+        super().validate()
+        if len(set(self.bands)) != len(self.bands) or not self.bands:
+            raise pexConfig.FieldValidationError(
+                MadnessDeblendConfig.bands, self, "bands must be unique and non-empty."
+            )
+        if self.modelSource == "path" and not self.bundlePath:
+            raise pexConfig.FieldValidationError(
+                MadnessDeblendConfig.modelSource, self, "modelSource='path' needs bundlePath."
+            )
+        if self.inputUnit is not None:
+            try:
+                parse_unit(self.inputUnit)
+            except MadnessValueError as exc:
+                raise pexConfig.FieldValidationError(MadnessDeblendConfig.inputUnit, self, str(exc)) from None
+        if not 0 < self.maxPositionOffset <= 3 or not self.positionOffsetSigma > 0:
+            raise pexConfig.FieldValidationError(
+                MadnessDeblendConfig.maxPositionOffset, self,
+                "maxPositionOffset must be in (0, 3] and positionOffsetSigma > 0 (pixels).",
+            )
+        if self.modelSupportThreshold < 0:
+            raise pexConfig.FieldValidationError(
+                MadnessDeblendConfig.modelSupportThreshold, self, "must be >= 0."
+            )
+
+    def makeMapSettings(self) -> MapSettings:
+        """Make the engine's `MapSettings` for this config.
+
+        Returns
+        -------
+        settings : `lsst.meas.madness.MapSettings`
+            The MAP settings of every blend; ``max_sources`` bounds a blend's peaks plus
+            neighbours (``maxNumberOfPeaks`` <= 0 counts as 1000).
+        """
+        max_peaks = self.maxNumberOfPeaks if self.maxNumberOfPeaks > 0 else 1000
+        return MapSettings(
+            learning_rate=self.learningRate,
+            lr_decay=self.learningRateDecay,
+            lr_decay_steps=self.learningRateDecaySteps,
+            max_iter=self.maxIter,
+            min_iter=self.minIter,
+            ewma_window=self.ewmaWindow,
+            rtol=self.relativeError,
+            prior_weight=self.priorWeight,
+            max_sources=max(max_peaks + (self.maxNeighbors if self.includeNeighbors else 0), 1),
+            batch_sources=self.batchSources,
+            fit_offsets=self.fitPositionOffsets,
+            offset_max=self.maxPositionOffset,
+            offset_sigma=self.positionOffsetSigma,
+            precision=self.precision,
+        )
