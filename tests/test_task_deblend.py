@@ -354,6 +354,43 @@ class DeblendTaskTestCase(MadnessTestCase):
             if name != "deblend_runtime":
                 np.testing.assert_array_equal(catalog[name], reference[name], err_msg=name)
 
+    def test_residual_peaks(self):
+        """doResidualPeaks finds a galaxy whose peak the detection lost, flags it and gives its
+        neighbours back their own flux; off by default, and nothing is added to complete peaks."""
+        members = SCENE_GROUPS[0]
+        lost = 1  # blend A's brightest galaxy
+        footprint = Footprint.from_mask(self.truth[members].sum(axis=(0, 1)) > 5.0, PATCH_YX0)
+        kept = [i for i in members if i != lost]
+        det, spans = detection_tables([(footprint, _tract(SCENE_PEAKS[kept]))])
+        off = MadnessDeblendTask(config=run_config()).run(
+            coadds=self.coadds, detections=det, detectionSpans=spans).deblendedCatalog
+        self.assertFalse(off["deblend_residualPeak"].any())
+        self.assertEqual(int((off["parent"] != 0).sum()), 2)
+        task = MadnessDeblendTask(config=run_config(doResidualPeaks=True))
+        on = task.run(coadds=self.coadds, detections=det, detectionSpans=spans).deblendedCatalog
+        children = on[on["parent"] != 0]
+        new = children[children["deblend_residualPeak"]]
+        self.assertEqual(len(new), 1)
+        self.assertEqual(on["deblend_nResidualPeaks"][on["parent"] == 0].tolist(), [1])
+        self.assertEqual(task.metadata["n_residual_peaks"], 1)
+        self.assertEqual(new["deblend_peakId"][0], 0)
+        self.assertNotIn(new["id"][0], det["id"])
+        self.assertEqual(len(set(on["id"])), len(on))
+        x, y = _tract(SCENE_PEAKS[lost])
+        self.assertLessEqual(np.hypot(new["deblend_center_x"][0] - x, new["deblend_center_y"][0] - y), 1.5)
+        # Every child's r flux is now close to its galaxy's (before, the lost one's flux went to them).
+        for i in members:
+            tx, ty = _tract(SCENE_PEAKS[i])
+            d = np.hypot(children["deblend_center_x"] - tx, children["deblend_center_y"] - ty)
+            flux = children["deblend_flux_r"][np.argmin(d)]
+            np.testing.assert_allclose(flux, self.truth[i, 2].sum(), rtol=0.05)
+        # With all peaks detected, no source is added.
+        det, spans = truth_detections(self.truth, groups=SCENE_GROUPS[:2])
+        complete = MadnessDeblendTask(config=run_config(doResidualPeaks=True)).run(
+            coadds=self.coadds, detections=det, detectionSpans=spans).deblendedCatalog
+        self.assertFalse(complete["deblend_residualPeak"].any())
+        self.assertEqual(int((complete["parent"] != 0).sum()), 5)
+
     def test_catch_failures_false_raises_fit_errors(self):
         """Without catchFailures a fit error is raised, after the one-by-one retry."""
         original = MadnessDeblender.deblend_batch

@@ -168,6 +168,23 @@ def deblend_columns(bands: Sequence[str], latent_dim: int) -> list[Column]:
         Column("bbox_width", "int32", "Columns in the footprint's bounding box.", "pix"),
         Column("bbox_height", "int32", "Rows in the footprint's bounding box.", "pix"),
         Column(
+            "deblend_residualPeak",
+            "bool",
+            "A child whose peak was found in the residual of a first deblend, not by the detection "
+            "(doResidualPeaks); its deblend_peakId is 0.",
+        ),
+        Column(
+            "deblend_nResidualPeaks",
+            "int32",
+            "Residual peaks of a parent kept after its refit (doResidualPeaks; 0 for children).",
+        ),
+        Column(
+            "deblend_nResidualPeaksRejected",
+            "int32",
+            "Residual peaks of a parent tried and not kept: the refit lowered the objective by less than "
+            "the penalty, or failed (doResidualPeaks; 0 for children).",
+        ),
+        Column(
             "deblend_nChild",
             "int32",
             "Number of children this source has (0 for children and undeblended parents).",

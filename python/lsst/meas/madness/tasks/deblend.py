@@ -31,6 +31,7 @@ __all__ = [
     "parents_from_tables",
 ]
 
+import dataclasses
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator, Mapping
@@ -51,6 +52,7 @@ from .catalogs import deblend_columns, make_table
 from .coadds import MultibandCoadd
 from .deblend_config import MadnessDeblendConfig, MadnessDeblendConnections
 from .footprints import Footprint, footprints_from_table, heavy_footprints_to_table
+from .residual_peaks import bic_penalty, find_residual_peaks, residual_significance
 
 # Errors that must stop the patch even with catchFailures (meas_base's FATAL_EXCEPTIONS idea).
 _FATAL = (MemoryError, KeyboardInterrupt)
@@ -374,11 +376,12 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
                 blends.append((k, plan))
 
         # 2. Fit the planned parents in batches; each failure flagged on its own parent.
+        settings = self.config.makeMapSettings()
         nFailed = 0
-        nNotConverged = 0
+        fitted: list[tuple[int, BlendPlan, DeblendResult]] = []
         periodic = PeriodicLogger(self.log)
         for done, (k, plan, outcome, runtime) in enumerate(
-            self._fitBlends(deblender, blends, coadd, self.config.makeMapSettings()), start=1
+            self._fitBlends(deblender, blends, coadd, settings), start=1
         ):
             row = parentRows[k]
             row["deblend_runtime"] = runtime * plan.n_sources
@@ -387,10 +390,30 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
                 row["deblend_error"] = type(outcome).__name__[:48]
                 nFailed += 1
             else:
-                nNotConverged += int(not outcome.converged)
-                # 3. Cut the children to their parent.
-                self._addChildren(row, plan, outcome, coadd, bands, childRows, heavyFootprints, heavyValues)
+                fitted.append((k, plan, outcome))
             periodic.log("Deblended %d of %d blends", done, len(blends))
+
+        # 2b. Optionally, sources the detection missed, from the residuals.
+        residualIds: set[int] = set()
+        if self.config.doResidualPeaks and fitted:
+            firstId = 1 + max(
+                max(int(p.id) for p in parents),
+                max((int(i) for p in parents for i in p.peak_ids), default=0),
+            )
+            fitted, residualIds = self._addResidualPeaks(
+                deblender, fitted, parentRows, coadd, allPeaks, owner, settings, firstId
+            )
+
+        # 3. Cut the children to their parent.
+        nNotConverged = 0
+        for k, plan, result in fitted:
+            nNotConverged += int(not result.converged)
+            start = len(childRows)
+            self._addChildren(parentRows[k], plan, result, coadd, bands, childRows, heavyFootprints, heavyValues)
+            for child in childRows[start:]:
+                if child["id"] in residualIds:
+                    child["deblend_residualPeak"] = True
+                    child["deblend_peakId"] = 0
 
         nSkipped = sum(bool(r.get("deblend_skipped")) for r in parentRows)
         self.metadata["n_parents"] = len(parentRows)
@@ -670,6 +693,141 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
             "Deblending parent %d failed: %s: %s", plan.parent.id, type(error).__name__, error
         )
         return error
+
+    # --- residual peaks ------------------------------------------------------------------------
+
+    def _addResidualPeaks(
+        self,
+        deblender: MadnessDeblender,
+        fitted: list[tuple[int, BlendPlan, DeblendResult]],
+        parentRows: list[dict],
+        coadd: MultibandCoadd,
+        allPeaks: np.ndarray,
+        owner: np.ndarray,
+        settings: MapSettings,
+        firstId: int,
+    ) -> tuple[list[tuple[int, BlendPlan, DeblendResult]], set[int]]:
+        """Refit parents with the peaks of their residual; keep the refits that pay their penalty.
+
+        Parameters
+        ----------
+        deblender : `MadnessDeblender`
+            The loaded deblender.
+        fitted : `list` [`tuple` [`int`, `BlendPlan`, `DeblendResult`]]
+            Each fitted parent's index, plan and result.
+        parentRows : `list` [`dict`]
+            The parents' rows; ``deblend_nResidualPeaks``, ``deblend_nResidualPeaksRejected``
+            and ``deblend_runtime`` are updated.
+        coadd : `MultibandCoadd`
+            The coadd, model units.
+        allPeaks, owner : `numpy.ndarray`
+            ``(n, 2)`` (x, y) peaks of all parents and the index of the parent of each.
+        settings : `MapSettings`
+            MAP settings.
+        firstId : `int`
+            Id of the first new source; ids after it follow (unique in the patch).
+
+        Returns
+        -------
+        fitted : `list` [`tuple` [`int`, `BlendPlan`, `DeblendResult`]]
+            As given, with the plan and result of each kept refit in place of the first fit.
+        residualIds : `set` [`int`]
+            Ids of the kept residual peaks' sources.
+        """
+        config = self.config
+        candidates: list[tuple[int, BlendPlan]] = []
+        added: dict[int, np.ndarray] = {}
+        nextId = firstId
+        for index, (k, plan, result) in enumerate(fitted):
+            peaksXy = self._residualPeaks(plan, result, coadd)
+            if not len(peaksXy):
+                continue
+            ids = np.arange(nextId, nextId + len(peaksXy), dtype=np.int64)
+            nextId += len(peaksXy)
+            parent = plan.parent
+            augmented = ParentFootprint(
+                parent.id,
+                parent.footprint,
+                np.concatenate([np.asarray(parent.peak_ids, np.int64), ids]),
+                np.concatenate([np.asarray(parent.peaks_xy, np.float64).reshape(-1, 2), peaksXy]),
+            )
+            newPlan = plan_blend(
+                augmented,
+                coadd.bbox,
+                stamp_size=deblender.stamp_size,
+                other_peaks_xy=allPeaks[owner != k] if config.includeNeighbors else None,
+                max_neighbours=config.maxNeighbors if config.includeNeighbors else 0,
+            )
+            parentRows[k]["deblend_nResidualPeaksRejected"] = len(ids)
+            if not np.isin(ids, newPlan.peak_ids).all():
+                continue
+            # The objectives compare only over the same pixels: the refit keeps the first fit's
+            # region, and a new source's stamp is cropped to it (its child may be flagged edge).
+            newPlan = dataclasses.replace(newPlan, region=plan.region)
+            added[index] = ids
+            candidates.append((index, newPlan))
+
+        residualIds: set[int] = set()
+        fitted = list(fitted)
+        for index, newPlan, outcome, runtime in self._fitBlends(deblender, candidates, coadd, settings):
+            k, plan, result = fitted[index]
+            row = parentRows[k]
+            row["deblend_runtime"] += runtime * newPlan.n_sources
+            if isinstance(outcome, Exception):
+                continue
+            nAdded = newPlan.n_sources - plan.n_sources
+            blendInput = plan.engine_input(coadd)
+            usable = (
+                ~np.asarray(blendInput["mask"], bool)
+                & np.isfinite(blendInput["image"])
+                & (np.asarray(blendInput["variance"]) > 0)
+            )
+            penalty = (
+                config.residualPeakPenalty
+                if config.residualPeakPenalty is not None
+                else bic_penalty(deblender.latent_dim, int(usable.sum()))
+            )
+            gain = float(result.objective_final - outcome.objective_final)
+            self.log.debug(
+                "Parent %d: %d residual peaks lower the objective by %.1f (penalty %.1f per source)",
+                plan.parent.id, len(added[index]), gain, penalty,
+            )
+            if gain > nAdded * penalty:
+                fitted[index] = (k, newPlan, outcome)
+                residualIds.update(int(i) for i in added[index])
+                row["deblend_nResidualPeaks"] = len(added[index])
+                row["deblend_nResidualPeaksRejected"] = 0
+                row["deblend_nNeighbors"] = len(newPlan.neighbours_xy)
+        self.metadata["n_residual_peaks"] = len(residualIds)
+        self.log.info(
+            "Residual peaks: %d parents refitted, %d new sources kept", len(candidates), len(residualIds)
+        )
+        return fitted, residualIds
+
+    def _residualPeaks(self, plan: BlendPlan, result: DeblendResult, coadd: MultibandCoadd) -> np.ndarray:
+        """``(k, 2)`` (x, y) tract-frame peaks of a fitted parent's residual, inside its footprint."""
+        config = self.config
+        if config.maxResidualPeaks <= 0:
+            return np.zeros((0, 2), np.int64)
+        y0, x0, y1, x1 = plan.region
+        blendInput = plan.engine_input(coadd)
+        significance = residual_significance(
+            blendInput["image"] - result.model_image(),
+            blendInput["variance"],
+            blendInput["mask"],
+            config.residualPeakSmoothing,
+        )
+        yy, xx = np.mgrid[y0:y1, x0:x1]
+        inside = plan.parent.footprint.contains(yy.ravel(), xx.ravel()).reshape(yy.shape)
+        local = find_residual_peaks(
+            significance,
+            inside,
+            blendInput["peaks_xy"],
+            threshold=config.residualPeakThreshold,
+            min_separation=config.residualPeakMinSeparation,
+            max_peaks=config.maxResidualPeaks,
+        )
+        return local + np.array([x0, y0], np.int64)
 
     # --- children and catalog ------------------------------------------------------------------
 

@@ -154,6 +154,34 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
         doc="Children's pixel values: the observed flux shared in proportion to the models, as scarlet "
         "does (True), or the models themselves (False).",
     )
+    # Residual peaks (issue 14, section 1; lsst.meas.madness.tasks.residual_peaks)
+    doResidualPeaks = pexConfig.Field[bool](
+        default=False,
+        doc="After the first fit, look for sources the detection missed in each parent's residual "
+        "(band-summed, PSF-filtered, in noise units), refit the parent with them and keep them when "
+        "the MAP objective falls by more than residualPeakPenalty per added source (children flagged "
+        "deblend_residualPeak). Off by default: see doc/detection.md for what it measured.",
+    )
+    residualPeakThreshold = pexConfig.Field[float](
+        default=5.0, doc="Least significance of a residual peak (noise units of the filtered residual)."
+    )
+    residualPeakSmoothing = pexConfig.Field[float](
+        default=1.7,
+        doc="Gaussian sigma of the residual's matched filter, pixels (> 0); 1.7 px is the PSF sigma of a "
+        "0.8 arcsec FWHM at LSST's 0.2 arcsec pixels.",
+    )
+    residualPeakMinSeparation = pexConfig.Field[float](
+        default=3.0, doc="Least distance of a residual peak to any other peak of the fit, pixels."
+    )
+    maxResidualPeaks = pexConfig.Field[int](
+        default=2, doc="Most residual peaks tried per parent (all in one refit); 0 tries none."
+    )
+    residualPeakPenalty = pexConfig.Field[float](
+        default=None,
+        optional=True,
+        doc="Objective decrease (chi^2 / 2 minus log-prior) each added source must bring; None for the "
+        "BIC's latent_dim / 2 * ln(usable pixels x bands of the fit region).",
+    )
     # MAP settings (lsst.meas.madness.MapSettings; paper section 3.5)
     maxIter = pexConfig.Field[int](default=200, doc="Most MAP steps per blend.")
     minIter = pexConfig.Field[int](default=40, doc="Steps before the stopping rule may stop a blend.")
@@ -234,6 +262,11 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
             raise pexConfig.FieldValidationError(
                 MadnessDeblendConfig.maxPositionOffset, self,
                 "maxPositionOffset must be in (0, 3] and positionOffsetSigma > 0 (pixels).",
+            )
+        if not self.residualPeakSmoothing > 0 or self.maxResidualPeaks < 0 or self.residualPeakMinSeparation < 0:
+            raise pexConfig.FieldValidationError(
+                MadnessDeblendConfig.residualPeakSmoothing, self,
+                "residualPeakSmoothing must be > 0, maxResidualPeaks and residualPeakMinSeparation >= 0.",
             )
         if self.modelSupportThreshold < 0:
             raise pexConfig.FieldValidationError(

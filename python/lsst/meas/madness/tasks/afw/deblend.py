@@ -149,6 +149,15 @@ class MadnessDeblendAfwConfig(MadnessDeblendConfig, pipelineConnections=MadnessD
     )
     idGenerator = _ID_GENERATOR_FIELD
 
+    def validate(self):
+        super().validate()
+        if self.doResidualPeaks:
+            # A residual peak's child has no afw peak record to copy (_fillCatalog); not written yet.
+            raise pexConfig.FieldValidationError(
+                MadnessDeblendAfwConfig.doResidualPeaks, self,
+                "doResidualPeaks is supported on the pip-only path (MadnessDeblendTask) only.",
+            )
+
 
 class MadnessDeblendAfwTask(MadnessDeblendTask):
     """Deblend the merged detections of a patch with MADNESS; afw catalogs and heavy footprints out.

@@ -1,0 +1,123 @@
+"""Residual peaks: sources the detection missed, found in a first deblend's residual.
+
+After a parent is deblended, the observed pixels minus all models (its children and the
+neighbours fitted with it) should be noise. A galaxy the detection missed (a faint companion on
+a bright wing, one of an unresolved pair) leaves a positive bump there. `residual_significance`
+filters the band-summed residual with the PSF (a matched filter, in units of its own noise) and
+`find_residual_peaks` takes its local maxima above a threshold inside the parent's footprint, away
+from the existing peaks. The task then refits the parent with these peaks added and keeps them
+only when the MAP objective (chi^2 / 2 minus log-prior) falls by more than `bic_penalty` per
+added source: the extra ``latent_dim`` parameters must pay for themselves.
+
+The significance is of the summed residual, not a chi^2 image: chi^2 also rises where a model is
+too bright, and a missing source shows as a positive residual only.
+"""
+
+from __future__ import annotations
+
+__all__ = ["bic_penalty", "find_residual_peaks", "residual_significance"]
+
+import numpy as np
+from scipy import ndimage
+
+
+def residual_significance(
+    residual: np.ndarray, variance: np.ndarray, bad: np.ndarray, sigma: float
+) -> np.ndarray:
+    """Matched-filter significance of the band-summed residual, noise units.
+
+    Parameters
+    ----------
+    residual : `numpy.ndarray`
+        ``(bands, H, W)`` observed minus model, flux units per pixel.
+    variance : `numpy.ndarray`
+        ``(bands, H, W)`` pixel variance, flux units squared.
+    bad : `numpy.ndarray`
+        ``(bands, H, W)`` bool, pixels to ignore (zero weight).
+    sigma : `float`
+        Gaussian sigma of the filter (the PSF's), pixels, > 0.
+
+    Returns
+    -------
+    significance : `numpy.ndarray`
+        ``(H, W)`` float64: the Gaussian-filtered band sum of the residual divided by the
+        standard deviation that filtered sum has under the variance (0 where no pixel counts).
+    """
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0 pixels; got {sigma=}.")
+    good = ~np.asarray(bad, bool) & np.isfinite(residual) & np.isfinite(variance) & (variance > 0)
+    summed = np.where(good, residual, 0.0).sum(axis=0)
+    summed_var = np.where(good, variance, 0.0).sum(axis=0)
+    signal = ndimage.gaussian_filter(summed.astype(np.float64), sigma, mode="constant")
+    # Variance of a filtered sum: the variance filtered by the kernel squared, a Gaussian of
+    # sigma / sqrt(2) scaled by 1 / (4 pi sigma^2).
+    noise_var = ndimage.gaussian_filter(summed_var.astype(np.float64), sigma / np.sqrt(2), mode="constant")
+    noise_var /= 4.0 * np.pi * sigma**2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(noise_var > 0, signal / np.sqrt(noise_var), 0.0)
+
+
+def find_residual_peaks(
+    significance: np.ndarray,
+    footprint: np.ndarray,
+    peaks_xy: np.ndarray,
+    *,
+    threshold: float,
+    min_separation: float,
+    max_peaks: int,
+) -> np.ndarray:
+    """Local maxima of a significance image above ``threshold``, strongest first.
+
+    Parameters
+    ----------
+    significance : `numpy.ndarray`
+        ``(H, W)`` significance (`residual_significance`).
+    footprint : `numpy.ndarray`
+        ``(H, W)`` bool: where a new peak may lie (the parent's footprint).
+    peaks_xy : `numpy.ndarray`
+        ``(n, 2)`` ``(x, y)`` peaks already fitted (the parent's and its neighbours'), pixels of
+        the same grid.
+    threshold : `float`
+        Least significance of a new peak, noise units.
+    min_separation : `float`
+        Least distance of a new peak to any other peak, old or new, pixels.
+    max_peaks : `int`
+        Most peaks returned.
+
+    Returns
+    -------
+    peaks_xy : `numpy.ndarray`
+        ``(k, 2)`` int64 ``(x, y)`` pixels of the new peaks, ``k <= max_peaks``.
+    """
+    maxima = (significance == ndimage.maximum_filter(significance, size=3, mode="nearest"))
+    maxima &= (significance > threshold) & np.asarray(footprint, bool)
+    ys, xs = np.nonzero(maxima)
+    order = np.argsort(-significance[ys, xs], kind="stable")
+    taken = [np.asarray(p, np.float64) for p in np.asarray(peaks_xy, np.float64).reshape(-1, 2)]
+    found = []
+    for i in order:
+        xy = np.array([xs[i], ys[i]], np.float64)
+        if all(np.hypot(*(xy - p)) >= min_separation for p in taken):
+            found.append(xy)
+            taken.append(xy)
+            if len(found) >= max_peaks:
+                break
+    return np.array(found, np.int64).reshape(-1, 2)
+
+
+def bic_penalty(latent_dim: int, n_pixels: int) -> float:
+    """Objective decrease one more source must bring: the BIC's ``k/2 * ln(n)`` for its latents.
+
+    Parameters
+    ----------
+    latent_dim : `int`
+        Parameters of a source (its latents).
+    n_pixels : `int`
+        Data points of the fit (usable pixels over all bands), >= 1.
+
+    Returns
+    -------
+    penalty : `float`
+        In the units of the MAP objective (chi^2 / 2 minus log-prior).
+    """
+    return 0.5 * latent_dim * float(np.log(max(n_pixels, 1)))
