@@ -20,6 +20,10 @@ from lsst.meas.madness.engine.geometry import (
     stamp_origins_xy,
     stamp_overlap,
     subpixel_shifts,
+    zoom_bin_stamps,
+    zoom_footprint_size,
+    zoom_place_stamps,
+    zoom_placement_matrices,
 )
 
 SCALE = 0.2  # arcsec per pixel, LSST
@@ -163,6 +167,77 @@ class PlacementTestCase(lsst.utils.tests.TestCase):
                     yy, xx = np.mgrid[:h, :w]
                     self.assertAlmostEqual((placed * xx).sum() / placed.sum(), x, delta=0.01)
                     self.assertAlmostEqual((placed * yy).sum() / placed.sum(), y, delta=0.01)
+
+
+def _big_galaxy(flux=1e5):
+    """A sheared Exponential of half-light radius 2.5" (a bright disc bigger than the 45-px stamp), Moffat PSF."""
+    gal = galsim.Exponential(half_light_radius=2.5, flux=flux).shear(e1=0.3, e2=0.1)
+    return galsim.Convolve(gal, galsim.Moffat(beta=3.5, fwhm=0.7))
+
+
+class ZoomTestCase(lsst.utils.tests.TestCase):
+    """Stamps drawn with zoom-times larger pixels, placed on the image grid: GalSim and numpy as oracles."""
+
+    def test_flux_kept_and_box_is_repeat(self):
+        rng = np.random.default_rng(11)
+        stamp = rng.uniform(0, 1, (7, 7))
+        for kernel in ("box", "linear"):
+            for zoom in (1, 2, 3, 4):
+                m = zoom_placement_matrices(np.array([40.0, 37.3]), 80, 7, zoom, kernel=kernel).astype(np.float64)
+                with self.subTest(kernel=kernel, zoom=zoom):
+                    np.testing.assert_allclose(m.sum(axis=1), 1.0, atol=1e-6)  # every stamp pixel's flux lands
+                    placed = m[1] @ stamp @ m[1].T
+                    self.assertAlmostEqual(placed.sum(), stamp.sum(), delta=1e-5 * stamp.sum())
+                    # The centroid is the float centre (the kernels are symmetric).
+                    yy = np.arange(80)
+                    self.assertAlmostEqual((placed.sum(axis=1) * yy).sum() / placed.sum(),
+                                           37.3 + (stamp.sum(axis=1) * (np.arange(7) - 3)).sum() / stamp.sum() * zoom,
+                                           delta=1e-4)
+        # Odd zoom, integer centre, box kernel: each stamp pixel is a flat 3x3 block, as np.repeat makes it.
+        m = zoom_placement_matrices(np.array([10.0]), 21, 7, 3, kernel="box")[0].astype(np.float64)
+        expected = np.repeat(np.repeat(stamp, 3, axis=0), 3, axis=1) / 9.0
+        np.testing.assert_allclose(m @ stamp @ m.T, expected, atol=1e-7)
+        # Zoom 1, integer centre, box kernel: the one-hot placement of placement_matrices.
+        np.testing.assert_array_equal(zoom_placement_matrices(np.array([10.0]), 21, 7, 1, kernel="box"),
+                                      placement_matrices(np.array([7]), 21, 7))
+
+    def test_zoomed_placement_matches_galsim(self):
+        """GalSim's drawing at 0.4"/px, placed with zoom 2, is GalSim's drawing at 0.2"/px; the 45-px
+        stamp at 0.2"/px loses the galaxy's wings."""
+        gal = _big_galaxy()
+        size = zoom_footprint_size(SIZE, 2)
+        coarse = gal.drawImage(nx=SIZE, ny=SIZE, scale=2 * SCALE).array.astype(np.float64)
+        for dy, dx in [(0.0, 0.0), (0.3, -0.45)]:
+            oracle = gal.drawImage(nx=size, ny=size, scale=SCALE, offset=(dx, dy)).array.astype(np.float64)
+            with self.subTest(dy=dy, dx=dx):
+                placed = zoom_place_stamps(coarse[None, None], np.array([[50 + dy, 80 + dx]]), 2)[0, 0]
+                self.assertEqual(placed.shape, oracle.shape)
+                self.assertAlmostEqual(placed.sum() / coarse.sum(), 1.0, delta=1e-5)
+                self.assertLess(np.linalg.norm(placed - oracle) / np.linalg.norm(oracle), 0.025)
+                box = zoom_place_stamps(coarse[None, None], np.array([[50 + dy, 80 + dx]]), 2, kernel="box")[0, 0]
+                self.assertLess(np.linalg.norm(box - oracle) / np.linalg.norm(oracle), 0.05)
+        # What zoom 1 can hold of this galaxy: the flux in the central 45 x 45 of the oracle.
+        c = size // 2
+        held = oracle[c - SIZE // 2 : c + SIZE // 2 + 1, c - SIZE // 2 : c + SIZE // 2 + 1].sum()
+        self.assertLess(held / gal.flux, 0.93)
+        self.assertGreater(coarse.sum() / gal.flux, 0.98)
+
+    def test_binning_matches_galsim(self):
+        """A 0.2"/px GalSim image binned by 2 around a float centre is GalSim's 0.4"/px drawing."""
+        gal = _big_galaxy()
+        for zoom in (2, 3):
+            coarse = gal.drawImage(nx=SIZE, ny=SIZE, scale=zoom * SCALE).array.astype(np.float64)
+            for cy, cx in [(100.0, 120.0), (99.7, 120.4)]:
+                fine = _draw(gal, 260, 220, cx, cy)
+                binned = zoom_bin_stamps(fine[None], np.array([[cy, cx]]), zoom, SIZE)[0, 0]
+                with self.subTest(zoom=zoom, cy=cy, cx=cx):
+                    self.assertLess(np.linalg.norm(binned - coarse) / np.linalg.norm(coarse), 0.01)
+                    self.assertAlmostEqual(binned.sum() / coarse.sum(), 1.0, delta=5e-3)
+
+    def test_bad_zoom(self):
+        for zoom in (0, 5, 1.5, -1):
+            with self.subTest(zoom=zoom), self.assertRaises(ValueError):
+                zoom_placement_matrices(np.array([3.0]), 10, 5, zoom)
 
 
 class ImportTestCase(lsst.utils.tests.TestCase):

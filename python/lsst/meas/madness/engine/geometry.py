@@ -67,6 +67,12 @@ __all__ = [
     "shift_matrices",
     "shift_stamps",
     "placement_matrices",
+    "ZOOM_KERNEL",
+    "MAX_ZOOM",
+    "zoom_footprint_size",
+    "zoom_placement_matrices",
+    "zoom_place_stamps",
+    "zoom_bin_stamps",
 ]
 
 import numpy as np
@@ -132,16 +138,20 @@ def stamp_origins_xy(centers_xy: np.ndarray, stamp_size: int) -> np.ndarray:
     return stamp_origins(peaks_to_pixels(centers_xy), stamp_size)
 
 
-def fit_region(origins: np.ndarray, stamp_size: int,
+def fit_region(origins: np.ndarray, stamp_size,
                image_shape: tuple[int, int]) -> tuple[int, int, int, int]:
     """Bounding box ``(y0, x0, y1, x1)`` (end exclusive) of all stamps, clipped to the image.
 
     Pixels outside every stamp cannot be modelled, so the fit uses only this region.
+    ``stamp_size`` is one side for all stamps or ``(n,)`` sides (zoomed footprints,
+    `zoom_footprint_size`).
     """
+    origins = np.asarray(origins, dtype=np.int64).reshape(-1, 2)
+    ends = origins + np.asarray(stamp_size, dtype=np.int64).reshape(-1, 1)
     y0 = max(int(origins[:, 0].min()), 0)
     x0 = max(int(origins[:, 1].min()), 0)
-    y1 = min(int(origins[:, 0].max()) + stamp_size, image_shape[0])
-    x1 = min(int(origins[:, 1].max()) + stamp_size, image_shape[1])
+    y1 = min(int(ends[:, 0].max()), image_shape[0])
+    x1 = min(int(ends[:, 1].max()), image_shape[1])
     return y0, x0, y1, x1
 
 
@@ -433,3 +443,200 @@ def placement_matrices(offsets: np.ndarray, length: int, stamp_size: int,
     inside = (t >= 0) & (t < stamp_size)
     rows = kernels[np.arange(len(offsets))[:, None], np.clip(t, 0, stamp_size - 1)]  # (n, length, S)
     return np.where(inside[:, :, None], rows, 0.0).astype(np.float32)
+
+
+# --- zoomed stamps: one decoder stamp spread over z x z image pixels ------------------------------
+#
+# A galaxy larger than the decoder's stamp is drawn as if the pixels were ``zoom`` times larger:
+# the decoder's S x S stamp then holds a galaxy ``zoom`` times bigger, each stamp pixel holding
+# the flux of a ``zoom x zoom`` patch of image pixels. Placing it spreads every stamp pixel's
+# flux over the image pixels under it with a kernel of unit integral, written, like the
+# sub-pixel shift, as one matrix per axis, so the fit's placement stays two batched matmuls.
+
+ZOOM_KERNEL = "linear"
+"""How a zoomed stamp pixel's flux is spread over image pixels (`zoom_placement_matrices`):
+``"linear"`` (the stamp's surface brightness interpolated linearly between stamp pixel centres)
+or ``"box"`` (each stamp pixel a flat ``zoom x zoom`` square). Both keep the flux exactly; see
+``doc/large-galaxies.md`` for the measured comparison against GalSim."""
+
+ZOOM_UNITS = "flux"
+"""What a zoomed stamp pixel holds: ``"flux"`` (the flux of its ``zoom x zoom`` image pixels, so
+a zoomed galaxy keeps its total flux and looks ``zoom**2`` times brighter per pixel) or
+``"surface"`` (their mean, so it keeps its surface brightness and its stamp holds
+``zoom**-2`` of its flux)."""
+
+MAX_ZOOM = 4
+"""Largest zoom accepted: a 45-px stamp then covers 181 image pixels (36" at 0.2"/px)."""
+
+
+def _check_zoom(zoom) -> np.ndarray:
+    zoom = np.asarray(zoom)
+    if zoom.dtype.kind not in "iu" and not np.all(zoom == np.round(zoom)):
+        raise ValueError(f"zoom must be integers; got {zoom!r}.")
+    zoom = zoom.astype(np.int64)
+    if (zoom < 1).any() or (zoom > MAX_ZOOM).any():
+        raise ValueError(f"zoom must be in [1, {MAX_ZOOM}]; got {zoom.tolist()}.")
+    return zoom
+
+
+def zoom_footprint_size(stamp_size: int, zoom):
+    """Side (odd, pixels) of the image window a zoomed stamp is placed in, centred on its peak's pixel.
+
+    ``stamp_size`` for ``zoom == 1`` (the decoder's stamp, as placed without zoom); otherwise
+    ``zoom * (stamp_size + 1) + 1``: the stamp's ``zoom * stamp_size`` pixels, plus the reach of
+    the ``"linear"`` kernel (``zoom`` on each side) and the sub-pixel remainder of the centre.
+
+    Examples
+    --------
+    >>> zoom_footprint_size(45, [1, 2, 3]).tolist()
+    [45, 93, 139]
+    """
+    zoom = _check_zoom(zoom)
+    size = np.where(zoom == 1, int(stamp_size), zoom * (int(stamp_size) + 1) + 1)
+    return int(size) if size.ndim == 0 else size
+
+
+def _kernel_cdf(u: np.ndarray, kernel: str) -> np.ndarray:
+    """Integral from -inf to ``u`` of the unit-integral kernel in stamp-pixel units."""
+    if kernel == "box":  # flat on [-1/2, 1/2]
+        return np.clip(u + 0.5, 0.0, 1.0)
+    if kernel == "linear":  # triangle on [-1, 1]
+        u = np.clip(u, -1.0, 1.0)
+        return np.where(u < 0, 0.5 * (1 + u) ** 2, 1.0 - 0.5 * (1 - u) ** 2)
+    raise ValueError(f"Unknown zoom kernel {kernel!r}; use 'linear' or 'box'.")
+
+
+def zoom_placement_matrices(centers, length: int, stamp_size: int, zoom,
+                            kernel: str = ZOOM_KERNEL) -> np.ndarray:
+    """Matrices that place stamps drawn with ``zoom``-times larger pixels along one axis of a region.
+
+    Stamp pixel ``s`` of source ``i`` is centred at ``x_s = centers[i] + zoom[i] * (s - S // 2)``
+    region pixels, and its flux is spread with a kernel of unit integral and width ``zoom``:
+    ``M[i, r, s] = C((r + 1/2 - x_s) / zoom) - C((r - 1/2 - x_s) / zoom)`` with ``C`` the
+    kernel's cumulative integral, the exact integral over region pixel ``r``
+    (``[r - 1/2, r + 1/2)``). Each column sums to one where the stamp lies inside the region,
+    so the flux is kept; the sub-pixel part of the centre is part of the integral, so no
+    separate shift is needed. ``kernel="box"`` spreads each stamp pixel evenly over its
+    ``zoom``-pixel interval (piecewise-constant upsampling; the transpose times ``zoom`` bins
+    an image into stamp pixels, `zoom_bin_stamps`); ``"linear"`` interpolates the surface
+    brightness linearly between stamp pixel centres. The model of a region is
+    ``sum_i Mrows_i @ stamp_i @ Mcols_i^T``, as with `placement_matrices`.
+
+    Parameters
+    ----------
+    centers : `numpy.ndarray`
+        ``(n,)`` position of each stamp's central pixel ``S // 2`` in region pixels (the peak
+        relative to the region start, float).
+    length : `int`
+        Length of the region along this axis.
+    stamp_size : `int`
+        Stamp side ``S`` (odd).
+    zoom : `int` or `numpy.ndarray`
+        ``(n,)`` or one zoom factor in ``[1, MAX_ZOOM]``: image pixels per stamp pixel.
+    kernel : `str`
+        ``"linear"`` or ``"box"``.
+
+    Returns
+    -------
+    matrices : `numpy.ndarray`
+        ``(n, length, stamp_size)`` float32.
+
+    Examples
+    --------
+    >>> m = zoom_placement_matrices(np.array([4.0]), 9, 3, 2, kernel="box")[0]
+    >>> m[:, 1].tolist()  # the central stamp pixel covers [3, 5): half of pixels 3 and 5, all of 4
+    [0.0, 0.0, 0.0, 0.25, 0.5, 0.25, 0.0, 0.0, 0.0]
+    >>> m.sum(axis=0).tolist()
+    [1.0, 1.0, 1.0]
+    """
+    centers = np.asarray(centers, dtype=np.float64).reshape(-1)
+    zoom = np.broadcast_to(_check_zoom(zoom), centers.shape).astype(np.float64)
+    s = np.arange(stamp_size) - stamp_size // 2
+    xs = centers[:, None] + zoom[:, None] * s[None, :]  # (n, S) stamp pixel centres
+    r = np.arange(length, dtype=np.float64)[None, :, None]
+    z = zoom[:, None, None]
+    upper = _kernel_cdf((r + 0.5 - xs[:, None, :]) / z, kernel)
+    lower = _kernel_cdf((r - 0.5 - xs[:, None, :]) / z, kernel)
+    scale = z if ZOOM_UNITS == "surface" else 1.0
+    return ((upper - lower) * scale).astype(np.float32)
+
+
+def zoom_place_stamps(stamps: np.ndarray, centers_yx: np.ndarray, zoom, size: int | None = None,
+                      kernel: str = ZOOM_KERNEL) -> np.ndarray:
+    """Place zoomed stamps on image windows centred on their peaks' pixels (numpy twin of the fit).
+
+    Parameters
+    ----------
+    stamps : `numpy.ndarray`
+        ``(n, bands, S, S)`` decoder stamps, flux per stamp pixel.
+    centers_yx : `numpy.ndarray`
+        ``(n, 2)`` ``(y, x)`` peak of each source in image pixels; the window of source ``i`` is
+        centred on ``round_half_up(centers_yx[i])``.
+    zoom : `int` or `numpy.ndarray`
+        ``(n,)`` or one zoom factor.
+    size : `int`, optional
+        Window side (odd); default ``zoom_footprint_size(S, max(zoom))``.
+    kernel : `str`
+        As in `zoom_placement_matrices`.
+
+    Returns
+    -------
+    placed : `numpy.ndarray`
+        ``(n, bands, size, size)`` float32, flux per image pixel; the window's first pixel is
+        ``round_half_up(centers_yx) - size // 2``.
+    """
+    stamps = np.asarray(stamps)
+    n, _, s, _ = stamps.shape
+    centers_yx = np.asarray(centers_yx, dtype=np.float64).reshape(n, 2)
+    zoom = np.broadcast_to(_check_zoom(zoom), (n,))
+    if size is None:
+        size = int(zoom_footprint_size(s, int(zoom.max())))
+    local = centers_yx - round_half_up(centers_yx) + size // 2  # peak in window pixels
+    my = zoom_placement_matrices(local[:, 0], size, s, zoom, kernel).astype(np.float64)
+    mx = zoom_placement_matrices(local[:, 1], size, s, zoom, kernel).astype(np.float64)
+    # Two batched matmuls (a three-operand einsum would loop over all five indices at once).
+    placed = my[:, None] @ stamps.astype(np.float64) @ np.swapaxes(mx, 1, 2)[:, None]
+    return placed.astype(np.float32)
+
+
+def zoom_bin_stamps(image: np.ndarray, centers_yx: np.ndarray, zoom, stamp_size: int) -> np.ndarray:
+    """Cut ``S x S`` stamps of ``zoom``-times larger pixels, centred on float peaks, out of an image.
+
+    Stamp pixel ``s`` holds the image flux over ``[x_s - zoom / 2, x_s + zoom / 2)`` per axis
+    (``x_s`` as in `zoom_placement_matrices`), partial image pixels counted by their overlap:
+    the transpose of the ``"box"`` placement times ``zoom``. With ``zoom = 1`` this is a linear
+    sub-pixel interpolation of the plain cutout. Pixels off the image count as zero.
+
+    Parameters
+    ----------
+    image : `numpy.ndarray`
+        ``(bands, H, W)`` image, flux per pixel.
+    centers_yx : `numpy.ndarray`
+        ``(n, 2)`` ``(y, x)`` peaks, image pixels.
+    zoom : `int` or `numpy.ndarray`
+        ``(n,)`` or one zoom factor.
+    stamp_size : `int`
+        Stamp side ``S`` (odd).
+
+    Returns
+    -------
+    stamps : `numpy.ndarray`
+        ``(n, bands, S, S)`` float32, flux per stamp pixel (the binned image keeps its total).
+    """
+    centers_yx = np.asarray(centers_yx, dtype=np.float64).reshape(-1, 2)
+    n = len(centers_yx)
+    zoom = np.broadcast_to(_check_zoom(zoom), (n,))
+    out = np.zeros((n, image.shape[0], stamp_size, stamp_size), np.float32)
+    for z in np.unique(zoom):
+        idx = np.flatnonzero(zoom == z)
+        size = int(zoom_footprint_size(stamp_size, int(max(z, 2))))  # room for any sub-pixel centre
+        pixels = round_half_up(centers_yx[idx])
+        crops = crop_stamps(image, pixels - size // 2, size).astype(np.float64)
+        local = centers_yx[idx] - pixels + size // 2
+        # The box placement's transpose, normalised to sum (flux per stamp pixel) or average
+        # (surface brightness) the image pixels under each stamp pixel.
+        norm = 1.0 / z if ZOOM_UNITS == "surface" else z
+        by = zoom_placement_matrices(local[:, 0], size, stamp_size, z, "box").astype(np.float64) * norm
+        bx = zoom_placement_matrices(local[:, 1], size, stamp_size, z, "box").astype(np.float64) * norm
+        out[idx] = (np.swapaxes(by, 1, 2)[:, None] @ crops @ bx[:, None]).astype(np.float32)
+    return out
