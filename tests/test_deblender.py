@@ -227,6 +227,78 @@ class DeblenderTestCase(lsst.utils.tests.TestCase):
         self.assertAlmostEqual(fitted.objective_final, expected, delta=1e-3 * abs(expected))
 
 
+class ZoomTestCase(lsst.utils.tests.TestCase):
+    """A source drawn by the decoder with 2x larger pixels, next to two ordinary ones."""
+
+    @classmethod
+    def setUpClass(cls):
+        from lsst.meas.madness.engine.geometry import paste_stamps, zoom_place_stamps
+
+        cls.deblender = MadnessDeblender.from_bundle(quick_bundle_path())
+        gal = synthetic_galaxies(8, seed=99)
+        latents = cls.deblender.initial_latents(cls.deblender.normalization.normalize(gal))[[0, 2, 3]]
+        cls.peaks = np.array([[60.0, 58.0], [88.0, 66.0], [40.0, 85.0]])  # (x, y)
+        stamps = cls.deblender.decode(latents)
+        big = zoom_place_stamps(stamps[:1], cls.peaks[:1, ::-1], 2)  # (1, 6, 93, 93)
+        shape = (130, 130)
+        truth = np.concatenate([
+            paste_stamps(big, [[58 - 46, 60 - 46]], shape, total=False),
+            paste_stamps(stamps[1:], [[66 - 22, 88 - 22], [85 - 22, 40 - 22]], shape, total=False)])
+        cls.truth = truth.astype(np.float32)
+        rng = np.random.default_rng(8)
+        cls.var = np.broadcast_to(np.asarray(SKY_VARIANCE, np.float32)[:, None, None], (6, *shape)).copy()
+        cls.image = (truth.sum(0) + rng.normal(size=cls.var.shape) * np.sqrt(cls.var)).astype(np.float32)
+
+    def test_zoom_recovers_the_big_source(self):
+        """With zoom 2 the big source's flux and its neighbours' are recovered; at zoom 1 they are not."""
+        zoomed = self.deblender.deblend(self.image, self.peaks, variance=self.var, zoom=[2, 1, 1])
+        plain = self.deblender.deblend(self.image, self.peaks, variance=self.var)
+        self.assertEqual(zoomed.models.shape, (3, 6, 93, 93))
+        self.assertEqual(plain.models.shape, (3, 6, 45, 45))
+        self.assertEqual(zoomed.zoom.tolist(), [2, 1, 1])
+        self.assertEqual(zoomed.extended.tolist(), [True, False, False])
+        self.assertFalse(plain.extended.any())
+        # Every model is centred on its peak's pixel in the common 93-px window.
+        np.testing.assert_array_equal(zoomed.stamp_yx0, np.floor(self.peaks[:, ::-1] + 0.5).astype(int) - 46)
+        flux_true = self.truth.sum(axis=(2, 3))
+        flux_zoom = np.array([zoomed.source_image(i) for i in range(3)]).sum(axis=(2, 3))
+        flux_plain = np.array([plain.source_image(i) for i in range(3)]).sum(axis=(2, 3))
+        err_zoom = np.abs(flux_zoom / flux_true - 1)[:, 1:5]  # g-z, where the fixture is bright
+        err_plain = np.abs(flux_plain / flux_true - 1)[:, 1:5]
+        self.assertLess(err_zoom[0].mean(), 0.05, err_zoom)
+        self.assertLess(err_zoom[0].mean(), 0.5 * err_plain[0].mean(), (err_zoom, err_plain))
+        # The residual image: flat noise with zoom, the big source's wings left over without.
+        resid_zoom = self.image - zoomed.model_image()
+        resid_plain = self.image - plain.model_image()
+        self.assertLess((resid_zoom**2 / self.var).mean(), 1.1)
+        self.assertGreater((resid_plain**2 / self.var).mean(), (resid_zoom**2 / self.var).mean())
+        np.testing.assert_allclose(zoomed.model_image(), sum(zoomed.source_image(i) for i in range(3)), atol=1e-3)
+
+    def test_explicit_zoom_and_default_off(self):
+        """An explicit zoom overrides the automatic choice; without max_zoom every zoom is 1.
+
+        (The automatic choice itself needs a decoder that draws large galaxies: the packaged
+        model's test is in test_large_galaxies.py.)"""
+        settings = MapSettings(max_zoom=2, max_iter=5, min_iter=5)
+        forced = self.deblender.deblend(self.image, self.peaks, variance=self.var, settings=settings, zoom=1)
+        self.assertEqual(forced.zoom.tolist(), [1, 1, 1])
+        chosen = self.deblender.deblend(self.image, self.peaks, variance=self.var, settings=settings, zoom=[2, 1, 1])
+        self.assertEqual(chosen.zoom.tolist(), [2, 1, 1])
+        off = self.deblender.deblend(self.image, self.peaks, variance=self.var,
+                                     settings=MapSettings(max_iter=5, min_iter=5))
+        self.assertEqual(off.zoom.tolist(), [1, 1, 1])
+
+    def test_bad_zoom(self):
+        for zoom in ([2, 1], 5, 0, [1.5, 1, 1]):
+            with self.subTest(zoom=zoom), self.assertRaises(ValueError):
+                self.deblender.deblend(self.image, self.peaks, variance=self.var, zoom=zoom)
+        with self.assertRaises(ValueError):
+            self.deblender.deblend(self.image, self.peaks, variance=self.var, zoom=[2, 1, 1],
+                                   settings=MapSettings(fit_offsets=True))
+        with self.assertRaises(ValueError):
+            MapSettings(max_zoom=5)
+
+
 class MemoryTester(lsst.utils.tests.MemoryTestCase):
     pass
 

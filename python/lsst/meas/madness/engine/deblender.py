@@ -1,7 +1,8 @@
 """`MadnessDeblender`: MAP deblending of blends in the latent space (paper section 3.5).
 
 Flow of one call: validate and cut each blend (`prepare_blend`); initialise every source's
-latents with the VAE-deblender encoder on its peak-centred cutout; pack blends into batches
+latents with the VAE-deblender encoder on its peak-centred cutout; choose a zoom for sources
+bigger than the stamp (`MapSettings.max_zoom`, off by default); pack blends into batches
 padded to the largest blend; run Adam on all latents of a batch at once, one compiled
 value-and-gradient step per iteration, each blend stopping on its own (`EwmaStopping`) and
 finished blends leaving the compiled batch; decode the final latents and measure diagnostics.
@@ -25,7 +26,15 @@ from ..errors import MadnessBundleError, MadnessValueError
 from ..io.bundle import BundleMetadata, ModelBundle
 from ..networks import Decoder, Encoder, LinearNormalization, MaskedAutoregressiveFlow, with_precision
 from ..networks.layout import from_network_layout, to_network_layout
-from .geometry import paste_stamps, placement_matrices, shift_stamps, stamp_overlap
+from .geometry import (
+    paste_stamps,
+    placement_matrices,
+    shift_stamps,
+    stamp_overlap,
+    zoom_footprint_size,
+    zoom_place_stamps,
+    zoom_placement_matrices,
+)
 from .objective import blend_objective, blend_objective_with_offsets
 from .observation import PreparedBlend, prepare_blend
 from .result import DeblendResult
@@ -37,6 +46,74 @@ _log = logging.getLogger(__name__)
 
 def _next_power_of_two(n: int) -> int:
     return 1 << max(int(n) - 1, 0).bit_length()
+
+
+EDGE_WIDTH = 2
+"""Width (stamp pixels) of the border ring over which `edge_flux_fraction` is measured."""
+
+
+def edge_flux_fraction(stamps: np.ndarray, width: int = EDGE_WIDTH) -> np.ndarray:
+    """Fraction of each stamp's flux (band sum, negative pixels clipped) in its outer ``width`` pixels.
+
+    A galaxy that the stamp holds has almost none of its light there; a galaxy cut off by the
+    stamp edge has its profile running into it. Used to choose each source's zoom
+    (`MapSettings.max_zoom`) and returned per source (`DeblendResult.edge_flux_fraction`).
+
+    Parameters
+    ----------
+    stamps : `numpy.ndarray`
+        ``(n, bands, S, S)`` stamps.
+    width : `int`
+        Ring width, stamp pixels.
+
+    Returns
+    -------
+    fraction : `numpy.ndarray`
+        ``(n,)`` in [0, 1]; 0 for a stamp without positive flux.
+
+    Examples
+    --------
+    >>> stamps = np.zeros((1, 1, 9, 9))
+    >>> stamps[0, 0, 4, :] = 1.0
+    >>> edge_flux_fraction(stamps).tolist()  # 4 of the row's 9 pixels lie in the 2-px ring
+    [0.4444444444444444]
+    """
+    total = np.clip(np.asarray(stamps, np.float64), 0.0, None).sum(axis=1)  # (n, S, S)
+    inner = total[:, width:-width, width:-width].sum(axis=(1, 2))
+    whole = total.sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(whole > 0, 1.0 - inner / whole, 0.0)
+
+
+def outside_window_fraction(placed: np.ndarray, window: int) -> np.ndarray:
+    """Fraction of each model's flux (band sum, negative pixels clipped) outside its central window.
+
+    Parameters
+    ----------
+    placed : `numpy.ndarray`
+        ``(n, bands, P, P)`` models on the image grid, centred in their windows (odd ``P``).
+    window : `int`
+        Side of the central window, pixels (rounded up to odd).
+
+    Returns
+    -------
+    fraction : `numpy.ndarray`
+        ``(n,)`` in [0, 1]; 0 for a model without positive flux.
+
+    Examples
+    --------
+    >>> placed = np.ones((1, 1, 5, 5))
+    >>> outside_window_fraction(placed, 3).tolist()
+    [0.64]
+    """
+    total = np.clip(np.asarray(placed, np.float64), 0.0, None).sum(axis=1)
+    size = total.shape[-1]
+    half = min(int(window) // 2, size // 2)
+    c = size // 2
+    inner = total[:, c - half : c + half + 1, c - half : c + half + 1].sum(axis=(1, 2))
+    whole = total.sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(whole > 0, 1.0 - inner / whole, 0.0)
 
 
 class MadnessDeblender:
@@ -204,6 +281,7 @@ class MadnessDeblender:
         mask: np.ndarray | None = None,
         bands: Sequence[str] | None = None,
         settings: MapSettings | None = None,
+        zoom=None,
     ) -> DeblendResult:
         """Deblend one blend.
 
@@ -221,6 +299,11 @@ class MadnessDeblender:
             Band names of the planes, checked against the model's `bands`.
         settings : `MapSettings`, optional
             Overrides the deblender's settings for this call.
+        zoom : `int` or array-like, optional
+            ``(n,)`` or one integer zoom factor in [1, 4] per source: the source's model is the
+            decoder's stamp drawn with ``zoom``-times larger pixels, for galaxies bigger than the
+            stamp (``doc/large-galaxies.md``). `None` (default): all 1, or chosen per source
+            when ``settings.max_zoom > 1``. Not combined with ``settings.fit_offsets``.
 
         Returns
         -------
@@ -234,7 +317,7 @@ class MadnessDeblender:
             which is flagged per source.
         """
         return self.deblend_batch(
-            [dict(image=image, peaks_xy=peaks_xy, variance=variance, mask=mask)],
+            [dict(image=image, peaks_xy=peaks_xy, variance=variance, mask=mask, zoom=zoom)],
             bands=bands,
             settings=settings,
         )[0]
@@ -252,8 +335,8 @@ class MadnessDeblender:
         Parameters
         ----------
         blends : sequence of mapping
-            Each with keys ``image``, ``peaks_xy``, ``variance`` and optionally ``mask``, as
-            in `deblend`. Blends may have different image sizes and numbers of peaks.
+            Each with keys ``image``, ``peaks_xy``, ``variance`` and optionally ``mask`` and
+            ``zoom``, as in `deblend`. Blends may have different image sizes and numbers of peaks.
         bands : sequence of `str`, optional
             Band names of the planes, checked against the model's.
         settings : `MapSettings`, optional
@@ -268,25 +351,31 @@ class MadnessDeblender:
         """
         settings = settings or self.settings
         self._check_bands(bands)
+        prepare = functools.partial(prepare_blend, num_bands=len(self.bands), stamp_size=self.stamp_size,
+                                    normalization=self.normalization, max_sources=settings.max_sources)
         prepared = [
-            prepare_blend(
-                b["image"],
-                b["peaks_xy"],
-                b.get("variance"),
-                b.get("mask"),
-                num_bands=len(self.bands),
-                stamp_size=self.stamp_size,
-                normalization=self.normalization,
-                max_sources=settings.max_sources,
-            )
+            prepare(b["image"], b["peaks_xy"], b.get("variance"), b.get("mask"), zoom=b.get("zoom"))
             for b in blends
         ]
         if not prepared:
             return []
+        if settings.fit_offsets and any((p.zoom > 1).any() for p in prepared):
+            raise MadnessValueError("zoom > 1 is not combined with MapSettings.fit_offsets.")
         t0 = time.perf_counter()
         init = self.initial_latents(np.concatenate([p.cutouts for p in prepared]))
         splits = np.cumsum([p.n_sources for p in prepared])[:-1]
         init_per_blend = np.split(init, splits)
+        if settings.max_zoom > 1 and not settings.fit_offsets:
+            auto = [i for i, b in enumerate(blends) if b.get("zoom") is None]
+            if auto:
+                for i in auto:
+                    b = blends[i]
+                    zoomed = self._choose_zoom(
+                        lambda zoom, b=b: prepare(b["image"], b["peaks_xy"], b.get("variance"), b.get("mask"),
+                                                  zoom=zoom),
+                        init_per_blend[i], settings)
+                    if zoomed is not None:
+                        prepared[i], init_per_blend[i] = zoomed
 
         results: list[DeblendResult | None] = [None] * len(prepared)
         batches = self._plan_batches(prepared, settings.batch_sources)
@@ -308,6 +397,50 @@ class MadnessDeblender:
         return results  # type: ignore[return-value]
 
     # --- internals ------------------------------------------------------------------------------
+
+    def _choose_zoom(self, prepare, init: np.ndarray,
+                     settings: MapSettings) -> tuple[PreparedBlend, np.ndarray] | None:
+        """The blend prepared at each source's zoom and its initial latents, or `None` if all stay 1.
+
+        Each source at zoom ``z < max_zoom`` is also guessed at ``z + 1``: the VAE-deblender on
+        its cutout binned by ``z + 1``, decoded and placed on the image grid. When that model
+        has more than ``settings.zoom_outside_threshold`` of its flux outside the ``z * S``
+        pixels the zoom-``z`` stamp covers (`outside_window_fraction`), the light its stamp
+        cannot hold is judged real and the source moves to ``z + 1``, with that guess as its
+        initial latents. Only a source brighter (in its zoom-1 guess, all bands) than every
+        other source inside the window its zoomed stamp would cover is tried: a faint
+        neighbour's binned cutout holds the bright galaxy's light, which its guess would take
+        for its own. ``prepare(zoom)`` prepares the blend at the given per-source zoom.
+        """
+        n = len(init)
+        zoom = np.ones(n, np.int64)
+        latents = np.array(init, copy=True)
+        candidates = np.ones(n, bool)
+        flux = np.clip(self.decode(latents), 0.0, None).sum(axis=(1, 2, 3))
+        peaks = prepare(zoom).peaks_xy
+        apart = np.abs(peaks[:, None, :] - peaks[None, :, :]).max(axis=-1)  # (n, n) Chebyshev distance
+        for z in range(1, settings.max_zoom):
+            half = int(zoom_footprint_size(self.stamp_size, z + 1)) // 2
+            dominated = ((apart <= half) & (flux[None, :] > flux[:, None])).any(axis=1)
+            candidates &= ~dominated
+            idx = np.flatnonzero(candidates & (zoom == z))
+            if not len(idx):
+                break
+            trial = zoom.copy()
+            trial[idx] = z + 1
+            trial_blend = prepare(trial)
+            guess = self.initial_latents(trial_blend.cutouts[idx])
+            placed = zoom_place_stamps(self.decode(guess), trial_blend.peaks_xy[idx, ::-1], z + 1)
+            outside = outside_window_fraction(placed, z * self.stamp_size)
+            grow = outside > settings.zoom_outside_threshold
+            candidates[idx[~grow]] = False
+            if grow.any():
+                zoom[idx[grow]] = z + 1
+                latents[idx[grow]] = guess[grow]
+        if (zoom == 1).all():
+            return None
+        _log.debug("Zoom raised for %d of %d sources (largest %d)", int((zoom > 1).sum()), n, int(zoom.max()))
+        return prepare(zoom), latents
 
     @staticmethod
     def _plan_batches(prepared: Sequence[PreparedBlend], batch_sources: int) -> list[list[int]]:
@@ -367,6 +500,12 @@ class MadnessDeblender:
             offsets = b.origins - np.array(b.region[:2]) + (0.0 if fit_offsets else b.shifts)
             rows[k, :n, :h] = placement_matrices(offsets[:, 0], h, s)
             cols[k, :n, :w] = placement_matrices(offsets[:, 1], w, s)
+            zoomed = np.flatnonzero(b.zoom > 1)
+            if len(zoomed):
+                # Each stamp pixel spread over zoom x zoom region pixels around the float peak.
+                centers = b.peaks_xy[zoomed, ::-1] - np.array(b.region[:2])
+                rows[k, zoomed, :h] = zoom_placement_matrices(centers[:, 0], h, s, b.zoom[zoomed])
+                cols[k, zoomed, :w] = zoom_placement_matrices(centers[:, 1], w, s, b.zoom[zoomed])
             shifts[k, :n] = b.shifts
         if fit_offsets:
             return source_mask, data, weights, rows, cols, shifts
@@ -479,13 +618,17 @@ class MadnessDeblender:
         # The models as the fit placed them: each moved by its peak's sub-pixel shift (plus the
         # fitted offset, which starts at zero: the initial models are at the peaks).
         fitted = np.zeros_like(blend.shifts) if offsets is None else np.asarray(offsets, np.float64)
-        models = shift_stamps(models, blend.shifts + fitted).astype(np.float32)
-        initial_models = shift_stamps(initial_models, blend.shifts)
+        edge_fraction = edge_flux_fraction(models)
+        models = self._place(blend, models, blend.shifts + fitted)
+        initial_models = self._place(blend, initial_models, blend.shifts)
 
         y0, x0, y1, x1 = blend.region
         data = norm.denormalize(blend.data)
         weights = blend.weights.astype(np.float64) / float(norm.scale) ** 2  # flux units
-        offsets = blend.origins - np.array([y0, x0])
+        size = models.shape[-1]
+        stamp_yx0 = blend.origins + s // 2 - size // 2
+        offsets = stamp_yx0 - np.array([y0, x0])
+        footprints = blend.footprint_origins - np.array([y0, x0])
 
         def region_model(stamps):
             return paste_stamps(stamps, offsets, data.shape[1:], dtype=data.dtype)
@@ -499,8 +642,8 @@ class MadnessDeblender:
         objective_initial = 0.5 * resid_init.sum() - w * initial_log_prior.sum()
 
         chi2 = np.full((len(latents), len(self.bands)), np.nan)
-        for i, origin in enumerate(offsets):
-            _, (ry, rx) = stamp_overlap(origin, (s, s), (0, 0, y1 - y0, x1 - x0))
+        for i, (origin, side) in enumerate(zip(footprints, blend.footprint_sizes)):
+            _, (ry, rx) = stamp_overlap(origin, (side, side), (0, 0, y1 - y0, x1 - x0))
             n_valid = (weights[:, ry, rx] > 0).sum(axis=(1, 2))
             total = resid_sq[:, ry, rx].sum(axis=(1, 2))
             with np.errstate(invalid="ignore", divide="ignore"):
@@ -510,7 +653,7 @@ class MadnessDeblender:
             bands=self.bands,
             image_shape=blend.image_shape,
             peaks_xy=blend.peaks_xy,
-            stamp_yx0=blend.origins,
+            stamp_yx0=stamp_yx0,
             models=models,
             latents=latents.copy(),
             initial_latents=initial.copy(),
@@ -525,5 +668,29 @@ class MadnessDeblender:
             no_data=blend.no_data,
             masked_fraction=blend.masked_fraction,
             offsets_xy=fitted[:, ::-1].copy(),
+            zoom=blend.zoom.copy(),
+            edge_flux_fraction=edge_fraction,
         )
+
+    def _place(self, blend: PreparedBlend, stamps: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+        """Decoded ``(n, bands, S, S)`` stamps on the image grid, as the fit placed them.
+
+        Zoom 1: the stamp moved by its ``(dy, dx)`` shift in its ``S x S`` window. Any zoom > 1:
+        every model in the window of the largest zoom (`zoom_footprint_size`), centred on its
+        peak's pixel; zoom-1 models padded with zeros around their stamp.
+        """
+        s = self.stamp_size
+        zoom = blend.zoom
+        shifted = shift_stamps(stamps, shifts).astype(np.float32)
+        if (zoom == 1).all():
+            return shifted
+        size = int(zoom_footprint_size(s, int(zoom.max())))
+        out = np.zeros((len(stamps), stamps.shape[1], size, size), np.float32)
+        pad = (size - s) // 2
+        plain = np.flatnonzero(zoom == 1)
+        out[plain, :, pad : pad + s, pad : pad + s] = shifted[plain]
+        zoomed = np.flatnonzero(zoom > 1)
+        centers_yx = blend.peaks_xy[zoomed, ::-1]
+        out[zoomed] = zoom_place_stamps(stamps[zoomed], centers_yx, zoom[zoomed], size=size)
+        return out
 

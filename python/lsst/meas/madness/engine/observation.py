@@ -17,7 +17,15 @@ or masked pixel                     zeroed in the encoder cutouts); counted per 
 source with no usable pixel         per-source flag ``no_data``: its latents follow the prior
 stamp crossing the image edge       per-source flag ``edge``; the model is cropped in the fit
 no usable pixel in the whole blend  `MadnessNoDataError`
+zoom not an integer in [1, 4], or   `MadnessValueError`
+not one per peak
 ==================================  =========================================================
+
+A source with ``zoom`` z > 1 is drawn with z-times larger pixels (a galaxy bigger than the
+stamp, `lsst.meas.madness.engine.geometry.zoom_placement_matrices`): its footprint, over which
+``edge`` and ``masked_fraction`` are counted and which the fit region covers, is
+``zoom_footprint_size(S, z)`` pixels wide, and its encoder cutout is the image binned by z
+around its peak (`lsst.meas.madness.engine.geometry.zoom_bin_stamps`).
 """
 
 from __future__ import annotations
@@ -30,7 +38,16 @@ import numpy as np
 
 from ..errors import MadnessNoDataError, MadnessRangeError, MadnessValueError
 from ..networks.normalization import LinearNormalization
-from .geometry import crop_stamps, fit_region, peaks_to_pixels, shift_stamps, stamp_origins, subpixel_shifts
+from .geometry import (
+    crop_stamps,
+    fit_region,
+    peaks_to_pixels,
+    shift_stamps,
+    stamp_origins,
+    subpixel_shifts,
+    zoom_bin_stamps,
+    zoom_footprint_size,
+)
 
 
 @dataclasses.dataclass
@@ -58,11 +75,14 @@ class PreparedBlend:
     cutouts : `numpy.ndarray`
         ``(n, bands, S, S)`` float32 peak-centred cutouts, network units, zero off the image
         and on bad pixels, shifted by ``-shifts`` so each source sits at the cutout's centre
-        as in the encoder's training stamps (the encoder's input).
+        as in the encoder's training stamps (the encoder's input); binned by ``zoom`` for
+        zoomed sources.
     edge, no_data : `numpy.ndarray`
-        ``(n,)`` bool flags: stamp crosses the image edge; stamp has no usable pixel.
+        ``(n,)`` bool flags: footprint crosses the image edge; footprint has no usable pixel.
     masked_fraction : `numpy.ndarray`
-        ``(n,)`` fraction of the in-image stamp pixels (all bands) with zero weight.
+        ``(n,)`` fraction of the in-image footprint pixels (all bands) with zero weight.
+    zoom : `numpy.ndarray`
+        ``(n,)`` int64 image pixels per stamp pixel of each source (1: the decoder's stamp as is).
     """
 
     image_shape: tuple[int, int]
@@ -76,10 +96,26 @@ class PreparedBlend:
     edge: np.ndarray
     no_data: np.ndarray
     masked_fraction: np.ndarray
+    zoom: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.zoom is None:
+            self.zoom = np.ones(len(self.peaks_xy), np.int64)
 
     @property
     def n_sources(self) -> int:
         return len(self.peaks_xy)
+
+    @property
+    def footprint_sizes(self) -> np.ndarray:
+        """``(n,)`` side of each source's footprint (`zoom_footprint_size`), pixels."""
+        return np.atleast_1d(zoom_footprint_size(self.cutouts.shape[-1], self.zoom))
+
+    @property
+    def footprint_origins(self) -> np.ndarray:
+        """``(n, 2)`` ``(y0, x0)`` of each footprint, centred on its peak's pixel like ``origins``."""
+        s = self.cutouts.shape[-1]
+        return self.origins + s // 2 - (self.footprint_sizes // 2)[:, None]
 
 
 def _check_peaks(peaks_xy, image_shape, max_sources: int) -> tuple[np.ndarray, np.ndarray]:
@@ -122,6 +158,7 @@ def prepare_blend(
     stamp_size: int,
     normalization: LinearNormalization,
     max_sources: int,
+    zoom=None,
 ) -> PreparedBlend:
     """Validate one blend and cut what the fit needs (see the module table for bad input).
 
@@ -143,6 +180,8 @@ def prepare_blend(
         The model's flux normalisation.
     max_sources : `int`
         Largest accepted number of peaks.
+    zoom : `int` or array-like, optional
+        ``(n,)`` or one zoom factor per source (see the module docstring); 1 by default.
     """
     image = np.asarray(image)
     if image.ndim != 3:
@@ -169,7 +208,16 @@ def prepare_blend(
     image_shape = image.shape[1:]
     peaks_xy, pix = _check_peaks(peaks_xy, image_shape, max_sources)
     origins = stamp_origins(pix, stamp_size)
-    y0, x0, y1, x1 = fit_region(origins, stamp_size, image_shape)
+    if zoom is None:
+        zoom = np.ones(len(pix), np.int64)
+    try:
+        zoom = np.broadcast_to(np.asarray(zoom), (len(pix),))
+        sizes = np.atleast_1d(zoom_footprint_size(stamp_size, zoom))
+    except ValueError as err:
+        raise MadnessValueError(f"zoom must be one integer in [1, 4] or one per peak: {err}") from None
+    zoom = zoom.astype(np.int64)
+    footprints = pix - (sizes // 2)[:, None]
+    y0, x0, y1, x1 = fit_region(footprints, sizes, image_shape)
 
     region_bad = bad[:, y0:y1, x0:x1]
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -185,9 +233,18 @@ def prepare_blend(
     shifts = subpixel_shifts(peaks_xy)
     clean = np.where(bad, 0.0, image).astype(np.float32)
     cutouts = shift_stamps(crop_stamps(clean, origins, stamp_size), -shifts).astype(np.float32)
-    in_image = crop_stamps(np.ones((1, *image_shape), np.float32), origins, stamp_size).sum(axis=(1, 2, 3))
-    n_bad = crop_stamps(bad.astype(np.float32), origins, stamp_size).sum(axis=(1, 2, 3))
-    edge = in_image < stamp_size * stamp_size
+    in_image = np.zeros(len(pix))
+    n_bad = np.zeros(len(pix))
+    for size in np.unique(sizes):
+        idx = np.flatnonzero(sizes == size)
+        in_image[idx] = crop_stamps(np.ones((1, *image_shape), np.float32), footprints[idx],
+                                    int(size)).sum(axis=(1, 2, 3))
+        n_bad[idx] = crop_stamps(bad.astype(np.float32), footprints[idx], int(size)).sum(axis=(1, 2, 3))
+    zoomed = np.flatnonzero(zoom > 1)
+    if len(zoomed):
+        peaks_yx = peaks_xy[zoomed, ::-1]
+        cutouts[zoomed] = zoom_bin_stamps(clean, peaks_yx, zoom[zoomed], stamp_size)
+    edge = in_image < sizes.astype(np.float64) ** 2
     with np.errstate(divide="ignore", invalid="ignore"):
         masked_fraction = np.where(in_image > 0, n_bad / (num_bands * in_image), 1.0)
     cutouts = normalization.normalize(cutouts)
@@ -204,4 +261,5 @@ def prepare_blend(
         edge=edge,
         no_data=masked_fraction >= 1.0,
         masked_fraction=masked_fraction,
+        zoom=zoom,
     )

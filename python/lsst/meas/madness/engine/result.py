@@ -30,9 +30,12 @@ class DeblendResult:
         centred on the peak's pixel (`lsst.meas.madness.engine.geometry`). A stamp may
         extend beyond the image (``edge``): `model_image` crops it.
     models : `numpy.ndarray`
-        ``(n, bands, S, S)`` float32 model of each source, flux units per pixel, on the image's
+        ``(n, bands, P, P)`` float32 model of each source, flux units per pixel, on the image's
         pixel grid: the decoded stamp moved by the peak's sub-pixel offset from its pixel
-        centre (`shifts`), plus the fitted offset if any, as the fit placed it.
+        centre (`shifts`), plus the fitted offset if any, as the fit placed it. ``P`` is the
+        decoder's stamp side ``S`` when every ``zoom`` is 1; otherwise the footprint of the
+        largest zoom (``zoom_footprint_size(S, zoom.max())``, e.g. 93 for zoom 2), every model
+        centred in it.
     latents, initial_latents : `numpy.ndarray`
         ``(n, L)`` MAP latents and the VAE-deblender's initial latents.
     log_prior : `numpy.ndarray`
@@ -56,6 +59,13 @@ class DeblendResult:
     offsets_xy : `numpy.ndarray`
         ``(n, 2)`` ``(dx, dy)`` position offset fitted with the latents (``MapSettings.fit_offsets``;
         zeros otherwise), pixels: the fitted centre is ``peaks_xy + offsets_xy`` (`centers_xy`).
+    zoom : `numpy.ndarray`
+        ``(n,)`` int image pixels per decoder stamp pixel of each model (1: as decoded; 2 or
+        more: a galaxy bigger than the stamp, drawn with larger pixels, see `extended`).
+    edge_flux_fraction : `numpy.ndarray`
+        ``(n,)`` fraction of each decoded MAP stamp's flux (band sum) in its outer 2 stamp
+        pixels: large (more than ~0.02) where the model runs into its stamp's edge, i.e. the
+        galaxy is probably cut off even at its zoom (`truncated`).
     """
 
     bands: tuple[str, ...]
@@ -76,10 +86,29 @@ class DeblendResult:
     no_data: np.ndarray
     masked_fraction: np.ndarray
     offsets_xy: np.ndarray | None = None
+    zoom: np.ndarray | None = None
+    edge_flux_fraction: np.ndarray | None = None
+
+    TRUNCATED_EDGE_FRACTION = 0.02
+    """`edge_flux_fraction` above which `truncated` calls a model cut off by its stamp."""
 
     def __post_init__(self) -> None:
         if self.offsets_xy is None:
             self.offsets_xy = np.zeros((len(self.peaks_xy), 2))
+        if self.zoom is None:
+            self.zoom = np.ones(len(self.peaks_xy), np.int64)
+        if self.edge_flux_fraction is None:
+            self.edge_flux_fraction = np.zeros(len(self.peaks_xy))
+
+    @property
+    def extended(self) -> np.ndarray:
+        """``(n,)`` bool: the source's model was drawn with a zoom > 1 (bigger than the stamp)."""
+        return np.asarray(self.zoom) > 1
+
+    @property
+    def truncated(self) -> np.ndarray:
+        """``(n,)`` bool: the model's `edge_flux_fraction` exceeds `TRUNCATED_EDGE_FRACTION`."""
+        return np.asarray(self.edge_flux_fraction) > self.TRUNCATED_EDGE_FRACTION
 
     @property
     def n_sources(self) -> int:
@@ -99,7 +128,7 @@ class DeblendResult:
 
     @property
     def stamp_size(self) -> int:
-        """Side of the model stamps in pixels."""
+        """Side of the model stamps on the image grid in pixels (``P`` of `models`)."""
         return self.models.shape[-1]
 
     def source_image(self, index: int) -> np.ndarray:

@@ -63,6 +63,15 @@ class MapSettings:
         ``"mixed_bfloat16"`` (bfloat16 compute, float32 weights, the objective and the
         optimiser in float32; about half the step time on CPUs with AMX-BF16). The final
         models are decoded in float32 either way.
+    max_zoom : `int`
+        Largest zoom chosen automatically for a source bigger than the stamp, in [1, 4]
+        (1: off, the default; see ``doc/large-galaxies.md`` for the measurement behind it). A
+        source goes from zoom ``z`` to ``z + 1`` when the VAE-deblender's guess drawn at
+        ``z + 1`` puts more than ``zoom_outside_threshold`` of its flux outside the pixels a
+        zoom-``z`` stamp covers, and no brighter source lies inside its zoomed window. A ``zoom``
+        passed to `MadnessDeblender.deblend` overrides the choice.
+    zoom_outside_threshold : `float`
+        Fraction of the flux outside the smaller stamp above which the zoom is raised, in (0, 1).
     """
 
     learning_rate: float = 0.05
@@ -83,6 +92,8 @@ class MapSettings:
     offset_max: float = 1.0
     offset_sigma: float = 0.5
     precision: str = "float32"
+    max_zoom: int = 1
+    zoom_outside_threshold: float = 0.05
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -103,6 +114,8 @@ class MapSettings:
             ("adam_epsilon", self.adam_epsilon, 0.0, None, False),
             ("offset_max", self.offset_max, 0.0, 3.0, False),
             ("offset_sigma", self.offset_sigma, 0.0, None, False),
+            ("max_zoom", self.max_zoom, 1, 4, True),
+            ("zoom_outside_threshold", self.zoom_outside_threshold, 0.0, 1.0, False),
         ]
         for name, value, lo, hi, inclusive_lo in checks:
             too_low = value < lo if inclusive_lo else value <= lo

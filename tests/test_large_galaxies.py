@@ -1,0 +1,97 @@
+"""Galaxies bigger than the stamp, with the packaged model and GalSim as the truth.
+
+A bright exponential disc of half-light radius 2.5" (r ~ 19.5, the kind issue 14 names) has ~10%
+of its light outside the 45-px (9") stamp. Drawn by GalSim with the LSST PSF and sky noise, next to a
+small neighbour, it is deblended at zoom 1 and 2, and with the automatic choice.
+"""
+
+import unittest
+
+import galsim
+import lsst.utils.tests
+import numpy as np
+from lsst.meas.madness import MadnessDeblender
+from lsst.meas.madness.simulation import LsstConditions
+
+SCALE = 0.2
+SHAPE = (141, 141)
+PEAKS = np.array([[70.3, 69.6], [101.0, 80.0]])  # (x, y): the disc, and a small galaxy 6.3" away
+
+
+def _scene():
+    conditions = LsstConditions.from_surveycodex()
+    bands = conditions.bands
+    # Flat SED: the same magnitude in every band.
+    disc = galsim.Exponential(half_light_radius=2.5).shear(e1=0.2, e2=-0.1)
+    small = galsim.Exponential(half_light_radius=0.4).shear(e1=-0.1, e2=0.2)
+    truth = np.zeros((2, len(bands), *SHAPE))
+    for b, band in enumerate(bands):
+        psf = galsim.Moffat(beta=3.5, fwhm=conditions.psf_fwhm[b])
+        for k, (gal, mag) in enumerate([(disc, 19.5), (small, 23.0)]):
+            obj = galsim.Convolve(gal.withFlux(conditions.counts(mag, band)), psf)
+            offset = (PEAKS[k, 0] - (SHAPE[1] - 1) / 2, PEAKS[k, 1] - (SHAPE[0] - 1) / 2)
+            truth[k, b] = obj.drawImage(nx=SHAPE[1], ny=SHAPE[0], scale=SCALE, offset=offset).array
+    sky = conditions.sky_levels
+    variance = np.broadcast_to(sky[:, None, None], (len(bands), *SHAPE)).astype(np.float32).copy()
+    rng = np.random.default_rng(14)
+    image = truth.sum(axis=0) + rng.normal(size=variance.shape) * np.sqrt(variance)
+    return image.astype(np.float32), variance, truth
+
+
+class LargeGalaxyTestCase(lsst.utils.tests.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.deblender = MadnessDeblender.from_bundle(None)
+        cls.image, cls.variance, cls.truth = _scene()
+        cls.settings = cls.deblender.settings.replace(precision="mixed_bfloat16")
+
+    def test_truth_overflows_the_stamp(self):
+        """The fixture is what it claims: the disc has > 5% of its r flux outside its 45-px stamp."""
+        r = self.deblender.bands.index("r")
+        y, x = np.floor(PEAKS[0, ::-1] + 0.5).astype(int)
+        inside = self.truth[0, r, y - 22 : y + 23, x - 22 : x + 23].sum()
+        self.assertLess(inside / self.truth[0, r].sum(), 0.95)
+
+    def test_automatic_choice(self):
+        """max_zoom=3 zooms the disc and not its small neighbour."""
+        settings = self.settings.replace(max_zoom=3, max_iter=3, min_iter=3)
+        result = self.deblender.deblend(self.image, PEAKS, variance=self.variance, settings=settings)
+        self.assertGreaterEqual(int(result.zoom[0]), 2)
+        self.assertEqual(int(result.zoom[1]), 1)
+        self.assertEqual(result.extended.tolist(), [True, False])
+        off = self.deblender.deblend(self.image, PEAKS, variance=self.variance,
+                                     settings=self.settings.replace(max_iter=3, min_iter=3))
+        self.assertEqual(off.zoom.tolist(), [1, 1])
+
+    def test_zoom_holds_the_disc(self):
+        """At zoom 2 the disc's model holds its flux and the residual around it is smaller."""
+        r = self.deblender.bands.index("r")
+        plain = self.deblender.deblend(self.image, PEAKS, variance=self.variance, settings=self.settings)
+        zoomed = self.deblender.deblend(self.image, PEAKS, variance=self.variance, settings=self.settings,
+                                        zoom=[2, 1])
+        flux = self.truth[0, r].sum()
+        err_plain = abs(plain.source_image(0)[r].sum() / flux - 1)
+        err_zoom = abs(zoomed.source_image(0)[r].sum() / flux - 1)
+        self.assertLess(err_zoom, 0.08)
+        self.assertLess(err_zoom, 0.5 * err_plain)
+        # The disc's wings beyond its stamp are modelled, not left in the residual.
+        y, x = np.floor(PEAKS[0, ::-1] + 0.5).astype(int)
+        ring = np.ones(SHAPE, bool)
+        ring[y - 22 : y + 23, x - 22 : x + 23] = False
+        ring &= np.hypot(*np.mgrid[: SHAPE[0], : SHAPE[1]] - np.array([y, x])[:, None, None]) < 45
+        resid_plain = np.abs((self.image - plain.model_image())[r][ring]).sum()
+        resid_zoom = np.abs((self.image - zoomed.model_image())[r][ring]).sum()
+        self.assertLess(resid_zoom, 0.8 * resid_plain)
+
+
+class MemoryTester(lsst.utils.tests.MemoryTestCase):
+    pass
+
+
+def setup_module(module):
+    lsst.utils.tests.init()
+
+
+if __name__ == "__main__":
+    lsst.utils.tests.init()
+    unittest.main()
