@@ -68,6 +68,7 @@ __all__ = [
     "shift_stamps",
     "placement_matrices",
     "ZOOM_KERNEL",
+    "ZOOM_UNITS",
     "MAX_ZOOM",
     "zoom_footprint_size",
     "zoom_placement_matrices",
