@@ -24,7 +24,8 @@ import numpy as np
 from ..backend import compile_value_and_grad
 from ..errors import MadnessBundleError, MadnessValueError
 from ..io.bundle import BundleMetadata, ModelBundle
-from ..networks import Decoder, Encoder, LinearNormalization, MaskedAutoregressiveFlow, with_precision
+from ..networks import Decoder, Encoder, LinearNormalization, MaskedAutoregressiveFlow
+from ..precision import with_precision
 from ..networks.layout import from_network_layout, to_network_layout
 from .geometry import (
     paste_stamps,

@@ -11,7 +11,7 @@ __all__ = ["MapSettings"]
 import dataclasses
 
 from ..errors import MadnessRangeError, MadnessValueError
-from ..networks.precision import PRECISIONS
+from ..precision import PRECISIONS
 
 
 @dataclasses.dataclass(frozen=True)

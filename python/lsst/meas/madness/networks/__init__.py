@@ -11,4 +11,3 @@ from .gaussian import *
 from .layout import *
 from .made import *
 from .normalization import *
-from .precision import *

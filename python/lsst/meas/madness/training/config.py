@@ -24,7 +24,7 @@ import math
 
 from ..errors import MadnessValueError
 from ..networks.decoder import OUTPUT_ACTIVATIONS
-from ..networks.precision import PRECISIONS
+from ..precision import PRECISIONS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,7 +28,8 @@ import numpy as np
 
 from ..errors import MadnessValueError
 from ..io.bundle import BundleMetadata, ModelBundle
-from ..networks import Decoder, Encoder, LinearNormalization, MaskedAutoregressiveFlow, dtype_policy, with_precision
+from ..networks import Decoder, Encoder, LinearNormalization, MaskedAutoregressiveFlow
+from ..precision import dtype_policy, with_precision
 from ..networks.layout import to_network_layout
 from .config import TrainingConfig
 from .loop import run_stage

@@ -12,7 +12,8 @@ __all__ = ["PRECISIONS", "dtype_policy", "with_precision"]
 
 import contextlib
 
-import keras
+# Keras is imported inside the functions: the engine's settings validate a precision name, and
+# tasks and evaluation import those settings without loading a Keras backend.
 
 PRECISIONS = ("float32", "mixed_bfloat16")
 """Precisions the package trains and deblends in."""
@@ -23,6 +24,8 @@ def dtype_policy(policy: str):
     """Build the networks created inside under the Keras dtype ``policy``; restore it after."""
     if policy not in PRECISIONS:
         raise ValueError(f"Precision must be one of {PRECISIONS}, not {policy!r}.")
+    import keras
+
     before = keras.config.dtype_policy().name
     keras.config.set_dtype_policy(policy)
     try:
@@ -31,7 +34,7 @@ def dtype_policy(policy: str):
         keras.config.set_dtype_policy(before)
 
 
-def with_precision(network: keras.Model, policy: str) -> keras.Model:
+def with_precision(network, policy: str):
     """``network`` itself when it already computes in ``policy``, else a copy that does.
 
     The copy has the same architecture (``get_config``) and the same (float32) weights.
