@@ -68,6 +68,24 @@ def _lineage_lines(training: dict) -> list[str]:
             "stamp passes through the image networks."]
 
 
+def _peer_lines(diag: dict) -> list[str]:
+    """MADNESS beside scarlet_lite (the Rubin DRP deblender) on the same fields, when it ran."""
+    methods = diag["methods"]
+    if "scarlet_lite" not in methods:
+        return []
+    bands = diag["bands"]
+    lines = ["Beside scarlet_lite on the same fields (mean / median abs(dF/F), kappa <= 5; mean cosine and "
+             "std of the e1 residual in r):", "",
+             "| method | " + " | ".join(bands) + " | cosine r | std e1 r |",
+             "| --- | " + " | ".join("---" for _ in bands) + " | --- | --- |"]
+    for name in ("madness", "scarlet_lite"):
+        per = methods[name]["bands"]
+        cells = " | ".join(f"{per[b]['mean_abs_flux_residual']:.3f} / {per[b]['median_abs_flux_residual']:.4f}"
+                           for b in bands)
+        lines.append(f"| {name} | {cells} | {per['r']['mean_cosine']:.3f} | {per['r']['std_e1_residual']:.3f} |")
+    return lines + [""]
+
+
 def _diagnostics_lines(paths: list[Path]) -> list[str]:
     if not paths:
         return []
@@ -85,6 +103,7 @@ def _diagnostics_lines(paths: list[Path]) -> list[str]:
         diag = json.loads(Path(path).read_text())
         lines += [f"**{diag['label']}** ({diag['n_fields']} fields of `{diag['fields']}`, "
                   f"{diag['reach']['n_galaxies']} galaxies in reach):", "", markdown_table(diag), ""]
+        lines += _peer_lines(diag)
         if diag.get("largest_errors"):
             lines += ["Which galaxies carry the mean (the largest MADNESS errors and what surrounds them):", "",
                       largest_errors_table(diag["largest_errors"]), ""]
@@ -149,7 +168,10 @@ def main(argv=None) -> int:
         f"{bundle.flow.count_params():,}, VAE-deblender encoder {bundle.deblender_encoder.count_params():,} "
         "parameters; weights stored as float16.",
         f"- Conditions: {meta.survey} 10-year (SurveyCodex; paper table 1), gain 1, sky-subtracted Poisson noise.",
-        f"- Decoder output activation: {bundle.decoder.output_activation}.",
+        f"- Decoder output activation: {bundle.decoder.output_activation}"
+        + (f", scaled per band by {', '.join(f'{b} {v:.3g}' for b, v in zip(meta.bands, bundle.decoder.output_scale))} "
+           f"network units ({training['config'].get('decoder_output_scale_sigma')} of each band's sky sigma; "
+           "`BandScaledReLU`)." if bundle.decoder.output_scale else "."),
         f"- Trained with the `{training['preset']}` preset on {training['backend']} "
         f"({training['machine']}), {training['wall_time_s'] / 3600:.2f} h wall time, "
         f"meas_madness {meta.code_version}, {meta.created}.",
@@ -216,7 +238,7 @@ def main(argv=None) -> int:
         "  train a bundle for them (`madness train`).",
         "- Galaxies like the SkyPy/CatSim-like bulge+disk population of the training catalogue; no",
         "  stars, AGN-dominated sources, irregular morphologies or sources larger than the 45x45 stamp.",
-        *([args.limits] if args.limits else []),
+        *([f"- {args.limits}"] if args.limits else []),
         "- Deblending quality on unseen TestFields, side by side with scarlet2 and no deblending:",
         "  [evaluation.md](evaluation.md).",
         "",
