@@ -34,7 +34,7 @@ class DefaultBundleTestCase(unittest.TestCase):
         self.assertTrue(meta.trained)
         self.assertEqual(meta.bands, ("u", "g", "r", "i", "z", "y"))
         self.assertEqual(meta.stamp_size, 45)
-        self.assertIn(meta.training["preset"], ("cpu", "cpu2", "paper"))
+        self.assertIn(meta.training["preset"], ("cpu", "cpu2", "cpu3", "paper"))
         self.assertEqual(bundle.decoder.count_params(), 3_473_062)
         self.assertEqual(bundle.flow.count_params(), 15_936)
         total = sum(p.stat().st_size for p in default_bundle_path().iterdir())
