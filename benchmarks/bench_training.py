@@ -25,7 +25,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -68,16 +67,6 @@ def run_variant(variant: str, seconds: float) -> dict:
             "keras": keras.__version__, "backend": keras.config.backend()}
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, required=True)
@@ -98,8 +87,10 @@ def main(argv=None) -> int:
         else:
             rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
         print(rows[-1], file=sys.stderr)
+    from lsst.meas.madness.backend import cpu_model
+
     result = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "machine": f"{_cpu()}, {os.cpu_count()} cores", "results": rows}
+              "machine": f"{cpu_model()}, {os.cpu_count()} cores", "results": rows}
     tmp = args.output / "training_throughput.json.tmp"
     tmp.write_text(json.dumps(result, indent=1) + "\n")
     os.replace(tmp, args.output / "training_throughput.json")

@@ -9,8 +9,8 @@ rather than constants baked into it. Backends are imported lazily, inside their 
 
 from __future__ import annotations
 
-__all__ = ["backend_name", "compile_value_and_grad", "compile_function", "device_description", "device_scope",
-           "require_backend"]
+__all__ = ["backend_name", "compile_value_and_grad", "compile_function", "cpu_model", "device_description",
+           "device_scope", "require_backend"]
 
 import os
 from collections.abc import Callable, Sequence
@@ -24,6 +24,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 def backend_name() -> str:
     """Name of the active Keras backend (``"tensorflow"``, ``"jax"``, ...)."""
     return keras.config.backend()
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or what `platform` knows where that is absent."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def device_description() -> str:

@@ -19,7 +19,6 @@ __all__ = ["train_madness"]
 import json
 import logging
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -55,17 +54,9 @@ def _load(directory: Path, limit: int | None, norm: LinearNormalization):
 
 
 def _machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    from ..backend import device_description
+    from ..backend import cpu_model, device_description
 
-    return f"{cpu}, {os.cpu_count()} cores, {keras.config.backend()} on {device_description()}"
+    return f"{cpu_model()}, {os.cpu_count()} cores, {keras.config.backend()} on {device_description()}"
 
 
 def _write_json(path: Path, data: dict) -> None:
