@@ -3,6 +3,7 @@
 import pickle
 import unittest
 
+import keras
 import lsst.utils.tests
 import numpy as np
 from lsst.meas.madness import MadnessDeblender, MapSettings
@@ -95,6 +96,8 @@ class DeblenderTestCase(lsst.utils.tests.TestCase):
         np.testing.assert_array_equal(a.latents, b.latents)
         np.testing.assert_array_equal(a.models, b.models)
 
+    @unittest.skipIf(keras.config.backend() != "tensorflow",
+                     "bfloat16 through JAX's CPU convolutions is slow; MapSettings.precision is for TensorFlow/GPUs")
     def test_bfloat16_steps(self):
         """MAP steps with a bfloat16 decoder find the same fluxes as float32, within the noise."""
         image, var, truth = self._blend()

@@ -199,13 +199,24 @@ class EvaluateUnitTestCase(lsst.utils.tests.TestCase):
         self.assertEqual(result.failed, 0)
 
     def test_memory_meter(self):
-        meter = MemoryMeter()
-        meter.start()
-        block = np.ones(40_000_000 // 8)  # 40 MB touched
-        sample = meter.stop()
-        self.assertGreater(block.sum(), 0)
-        if sample.resettable:
-            self.assertGreater(sample.increase, 30_000_000)
+        # Another thread of the process (a backend's allocator, the garbage collector) can free
+        # memory while the block is touched, which hides the increase in one sample (seen once
+        # under JAX with pytest-xdist): a working meter shows it in one of three tries, a broken
+        # one in none.
+        increases = []
+        for _ in range(3):
+            meter = MemoryMeter()
+            meter.start()
+            block = np.ones(40_000_000 // 8)  # 40 MB touched
+            sample = meter.stop()
+            self.assertGreater(block.sum(), 0)
+            del block
+            if not sample.resettable:
+                return
+            increases.append(sample.increase)
+            if sample.increase > 30_000_000:
+                return
+        self.fail(f"no sample saw the 40 MB block: increases {increases}")
 
 
 class MemoryTester(lsst.utils.tests.MemoryTestCase):
