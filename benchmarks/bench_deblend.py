@@ -1,19 +1,26 @@
-"""Benchmark of the MAP deblender: per-galaxy wall time and peak memory.
+"""Benchmark of the MAP deblender: per-galaxy wall time and peak memory, with the trained model.
 
-Runs the paper-size networks (decoder 3,473,062 parameters, encoder 6,691,608, flow 15,936)
-with UNTRAINED weights -- no trained bundle ships yet -- so every fit runs a FIXED number of steps
-(``min_iter = max_iter``): the numbers are the cost of a step and of a full 200-step fit, not of
-convergence. Cases: single blends of 1, 5, 15 and 50 sources; batches of 1, 4 and 16 blends of
-15 sources in one ``deblend_batch`` call; and the authors' published setting, one 205x205 field
-of 12 galaxies for exactly 200 steps (their code: ~23.5 s on the same 2-core machine kind,
-per the project's design brief). Every case is timed on a second call, after a warm-up call
-that pays compilation. Each backend runs in its own process; memory is that process's peak RSS
-after the case (monotone within the process).
+Runs the packaged trained bundle (or ``--bundle``) in each requested compute precision
+(``MapSettings.precision``: float32, and bfloat16 decoder steps on TensorFlow):
+
+- **the floor**: one forward and backward pass of the decoder per galaxy (batch of 15), what a
+  MAP step cannot go below;
+- **fixed steps** (``min_iter = max_iter``): single blends of 1, 5, 15 and 50 sources, batches
+  of 1, 4 and 16 blends of 15 sources in one ``deblend_batch`` call, and the authors' published
+  setting, one 205x205 field of 12 galaxies for exactly 200 steps (their code: ~23.5 s on the
+  same 2-core machine kind, per the project's design brief) -- the cost of a step;
+- **converged fits** (``--fields``): the validation TestFields deblended with the default
+  stopping rule, all galaxies of a field as one blend -- seconds per galaxy end to end and the
+  steps the fits took.
+
+Every case is timed on a second call, after a warm-up call that pays compilation. Each backend
+runs in its own process; memory is that process's peak RSS after the case (monotone within the
+process).
 
 Usage::
 
     python benchmarks/bench_deblend.py --output benchmarks/output            # both backends
-    python benchmarks/bench_deblend.py --backend jax --output benchmarks/output
+    python benchmarks/bench_deblend.py --backend tensorflow --fields VALIDATION_FIELDS --output DIR
 """
 
 from __future__ import annotations
@@ -47,46 +54,93 @@ def _case_blend(rng, n_sources, size):
     return dict(image=image, peaks_xy=peaks, variance=np.full_like(image, 400.0))
 
 
-def run_backend(backend: str) -> dict:
+def _peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def decoder_floor_ms(decoder, precision: str, n: int = 15, repeats: int = 20) -> float:
+    """Milliseconds per galaxy of one decoder forward + backward pass (batch of ``n``)."""
+    import keras
+    import numpy as np
+
+    from lsst.meas.madness.backend import compile_value_and_grad
+    from lsst.meas.madness.precision import with_precision
+
+    net = with_precision(decoder, precision)
+
+    def loss(z, *, calls):
+        return keras.ops.sum(keras.ops.square(keras.ops.cast(calls[0](z), "float32")), axis=(1, 2, 3))
+
+    step = compile_value_and_grad(loss, [net])
+    z = keras.ops.convert_to_tensor(np.random.default_rng(0).normal(0, 0.7, (n, decoder.latent_dim)).astype("f4"))
+    for _ in range(3):
+        keras.ops.convert_to_numpy(step(z)[1])
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        keras.ops.convert_to_numpy(step(z)[1])
+    return 1e3 * (time.perf_counter() - t0) / (repeats * n)
+
+
+def run_backend(backend: str, precisions, bundle=None, fields=None, max_fields: int = 8) -> dict:
     os.environ["KERAS_BACKEND"] = backend
     import keras
     import numpy as np
 
     from lsst.meas.madness import MadnessDeblender, MapSettings
-    from lsst.meas.madness.networks import Decoder, Encoder, MaskedAutoregressiveFlow
+    from lsst.meas.madness.backend import cpu_model
 
     keras.utils.set_random_seed(0)
-    flow = MaskedAutoregressiveFlow()
-    flow.build()
-    deblender = MadnessDeblender(Decoder(), flow, Encoder(), bands="ugrizy")
-    rng = np.random.default_rng(0)
+    deblender = MadnessDeblender.from_bundle(bundle)
+    field_blends = []
+    if fields is not None:
+        from lsst.meas.madness.evaluation import iter_test_fields
 
-    def timed(blends, steps):
-        settings = MapSettings(max_iter=steps, min_iter=steps)
+        for f in iter_test_fields(fields, max_fields=max_fields):
+            variance = np.broadcast_to(np.asarray(f.variance, np.float32)[:, None, None], f.image.shape)
+            field_blends.append(dict(image=f.image, peaks_xy=f.centers_xy, variance=variance))
+
+    def timed(blends, settings, fixed: bool):
         deblender.deblend_batch(blends, settings=settings)  # warm-up: compilation
         t0 = time.perf_counter()
         results = deblender.deblend_batch(blends, settings=settings)
         wall = time.perf_counter() - t0
-        assert all(r.n_iter == steps for r in results)
+        if fixed:
+            assert all(r.n_iter == settings.max_iter for r in results)
         n_gal = sum(r.n_sources for r in results)
+        steps = float(np.mean([r.n_iter for r in results]))
+        gal_steps = sum(r.n_sources * r.n_iter for r in results)
         return {
             "n_blends": len(blends),
             "n_galaxies": n_gal,
-            "steps": steps,
+            "steps": round(steps, 1),
             "wall_s": round(wall, 3),
-            "ms_per_galaxy_step": round(1e3 * wall / (n_gal * steps), 3),
-            "s_per_galaxy_200_steps": round(200 * wall / (n_gal * steps), 3),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "s_per_galaxy": round(wall / n_gal, 3),
+            "ms_per_galaxy_step": round(1e3 * wall / gal_steps, 3),
+            "peak_rss_mb": _peak_rss_mb(),
         }
 
     cases = []
-    for n, size in [(1, 60), (5, 100), (15, 150), (50, 260)]:
-        cases.append({"case": f"single blend, {n} sources", **timed([_case_blend(rng, n, size)], STEPS)})
-    for nb in (1, 4, 16):
-        blends = [_case_blend(rng, 15, 150) for _ in range(nb)]
-        cases.append({"case": f"batch of {nb} blends x 15 sources", **timed(blends, STEPS)})
-    cases.append({"case": "authors' setting: 205x205 field, 12 galaxies, 200 steps",
-                  **timed([_case_blend(rng, 12, 205)], 200)})
+    floors = {}
+    for precision in precisions:
+        floors[precision] = round(decoder_floor_ms(deblender.decoder, precision), 3)
+        rng = np.random.default_rng(0)  # the same blends in every precision
+        fixed = MapSettings(max_iter=STEPS, min_iter=STEPS, precision=precision)
+        for n, size in [(1, 60), (5, 100), (15, 150), (50, 260)]:
+            cases.append({"case": f"single blend, {n} sources", "precision": precision,
+                          **timed([_case_blend(rng, n, size)], fixed, True)})
+        for nb in (1, 4, 16):
+            blends = [_case_blend(rng, 15, 150) for _ in range(nb)]
+            cases.append({"case": f"batch of {nb} blends x 15 sources", "precision": precision,
+                          **timed(blends, fixed, True)})
+        cases.append({"case": "authors' setting: 205x205 field, 12 galaxies, 200 steps", "precision": precision,
+                      **timed([_case_blend(rng, 12, 205)], fixed.replace(max_iter=200, min_iter=200), True)})
+        if field_blends:
+            cases.append({"case": f"converged: {len(field_blends)} validation TestFields, default stopping",
+                          "precision": precision,
+                          **timed(field_blends, MapSettings(precision=precision), False)})
+        for c in cases:
+            if c["precision"] == precision:
+                c["x_floor"] = round(c["ms_per_galaxy_step"] / floors[precision], 2)
     versions = {"keras": keras.__version__, "numpy": np.__version__}
     try:
         import tensorflow as tf
@@ -100,30 +154,37 @@ def run_backend(backend: str) -> dict:
         versions["jax"] = jax.__version__
     except ImportError:
         pass
+    meta = deblender.metadata
     return {
         "backend": backend,
         "date": datetime.date.today().isoformat(),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-                    "processor": platform.processor() or platform.machine()},
+                    "processor": cpu_model()},
+        "threads": {k: os.environ.get(k) for k in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS")},
         "versions": versions,
-        "weights": "untrained paper-size networks; fixed step counts",
-        "batch_sources": 256,
+        "bundle": str(bundle) if bundle else "packaged",
+        "model": meta.description if meta is not None else None,
+        "batch_sources": MapSettings().batch_sources,
+        "decoder_floor_ms_per_galaxy": floors,
         "cases": cases,
     }
 
 
 def markdown(result: dict) -> str:
+    floors = ", ".join(f"{k} {v} ms" for k, v in result["decoder_floor_ms_per_galaxy"].items())
     lines = [
-        f"Backend **{result['backend']}**, {result['machine']['cpus']} CPUs, {result['date']}, "
-        f"versions {result['versions']}.",
+        f"Backend **{result['backend']}**, {result['machine']['processor']}, {result['machine']['cpus']} CPUs, "
+        f"{result['date']}, model: {result['model']}; versions {result['versions']}. Decoder forward + "
+        f"backward per galaxy (the floor of a step): {floors}.",
         "",
-        "| case | galaxies | steps | wall (s) | ms / galaxy / step | s / galaxy for 200 steps | peak RSS (MB) |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| case | precision | galaxies | steps (mean) | wall (s) | s / galaxy | ms / galaxy / step | x floor "
+        "| peak RSS (MB) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for c in result["cases"]:
         lines.append(
-            f"| {c['case']} | {c['n_galaxies']} | {c['steps']} | {c['wall_s']} | {c['ms_per_galaxy_step']} | "
-            f"{c['s_per_galaxy_200_steps']} | {c['peak_rss_mb']} |"
+            f"| {c['case']} | {c['precision']} | {c['n_galaxies']} | {c['steps']} | {c['wall_s']} | "
+            f"{c['s_per_galaxy']} | {c['ms_per_galaxy_step']} | {c['x_floor']} | {c['peak_rss_mb']} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -132,15 +193,29 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--backend", choices=["tensorflow", "jax"], default=None,
                         help="one backend in this process (default: both, each in a subprocess)")
+    parser.add_argument("--bundle", default=None, help="model bundle (default: the packaged one)")
+    parser.add_argument("--precision", nargs="+", default=None, choices=["float32", "mixed_bfloat16"],
+                        help="compute precisions of the MAP steps (default: both on TensorFlow, float32 on JAX, "
+                             "whose CPU convolutions are slow in bfloat16)")
+    parser.add_argument("--fields", default=None, help="validation TestFields for the converged-fit case")
+    parser.add_argument("--max-fields", type=int, default=8)
     parser.add_argument("--output", default="benchmarks/output")
     args = parser.parse_args()
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     if args.backend is None:
         for backend in ("tensorflow", "jax"):
-            subprocess.run([sys.executable, __file__, "--backend", backend, "--output", str(out)], check=True)
+            cmd = [sys.executable, __file__, "--backend", backend, "--output", str(out),
+                   "--max-fields", str(args.max_fields)]
+            for flag, value in (("--bundle", args.bundle), ("--fields", args.fields)):
+                if value:
+                    cmd += [flag, value]
+            if args.precision:
+                cmd += ["--precision", *args.precision]
+            subprocess.run(cmd, check=True)
         return 0
-    result = run_backend(args.backend)
+    precisions = args.precision or (["float32", "mixed_bfloat16"] if args.backend == "tensorflow" else ["float32"])
+    result = run_backend(args.backend, precisions, bundle=args.bundle, fields=args.fields, max_fields=args.max_fields)
     (out / f"deblend_{args.backend}.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / f"deblend_{args.backend}.md").write_text(markdown(result))
     print(markdown(result))
