@@ -184,6 +184,24 @@ class TrainingConfig:
         return cls(**data)
 
 
+# The second CPU recipe (issue 12): a linear decoder output (the ReLU u channel died in both
+# runs of "cpu"), a new noise realisation and a symmetry of the square for every stamp of every
+# epoch, a one-epoch ramp then half a cosine, all the training stamps given. Sized for a time
+# budget (`madness train --time-budget`): the VAE runs until its share of the budget is spent.
+_CPU2 = TrainingConfig(
+    name="cpu2",
+    decoder_output_activation="linear",
+    fresh_noise=True,
+    ssim_warmup_epochs=3,
+    vae_warmup=StageSchedule(1e-4, 0.1, 3, patience=None, warmup_epochs=1, batch_size=64),
+    vae=StageSchedule(1e-4, 0.1, 30, patience=8, schedule="cosine", warmup_epochs=1, min_factor=0.03,
+                      batch_size=64),
+    flow=StageSchedule(1e-3, 0.01, 120, patience=15, decay_every=40, batch_size=128),
+    deblender=StageSchedule(1e-4, 0.1, 8, patience=3, schedule="cosine", min_factor=0.1, batch_size=64),
+    max_validation=2000,
+)
+
+
 PRESETS: dict[str, TrainingConfig] = {
     # The paper's sizes and schedules: a GPU job (150k training stamps, hours per stage).
     "paper": TrainingConfig(),
@@ -200,39 +218,12 @@ PRESETS: dict[str, TrainingConfig] = {
         max_train=8000,
         max_validation=1500,
     ),
-    # The second CPU recipe (issue 12): a linear decoder output (the ReLU u channel died in both
-    # runs of "cpu"), a new noise realisation and a symmetry of the square for every stamp of every
-    # epoch, a one-epoch ramp then half a cosine, all the training stamps given. Sized for a time
-    # budget (`madness train --time-budget`): the VAE runs until its share of the budget is spent.
-    "cpu2": TrainingConfig(
-        name="cpu2",
-        decoder_output_activation="linear",
-        fresh_noise=True,
-        ssim_warmup_epochs=3,
-        vae_warmup=StageSchedule(1e-4, 0.1, 3, patience=None, warmup_epochs=1, batch_size=64),
-        vae=StageSchedule(1e-4, 0.1, 30, patience=8, schedule="cosine", warmup_epochs=1, min_factor=0.03,
-                          batch_size=64),
-        flow=StageSchedule(1e-3, 0.01, 120, patience=15, decay_every=40, batch_size=128),
-        deblender=StageSchedule(1e-4, 0.1, 8, patience=3, schedule="cosine", min_factor=0.1, batch_size=64),
-        max_validation=2000,
-    ),
+    "cpu2": _CPU2,
     # The third CPU recipe (issue 12): "cpu2" with the paper's ReLU output back, scaled per band to
     # a tenth of the band's sky sigma so that the u channel cannot be driven dark. The linear
     # output of "cpu2" kept a background pedestal that gave the task path's children light far
     # from their galaxies (doc/training.md).
-    "cpu3": TrainingConfig(
-        name="cpu3",
-        decoder_output_activation="relu",
-        decoder_output_scale_sigma=0.1,
-        fresh_noise=True,
-        ssim_warmup_epochs=3,
-        vae_warmup=StageSchedule(1e-4, 0.1, 3, patience=None, warmup_epochs=1, batch_size=64),
-        vae=StageSchedule(1e-4, 0.1, 30, patience=8, schedule="cosine", warmup_epochs=1, min_factor=0.03,
-                          batch_size=64),
-        flow=StageSchedule(1e-3, 0.01, 120, patience=15, decay_every=40, batch_size=128),
-        deblender=StageSchedule(1e-4, 0.1, 8, patience=3, schedule="cosine", min_factor=0.1, batch_size=64),
-        max_validation=2000,
-    ),
+    "cpu3": dataclasses.replace(_CPU2, name="cpu3", decoder_output_activation="relu", decoder_output_scale_sigma=0.1),
     # Tiny networks and a few epochs: tests and smoke runs only, never a science model.
     "tiny": TrainingConfig(
         name="tiny",
