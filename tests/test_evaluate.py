@@ -17,10 +17,12 @@ import numpy as np
 from astropy.table import Table
 
 from lsst.meas.madness.cli import main
+from lsst.meas.madness.errors import MadnessValueError
 from lsst.meas.madness.evaluation.fields import iter_test_fields, simulate_test_fields
 from lsst.meas.madness.evaluation.methods import METHOD_NAMES, method_availability, psf_images
 from lsst.meas.madness.evaluation.report import KAPPA_BLENDED, KAPPA_MAX, read_measurements
 from lsst.meas.madness.evaluation.resources import MemoryMeter
+from lsst.meas.madness.evaluation.runner import run_evaluation
 from lsst.meas.madness.simulation import LsstConditions, TestFieldsConfig
 from utils import quick_bundle_path
 
@@ -145,6 +147,47 @@ class EvaluateCliTestCase(lsst.utils.tests.TestCase):
         self.assertTrue(rows)
         for name, m in rows.items():
             self.assertIsNotNone(m["resources"]["peak_increase_mb"], name)
+
+    def test_resume(self):
+        """An interrupted run continues after its last finished field and gives the same measurements."""
+        partial = self.output / "partial"
+        self.assertEqual(len(list(partial.glob("field-*.npz"))), N_FIELDS)
+        # a run of other methods may not mix its fields with these
+        with self.assertRaisesRegex(MadnessValueError, "another evaluation run.*methods"):
+            run_evaluation(iter_test_fields(self.fields), ["blended"], checkpoint=partial,
+                           info={"fields": "x"}, progress=False)
+        tmp = Path(tempfile.mkdtemp(prefix="madness-evaluate-resume-"))
+        try:
+            copy = tmp / "partial"
+            shutil.copytree(partial, copy)
+            for path in copy.glob("field-000001.*"):  # the second field was never finished
+                path.unlink()
+            out = io.StringIO()
+            with contextlib.redirect_stdout(out):
+                rc = main(["evaluate", "--fields", str(self.fields), "--bundle", str(quick_bundle_path()),
+                           "--output", str(tmp), "--no-progress", "--no-figures"])
+            self.assertEqual(rc, 0)
+            summary = json.loads((tmp / "summary.json").read_text())
+            self.assertEqual(summary["run"]["n_fields"], N_FIELDS)
+            self.assertEqual(summary["run"]["resumed_fields"], 1)
+            self.assertEqual(len(list(copy.glob("field-*.npz"))), N_FIELDS)
+            bands, galaxies, metrics = read_measurements(self.output / "measurements.json")
+            bands2, galaxies2, metrics2 = read_measurements(tmp / "measurements.json")
+            np.testing.assert_array_equal(galaxies["field_id"], galaxies2["field_id"])
+            np.testing.assert_allclose(galaxies["flux_isolated"], galaxies2["flux_isolated"], rtol=1e-6)
+            for name in ("blended", "madness"):  # deterministic: the rerun field equals the first run's
+                np.testing.assert_allclose(metrics[name]["flux_residual"], metrics2[name]["flux_residual"],
+                                           rtol=1e-5, atol=1e-7, err_msg=name)
+            # --restart discards the finished fields
+            with contextlib.redirect_stdout(io.StringIO()):
+                main(["evaluate", "--fields", str(self.fields), "--bundle", str(quick_bundle_path()),
+                      "--methods", "blended", "--output", str(tmp), "--no-progress", "--no-figures",
+                      "--restart"])
+            summary = json.loads((tmp / "summary.json").read_text())
+            self.assertNotIn("resumed_fields", summary["run"])
+            self.assertEqual(set(summary["methods"]), {"blended"})
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 class EvaluateUnitTestCase(lsst.utils.tests.TestCase):

@@ -10,6 +10,10 @@ imports), and reports that warm-up time separately.
 
 No deblending (``blended``) needs no worker: its numbers are the reference metrics measured
 on the blended field.
+
+A run given a ``checkpoint`` directory writes each finished field there (atomically) and, run
+again with the same methods, bands, bundle and fields, continues after the last finished field:
+a 100-field comparison of every peer takes hours on two cores and must survive an interruption.
 """
 
 from __future__ import annotations
@@ -17,12 +21,16 @@ from __future__ import annotations
 __all__ = ["EvaluationResult", "MethodRecord", "run_evaluation"]
 
 import dataclasses
+import io
+import json
 import logging
 import multiprocessing
 import os
+import shutil
 import time
 import traceback
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -233,7 +241,8 @@ def _blended_metrics(ref_metrics: dict, n: int, nb: int) -> dict[str, np.ndarray
 
 def run_evaluation(fields: Iterable[TestField], methods: Sequence[str] = METHOD_NAMES, *, bundle=None,
                    bands: Sequence[str] | None = None, conditions=None, progress: bool = True,
-                   n_fields: int | None = None, info: dict | None = None) -> EvaluationResult:
+                   n_fields: int | None = None, info: dict | None = None, checkpoint=None,
+                   restart: bool = False) -> EvaluationResult:
     """Deblend ``fields`` with every method and measure each galaxy.
 
     Parameters
@@ -255,6 +264,13 @@ def run_evaluation(fields: Iterable[TestField], methods: Sequence[str] = METHOD_
         Number of fields, for the progress bar.
     info : `dict`, optional
         Extra run description stored in ``EvaluationResult.info``.
+    checkpoint : path-like, optional
+        Directory where every finished field is saved. If it holds fields of a run with the
+        same methods, bands, bundle and field source (``info["fields"]``), those fields are
+        loaded instead of deblended again; a different run there raises `MadnessValueError`
+        unless ``restart``.
+    restart : `bool`
+        Discard what ``checkpoint`` holds and start again.
 
     Returns
     -------
@@ -291,6 +307,12 @@ def run_evaluation(fields: Iterable[TestField], methods: Sequence[str] = METHOD_
         raise MadnessValueError(f"Bands {unknown} are not among the fields' bands {field_bands}.")
     band_index = [field_bands.index(b) for b in bands]
 
+    store = None
+    if checkpoint is not None:
+        signature = {"methods": methods, "bands": list(bands), "field_bands": list(field_bands),
+                     "bundle": None if bundle is None else str(bundle), "fields": (info or {}).get("fields")}
+        store = _Checkpoint(checkpoint, signature, restart=restart)
+
     context = multiprocessing.get_context("spawn")
     workers: dict[str, _Worker] = {}
     started = time.perf_counter()
@@ -318,23 +340,40 @@ def run_evaluation(fields: Iterable[TestField], methods: Sequence[str] = METHOD_
     n_steps = None if n_fields is None else n_fields * max(len(per_method), 1)
     bar = tqdm(total=n_steps, desc="madness evaluate", unit="deblend", disable=not progress)
     n_done = 0
+    n_resumed = 0
     try:
         for field in _chain(first, field_iter):
+            saved = None if store is None else store.load(field.field_id, list(per_method))
+            if saved is not None:
+                saved_galaxies, saved_metrics, saved_entries = saved
+                for key, values in saved_galaxies.items():
+                    galaxies.add(key, values)
+                for name, columns in per_method.items():
+                    for key, _ in MODEL_KEYS:
+                        columns.add(key, saved_metrics[name][key])
+                    records[name].fields.append(saved_entries[name])
+                bar.update(len(per_method))
+                n_done += 1
+                n_resumed += 1
+                continue
+            field_galaxies = _Columns()
+            field_metrics = {name: {} for name in per_method}
+            field_entries = {}
             n = field.n_galaxies
             nb = len(bands)
             sel = np.asarray(band_index)
             ref = reference_metrics(field.image[sel], field.isolated[:, sel], field.catalog,
                                     variance=field.variance[sel], conditions=conditions, bands=bands,
                                     centers_xy=field.centers_xy)
-            galaxies.add("field_id", np.full(n, field.field_id))
-            galaxies.add("galaxy", np.arange(n))
-            galaxies.add("x", ref.x)
-            galaxies.add("y", ref.y)
+            field_galaxies.add("field_id", np.full(n, field.field_id))
+            field_galaxies.add("galaxy", np.arange(n))
+            field_galaxies.add("x", ref.x)
+            field_galaxies.add("y", ref.y)
             for key in CATALOG_KEYS:
                 if key in field.catalog.colnames:
-                    galaxies.add(key, np.asarray(field.catalog[key]))
+                    field_galaxies.add(key, np.asarray(field.catalog[key]))
             for key, _ in REFERENCE_KEYS:
-                galaxies.add(key, ref.metrics[key])
+                field_galaxies.add(key, ref.metrics[key])
             variance = np.broadcast_to(np.asarray(field.variance, np.float32)[:, None, None],
                                        field.image.shape).copy()
             field_input = FieldInput(field_id=field.field_id, image=field.image, variance=variance,
@@ -370,9 +409,18 @@ def run_evaluation(fields: Iterable[TestField], methods: Sequence[str] = METHOD_
                             rec.status, rec.reason = "failed", message[1]
                             workers.pop(name).stop()
                 for key, _ in MODEL_KEYS:
-                    columns.add(key, metrics[key])
-                rec.fields.append(entry)
+                    field_metrics[name][key] = np.asarray(metrics[key])
+                field_entries[name] = entry
                 bar.update(1)
+            field_galaxies = field_galaxies.arrays()
+            if store is not None:
+                store.save(field.field_id, field_galaxies, field_metrics, field_entries)
+            for key, values in field_galaxies.items():
+                galaxies.add(key, values)
+            for name, columns in per_method.items():
+                for key, _ in MODEL_KEYS:
+                    columns.add(key, field_metrics[name][key])
+                records[name].fields.append(field_entries[name])
             n_done += 1
     finally:
         bar.close()
@@ -383,9 +431,81 @@ def run_evaluation(fields: Iterable[TestField], methods: Sequence[str] = METHOD_
     run_info = dict(info or {})
     run_info.update(n_fields=n_done, n_galaxies=int(sum(len(v) for v in galaxies.parts["galaxy"])),
                     field_bands=list(field_bands), seconds=round(time.perf_counter() - started, 2))
+    if n_resumed:
+        run_info["resumed_fields"] = n_resumed
     return EvaluationResult(bands=bands, galaxies=galaxies.arrays(),
                             metrics={name: cols.arrays() for name, cols in per_method.items()},
                             methods=records, info=run_info)
+
+
+class _Checkpoint:
+    """Finished fields of one evaluation run, one ``.npz`` + ``.json`` pair per field.
+
+    ``run.json`` holds the run's signature; a field counts as finished only once both of its
+    files exist, and each is written to a temporary name and renamed, so an interruption
+    never leaves a half-written field behind.
+    """
+
+    def __init__(self, directory, signature: dict, *, restart: bool = False):
+        self.directory = Path(directory)
+        self.signature = json.loads(json.dumps(signature))
+        run = self.directory / "run.json"
+        if restart and self.directory.exists():
+            shutil.rmtree(self.directory)
+        if run.exists():
+            stored = json.loads(run.read_text())
+            if stored != self.signature:
+                differ = sorted(k for k in set(stored) | set(self.signature) if stored.get(k) != self.signature.get(k))
+                raise MadnessValueError(
+                    f"{self.directory} holds fields of another evaluation run (different {', '.join(differ)}); "
+                    "use another output directory, or restart to discard them.")
+            n = len(list(self.directory.glob("field-*.json")))
+            if n:
+                _log.warning("Resuming: %d finished fields in %s are loaded, not deblended again.", n,
+                             self.directory)
+        else:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            _atomic_write(run, json.dumps(self.signature, indent=1).encode())
+
+    def _paths(self, field_id: int) -> tuple[Path, Path]:
+        stem = self.directory / f"field-{int(field_id):06d}"
+        return stem.with_suffix(".npz"), stem.with_suffix(".json")
+
+    def load(self, field_id: int, methods: list[str]):
+        """``(galaxies, metrics, entries)`` of a finished field, or `None`."""
+        arrays_path, entries_path = self._paths(field_id)
+        if not (arrays_path.exists() and entries_path.exists()):
+            return None
+        entries = json.loads(entries_path.read_text())
+        if sorted(entries) != sorted(methods):  # a method absent now ran then, or the reverse
+            return None
+        with np.load(arrays_path, allow_pickle=False) as data:
+            galaxies = {k[2:]: data[k] for k in data.files if k.startswith("g/")}
+            metrics = {name: {key: data[f"m/{name}/{key}"] for key, _ in MODEL_KEYS} for name in methods}
+        return galaxies, metrics, entries
+
+    def save(self, field_id: int, galaxies: dict, metrics: dict, entries: dict) -> None:
+        arrays_path, entries_path = self._paths(field_id)
+        buffer = io.BytesIO()
+        arrays = {f"g/{k}": v for k, v in galaxies.items()}
+        arrays.update({f"m/{name}/{k}": v for name, cols in metrics.items() for k, v in cols.items()})
+        np.savez(buffer, **arrays)
+        _atomic_write(arrays_path, buffer.getvalue())
+        _atomic_write(entries_path, json.dumps(entries, default=_json_default).encode())
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
 
 
 def _chain(first, rest):
