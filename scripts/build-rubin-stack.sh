@@ -1,0 +1,240 @@
+#!/usr/bin/env bash
+# Build the minimum of the Rubin C++ stack (afw, meas_base and what they need)
+# from public source into PREFIX, for a Python 3.12 virtualenv that already has
+# the pure-Python lsst-* wheels from PyPI (pex_config, utils, daf_butler,
+# pipe_base, ...). No conda, no EUPS: Debian packages for the third-party C/C++
+# libraries, each Rubin package built by its own build (scons + sconsUtils with
+# --no-eups; cmake for ndarray).
+#
+# Usage:   scripts/build-rubin-stack.sh SRC_ROOT PREFIX
+#          source PREFIX/env.sh     # then: python -c "import lsst.afw.image"
+#
+# SRC_ROOT holds one source tree per package, named as below (a git clone, or a
+# `git archive` export plus a file `.source-commit` holding the commit). It is
+# never populated by this script; see doc/rubin-stack.md for the clone commands.
+#   sconsUtils base pex_exceptions cpputils sphgeom daf_base log geom astshim
+#   afw skymap meas_base          (github.com/lsst/<name>)
+#   ndarray                       (github.com/ndarray/ndarray)
+#   iminuit-<v>.tar.gz            (PyPI sdist; only its bundled Minuit2 sources are used)
+#
+# Cache-friendly and resumable: each finished package writes
+# PREFIX/.stamps/<pkg> (source commit + build options); a rerun skips packages
+# whose stamp matches and continues with the first unfinished one. Build times
+# go to PREFIX/build-times.tsv, logs to PREFIX/logs/<pkg>.log.
+#
+# Environment knobs (defaults in brackets):
+#   PYTHON    Python 3.12 with numpy and pybind11 [<repo>/.venv/bin/python]
+#   JOBS      parallel compile jobs [2]        NICE  nice level [5]
+#   OPT       optimisation level for scons/g++ (0 1 2 3 g) [1]
+#   DEBUG     scons debug=... (adds -g) [False]
+#   PACKAGES  space-separated subset/order to build [all, in dependency order]
+#   APT_INSTALL=1  run apt-get install for missing Debian packages (as root)
+set -euo pipefail
+
+if [ $# -ne 2 ]; then
+    sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'
+    exit 2
+fi
+
+SRC_ROOT=$(realpath "$1")
+mkdir -p "$2"
+PREFIX=$(realpath "$2")
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/.." && pwd)
+HELPER="$HERE/rubin-stack/helper.py"
+PYTHON=${PYTHON:-$REPO/.venv/bin/python}
+JOBS=${JOBS:-2}
+NICE=${NICE:-5}
+OPT=${OPT:-1}
+DEBUG=${DEBUG:-False}
+ALL_PACKAGES="sconsUtils ndarray minuit2 starlink_ast base pex_exceptions cpputils sphgeom daf_base log geom astshim afw skymap meas_base"
+PACKAGES=${PACKAGES:-$ALL_PACKAGES}
+
+log() { echo "[build-rubin-stack $(date +%H:%M:%S)] $*"; }
+die() { echo "[build-rubin-stack] ERROR: $*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- prerequisites
+APT_PACKAGES="g++ cmake scons pkg-config libboost-dev libboost-test-dev libboost-filesystem-dev \
+libboost-system-dev libboost-timer-dev libboost-program-options-dev libboost-regex-dev \
+libboost-serialization-dev libboost-math-dev libeigen3-dev libfftw3-dev libgsl-dev \
+libcfitsio-dev liblog4cxx-dev libstarlink-ast-dev"
+APT_CMD="apt-get install -y --no-install-recommends $APT_PACKAGES"
+
+missing=""
+for f in /usr/include/boost/version.hpp /usr/include/boost/test/unit_test.hpp \
+         /usr/include/eigen3/Eigen/Core /usr/include/fftw3.h /usr/include/gsl/gsl_rng.h \
+         /usr/include/fitsio.h /usr/include/log4cxx/logger.h /usr/include/ast.h; do
+    [ -e "$f" ] || missing="$missing $f"
+done
+for exe in g++ cmake scons; do command -v "$exe" >/dev/null || missing="$missing $exe"; done
+if [ -n "$missing" ]; then
+    log "missing build prerequisites:$missing"
+    log "Debian packages needed:  $APT_CMD"
+    if [ "${APT_INSTALL:-0}" = 1 ] && [ "$(id -u)" = 0 ]; then
+        apt-get update && $APT_CMD
+    else
+        die "install them (or rerun with APT_INSTALL=1 as root)"
+    fi
+fi
+
+[ -x "$PYTHON" ] || die "no Python at $PYTHON (set PYTHON=...)"
+"$PYTHON" -c 'import sys; assert sys.version_info[:2] >= (3, 11), sys.version' \
+    || die "$PYTHON is too old"
+PYBIND11_INCLUDE=$("$PYTHON" -c 'import pybind11; print(pybind11.get_include())' 2>/dev/null) \
+    || die "$PYTHON has no pybind11 (pip install pybind11: an addition, changes nothing else)"
+"$PYTHON" -c 'import numpy' || die "$PYTHON has no numpy"
+"$PYTHON" -c 'import lsst.pex.config, lsst.utils' \
+    || die "$PYTHON lacks lsst-pex-config / lsst-utils (PyPI)"
+
+mkdir -p "$PREFIX/.stamps" "$PREFIX/logs" "$PREFIX/_build"
+TIMES="$PREFIX/build-times.tsv"
+[ -f "$TIMES" ] || printf 'package\tcommit\tseconds\tfinished\tjobs\topt\n' > "$TIMES"
+
+# Build environment: the venv's python first on PATH (sconsUtils' python.cfg and
+# numpy.cfg run `python`), every installed package's <PKG>_DIR, pybind11's headers,
+# and stub cfgs for the pure-Python PyPI packages C++ packages list as required.
+export PATH="$(dirname "$PYTHON"):$PATH"
+export PYBIND11_DIR=$(dirname "$PYBIND11_INCLUDE")
+"$PYTHON" "$HELPER" stub-cfg pex_config "$PREFIX/_pypi/pex_config"
+export PEX_CONFIG_DIR="$PREFIX/_pypi/pex_config"
+export SCONSFLAGS=""
+
+installed_list() {
+    local out="" p
+    for p in $ALL_PACKAGES; do
+        [ -f "$PREFIX/.stamps/$p" ] && out="$out $p"
+    done
+    echo $out
+}
+
+load_env() {
+    "$PYTHON" "$HELPER" write-env "$PREFIX" $(installed_list)
+    # shellcheck disable=SC1091
+    source "$PREFIX/env.sh"
+    export PYTHONPATH="$PREFIX/sconsUtils/python${PYTHONPATH:+:$PYTHONPATH}"
+}
+
+src_commit() {   # commit of a source tree: git HEAD, else .source-commit, else "unknown"
+    local d=$1
+    if git -C "$d" rev-parse HEAD >/dev/null 2>&1 && [ "$(git -C "$d" rev-parse --show-toplevel)" = "$(realpath "$d")" ]; then
+        git -C "$d" rev-parse HEAD
+    elif [ -f "$d/.source-commit" ]; then
+        head -1 "$d/.source-commit"
+    else
+        echo unknown
+    fi
+}
+
+# --------------------------------------------------------------------- builders
+build_sconsUtils() {
+    rm -rf "$PREFIX/sconsUtils"
+    mkdir -p "$PREFIX/sconsUtils"
+    cp -a "$SRC_ROOT/sconsUtils/python" "$SRC_ROOT/sconsUtils/configs" "$SRC_ROOT/sconsUtils/ups" "$PREFIX/sconsUtils/"
+    "$PYTHON" "$HELPER" patch-sconsutils "$PREFIX/sconsUtils"
+}
+
+build_ndarray() {
+    local b="$PREFIX/_build/ndarray"
+    rm -rf "$b" "$PREFIX/ndarray"
+    cmake -S "$SRC_ROOT/ndarray" -B "$b" -DNDARRAY_TEST=OFF -DCMAKE_INSTALL_PREFIX="$PREFIX/ndarray"
+    cmake --build "$b"
+    cmake --install "$b"
+}
+
+minuit2_sdist() {
+    ls "$SRC_ROOT"/iminuit-*.tar.gz 2>/dev/null | sort -V | tail -1
+}
+
+build_minuit2() {
+    # Minuit2 (ROOT's minimiser, which afw's lsst.afw.math.minimize uses) is not
+    # packaged by Debian 12; the iminuit sdist carries the standalone sources.
+    local sdist b d src
+    sdist=$(minuit2_sdist)
+    [ -n "$sdist" ] || die "no iminuit-*.tar.gz in $SRC_ROOT (see doc/rubin-stack.md)"
+    b="$PREFIX/_build/minuit2"
+    rm -rf "$b" "$PREFIX/minuit2"
+    mkdir -p "$b" "$PREFIX/minuit2/include" "$PREFIX/minuit2/lib"
+    tar -xzf "$sdist" -C "$b"
+    d=$(ls -d "$b"/iminuit-*)
+    cp -a "$d/extern/root/math/minuit2/inc/Minuit2" "$PREFIX/minuit2/include/"
+    cp -a "$d/extern/root/math/mathcore/inc/Math" "$PREFIX/minuit2/include/"
+    cp -a "$d/extern/root/core/foundation/inc/." "$PREFIX/minuit2/include/"
+    cp -a "$d/src/RConfigure.h" "$PREFIX/minuit2/include/"   # iminuit's empty stand-in
+    "$PYTHON" "$HELPER" minuit2-sources "$d/CMakeLists.txt" > "$b/sources.txt"
+    mkdir -p "$b/obj"
+    (cd "$d" && xargs -P "$JOBS" -I{} sh -c \
+        'o="$0/obj/$(basename {} .cxx).o"; echo "g++ {}"; g++ -std=c++17 -O'"$OPT"' -fPIC -I"$1/include" -c {} -o "$o"' \
+        "$b" "$PREFIX/minuit2" < "$b/sources.txt")
+    g++ -shared -o "$PREFIX/minuit2/lib/libMinuit2.so" "$b"/obj/*.o
+}
+
+build_starlink_ast() {
+    # Debian's libstarlink-ast-dev has the library but no `ast_link` (which
+    # sconsUtils' configs/starlink_ast.cfg runs) and no null 2-D grf module, so
+    # libstarlink_ast.so has undefined astG* symbols; provide both.
+    local d="$PREFIX/starlink_ast"
+    rm -rf "$d"
+    mkdir -p "$d/bin" "$d/lib"
+    gcc -O2 -fPIC -shared -o "$d/lib/libstarlink_ast_nullgrf.so" "$HERE/rubin-stack/ast_grf_stubs.c"
+    cat > "$d/bin/ast_link" <<'EOF'
+#!/bin/sh
+# Stand-in for AST's ast_link (Debian does not ship it): link flags for the
+# Debian AST libraries plus the null 2-D grf stubs built next to this script.
+echo "-lstarlink_ast -lstarlink_ast_grf3d -lstarlink_ast_nullgrf -lstarlink_ast_err -lm"
+EOF
+    chmod +x "$d/bin/ast_link"
+}
+
+build_scons_pkg() {   # the Rubin packages: scons + sconsUtils, no EUPS, no tests
+    local pkg=$1 ver=$2
+    rm -rf "${PREFIX:?}/$pkg"
+    (cd "$SRC_ROOT/$pkg" && nice -n "$NICE" scons -j "$JOBS" --no-eups --no-tests \
+        opt="$OPT" debug="$DEBUG" version="$ver" prefix="$PREFIX/$pkg" install)
+}
+
+build_one() {
+    local pkg=$1 commit want stamp start end secs
+    case $pkg in
+        minuit2) local s; s=$(minuit2_sdist); [ -n "$s" ] || die "no iminuit sdist in $SRC_ROOT"
+                 commit="$(basename "$s")@$(sha256sum "$s" | cut -c1-16)" ;;
+        starlink_ast) commit="debian-$(dpkg-query -W -f='${Version}' libstarlink-ast-dev 2>/dev/null || echo unknown)+$(sha256sum "$HERE/rubin-stack/ast_grf_stubs.c" | cut -c1-12)" ;;
+        *) [ -d "$SRC_ROOT/$pkg" ] || die "no source tree $SRC_ROOT/$pkg"
+           commit=$(src_commit "$SRC_ROOT/$pkg") ;;
+    esac
+    want="commit=$commit opt=$OPT debug=$DEBUG"
+    stamp="$PREFIX/.stamps/$pkg"
+    if [ -f "$stamp" ] && [ "$(head -1 "$stamp")" = "$want" ]; then
+        log "$pkg: up to date ($commit), skipped"
+        return 0
+    fi
+    rm -f "$stamp"
+    log "$pkg: building $commit (log: $PREFIX/logs/$pkg.log)"
+    load_env
+    start=$(date +%s)
+    set +e
+    (
+        set -e
+        case $pkg in
+            sconsUtils|ndarray|minuit2|starlink_ast) "build_$pkg" ;;
+            *) build_scons_pkg "$pkg" "${commit:0:12}" ;;
+        esac
+    ) > "$PREFIX/logs/$pkg.log" 2>&1
+    local rc=$?
+    set -e
+    if [ $rc -ne 0 ]; then
+        tail -30 "$PREFIX/logs/$pkg.log"
+        die "$pkg failed (rc=$rc) after $(( $(date +%s) - start )) s; full log: $PREFIX/logs/$pkg.log"
+    fi
+    end=$(date +%s); secs=$((end - start))
+    printf '%s\n%s\n' "$want" "seconds=$secs finished=$(date -u +%FT%TZ) jobs=$JOBS" > "$stamp"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$pkg" "$commit" "$secs" "$(date -u +%FT%TZ)" "$JOBS" "$OPT" >> "$TIMES"
+    log "$pkg: done in ${secs} s"
+}
+
+log "SRC_ROOT=$SRC_ROOT PREFIX=$PREFIX PYTHON=$PYTHON JOBS=$JOBS OPT=$OPT NICE=$NICE"
+for pkg in $PACKAGES; do
+    build_one "$pkg"
+done
+load_env
+log "all requested packages built; prefix size: $(du -sh --exclude=_build "$PREFIX" | cut -f1)"
+log "use it with:  source $PREFIX/env.sh"
