@@ -57,9 +57,11 @@ class ConventionsTestCase(MadnessTestCase):
         self.assertEqual(len(set(names)), len(names))
         types = {f.name: f.type for f in fields}
         # The Rubin flag and count conventions.
-        for flag in ("deblend_failed", "deblend_skipped", "deblend_tooManyPeaks", "deblend_parentTooBig"):
+        for flag in ("deblend_failed", "deblend_skipped", "deblend_tooManyPeaks", "deblend_parentTooBig",
+                     "deblend_extended", "deblend_truncated"):
             self.assertEqual(types[flag], "Flag")
-        for count in ("deblend_nChild", "deblend_nPeaks", "deblend_peak_center_x", "deblend_peak_center_y"):
+        for count in ("deblend_nChild", "deblend_nPeaks", "deblend_peak_center_x", "deblend_peak_center_y",
+                      "deblend_zoom"):
             self.assertEqual(types[count], "I")
         self.assertEqual(types["deblend_peakId"], "L")
         self.assertEqual(types["deblend_logPrior"], "F")

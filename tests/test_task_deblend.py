@@ -117,6 +117,9 @@ class DeblendTaskTestCase(MadnessTestCase):
         for band in BANDS:
             self.assertTrue(np.isfinite(children[f"deblend_chi2_{band}"]).all())
         self.assertEqual(self.task.metadata["n_children"], len(children))
+        # maxZoom is 1 by default: no child is drawn zoomed (tests/test_task_zoom.py zooms one).
+        self.assertTrue((children["deblend_zoom"] == 1).all())
+        self.assertFalse(children["deblend_extended"].any())
 
     def test_child_footprints_inside_parents(self):
         """A child's footprint lies in its parent's, holds its own peak, and is the same in all bands."""

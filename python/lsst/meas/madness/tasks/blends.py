@@ -9,6 +9,11 @@ flux of neighbours in other footprints unmodelled (DESIGN.md measured scarlet_li
 those stamps are added to the same MAP fit as neighbours; their models take their share of the
 pixels and are then dropped (each neighbour gets its own fit in its own parent's blend).
 
+With a largest zoom ``max_zoom > 1`` (galaxies bigger than the stamp, doc/large-galaxies.md) the
+engine may draw any source in a window of ``zoom_footprint_size(S, max_zoom)`` pixels (139 for
+``S = 45`` and zoom 3), so the stamps above are those windows: the fit region and the search
+for neighbours grow to them. At ``max_zoom == 1`` the window is the stamp itself.
+
 Children
 --------
 After the fit, each child is cut to its parent: its footprint is the parent's pixels where its
@@ -30,7 +35,7 @@ import dataclasses
 import numpy as np
 
 from ..engine import DeblendResult
-from ..engine.geometry import peaks_to_pixels, stamp_origins_xy, stamp_overlap
+from ..engine.geometry import peaks_to_pixels, stamp_origins_xy, stamp_overlap, zoom_footprint_size
 from .coadds import MultibandCoadd
 from .footprints import Footprint
 
@@ -81,8 +86,8 @@ class BlendPlan:
         Peaks of the parent not deblended: off the coadd, outside the footprint, or in the pixel
         of another peak.
     region : `tuple` [`int`, `int`, `int`, `int`]
-        ``(y0, x0, y1, x1)`` tract-frame cut given to the engine (union of all stamps, clipped
-        to the coadd).
+        ``(y0, x0, y1, x1)`` tract-frame cut given to the engine (union of all stamps, or of
+        the windows of the largest zoom, clipped to the coadd).
     """
 
     parent: ParentFootprint
@@ -128,6 +133,7 @@ def plan_blend(
     stamp_size: int,
     other_peaks_xy: np.ndarray | None = None,
     max_neighbours: int = 0,
+    max_zoom: int = 1,
 ) -> BlendPlan:
     """Choose the peaks, neighbours and fit region of one parent.
 
@@ -143,6 +149,10 @@ def plan_blend(
         ``(k, 2)`` ``(x, y)`` peaks of all other parents, tract frame.
     max_neighbours : `int`
         Most neighbours to add (nearest first); 0 for none.
+    max_zoom : `int`
+        Largest zoom the engine may give a source (``MapSettings.max_zoom``, 1 for none): the
+        fit region is the union of ``zoom_footprint_size(stamp_size, max_zoom)`` windows around
+        the peaks and neighbours, and neighbours are searched in the same windows.
 
     Returns
     -------
@@ -169,15 +179,17 @@ def plan_blend(
         return BlendPlan(parent, ids, peaks, empty, dropped, (0, 0, 0, 0))
 
     neighbours = empty
-    half = stamp_size // 2
+    # Side of the window any source may be drawn in: the stamp itself at max_zoom == 1.
+    window = int(zoom_footprint_size(stamp_size, max_zoom))
+    half = window // 2
     if other_peaks_xy is not None and len(other_peaks_xy) and max_neighbours > 0:
         others = np.asarray(other_peaks_xy, dtype=np.float64).reshape(-1, 2)
         other_pix = peaks_to_pixels(others)[:, ::-1]
-        # Cheap box cut first: only peaks within half a stamp of the own peaks' box can qualify.
+        # Cheap box cut first: only peaks within half a window of the own peaks' box can qualify.
         lo, hi = pix.min(axis=0) - half, pix.max(axis=0) + half
         near = ((other_pix >= lo) & (other_pix <= hi)).all(axis=1)
         others, other_pix = others[near], other_pix[near]
-        # Chebyshev distance (pixels) to the nearest own peak: inside one of its stamps when <= half.
+        # Chebyshev distance (pixels) to the nearest own peak: inside one of its windows when <= half.
         dist = np.abs(other_pix[:, None, :] - pix[None, :, :]).max(axis=2).min(axis=1)
         on_image = ((other_pix[:, 0] >= bx0) & (other_pix[:, 0] < bx1) & (other_pix[:, 1] >= by0)
                     & (other_pix[:, 1] < by1))
@@ -193,7 +205,7 @@ def plan_blend(
                 break
         if chosen:
             neighbours = others[chosen]
-    region = _stamp_union(np.concatenate([peaks, neighbours]), stamp_size, coadd_bbox)
+    region = _stamp_union(np.concatenate([peaks, neighbours]), window, coadd_bbox)
     return BlendPlan(parent, ids, peaks, neighbours, dropped, region)
 
 

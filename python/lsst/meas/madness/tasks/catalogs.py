@@ -234,6 +234,25 @@ def deblend_columns(bands: Sequence[str], latent_dim: int) -> list[Column]:
             "float32",
             "Fraction of the child's in-image stamp pixels with zero weight (masked, NaN, variance <= 0).",
         ),
+        Column(
+            "deblend_zoom",
+            "int32",
+            "Image pixels per decoder stamp pixel of the child's model: 1 as decoded, 2 or more for a galaxy "
+            "bigger than the stamp drawn with larger pixels (maxZoom; doc/large-galaxies.md). 0 for parents.",
+        ),
+        Column(
+            "deblend_extended",
+            "bool",
+            "The child's model was drawn with deblend_zoom > 1: its stamp covers more than the model's "
+            "stamp size around its peak.",
+        ),
+        Column(
+            "deblend_truncated",
+            "bool",
+            "The child's model still runs into the edge of its (zoomed) stamp: more than "
+            "DeblendResult.TRUNCATED_EDGE_FRACTION (0.02) of its flux in the decoded stamp's outer 2 pixels, "
+            "so the galaxy is probably cut off.",
+        ),
         Column("deblend_iterations", "int32", "MAP iterations of the blend."),
         Column("deblend_converged", "bool", "The blend's MAP optimisation stopped before maxIter."),
         Column("deblend_logPrior", "float32", "Flow log-density of the child's MAP latents."),

@@ -19,6 +19,11 @@ How a patch is deblended (`MadnessDeblendTask.deblendParents`):
    raises they are refitted one by one, so that a failing parent never takes its batch down. Each
    failure sets ``deblend_failed`` and ``deblend_error`` on its own parent (``catchFailures``);
 3. the children of each fitted parent are cut to it (`lsst.meas.madness.tasks.blends.split_blend`).
+
+With ``maxZoom > 1`` the engine may draw a galaxy bigger than the stamp with larger pixels
+(doc/large-galaxies.md): the fit regions are grown for it in step 1, the models come back in the
+larger window and are cut the same way in step 3, and each child reports its zoom
+(``deblend_zoom``, ``deblend_extended``, ``deblend_truncated``).
 """
 
 from __future__ import annotations
@@ -554,6 +559,7 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
             stamp_size=stampSize,
             other_peaks_xy=otherPeaks,
             max_neighbours=config.maxNeighbors if config.includeNeighbors else 0,
+            max_zoom=config.maxZoom,
         )
         row["deblend_droppedPeaks"] = plan.dropped
         if len(plan.peak_ids) == 0:
@@ -757,6 +763,7 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
                 stamp_size=deblender.stamp_size,
                 other_peaks_xy=allPeaks[owner != k] if config.includeNeighbors else None,
                 max_neighbours=config.maxNeighbors if config.includeNeighbors else 0,
+                max_zoom=config.maxZoom,
             )
             parentRows[k]["deblend_nResidualPeaksRejected"] = len(ids)
             if not np.isin(ids, newPlan.peak_ids).all():
@@ -863,6 +870,9 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
                 deblend_edge=bool(result.edge[i]),
                 deblend_noData=bool(result.no_data[i]),
                 deblend_maskedFraction=float(result.masked_fraction[i]),
+                deblend_zoom=int(result.zoom[i]),
+                deblend_extended=bool(result.extended[i]),
+                deblend_truncated=bool(result.truncated[i]),
                 deblend_iterations=result.n_iter,
                 deblend_converged=result.converged,
                 deblend_logPrior=float(result.log_prior[i]),

@@ -13,6 +13,7 @@ import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
 
 from ..engine import MapSettings
+from ..engine.geometry import MAX_ZOOM
 from ..errors import MadnessValueError
 from ..units import parse_unit
 from .coadds import DEFAULT_BAD_MASK_PLANES
@@ -209,6 +210,24 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
     positionOffsetSigma = pexConfig.Field[float](
         default=0.5, doc="Width of the Gaussian prior on the fitted offsets (pixels, > 0)."
     )
+    # Galaxies bigger than the stamp (issue 14, section 2; doc/large-galaxies.md)
+    maxZoom = pexConfig.Field[int](
+        default=1,
+        doc="Largest zoom the engine may choose per source for a galaxy bigger than the model's stamp, "
+        "1-4 (MapSettings.max_zoom): at zoom z a source's stamp is drawn with z-times larger pixels and "
+        "covers zoom_footprint_size(S, z) pixels (93 for z=2, 139 for z=3 with 45-px stamps), and each "
+        "blend's fit region and neighbours are grown to those windows around its peaks. 1 (the default) "
+        "is off: measured in doc/large-galaxies.md, zoom lowers the error of the big galaxies and their "
+        "neighbours, but the automatic choice also zooms compact bright galaxies and then raises their "
+        "faint neighbours' errors. Children report deblend_zoom, deblend_extended and "
+        "deblend_truncated. Not combined with fitPositionOffsets.",
+    )
+    zoomOutsideThreshold = pexConfig.Field[float](
+        default=MapSettings.zoom_outside_threshold,
+        doc="With maxZoom > 1, a source goes from zoom z to z + 1 when the encoder's guess drawn at z + 1 "
+        "puts more than this fraction of its flux outside what a zoom-z stamp covers, in (0, 1) "
+        "(MapSettings.zoom_outside_threshold; doc/large-galaxies.md).",
+    )
     # Where it computes
     kerasBackend = pexConfig.ChoiceField[str](
         default=None,
@@ -268,6 +287,22 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
                 MadnessDeblendConfig.residualPeakSmoothing, self,
                 "residualPeakSmoothing must be > 0, maxResidualPeaks and residualPeakMinSeparation >= 0.",
             )
+        if not 1 <= self.maxZoom <= MAX_ZOOM:
+            raise pexConfig.FieldValidationError(
+                MadnessDeblendConfig.maxZoom, self,
+                f"maxZoom must be in [1, {MAX_ZOOM}] (1: off); got {self.maxZoom}.",
+            )
+        if not 0 < self.zoomOutsideThreshold < 1:
+            raise pexConfig.FieldValidationError(
+                MadnessDeblendConfig.zoomOutsideThreshold, self,
+                f"zoomOutsideThreshold must be in (0, 1); got {self.zoomOutsideThreshold}.",
+            )
+        if self.maxZoom > 1 and self.fitPositionOffsets:
+            # The engine places a zoomed stamp by its peak only; it has no fitted offset.
+            raise pexConfig.FieldValidationError(
+                MadnessDeblendConfig.maxZoom, self,
+                "maxZoom > 1 is not combined with fitPositionOffsets=True; set one of them off.",
+            )
         if self.modelSupportThreshold < 0:
             raise pexConfig.FieldValidationError(
                 MadnessDeblendConfig.modelSupportThreshold, self, "must be >= 0."
@@ -298,4 +333,6 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
             offset_max=self.maxPositionOffset,
             offset_sigma=self.positionOffsetSigma,
             precision=self.precision,
+            max_zoom=self.maxZoom,
+            zoom_outside_threshold=self.zoomOutsideThreshold,
         )
