@@ -12,8 +12,8 @@
 # SRC_ROOT holds one source tree per package, named as below (a git clone, or a
 # `git archive` export plus a file `.source-commit` holding the commit). It is
 # never populated by this script; see doc/rubin-stack.md for the clone commands.
-#   sconsUtils base pex_exceptions cpputils sphgeom daf_base log geom astshim
-#   afw skymap meas_base          (github.com/lsst/<name>)
+#   sconsUtils pex_config base pex_exceptions cpputils sphgeom daf_base log geom
+#   astshim afw skymap meas_base  (github.com/lsst/<name>)
 #   ndarray                       (github.com/ndarray/ndarray)
 #   iminuit-<v>.tar.gz            (PyPI sdist; only its bundled Minuit2 sources are used)
 #
@@ -47,7 +47,7 @@ JOBS=${JOBS:-2}
 NICE=${NICE:-5}
 OPT=${OPT:-1}
 DEBUG=${DEBUG:-False}
-ALL_PACKAGES="sconsUtils ndarray minuit2 starlink_ast base pex_exceptions cpputils sphgeom daf_base log geom astshim afw skymap meas_base"
+ALL_PACKAGES="sconsUtils ndarray minuit2 starlink_ast pex_config base pex_exceptions cpputils sphgeom daf_base log geom astshim afw skymap meas_base"
 PACKAGES=${PACKAGES:-$ALL_PACKAGES}
 
 log() { echo "[build-rubin-stack $(date +%H:%M:%S)] $*"; }
@@ -91,12 +91,9 @@ TIMES="$PREFIX/build-times.tsv"
 [ -f "$TIMES" ] || printf 'package\tcommit\tseconds\tfinished\tjobs\topt\n' > "$TIMES"
 
 # Build environment: the venv's python first on PATH (sconsUtils' python.cfg and
-# numpy.cfg run `python`), every installed package's <PKG>_DIR, pybind11's headers,
-# and stub cfgs for the pure-Python PyPI packages C++ packages list as required.
+# numpy.cfg run `python`), every installed package's <PKG>_DIR, pybind11's headers.
 export PATH="$(dirname "$PYTHON"):$PATH"
 export PYBIND11_DIR=$(dirname "$PYBIND11_INCLUDE")
-"$PYTHON" "$HELPER" stub-cfg pex_config "$PREFIX/_pypi/pex_config"
-export PEX_CONFIG_DIR="$PREFIX/_pypi/pex_config"
 export SCONSFLAGS=""
 
 installed_list() {
@@ -168,6 +165,15 @@ build_minuit2() {
     g++ -shared -o "$PREFIX/minuit2/lib/libMinuit2.so" "$b"/obj/*.o
 }
 
+build_pex_config() {
+    # pex_config's Python comes from PyPI (lsst-pex-config, already in the venv);
+    # afw also needs its C++ headers (lsst/pex/config.h) and ups/pex_config.cfg,
+    # which the wheel does not carry: install only those, no python/.
+    rm -rf "$PREFIX/pex_config"
+    mkdir -p "$PREFIX/pex_config"
+    cp -a "$SRC_ROOT/pex_config/include" "$SRC_ROOT/pex_config/ups" "$PREFIX/pex_config/"
+}
+
 build_starlink_ast() {
     # Debian's libstarlink-ast-dev has the library but no `ast_link` (which
     # sconsUtils' configs/starlink_ast.cfg runs) and no null 2-D grf module, so
@@ -215,7 +221,7 @@ build_one() {
     (
         set -e
         case $pkg in
-            sconsUtils|ndarray|minuit2|starlink_ast) "build_$pkg" ;;
+            sconsUtils|ndarray|minuit2|starlink_ast|pex_config) "build_$pkg" ;;
             *) build_scons_pkg "$pkg" "${commit:0:12}" ;;
         esac
     ) > "$PREFIX/logs/$pkg.log" 2>&1

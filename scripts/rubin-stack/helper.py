@@ -7,10 +7,6 @@ Sub-commands:
       ``configs/eigen.cfg`` only sets its include path under conda
       (NameError otherwise); give it a non-conda branch
       (``$EIGEN_INCLUDE_DIR``, default ``/usr/include/eigen3``).
-  stub-cfg PKG DEST
-      Write ``DEST/ups/PKG.cfg`` for a pure-Python package installed from
-      PyPI (e.g. pex_config) that a C++ package's ``ups/*.cfg`` lists as
-      "required": no headers, no libraries.
   minuit2-sources CMAKELISTS
       Print the Minuit2 sources that iminuit's CMakeLists.txt compiles
       (``SOURCES_B``), one per line, relative to the iminuit source root.
@@ -31,18 +27,6 @@ EIGEN_NEW = """            includePath = os.path.join(get_conda_prefix(), "inclu
             includePath = os.environ.get("EIGEN_INCLUDE_DIR", "/usr/include/eigen3")
         conf.env.AppendUnique"""
 
-STUB_CFG = '''# Written by meas_madness scripts/build-rubin-stack.sh: {pkg} is a pure-Python
-# package installed from PyPI; C++ packages list it as "required" in ups/*.cfg.
-import lsst.sconsUtils
-
-dependencies = {{"required": []}}
-
-config = lsst.sconsUtils.Configuration(
-    __file__, headers=[], libs=[], hasSwigFiles=False, hasDoxygenTag=False, hasDoxygenInclude=False
-)
-'''
-
-
 def patch_sconsutils(root: str) -> None:
     path = os.path.join(root, "configs", "eigen.cfg")
     with open(path) as f:
@@ -53,12 +37,6 @@ def patch_sconsutils(root: str) -> None:
         sys.exit(f"helper.py: {path} has changed; check the eigen include-path patch by hand")
     with open(path, "w") as f:
         f.write(text.replace(EIGEN_OLD, EIGEN_NEW))
-
-
-def stub_cfg(pkg: str, dest: str) -> None:
-    os.makedirs(os.path.join(dest, "ups"), exist_ok=True)
-    with open(os.path.join(dest, "ups", f"{pkg}.cfg"), "w") as f:
-        f.write(STUB_CFG.format(pkg=pkg))
 
 
 def minuit2_sources(cmakelists: str) -> None:
@@ -107,8 +85,6 @@ def main(argv: list[str]) -> None:
     cmd, args = argv[1], argv[2:]
     if cmd == "patch-sconsutils":
         patch_sconsutils(args[0])
-    elif cmd == "stub-cfg":
-        stub_cfg(args[0], args[1])
     elif cmd == "minuit2-sources":
         minuit2_sources(args[0])
     elif cmd == "write-env":
