@@ -162,6 +162,10 @@ build_minuit2() {
     (cd "$d" && xargs -P "$JOBS" -I{} sh -c \
         'o="$0/obj/$(basename {} .cxx).o"; echo "g++ {}"; g++ -std=c++17 -O'"$OPT"' -fPIC -I"$1/include" -c {} -o "$o"' \
         "$b" "$PREFIX/minuit2" < "$b/sources.txt")
+    # Minuit2 leaves MnPrint's output back end to its host (iminuit's printimpl.cpp
+    # prints through Python); without one libMinuit2.so has an undefined symbol.
+    g++ -std=c++17 -O"$OPT" -fPIC -I"$PREFIX/minuit2/include" -c "$HERE/rubin-stack/minuit2_print_impl.cxx" \
+        -o "$b/obj/minuit2_print_impl.o"
     g++ -shared -o "$PREFIX/minuit2/lib/libMinuit2.so" "$b"/obj/*.o
 }
 
@@ -202,7 +206,7 @@ build_one() {
     local pkg=$1 commit want stamp start end secs
     case $pkg in
         minuit2) local s; s=$(minuit2_sdist); [ -n "$s" ] || die "no iminuit sdist in $SRC_ROOT"
-                 commit="$(basename "$s")@$(sha256sum "$s" | cut -c1-16)" ;;
+                 commit="$(basename "$s")@$(sha256sum "$s" | cut -c1-16)+$(sha256sum "$HERE/rubin-stack/minuit2_print_impl.cxx" | cut -c1-12)" ;;
         starlink_ast) commit="debian-$(dpkg-query -W -f='${Version}' libstarlink-ast-dev 2>/dev/null || echo unknown)+$(sha256sum "$HERE/rubin-stack/ast_grf_stubs.c" | cut -c1-12)" ;;
         *) [ -d "$SRC_ROOT/$pkg" ] || die "no source tree $SRC_ROOT/$pkg"
            commit=$(src_commit "$SRC_ROOT/$pkg") ;;
