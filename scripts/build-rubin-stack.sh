@@ -198,7 +198,7 @@ EOF
 build_scons_pkg() {   # the Rubin packages: scons + sconsUtils, no EUPS, no tests
     local pkg=$1 ver=$2
     rm -rf "${PREFIX:?}/$pkg"
-    (cd "$SRC_ROOT/$pkg" && nice -n "$NICE" scons -j "$JOBS" --no-eups --no-tests \
+    (cd "$SRC_ROOT/$pkg" && scons -j "$JOBS" --no-eups --no-tests \
         opt="$OPT" debug="$DEBUG" version="$ver" prefix="$PREFIX/$pkg" install)
 }
 
@@ -241,6 +241,7 @@ build_one() {
     log "$pkg: done in ${secs} s"
 }
 
+renice -n "$NICE" -p $$ >/dev/null   # every compiler below inherits it
 log "SRC_ROOT=$SRC_ROOT PREFIX=$PREFIX PYTHON=$PYTHON JOBS=$JOBS OPT=$OPT NICE=$NICE"
 for pkg in $PACKAGES; do
     build_one "$pkg"
