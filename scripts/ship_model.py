@@ -239,7 +239,7 @@ def main(argv=None) -> int:
         "- Galaxies like the SkyPy/CatSim-like bulge+disk population of the training catalogue; no",
         "  stars, AGN-dominated sources, irregular morphologies or sources larger than the 45x45 stamp.",
         *([f"- {args.limits}"] if args.limits else []),
-        "- Deblending quality on unseen TestFields, side by side with scarlet2 and no deblending:",
+        "- Deblending quality on unseen TestFields, side by side with every peer and no deblending:",
         "  [evaluation.md](evaluation.md).",
         "",
         "## Figures",
