@@ -11,7 +11,7 @@ from astropy.table import Table
 
 from lsst.meas.madness import MadnessDeblender
 from lsst.meas.madness.evaluation.fields import TestField
-from lsst.meas.madness.evaluation.reach import decoder_reach
+from lsst.meas.madness.evaluation.reach import decoder_reach, stamp_reach
 
 SKY = np.array([60.0, 110.0, 280.0, 400.0, 550.0, 600.0])  # electrons^2 per pixel, LSST-like
 
@@ -53,6 +53,25 @@ class ReachTestCase(lsst.utils.tests.TestCase):
         summary = result.summary()
         self.assertEqual(summary["n_galaxies"], 4)
         self.assertIn("flux_error_median_r", summary)
+
+    def test_stamp_reach_matches_the_field_path(self):
+        """Centred stamps (a training dataset's truth) give what the same galaxies give in a field."""
+        z = np.asarray(keras.ops.convert_to_numpy(self.deblender.flow.sample(8, seed=5)), np.float32)
+        drawn = self.deblender.decode(z)
+        drawn = drawn[np.argsort(-drawn[:, 2].sum(axis=(1, 2)))[:2]]
+        square = np.zeros((1, 6, 45, 45), np.float32)
+        square[:, :, 17:28, 17:28] = 5e4 / 121
+        stamps = np.concatenate([drawn, square])
+        by_field = decoder_reach(self.deblender, [_field(stamps, np.array([[30, 30], [90, 30], [30, 90]]))])
+        by_stamp = stamp_reach(self.deblender, stamps, SKY)
+        r = by_stamp.bands.index("r")
+        np.testing.assert_allclose(by_stamp.cosine, by_field.cosine, atol=2e-3)
+        np.testing.assert_allclose(by_stamp.flux_error[:, r], by_field.flux_error[:, r], atol=5e-3)
+        self.assertLess(by_stamp.cosine[2, r], by_stamp.cosine[:2, r].min() - 0.02)  # the square
+        with self.assertRaisesRegex(ValueError, "Stamps must be"):
+            stamp_reach(self.deblender, stamps[:, :5], SKY)
+        with self.assertRaisesRegex(ValueError, "variance"):
+            stamp_reach(self.deblender, stamps, SKY[:3])
 
     def test_galaxy_larger_than_the_stamp_is_skipped(self):
         big = np.zeros((1, 6, 45, 45), np.float32)
