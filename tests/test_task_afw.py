@@ -357,6 +357,7 @@ class AfwDeblendTestCase(MadnessTestCase):
         config.slots.psfFlux = "base_PsfFlux"
         config.slots.apFlux = None
         config.slots.gaussianFlux = None
+        config.slots.modelFlux = None  # base_GaussianFlux by default, not among the plugins run
         config.slots.calibFlux = None
         task = SingleFrameMeasurementTask(schema=schema, config=config)
         sources = afwTable.SourceCatalog(schema)
@@ -368,6 +369,8 @@ class AfwDeblendTestCase(MadnessTestCase):
 
     def test_flags_on_injected_failures(self):
         """Too many peaks and too big parents are skipped with their flags; NaN blends fail alone."""
+        import lsst.geom
+
         from lsst.meas.madness.tasks.afw import MadnessDeblendAfwTask
 
         config = MadnessDeblendAfwConfig()
@@ -379,10 +382,15 @@ class AfwDeblendTestCase(MadnessTestCase):
             schema=self.merged.schema, peakSchema=self.peakSchema, config=config, deblender=deblender()
         )
         exposures = {b: e.clone() for b, e in self.exposures.items()}
-        # Every pixel of the 2-galaxy blend is NaN in every band: no data to fit.
+        # Every pixel of the 2-galaxy blend's fit region is NaN in every band: no data to fit. The
+        # fit region is the union of its peaks' 45x45 stamps, not only its footprint (NaN only
+        # inside the footprint leaves the stamps' other pixels to fit, and the blend succeeds).
         blend2 = next(r for r in self.merged if len(r.getFootprint().getPeaks()) == 2)
+        box = lsst.geom.Box2I(blend2.getFootprint().getBBox())
+        box.grow(23)
         for exposure in exposures.values():
-            blend2.getFootprint().getSpans().setImage(exposure.image, np.nan)
+            box.clip(exposure.getBBox())
+            exposure[box].image.array[:] = np.nan
         result = task.run(coadds=exposures, mergedDetections=self.merged)
         catalog = result.deblendedCatalog
         for parent in [r for r in catalog if r.getParent() == 0]:

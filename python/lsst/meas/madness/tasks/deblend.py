@@ -492,6 +492,9 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
             bbox_width=x1 - x0,
             bbox_height=y1 - y0,
             deblend_nPeaks=parent.n_peaks,
+            # Set, not left to the column's default: the afw path copies the input parents'
+            # columns first (lsst.meas.base TestDataset parents carry a deblend_nChild of their own).
+            deblend_nChild=0,
         )
         if parent.n_peaks:
             py, px = peaks_to_pixels(parent.peaks_xy[0])[0]
