@@ -31,6 +31,8 @@ def main(argv=None) -> int:
     parser.add_argument("--prior-weight", type=float, default=1.0)
     parser.add_argument("--variance-scale", type=float, default=1.0,
                         help="fit weights are this times the sky variance (0.01: 100x the signal-to-noise)")
+    parser.add_argument("--snr-split", type=float, default=50.0,
+                        help="also report the r median below and above this SNR_r (the catalogue's snr_r)")
     parser.add_argument("--output", default=None, help="JSON file for the per-dataset summaries")
     args = parser.parse_args(argv)
 
@@ -47,19 +49,32 @@ def main(argv=None) -> int:
            "variance_scale": args.variance_scale, "datasets": {}}
     for name in args.datasets:
         dataset = SimulatedDataset(Path(args.data) / name)
-        parts, have = [], 0
-        for arrays, _ in dataset.iter_shards("truth"):
-            parts.append(arrays["truth"][: args.n - have])
+        parts, snr, have = [], [], 0
+        for arrays, catalog in dataset.iter_shards("truth"):
+            take = args.n - have
+            parts.append(arrays["truth"][:take])
+            snr.append(np.asarray(catalog["snr_r"])[:take] if "snr_r" in catalog else np.full(len(parts[-1]), np.nan))
             have += len(parts[-1])
             if have >= args.n:
                 break
         stamps = np.concatenate(parts).astype(np.float32)
+        snr = np.concatenate(snr)
         result = stamp_reach(deblender, stamps, args.variance_scale * sky, settings=settings)
         summary = result.summary()
+        error = result.flux_error[:, r]
+        bright = snr >= args.snr_split
+        for label, sel in ((f"snr_below_{args.snr_split:g}", ~bright & np.isfinite(snr)),
+                           (f"snr_above_{args.snr_split:g}", bright)):
+            summary[f"flux_error_median_{bands[r]}_{label}"] = float(np.nanmedian(error[sel])) if sel.any() else None
+            summary[f"n_{label}"] = int(sel.sum())
         out["datasets"][name] = summary
+        prefix = f"flux_error_median_{bands[r]}_"
+        split = ", ".join(f"{key[len(prefix):]} {value:.4f} (n={summary['n_' + key[len(prefix):]]})"
+                          for key, value in summary.items()
+                          if key.startswith(prefix + "snr") and value is not None)
         print(f"{name}: {summary['n_galaxies']} stamps, r median abs(dF/F) "
-              f"{summary[f'flux_error_median_{bands[r]}']:.4f}, mean cosine {summary[f'cosine_mean_{bands[r]}']:.4f}",
-              flush=True)
+              f"{summary[f'flux_error_median_{bands[r]}']:.4f} ({split}), "
+              f"mean cosine {summary[f'cosine_mean_{bands[r]}']:.4f}", flush=True)
     if args.output:
         Path(args.output).write_text(json.dumps(out, indent=1))
     return 0
