@@ -242,18 +242,25 @@ class EvaluateUnitTestCase(lsst.utils.tests.TestCase):
         self.assertEqual(result.failed, 0)
 
     def test_memory_meter(self):
-        # Another thread of the process (a backend's allocator, the garbage collector) can free
-        # memory while the block is touched, which hides the increase in one sample (seen once
-        # under JAX with pytest-xdist): a working meter shows it in one of three tries, a broken
-        # one in none.
+        # The block is a fresh anonymous mapping, touched page by page: a numpy array may come
+        # from heap memory that malloc kept resident after an earlier free (glibc raises its mmap
+        # threshold after large frees; TensorFlow lowers the trim threshold, JAX does not), and
+        # then touching it raises no high-water mark (seen under JAX: increases [0, 0, 0]).
+        # Another thread can still free memory meanwhile and hide the increase in one sample: a
+        # working meter shows it in one of three tries, a broken one in none.
+        import mmap
+
+        size, page = 40_000_000, mmap.PAGESIZE
         increases = []
         for _ in range(3):
             meter = MemoryMeter()
             meter.start()
-            block = np.ones(40_000_000 // 8)  # 40 MB touched
+            block = mmap.mmap(-1, size)
+            for offset in range(0, size, page):  # 40 MB touched
+                block[offset] = 1
             sample = meter.stop()
-            self.assertGreater(block.sum(), 0)
-            del block
+            self.assertEqual(block[size - size % page - page], 1)
+            block.close()
             if not sample.resettable:
                 return
             increases.append(sample.increase)
