@@ -9,13 +9,17 @@ Usage::
 Each ablation deblends the same validation TestFields (all galaxies of a field as one blend, true
 centres) with the engine and measures every galaxy with the paper's apertures (kappa <= 5):
 
-- ``default``: the engine's defaults (paper: EWMA stop, Adam lr 0.05 x0.8 every 30 steps);
+- ``default``: the engine's defaults (paper: EWMA stop, Adam lr 0.05 x0.8 every 30 steps; and,
+  unlike the paper, a flux factor per source and band, ``MapSettings.fit_amplitudes``);
+- ``paper``: the defaults without the flux factors (the paper's MAP);
 - ``forced200``: 200 MAP steps for every blend (no early stop);
 - ``variance-image``: inverse-variance weights from sky + the observed image (source Poisson
   noise, as a coadd's variance plane carries it) instead of the sky alone;
 - ``variance-truth``: sky + the noiseless truth (the exact variance the noise was drawn with);
 - ``max100``, ``max60``: the default stopping rule with at most 100 or 60 steps (issue 13: do the
-  steps after those buy anything?).
+  steps after those buy anything?);
+- ``amp<SIGMA>`` (e.g. ``amp0.1``, ``amp0.5``): a flux factor per source and band fitted with the
+  latents (``MapSettings.fit_amplitudes``) with prior width SIGMA in log flux.
 
 Writes the JSON (mean abs(dF/F) per band, median in r, mean steps, seconds) and prints a
 Markdown table. Runs in this process; set ``TF_NUM_INTRAOP_THREADS`` to share the cores.
@@ -31,7 +35,19 @@ import sys
 import time
 from pathlib import Path
 
-ABLATIONS = ("default", "forced200", "variance-image", "variance-truth", "max100", "max60")
+ABLATIONS = ("default", "paper", "forced200", "variance-image", "variance-truth", "max100", "max60")
+
+
+def _ablation(name: str) -> str:
+    """An ``--ablations`` value: one of `ABLATIONS` or ``amp<SIGMA>`` with a positive SIGMA."""
+    if name in ABLATIONS:
+        return name
+    try:
+        if name.startswith("amp") and float(name[3:]) > 0:
+            return name
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"{name!r} is not one of {', '.join(ABLATIONS)} or amp<SIGMA>")
 
 
 def main(argv=None) -> int:
@@ -40,7 +56,9 @@ def main(argv=None) -> int:
     parser.add_argument("--fields", required=True, type=Path, help="validation TestFields dataset directory")
     parser.add_argument("--max-fields", type=int, default=8)
     parser.add_argument("--output", required=True, type=Path, help="JSON file to write")
-    parser.add_argument("--ablations", nargs="+", default=list(ABLATIONS[:4]), choices=ABLATIONS)
+    parser.add_argument("--ablations", nargs="+", type=_ablation,
+                        default=["default", "paper", "forced200", "variance-image", "variance-truth"],
+                        help=f"any of {', '.join(ABLATIONS)}, amp<SIGMA>")
     parser.add_argument("--precision", default=None, help="MapSettings.precision of every ablation")
     args = parser.parse_args(argv)
 
@@ -56,6 +74,9 @@ def main(argv=None) -> int:
     bands = tuple(fields[0].bands)
     conditions = LsstConditions.from_surveycodex(bands=bands)
     errors = {name: [] for name in args.ablations}
+    cosines = {name: [] for name in args.ablations}
+    e1 = {name: [] for name in args.ablations}
+    colours = {name: [] for name in args.ablations}
     steps = {name: [] for name in args.ablations}
     seconds = dict.fromkeys(args.ablations, 0.0)
     kappa = []
@@ -75,7 +96,9 @@ def main(argv=None) -> int:
             if args.precision:
                 settings = settings.replace(precision=args.precision)
             variance = sky.copy()
-            if name == "forced200":
+            if name == "paper":
+                settings = settings.replace(fit_amplitudes=False)
+            elif name == "forced200":
                 settings = settings.replace(min_iter=200, max_iter=200)
             elif name == "variance-image":
                 variance = (sky + np.clip(field.image, 0, None)).astype(np.float32)
@@ -83,12 +106,17 @@ def main(argv=None) -> int:
                 variance = (sky + np.clip(field.isolated.sum(axis=0), 0, None)).astype(np.float32)
             elif name in ("max100", "max60"):
                 settings = settings.replace(max_iter=int(name[3:]))
+            elif name.startswith("amp"):
+                settings = settings.replace(fit_amplitudes=True, amplitude_sigma=float(name[3:]))
             start = time.perf_counter()
             result = deblender.deblend(field.image, field.centers_xy, variance=variance, settings=settings)
             seconds[name] += time.perf_counter() - start
             metrics = model_metrics(ref, result.models.astype(np.float32), models_yx0=np.asarray(result.stamp_yx0),
                                     conditions=conditions)
             errors[name].append(np.abs(metrics["flux_residual"]))
+            cosines[name].append(metrics["cosine"])
+            e1[name].append(metrics["e1_residual"])
+            colours[name].append(metrics["colour_residual_true"])
             steps[name].append(int(np.max(result.n_iter)))
     keep = np.concatenate(kappa)[:, bands.index("r")] <= 5
     out = {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -100,6 +128,9 @@ def main(argv=None) -> int:
         out["ablations"][name] = {
             "mean_abs_flux_residual": {b: float(np.nanmean(err[:, i])) for i, b in enumerate(bands)},
             "median_abs_flux_residual_r": float(np.nanmedian(err[:, bands.index("r")])),
+            "mean_cosine_r": float(np.nanmean(np.concatenate(cosines[name])[keep][:, bands.index("r")])),
+            "std_e1_residual_r": float(np.nanstd(_band(np.concatenate(e1[name])[keep], bands.index("r")))),
+            "std_colour_residual_gr": float(np.nanstd(np.concatenate(colours[name])[keep])),
             "mean_steps": float(np.mean(steps[name])), "seconds": round(seconds[name], 1)}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.output.with_name(args.output.name + ".tmp")
@@ -109,15 +140,23 @@ def main(argv=None) -> int:
     return 0
 
 
+def _band(values, index):
+    """Column ``index`` of a per-band metric, or the metric itself when it has one value per galaxy."""
+    return values[:, index] if values.ndim == 2 else values
+
+
 def markdown_table(result: dict) -> str:
     """One row per ablation: mean abs(dF/F) per band, the r median, steps and time."""
     bands = list(next(iter(result["ablations"].values()))["mean_abs_flux_residual"])
     lines = ["| ablation | " + " | ".join(f"mean abs(dF/F) {b}" for b in bands)
-             + " | median abs(dF/F) r | steps (mean of blends) | seconds |",
-             "| " + " | ".join(["---"] * (len(bands) + 4)) + " |"]
+             + " | median abs(dF/F) r | mean cosine r | std e1 residual r | std dC (g-r) "
+             "| steps (mean of blends) | seconds |",
+             "| " + " | ".join(["---"] * (len(bands) + 7)) + " |"]
     for name, entry in result["ablations"].items():
         lines.append(f"| {name} | " + " | ".join(f"{entry['mean_abs_flux_residual'][b]:.4f}" for b in bands)
-                     + f" | {entry['median_abs_flux_residual_r']:.4f} | {entry['mean_steps']:.0f} | "
+                     + f" | {entry['median_abs_flux_residual_r']:.4f} | {entry.get('mean_cosine_r', float('nan')):.4f}"
+                     f" | {entry.get('std_e1_residual_r', float('nan')):.4f}"
+                     f" | {entry.get('std_colour_residual_gr', float('nan')):.4f} | {entry['mean_steps']:.0f} | "
                      f"{entry['seconds']:.0f} |")
     return "\n".join(lines)
 

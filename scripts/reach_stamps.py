@@ -33,6 +33,11 @@ def main(argv=None) -> int:
                         help="fit weights are this times the sky variance (0.01: 100x the signal-to-noise)")
     parser.add_argument("--snr-split", type=float, default=50.0,
                         help="also report the r median below and above this SNR_r (the catalogue's snr_r)")
+    parser.add_argument("--amplitude-sigma", type=float, default=None,
+                        help="prior width in log flux of the flux factor fitted per band (MapSettings.amplitude_sigma; "
+                             "default: the engine's)")
+    parser.add_argument("--no-amplitudes", action="store_true",
+                        help="the paper's MAP: no flux factors (MapSettings.fit_amplitudes=False)")
     parser.add_argument("--output", default=None, help="JSON file for the per-dataset summaries")
     args = parser.parse_args(argv)
 
@@ -44,9 +49,13 @@ def main(argv=None) -> int:
     bands = tuple(deblender.bands)
     sky = np.array([LsstConditions.from_surveycodex(bands=bands).sky_level(b) for b in bands])
     settings = deblender.settings.replace(prior_weight=args.prior_weight)
+    if args.amplitude_sigma is not None:
+        settings = settings.replace(amplitude_sigma=args.amplitude_sigma)
+    settings = settings.replace(fit_amplitudes=not args.no_amplitudes)
     r = bands.index("r") if "r" in bands else 0
     out = {"bundle": args.bundle or "packaged default", "prior_weight": args.prior_weight,
-           "variance_scale": args.variance_scale, "datasets": {}}
+           "variance_scale": args.variance_scale, "fit_amplitudes": settings.fit_amplitudes,
+           "amplitude_sigma": settings.amplitude_sigma, "datasets": {}}
     for name in args.datasets:
         dataset = SimulatedDataset(Path(args.data) / name)
         parts, snr, have = [], [], 0

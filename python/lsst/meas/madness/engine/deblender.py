@@ -459,14 +459,15 @@ class MadnessDeblender:
         return batches
 
     def _step_fn(self, settings: MapSettings):
+        amplitude_sigma = float(settings.amplitude_sigma) if settings.fit_amplitudes else None
         if settings.fit_offsets:
             key = (float(settings.prior_weight), float(settings.offset_max), float(settings.offset_sigma))
             loss = functools.partial(blend_objective_with_offsets, prior_weight=key[0], offset_max=key[1],
-                                     offset_sigma=key[2])
+                                     offset_sigma=key[2], amplitude_sigma=amplitude_sigma)
         else:
             key = (float(settings.prior_weight),)
-            loss = functools.partial(blend_objective, prior_weight=key[0])
-        key += (settings.precision,)
+            loss = functools.partial(blend_objective, prior_weight=key[0], amplitude_sigma=amplitude_sigma)
+        key += (settings.precision, amplitude_sigma)
         if key not in self._steps:
             if settings.precision not in self._step_decoders:
                 self._step_decoders[settings.precision] = with_precision(self.decoder, settings.precision)
@@ -517,8 +518,10 @@ class MadnessDeblender:
     ) -> list[DeblendResult]:
         nb = len(blends)
         n_max = max(b.n_sources for b in blends)
-        # The optimised variables: each source's latents, then (fit_offsets) two offset parameters.
-        n_extra = 2 if settings.fit_offsets else 0
+        # The optimised variables: each source's latents, then (fit_amplitudes) one log flux factor
+        # per band, then (fit_offsets) two offset parameters; all start at zero.
+        n_amp = len(self.bands) if settings.fit_amplitudes else 0
+        n_extra = n_amp + (2 if settings.fit_offsets else 0)
         latents = np.zeros((nb, n_max, self.latent_dim + n_extra), np.float32)
         for k, z0 in enumerate(init):
             latents[k, : len(z0), : self.latent_dim] = z0
@@ -571,11 +574,16 @@ class MadnessDeblender:
                 selected = [keras.ops.take(a, keras.ops.convert_to_tensor(selection), axis=0) for a in packed]
 
         # Decode and evaluate the prior for the whole batch at once (one network call each).
-        offsets = settings.offset_max * np.tanh(latents[..., self.latent_dim:].astype(np.float64))  # (dy, dx)
-        latents, initial = latents[..., : self.latent_dim], initial[..., : self.latent_dim]
+        ld = self.latent_dim
+        offsets = settings.offset_max * np.tanh(latents[..., ld + n_amp :].astype(np.float64))  # (dy, dx)
+        log_amplitudes = latents[..., ld : ld + n_amp].astype(np.float64)
+        latents, initial = latents[..., :ld], initial[..., :ld]
         final = np.concatenate([latents[k, : b.n_sources] for k, b in enumerate(blends)])
         start = np.concatenate([initial[k, : b.n_sources] for k, b in enumerate(blends)])
         models = self.decode(np.concatenate([final, start]))
+        if n_amp:
+            factors = np.exp(np.concatenate([log_amplitudes[k, : b.n_sources] for k, b in enumerate(blends)]))
+            models[: len(final)] *= factors[:, :, None, None].astype(models.dtype)
         priors = self.log_prior(np.concatenate([final, start]))
         n_total = len(final)
         bounds = np.cumsum([0] + [b.n_sources for b in blends])
@@ -592,7 +600,8 @@ class MadnessDeblender:
                 converged=bool(converged[k]),
                 history=history[: n_iter[k], k],
                 settings=settings,
-                offsets=offsets[k, : b.n_sources] if n_extra else None,
+                offsets=offsets[k, : b.n_sources] if settings.fit_offsets else None,
+                log_amplitudes=log_amplitudes[k, : b.n_sources] if n_amp else None,
             )
             for k, b in enumerate(blends)
         ]
@@ -612,8 +621,10 @@ class MadnessDeblender:
         history: np.ndarray,
         settings: MapSettings,
         offsets: np.ndarray | None = None,
+        log_amplitudes: np.ndarray | None = None,
     ) -> DeblendResult:
-        """Diagnostics of one fitted blend; ``models`` in flux units, centred (as decoded)."""
+        """Diagnostics of one fitted blend; ``models`` in flux units, centred (as decoded, with
+        the fitted flux factors applied)."""
         norm = self.normalization
         s = self.stamp_size
         # The models as the fit placed them: each moved by its peak's sub-pixel shift (plus the
@@ -640,6 +651,8 @@ class MadnessDeblender:
         objective_final = 0.5 * resid_sq.sum() - w * log_prior.sum()
         if offsets is not None:
             objective_final += 0.5 * float((fitted**2).sum()) / settings.offset_sigma**2
+        if log_amplitudes is not None:
+            objective_final += 0.5 * float((log_amplitudes**2).sum()) / settings.amplitude_sigma**2
         objective_initial = 0.5 * resid_init.sum() - w * initial_log_prior.sum()
 
         chi2 = np.full((len(latents), len(self.bands)), np.nan)
@@ -671,6 +684,7 @@ class MadnessDeblender:
             offsets_xy=fitted[:, ::-1].copy(),
             zoom=blend.zoom.copy(),
             edge_flux_fraction=edge_fraction,
+            amplitudes=None if log_amplitudes is None else np.exp(log_amplitudes),
         )
 
     def _place(self, blend: PreparedBlend, stamps: np.ndarray, shifts: np.ndarray) -> np.ndarray:

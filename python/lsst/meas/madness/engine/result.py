@@ -66,6 +66,9 @@ class DeblendResult:
         ``(n,)`` fraction of each decoded MAP stamp's flux (band sum) in its outer 2 stamp
         pixels: large (more than ~0.02) where the model runs into its stamp's edge, i.e. the
         galaxy is probably cut off even at its zoom (`truncated`).
+    amplitudes : `numpy.ndarray`
+        ``(n, bands)`` flux factor per source and band fitted with the latents
+        (``MapSettings.fit_amplitudes``; ones otherwise), already applied to `models`.
     """
 
     bands: tuple[str, ...]
@@ -88,6 +91,7 @@ class DeblendResult:
     offsets_xy: np.ndarray | None = None
     zoom: np.ndarray | None = None
     edge_flux_fraction: np.ndarray | None = None
+    amplitudes: np.ndarray | None = None
 
     TRUNCATED_EDGE_FRACTION = 0.02
     """`edge_flux_fraction` above which `truncated` calls a model cut off by its stamp."""
@@ -99,6 +103,8 @@ class DeblendResult:
             self.zoom = np.ones(len(self.peaks_xy), np.int64)
         if self.edge_flux_fraction is None:
             self.edge_flux_fraction = np.zeros(len(self.peaks_xy))
+        if self.amplitudes is None:
+            self.amplitudes = np.ones((len(self.peaks_xy), len(self.bands)))
 
     @property
     def extended(self) -> np.ndarray:

@@ -210,6 +210,16 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
     positionOffsetSigma = pexConfig.Field[float](
         default=0.5, doc="Width of the Gaussian prior on the fitted offsets (pixels, > 0)."
     )
+    fitAmplitudes = pexConfig.Field[bool](
+        default=MapSettings.fit_amplitudes,
+        doc="Fit a flux factor per source and band with its latents (MapSettings.fit_amplitudes): the "
+        "decoder draws the galaxy, the factors correct its flux in each band where the decoder's reach "
+        "falls short. On by default (measured in doc/engine.md); False gives the paper's MAP.",
+    )
+    amplitudeSigma = pexConfig.Field[float](
+        default=MapSettings.amplitude_sigma,
+        doc="Width of the Gaussian prior on each fitted log flux factor (> 0; MapSettings.amplitude_sigma).",
+    )
     # Galaxies bigger than the stamp (issue 14, section 2; doc/large-galaxies.md)
     maxZoom = pexConfig.Field[int](
         default=1,
@@ -303,6 +313,10 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
                 MadnessDeblendConfig.maxZoom, self,
                 "maxZoom > 1 is not combined with fitPositionOffsets=True; set one of them off.",
             )
+        if not self.amplitudeSigma > 0:
+            raise pexConfig.FieldValidationError(
+                MadnessDeblendConfig.amplitudeSigma, self, f"must be > 0; got {self.amplitudeSigma}."
+            )
         if self.modelSupportThreshold < 0:
             raise pexConfig.FieldValidationError(
                 MadnessDeblendConfig.modelSupportThreshold, self, "must be >= 0."
@@ -330,6 +344,8 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
             max_sources=max(max_peaks + (self.maxNeighbors if self.includeNeighbors else 0), 1),
             batch_sources=self.batchSources,
             fit_offsets=self.fitPositionOffsets,
+            fit_amplitudes=self.fitAmplitudes,
+            amplitude_sigma=self.amplitudeSigma,
             offset_max=self.maxPositionOffset,
             offset_sigma=self.positionOffsetSigma,
             precision=self.precision,
