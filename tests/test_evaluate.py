@@ -152,8 +152,8 @@ class EvaluateCliTestCase(lsst.utils.tests.TestCase):
         """An interrupted run continues after its last finished field and gives the same measurements."""
         partial = self.output / "partial"
         self.assertEqual(len(list(partial.glob("field-*.npz"))), N_FIELDS)
-        # a run of other methods may not mix its fields with these
-        with self.assertRaisesRegex(MadnessValueError, "another evaluation run.*methods"):
+        # a run on other fields may not mix its fields with these
+        with self.assertRaisesRegex(MadnessValueError, "another evaluation run.*fields"):
             run_evaluation(iter_test_fields(self.fields), ["blended"], checkpoint=partial,
                            info={"fields": "x"}, progress=False)
         tmp = Path(tempfile.mkdtemp(prefix="madness-evaluate-resume-"))
@@ -178,6 +178,30 @@ class EvaluateCliTestCase(lsst.utils.tests.TestCase):
             for name in ("blended", "madness"):  # deterministic: the rerun field equals the first run's
                 np.testing.assert_allclose(metrics[name]["flux_residual"], metrics2[name]["flux_residual"],
                                            rtol=1e-5, atol=1e-7, err_msg=name)
+            # --rerun madness: MADNESS computed again (deterministic: the same numbers), the other
+            # methods' stored results kept (their files' entries untouched).
+            scarlet_entry = json.loads((copy / "field-000000.json").read_text())
+            with contextlib.redirect_stdout(io.StringIO()):
+                rc = main(["evaluate", "--fields", str(self.fields), "--bundle", str(quick_bundle_path()),
+                           "--output", str(tmp), "--no-progress", "--no-figures", "--rerun", "madness"])
+            self.assertEqual(rc, 0)
+            summary = json.loads((tmp / "summary.json").read_text())
+            self.assertNotIn("resumed_fields", summary["run"])  # every field ran MADNESS again
+            after = json.loads((copy / "field-000000.json").read_text())
+            self.assertEqual(set(after), set(scarlet_entry))
+            for name in set(after) - {"madness"}:
+                self.assertEqual(after[name], scarlet_entry[name], name)
+            _, _, metrics3 = read_measurements(tmp / "measurements.json")
+            for name in metrics:
+                np.testing.assert_allclose(metrics[name]["flux_residual"], metrics3[name]["flux_residual"],
+                                           rtol=1e-5, atol=1e-7, err_msg=name)
+            # A subset of the stored methods is loaded, not run again.
+            with contextlib.redirect_stdout(io.StringIO()):
+                main(["evaluate", "--fields", str(self.fields), "--bundle", str(quick_bundle_path()),
+                      "--methods", "blended", "madness", "--output", str(tmp), "--no-progress", "--no-figures"])
+            summary = json.loads((tmp / "summary.json").read_text())
+            self.assertEqual(summary["run"]["resumed_fields"], N_FIELDS)
+            self.assertEqual(set(summary["methods"]), {"blended", "madness"})
             # --restart discards the finished fields
             with contextlib.redirect_stdout(io.StringIO()):
                 main(["evaluate", "--fields", str(self.fields), "--bundle", str(quick_bundle_path()),

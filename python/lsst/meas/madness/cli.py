@@ -138,6 +138,8 @@ def _train(args: argparse.Namespace) -> int:
         overrides["max_validation"] = args.max_validation
     if args.precision is not None:
         overrides["precision"] = args.precision
+    if args.output_scale_sigma is not None:
+        overrides["decoder_output_scale_sigma"] = args.output_scale_sigma
     config = preset(args.preset, **overrides)
     if args.vae_epochs is not None:
         config = dataclasses.replace(config, vae=dataclasses.replace(config.vae, max_epochs=args.vae_epochs))
@@ -191,7 +193,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                             bundle=args.bundle, bands=bands, progress=not args.no_progress, n_fields=n_fields,
                             info={"fields": source, "bundle": args.bundle or "packaged default",
                                   "command": "madness " + " ".join(shlex.quote(a) for a in args.argv)},
-                            checkpoint=output / "partial", restart=args.restart)
+                            checkpoint=output / "partial", restart=args.restart, rerun=args.rerun or ())
     paths = write_evaluation(result, output, figures=not args.no_figures)
     summary = json.loads(paths["summary"].read_text())
     band = "r" if "r" in result.bands else result.bands[0]
@@ -284,6 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--precision", default=None, choices=["float32", "mixed_bfloat16"],
                        help="compute precision of the image networks while training (mixed_bfloat16: about 2x "
                             "faster on CPUs with AMX-BF16; bundles are float32 either way)")
+    train.add_argument("--output-scale-sigma", type=float, default=None, metavar="FRACTION",
+                       help="scale of the decoder's ReLU output per band, as a fraction of the band's sky sigma "
+                            "(cpu3: 0.1); a warm start rescales the output layer so it first draws what its parent drew")
     train.add_argument("--seed", type=int, default=None)
     train.add_argument("--max-train", type=int, default=None, help="cap on training stamps per dataset")
     train.add_argument("--max-validation", type=int, default=None, help="cap on validation stamps")
@@ -312,6 +317,10 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--restart", action="store_true",
                           help="discard the finished fields in OUTPUT/partial; without it, the same command "
                                "run again continues after the last finished field")
+    evaluate.add_argument("--rerun", nargs="+", default=None, metavar="METHOD",
+                          help="discard these methods' results stored in OUTPUT/partial and compute them again, "
+                               "keeping the other methods' (e.g. after a change to MADNESS); an interrupted "
+                               "rerun continues without --rerun")
     evaluate.add_argument("--output", required=True, help="directory for measurements.json, summary.json, "
                                                           "report.md and figures/")
     evaluate.add_argument("--workers", type=int, default=1, help="drawing processes for --simulate")

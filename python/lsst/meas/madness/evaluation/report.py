@@ -348,9 +348,18 @@ def write_report(summary: dict, path, figures: dict[str, str] | None = None) -> 
                          f"{_fmt(c['mean_colour_residual_blend'], 4)} | "
                          f"{_fmt(c['std_colour_residual_blend'], 4)} |")
         lines.append("")
+    rerun = list(summary["run"].get("rerun") or [])
     lines += [
-        "## Time and memory (same machine, same run)",
+        "## Time and memory (same machine, same run)" if not rerun else "## Time and memory (same machine)",
         "",
+    ]
+    if rerun:
+        lines += [
+            f"The results of {', '.join(rerun)} come from a rerun (`--rerun`) after the others' run; the "
+            "cores may have been loaded differently in the two runs, so compare times across them with care.",
+            "",
+        ]
+    lines += [
         "| method | fields | galaxies | s / galaxy | s / field | compile s / field | warm-up s | setup s | "
         "peak RSS MB | peak increase MB | failed fields |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",

@@ -12,8 +12,11 @@ No deblending (``blended``) needs no worker: its numbers are the reference metri
 on the blended field.
 
 A run given a ``checkpoint`` directory writes each finished field there (atomically) and, run
-again with the same methods, bands, bundle and fields, continues after the last finished field:
-a 100-field comparison of every peer takes hours on two cores and must survive an interruption.
+again with the same bands, bundle and fields, continues after the last finished field: a
+100-field comparison of every peer takes hours on two cores and must survive an interruption.
+Stored results are kept per method: a method added to the run, or named in ``rerun`` (its
+stored results discarded first, e.g. after a change to MADNESS), is computed on every field
+while the others' stored results are loaded.
 """
 
 from __future__ import annotations
@@ -242,7 +245,7 @@ def _blended_metrics(ref_metrics: dict, n: int, nb: int) -> dict[str, np.ndarray
 def run_evaluation(fields: Iterable[TestField], methods: Sequence[str] = METHOD_NAMES, *, bundle=None,
                    bands: Sequence[str] | None = None, conditions=None, progress: bool = True,
                    n_fields: int | None = None, info: dict | None = None, checkpoint=None,
-                   restart: bool = False) -> EvaluationResult:
+                   restart: bool = False, rerun: Sequence[str] = ()) -> EvaluationResult:
     """Deblend ``fields`` with every method and measure each galaxy.
 
     Parameters
@@ -266,11 +269,15 @@ def run_evaluation(fields: Iterable[TestField], methods: Sequence[str] = METHOD_
         Extra run description stored in ``EvaluationResult.info``.
     checkpoint : path-like, optional
         Directory where every finished field is saved. If it holds fields of a run with the
-        same methods, bands, bundle and field source (``info["fields"]``), those fields are
-        loaded instead of deblended again; a different run there raises `MadnessValueError`
-        unless ``restart``.
+        same bands, bundle and field source (``info["fields"]``), each method's stored results
+        of a field are loaded instead of deblended again (methods without stored results run);
+        a different run there raises `MadnessValueError` unless ``restart``.
     restart : `bool`
         Discard what ``checkpoint`` holds and start again.
+    rerun : sequence of `str`
+        Methods whose results stored in ``checkpoint`` are discarded before the run (each
+        field's files rewritten atomically), so they are computed again while the other
+        methods' results are kept. An interrupted rerun continues without ``rerun``.
 
     Returns
     -------
@@ -308,10 +315,17 @@ def run_evaluation(fields: Iterable[TestField], methods: Sequence[str] = METHOD_
     band_index = [field_bands.index(b) for b in bands]
 
     store = None
+    rerun = list(dict.fromkeys(rerun))
+    for name in rerun:
+        get_method(name)
     if checkpoint is not None:
-        signature = {"methods": methods, "bands": list(bands), "field_bands": list(field_bands),
+        signature = {"bands": list(bands), "field_bands": list(field_bands),
                      "bundle": None if bundle is None else str(bundle), "fields": (info or {}).get("fields")}
         store = _Checkpoint(checkpoint, signature, restart=restart)
+        if rerun:
+            store.discard(rerun)
+    elif rerun:
+        raise MadnessValueError("rerun needs a checkpoint directory holding an earlier run.")
 
     context = multiprocessing.get_context("spawn")
     workers: dict[str, _Worker] = {}
@@ -344,7 +358,7 @@ def run_evaluation(fields: Iterable[TestField], methods: Sequence[str] = METHOD_
     try:
         for field in _chain(first, field_iter):
             saved = None if store is None else store.load(field.field_id, list(per_method))
-            if saved is not None:
+            if saved is not None and len(saved[2]) == len(per_method):
                 saved_galaxies, saved_metrics, saved_entries = saved
                 for key, values in saved_galaxies.items():
                     galaxies.add(key, values)
@@ -359,6 +373,8 @@ def run_evaluation(fields: Iterable[TestField], methods: Sequence[str] = METHOD_
             field_galaxies = _Columns()
             field_metrics = {name: {} for name in per_method}
             field_entries = {}
+            # Methods whose results this field already holds (the others run below).
+            stored_metrics, stored_entries = ({}, {}) if saved is None else saved[1:]
             n = field.n_galaxies
             nb = len(bands)
             sel = np.asarray(band_index)
@@ -383,7 +399,9 @@ def run_evaluation(fields: Iterable[TestField], methods: Sequence[str] = METHOD_
                 entry = {"field_id": int(field.field_id), "n_galaxies": int(n), "seconds": None,
                          "compile_seconds": None, "peak_rss": None, "rss_before": None,
                          "memory_resettable": None, "error": None, "info": {}}
-                if name == "blended":
+                if name in stored_entries:
+                    metrics, entry = stored_metrics[name], stored_entries[name]
+                elif name == "blended":
                     metrics = _blended_metrics(ref.metrics, n, nb)
                     entry["seconds"] = 0.0
                 elif name not in workers:  # its worker died earlier in the run
@@ -433,6 +451,8 @@ def run_evaluation(fields: Iterable[TestField], methods: Sequence[str] = METHOD_
                     field_bands=list(field_bands), seconds=round(time.perf_counter() - started, 2))
     if n_resumed:
         run_info["resumed_fields"] = n_resumed
+    if rerun:
+        run_info["rerun"] = rerun
     return EvaluationResult(bands=bands, galaxies=galaxies.arrays(),
                             metrics={name: cols.arrays() for name, cols in per_method.items()},
                             methods=records, info=run_info)
@@ -443,7 +463,8 @@ class _Checkpoint:
 
     ``run.json`` holds the run's signature; a field counts as finished only once both of its
     files exist, and each is written to a temporary name and renamed, so an interruption
-    never leaves a half-written field behind.
+    never leaves a half-written field behind. The methods are not part of the signature: each
+    field's files hold the results of the methods that ran on it.
     """
 
     def __init__(self, directory, signature: dict, *, restart: bool = False):
@@ -454,6 +475,7 @@ class _Checkpoint:
             shutil.rmtree(self.directory)
         if run.exists():
             stored = json.loads(run.read_text())
+            stored.pop("methods", None)  # runs before per-method results recorded them here
             if stored != self.signature:
                 differ = sorted(k for k in set(stored) | set(self.signature) if stored.get(k) != self.signature.get(k))
                 raise MadnessValueError(
@@ -472,17 +494,40 @@ class _Checkpoint:
         return stem.with_suffix(".npz"), stem.with_suffix(".json")
 
     def load(self, field_id: int, methods: list[str]):
-        """``(galaxies, metrics, entries)`` of a finished field, or `None`."""
+        """``(galaxies, metrics, entries)`` of a finished field for those of ``methods`` it holds
+        (possibly none), or `None` if the field was not saved."""
         arrays_path, entries_path = self._paths(field_id)
         if not (arrays_path.exists() and entries_path.exists()):
             return None
         entries = json.loads(entries_path.read_text())
-        if sorted(entries) != sorted(methods):  # a method absent now ran then, or the reverse
-            return None
+        held = [name for name in methods if name in entries]
         with np.load(arrays_path, allow_pickle=False) as data:
             galaxies = {k[2:]: data[k] for k in data.files if k.startswith("g/")}
-            metrics = {name: {key: data[f"m/{name}/{key}"] for key, _ in MODEL_KEYS} for name in methods}
-        return galaxies, metrics, entries
+            metrics = {name: {key: data[f"m/{name}/{key}"] for key, _ in MODEL_KEYS} for name in held}
+        return galaxies, metrics, {name: entries[name] for name in held}
+
+    def discard(self, methods: Sequence[str]) -> int:
+        """Remove ``methods``' results from every saved field (atomic rewrites); fields changed."""
+        changed = 0
+        for entries_path in sorted(self.directory.glob("field-*.json")):
+            arrays_path = entries_path.with_suffix(".npz")
+            entries = json.loads(entries_path.read_text())
+            drop = [name for name in methods if name in entries]
+            if not drop or not arrays_path.exists():
+                continue
+            with np.load(arrays_path, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files if not any(k.startswith(f"m/{name}/") for name in drop)}
+            buffer = io.BytesIO()
+            np.savez(buffer, **arrays)
+            # Entries first: a field whose entries lack a method is recomputed for it even if
+            # the interruption left its arrays in the old file.
+            _atomic_write(entries_path, json.dumps({k: v for k, v in entries.items() if k not in drop},
+                                                   default=_json_default).encode())
+            _atomic_write(arrays_path, buffer.getvalue())
+            changed += 1
+        if changed:
+            _log.warning("Discarded the stored results of %s on %d fields.", ", ".join(methods), changed)
+        return changed
 
     def save(self, field_id: int, galaxies: dict, metrics: dict, entries: dict) -> None:
         arrays_path, entries_path = self._paths(field_id)
