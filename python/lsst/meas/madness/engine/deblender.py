@@ -526,6 +526,9 @@ class MadnessDeblender:
         for k, z0 in enumerate(init):
             latents[k, : len(z0), : self.latent_dim] = z0
         initial = latents.copy()
+        # Adam's step per variable: the flux factors move at their own rate (MapSettings).
+        step_scale = np.ones(latents.shape[-1], np.float32)
+        step_scale[self.latent_dim : self.latent_dim + n_amp] = settings.amplitude_step_scale
         packed = [keras.ops.convert_to_tensor(a) for a in self._pack(blends, settings.fit_offsets)]
         step = self._step_fn(settings)
 
@@ -558,7 +561,7 @@ class MadnessDeblender:
             v[blend_ids] = b2 * v[blend_ids] + (1 - b2) * g * g
             m_hat = m[blend_ids] / (1 - b1**t)
             v_hat = v[blend_ids] / (1 - b2**t)
-            latents[blend_ids] -= (lr * m_hat / (np.sqrt(v_hat) + eps)).astype(np.float32)
+            latents[blend_ids] -= (lr * step_scale * m_hat / (np.sqrt(v_hat) + eps)).astype(np.float32)
             n_iter[blend_ids] = t
 
             stop = stopping.update(step_losses) & active

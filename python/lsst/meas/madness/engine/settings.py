@@ -67,6 +67,8 @@ class MapSettings:
     amplitude_sigma : `float`
         Width of the Gaussian prior on each log factor ``a_b`` (0.5; 0.5-3 measured alike,
         0.05-0.1 keep part of the flux error).
+    amplitude_step_scale : `float`
+        Adam's learning rate of the log flux factors relative to the latents' (1).
     precision : `str`
         Compute precision of the decoder inside the MAP steps: ``"float32"`` or
         ``"mixed_bfloat16"`` (bfloat16 compute, float32 weights, the objective and the
@@ -102,6 +104,7 @@ class MapSettings:
     offset_sigma: float = 0.5
     fit_amplitudes: bool = True
     amplitude_sigma: float = 0.5
+    amplitude_step_scale: float = 1.0
     precision: str = "float32"
     max_zoom: int = 1
     zoom_outside_threshold: float = 0.05
@@ -126,6 +129,7 @@ class MapSettings:
             ("offset_max", self.offset_max, 0.0, 3.0, False),
             ("offset_sigma", self.offset_sigma, 0.0, None, False),
             ("amplitude_sigma", self.amplitude_sigma, 0.0, None, False),
+            ("amplitude_step_scale", self.amplitude_step_scale, 0.0, None, False),
             ("max_zoom", self.max_zoom, 1, 4, True),
             ("zoom_outside_threshold", self.zoom_outside_threshold, 0.0, 1.0, False),
         ]
