@@ -642,11 +642,11 @@ class MadnessDeblender:
         weights = blend.weights.astype(np.float64) / float(norm.scale) ** 2  # flux units
         size = models.shape[-1]
         stamp_yx0 = blend.origins + s // 2 - size // 2
-        offsets = stamp_yx0 - np.array([y0, x0])
+        stamp_offsets = stamp_yx0 - np.array([y0, x0])
         footprints = blend.footprint_origins - np.array([y0, x0])
 
         def region_model(stamps):
-            return paste_stamps(stamps, offsets, data.shape[1:], dtype=data.dtype)
+            return paste_stamps(stamps, stamp_offsets, data.shape[1:], dtype=data.dtype)
 
         resid_sq = weights * (data - region_model(models)) ** 2
         resid_init = weights * (data - region_model(initial_models)) ** 2

@@ -517,13 +517,11 @@ class _Checkpoint:
                 continue
             with np.load(arrays_path, allow_pickle=False) as data:
                 arrays = {k: data[k] for k in data.files if not any(k.startswith(f"m/{name}/") for name in drop)}
-            buffer = io.BytesIO()
-            np.savez(buffer, **arrays)
             # Entries first: a field whose entries lack a method is recomputed for it even if
             # the interruption left its arrays in the old file.
             _atomic_write(entries_path, json.dumps({k: v for k, v in entries.items() if k not in drop},
                                                    default=_json_default).encode())
-            _atomic_write(arrays_path, buffer.getvalue())
+            _atomic_write(arrays_path, _npz_bytes(arrays))
             changed += 1
         if changed:
             _log.warning("Discarded the stored results of %s on %d fields.", ", ".join(methods), changed)
@@ -531,11 +529,9 @@ class _Checkpoint:
 
     def save(self, field_id: int, galaxies: dict, metrics: dict, entries: dict) -> None:
         arrays_path, entries_path = self._paths(field_id)
-        buffer = io.BytesIO()
         arrays = {f"g/{k}": v for k, v in galaxies.items()}
         arrays.update({f"m/{name}/{k}": v for name, cols in metrics.items() for k, v in cols.items()})
-        np.savez(buffer, **arrays)
-        _atomic_write(arrays_path, buffer.getvalue())
+        _atomic_write(arrays_path, _npz_bytes(arrays))
         _atomic_write(entries_path, json.dumps(entries, default=_json_default).encode())
 
 
@@ -545,6 +541,12 @@ def _json_default(value):
     if isinstance(value, np.ndarray):
         return value.tolist()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _npz_bytes(arrays: dict) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
