@@ -287,6 +287,12 @@ def deblend_columns(bands: Sequence[str], latent_dim: int) -> list[Column]:
                 f"Reduced chi^2 of the blend residual over the child's stamp, {band} band.",
             ),
             Column(
+                f"deblend_fluxFactor_{band}",
+                "float32",
+                f"Fitted flux factor exp(a) of the child's decoded model, {band} band (MapSettings."
+                "fit_amplitudes; 1 with the paper's MAP, NaN for parents).",
+            ),
+            Column(
                 f"deblend_modelFlux_{band}",
                 "float32",
                 f"Sum of the child's full model (stamp, cropped to the image), {band} band, image units.",

@@ -885,6 +885,7 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
             values = split.values[i]
             for b, band in enumerate(bands):
                 child[f"deblend_chi2_{band}"] = float(result.chi2[i, b])
+                child[f"deblend_fluxFactor_{band}"] = float(result.amplitudes[i, b])
                 child[f"deblend_modelFlux_{band}"] = float(split.model_flux[i, b])
                 child[f"deblend_flux_{band}"] = float(np.nansum(values[b]))
             child_rows.append(child)
