@@ -22,6 +22,9 @@ Approaches (``--approaches``):
 
 - ``off``: the engine as it is by default (every zoom 1);
 - ``zoom-auto``: ``MapSettings(max_zoom=3)``, the zoom chosen per source by the engine;
+- ``zoom-fit``: ``MapSettings(max_zoom=3, zoom_choice="fit")``: every source fitted at zoom 1
+  first; those whose fitted model runs into the stamp edge (more than ``--edge-threshold`` of
+  its flux in the outer 2 px) and dominate their zoomed window are zoomed and refitted;
 - ``zoom-oracle``: zoom 2 for the galaxies whose truth has more than 1% of its r flux outside
   the 45-px stamp (on the dense fields: also the big galaxy), 1 for the others -- what a
   perfect choice of which sources to zoom gives;
@@ -53,7 +56,7 @@ import sys
 import time
 from pathlib import Path
 
-APPROACHES = ("off", "zoom-auto", "zoom-oracle", "zoom-oracle-sb", "tail", "tail-refit")
+APPROACHES = ("off", "zoom-auto", "zoom-fit", "zoom-oracle", "zoom-oracle-sb", "tail", "tail-refit")
 BIG_CUT = dict(r_min=18.5, r_max=20.0, a_min=2.0, a_max=3.5)
 NEIGHBOUR_RADIUS_PX = 50.0  # 10" at 0.2"/px
 STAMP = 45
@@ -70,6 +73,8 @@ def main(argv=None) -> int:
     parser.add_argument("--scarlet-lite", action="store_true", help="also run scarlet_lite")
     parser.add_argument("--precision", default="float32", choices=("float32", "mixed_bfloat16"))
     parser.add_argument("--max-zoom", type=int, default=3)
+    parser.add_argument("--edge-threshold", type=float, default=0.02,
+                        help="zoom-fit: MapSettings.zoom_edge_threshold")
     args = parser.parse_args(argv)
     if args.seed == 2026:
         parser.error("2026 is the test fields' seed; draw the dense fields with another.")
@@ -276,7 +281,7 @@ def run_set(name, fields, deblender, settings, conditions, args) -> dict:
 
                 output = scarlet.deblend(FieldInput(field.field_id, field.image, variance, field.centers_xy, bands))
                 models, yx0 = output.models, output.models_yx0
-            elif approach in ("off", "zoom-auto", "zoom-oracle", "zoom-oracle-sb"):
+            elif approach in ("off", "zoom-auto", "zoom-fit", "zoom-oracle", "zoom-oracle-sb"):
                 if approach == "zoom-oracle":
                     result, seconds, fresh = fit("oracle", settings=settings, zoom=np.where(spills | big, 2, 1))
                 elif approach == "zoom-oracle-sb":
@@ -288,6 +293,9 @@ def run_set(name, fields, deblender, settings, conditions, args) -> dict:
                         geometry.ZOOM_UNITS = "flux"
                 elif approach == "zoom-auto":
                     result, seconds, fresh = fit("auto", settings=settings.replace(max_zoom=args.max_zoom))
+                elif approach == "zoom-fit":
+                    result, seconds, fresh = fit("fit", settings=settings.replace(
+                        max_zoom=args.max_zoom, zoom_choice="fit", zoom_edge_threshold=args.edge_threshold))
                 else:
                     result, seconds, fresh = fit("off", settings=settings)
                 extra = 0.0 if fresh else seconds
@@ -313,6 +321,8 @@ def run_set(name, fields, deblender, settings, conditions, args) -> dict:
             per[approach]["cosine"].append(metrics["cosine"][:, rb])
             per[approach]["cosine93"].append(_cosine(stamps93[:, rb], truth93[:, rb]))
             per[approach]["zoomed"].append(zoomed)
+            if approach != "scarlet_lite" and not approach.startswith("tail"):
+                per[approach].setdefault("edge_flux_fraction", []).append(np.asarray(result.edge_flux_fraction))
             print(f"{name} field {field.field_id} {approach}: {per[approach]['seconds']:.0f} s", flush=True)
     big_flag, nb_flag, keep = (np.concatenate(v) for v in (big_flag, nb_flag, keep))
     summary = {"n_fields": len(fields), "n_galaxies": int(len(keep)), "n_kappa_le_5": int(keep.sum()),
@@ -332,6 +342,9 @@ def run_set(name, fields, deblender, settings, conditions, args) -> dict:
             "seconds": round(entry["seconds"], 1),
             "abs_dflux_r": [float(v) for v in err], "zoomed": [bool(v) for v in zoomed],
         }
+        if "edge_flux_fraction" in entry:
+            summary["approaches"][approach]["edge_flux_fraction"] = [
+                float(v) for v in np.concatenate(entry["edge_flux_fraction"])]
     summary["big"] = [bool(v) for v in big_flag]
     summary["neighbour"] = [bool(v) for v in nb_flag]
     summary["kappa_le_5"] = [bool(v) for v in keep]

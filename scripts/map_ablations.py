@@ -21,7 +21,12 @@ centres) with the engine and measures every galaxy with the paper's apertures (k
 - ``amp<SIGMA>`` (e.g. ``amp0.1``, ``amp0.5``): a flux factor per source and band fitted with the
   latents (``MapSettings.fit_amplitudes``) with prior width SIGMA in log flux;
 - ``ampstep<SCALE>`` (e.g. ``ampstep0.1``): the factors' Adam rate SCALE times the latents'
-  (``MapSettings.amplitude_step_scale``).
+  (``MapSettings.amplitude_step_scale``);
+- ``prior<W>`` (e.g. ``prior0.5``): the flow prior's weight W in the objective
+  (``MapSettings.prior_weight``; 1 is the paper's, 0 a maximum-likelihood fit);
+- ``min<N>``, ``rtol<X>``: the stopping rule's ``min_iter`` and ``rtol``;
+- ``zoom-guess``, ``zoom-fit``: ``MapSettings(max_zoom=3)`` with the zoom chosen from the
+  VAE-deblender's guess or from the zoom-1 fit (``MapSettings.zoom_choice``).
 
 Writes the JSON (mean abs(dF/F) per band, median in r, mean steps, seconds) and prints a
 Markdown table. Runs in this process; set ``TF_NUM_INTRAOP_THREADS`` to share the cores.
@@ -37,22 +42,34 @@ import sys
 import time
 from pathlib import Path
 
-ABLATIONS = ("default", "paper", "forced200", "variance-image", "variance-truth", "max100", "max60")
+ABLATIONS = ("default", "paper", "forced200", "variance-image", "variance-truth", "max100", "max60", "zoom-guess",
+             "zoom-fit")
 
 
 def _ablation(name: str) -> str:
-    """An ``--ablations`` value: one of `ABLATIONS` or ``amp<SIGMA>`` with a positive SIGMA."""
+    """An ``--ablations`` value: one of `ABLATIONS`, ``amp<SIGMA>``, ``ampstep<SCALE>``, ``prior<W>``,
+    or several of them joined by ``+`` (applied in order, e.g. ``prior0+forced200``)."""
+    if "+" in name:
+        for part in name.split("+"):
+            _ablation(part)
+        return name
     if name in ABLATIONS:
         return name
     try:
+        if name.startswith("prior") and float(name[5:]) >= 0:
+            return name
+        if name.startswith("min") and int(name[3:]) >= 0:
+            return name
+        if name.startswith("rtol") and float(name[4:]) > 0:
+            return name
         if name.startswith("ampstep") and float(name[7:]) > 0:
             return name
         if name.startswith("amp") and float(name[3:]) > 0:
             return name
     except ValueError:
         pass
-    raise argparse.ArgumentTypeError(f"{name!r} is not one of {', '.join(ABLATIONS)}, amp<SIGMA> or "
-                                     "ampstep<SCALE>")
+    raise argparse.ArgumentTypeError(f"{name!r} is not one of {', '.join(ABLATIONS)}, amp<SIGMA>, "
+                                     "ampstep<SCALE>, prior<W>, min<N> or rtol<X>")
 
 
 def main(argv=None) -> int:
@@ -63,7 +80,8 @@ def main(argv=None) -> int:
     parser.add_argument("--output", required=True, type=Path, help="JSON file to write")
     parser.add_argument("--ablations", nargs="+", type=_ablation,
                         default=["default", "paper", "forced200", "variance-image", "variance-truth"],
-                        help=f"any of {', '.join(ABLATIONS)}, amp<SIGMA>, ampstep<SCALE>")
+                        help=f"any of {', '.join(ABLATIONS)}, amp<SIGMA>, ampstep<SCALE>, prior<W>, min<N>, "
+                        "rtol<X>, or several joined by '+'")
     parser.add_argument("--precision", default=None, help="MapSettings.precision of every ablation")
     args = parser.parse_args(argv)
 
@@ -101,20 +119,8 @@ def main(argv=None) -> int:
             if args.precision:
                 settings = settings.replace(precision=args.precision)
             variance = sky.copy()
-            if name == "paper":
-                settings = settings.replace(fit_amplitudes=False)
-            elif name == "forced200":
-                settings = settings.replace(min_iter=200, max_iter=200)
-            elif name == "variance-image":
-                variance = (sky + np.clip(field.image, 0, None)).astype(np.float32)
-            elif name == "variance-truth":
-                variance = (sky + np.clip(field.isolated.sum(axis=0), 0, None)).astype(np.float32)
-            elif name in ("max100", "max60"):
-                settings = settings.replace(max_iter=int(name[3:]))
-            elif name.startswith("ampstep"):
-                settings = settings.replace(fit_amplitudes=True, amplitude_step_scale=float(name[7:]))
-            elif name.startswith("amp"):
-                settings = settings.replace(fit_amplitudes=True, amplitude_sigma=float(name[3:]))
+            for part in name.split("+"):
+                settings, variance = _apply(part, settings, variance, sky, field)
             start = time.perf_counter()
             result = deblender.deblend(field.image, field.centers_xy, variance=variance, settings=settings)
             seconds[name] += time.perf_counter() - start
@@ -145,6 +151,35 @@ def main(argv=None) -> int:
     os.replace(tmp, args.output)
     print(markdown_table(out))
     return 0
+
+
+def _apply(name: str, settings, variance, sky, field):
+    """The settings and weights of one ablation ``name`` (not joined), applied to ``settings``."""
+    import numpy as np
+
+    if name == "paper":
+        settings = settings.replace(fit_amplitudes=False)
+    elif name == "forced200":
+        settings = settings.replace(min_iter=200, max_iter=200)
+    elif name == "variance-image":
+        variance = (sky + np.clip(field.image, 0, None)).astype(np.float32)
+    elif name == "variance-truth":
+        variance = (sky + np.clip(field.isolated.sum(axis=0), 0, None)).astype(np.float32)
+    elif name in ("max100", "max60"):
+        settings = settings.replace(max_iter=int(name[3:]))
+    elif name in ("zoom-guess", "zoom-fit"):
+        settings = settings.replace(max_zoom=3, zoom_choice=name[5:])
+    elif name.startswith("prior"):
+        settings = settings.replace(prior_weight=float(name[5:]))
+    elif name.startswith("min"):
+        settings = settings.replace(min_iter=int(name[3:]))
+    elif name.startswith("rtol"):
+        settings = settings.replace(rtol=float(name[4:]))
+    elif name.startswith("ampstep"):
+        settings = settings.replace(fit_amplitudes=True, amplitude_step_scale=float(name[7:]))
+    elif name.startswith("amp"):
+        settings = settings.replace(fit_amplitudes=True, amplitude_sigma=float(name[3:]))
+    return settings, variance
 
 
 def _band(values, index):

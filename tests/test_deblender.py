@@ -231,7 +231,8 @@ class DeblenderTestCase(lsst.utils.tests.TestCase):
         self.assertLess(chi2(fitted), 0.8 * chi2(rounded))
         np.testing.assert_allclose(fitted.shifts, fitted.offsets_xy[:, ::-1], atol=1e-12)  # rounded peak
         # The objective includes the offsets' prior.
-        expected = 0.5 * chi2(fitted) - fitted.log_prior.sum() + 0.5 * (fitted.offsets_xy**2).sum() / 0.5**2
+        w = settings.prior_weight
+        expected = 0.5 * chi2(fitted) - w * fitted.log_prior.sum() + 0.5 * (fitted.offsets_xy**2).sum() / 0.5**2
         self.assertAlmostEqual(fitted.objective_final, expected, delta=1e-3 * abs(expected))
 
     def test_fitted_amplitudes(self):
@@ -264,7 +265,8 @@ class DeblenderTestCase(lsst.utils.tests.TestCase):
         decoded = self.deblender.decode(fitted.latents) * fitted.amplitudes[:, :, None, None]
         np.testing.assert_allclose(fitted.models, decoded, rtol=1e-4, atol=1e-3 * decoded.max())
         chi2 = float(((image - fitted.model_image()) ** 2 / var)[:, 13:58, 13:58].sum())
-        expected = 0.5 * chi2 - fitted.log_prior.sum() + 0.5 * (np.log(fitted.amplitudes) ** 2).sum() / 1.0**2
+        w = settings.prior_weight
+        expected = 0.5 * chi2 - w * fitted.log_prior.sum() + 0.5 * (np.log(fitted.amplitudes) ** 2).sum() / 1.0**2
         self.assertAlmostEqual(fitted.objective_final, expected, delta=1e-3 * abs(expected))
         self.assertLess(fitted.objective_final, plain.objective_final)
         # A tight prior keeps the factors at one (to within Adam's last steps, lr 0.05 x 0.8^4).
@@ -326,7 +328,7 @@ class ZoomTestCase(lsst.utils.tests.TestCase):
         np.testing.assert_allclose(zoomed.model_image(), sum(zoomed.source_image(i) for i in range(3)), atol=1e-3)
 
     def test_explicit_zoom_and_default_off(self):
-        """An explicit zoom overrides the automatic choice; without max_zoom every zoom is 1.
+        """An explicit zoom overrides the automatic choice; with max_zoom=1 every zoom is 1.
 
         (The automatic choice itself needs a decoder that draws large galaxies: the packaged
         model's test is in test_large_galaxies.py.)"""
@@ -336,7 +338,7 @@ class ZoomTestCase(lsst.utils.tests.TestCase):
         chosen = self.deblender.deblend(self.image, self.peaks, variance=self.var, settings=settings, zoom=[2, 1, 1])
         self.assertEqual(chosen.zoom.tolist(), [2, 1, 1])
         off = self.deblender.deblend(self.image, self.peaks, variance=self.var,
-                                     settings=MapSettings(max_iter=5, min_iter=5))
+                                     settings=MapSettings(max_zoom=1, max_iter=5, min_iter=5))
         self.assertEqual(off.zoom.tolist(), [1, 1, 1])
 
     def test_bad_zoom(self):

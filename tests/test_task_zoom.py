@@ -71,16 +71,20 @@ class ZoomConfigTestCase(lsst.utils.tests.TestCase):
         config = MadnessDeblendConfig()
         config.maxZoom = 3
         config.zoomOutsideThreshold = 0.1
+        config.zoomChoice = "fit"
+        config.zoomEdgeThreshold = 0.03
         config.validate()
         settings = config.makeMapSettings()
         self.assertEqual((settings.max_zoom, settings.zoom_outside_threshold), (3, 0.1))
+        self.assertEqual((settings.zoom_choice, settings.zoom_edge_threshold), ("fit", 0.03))
 
     def test_validation(self):
         for name, value in [("maxZoom", 0), ("maxZoom", 5), ("zoomOutsideThreshold", 0.0),
-                            ("zoomOutsideThreshold", 1.0)]:
+                            ("zoomOutsideThreshold", 1.0), ("zoomEdgeThreshold", 0.0),
+                            ("zoomEdgeThreshold", 1.0), ("zoomChoice", "always")]:
             config = MadnessDeblendConfig()
-            setattr(config, name, value)
             with self.assertRaises(pexConfig.FieldValidationError, msg=(name, value)) as cm:
+                setattr(config, name, value)  # a ChoiceField refuses a value here, the rest in validate()
                 config.validate()
             self.assertIn(name, str(cm.exception))
         config = MadnessDeblendConfig()

@@ -2,7 +2,7 @@
 
 Flow of one call: validate and cut each blend (`prepare_blend`); initialise every source's
 latents with the VAE-deblender encoder on its peak-centred cutout; choose a zoom for sources
-bigger than the stamp (`MapSettings.max_zoom`, off by default); pack blends into batches
+bigger than the stamp (`MapSettings.max_zoom`, up to 3 by default); pack blends into batches
 padded to the largest blend; run Adam on all latents of a batch at once, one compiled
 value-and-gradient step per iteration, each blend stopping on its own (`EwmaStopping`) and
 finished blends leaving the compiled batch; decode the final latents and measure diagnostics.
@@ -366,9 +366,10 @@ class MadnessDeblender:
         init = self.initial_latents(np.concatenate([p.cutouts for p in prepared]))
         splits = np.cumsum([p.n_sources for p in prepared])[:-1]
         init_per_blend = np.split(init, splits)
+        auto = []
         if settings.max_zoom > 1 and not settings.fit_offsets:
             auto = [i for i, b in enumerate(blends) if b.get("zoom") is None]
-            if auto:
+            if auto and settings.zoom_choice == "guess":
                 for i in auto:
                     b = blends[i]
                     zoomed = self._choose_zoom(
@@ -379,16 +380,27 @@ class MadnessDeblender:
                         prepared[i], init_per_blend[i] = zoomed
 
         results: list[DeblendResult | None] = [None] * len(prepared)
-        batches = self._plan_batches(prepared, settings.batch_sources)
-        iterator = batches
-        if progress:
-            from tqdm.auto import tqdm
-
-            iterator = tqdm(batches, desc="MADNESS deblend", unit="batch")
-        for batch in iterator:
-            fitted = self._fit_batch([prepared[i] for i in batch], [init_per_blend[i] for i in batch], settings)
-            for i, res in zip(batch, fitted):
-                results[i] = res
+        self._fit_all(prepared, init_per_blend, range(len(prepared)), results, settings, progress)
+        if auto and settings.zoom_choice == "fit":
+            # Sources whose fitted model runs into its stamp edge move up one zoom at a time and
+            # their blends are fitted again, from the VAE-deblender's guesses at the new zooms
+            # (the result is that of `deblend` with those zooms given).
+            zoom = {i: np.ones(prepared[i].n_sources, np.int64) for i in auto}
+            for z in range(1, settings.max_zoom):
+                redo = []
+                for i in auto:
+                    grow = self._zoom_candidates(results[i], zoom[i], z, settings)
+                    if grow.any():
+                        zoom[i][grow] = z + 1
+                        b = blends[i]
+                        prepared[i] = prepare(b["image"], b["peaks_xy"], b.get("variance"), b.get("mask"),
+                                              zoom=zoom[i])
+                        init_per_blend[i] = self.initial_latents(prepared[i].cutouts)
+                        redo.append(i)
+                if not redo:
+                    break
+                _log.debug("Zoom %d: refitting %d blends", z + 1, len(redo))
+                self._fit_all(prepared, init_per_blend, redo, results, settings, progress)
         _log.debug(
             "Deblended %d blends (%d sources) in %.2f s",
             len(prepared),
@@ -398,6 +410,34 @@ class MadnessDeblender:
         return results  # type: ignore[return-value]
 
     # --- internals ------------------------------------------------------------------------------
+
+    def _fit_all(self, prepared, init_per_blend, indices, results, settings, progress) -> None:
+        """Fit the blends ``indices`` of ``prepared`` in batches, into ``results``."""
+        batches = self._plan_batches([prepared[i] for i in indices], settings.batch_sources)
+        batches = [[list(indices)[j] for j in batch] for batch in batches]
+        iterator = batches
+        if progress:
+            from tqdm.auto import tqdm
+
+            iterator = tqdm(batches, desc="MADNESS deblend", unit="batch")
+        for batch in iterator:
+            fitted = self._fit_batch([prepared[i] for i in batch], [init_per_blend[i] for i in batch], settings)
+            for i, res in zip(batch, fitted):
+                results[i] = res
+
+    def _zoom_candidates(self, result: DeblendResult, zoom: np.ndarray, z: int,
+                         settings: MapSettings) -> np.ndarray:
+        """``(n,)`` the sources of a fitted blend at zoom ``z`` whose model runs into its stamp
+        edge (`edge_flux_fraction` above ``settings.zoom_edge_threshold``) and that are brighter
+        (fitted model, all bands) than every other source inside their zoom-``z + 1`` window:
+        a faint neighbour's model may take a bright galaxy's wing at its edge, which a zoom
+        would only make worse."""
+        flux = np.clip(result.models, 0.0, None).sum(axis=(1, 2, 3))
+        peaks = np.asarray(result.peaks_xy, np.float64)
+        apart = np.abs(peaks[:, None, :] - peaks[None, :, :]).max(axis=-1)  # Chebyshev distance
+        half = int(zoom_footprint_size(self.stamp_size, z + 1)) // 2
+        dominated = ((apart <= half) & (flux[None, :] > flux[:, None])).any(axis=1)
+        return (zoom == z) & (result.edge_flux_fraction > settings.zoom_edge_threshold) & ~dominated
 
     def _choose_zoom(self, prepare, init: np.ndarray,
                      settings: MapSettings) -> tuple[PreparedBlend, np.ndarray] | None:

@@ -187,9 +187,10 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
     maxIter = pexConfig.Field[int](default=200, doc="Most MAP steps per blend.")
     minIter = pexConfig.Field[int](default=40, doc="Steps before the stopping rule may stop a blend.")
     relativeError = pexConfig.Field[float](
-        default=0.05,
+        default=MapSettings.rtol,
         doc="Stop when the objective's EWMA fell over the last ewmaWindow steps by less than this "
-        "fraction of its fall over the first ewmaWindow steps.",
+        "fraction of its fall over the first ewmaWindow steps (MapSettings.rtol: 0.01; the paper's "
+        "0.05 stops before faint galaxies' shapes converge, doc/engine.md).",
     )
     ewmaWindow = pexConfig.Field[int](default=15, doc="Window (steps) of the objective's moving average.")
     learningRate = pexConfig.Field[float](default=0.05, doc="Initial Adam step in latent units.")
@@ -197,7 +198,11 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
         default=0.8, doc="Factor on the learning rate every learningRateDecaySteps."
     )
     learningRateDecaySteps = pexConfig.Field[int](default=30, doc="Steps between learning-rate decays.")
-    priorWeight = pexConfig.Field[float](default=1.0, doc="Weight of the flow log-prior (1: the posterior).")
+    priorWeight = pexConfig.Field[float](
+        default=MapSettings.prior_weight,
+        doc="Weight of the flow log-prior (MapSettings.prior_weight: 0.25, chosen on validation fields, "
+        "doc/engine.md; 1 is the paper's posterior).",
+    )
     fitPositionOffsets = pexConfig.Field[bool](
         default=False,
         doc="Fit a position offset per source with its latents, for peaks that are not the galaxies' "
@@ -226,17 +231,32 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
         doc="Largest zoom the engine may choose per source for a galaxy bigger than the model's stamp, "
         "1-4 (MapSettings.max_zoom): at zoom z a source's stamp is drawn with z-times larger pixels and "
         "covers zoom_footprint_size(S, z) pixels (93 for z=2, 139 for z=3 with 45-px stamps), and each "
-        "blend's fit region and neighbours are grown to those windows around its peaks. 1 (the default) "
-        "is off: measured in doc/large-galaxies.md, zoom lowers the error of the big galaxies and their "
-        "neighbours, but the automatic choice also zooms compact bright galaxies and then raises their "
-        "faint neighbours' errors. Children report deblend_zoom, deblend_extended and "
-        "deblend_truncated. Not combined with fitPositionOffsets.",
+        "blend's fit region and neighbours are grown to those windows around its peaks. 1 (off) is the "
+        "task's default although the engine's (MapSettings.max_zoom) is 3: zoom lowers the error of the "
+        "big galaxies and their neighbours (doc/large-galaxies.md), but here it grows every blend's fit "
+        "region, zoomed or not, a cost not yet measured on full patches. Children report deblend_zoom, "
+        "deblend_extended and deblend_truncated. Not combined with fitPositionOffsets.",
     )
     zoomOutsideThreshold = pexConfig.Field[float](
         default=MapSettings.zoom_outside_threshold,
         doc="With maxZoom > 1, a source goes from zoom z to z + 1 when the encoder's guess drawn at z + 1 "
         "puts more than this fraction of its flux outside what a zoom-z stamp covers, in (0, 1) "
         "(MapSettings.zoom_outside_threshold; doc/large-galaxies.md).",
+    )
+    zoomChoice = pexConfig.ChoiceField[str](
+        default=MapSettings.zoom_choice,
+        allowed={
+            "guess": "from the encoder's guess at the next zoom, before the fit (zoomOutsideThreshold)",
+            "fit": "fit at zoom 1 first; sources whose model runs into its stamp edge "
+            "(zoomEdgeThreshold) and that dominate their zoomed window are zoomed and refitted",
+        },
+        doc="How maxZoom > 1 chooses each source's zoom (MapSettings.zoom_choice; doc/large-galaxies.md).",
+    )
+    zoomEdgeThreshold = pexConfig.Field[float](
+        default=MapSettings.zoom_edge_threshold,
+        doc="With maxZoom > 1 and zoomChoice='fit', a source is zoomed when more than this fraction of "
+        "its fitted model's flux lies in its stamp's outer 2 pixels, in (0, 1) "
+        "(MapSettings.zoom_edge_threshold).",
     )
     # Where it computes
     kerasBackend = pexConfig.ChoiceField[str](
@@ -307,6 +327,11 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
                 MadnessDeblendConfig.zoomOutsideThreshold, self,
                 f"zoomOutsideThreshold must be in (0, 1); got {self.zoomOutsideThreshold}.",
             )
+        if not 0 < self.zoomEdgeThreshold < 1:
+            raise pexConfig.FieldValidationError(
+                MadnessDeblendConfig.zoomEdgeThreshold, self,
+                f"zoomEdgeThreshold must be in (0, 1); got {self.zoomEdgeThreshold}.",
+            )
         if self.maxZoom > 1 and self.fitPositionOffsets:
             # The engine places a zoomed stamp by its peak only; it has no fitted offset.
             raise pexConfig.FieldValidationError(
@@ -351,4 +376,6 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
             precision=self.precision,
             max_zoom=self.maxZoom,
             zoom_outside_threshold=self.zoomOutsideThreshold,
+            zoom_choice=self.zoomChoice,
+            zoom_edge_threshold=self.zoomEdgeThreshold,
         )
