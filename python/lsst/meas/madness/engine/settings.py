@@ -72,7 +72,8 @@ class MapSettings:
         draws the galaxy and the factors correct its flux in each band where its reach falls
         short (bright galaxies, colours; ``doc/engine.md``). On by default, a departure from
         the paper measured on validation TestFields (r-band mean abs(dF/F) 0.0216 -> 0.0182,
-        g-r colour scatter 0.185 -> 0.158); False gives the paper's MAP.
+        g-r colour scatter 0.185 -> 0.158); False, with ``prior_weight=1``, ``rtol=0.05`` and
+        ``max_zoom=1``, gives the paper's MAP.
     amplitude_sigma : `float`
         Width of the Gaussian prior on each log factor ``a_b`` (0.5; 0.5-3 measured alike,
         0.05-0.1 keep part of the flux error).

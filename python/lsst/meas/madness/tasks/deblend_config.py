@@ -219,7 +219,8 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
         default=MapSettings.fit_amplitudes,
         doc="Fit a flux factor per source and band with its latents (MapSettings.fit_amplitudes): the "
         "decoder draws the galaxy, the factors correct its flux in each band where the decoder's reach "
-        "falls short. On by default (measured in doc/engine.md); False gives the paper's MAP.",
+        "falls short. On by default (measured in doc/engine.md); False (with priorWeight=1 and "
+        "relativeError=0.05) gives the paper's MAP.",
     )
     amplitudeSigma = pexConfig.Field[float](
         default=MapSettings.amplitude_sigma,
