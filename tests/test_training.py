@@ -21,7 +21,9 @@ import numpy as np
 from lsst.meas.madness import MadnessDeblender, ModelBundle
 from lsst.meas.madness.cli import main
 from lsst.meas.madness.errors import MadnessValueError
-from lsst.meas.madness.simulation import simulate_suite
+from lsst.meas.madness.networks import LinearNormalization
+from lsst.meas.madness.networks.layout import to_network_layout
+from lsst.meas.madness.simulation import IsolatedSimsConfig, SimulatedDataset, simulate_suite
 from lsst.meas.madness.training import TrainingConfig, preset, train_madness
 from lsst.meas.madness.training.config import StageSchedule
 from lsst.meas.madness.training.losses import gaussian_kl, ssim_per_band
@@ -97,8 +99,9 @@ class TrainingTestCase(unittest.TestCase):
     def setUpClass(cls):
         cls.tmp = Path(tempfile.mkdtemp(prefix="madness-train-"))
         cls.data = cls.tmp / "data"
+        # Shards of 20 stamps, so that loading the training set crosses shard boundaries.
         simulate_suite(cls.data, area_deg2=0.004, seed=5, kinds=("isolated", "blended"), n_train=48,
-                       n_validation=16, progress=False)
+                       n_validation=16, configs={"isolated": IsolatedSimsConfig(shard_size=20)}, progress=False)
 
     @classmethod
     def tearDownClass(cls):
@@ -294,6 +297,63 @@ class TrainingTestCase(unittest.TestCase):
         train_madness(self.data, plain_dir, TrainingConfig.from_dict(plain), progress=False, figures=False)
         with self.assertRaisesRegex(MadnessValueError, "precision"):
             _tiny(precision="float16")
+
+    def test_shard_by_shard_load(self):
+        """The preallocated, shard-by-shard loader gives what concatenating every shard gives."""
+        from lsst.meas.madness.training.train import _load
+
+        norm = LinearNormalization()
+        directory = self.data / "isolated-train"
+        data = SimulatedDataset(directory)
+        self.assertGreater(len(data.manifest.shards), 2)
+        images, truth = data.load("images", "truth")
+        for limit in (None, 20, 33):
+            x, y, _ = _load(directory, limit, norm)
+            n = len(images) if limit is None else limit
+            self.assertEqual(x.shape, (n, 45, 45, 6))
+            self.assertTrue(x.flags.c_contiguous and y.flags.c_contiguous)
+            np.testing.assert_array_equal(x, to_network_layout(images[:n] / np.float32(norm.scale)))
+            np.testing.assert_array_equal(y, to_network_layout(truth[:n] / np.float32(norm.scale)))
+        (only, _) = _load(directory, 25, norm, names=("truth",))
+        np.testing.assert_array_equal(only, to_network_layout(truth[:25] / np.float32(norm.scale)))
+
+    def test_flow_latents_from_fresh_noise(self):
+        """With fresh noise the flow's latents come from seeded noisy draws of the truth."""
+        from lsst.meas.madness.networks import Encoder
+        from lsst.meas.madness.training.augment import FreshNoise
+        from lsst.meas.madness.training.train import _encode_fresh
+
+        norm = LinearNormalization()
+        data = SimulatedDataset(self.data / "isolated-train")
+        images, truth = (to_network_layout(a / np.float32(norm.scale)) for a in data.load("images", "truth"))
+        sky = norm.normalize_variance(np.array([data.manifest.info["sky_level"][b] for b in data.bands]))
+        encoder = Encoder(45, 6, 4, [4, 4, 4, 4], dense_units=8)
+        augment = FreshNoise(sky, norm.scale)
+        z = _encode_fresh(encoder, truth, augment, seed=3, chunk=16)
+        self.assertEqual(z.shape, (len(truth), 4))
+        np.testing.assert_array_equal(z, _encode_fresh(encoder, truth, augment, seed=3, chunk=16))
+        self.assertFalse(np.array_equal(z, _encode_fresh(encoder, truth, augment, seed=4, chunk=16)))
+        # The draws are noise of the stored images' kind: the latents of the stored noisy images
+        # differ from them by as much as two of our draws differ from each other.
+        stored = np.asarray(encoder.encode_mean(images))
+        other = _encode_fresh(encoder, truth, augment, seed=4, chunk=16)
+        ratio = np.abs(stored - z).mean() / np.abs(other - z).mean()
+        self.assertLess(abs(ratio - 1.0), 0.3)
+
+    def test_suite_in_two_calls(self):
+        """Isolated galaxies first, fewer blends later: one suite, one record."""
+        suite = self.tmp / "two-calls"
+        simulate_suite(suite, area_deg2=0.004, seed=5, kinds=("isolated",), n_train=12, n_validation=4,
+                       progress=False)
+        simulate_suite(suite, area_deg2=0.004, seed=5, kinds=("blended",), n_train=12, n_train_blended=6,
+                       n_validation=4, progress=False)
+        self.assertEqual(len(SimulatedDataset(suite / "isolated-train")), 12)
+        self.assertEqual(len(SimulatedDataset(suite / "blended-train")), 6)
+        self.assertEqual(len(SimulatedDataset(suite / "blended-validation")), 4)
+        record = json.loads((suite / "suite.json").read_text())
+        self.assertEqual(sorted(record["datasets"]), ["blended-train", "blended-validation",
+                                                      "isolated-train", "isolated-validation"])
+        self.assertEqual(record["earlier_requests"][0]["kinds"], ["isolated"])
 
     def test_missing_datasets(self):
         with self.assertRaisesRegex(MadnessValueError, "lacks the datasets"):

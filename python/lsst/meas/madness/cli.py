@@ -92,6 +92,7 @@ def _simulate_datasets(args: argparse.Namespace) -> int:
     datasets = simulate_suite(
         args.output, catalog=catalog, area_deg2=args.area, seed=args.seed, min_snr=args.min_snr,
         kinds=args.kinds, n_train=args.n_train, n_validation=args.n_validation,
+        n_train_blended=args.n_train_blended,
         n_test_fields=args.n_test_fields, configs=configs, workers=args.workers, progress=not args.no_progress,
         catalog_source=args.catalog or "",
     )
@@ -261,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     ds.add_argument("--kinds", nargs="+", default=["isolated", "blended", "testfields"],
                     choices=["isolated", "blended", "testfields"])
     ds.add_argument("--n-train", type=int, default=None, help="cap on stamps per training dataset")
+    ds.add_argument("--n-train-blended", type=int, default=None,
+                    help="cap on BlendedSims training stamps (default: --n-train)")
     ds.add_argument("--n-validation", type=int, default=None, help="cap on stamps per validation dataset")
     ds.add_argument("--n-test-fields", type=int, default=None, help="number of TestFields (default: all fit)")
     ds.add_argument("--shard-size", type=int, default=None, help="stamps per shard (default 2000)")

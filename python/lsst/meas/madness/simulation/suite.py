@@ -45,7 +45,7 @@ def simulate_suite(output, *, catalog=None, area_deg2: float | None = None, seed
                    min_snr: float = 10.0, fractions: dict | None = None,
                    kinds: Sequence[str] = DEFAULT_KINDS, n_train: int | None = None,
                    n_validation: int | None = None, n_test_fields: int | None = None,
-                   configs: dict | None = None, workers: int = 1, progress: bool = True,
+                   n_train_blended: int | None = None, configs: dict | None = None, workers: int = 1, progress: bool = True,
                    catalog_source: str = "") -> dict[str, SimulatedDataset]:
     """Make the paper's datasets from a catalogue (given, or generated with SkyPy).
 
@@ -69,6 +69,10 @@ def simulate_suite(output, *, catalog=None, area_deg2: float | None = None, seed
         Caps on the stamps of each training / validation dataset (default: every galaxy).
     n_test_fields : `int`, optional
         TestFields to make (default: as many as the test galaxies fill).
+    n_train_blended : `int`, optional
+        Cap on the BlendedSims training stamps (default: ``n_train``). The VAE-deblender is one
+        encoder trained for a few epochs; the VAE's decoder is what needs the paper's 150k
+        galaxies, so a suite can hold fewer blends than isolated galaxies.
     configs : `dict`, optional
         Per-kind dataset configs (`IsolatedSimsConfig` etc.); the paper's by default.
     workers : `int`
@@ -127,6 +131,7 @@ def simulate_suite(output, *, catalog=None, area_deg2: float | None = None, seed
     datasets = {}
     summary = {"request": {"seed": seed, "min_snr": min_snr, "fractions": fractions, "kinds": list(kinds),
                            "n_train": n_train, "n_validation": n_validation, "n_test_fields": n_test_fields,
+                           "n_train_blended": n_train_blended,
                            "area_deg2": area_deg2, "catalog_source": catalog_source},
                "catalog": {"n_input": n_input, "n_after_snr_cut": len(cut),
                            "fingerprint": catalog_fingerprint(cut),
@@ -139,6 +144,8 @@ def simulate_suite(output, *, catalog=None, area_deg2: float | None = None, seed
                 raise MadnessValueError(f"The {split!r} split is empty; {kind} needs it (fractions {fractions}).")
             table = subsets[split]
             n = n_test_fields if kind == "testfields" else caps.get(split)
+            if kind == "blended" and split == "train" and n_train_blended is not None:
+                n = n_train_blended
             if n is not None and kind != "testfields":
                 n = min(n, len(table))
             name = f"{kind}-{split}"
@@ -152,6 +159,14 @@ def simulate_suite(output, *, catalog=None, area_deg2: float | None = None, seed
                                          "bytes_per_10k_items": info.get("bytes_per_10k_items"),
                                          "last_run": info.get("last_run")}
     summary["seconds"] = round(time.perf_counter() - start, 2)
+    # A suite made in several calls (e.g. the isolated galaxies first, the blends later) keeps
+    # the record of the datasets an earlier call made from the same catalogue.
+    previous = output / "suite.json"
+    if previous.exists():
+        old = json.loads(previous.read_text())
+        if old.get("catalog", {}).get("fingerprint") == summary["catalog"]["fingerprint"]:
+            summary["datasets"] = {**old.get("datasets", {}), **summary["datasets"]}
+            summary["earlier_requests"] = old.get("earlier_requests", []) + [old["request"]]
     _write_json(output / "suite.json", summary)
     plot_examples(datasets, output / "examples.png")
     return datasets

@@ -39,18 +39,53 @@ _log = logging.getLogger(__name__)
 DATASETS = ("isolated-train", "isolated-validation", "blended-train", "blended-validation")
 
 
-def _load(directory: Path, limit: int | None, norm: LinearNormalization):
+def _load(directory: Path, limit: int | None, norm: LinearNormalization, names=("images", "truth")):
+    """Arrays ``names`` of a dataset in network units and layout, at most ``limit`` stamps.
+
+    Shards are read one at a time into preallocated ``(n, H, W, bands)`` arrays, so the peak
+    memory is the result plus one shard (150k six-band 45x45 stamps are 7.3 GB per array; a
+    concatenate-then-convert load would need three times that).
+    """
     from ..simulation import SimulatedDataset
 
     data = SimulatedDataset(directory)
     if not data.manifest.complete:
         raise MadnessValueError(f"{directory} is incomplete ({len(data.manifest.shards)} of {data.manifest.n_shards} "
                                 "shards): finish it by rerunning its `madness simulate datasets` command.")
-    images, truth = data.load("images", "truth")
-    if limit is not None:
-        images, truth = images[:limit], truth[:limit]
-    return (np.ascontiguousarray(to_network_layout(norm.normalize(images))),
-            np.ascontiguousarray(to_network_layout(norm.normalize(truth))), data)
+    n = len(data) if limit is None else min(int(limit), len(data))
+    out: dict[str, np.ndarray] = {}
+    filled = 0
+    for arrays, _ in data.iter_shards(*names):
+        if filled >= n:
+            break
+        take = min(len(arrays[names[0]]), n - filled)
+        for name in names:
+            if name not in arrays:
+                raise MadnessValueError(f"{directory} has no array {name!r}; it has {sorted(arrays)}.")
+            part = to_network_layout(norm.normalize(arrays[name][:take]))
+            if name not in out:
+                out[name] = np.empty((n, *part.shape[1:]), np.float32)
+            out[name][filled:filled + take] = part
+        filled += take
+    return (*(out[name] for name in names), data)
+
+
+def _encode_fresh(encoder, truth: np.ndarray, augment, seed: int, chunk: int = 4096) -> np.ndarray:
+    """Mean latents of noisy draws of ``truth`` (no symmetry), made and encoded chunk by chunk.
+
+    With fresh noise the VAE never reads the stored noisy training images, so they are not
+    loaded; the flow's latents come from a seeded noise draw of each galaxy instead (the same
+    distribution, and the same on a resumed run).
+    """
+    from .augment import FreshNoise
+
+    noise = FreshNoise(augment.sky_variance.ravel(), augment.scale, symmetries=False)
+    z = np.empty((len(truth), encoder.latent_dim), np.float32)
+    for i, start in enumerate(range(0, len(truth), chunk)):
+        rng = np.random.default_rng(np.random.SeedSequence([seed, 3, i]))
+        noisy, _ = noise(truth[start:start + chunk], rng)
+        z[start:start + chunk] = np.asarray(encoder.encode_mean(noisy), np.float32)
+    return z
 
 
 def _machine() -> str:
@@ -125,13 +160,19 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
     keras.utils.set_random_seed(config.seed)
     norm = LinearNormalization()
 
-    x_iso, y_iso, iso = _load(data_dir / "isolated-train", config.max_train, norm)
+    if config.fresh_noise:
+        # Every training batch is drawn from the noiseless stamps: the stored noisy draws would
+        # only double the memory (7.3 GB more at the paper's 150k galaxies).
+        y_iso, iso = _load(data_dir / "isolated-train", config.max_train, norm, names=("truth",))
+        x_iso = y_iso  # unused by the VAE stages (see run_stage's augment); only its length counts
+    else:
+        x_iso, y_iso, iso = _load(data_dir / "isolated-train", config.max_train, norm)
     xv_iso, yv_iso, _ = _load(data_dir / "isolated-validation", config.max_validation, norm)
     bands = iso.bands
     sky = np.array([iso.manifest.info["sky_level"][b] for b in bands])
     sky_net = norm.normalize_variance(sky).astype(np.float32)
-    size = x_iso.shape[1]
-    _log.info("Training on %d isolated stamps (%d validation).", len(x_iso), len(xv_iso))
+    size = y_iso.shape[1]
+    _log.info("Training on %d isolated stamps (%d validation).", len(y_iso), len(xv_iso))
 
     with dtype_policy(config.precision):
         encoder = Encoder(size, len(bands), config.latent_dim, config.encoder_filters, dense_units=config.dense_units)
@@ -193,7 +234,10 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
                                time_budget_s=budget("vae"))
 
     # --- 3: the flow prior on the encoder's mean latents ----------------------------------------
-    z_train = np.asarray(encoder.encode_mean(x_iso), np.float32)
+    if augment is not None:
+        z_train = _encode_fresh(encoder, y_iso, augment, config.seed)
+    else:
+        z_train = np.asarray(encoder.encode_mean(x_iso), np.float32)
     z_val = np.asarray(encoder.encode_mean(xv_iso), np.float32)
     flow_trainer = FlowTrainer(flow)
     results["flow"] = run_stage("flow", flow_trainer, config.flow, z_train, None, z_val, None,
@@ -239,7 +283,7 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
 
     conditions = LsstConditions.from_surveycodex(bands=bands).as_dict()
     lineage = _lineage(parent)
-    passes = _sample_passes(results, len(x_iso), len(x_bl))
+    passes = _sample_passes(results, len(y_iso), len(x_bl))
     metadata = BundleMetadata(
         bands=bands, stamp_size=size, pixel_scale=float(iso.manifest.info.get("pixel_scale", 0.2)),
         normalization=float(norm.scale), latent_dim=config.latent_dim, trained=True, conditions=conditions,
@@ -247,7 +291,7 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
         training={
             "preset": config.name, "config": config.as_dict(), "data": data_dir.name,  # the suite's name, not this machine's path
             "catalog": iso.manifest.request["catalog"],
-            "n_train": {"isolated": len(x_iso), "blended": len(x_bl)},
+            "n_train": {"isolated": len(y_iso), "blended": len(x_bl)},
             "n_validation": {"isolated": len(xv_iso), "blended": len(xv_bl)},
             "stages": {k: v.as_dict() for k, v in results.items()},
             "wall_time_s": round(wall, 1), "machine": _machine(), "backend": keras.config.backend(),
