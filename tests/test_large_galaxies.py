@@ -12,6 +12,7 @@ import keras
 import lsst.utils.tests
 import numpy as np
 from lsst.meas.madness import MadnessDeblender
+from lsst.meas.madness.errors import MadnessValueError
 from lsst.meas.madness.simulation import LsstConditions
 
 SCALE = 0.2
@@ -68,6 +69,22 @@ class LargeGalaxyTestCase(lsst.utils.tests.TestCase):
         self.assertEqual(off.zoom.tolist(), [1, 1])
         # max_zoom=3 is the engine's default.
         self.assertEqual(self.deblender.settings.max_zoom, 3)
+
+    def test_choice_without_fitting(self):
+        """choose_zoom gives the zooms the fit chooses, and the fit with them given is that fit."""
+        settings = self.settings.replace(max_zoom=3, max_iter=3, min_iter=3)
+        blend = dict(image=self.image, peaks_xy=PEAKS, variance=self.variance)
+        (zoom,) = self.deblender.choose_zoom([blend], settings=settings)
+        fitted = self.deblender.deblend(self.image, PEAKS, variance=self.variance, settings=settings)
+        self.assertEqual(zoom.tolist(), fitted.zoom.tolist())
+        self.assertGreaterEqual(int(zoom[0]), 2)
+        given = self.deblender.deblend(self.image, PEAKS, variance=self.variance, settings=settings, zoom=zoom)
+        np.testing.assert_allclose(given.models, fitted.models, rtol=1e-5, atol=1e-4 * fitted.models.max())
+        # max_zoom=1: nothing to choose.
+        (flat,) = self.deblender.choose_zoom([blend], settings=settings.replace(max_zoom=1))
+        self.assertEqual(flat.tolist(), [1, 1])
+        with self.assertRaisesRegex(MadnessValueError, "guess"):
+            self.deblender.choose_zoom([blend], settings=settings.replace(zoom_choice="fit"))
 
     def test_choice_from_the_fit(self):
         """zoom_choice='fit' zooms the disc, whose zoom-1 model runs into its stamp edge, and not

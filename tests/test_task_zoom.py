@@ -26,7 +26,7 @@ from lsst.meas.madness.tasks import (
     footprints_from_table,
     heavy_footprints_from_table,
 )
-from lsst.meas.madness.tasks.blends import ParentFootprint, plan_blend
+from lsst.meas.madness.tasks.blends import ParentFootprint, plan_blend, with_zoom
 from task_utils import masked_images, truth_detections
 
 SCALE = 0.2
@@ -36,17 +36,18 @@ PEAKS = np.array([[70, 70], [100, 82]])  # local (x, y): the disc, and the small
 STAMP = 45
 
 
-def _scene():
-    """Image, variance and per-galaxy truth ``(2, bands, H, W)`` of the disc and its neighbour."""
+def _scene(large=True):
+    """Image, variance and per-galaxy truth ``(2, bands, H, W)`` of the disc and its neighbour
+    (``large=False``: a galaxy of the stamp's size, r = 21, in place of the disc)."""
     conditions = LsstConditions.from_surveycodex()
     bands = conditions.bands
     # Flat SED: the same magnitude in every band.
-    disc = galsim.Exponential(half_light_radius=2.5).shear(e1=0.2, e2=-0.1)
+    disc = galsim.Exponential(half_light_radius=2.5 if large else 0.7).shear(e1=0.2, e2=-0.1)
     small = galsim.Exponential(half_light_radius=0.5).shear(e1=-0.1, e2=0.2)
     truth = np.zeros((2, len(bands), *SHAPE))
     for b, band in enumerate(bands):
         psf = galsim.Moffat(beta=3.5, fwhm=conditions.psf_fwhm[b])
-        for k, (gal, mag) in enumerate([(disc, 19.5), (small, 22.0)]):
+        for k, (gal, mag) in enumerate([(disc, 19.5 if large else 21.0), (small, 22.0)]):
             obj = galsim.Convolve(gal.withFlux(conditions.counts(mag, band)), psf)
             offset = (PEAKS[k, 0] - (SHAPE[1] - 1) / 2, PEAKS[k, 1] - (SHAPE[0] - 1) / 2)
             truth[k, b] = obj.drawImage(nx=SHAPE[1], ny=SHAPE[0], scale=SCALE, offset=offset).array
@@ -135,6 +136,45 @@ class ZoomPlanTestCase(lsst.utils.tests.TestCase):
         self.assertEqual(corner.region, (1000, 2000, 1010 + 70, 2010 + 70))
 
 
+    def test_with_zoom_cuts_the_region_to_each_window(self):
+        plan = plan_blend(self.parent, self.BBOX, stamp_size=STAMP, other_peaks_xy=self.others,
+                          max_neighbours=5, max_zoom=3)
+        # All at zoom 1: the union of the four sources' 45-px stamps.
+        flat = with_zoom(plan, [1, 1, 1, 1], self.BBOX, stamp_size=STAMP)
+        self.assertEqual(flat.zoom.tolist(), [1, 1, 1, 1])
+        self.assertEqual(flat.region, (1198 - 22, 2198 - 22, 1204 + 23, 2258 + 23))
+        self.assertEqual(flat.neighbours_xy.tolist(), plan.neighbours_xy.tolist())
+        # The first peak at zoom 3: its 139-px window, the others' stamps.
+        big = with_zoom(plan, [3, 1, 1, 1], self.BBOX, stamp_size=STAMP)
+        self.assertEqual(big.region, (1198 - 69, 2198 - 69, 1198 + 70, 2258 + 23))
+        # The near neighbour (2220, 1200) at zoom 2: its 93-px window.
+        self.assertEqual(with_zoom(plan, [1, 1, 2, 1], self.BBOX, stamp_size=STAMP).region,
+                         (1200 - 46, 2220 - 46, 1200 + 47, 2258 + 23))
+        with self.assertRaises(ValueError):
+            with_zoom(plan, [1, 1], self.BBOX, stamp_size=STAMP)
+        # The engine gets the zooms: it does not choose again.
+        self.assertNotIn("zoom", plan.engine_input(_FakeCoadd(self.BBOX)))
+        self.assertEqual(big.engine_input(_FakeCoadd(self.BBOX))["zoom"].tolist(), [3, 1, 1, 1])
+
+
+class _FakeCoadd:
+    """The attributes of `MultibandCoadd` that `BlendPlan.engine_input` reads."""
+
+    def __init__(self, bbox):
+        y0, x0, y1, x1 = bbox
+        self.yx0 = (y0, x0)
+        self.image = self.variance = np.zeros((1, y1 - y0, x1 - x0), np.float32)
+        self.bad = np.zeros((1, y1 - y0, x1 - x0), bool)
+
+
+def _runTask(coadds, detections, spans, deblender, maxZoom, precision):
+    config = MadnessDeblendConfig()
+    config.maxZoom = maxZoom
+    config.precision = precision
+    task = MadnessDeblendTask(config=config)
+    return task.run(coadds=coadds, detections=detections, detectionSpans=spans, deblender=deblender), task
+
+
 class LargeGalaxyTaskTestCase(lsst.utils.tests.TestCase):
     """A disc bigger than the stamp, deblended by the task at maxZoom 1 and 3."""
 
@@ -151,16 +191,17 @@ class LargeGalaxyTaskTestCase(lsst.utils.tests.TestCase):
                                                      yx0=YX0, threshold=sigma)
         # bfloat16 steps halve the time on TensorFlow; JAX's CPU convolutions are slow in bfloat16.
         precision = "mixed_bfloat16" if keras.config.backend() == "tensorflow" else "float32"
-        cls.results = {}
+        cls.results, cls.tasks = {}, {}
         for maxZoom in (1, 3):
-            config = MadnessDeblendConfig()
-            config.maxZoom = maxZoom
-            config.precision = precision
-            result = MadnessDeblendTask(config=config).run(
-                coadds=cls.coadds, detections=cls.detections, detectionSpans=cls.spans,
-                deblender=cls.deblender,
-            )
-            cls.results[maxZoom] = result
+            cls.results[maxZoom], cls.tasks[maxZoom] = _runTask(cls.coadds, cls.detections, cls.spans,
+                                                                cls.deblender, maxZoom, precision)
+        # The same pair with a galaxy of the stamp's size in place of the disc: nothing to zoom.
+        image, variance, cls.smallTruth = _scene(large=False)
+        coadds = masked_images(image, variance, bands=cls.bands, yx0=YX0)
+        detections, spans = truth_detections(cls.smallTruth, groups=[[0, 1]], peaks=PEAKS.astype(float), yx0=YX0,
+                                             threshold=sigma)
+        cls.smallResults = {maxZoom: _runTask(coadds, detections, spans, cls.deblender, maxZoom, precision)
+                            for maxZoom in (1, 3)}
 
     def _children(self, maxZoom):
         catalog = self.results[maxZoom].deblendedCatalog
@@ -206,6 +247,24 @@ class LargeGalaxyTaskTestCase(lsst.utils.tests.TestCase):
         # The fit region was grown to hold the zoomed window, which lies inside the coadd: the
         # disc's model is not cropped (with the default 45-px stamp union it would be).
         self.assertEqual(children["deblend_edge"].tolist(), [False, False])
+
+    def test_zoom_chosen_before_the_fit(self):
+        """The task chose the disc's zoom on the wide region and fitted the sources' windows."""
+        self.assertEqual(self.tasks[3].metadata["n_zoomed_blends"], 1)
+        self.assertNotIn("n_zoomed_blends", self.tasks[1].metadata)
+
+    def test_nothing_to_zoom_fits_as_without_zoom(self):
+        """Without a galaxy bigger than the stamp, maxZoom=3 gives the children of maxZoom=1: same
+        region, neighbours, zooms and fluxes (the zoom choice is the only extra work)."""
+        (plain, _), (zoomed, task) = self.smallResults[1], self.smallResults[3]
+        self.assertEqual(task.metadata["n_zoomed_blends"], 0)
+        a, b = plain.deblendedCatalog, zoomed.deblendedCatalog
+        self.assertEqual(len(a), 3)
+        self.assertEqual(b["deblend_zoom"].tolist(), a["deblend_zoom"].tolist())
+        for column in ("deblend_flux_r", "deblend_modelFlux_r", "deblend_iterations", "footprint_area",
+                       "deblend_nNeighbors"):
+            np.testing.assert_allclose(np.asarray(b[column], float), np.asarray(a[column], float), rtol=1e-6,
+                                       err_msg=column)
 
     def test_child_footprint_beyond_the_stamp(self):
         """The zoomed disc's child reaches beyond the 45 x 45 stamp around its peak (at maxZoom=1 it

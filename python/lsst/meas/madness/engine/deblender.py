@@ -371,11 +371,7 @@ class MadnessDeblender:
             auto = [i for i, b in enumerate(blends) if b.get("zoom") is None]
             if auto and settings.zoom_choice == "guess":
                 for i in auto:
-                    b = blends[i]
-                    zoomed = self._choose_zoom(
-                        lambda zoom, b=b: prepare(b["image"], b["peaks_xy"], b.get("variance"), b.get("mask"),
-                                                  zoom=zoom),
-                        init_per_blend[i], settings)
+                    zoomed = self._choose_zoom(self._preparer(prepare, blends[i]), init_per_blend[i], settings)
                     if zoomed is not None:
                         prepared[i], init_per_blend[i] = zoomed
 
@@ -392,9 +388,7 @@ class MadnessDeblender:
                     grow = self._zoom_candidates(results[i], zoom[i], z, settings)
                     if grow.any():
                         zoom[i][grow] = z + 1
-                        b = blends[i]
-                        prepared[i] = prepare(b["image"], b["peaks_xy"], b.get("variance"), b.get("mask"),
-                                              zoom=zoom[i])
+                        prepared[i] = self._preparer(prepare, blends[i])(zoom[i])
                         init_per_blend[i] = self.initial_latents(prepared[i].cutouts)
                         redo.append(i)
                 if not redo:
@@ -409,7 +403,69 @@ class MadnessDeblender:
         )
         return results  # type: ignore[return-value]
 
+    def choose_zoom(
+        self,
+        blends: Sequence[Mapping],
+        *,
+        bands: Sequence[str] | None = None,
+        settings: MapSettings | None = None,
+    ) -> list[np.ndarray]:
+        """The zoom `deblend_batch` would choose for each source, without fitting.
+
+        The choice of ``settings.zoom_choice="guess"`` (`MapSettings`): a source moves to zoom
+        ``z + 1`` when the VAE-deblender's guess drawn at ``z + 1`` puts more than
+        ``settings.zoom_outside_threshold`` of its flux outside a zoom-``z`` stamp. A caller that
+        cuts the image around a blend (the tasks) can choose on a region wide enough for the
+        largest zoom, then fit on the windows of the zooms chosen (``zoom=`` in `deblend_batch`),
+        which for most blends are the stamps themselves.
+
+        Parameters
+        ----------
+        blends : sequence of mapping
+            As in `deblend_batch` (a ``zoom`` key is ignored).
+        bands : sequence of `str`, optional
+            Band names of the planes, checked against the model's.
+        settings : `MapSettings`, optional
+            Overrides the deblender's settings for this call.
+
+        Returns
+        -------
+        zoom : `list` [`numpy.ndarray`]
+            ``(n,)`` int64 zoom of each source per blend; all 1 when ``settings.max_zoom`` is 1.
+
+        Raises
+        ------
+        MadnessValueError
+            ``settings.zoom_choice`` is ``"fit"`` (that choice needs the fit), or bad input as in
+            `deblend_batch`.
+        """
+        settings = settings or self.settings
+        self._check_bands(bands)
+        if settings.max_zoom > 1 and settings.zoom_choice != "guess":
+            raise MadnessValueError(f"choose_zoom makes the 'guess' choice; zoom_choice={settings.zoom_choice!r} "
+                                    "chooses from the fit (deblend_batch).")
+        prepare = functools.partial(prepare_blend, num_bands=len(self.bands), stamp_size=self.stamp_size,
+                                    normalization=self.normalization, max_sources=settings.max_sources)
+        prepared = [prepare(b["image"], b["peaks_xy"], b.get("variance"), b.get("mask")) for b in blends]
+        zooms = [np.ones(p.n_sources, np.int64) for p in prepared]
+        if not prepared or settings.max_zoom == 1 or settings.fit_offsets:
+            return zooms
+        init = self.initial_latents(np.concatenate([p.cutouts for p in prepared]))
+        init_per_blend = np.split(init, np.cumsum([p.n_sources for p in prepared])[:-1])
+        for i, b in enumerate(blends):
+            zoomed = self._choose_zoom(self._preparer(prepare, b), init_per_blend[i], settings)
+            if zoomed is not None:
+                zooms[i] = np.asarray(zoomed[0].zoom, np.int64)
+        return zooms
+
     # --- internals ------------------------------------------------------------------------------
+
+    @staticmethod
+    def _preparer(prepare, blend: Mapping):
+        """``zoom -> PreparedBlend`` of one blend's arrays."""
+        return lambda zoom: prepare(blend["image"], blend["peaks_xy"], blend.get("variance"), blend.get("mask"),
+                                    zoom=zoom)
+
 
     def _fit_all(self, prepared, init_per_blend, indices, results, settings, progress) -> None:
         """Fit the blends ``indices`` of ``prepared`` in batches, into ``results``."""

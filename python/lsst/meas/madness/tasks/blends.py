@@ -12,7 +12,10 @@ pixels and are then dropped (each neighbour gets its own fit in its own parent's
 With a largest zoom ``max_zoom > 1`` (galaxies bigger than the stamp, doc/large-galaxies.md) the
 engine may draw any source in a window of ``zoom_footprint_size(S, max_zoom)`` pixels (139 for
 ``S = 45`` and zoom 3), so the stamps above are those windows: the fit region and the search
-for neighbours grow to them. At ``max_zoom == 1`` the window is the stamp itself.
+for neighbours grow to them. At ``max_zoom == 1`` the window is the stamp itself. Once the zoom of
+each source is chosen (`MadnessDeblender.choose_zoom` on that wide region), `with_zoom` shrinks
+the region to each source's own window, which for a blend without a large galaxy is the union of
+its stamps again.
 
 Children
 --------
@@ -28,7 +31,7 @@ parent the fraction of its observed flux given to no child.
 
 from __future__ import annotations
 
-__all__ = ["ParentFootprint", "BlendPlan", "plan_blend", "ChildSplit", "split_blend"]
+__all__ = ["ParentFootprint", "BlendPlan", "plan_blend", "with_zoom", "ChildSplit", "split_blend"]
 
 import dataclasses
 
@@ -87,7 +90,11 @@ class BlendPlan:
         of another peak.
     region : `tuple` [`int`, `int`, `int`, `int`]
         ``(y0, x0, y1, x1)`` tract-frame cut given to the engine (union of all stamps, or of
-        the windows of the largest zoom, clipped to the coadd).
+        the windows of the largest zoom, or of each source's window at its zoom, clipped to
+        the coadd).
+    zoom : `numpy.ndarray` or `None`
+        ``(n_sources,)`` zoom of each source (peaks, then neighbours) given to the engine, or
+        `None` to let the engine choose (`MapSettings.max_zoom`).
     """
 
     parent: ParentFootprint
@@ -96,6 +103,7 @@ class BlendPlan:
     neighbours_xy: np.ndarray
     dropped: int
     region: tuple[int, int, int, int]
+    zoom: np.ndarray | None = None
 
     @property
     def n_sources(self) -> int:
@@ -107,23 +115,62 @@ class BlendPlan:
         cy0, cx0 = coadd.yx0
         sl = (slice(None), slice(y0 - cy0, y1 - cy0), slice(x0 - cx0, x1 - cx0))
         peaks = np.concatenate([self.peaks_xy, self.neighbours_xy]).astype(np.float64)
-        return dict(
+        blend = dict(
             image=coadd.image[sl],
             variance=coadd.variance[sl],
             mask=coadd.bad[sl],
             peaks_xy=peaks - np.array([x0, y0], dtype=np.float64),
         )
+        if self.zoom is not None:
+            blend["zoom"] = np.asarray(self.zoom, np.int64)
+        return blend
+
+    @property
+    def sources_xy(self) -> np.ndarray:
+        """``(n_sources, 2)`` (x, y) of the peaks, then the neighbours, tract frame."""
+        return np.concatenate([self.peaks_xy, self.neighbours_xy]).astype(np.float64)
 
 
 def _stamp_union(
-    peaks_xy: np.ndarray, stamp_size: int, bbox: tuple[int, int, int, int]
+    peaks_xy: np.ndarray, stamp_size, bbox: tuple[int, int, int, int]
 ) -> tuple[int, int, int, int]:
-    origins = stamp_origins_xy(peaks_xy, stamp_size)
+    """Union of the windows around ``peaks_xy`` (one side, or ``(n,)`` sides), clipped to ``bbox``."""
+    sizes = np.broadcast_to(np.asarray(stamp_size, np.int64), (len(peaks_xy),))
+    origins = np.concatenate([stamp_origins_xy(peaks_xy[i:i + 1], int(sizes[i])) for i in range(len(peaks_xy))])
+    ends = origins + sizes[:, None]
     y0 = max(int(origins[:, 0].min()), bbox[0])
     x0 = max(int(origins[:, 1].min()), bbox[1])
-    y1 = min(int(origins[:, 0].max()) + stamp_size, bbox[2])
-    x1 = min(int(origins[:, 1].max()) + stamp_size, bbox[3])
+    y1 = min(int(ends[:, 0].max()), bbox[2])
+    x1 = min(int(ends[:, 1].max()), bbox[3])
     return y0, x0, y1, x1
+
+
+def with_zoom(plan: BlendPlan, zoom, coadd_bbox: tuple[int, int, int, int], *, stamp_size: int) -> BlendPlan:
+    """The plan with each source's zoom fixed and its region cut to the sources' own windows.
+
+    Parameters
+    ----------
+    plan : `BlendPlan`
+        A plan made for the largest zoom (`plan_blend` with ``max_zoom``), on whose region the
+        zooms were chosen.
+    zoom : array-like
+        ``(n_sources,)`` zoom per source, peaks then neighbours.
+    coadd_bbox : `tuple`
+        ``(y0, x0, y1, x1)`` tract-frame box of the coadd.
+    stamp_size : `int`
+        Model stamp side (pixels).
+
+    Returns
+    -------
+    plan : `BlendPlan`
+        Same sources; ``zoom`` set (the engine does not choose again) and ``region`` the union
+        of ``zoom_footprint_size(stamp_size, zoom_i)`` windows, which holds every source's model.
+    """
+    zoom = np.asarray(zoom, np.int64).reshape(-1)
+    if len(zoom) != plan.n_sources:
+        raise ValueError(f"with_zoom: {len(zoom)} zooms for {plan.n_sources} sources.")
+    sides = np.array([int(zoom_footprint_size(stamp_size, int(z))) for z in zoom], np.int64)
+    return dataclasses.replace(plan, zoom=zoom, region=_stamp_union(plan.sources_xy, sides, coadd_bbox))
 
 
 def plan_blend(

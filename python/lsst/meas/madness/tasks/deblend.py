@@ -52,7 +52,7 @@ from ..engine import DeblendResult, MadnessDeblender, MapSettings, prepare_blend
 from ..engine.geometry import peaks_to_pixels
 from ..errors import MadnessValueError
 from ..units import ModelUnits, resolve_unit
-from .blends import BlendPlan, ParentFootprint, plan_blend, split_blend
+from .blends import BlendPlan, ParentFootprint, plan_blend, split_blend, with_zoom
 from .catalogs import deblend_columns, make_table
 from .coadds import MultibandCoadd
 from .deblend_config import MadnessDeblendConfig, MadnessDeblendConnections
@@ -61,6 +61,15 @@ from .residual_peaks import bic_penalty, find_residual_peaks, residual_significa
 
 # Errors that must stop the patch even with catchFailures (meas_base's FATAL_EXCEPTIONS idea).
 _FATAL = (MemoryError, KeyboardInterrupt)
+
+
+def _carriedZoom(plan: BlendPlan, newPlan: BlendPlan) -> np.ndarray | None:
+    """Zooms of ``newPlan``'s sources: a source of ``plan`` keeps its zoom, a new one gets 1
+    (`None` when ``plan`` left the choice to the engine)."""
+    if plan.zoom is None:
+        return None
+    old = {tuple(xy): int(z) for xy, z in zip(plan.sources_xy.tolist(), plan.zoom)}
+    return np.array([old.get(tuple(xy), 1) for xy in newPlan.sources_xy.tolist()], np.int64)
 
 
 class _DeblenderCache:
@@ -380,8 +389,14 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
             if plan is not None:
                 blends.append((k, plan))
 
-        # 2. Fit the planned parents in batches; each failure flagged on its own parent.
         settings = self.config.makeMapSettings()
+        # 1b. With maxZoom > 1, each source's zoom is chosen on the wide region, and the fit
+        # region shrinks to the windows of the zooms chosen (the stamps themselves, with the
+        # neighbours of a zoom-1 plan, for a blend without a large galaxy).
+        if self.config.maxZoom > 1 and self.config.zoomChoice == "guess" and blends:
+            blends = self._chooseZooms(deblender, blends, parentRows, parents, coadd, allPeaks, owner, settings)
+
+        # 2. Fit the planned parents in batches; each failure flagged on its own parent.
         nFailed = 0
         fitted: list[tuple[int, BlendPlan, DeblendResult]] = []
         periodic = PeriodicLogger(self.log)
@@ -574,6 +589,59 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
         row["deblend_nNeighbors"] = len(plan.neighbours_xy)
         return plan
 
+    def _chooseZooms(
+        self,
+        deblender: MadnessDeblender,
+        blends: list[tuple[int, BlendPlan]],
+        parentRows: list[dict],
+        parents: list[ParentFootprint],
+        coadd: MultibandCoadd,
+        allPeaks: np.ndarray,
+        owner: np.ndarray,
+        settings: MapSettings,
+    ) -> list[tuple[int, BlendPlan]]:
+        """Fix each planned source's zoom (`MadnessDeblender.choose_zoom`) and cut the regions.
+
+        A blend whose sources all stay at zoom 1 is planned again as with ``maxZoom=1`` (same
+        region, same neighbours), so a patch without large galaxies is fitted as it would be
+        without zoom; a blend with a zoomed source keeps its neighbours and fits on the union
+        of its sources' windows (`lsst.meas.madness.tasks.blends.with_zoom`). A batch whose
+        choice raises keeps its wide plans, and the engine chooses during the fit (where a bad
+        parent fails on its own).
+        """
+        config = self.config
+        out: list[tuple[int, BlendPlan]] = []
+        size = max(config.batchSize, 1)
+        nZoomed = 0
+        for start in range(0, len(blends), size):
+            batch = blends[start : start + size]
+            try:
+                zooms = deblender.choose_zoom([plan.engine_input(coadd) for _, plan in batch], settings=settings)
+            except _FATAL:
+                raise
+            except Exception as error:
+                self.log.debug("Zoom choice of a batch failed (%s: %s); the fit chooses", type(error).__name__, error)
+                out.extend(batch)
+                continue
+            for (k, plan), zoom in zip(batch, zooms):
+                if (zoom > 1).any():
+                    nZoomed += 1
+                    out.append((k, with_zoom(plan, zoom, coadd.bbox, stamp_size=deblender.stamp_size)))
+                    continue
+                narrow = plan_blend(
+                    parents[k],
+                    coadd.bbox,
+                    stamp_size=deblender.stamp_size,
+                    other_peaks_xy=allPeaks[owner != k] if config.includeNeighbors else None,
+                    max_neighbours=config.maxNeighbors if config.includeNeighbors else 0,
+                    max_zoom=1,
+                )
+                parentRows[k]["deblend_nNeighbors"] = len(narrow.neighbours_xy)
+                out.append((k, dataclasses.replace(narrow, zoom=np.ones(narrow.n_sources, np.int64))))
+        self.log.info("Zoom chosen for %d blends: %d with a source drawn at zoom > 1", len(blends), nZoomed)
+        self.metadata["n_zoomed_blends"] = nZoomed
+        return out
+
     def _skipParent(self, row: dict, flag: str, why: str) -> None:
         """Flag a parent ``deblend_skipped`` and ``flag``."""
         row["deblend_skipped"] = True
@@ -760,20 +828,22 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
                 np.concatenate([np.asarray(parent.peak_ids, np.int64), ids]),
                 np.concatenate([np.asarray(parent.peaks_xy, np.float64).reshape(-1, 2), peaksXy]),
             )
+            # A first fit whose zooms were chosen all 1 was planned as with maxZoom=1: so is its refit.
+            zoomed = plan.zoom is None or bool((plan.zoom > 1).any())
             newPlan = plan_blend(
                 augmented,
                 coadd.bbox,
                 stamp_size=deblender.stamp_size,
                 other_peaks_xy=allPeaks[owner != k] if config.includeNeighbors else None,
                 max_neighbours=config.maxNeighbors if config.includeNeighbors else 0,
-                max_zoom=config.maxZoom,
+                max_zoom=config.maxZoom if zoomed else 1,
             )
             parentRows[k]["deblend_nResidualPeaksRejected"] = len(ids)
             if not np.isin(ids, newPlan.peak_ids).all():
                 continue
             # The objectives compare only over the same pixels: the refit keeps the first fit's
             # region, and a new source's stamp is cropped to it (its child may be flagged edge).
-            newPlan = dataclasses.replace(newPlan, region=plan.region)
+            newPlan = dataclasses.replace(newPlan, region=plan.region, zoom=_carriedZoom(plan, newPlan))
             added[index] = ids
             candidates.append((index, newPlan))
 
