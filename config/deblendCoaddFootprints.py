@@ -14,8 +14,11 @@ config.maxNumberOfPeaks = 50
 config.maxFootprintArea = 250_000
 # A failing blend is flagged (deblend_failed, deblend_error) and the patch goes on.
 config.catchFailures = True
-# Deblend single-peak parents too, so every object has MADNESS latents and a model.
-config.processSingles = True
+# Single-peak parents are not modelled, as scarlet leaves them in DRP: they stay one record
+# (parent 0, deblend_skipped_isolatedParent), measured on the image, so SetPrimaryFlagsTask
+# marks them detect_isIsolated and not detect_fromBlend, as downstream selections expect.
+# True would give every object MADNESS latents and a model, at the cost of that meaning.
+config.processSingles = False
 # Pixels with zero weight in the fit (coadd mask planes; NaN/inf and variance <= 0 always).
 config.badMask = ["BAD", "CR", "NO_DATA", "SAT", "SUSPECT"]
 # Children's heavy footprints share the observed flux in proportion to the models (as scarlet).

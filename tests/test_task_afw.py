@@ -33,6 +33,7 @@ from lsst.meas.madness.tasks.afw import (
     afw_fields,
     bad_pixels,
     coadd_from_arrays,
+    data_coverage,
     footprint_image,
 )
 from lsst.meas.madness.tasks.catalogs import deblend_columns
@@ -57,7 +58,7 @@ class ConventionsTestCase(MadnessTestCase):
         self.assertEqual(len(set(names)), len(names))
         types = {f.name: f.type for f in fields}
         # The Rubin flag and count conventions.
-        for flag in ("deblend_failed", "deblend_skipped", "deblend_tooManyPeaks", "deblend_parentTooBig",
+        for flag in ("deblend_failed", "deblend_skipped", "deblend_skipped_tooManyPeaks", "deblend_skipped_parentTooBig",
                      "deblend_extended", "deblend_truncated"):
             self.assertEqual(types[flag], "Flag")
         for count in ("deblend_nChild", "deblend_nPeaks", "deblend_peak_center_x", "deblend_peak_center_y",
@@ -124,6 +125,27 @@ class ConventionsTestCase(MadnessTestCase):
         with self.assertRaises(MadnessValueError):
             coadd_from_arrays(BANDS, bad_shape, xy0, [])
         self.assertEqual(coadd.shape, (h, w))
+
+    def test_scarlet_v30_names(self):
+        """Skip flags carry meas_extensions_scarlet v30's names; per-band coverage is a float."""
+        types = {f.name: f.type for f in afw_fields(BANDS, 16)}
+        for flag in ("deblend_skipped_tooManyPeaks", "deblend_skipped_parentTooBig",
+                     "deblend_skipped_isolatedParent", "deblend_skipped_isPseudo"):
+            self.assertEqual(types[flag], "Flag")
+        self.assertEqual(types["deblend_dataCoverage"], "F")
+        for old in ("deblend_tooManyPeaks", "deblend_parentTooBig", "deblend_isolatedParent"):
+            self.assertNotIn(old, types)
+
+    def test_data_coverage(self):
+        # Rows 10-11 of a mask whose first pixel is (y, x) = (10, 20): 3 + 4 pixels, one of them
+        # NO_DATA (bit 8), one off the mask (x = 24 on a 4-pixel-wide mask).
+        fp = Footprint(np.array([[10, 21, 23], [11, 21, 24]]))
+        mask = np.zeros((2, 4), np.int32)
+        mask[1, 2] = 1 << PLANE_BITS["NO_DATA"]
+        mask[0, 1] = 1 << PLANE_BITS["SAT"]  # other planes do not count
+        self.assertAlmostEqual(data_coverage(fp, mask, (10, 20), PLANE_BITS["NO_DATA"]), 5 / 7)
+        self.assertAlmostEqual(data_coverage(fp, mask, (10, 20), None), 6 / 7)
+        self.assertTrue(np.isnan(data_coverage(Footprint(np.zeros((0, 3), np.int64)), mask, (10, 20), 8)))
 
     def test_footprint_image(self):
         rng = np.random.default_rng(3)
@@ -259,8 +281,8 @@ class AfwDeblendTestCase(MadnessTestCase):
             "deblend_nPeaks",
             "deblend_failed",
             "deblend_skipped",
-            "deblend_tooManyPeaks",
-            "deblend_parentTooBig",
+            "deblend_skipped_tooManyPeaks",
+            "deblend_skipped_parentTooBig",
             "deblend_peak_center_x",
             "deblend_latents",
             "deblend_logPrior",
@@ -325,6 +347,54 @@ class AfwDeblendTestCase(MadnessTestCase):
                 # deblend_unassignedFluxFraction, is small for these isolated blends).
                 noise = 10.0 * np.sqrt(parentFlux.size)
                 self.assertLess(abs(childSum - parentFlux.sum()), 0.2 * abs(parentFlux.sum()) + 5 * noise)
+
+    def test_data_coverage_per_band(self):
+        """Every record of a per-band catalog has deblend_dataCoverage (1 on these complete coadds,
+        as MergeMeasurementsTask reads it); the band-merged catalog leaves it NaN."""
+        from lsst.meas.madness.tasks.afw.convert import footprint_data_coverage
+
+        for band, catalog in self.result.deblendedFlux.items():
+            coverage = np.array([r.get("deblend_dataCoverage") for r in catalog])
+            np.testing.assert_array_equal(coverage, 1.0, err_msg=band)
+        self.assertTrue(np.isnan([r.get("deblend_dataCoverage") for r in self.catalog]).all())
+        # NO_DATA on the left half of a parent's box: the fraction of its pixels there.
+        exposure = self.exposures["r"].clone()
+        parent = self.merged[0].getFootprint()
+        box = parent.getBBox()
+        half = box.getMinX() + box.getWidth() // 2
+        x0 = exposure.getX0()
+        exposure.mask.array[:, : half - x0] |= exposure.mask.getPlaneBitMask("NO_DATA")
+        spans = parent.getSpans()
+        left = sum(max(0, min(s.getX1(), half - 1) - s.getX0() + 1) for s in spans)
+        self.assertAlmostEqual(footprint_data_coverage(parent, exposure), 1 - left / parent.getArea(), places=6)
+
+    def test_sky_objects_are_not_deblended(self):
+        """A parent flagged sky_source is skipped (deblend_skipped_isPseudo), as scarlet skips it."""
+        import lsst.afw.table as afwTable
+
+        from lsst.meas.madness.tasks.afw import MadnessDeblendAfwTask
+
+        mapper = afwTable.SchemaMapper(self.merged.schema)
+        mapper.addMinimalSchema(self.merged.schema)
+        for item in self.merged.schema:
+            if item.field.getName() not in mapper.getOutputSchema().getNames():
+                mapper.addMapping(item.key)
+        sky = mapper.editOutputSchema().addField("sky_source", type="Flag", doc="sky object")
+        merged = afwTable.SourceCatalog(mapper.getOutputSchema())
+        merged.extend(self.merged[:2], mapper)
+        merged[0].set(sky, True)
+        config = MadnessDeblendAfwConfig()
+        config.bundlePath = str(quick_bundle_path())
+        config.maxIter = config.minIter = 5
+        task = MadnessDeblendAfwTask(schema=merged.schema, peakSchema=self.peakSchema, config=config,
+                                     deblender=deblender())
+        catalog = task.run(coadds=self.exposures, mergedDetections=merged).deblendedCatalog
+        skyParent, other = catalog.find(merged[0].getId()), catalog.find(merged[1].getId())
+        self.assertTrue(skyParent.get("deblend_skipped") and skyParent.get("deblend_skipped_isPseudo"))
+        self.assertEqual(skyParent.get("deblend_nChild"), 0)
+        self.assertEqual(len(catalog.getChildren(skyParent.getId())), 0)
+        self.assertFalse(other.get("deblend_skipped_isPseudo") or other.get("deblend_skipped"))
+        self.assertEqual(len(catalog.getChildren(other.getId())), len(other.getFootprint().getPeaks()))
 
     def test_noise_replacer_accepts_outputs(self):
         """meas_base's NoiseReplacer (used by coadd measurement) takes the per-band catalog."""
@@ -397,7 +467,7 @@ class AfwDeblendTestCase(MadnessTestCase):
             nPeaks = len(parent.getFootprint().getPeaks())
             if nPeaks > 2:
                 self.assertTrue(parent.get("deblend_skipped"))
-                self.assertTrue(parent.get("deblend_tooManyPeaks"))
+                self.assertTrue(parent.get("deblend_skipped_tooManyPeaks"))
                 self.assertEqual(parent.get("deblend_nChild"), 0)
             elif parent.getId() == blend2.getId():
                 self.assertTrue(parent.get("deblend_failed"))
@@ -411,7 +481,7 @@ class AfwDeblendTestCase(MadnessTestCase):
         )
         catalog = task.run(coadds=self.exposures, mergedDetections=self.merged).deblendedCatalog
         for parent in [r for r in catalog if r.getParent() == 0]:
-            self.assertTrue(parent.get("deblend_parentTooBig"))
+            self.assertTrue(parent.get("deblend_skipped_parentTooBig"))
 
     def test_missing_band_and_bad_mask(self):
         with self.assertRaises(MadnessMissingBandError):

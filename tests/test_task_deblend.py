@@ -184,7 +184,7 @@ class DeblendTaskTestCase(MadnessTestCase):
     def test_injected_failures_flagged(self):
         parents = self._parents()
         no_peaks, nan_parent = parents[-2], parents[-1]
-        self.assertTrue(no_peaks["deblend_skipped"] and no_peaks["deblend_noPeaks"])
+        self.assertTrue(no_peaks["deblend_skipped"] and no_peaks["deblend_skipped_noPeaks"])
         self.assertFalse(no_peaks["deblend_failed"])
         self.assertTrue(nan_parent["deblend_failed"])
         self.assertEqual(nan_parent["deblend_error"], "MadnessNoDataError")
@@ -213,10 +213,10 @@ class DeblendTaskTestCase(MadnessTestCase):
         ).deblendedCatalog
         top = catalog[catalog["parent"] == 0]
         self.assertEqual(len(catalog), len(top))
-        self.assertTrue(top["deblend_parentTooBig"][0] and top["deblend_skipped"][0])
-        self.assertFalse(top["deblend_tooManyPeaks"][0])
-        self.assertTrue(top["deblend_tooManyPeaks"][1] and top["deblend_skipped"][1])
-        self.assertTrue(top["deblend_isolatedParent"][3] and not top["deblend_skipped"][3])
+        self.assertTrue(top["deblend_skipped_parentTooBig"][0] and top["deblend_skipped"][0])
+        self.assertFalse(top["deblend_skipped_tooManyPeaks"][0])
+        self.assertTrue(top["deblend_skipped_tooManyPeaks"][1] and top["deblend_skipped"][1])
+        self.assertTrue(top["deblend_skipped_isolatedParent"][3] and not top["deblend_skipped"][3])
         self.assertEqual(task.metadata["n_blends"], 0)
 
     def test_model_values_without_flux_conservation(self):

@@ -58,12 +58,16 @@ class ParentFootprint:
     peaks_xy : `numpy.ndarray`
         ``(n, 2)`` ``(x, y)`` peak positions, tract frame: integer pixels, or float positions
         (sub-pixel peaks are kept through the fit).
+    pseudo : `bool`
+        A pseudo source (a DRP sky object: ``merge_peak_sky`` / ``sky_source``), which is not
+        deblended (``deblend_skipped_isPseudo``), as scarlet skips it.
     """
 
     id: int
     footprint: Footprint
     peak_ids: np.ndarray
     peaks_xy: np.ndarray
+    pseudo: bool = False
 
     @property
     def n_peaks(self) -> int:

@@ -205,17 +205,22 @@ def deblend_columns(bands: Sequence[str], latent_dim: int) -> list[Column]:
             "Peaks not deblended: off the image, outside the footprint, or sharing a pixel.",
         ),
         Column("deblend_skipped", "bool", "The parent was not deblended (see the specific deblend_* flag)."),
-        Column("deblend_noPeaks", "bool", "The parent footprint has no usable peak; not deblended."),
+        Column("deblend_skipped_noPeaks", "bool", "The parent footprint has no usable peak; not deblended."),
         Column(
-            "deblend_tooManyPeaks", "bool", "The parent has more peaks than maxNumberOfPeaks; not deblended."
+            "deblend_skipped_tooManyPeaks", "bool", "The parent has more peaks than maxNumberOfPeaks; not deblended."
         ),
         Column(
-            "deblend_parentTooBig",
+            "deblend_skipped_parentTooBig",
             "bool",
             "The parent footprint covers more than maxFootprintArea pixels; not deblended.",
         ),
         Column(
-            "deblend_isolatedParent",
+            "deblend_skipped_isPseudo",
+            "bool",
+            "The parent is a pseudo source (a sky object: merge_peak_sky or sky_source); not deblended.",
+        ),
+        Column(
+            "deblend_skipped_isolatedParent",
             "bool",
             "The parent has a single peak and processSingles is False; not deblended.",
         ),

@@ -559,17 +559,21 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
         -------
         plan : `BlendPlan` or `None`
             The blend to fit; `None` for a skipped parent or a single left undeblended
-            (``processSingles=False``, flag ``deblend_isolatedParent``).
+            (``processSingles=False``, flag ``deblend_skipped_isolatedParent``).
         """
         config = self.config
+        if parent.pseudo:
+            # A sky object: a footprint on empty sky for noise statistics, nothing to model.
+            self._skipParent(row, "deblend_skipped_isPseudo", "is a pseudo source (sky object)")
+            return None
         if parent.footprint.area == 0:
-            self._skipParent(row, "deblend_noPeaks", "has an empty footprint")
+            self._skipParent(row, "deblend_skipped_noPeaks", "has an empty footprint")
             return None
         if config.maxFootprintArea > 0 and parent.footprint.area > config.maxFootprintArea:
-            self._skipParent(row, "deblend_parentTooBig", f"covers {parent.footprint.area} pixels")
+            self._skipParent(row, "deblend_skipped_parentTooBig", f"covers {parent.footprint.area} pixels")
             return None
         if config.maxNumberOfPeaks > 0 and parent.n_peaks > config.maxNumberOfPeaks:
-            self._skipParent(row, "deblend_tooManyPeaks", f"has {parent.n_peaks} peaks")
+            self._skipParent(row, "deblend_skipped_tooManyPeaks", f"has {parent.n_peaks} peaks")
             return None
         plan = plan_blend(
             parent,
@@ -581,10 +585,10 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
         )
         row["deblend_droppedPeaks"] = plan.dropped
         if len(plan.peak_ids) == 0:
-            self._skipParent(row, "deblend_noPeaks", "has no usable peak")
+            self._skipParent(row, "deblend_skipped_noPeaks", "has no usable peak")
             return None
         if len(plan.peak_ids) == 1 and not config.processSingles:
-            row["deblend_isolatedParent"] = True
+            row["deblend_skipped_isolatedParent"] = True
             return None
         row["deblend_nNeighbors"] = len(plan.neighbours_xy)
         return plan

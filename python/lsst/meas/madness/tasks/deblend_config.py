@@ -102,12 +102,12 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
     # Size restrictions
     maxNumberOfPeaks = pexConfig.Field[int](
         default=50,
-        doc="Skip parents with more peaks than this (flag deblend_tooManyPeaks) (<= 0: unlimited). "
+        doc="Skip parents with more peaks than this (flag deblend_skipped_tooManyPeaks) (<= 0: unlimited). "
         "All peaks of a parent are fitted jointly, so memory and time grow with it.",
     )
     maxFootprintArea = pexConfig.Field[int](
         default=250_000,
-        doc="Skip parents whose footprint covers more pixels than this (flag deblend_parentTooBig) "
+        doc="Skip parents whose footprint covers more pixels than this (flag deblend_skipped_parentTooBig) "
         "(<= 0: unlimited); large footprints are usually artefacts or bright-star halos.",
     )
     # Failure modes
@@ -119,7 +119,7 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
     processSingles = pexConfig.Field[bool](
         default=True,
         doc="Deblend parents with a single peak too (one child with latents and a model); False "
-        "leaves them undeblended with deblend_isolatedParent.",
+        "leaves them undeblended with deblend_skipped_isolatedParent.",
     )
     inputUnit = pexConfig.Field[str](
         default=None,
@@ -231,12 +231,12 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
         default=1,
         doc="Largest zoom the engine may choose per source for a galaxy bigger than the model's stamp, "
         "1-4 (MapSettings.max_zoom): at zoom z a source's stamp is drawn with z-times larger pixels and "
-        "covers zoom_footprint_size(S, z) pixels (93 for z=2, 139 for z=3 with 45-px stamps), and each "
-        "blend's fit region and neighbours are grown to those windows around its peaks. 1 (off) is the "
-        "task's default although the engine's (MapSettings.max_zoom) is 3: zoom lowers the error of the "
-        "big galaxies and their neighbours (doc/large-galaxies.md), but here it grows every blend's fit "
-        "region, zoomed or not (1.5x the deblend time on the demo patch, which has no source to zoom). "
-        "Children report deblend_zoom, "
+        "covers zoom_footprint_size(S, z) pixels (93 for z=2, 139 for z=3 with 45-px stamps). With "
+        "zoomChoice='guess' each source's zoom is chosen on a region of maxZoom windows before the fit "
+        "(MadnessDeblender.choose_zoom); a blend with nothing zoomed is then fitted exactly as with "
+        "maxZoom=1, a zoomed one on its sources' own windows. With zoomChoice='fit' every blend's fit "
+        "region and neighbours grow to maxZoom windows. 1 (off) is the task's default although the "
+        "engine's (MapSettings.max_zoom) is 3 (doc/large-galaxies.md). Children report deblend_zoom, "
         "deblend_extended and deblend_truncated. Not combined with fitPositionOffsets.",
     )
     zoomOutsideThreshold = pexConfig.Field[float](

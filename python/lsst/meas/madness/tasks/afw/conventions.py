@@ -19,7 +19,10 @@ __all__ = [
     "AfwField",
     "AFW_SKIPPED_COLUMNS",
     "CHILD_EXTRA_FIELDS",
+    "BAND_FIELDS",
+    "PSEUDO_COLUMNS",
     "afw_fields",
+    "data_coverage",
     "bad_pixels",
     "coadd_from_arrays",
     "footprint_image",
@@ -114,6 +117,21 @@ CHILD_EXTRA_FIELDS = (
     AfwField("deblend_parentNChild", "I", "deblend_nChild of this record's parent."),
 )
 
+# Filled per band, in the per-band catalogs only (NaN in the band-merged one). pipe_tasks
+# MergeMeasurementsTask reads deblend_dataCoverage of every record to choose the reference band
+# (scarlet fills it in MeasureMergedCoaddSourcesTask; we write it with the HeavyFootprints).
+BAND_FIELDS = (
+    AfwField(
+        "deblend_dataCoverage",
+        "F",
+        "Fraction of the record's footprint pixels in this band that are not NO_DATA (1: complete).",
+    ),
+)
+
+# Record or peak flags that mark a pseudo source (a sky object), as in scarlet's pseudoColumns:
+# such a parent is not deblended (deblend_skipped_isPseudo).
+PSEUDO_COLUMNS = ("merge_peak_sky", "sky_source")
+
 _UNITS = {"pix": "pixel", "ms": "ms"}
 
 
@@ -161,7 +179,44 @@ def afw_fields(bands: Sequence[str], latent_dim: int) -> list[AfwField]:
             out.append(AfwField(col.name, _AFW_TYPES[col.dtype], col.doc, units))
         else:
             raise MadnessValueError(f"No afw type for column {col.name} of dtype {col.dtype}.")
-    return out + list(CHILD_EXTRA_FIELDS)
+    return out + list(CHILD_EXTRA_FIELDS) + list(BAND_FIELDS)
+
+
+def data_coverage(footprint: Footprint, mask: np.ndarray, yx0: tuple[int, int], no_data_bit: int | None) -> float:
+    """Fraction of a footprint's pixels that have data (scarlet's ``calculateFootprintCoverage``).
+
+    Parameters
+    ----------
+    footprint : `Footprint`
+        The record's pixels, tract frame.
+    mask : `numpy.ndarray`
+        ``(H, W)`` integer mask of the band (afw layout).
+    yx0 : `tuple` [`int`, `int`]
+        Tract-frame ``(y, x)`` of ``mask[0, 0]``.
+    no_data_bit : `int` or `None`
+        Bit index of the ``NO_DATA`` plane; `None` when the mask has no such plane (coverage 1).
+
+    Returns
+    -------
+    coverage : `float`
+        ``1 - n(NO_DATA or off-image pixels) / area``; NaN for an empty footprint.
+
+    Examples
+    --------
+    >>> fp = Footprint(np.array([[0, 0, 3]]))  # 4 pixels, row 0
+    >>> data_coverage(fp, np.array([[0, 1 << 2, 0, 0]], np.int32), (0, 0), 2)
+    0.75
+    """
+    if footprint.area == 0:
+        return float("nan")
+    ys, xs = footprint.pixels()
+    ys, xs = ys - yx0[0], xs - yx0[1]
+    on = (ys >= 0) & (ys < mask.shape[0]) & (xs >= 0) & (xs < mask.shape[1])
+    if no_data_bit is None:
+        return float(on.sum() / footprint.area)
+    good = on.copy()
+    good[on] = (mask[ys[on], xs[on]] & (1 << int(no_data_bit))) == 0
+    return float(good.sum() / footprint.area)
 
 
 def bad_pixels(

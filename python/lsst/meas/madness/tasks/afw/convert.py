@@ -21,6 +21,7 @@ __all__ = [
     "spanset_from_footprint",
     "parents_from_catalog",
     "child_footprint",
+    "footprint_data_coverage",
     "heavy_footprint",
 ]
 
@@ -37,7 +38,7 @@ from ...errors import MadnessValueError
 from ..blends import ParentFootprint
 from ..coadds import MultibandCoadd
 from ..footprints import Footprint
-from .conventions import coadd_from_arrays, footprint_image
+from .conventions import PSEUDO_COLUMNS, coadd_from_arrays, data_coverage, footprint_image
 
 
 def coadd_from_exposures(
@@ -110,6 +111,8 @@ def parents_from_catalog(catalog) -> tuple[list[ParentFootprint], dict[int, tupl
     """
     parents, peaks = [], {}
     key = 0
+    # Sky objects, as scarlet's pseudoColumns: a flag of the record or of its first peak.
+    pseudoFields = [name for name in PSEUDO_COLUMNS if name in catalog.schema.getNames()]
     for record in catalog:
         if record.getParent() != 0:
             continue
@@ -124,8 +127,22 @@ def parents_from_catalog(catalog) -> tuple[list[ParentFootprint], dict[int, tupl
         xy = np.array([(p.getFx(), p.getFy()) for p in peak_records], dtype=np.float64).reshape(-1, 2)
         for k, peak in zip(keys, peak_records):
             peaks[int(k)] = (record, peak)
-        parents.append(ParentFootprint(int(record.getId()), spans, keys, xy))
+        pseudo = any(record.get(name) for name in pseudoFields) or any(
+            name in peak_records[0].schema.getNames() and peak_records[0].get(name)
+            for name in PSEUDO_COLUMNS
+            if peak_records
+        )
+        parents.append(ParentFootprint(int(record.getId()), spans, keys, xy, pseudo=bool(pseudo)))
     return parents, peaks
+
+
+def footprint_data_coverage(footprint: afwDet.Footprint, exposure) -> float:
+    """`data_coverage` of an afw ``Footprint`` on one band's exposure (NaN when empty)."""
+    mask = exposure.mask
+    planes = mask.getMaskPlaneDict()
+    xy0 = exposure.getXY0()
+    return data_coverage(footprint_from_afw(footprint), mask.array, (xy0.getY(), xy0.getX()),
+                         planes.get("NO_DATA"))
 
 
 def child_footprint(footprint: Footprint, peak, peak_schema) -> afwDet.Footprint:

@@ -364,7 +364,7 @@ class MadnessDeblendAfwTask(MadnessDeblendTask):
 
     def _bandCatalog(self, sources, children, result, b: int, exposure):
         """A deep copy of the catalog whose children carry their ``HeavyFootprintF`` in band ``b``."""
-        from .convert import heavy_footprint
+        from .convert import footprint_data_coverage, heavy_footprint
 
         out = sources.copy(deep=True)
         # A deep copy keeps the record order; find records by position, not by (sorted) id.
@@ -376,4 +376,8 @@ class MadnessDeblendAfwTask(MadnessDeblendTask):
                     child.getFootprint(), result.heavyFootprints[key], result.heavyValues[key][b], exposure
                 )
             )
+        for record in out:
+            footprint = record.getFootprint()
+            if footprint is not None:
+                self._set(record, "deblend_dataCoverage", footprint_data_coverage(footprint, exposure))
         return out
