@@ -78,7 +78,8 @@ class LargeGalaxyTestCase(lsst.utils.tests.TestCase):
         fitted = self.deblender.deblend(self.image, PEAKS, variance=self.variance, settings=settings)
         self.assertEqual(zoom.tolist(), fitted.zoom.tolist())
         self.assertGreaterEqual(int(zoom[0]), 2)
-        given = self.deblender.deblend(self.image, PEAKS, variance=self.variance, settings=settings, zoom=zoom)
+        given = self.deblender.deblend(self.image, PEAKS, variance=self.variance, settings=settings,
+                                       zoom=zoom)
         np.testing.assert_allclose(given.models, fitted.models, rtol=1e-5, atol=1e-4 * fitted.models.max())
         # max_zoom=1: nothing to choose.
         (flat,) = self.deblender.choose_zoom([blend], settings=settings.replace(max_zoom=1))

@@ -58,7 +58,8 @@ class ConventionsTestCase(MadnessTestCase):
         self.assertEqual(len(set(names)), len(names))
         types = {f.name: f.type for f in fields}
         # The Rubin flag and count conventions.
-        for flag in ("deblend_failed", "deblend_skipped", "deblend_skipped_tooManyPeaks", "deblend_skipped_parentTooBig",
+        for flag in ("deblend_failed", "deblend_skipped", "deblend_skipped_tooManyPeaks",
+                     "deblend_skipped_parentTooBig",
                      "deblend_extended", "deblend_truncated"):
             self.assertEqual(types[flag], "Flag")
         for count in ("deblend_nChild", "deblend_nPeaks", "deblend_peak_center_x", "deblend_peak_center_y",
@@ -366,7 +367,8 @@ class AfwDeblendTestCase(MadnessTestCase):
         exposure.mask.array[:, : half - x0] |= exposure.mask.getPlaneBitMask("NO_DATA")
         spans = parent.getSpans()
         left = sum(max(0, min(s.getX1(), half - 1) - s.getX0() + 1) for s in spans)
-        self.assertAlmostEqual(footprint_data_coverage(parent, exposure), 1 - left / parent.getArea(), places=6)
+        self.assertAlmostEqual(footprint_data_coverage(parent, exposure), 1 - left / parent.getArea(),
+                               places=6)
 
     def test_sky_objects_are_not_deblended(self):
         """A parent flagged sky_source is skipped (deblend_skipped_isPseudo), as scarlet skips it."""

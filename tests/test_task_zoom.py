@@ -198,8 +198,8 @@ class LargeGalaxyTaskTestCase(lsst.utils.tests.TestCase):
         # The same pair with a galaxy of the stamp's size in place of the disc: nothing to zoom.
         image, variance, cls.smallTruth = _scene(large=False)
         coadds = masked_images(image, variance, bands=cls.bands, yx0=YX0)
-        detections, spans = truth_detections(cls.smallTruth, groups=[[0, 1]], peaks=PEAKS.astype(float), yx0=YX0,
-                                             threshold=sigma)
+        detections, spans = truth_detections(cls.smallTruth, groups=[[0, 1]], peaks=PEAKS.astype(float),
+                                             yx0=YX0, threshold=sigma)
         cls.smallResults = {maxZoom: _runTask(coadds, detections, spans, cls.deblender, maxZoom, precision)
                             for maxZoom in (1, 3)}
 

@@ -101,7 +101,8 @@ class TrainingTestCase(unittest.TestCase):
         cls.data = cls.tmp / "data"
         # Shards of 20 stamps, so that loading the training set crosses shard boundaries.
         simulate_suite(cls.data, area_deg2=0.004, seed=5, kinds=("isolated", "blended"), n_train=48,
-                       n_validation=16, configs={"isolated": IsolatedSimsConfig(shard_size=20)}, progress=False)
+                       n_validation=16, configs={"isolated": IsolatedSimsConfig(shard_size=20)},
+                       progress=False)
 
     @classmethod
     def tearDownClass(cls):

@@ -371,7 +371,8 @@ class MadnessDeblender:
             auto = [i for i, b in enumerate(blends) if b.get("zoom") is None]
             if auto and settings.zoom_choice == "guess":
                 for i in auto:
-                    zoomed = self._choose_zoom(self._preparer(prepare, blends[i]), init_per_blend[i], settings)
+                    zoomed = self._choose_zoom(self._preparer(prepare, blends[i]), init_per_blend[i],
+                                               settings)
                     if zoomed is not None:
                         prepared[i], init_per_blend[i] = zoomed
 
@@ -442,8 +443,8 @@ class MadnessDeblender:
         settings = settings or self.settings
         self._check_bands(bands)
         if settings.max_zoom > 1 and settings.zoom_choice != "guess":
-            raise MadnessValueError(f"choose_zoom makes the 'guess' choice; zoom_choice={settings.zoom_choice!r} "
-                                    "chooses from the fit (deblend_batch).")
+            raise MadnessValueError(f"choose_zoom makes the 'guess' choice; zoom_choice="
+                                    f"{settings.zoom_choice!r} chooses from the fit (deblend_batch).")
         prepare = functools.partial(prepare_blend, num_bands=len(self.bands), stamp_size=self.stamp_size,
                                     normalization=self.normalization, max_sources=settings.max_sources)
         prepared = [prepare(b["image"], b["peaks_xy"], b.get("variance"), b.get("mask")) for b in blends]
@@ -463,8 +464,8 @@ class MadnessDeblender:
     @staticmethod
     def _preparer(prepare, blend: Mapping):
         """``zoom -> PreparedBlend`` of one blend's arrays."""
-        return lambda zoom: prepare(blend["image"], blend["peaks_xy"], blend.get("variance"), blend.get("mask"),
-                                    zoom=zoom)
+        return lambda zoom: prepare(blend["image"], blend["peaks_xy"], blend.get("variance"),
+                                    blend.get("mask"), zoom=zoom)
 
 
     def _fit_all(self, prepared, init_per_blend, indices, results, settings, progress) -> None:

@@ -45,7 +45,8 @@ def simulate_suite(output, *, catalog=None, area_deg2: float | None = None, seed
                    min_snr: float = 10.0, fractions: dict | None = None,
                    kinds: Sequence[str] = DEFAULT_KINDS, n_train: int | None = None,
                    n_validation: int | None = None, n_test_fields: int | None = None,
-                   n_train_blended: int | None = None, configs: dict | None = None, workers: int = 1, progress: bool = True,
+                   n_train_blended: int | None = None, configs: dict | None = None, workers: int = 1,
+                   progress: bool = True,
                    catalog_source: str = "") -> dict[str, SimulatedDataset]:
     """Make the paper's datasets from a catalogue (given, or generated with SkyPy).
 

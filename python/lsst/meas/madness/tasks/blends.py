@@ -140,7 +140,9 @@ def _stamp_union(
 ) -> tuple[int, int, int, int]:
     """Union of the windows around ``peaks_xy`` (one side, or ``(n,)`` sides), clipped to ``bbox``."""
     sizes = np.broadcast_to(np.asarray(stamp_size, np.int64), (len(peaks_xy),))
-    origins = np.concatenate([stamp_origins_xy(peaks_xy[i:i + 1], int(sizes[i])) for i in range(len(peaks_xy))])
+    origins = np.concatenate(
+        [stamp_origins_xy(peaks_xy[i : i + 1], int(sizes[i])) for i in range(len(peaks_xy))]
+    )
     ends = origins + sizes[:, None]
     y0 = max(int(origins[:, 0].min()), bbox[0])
     x0 = max(int(origins[:, 1].min()), bbox[1])

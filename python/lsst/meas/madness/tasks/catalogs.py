@@ -207,7 +207,9 @@ def deblend_columns(bands: Sequence[str], latent_dim: int) -> list[Column]:
         Column("deblend_skipped", "bool", "The parent was not deblended (see the specific deblend_* flag)."),
         Column("deblend_skipped_noPeaks", "bool", "The parent footprint has no usable peak; not deblended."),
         Column(
-            "deblend_skipped_tooManyPeaks", "bool", "The parent has more peaks than maxNumberOfPeaks; not deblended."
+            "deblend_skipped_tooManyPeaks",
+            "bool",
+            "The parent has more peaks than maxNumberOfPeaks; not deblended.",
         ),
         Column(
             "deblend_skipped_parentTooBig",

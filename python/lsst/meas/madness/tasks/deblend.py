@@ -394,7 +394,9 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
         # region shrinks to the windows of the zooms chosen (the stamps themselves, with the
         # neighbours of a zoom-1 plan, for a blend without a large galaxy).
         if self.config.maxZoom > 1 and self.config.zoomChoice == "guess" and blends:
-            blends = self._chooseZooms(deblender, blends, parentRows, parents, coadd, allPeaks, owner, settings)
+            blends = self._chooseZooms(
+                deblender, blends, parentRows, parents, coadd, allPeaks, owner, settings
+            )
 
         # 2. Fit the planned parents in batches; each failure flagged on its own parent.
         nFailed = 0
@@ -620,11 +622,15 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
         for start in range(0, len(blends), size):
             batch = blends[start : start + size]
             try:
-                zooms = deblender.choose_zoom([plan.engine_input(coadd) for _, plan in batch], settings=settings)
+                zooms = deblender.choose_zoom(
+                    [plan.engine_input(coadd) for _, plan in batch], settings=settings
+                )
             except _FATAL:
                 raise
             except Exception as error:
-                self.log.debug("Zoom choice of a batch failed (%s: %s); the fit chooses", type(error).__name__, error)
+                self.log.debug(
+                    "Zoom choice of a batch failed (%s: %s); the fit chooses", type(error).__name__, error
+                )
                 out.extend(batch)
                 continue
             for (k, plan), zoom in zip(batch, zooms):

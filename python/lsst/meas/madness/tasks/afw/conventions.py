@@ -182,7 +182,9 @@ def afw_fields(bands: Sequence[str], latent_dim: int) -> list[AfwField]:
     return out + list(CHILD_EXTRA_FIELDS) + list(BAND_FIELDS)
 
 
-def data_coverage(footprint: Footprint, mask: np.ndarray, yx0: tuple[int, int], no_data_bit: int | None) -> float:
+def data_coverage(
+    footprint: Footprint, mask: np.ndarray, yx0: tuple[int, int], no_data_bit: int | None
+) -> float:
     """Fraction of a footprint's pixels that have data (scarlet's ``calculateFootprintCoverage``).
 
     Parameters
