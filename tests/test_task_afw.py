@@ -334,6 +334,16 @@ class AfwDeblendTestCase(MadnessTestCase):
                     heavy = child.getFootprint()
                     self.assertTrue(heavy.isHeavy())
                     values = heavy.getImageArray()
+                    # Scarlet's Object-table columns: the blend, and the value at the peak pixel.
+                    self.assertEqual(child.get("deblend_blendId"), parent.getId())
+                    self.assertEqual(child.get("deblend_blendNChild"), len(children))
+                    self.assertEqual(child.get("deblend_zeroFlux"), not np.any(values != 0))
+                    peak = heavy.getPeaks()[0]
+                    box = heavy.getBBox()
+                    image = np.zeros((box.getHeight(), box.getWidth()), np.float32)
+                    heavy.getSpans().unflatten(image, values, box.getMin())
+                    atPeak = image[peak.getIy() - box.getMinY(), peak.getIx() - box.getMinX()]
+                    self.assertAlmostEqual(child.get("deblend_peak_instFlux"), float(atPeak), places=4)
                     self.assertAlmostEqual(
                         float(values.sum()),
                         child.get(f"deblend_flux_{band}"),

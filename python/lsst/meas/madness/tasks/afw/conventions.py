@@ -114,6 +114,13 @@ class AfwField:
 # them from its parent's row (meas_extensions_scarlet _addDeblendedSource does the same).
 CHILD_EXTRA_FIELDS = (
     AfwField("deblend_parentNPeaks", "I", "deblend_nPeaks of this record's parent."),
+    AfwField(
+        "deblend_blendId",
+        "L",
+        "Id of the blend the child was deblended in (its parent record, the whole parent being one "
+        "blend in MADNESS); 0 for parents.",
+    ),
+    AfwField("deblend_blendNChild", "I", "Children of the child's blend (its parent's deblend_nChild); 0 for parents."),
     AfwField("deblend_parentNChild", "I", "deblend_nChild of this record's parent."),
 )
 
@@ -125,6 +132,12 @@ BAND_FIELDS = (
         "deblend_dataCoverage",
         "F",
         "Fraction of the record's footprint pixels in this band that are not NO_DATA (1: complete).",
+    ),
+    AfwField("deblend_zeroFlux", "Flag", "Child whose deblended pixels in this band are all zero."),
+    AfwField(
+        "deblend_peak_instFlux",
+        "D",
+        "Child's deblended pixel value at its peak in this band (coadd image units).",
     ),
 )
 

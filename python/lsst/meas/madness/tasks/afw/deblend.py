@@ -359,6 +359,8 @@ class MadnessDeblendAfwTask(MadnessDeblendTask):
                 self._set(child, name, int(peak.getId()) if name == "deblend_peakId" else value)
             self._set(child, "deblend_parentNPeaks", parentRow.get("deblend_nPeaks", 0))
             self._set(child, "deblend_parentNChild", parentRow.get("deblend_nChild", 0))
+            self._set(child, "deblend_blendId", parentRecord.getId())
+            self._set(child, "deblend_blendNChild", parentRow.get("deblend_nChild", 0))
             children[key] = child
         return children
 
@@ -371,11 +373,13 @@ class MadnessDeblendAfwTask(MadnessDeblendTask):
         index = {int(r.getId()): i for i, r in enumerate(sources)}
         for key, child in children.items():
             record = out[index[int(child.getId())]]
-            record.setFootprint(
-                heavy_footprint(
-                    child.getFootprint(), result.heavyFootprints[key], result.heavyValues[key][b], exposure
-                )
-            )
+            footprint, values = result.heavyFootprints[key], result.heavyValues[key][b]
+            record.setFootprint(heavy_footprint(child.getFootprint(), footprint, values, exposure))
+            self._set(record, "deblend_zeroFlux", not np.any(values != 0))
+            peak = child.getFootprint().getPeaks()[0]
+            ys, xs = footprint.pixels()
+            at = np.flatnonzero((ys == peak.getIy()) & (xs == peak.getIx()))
+            self._set(record, "deblend_peak_instFlux", values[at[0]] if len(at) else np.nan)
         for record in out:
             footprint = record.getFootprint()
             if footprint is not None:
