@@ -112,7 +112,12 @@ class DrpOverrideMimicTestCase(lsst.utils.tests.TestCase):
             {"inputSchema": "object_detection_merged_schema", "peakSchema": "object_detection_peak_schema"},
         )
         self.assertEqual(
-            deblend["outputs"], {"deblendedCatalog": "object_deblend", "deblendedFlux": "object_deblend_flux"}
+            deblend["outputs"],
+            {
+                "deblendedCatalog": "object_deblend",
+                "deblendedFlux": "object_deblend_flux",
+                "objectParents": "object_parent_patch",
+            },
         )
         for label in (
             "deconvolve",

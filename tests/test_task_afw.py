@@ -174,7 +174,9 @@ class AfwTaskConnectionsTestCase(MadnessTestCase):
         connections = MadnessDeblendAfwConnections(config=config)
         self.assertEqual(set(connections.inputs), {"mergedDetections", "coadds"})
         self.assertEqual(set(connections.initInputs), {"inputSchema", "peakSchema"})
-        self.assertEqual(set(connections.outputs), {"deblendedCatalog", "deblendedFlux"})
+        self.assertEqual(set(connections.outputs), {"deblendedCatalog", "deblendedFlux", "objectParents"})
+        # Scarlet's name for the parents catalog (consolidateParentTable reads it).
+        self.assertEqual(connections.objectParents.name, "object_parent_patch")
         self.assertEqual(connections.coadds.name, "deepCoadd_calexp")
         self.assertEqual(connections.coadds.storageClass, "ExposureF")
         self.assertEqual(connections.mergedDetections.name, "deepCoadd_mergeDet")
@@ -317,6 +319,17 @@ class AfwDeblendTestCase(MadnessTestCase):
                 self.assertEqual(child.get("deblend_peak_center_x"), peak.getIx())
                 self.assertTrue(np.isfinite(child.get("deblend_latents")).all())
                 self.assertFalse(fp.isHeavy())
+
+    def test_object_parents(self):
+        """object_parent_patch: the parents, same schema and values, Footprints kept, no children."""
+        parents = self.result.objectParents
+        self.assertEqual(parents.schema, self.task.schema)
+        expected = [r for r in self.catalog if r.getParent() == 0]
+        self.assertEqual([r.getId() for r in parents], [r.getId() for r in expected])
+        for mine, theirs in zip(parents, expected):
+            self.assertEqual(mine.get("deblend_nChild"), theirs.get("deblend_nChild"))
+            self.assertEqual(mine.getFootprint().getArea(), theirs.getFootprint().getArea())
+        self.assertEqual(len(parents), len(self.merged))
 
     def test_heavy_footprints_per_band(self):
         self.assertEqual(set(self.result.deblendedFlux), set(BANDS))

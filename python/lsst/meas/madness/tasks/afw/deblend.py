@@ -6,11 +6,16 @@ with Footprints and peaks) and one ``ExposureF`` coadd per band (or cell coadds 
 backgrounds, ``useCellCoadds``). The deblending itself is the pip-only task's
 (`MadnessDeblendTask.deblendParents`); only the conversions differ.
 
-Outputs, and why two
---------------------
+Outputs, and why three
+----------------------
 ``{outputCoaddName}Coadd_deblendedCatalog`` (tract, patch): parents (the merged detections, with
 their Footprints) followed by their children, each child's Footprint being its pixels with
 exactly one peak, inside its parent's. It holds no pixel values, as scarlet's catalog.
+
+``object_parent_patch`` (tract, patch): the parents alone, as scarlet (v30) writes them for
+``consolidateParentTable`` and analysis_tools' parent metrics (scarlet's ``deblendedCatalog``
+holds no deblended parent; ours keeps them, the v29 / meas_deblender layout that
+``SetPrimaryFlagsTask``'s meas_deblender branch reads).
 
 ``{outputCoaddName}Coadd_deblendedFlux`` (tract, patch, band; ``multiple``): the same records,
 in each band, with every child's Footprint replaced by a ``HeavyFootprintF`` of that band. This
@@ -129,6 +134,14 @@ class MadnessDeblendAfwConnections(
         multiple=True,
     )
 
+    objectParents = cT.Output(
+        doc="The parents alone (the merged detections with their deblend columns and Footprints), the "
+        "catalog scarlet writes as object_parent_patch for consolidateParentTable and the parent metrics.",
+        name="object_parent_patch",
+        storageClass="SourceCatalog",
+        dimensions=("tract", "patch", "skymap"),
+    )
+
     def __init__(self, *, config=None):
         super().__init__(config=config)
         if config is not None:
@@ -226,6 +239,7 @@ class MadnessDeblendAfwTask(MadnessDeblendTask):
         idFactory = self.config.idGenerator.apply(butlerQC.quantum.dataId).make_table_id_factory()
         outputs = self.run(coadds=coadds, mergedDetections=mergedDetections, idFactory=idFactory)
         butlerQC.put(outputs.deblendedCatalog, outputRefs.deblendedCatalog)
+        butlerQC.put(outputs.objectParents, outputRefs.objectParents)
         for ref in outputRefs.deblendedFlux:
             if (band := ref.dataId["band"]) in outputs.deblendedFlux:
                 butlerQC.put(outputs.deblendedFlux[band], ref)
@@ -255,8 +269,9 @@ class MadnessDeblendAfwTask(MadnessDeblendTask):
         -------
         result : `lsst.pipe.base.Struct`
             ``deblendedCatalog`` (`lsst.afw.table.SourceCatalog`, parents then children, sorted
-            by parent) and ``deblendedFlux`` (`dict` band -> `lsst.afw.table.SourceCatalog`, the
-            same records with each child's ``HeavyFootprintF`` in that band).
+            by parent), ``deblendedFlux`` (`dict` band -> `lsst.afw.table.SourceCatalog`, the
+            same records with each child's ``HeavyFootprintF`` in that band) and
+            ``objectParents`` (`lsst.afw.table.SourceCatalog`, a deep copy of the parents).
 
         Raises
         ------
@@ -292,7 +307,9 @@ class MadnessDeblendAfwTask(MadnessDeblendTask):
             band: self._bandCatalog(sources, children, result, b, coadds[band])
             for b, band in enumerate(bands)
         }
-        return pipeBase.Struct(deblendedCatalog=sources, deblendedFlux=fluxCatalogs)
+        objectParents = type(sources)(sources.table.clone())
+        objectParents.extend([r for r in sources if r.getParent() == 0], deep=True)
+        return pipeBase.Struct(deblendedCatalog=sources, deblendedFlux=fluxCatalogs, objectParents=objectParents)
 
     # --- helpers ---------------------------------------------------------------------------
 
