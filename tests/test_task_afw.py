@@ -462,6 +462,86 @@ class AfwDeblendTestCase(MadnessTestCase):
         self.assertGreater(len(children), 0)
         self.assertTrue(np.isfinite(children["base_PsfFlux_instFlux"]).all())
 
+    def _apertureOracle(self, child, band, radius):
+        """Sum of a child's deblended pixels (zero off its footprint) in the naive circular aperture
+        of ``radius`` around its peak, and 5 sigma of the noise over the aperture's other pixels."""
+        import lsst.afw.geom as afwGeom
+        import lsst.geom
+
+        exposure = self.exposures[band]
+        heavy = child.getFootprint()
+        peak = heavy.getPeaks()[0]
+        centre = lsst.geom.Point2D(peak.getIx(), peak.getIy())
+        circle = afwGeom.Ellipse(afwGeom.ellipses.Axes(radius, radius, 0.0), centre)
+        aperture = afwGeom.SpanSet.fromShape(circle)
+        aperture = aperture.clippedTo(exposure.getBBox())
+        image = np.zeros(exposure.image.array.shape, np.float32)
+        heavy.getSpans().unflatten(image, heavy.getImageArray(), exposure.getXY0())
+        inAperture = np.zeros(aperture.getArea(), np.float32)
+        aperture.flatten(inAperture, image, exposure.getXY0())
+        variance = np.zeros(aperture.getArea(), np.float32)
+        aperture.flatten(variance, exposure.variance.array, exposure.getXY0())
+        ownImage = np.zeros(exposure.image.array.shape, np.float32)
+        heavy.getSpans().unflatten(ownImage, np.ones(heavy.getArea(), np.float32), exposure.getXY0())
+        own = np.zeros(aperture.getArea(), np.float32)
+        aperture.flatten(own, ownImage, exposure.getXY0())
+        noise = 5.0 * float(np.sqrt(variance[own == 0].sum()))
+        return float(inAperture.sum()), noise
+
+    def test_measurement_reads_our_heavy_footprints(self):
+        """Single-frame and forced measurement (meas_base, with the noise replacer) measure each
+        child on its own HeavyFootprint: a 12-px aperture flux at its peak is the sum of its
+        deblended pixels there, within the noise of the aperture's other pixels."""
+        import lsst.afw.table as afwTable
+        from lsst.meas.base import (
+            ForcedMeasurementConfig,
+            ForcedMeasurementTask,
+            SingleFrameMeasurementConfig,
+            SingleFrameMeasurementTask,
+        )
+
+        band, radius = "r", 12.0
+        catalog = self.result.deblendedFlux[band]
+        exposure = self.exposures[band].clone()
+        mapper = afwTable.SchemaMapper(catalog.schema)
+        mapper.addMinimalSchema(catalog.schema)
+        config = SingleFrameMeasurementConfig()
+        config.plugins.names = ["base_PeakCentroid", "base_CircularApertureFlux"]
+        config.plugins["base_CircularApertureFlux"].radii = [radius]
+        config.slots.centroid = "base_PeakCentroid"
+        for slot in ("shape", "psfShape", "psfFlux", "apFlux", "gaussianFlux", "modelFlux", "calibFlux"):
+            setattr(config.slots, slot, None)
+        schema = mapper.getOutputSchema()
+        task = SingleFrameMeasurementTask(schema=schema, config=config)
+        sources = afwTable.SourceCatalog(schema)
+        sources.extend(catalog, mapper)
+        task.run(sources, exposure)
+        field = "base_CircularApertureFlux_12_0_instFlux"
+
+        forcedConfig = ForcedMeasurementConfig()
+        forcedConfig.plugins.names = ["base_PeakCentroid", "base_CircularApertureFlux"]
+        forcedConfig.plugins["base_CircularApertureFlux"].radii = [radius]
+        forcedConfig.slots.centroid = "base_PeakCentroid"
+        for slot in ("shape", "psfShape", "psfFlux", "apFlux", "gaussianFlux", "modelFlux", "calibFlux"):
+            setattr(forcedConfig.slots, slot, None)
+        forced = ForcedMeasurementTask(refSchema=catalog.schema, config=forcedConfig)
+        wcs = exposure.getWcs()
+        measCat = forced.generateMeasCat(exposure, catalog, wcs)
+        # As drp_tasks' ForcedPhotCoaddTask does with the deblender's per-band catalog.
+        for meas, ref in zip(measCat, catalog):
+            meas.setFootprint(ref.getFootprint())
+        forced.run(measCat, exposure, catalog, wcs)
+
+        n = 0
+        for single, forcedRecord, child in zip(sources, measCat, catalog):
+            if child.getParent() == 0:
+                continue
+            expected, noise = self._apertureOracle(child, band, radius)
+            self.assertAlmostEqual(single.get(field), expected, delta=noise, msg=child.getId())
+            self.assertAlmostEqual(forcedRecord.get(field), expected, delta=noise, msg=child.getId())
+            n += 1
+        self.assertGreater(n, 3)
+
     def test_flags_on_injected_failures(self):
         """Too many peaks and too big parents are skipped with their flags; NaN blends fail alone."""
         import lsst.geom
