@@ -171,6 +171,19 @@ class DeblendTaskTestCase(MadnessTestCase):
             true = self.truth[members, 2].sum(axis=(1, 2))
             np.testing.assert_allclose(flux, true, rtol=0.05)
 
+    def test_reduced_chi2(self):
+        """deblend_chi2: a blend of decoder-drawn galaxies fitted to the noise level gives ~1 over its
+        region; a child's is the mean of its per-band values; parents not fitted have none."""
+        parents = self._parents()
+        for members in SCENE_GROUPS[:2]:
+            child = self.catalog[self.catalog["id"] == self._child_at(SCENE_PEAKS[members[0]])][0]
+            parent = parents[parents["id"] == child["parent"]][0]
+            self.assertGreater(parent["deblend_chi2"], 0.7)
+            self.assertLess(parent["deblend_chi2"], 1.5)
+            self.assertAlmostEqual(child["deblend_chi2"],
+                                   np.mean([child[f"deblend_chi2_{b}"] for b in BANDS]), places=4)
+        self.assertTrue(np.isnan(parents["deblend_chi2"][parents["deblend_nChild"] == 0]).all())
+
     def _child_at(self, xy_local):
         x, y = _tract(xy_local)
         sel = (

@@ -261,6 +261,13 @@ def deblend_columns(bands: Sequence[str], latent_dim: int) -> list[Column]:
             "so the galaxy is probably cut off.",
         ),
         Column("deblend_iterations", "int32", "MAP iterations of the blend."),
+        Column(
+            "deblend_chi2",
+            "float32",
+            "Reduced chi^2 of the blend residual, all bands: parent, over the fit region's good "
+            "pixels; child, the mean of its deblend_chi2_<band> (about 1 for a good fit; scarlet's "
+            "column of this name is divided by the number of bands as well).",
+        ),
         Column("deblend_converged", "bool", "The blend's MAP optimisation stopped before maxIter."),
         Column("deblend_logPrior", "float32", "Flow log-density of the child's MAP latents."),
         Column(

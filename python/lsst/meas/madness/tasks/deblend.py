@@ -930,6 +930,16 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
         n = len(plan.peak_ids)
         row["deblend_nChild"] = n
         row["deblend_iterations"] = result.n_iter
+        blendInput = plan.engine_input(coadd)
+        good = (
+            ~np.asarray(blendInput["mask"], bool)
+            & np.isfinite(blendInput["image"])
+            & (np.asarray(blendInput["variance"]) > 0)
+        )
+        if good.any():
+            residual = np.where(good, blendInput["image"] - result.model_image(), 0.0)
+            chi2 = np.where(good, residual**2 / np.where(good, blendInput["variance"], 1.0), 0.0)
+            row["deblend_chi2"] = float(chi2.sum() / good.sum())
         row["deblend_converged"] = result.converged
         row["deblend_unassignedFluxFraction"] = split.unassigned_fraction
         for i in range(n):
@@ -963,6 +973,7 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
                 deblend_modelFractionInFootprint=float(split.model_fraction_in_footprint[i]),
             )
             values = split.values[i]
+            child["deblend_chi2"] = float(np.mean(result.chi2[i]))
             for b, band in enumerate(bands):
                 child[f"deblend_chi2_{band}"] = float(result.chi2[i, b])
                 child[f"deblend_fluxFactor_{band}"] = float(result.amplitudes[i, b])
