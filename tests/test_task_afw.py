@@ -254,6 +254,17 @@ def _afw_scene(bands, fluxes, noise=10.0, seed=0):
     return exposures, catalogs["r"]
 
 
+def _apertureAtPeak(config, radius):
+    """A meas_base measurement config (single-frame or forced) that measures only a circular
+    aperture flux of ``radius`` at the peak."""
+    config.plugins.names = ["base_PeakCentroid", "base_CircularApertureFlux"]
+    config.plugins["base_CircularApertureFlux"].radii = [radius]
+    config.slots.centroid = "base_PeakCentroid"
+    for slot in ("shape", "psfShape", "psfFlux", "apFlux", "gaussianFlux", "modelFlux", "calibFlux"):
+        setattr(config.slots, slot, None)
+    return config
+
+
 @unittest.skipUnless(HAVE_AFW, NO_AFW)
 class AfwDeblendTestCase(MadnessTestCase):
     """MadnessDeblendAfwTask on TestDataset coadds (afw, meas_base)."""
@@ -505,12 +516,7 @@ class AfwDeblendTestCase(MadnessTestCase):
         exposure = self.exposures[band].clone()
         mapper = afwTable.SchemaMapper(catalog.schema)
         mapper.addMinimalSchema(catalog.schema)
-        config = SingleFrameMeasurementConfig()
-        config.plugins.names = ["base_PeakCentroid", "base_CircularApertureFlux"]
-        config.plugins["base_CircularApertureFlux"].radii = [radius]
-        config.slots.centroid = "base_PeakCentroid"
-        for slot in ("shape", "psfShape", "psfFlux", "apFlux", "gaussianFlux", "modelFlux", "calibFlux"):
-            setattr(config.slots, slot, None)
+        config = _apertureAtPeak(SingleFrameMeasurementConfig(), radius)
         schema = mapper.getOutputSchema()
         task = SingleFrameMeasurementTask(schema=schema, config=config)
         sources = afwTable.SourceCatalog(schema)
@@ -518,12 +524,7 @@ class AfwDeblendTestCase(MadnessTestCase):
         task.run(sources, exposure)
         field = "base_CircularApertureFlux_12_0_instFlux"
 
-        forcedConfig = ForcedMeasurementConfig()
-        forcedConfig.plugins.names = ["base_PeakCentroid", "base_CircularApertureFlux"]
-        forcedConfig.plugins["base_CircularApertureFlux"].radii = [radius]
-        forcedConfig.slots.centroid = "base_PeakCentroid"
-        for slot in ("shape", "psfShape", "psfFlux", "apFlux", "gaussianFlux", "modelFlux", "calibFlux"):
-            setattr(forcedConfig.slots, slot, None)
+        forcedConfig = _apertureAtPeak(ForcedMeasurementConfig(), radius)
         forced = ForcedMeasurementTask(refSchema=catalog.schema, config=forcedConfig)
         wcs = exposure.getWcs()
         measCat = forced.generateMeasCat(exposure, catalog, wcs)

@@ -577,14 +577,7 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
         if config.maxNumberOfPeaks > 0 and parent.n_peaks > config.maxNumberOfPeaks:
             self._skipParent(row, "deblend_skipped_tooManyPeaks", f"has {parent.n_peaks} peaks")
             return None
-        plan = plan_blend(
-            parent,
-            coadd.bbox,
-            stamp_size=stampSize,
-            other_peaks_xy=otherPeaks,
-            max_neighbours=config.maxNeighbors if config.includeNeighbors else 0,
-            max_zoom=config.maxZoom,
-        )
+        plan = self._plan(parent, coadd, otherPeaks, stampSize, config.maxZoom)
         row["deblend_droppedPeaks"] = plan.dropped
         if len(plan.peak_ids) == 0:
             self._skipParent(row, "deblend_skipped_noPeaks", "has no usable peak")
@@ -638,19 +631,25 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
                     nZoomed += 1
                     out.append((k, with_zoom(plan, zoom, coadd.bbox, stamp_size=deblender.stamp_size)))
                     continue
-                narrow = plan_blend(
-                    parents[k],
-                    coadd.bbox,
-                    stamp_size=deblender.stamp_size,
-                    other_peaks_xy=allPeaks[owner != k] if config.includeNeighbors else None,
-                    max_neighbours=config.maxNeighbors if config.includeNeighbors else 0,
-                    max_zoom=1,
-                )
+                narrow = self._plan(parents[k], coadd, allPeaks[owner != k], deblender.stamp_size, 1)
                 parentRows[k]["deblend_nNeighbors"] = len(narrow.neighbours_xy)
                 out.append((k, dataclasses.replace(narrow, zoom=np.ones(narrow.n_sources, np.int64))))
         self.log.info("Zoom chosen for %d blends: %d with a source drawn at zoom > 1", len(blends), nZoomed)
         self.metadata["n_zoomed_blends"] = nZoomed
         return out
+
+    def _plan(self, parent, coadd, otherPeaks, stampSize: int, maxZoom: int) -> BlendPlan:
+        """`plan_blend` with this task's neighbour settings (``otherPeaks`` ignored without
+        ``includeNeighbors``)."""
+        config = self.config
+        return plan_blend(
+            parent,
+            coadd.bbox,
+            stamp_size=stampSize,
+            other_peaks_xy=otherPeaks if config.includeNeighbors else None,
+            max_neighbours=config.maxNeighbors if config.includeNeighbors else 0,
+            max_zoom=maxZoom,
+        )
 
     def _skipParent(self, row: dict, flag: str, why: str) -> None:
         """Flag a parent ``deblend_skipped`` and ``flag``."""
@@ -840,14 +839,8 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
             )
             # A first fit whose zooms were chosen all 1 was planned as with maxZoom=1: so is its refit.
             zoomed = plan.zoom is None or bool((plan.zoom > 1).any())
-            newPlan = plan_blend(
-                augmented,
-                coadd.bbox,
-                stamp_size=deblender.stamp_size,
-                other_peaks_xy=allPeaks[owner != k] if config.includeNeighbors else None,
-                max_neighbours=config.maxNeighbors if config.includeNeighbors else 0,
-                max_zoom=config.maxZoom if zoomed else 1,
-            )
+            newPlan = self._plan(augmented, coadd, allPeaks[owner != k], deblender.stamp_size,
+                                 config.maxZoom if zoomed else 1)
             parentRows[k]["deblend_nResidualPeaksRejected"] = len(ids)
             if not np.isin(ids, newPlan.peak_ids).all():
                 continue
