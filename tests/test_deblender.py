@@ -93,6 +93,27 @@ class DeblenderTestCase(lsst.utils.tests.TestCase):
         self.assertAlmostEqual(batch[1].objective_final, alone.objective_final, delta=1e-3 * abs(alone.objective_final))
         np.testing.assert_allclose(batch[1].loss_history, alone.loss_history, rtol=1e-4)
 
+    def test_batch_with_stopping_matches_each_blend_alone(self):
+        """Blends of different sizes that stop at different steps leave the batch as they stop
+        (sources unpadded, the batch shrinking) and end as each blend fitted alone."""
+        settings = MapSettings(max_iter=80)
+        image, var, _ = self._blend()
+        pair_peaks = PEAKS[:2] + 3
+        image2, var2, _ = self._blend(peaks=pair_peaks, shape=(70, 70), seed=8)
+        single_peaks = PEAKS[:1] + 5
+        image1, var1, _ = self._blend(peaks=single_peaks, shape=(60, 80), seed=6)
+        blends = [dict(image=image, peaks_xy=PEAKS, variance=var), dict(image=image1, peaks_xy=single_peaks, variance=var1),
+                  dict(image=image2, peaks_xy=pair_peaks, variance=var2)]
+        batch = self.deblender.deblend_batch(blends, settings=settings)
+        self.assertEqual([r.n_sources for r in batch], [3, 1, 2])
+        self.assertGreater(len({r.n_iter for r in batch}), 1)  # they stopped at different steps
+        for blend, result in zip(blends, batch):
+            alone = self.deblender.deblend(blend["image"], blend["peaks_xy"], variance=blend["variance"],
+                                           settings=settings)
+            self.assertEqual(result.n_iter, alone.n_iter)
+            np.testing.assert_allclose(result.latents, alone.latents, atol=2e-3)
+            np.testing.assert_allclose(result.loss_history, alone.loss_history, rtol=1e-4)
+
     def test_deterministic(self):
         image, var, _ = self._blend()
         settings = MapSettings(max_iter=20, min_iter=20)

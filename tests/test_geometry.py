@@ -14,6 +14,7 @@ from lsst.meas.madness.engine.geometry import (
     paste_stamps,
     peaks_to_pixels,
     placement_matrices,
+    placement_windows,
     round_half_up,
     shift_matrices,
     shift_stamps,
@@ -233,6 +234,29 @@ class ZoomTestCase(lsst.utils.tests.TestCase):
                 with self.subTest(zoom=zoom, cy=cy, cx=cx):
                     self.assertLess(np.linalg.norm(binned - coarse) / np.linalg.norm(coarse), 0.01)
                     self.assertAlmostEqual(binned.sum() / coarse.sum(), 1.0, delta=5e-3)
+
+    def test_placement_windows_hold_every_placement(self):
+        """Windows pasted back at their starts give the full placement matrices, at any shift,
+        zoom and edge, and a region touched by a placed stamp is the same either way."""
+        rng = np.random.default_rng(3)
+        length, size = 70, 9
+        offsets = np.concatenate([rng.uniform(-8, 68, 12), [-20.0, 80.0]])  # two entirely outside
+        for name, full in (("shift", placement_matrices(offsets, length, size)),
+                           ("zoom", zoom_placement_matrices(offsets + 4, length, size,
+                                                            rng.integers(1, 4, len(offsets))))):
+            with self.subTest(name):
+                windows, start = placement_windows(full)
+                rebuilt = np.zeros((len(offsets), length + windows.shape[1], size), np.float32)
+                for i in range(len(offsets)):
+                    rebuilt[i, start[i]:start[i] + windows.shape[1]] = windows[i]
+                np.testing.assert_array_equal(rebuilt[:, :length], full)
+                self.assertFalse(rebuilt[:, length:].any())
+                self.assertLess(windows.shape[1], length)
+                stamp = rng.normal(size=(size, size))
+                np.testing.assert_allclose(np.einsum("nrs,st,nqt->nrq", rebuilt, stamp, rebuilt)[:, :length, :length],
+                                           np.einsum("nrs,st,nqt->nrq", full, stamp, full), atol=1e-5)
+        with self.assertRaises(ValueError):
+            placement_windows(placement_matrices(offsets, length, size), window=size - 1)
 
     def test_bad_zoom(self):
         for zoom in (0, 5, 1.5, -1):

@@ -9,8 +9,8 @@ rather than constants baked into it. Backends are imported lazily, inside their 
 
 from __future__ import annotations
 
-__all__ = ["backend_name", "compile_value_and_grad", "compile_function", "cpu_model", "device_description",
-           "device_scope", "require_backend"]
+__all__ = ["backend_name", "compile_value_and_grad", "compile_function", "compiles_per_shape", "cpu_model",
+           "device_description", "device_scope", "require_backend"]
 
 import os
 from collections.abc import Callable, Sequence
@@ -24,6 +24,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 def backend_name() -> str:
     """Name of the active Keras backend (``"tensorflow"``, ``"jax"``, ...)."""
     return keras.config.backend()
+
+
+def compiles_per_shape() -> bool:
+    """Whether every new input shape costs a compilation of `compile_value_and_grad`'s function.
+
+    True for JAX (``jax.jit`` specialises on shapes), so callers should keep the set of shapes
+    small (bucketed sizes); False for TensorFlow, whose ``tf.function(reduce_retracing=True)``
+    generalises to unknown dimensions after the first shapes and then takes any size.
+    """
+    return backend_name() == "jax"
 
 
 def cpu_model() -> str:

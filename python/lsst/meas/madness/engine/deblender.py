@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 import keras
 import numpy as np
 
-from ..backend import compile_value_and_grad
+from ..backend import compile_value_and_grad, compiles_per_shape
 from ..errors import MadnessBundleError, MadnessValueError
 from ..io.bundle import BundleMetadata, ModelBundle
 from ..networks import Decoder, Encoder, LinearNormalization, MaskedAutoregressiveFlow
@@ -30,6 +30,7 @@ from ..networks.layout import from_network_layout, to_network_layout
 from .geometry import (
     paste_stamps,
     placement_matrices,
+    placement_windows,
     shift_stamps,
     stamp_overlap,
     zoom_footprint_size,
@@ -541,18 +542,22 @@ class MadnessDeblender:
         return prepare(zoom), latents
 
     @staticmethod
+    @staticmethod
     def _plan_batches(prepared: Sequence[PreparedBlend], batch_sources: int) -> list[list[int]]:
-        """Group blends, largest first, so that blends x (largest blend) <= batch_sources."""
+        """Group blends, largest first, so that each batch holds at most ``batch_sources`` sources
+        (a larger blend alone). Sources are not padded to the largest blend (`_pack`), so blends of
+        any sizes share a batch."""
         order = sorted(range(len(prepared)), key=lambda i: -prepared[i].n_sources)
         batches: list[list[int]] = []
+        total = 0
         for i in order:
             n = prepared[i].n_sources
-            if batches:
-                width = max(prepared[j].n_sources for j in batches[-1])
-                if (len(batches[-1]) + 1) * max(width, n) <= batch_sources:
-                    batches[-1].append(i)
-                    continue
+            if batches and total + n <= batch_sources:
+                batches[-1].append(i)
+                total += n
+                continue
             batches.append([i])
+            total = n
         return batches
 
     def _step_fn(self, settings: MapSettings):
@@ -574,63 +579,112 @@ class MadnessDeblender:
         return self._steps[key]
 
     def _pack(self, blends: Sequence[PreparedBlend], fit_offsets: bool = False) -> tuple[np.ndarray, ...]:
-        """Pad blends to common (sources, region) sizes; layouts as `blend_objective` wants.
+        """The batch's arrays as `blend_objective` wants them, and where each blend's sources are.
 
-        With ``fit_offsets`` the placement matrices are integer (one-hot) and the sub-pixel
-        shifts come as an extra ``(B, N, 2)`` array, as `blend_objective_with_offsets` wants.
+        Regions are padded to the largest (``(B, h, C, w)`` data and weights); sources come flat,
+        every blend's one after another (``(M, ...)``, no padding): their mask, blend index,
+        placement windows (`placement_windows`: ``(M, Lw, S)`` per axis) and the ``(M, 2)``
+        region pixel where each window starts. With ``fit_offsets`` the windows are integer
+        (one-hot) and the sub-pixel shifts come as an extra ``(M, 2)`` array, as
+        `blend_objective_with_offsets` wants. The last item is the ``(B + 1,)`` source bounds.
         """
         s = self.stamp_size
-        n_max = max(b.n_sources for b in blends)
         h_max = max(b.data.shape[1] for b in blends)
         w_max = max(b.data.shape[2] for b in blends)
         nb, c = len(blends), len(self.bands)
-        source_mask = np.zeros((nb, n_max), np.float32)
+        bounds = np.cumsum([0] + [b.n_sources for b in blends])
         data = np.zeros((nb, h_max, c, w_max), np.float32)
         weights = np.zeros((nb, h_max, c, w_max), np.float32)
-        rows = np.zeros((nb, n_max, h_max, s), np.float32)
-        cols = np.zeros((nb, n_max, w_max, s), np.float32)
-        shifts = np.zeros((nb, n_max, 2), np.float32)
+        placements = []
         for k, b in enumerate(blends):
-            n, (_, h, w) = b.n_sources, b.data.shape
-            source_mask[k, :n] = 1.0
+            _, h, w = b.data.shape
             data[k, :h, :, :w] = np.transpose(b.data, (1, 0, 2))
             weights[k, :h, :, :w] = np.transpose(b.weights, (1, 0, 2))
             # Stamp origin in the region plus the sub-pixel shift: the placement also shifts.
             offsets = b.origins - np.array(b.region[:2]) + (0.0 if fit_offsets else b.shifts)
-            rows[k, :n, :h] = placement_matrices(offsets[:, 0], h, s)
-            cols[k, :n, :w] = placement_matrices(offsets[:, 1], w, s)
+            rows = placement_matrices(offsets[:, 0], h, s)
+            cols = placement_matrices(offsets[:, 1], w, s)
             zoomed = np.flatnonzero(b.zoom > 1)
             if len(zoomed):
                 # Each stamp pixel spread over zoom x zoom region pixels around the float peak.
                 centers = b.peaks_xy[zoomed, ::-1] - np.array(b.region[:2])
-                rows[k, zoomed, :h] = zoom_placement_matrices(centers[:, 0], h, s, b.zoom[zoomed])
-                cols[k, zoomed, :w] = zoom_placement_matrices(centers[:, 1], w, s, b.zoom[zoomed])
-            shifts[k, :n] = b.shifts
+                rows[zoomed] = zoom_placement_matrices(centers[:, 0], h, s, b.zoom[zoomed])
+                cols[zoomed] = zoom_placement_matrices(centers[:, 1], w, s, b.zoom[zoomed])
+            placements.append((placement_windows(rows), placement_windows(cols)))
+        window = max(m.shape[1] for pair in placements for m, _ in pair)
+        m_total = int(bounds[-1])
+        rows_w = np.zeros((m_total, window, s), np.float32)
+        cols_w = np.zeros((m_total, window, s), np.float32)
+        starts = np.zeros((m_total, 2), np.int32)
+        for k, ((ry, sy), (rx, sx)) in enumerate(placements):
+            sl = slice(bounds[k], bounds[k + 1])
+            rows_w[sl, : ry.shape[1]] = ry
+            cols_w[sl, : rx.shape[1]] = rx
+            starts[sl, 0], starts[sl, 1] = sy, sx
+        source_mask = np.ones(m_total, np.float32)
+        blend_of = np.repeat(np.arange(nb, dtype=np.int32), np.diff(bounds))
+        packed = (source_mask, blend_of, data, weights, rows_w, cols_w, starts)
         if fit_offsets:
-            return source_mask, data, weights, rows, cols, shifts
-        return source_mask, data, weights, rows, cols
+            shifts = np.concatenate([b.shifts for b in blends]).astype(np.float32)
+            packed += (shifts,)
+        return packed + (bounds,)
+
+    @staticmethod
+    def _select(packed: tuple[np.ndarray, ...], bounds: np.ndarray, blend_ids: np.ndarray, bucket: bool):
+        """The compiled step's arguments for the blends ``blend_ids``, and which sources they hold.
+
+        With ``bucket`` (backends that compile per shape) the blend count is padded to a power of
+        two (repeating the first blend, whose sources are not repeated: a padded slot's loss is
+        ignored) and the sources to a multiple of 8 (masked copies of the first source), so a
+        fit meets few shapes.
+
+        Returns
+        -------
+        args : `list` [tensor]
+            ``source_mask, blend_of, data, weights, rows, cols, starts[, shifts]`` selected.
+        take : `numpy.ndarray`
+            The batch's flat sources fed to the step, in order: the selected blends' sources,
+            then any padding.
+        n_real : `int`
+            How many of ``take`` are real (the rest is padding, whose gradient is ignored).
+        """
+        source_mask, blend_of, data, weights, rows, cols, starts, *rest = packed
+        sources = np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in blend_ids])
+        slots = np.repeat(np.arange(len(blend_ids), dtype=np.int32), np.diff(bounds)[blend_ids])
+        blends = np.asarray(blend_ids)
+        take = sources
+        mask = np.ones(len(sources), np.float32)
+        if bucket:
+            blends = np.concatenate([blends, np.full(_next_power_of_two(len(blends)) - len(blends), blends[0])])
+            pad = -len(sources) % 8
+            take = np.concatenate([sources, np.full(pad, sources[0])])
+            slots = np.concatenate([slots, np.zeros(pad, np.int32)])
+            mask = np.concatenate([mask, np.zeros(pad, np.float32)])
+        per_source = [a[take] for a in (rows, cols, starts, *rest)]
+        args = [mask, slots, data[blends], weights[blends], *per_source]
+        return [keras.ops.convert_to_tensor(a) for a in args], take, len(sources)
 
     def _fit_batch(
         self, blends: Sequence[PreparedBlend], init: Sequence[np.ndarray], settings: MapSettings
     ) -> list[DeblendResult]:
         nb = len(blends)
-        n_max = max(b.n_sources for b in blends)
-        # The optimised variables: each source's latents, then (fit_amplitudes) one log flux factor
-        # per band, then (fit_offsets) two offset parameters; all start at zero.
+        # The optimised variables, one row per source (all blends' sources one after another):
+        # its latents, then (fit_amplitudes) one log flux factor per band, then (fit_offsets)
+        # two offset parameters; the extras start at zero.
         n_amp = len(self.bands) if settings.fit_amplitudes else 0
         n_extra = n_amp + (2 if settings.fit_offsets else 0)
-        latents = np.zeros((nb, n_max, self.latent_dim + n_extra), np.float32)
-        for k, z0 in enumerate(init):
-            latents[k, : len(z0), : self.latent_dim] = z0
-        initial = latents.copy()
+        *packed, bounds = self._pack(blends, settings.fit_offsets)
+        x = np.zeros((int(bounds[-1]), self.latent_dim + n_extra), np.float32)
+        x[:, : self.latent_dim] = np.concatenate(init)
+        initial = x.copy()
         # Adam's step per variable: the flux factors move at their own rate (MapSettings).
-        step_scale = np.ones(latents.shape[-1], np.float32)
+        step_scale = np.ones(x.shape[-1], np.float32)
         step_scale[self.latent_dim : self.latent_dim + n_amp] = settings.amplitude_step_scale
-        packed = [keras.ops.convert_to_tensor(a) for a in self._pack(blends, settings.fit_offsets)]
         step = self._step_fn(settings)
+        bucket = compiles_per_shape()
 
-        m = np.zeros_like(latents)
-        v = np.zeros_like(latents)
+        m = np.zeros_like(x)
+        v = np.zeros_like(x)
         b1, b2, eps = settings.adam_beta1, settings.adam_beta2, settings.adam_epsilon
         active = np.ones(nb, bool)
         n_iter = np.zeros(nb, int)
@@ -638,28 +692,28 @@ class MadnessDeblender:
         history = np.full((settings.max_iter, nb), np.nan)
         stopping = EwmaStopping(nb, settings.ewma_window, settings.rtol, settings.min_iter)
         selection = np.arange(nb)
-        selected = packed
+        args, take, n_real = self._select(packed, bounds, selection, bucket)
+        source_blend = np.repeat(np.arange(nb), np.diff(bounds))
 
         for t in range(1, settings.max_iter + 1):
-            loss, grad = step(keras.ops.convert_to_tensor(latents[selection]), *selected)
-            loss = np.asarray(keras.ops.convert_to_numpy(loss), np.float64)
-            grad = np.asarray(keras.ops.convert_to_numpy(grad), np.float32)
-            # A blend can appear twice in a padded selection; use its first slot.
-            blend_ids, slots = np.unique(selection, return_index=True)
-            live = active[blend_ids]
-            blend_ids, slots = blend_ids[live], slots[live]
+            loss, grad = step(keras.ops.convert_to_tensor(x[take]), *args)
+            loss = np.asarray(keras.ops.convert_to_numpy(loss), np.float64)[: len(selection)]
+            grad = np.asarray(keras.ops.convert_to_numpy(grad), np.float32)[:n_real]
+            sources = take[:n_real]
+            live = active[selection]
             step_losses = np.full(nb, np.nan)
-            step_losses[blend_ids] = loss[slots]
-            history[t - 1, blend_ids] = loss[slots]
+            step_losses[selection[live]] = loss[live]
+            history[t - 1, selection[live]] = loss[live]
+            live_sources = active[source_blend[sources]]
+            ids, g = sources[live_sources], grad[live_sources]
 
-            g = grad[slots]
             lr = settings.learning_rate * settings.lr_decay ** ((t - 1) // settings.lr_decay_steps)
-            m[blend_ids] = b1 * m[blend_ids] + (1 - b1) * g
-            v[blend_ids] = b2 * v[blend_ids] + (1 - b2) * g * g
-            m_hat = m[blend_ids] / (1 - b1**t)
-            v_hat = v[blend_ids] / (1 - b2**t)
-            latents[blend_ids] -= (lr * step_scale * m_hat / (np.sqrt(v_hat) + eps)).astype(np.float32)
-            n_iter[blend_ids] = t
+            m[ids] = b1 * m[ids] + (1 - b1) * g
+            v[ids] = b2 * v[ids] + (1 - b2) * g * g
+            m_hat = m[ids] / (1 - b1**t)
+            v_hat = v[ids] / (1 - b2**t)
+            x[ids] -= (lr * step_scale * m_hat / (np.sqrt(v_hat) + eps)).astype(np.float32)
+            n_iter[selection[live]] = t
 
             stop = stopping.update(step_losses) & active
             converged |= stop & (t < settings.max_iter)
@@ -667,44 +721,42 @@ class MadnessDeblender:
             if not active.any():
                 break
             n_active = int(active.sum())
-            if settings.compact and n_active * 2 <= len(selection) and len(selection) > 1:
-                size = _next_power_of_two(n_active)
-                ids = np.flatnonzero(active)
-                selection = np.concatenate([ids, np.full(size - n_active, ids[0])])
-                selected = [keras.ops.take(a, keras.ops.convert_to_tensor(selection), axis=0) for a in packed]
+            # Finished blends leave the compiled batch: at once where new shapes are free, once
+            # half have finished where each shape compiles (MapSettings.compact).
+            shrink = n_active < len(selection) if not bucket else (n_active * 2 <= len(selection) and len(selection) > 1)
+            if settings.compact and stop.any() and shrink:
+                selection = np.flatnonzero(active)
+                args, take, n_real = self._select(packed, bounds, selection, bucket)
 
         # Decode and evaluate the prior for the whole batch at once (one network call each).
         ld = self.latent_dim
-        offsets = settings.offset_max * np.tanh(latents[..., ld + n_amp :].astype(np.float64))  # (dy, dx)
-        log_amplitudes = latents[..., ld : ld + n_amp].astype(np.float64)
-        latents, initial = latents[..., :ld], initial[..., :ld]
-        final = np.concatenate([latents[k, : b.n_sources] for k, b in enumerate(blends)])
-        start = np.concatenate([initial[k, : b.n_sources] for k, b in enumerate(blends)])
+        offsets = settings.offset_max * np.tanh(x[:, ld + n_amp :].astype(np.float64))  # (dy, dx)
+        log_amplitudes = x[:, ld : ld + n_amp].astype(np.float64)
+        final, start = x[:, :ld], initial[:, :ld]
         models = self.decode(np.concatenate([final, start]))
         if n_amp:
-            factors = np.exp(np.concatenate([log_amplitudes[k, : b.n_sources] for k, b in enumerate(blends)]))
-            models[: len(final)] *= factors[:, :, None, None].astype(models.dtype)
+            models[: len(final)] *= np.exp(log_amplitudes)[:, :, None, None].astype(models.dtype)
         priors = self.log_prior(np.concatenate([final, start]))
         n_total = len(final)
-        bounds = np.cumsum([0] + [b.n_sources for b in blends])
-        return [
-            self._finish(
+        results = []
+        for k, b in enumerate(blends):
+            sl = slice(bounds[k], bounds[k + 1])
+            results.append(self._finish(
                 b,
-                latents[k, : b.n_sources],
-                initial[k, : b.n_sources],
-                models=models[bounds[k] : bounds[k + 1]],
+                final[sl],
+                start[sl],
+                models=models[sl],
                 initial_models=models[n_total + bounds[k] : n_total + bounds[k + 1]],
-                log_prior=priors[bounds[k] : bounds[k + 1]],
+                log_prior=priors[sl],
                 initial_log_prior=priors[n_total + bounds[k] : n_total + bounds[k + 1]],
                 n_iter=int(n_iter[k]),
                 converged=bool(converged[k]),
                 history=history[: n_iter[k], k],
                 settings=settings,
-                offsets=offsets[k, : b.n_sources] if settings.fit_offsets else None,
-                log_amplitudes=log_amplitudes[k, : b.n_sources] if n_amp else None,
-            )
-            for k, b in enumerate(blends)
-        ]
+                offsets=offsets[sl] if settings.fit_offsets else None,
+                log_amplitudes=log_amplitudes[sl] if n_amp else None,
+            ))
+        return results
 
     def _finish(
         self,

@@ -67,6 +67,7 @@ __all__ = [
     "shift_matrices",
     "shift_stamps",
     "placement_matrices",
+    "placement_windows",
     "ZOOM_KERNEL",
     "ZOOM_UNITS",
     "MAX_ZOOM",
@@ -445,6 +446,56 @@ def placement_matrices(offsets: np.ndarray, length: int, stamp_size: int,
     rows = kernels[np.arange(len(offsets))[:, None], np.clip(t, 0, stamp_size - 1)]  # (n, length, S)
     return np.where(inside[:, :, None], rows, 0.0).astype(np.float32)
 
+
+
+def placement_windows(matrices: np.ndarray, window: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Placement matrices cut to the region rows each source touches, and where those rows start.
+
+    A placement matrix (`placement_matrices`, `zoom_placement_matrices`) is zero outside the
+    ``S`` (or, zoomed, about ``zoom * S``) region rows its stamp covers. The MAP step places each
+    source's stamp into its own ``window x window`` patch of the region with these ``(window, S)``
+    matrices and adds the patch into the region at ``start`` (a scatter-add), so the cost of a
+    step no longer grows with the region's width (`lsst.meas.madness.engine.objective`). Row
+    ``start[i] + l`` of the region is row ``l`` of window ``i``; rows past the region's end are
+    zero.
+
+    Parameters
+    ----------
+    matrices : `numpy.ndarray`
+        ``(n, length, S)`` placement matrices along one axis of a region.
+    window : `int`, optional
+        Rows per window; at least the largest span of non-zero rows (the default).
+
+    Returns
+    -------
+    windows : `numpy.ndarray`
+        ``(n, window, S)`` float32.
+    start : `numpy.ndarray`
+        ``(n,)`` int64 first region row of each window (0 for a source that touches none).
+
+    Examples
+    --------
+    >>> m = placement_matrices(np.array([1.0, -1.0]), 5, 2)
+    >>> w, start = placement_windows(m)
+    >>> start.tolist(), w.shape
+    ([1, 0], (2, 2, 2))
+    >>> w[1].tolist()  # the stamp's first row fell before the region: cropped
+    [[0.0, 1.0], [0.0, 0.0]]
+    """
+    matrices = np.asarray(matrices)
+    n, length = matrices.shape[:2]
+    touched = np.any(matrices != 0, axis=2)  # (n, length)
+    some = touched.any(axis=1)
+    start = np.where(some, touched.argmax(axis=1), 0)
+    last = np.where(some, length - 1 - touched[:, ::-1].argmax(axis=1), 0)
+    span = int((last - start + 1)[some].max()) if some.any() else 1
+    window = span if window is None else int(window)
+    if window < span:
+        raise ValueError(f"A window of {window} rows cannot hold a placement spanning {span}.")
+    rows = start[:, None] + np.arange(window)[None, :]  # (n, window) region row of each window row
+    inside = rows < length
+    out = matrices[np.arange(n)[:, None], np.minimum(rows, length - 1)]
+    return np.where(inside[:, :, None], out, 0.0).astype(np.float32), start.astype(np.int64)
 
 # --- zoomed stamps: one decoder stamp spread over z x z image pixels ------------------------------
 #

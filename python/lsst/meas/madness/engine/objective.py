@@ -9,49 +9,78 @@ import math
 import keras
 
 
-def blend_models(latents, source_mask, rows, cols, decode, log_amplitudes=None):
+def blend_models(latents, source_mask, blend_of, rows, cols, starts, decode, region_shape, log_amplitudes=None):
     """Model of every blend's fit region: the sum of its sources' decoded, placed stamps (eq. 13).
+
+    Sources come flat, every blend's one after another (no padding to the largest blend: a
+    batch of blends of 12 and 20 sources decodes 32 stamps, not 40). Each source's stamp is
+    placed into its own ``Lw x Lw`` window by two small matmuls (``rows @ stamp @ cols^T``, the
+    sub-pixel shift or zoom folded in) and the windows are added into their blend's region at
+    their ``starts`` (one scatter-add), so a step costs ``~2 Lw S^2 C`` per source whatever the
+    region's width (a dense placement over the whole ``h x w`` region costs ``h w C S``).
 
     Parameters
     ----------
     latents : tensor
-        ``(B, N, L)`` latents; blends are padded to ``N`` sources.
+        ``(M, L)`` latents of the batch's ``M`` sources.
     source_mask : tensor
-        ``(B, N)`` 1 for a real source, 0 for padding.
+        ``(M,)`` 1 for a real source, 0 for padding (which adds nothing).
+    blend_of : tensor
+        ``(M,)`` int32 index of each source's blend in the batch.
     rows, cols : tensor
-        ``(B, N, h, S)`` and ``(B, N, w, S)`` placement matrices
-        (`lsst.meas.madness.engine.geometry.placement_matrices`: one-hot, with each source's
-        sub-pixel shift folded in); stamps are cropped where they leave the region.
+        ``(M, Lw, S)`` placement windows along each axis
+        (`lsst.meas.madness.engine.geometry.placement_windows` of `placement_matrices`: the
+        sub-pixel shift folded in); window rows past the region's end are zero.
+    starts : tensor
+        ``(M, 2)`` int32 region ``(row, column)`` of each window's first pixel.
     decode : callable
-        ``(B * N, L) -> (B * N, S, S, C)`` decoder.
+        ``(M, L) -> (M, S, S, C)`` decoder.
+    region_shape : tuple
+        ``(B, h, w)``: blends in the batch and the (padded) size of their regions.
     log_amplitudes : tensor, optional
-        ``(B, N, C)`` natural log of a flux factor per source and band applied to the decoded
+        ``(M, C)`` natural log of a flux factor per source and band applied to the decoded
         stamp (`blend_objective`'s ``amplitude_sigma``); `None`: factors of 1 (the paper).
 
     Returns
     -------
     model : tensor
         ``(B, h, C, w)`` model of each region in network units (band axis between rows and
-        columns so both placements are plain matmuls).
+        columns, the layout of the data).
     """
     ops = keras.ops
-    b, n, s = ops.shape(rows)[0], ops.shape(rows)[1], ops.shape(rows)[3]
-    h, w = ops.shape(rows)[2], ops.shape(cols)[2]
+    m, lw, s = ops.shape(rows)[0], ops.shape(rows)[1], ops.shape(rows)[2]
+    b, h, w = region_shape
     # A bfloat16 decoder (MapSettings.precision) hands back bfloat16: place and compare in float32.
-    stamps = ops.cast(decode(ops.reshape(latents, (b * n, -1))), "float32")  # (B*N, S, S, C)
+    stamps = ops.cast(decode(latents), "float32")  # (M, S, S, C)
     c = ops.shape(stamps)[-1]
     if log_amplitudes is not None:
-        stamps = stamps * ops.reshape(ops.exp(log_amplitudes), (b * n, 1, 1, c))
-    stamps = ops.reshape(stamps, (b, n, s, s * c)) * source_mask[:, :, None, None]
-    placed_rows = ops.matmul(rows, stamps)  # (B, N, h, S*C)
-    placed_rows = ops.reshape(placed_rows, (b, n, h, s, c))
-    placed_rows = ops.reshape(ops.transpose(placed_rows, (0, 2, 4, 1, 3)), (b, h, c, n * s))
-    cols_t = ops.reshape(ops.transpose(cols, (0, 1, 3, 2)), (b, 1, n * s, w))  # broadcast over rows
-    return ops.matmul(placed_rows, cols_t)  # (B, h, C, w)
+        stamps = stamps * ops.exp(log_amplitudes)[:, None, None, :]
+    stamps = ops.reshape(stamps, (m, s, s * c)) * source_mask[:, None, None]
+    placed = ops.reshape(ops.matmul(rows, stamps), (m, lw, s, c))  # rows placed
+    placed = ops.transpose(placed, (0, 1, 3, 2))  # (M, Lw, C, S)
+    windows = ops.matmul(placed, ops.transpose(cols, (0, 2, 1))[:, None])  # (M, Lw, C, Lw)
+    # Flat index of every window pixel in a (B, h + 1, C, w + 1) array whose last row and column
+    # collect what falls past the region's end (zero by construction of the windows).
+    steps = ops.arange(lw, dtype="int32")
+    ys = ops.cast(starts[:, 0:1], "int32") + steps  # (M, Lw)
+    xs = ops.cast(starts[:, 1:2], "int32") + steps
+    ys = ops.where(ys < h, ys, h)
+    xs = ops.where(xs < w, xs, w)
+    blend = ops.reshape(ops.cast(blend_of, "int32"), (m, 1, 1, 1))
+    band = ops.reshape(ops.arange(c, dtype="int32"), (1, 1, c, 1))
+    flat = ((blend * (h + 1) + ys[:, :, None, None]) * c + band) * (w + 1) + xs[:, None, None, :]
+    model = ops.scatter(ops.reshape(flat, (-1, 1)), ops.reshape(windows, (-1,)), (b * (h + 1) * c * (w + 1),))
+    return ops.reshape(model, (b, h + 1, c, w + 1))[:, :h, :, :w]
 
 
-def blend_objective(latents, source_mask, data, weights, rows, cols, *, calls, prior_weight: float = 1.0,
-                    amplitude_sigma: float | None = None):
+def _per_blend(values, source_mask, blend_of, num_blends):
+    """``(B,)`` sums of per-source ``(M,)`` values over each blend's real sources."""
+    ops = keras.ops
+    return ops.segment_sum(values * source_mask, ops.cast(blend_of, "int32"), num_segments=num_blends)
+
+
+def blend_objective(latents, source_mask, blend_of, data, weights, rows, cols, starts, *, calls,
+                    prior_weight: float = 1.0, amplitude_sigma: float | None = None):
     """Negative log-posterior of each blend: ``chi2 / 2 - prior_weight * sum_i log p(z_i)``.
 
     ``chi2 = sum w (y - X)^2`` with ``w`` the per-pixel inverse variance (zero on bad pixels),
@@ -67,12 +96,11 @@ def blend_objective(latents, source_mask, data, weights, rows, cols, *, calls, p
     Parameters
     ----------
     latents : tensor
-        ``(B, N, L)`` latents, or ``(B, N, L + C)`` latents and log-factors with
-        ``amplitude_sigma``.
-    source_mask, rows, cols
+        ``(M, L)`` latents, or ``(M, L + C)`` latents and log-factors with ``amplitude_sigma``.
+    source_mask, blend_of, rows, cols, starts
         As in `blend_models`.
     data, weights : tensor
-        ``(B, h, C, w)`` observed region and inverse variance, network units.
+        ``(B, h, C, w)`` observed regions and inverse variance, network units.
     calls : `tuple` of callable
         ``(decode, log_prob)``: the decoder and the flow's log-density.
     prior_weight : `float`
@@ -87,20 +115,19 @@ def blend_objective(latents, source_mask, data, weights, rows, cols, *, calls, p
     """
     ops = keras.ops
     decode, log_prob = calls
+    b, h, c, w = (ops.shape(data)[i] for i in range(4))
     log_amplitudes = None
     penalty = 0.0
     if amplitude_sigma is not None:
-        c = ops.shape(data)[2]
-        log_amplitudes = latents[..., -c:]
-        latents = latents[..., :-c]
-        penalty = 0.5 * ops.sum(ops.sum(log_amplitudes * log_amplitudes, axis=-1) * source_mask,
-                                axis=1) / amplitude_sigma**2
-    model = blend_models(latents, source_mask, rows, cols, decode, log_amplitudes)
+        log_amplitudes = latents[:, -c:]
+        latents = latents[:, :-c]
+        penalty = _per_blend(0.5 * ops.sum(log_amplitudes * log_amplitudes, axis=-1) / amplitude_sigma**2,
+                             source_mask, blend_of, b)
+    model = blend_models(latents, source_mask, blend_of, rows, cols, starts, decode, (b, h, w), log_amplitudes)
     residual = data - model
     chi2 = ops.sum(weights * residual * residual, axis=(1, 2, 3))
-    b, n = ops.shape(latents)[0], ops.shape(latents)[1]
-    log_prior = ops.reshape(log_prob(ops.reshape(latents, (b * n, -1))), (b, n))
-    return 0.5 * chi2 - prior_weight * ops.sum(log_prior * source_mask, axis=1) + penalty
+    log_prior = _per_blend(log_prob(latents), source_mask, blend_of, b)
+    return 0.5 * chi2 - prior_weight * log_prior + penalty
 
 
 def fourier_shift_matrices(shifts, size: int):
@@ -126,7 +153,7 @@ def fourier_shift_matrices(shifts, size: int):
     return ops.reshape(gathered, tuple(ops.shape(shifts)) + (size, size))
 
 
-def blend_objective_with_offsets(x, source_mask, data, weights, rows, cols, shifts, *, calls,
+def blend_objective_with_offsets(x, source_mask, blend_of, data, weights, rows, cols, starts, shifts, *, calls,
                                  prior_weight: float = 1.0, offset_max: float = 1.0,
                                  offset_sigma: float = 0.5, amplitude_sigma: float | None = None):
     """`blend_objective` with a position offset per source fitted alongside its latents.
@@ -135,19 +162,20 @@ def blend_objective_with_offsets(x, source_mask, data, weights, rows, cols, shif
     ``d = offset_max * tanh(u)`` ``(dy, dx)`` pixels (so ``|d| < offset_max``), with a weak
     Gaussian prior ``sum |d|^2 / (2 offset_sigma^2)``. Each stamp is shifted by its peak's
     sub-pixel remainder plus ``d`` (`fourier_shift_matrices`) and placed by the integer
-    placement matrices ``rows``, ``cols``.
+    placement windows ``rows``, ``cols``.
 
     Parameters
     ----------
     x : tensor
-        ``(B, N, L + 2)`` latents and offset parameters (``(B, N, L + C + 2)`` with
+        ``(M, L + 2)`` latents and offset parameters (``(M, L + C + 2)`` with
         ``amplitude_sigma``: the log flux factors between them).
-    source_mask, data, weights, calls, prior_weight, amplitude_sigma
+    source_mask, blend_of, data, weights, calls, prior_weight, amplitude_sigma
         As in `blend_objective`.
-    rows, cols : tensor
-        ``(B, N, h, S)`` and ``(B, N, w, S)`` one-hot placement of the stamps' pixel grids.
+    rows, cols, starts : tensor
+        ``(M, Lw, S)`` one-hot placement windows of the stamps' pixel grids and their
+        ``(M, 2)`` starts (`blend_models`).
     shifts : tensor
-        ``(B, N, 2)`` ``(dy, dx)`` sub-pixel remainder of each peak, pixels.
+        ``(M, 2)`` ``(dy, dx)`` sub-pixel remainder of each peak, pixels.
     offset_max, offset_sigma : `float`
         Bound and prior width of the fitted offsets, pixels.
 
@@ -157,12 +185,13 @@ def blend_objective_with_offsets(x, source_mask, data, weights, rows, cols, shif
         ``(B,)`` objective per blend.
     """
     ops = keras.ops
-    latents = x[..., :-2]
-    offsets = offset_max * ops.tanh(x[..., -2:])
+    latents = x[:, :-2]
+    offsets = offset_max * ops.tanh(x[:, -2:])
     size = ops.shape(rows)[-1]
-    ky = fourier_shift_matrices(shifts[..., 0] + offsets[..., 0], size)
-    kx = fourier_shift_matrices(shifts[..., 1] + offsets[..., 1], size)
-    loss = blend_objective(latents, source_mask, data, weights, ops.matmul(rows, ky), ops.matmul(cols, kx),
-                           calls=calls, prior_weight=prior_weight, amplitude_sigma=amplitude_sigma)
-    penalty = 0.5 * ops.sum(ops.sum(offsets * offsets, axis=-1) * source_mask, axis=1) / offset_sigma**2
+    ky = fourier_shift_matrices(shifts[:, 0] + offsets[:, 0], size)
+    kx = fourier_shift_matrices(shifts[:, 1] + offsets[:, 1], size)
+    loss = blend_objective(latents, source_mask, blend_of, data, weights, ops.matmul(rows, ky), ops.matmul(cols, kx),
+                           starts, calls=calls, prior_weight=prior_weight, amplitude_sigma=amplitude_sigma)
+    penalty = _per_blend(0.5 * ops.sum(offsets * offsets, axis=-1) / offset_sigma**2, source_mask, blend_of,
+                         ops.shape(data)[0])
     return loss + penalty

@@ -51,11 +51,12 @@ class MapSettings:
         Largest number of peaks accepted in one blend; more raises `MadnessRangeError` so the
         caller can flag the parent (the task's ``maxNumberOfPeaks`` maps here).
     batch_sources : `int`
-        Largest number of (padded) sources decoded in one compiled step when many blends are
+        Largest number of sources decoded in one compiled step when many blends are
         deblended together; bounds memory (about 4 MB per source for the paper-size decoder).
     compact : `bool`
-        Drop finished blends from the compiled batch (to power-of-two sizes, so few shapes
-        are compiled) once half of them have stopped.
+        Drop finished blends from the compiled batch: on TensorFlow as soon as one stops; on
+        JAX, which compiles once per shape, once half of them have stopped (to power-of-two
+        blend counts and multiples of 8 sources, so few shapes are compiled).
     adam_beta1, adam_beta2, adam_epsilon : `float`
         Adam moments and epsilon (Keras defaults).
     fit_offsets : `bool`

@@ -279,7 +279,7 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
     )
     batchSources = pexConfig.Field[int](
         default=256,
-        doc="Most padded sources in one compiled MAP step (memory bound, ~4 MB per source for the "
+        doc="Most sources in one compiled MAP step (memory bound, ~4 MB per source for the "
         "paper-size decoder).",
     )
     precision = pexConfig.ChoiceField[str](
