@@ -9,7 +9,9 @@ a step does not depend on the pixel values. Variants:
 - ``tensorflow-xla``: the same with ``jit_compile=True``;
 - ``tensorflow-bf16``: the ``mixed_bfloat16`` policy (float32 variables, bfloat16 compute);
   fast only where the CPU has AVX512-BF16/AMX, and not used for the shipped models;
-- ``jax``: Keras's JAX trainer (``jax.jit`` of the stateless step).
+- ``jax``: Keras's JAX trainer (``jax.jit`` of the stateless step);
+- ``tensorflow-frozen-encoder``, ``tensorflow-bf16-frozen-encoder``: the decoder-only
+  continuation (``madness train --freeze-encoder``): the encoder runs forward only.
 
 Each variant runs in its own process: a warm-up of 3 steps (compilation), then steps for
 ``--seconds`` of wall time. Writes ``training_throughput.json`` and prints a markdown table.
@@ -30,7 +32,8 @@ import sys
 import time
 from pathlib import Path
 
-VARIANTS = ("tensorflow", "tensorflow-xla", "tensorflow-bf16", "jax")
+VARIANTS = ("tensorflow", "tensorflow-xla", "tensorflow-bf16", "jax", "tensorflow-frozen-encoder",
+            "tensorflow-bf16-frozen-encoder")
 BATCH = 64
 PER_CALL = 16
 
@@ -43,10 +46,13 @@ def run_variant(variant: str, seconds: float) -> dict:
     from lsst.meas.madness.networks import Decoder, Encoder
     from lsst.meas.madness.training.models import VaeTrainer
 
-    if variant == "tensorflow-bf16":
+    if variant.startswith("tensorflow-bf16"):
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
     keras.utils.set_random_seed(0)
     encoder, decoder = Encoder(), Decoder()
+    if variant.endswith("frozen-encoder"):
+        encoder.build((None, 45, 45, 6))
+        encoder.trainable = False
     vae = VaeTrainer(encoder, decoder, np.full(6, 1e-6, np.float32), scale=1e4, beta=0.01)
     vae.compile(optimizer=keras.optimizers.Adam(1e-4, clipvalue=0.1), jit_compile=variant == "tensorflow-xla")
     rng = np.random.default_rng(0)

@@ -141,6 +141,8 @@ def _train(args: argparse.Namespace) -> int:
         overrides["precision"] = args.precision
     if args.output_scale_sigma is not None:
         overrides["decoder_output_scale_sigma"] = args.output_scale_sigma
+    if args.freeze_encoder:
+        overrides["freeze_encoder"] = True
     config = preset(args.preset, **overrides)
     if args.vae_epochs is not None:
         config = dataclasses.replace(config, vae=dataclasses.replace(config.vae, max_epochs=args.vae_epochs))
@@ -148,6 +150,8 @@ def _train(args: argparse.Namespace) -> int:
         if not args.vae_lr > 0:
             raise MadnessValueError(f"--vae-lr must be positive, not {args.vae_lr}.")
         config = dataclasses.replace(config, vae=dataclasses.replace(config.vae, learning_rate=args.vae_lr))
+    if args.vae_ema is not None:
+        config = dataclasses.replace(config, vae=dataclasses.replace(config.vae, ema_momentum=args.vae_ema))
     init_from = args.init_from
     if init_from == "default":
         from .io.bundle import default_bundle_path
@@ -286,12 +290,18 @@ def main(argv: list[str] | None = None) -> int:
                        help="epochs of the VAE stage (its cosine schedule spans them)")
     train.add_argument("--vae-lr", type=float, default=None,
                        help="peak learning rate of the VAE stage (a continuation starts lower than a new run)")
+    train.add_argument("--vae-ema", type=float, default=None, metavar="MOMENTUM",
+                       help="average the VAE's weights over steps with this momentum (e.g. 0.999); each epoch ends on "
+                            "the average")
     train.add_argument("--precision", default=None, choices=["float32", "mixed_bfloat16"],
                        help="compute precision of the image networks while training (mixed_bfloat16: about 2x "
                             "faster on CPUs with AMX-BF16; bundles are float32 either way)")
     train.add_argument("--output-scale-sigma", type=float, default=None, metavar="FRACTION",
                        help="scale of the decoder's ReLU output per band, as a fraction of the band's sky sigma "
                             "(cpu3: 0.1); a warm start rescales the output layer so it first draws what its parent drew")
+    train.add_argument("--freeze-encoder", action="store_true",
+                       help="continue only the decoder (with --init-from): the encoder, the flow and the VAE-deblender "
+                            "stay the warm-start bundle's, so the latent space they share does not move")
     train.add_argument("--seed", type=int, default=None)
     train.add_argument("--max-train", type=int, default=None, help="cap on training stamps per dataset")
     train.add_argument("--max-validation", type=int, default=None, help="cap on validation stamps")

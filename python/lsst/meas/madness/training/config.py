@@ -57,6 +57,12 @@ class StageSchedule:
         ramp uses ``(e + 1) / (warmup_epochs + 1)`` of it).
     min_factor : `float`
         Final fraction of ``learning_rate`` of the cosine schedule.
+    ema_momentum : `float`, optional
+        Keep an exponential moving average of the weights with this momentum per step
+        (Polyak averaging, Keras's ``use_ema``); at the end of every epoch the weights become the
+        average, so validation, checkpoints and the bundle see the averaged network. It damps
+        the epoch-to-epoch noise of a converged network's steps (doc/training.md). `None`: the
+        plain weights.
     """
 
     learning_rate: float
@@ -69,10 +75,13 @@ class StageSchedule:
     schedule: str = "step"
     warmup_epochs: int = 0
     min_factor: float = 0.05
+    ema_momentum: float | None = None
 
     def __post_init__(self):
         if self.schedule not in ("step", "cosine"):
             raise MadnessValueError(f"StageSchedule.schedule must be 'step' or 'cosine', not {self.schedule!r}.")
+        if self.ema_momentum is not None and not 0.0 < self.ema_momentum < 1.0:
+            raise MadnessValueError(f"StageSchedule.ema_momentum must be in (0, 1), not {self.ema_momentum!r}.")
 
     def learning_rate_at(self, epoch: int) -> float:
         """Learning rate of 0-based ``epoch``."""
@@ -131,6 +140,12 @@ class TrainingConfig:
         every stamp of every batch from the stored noiseless galaxies
         (`lsst.meas.madness.training.augment.FreshNoise`) instead of reusing the stored noisy
         stamp.
+    freeze_encoder : `bool`
+        Continue only the decoder (needs a warm start, ``init_from``): the encoder is frozen in
+        the VAE stage, and the flow and the VAE-deblender are carried over from the warm-start
+        bundle unchanged, because the latent space they describe (the encoder's) does not move.
+        A continuation that moves the encoder moves the latent space under the flow, the
+        VAE-deblender and the MAP's step sizes (``cpu5-a`` in doc/training.md).
     """
 
     name: str = "paper"
@@ -152,6 +167,7 @@ class TrainingConfig:
     decoder_output_scale_sigma: float | None = None
     fresh_noise: bool = False
     precision: str = "float32"
+    freeze_encoder: bool = False
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:

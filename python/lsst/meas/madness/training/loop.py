@@ -174,7 +174,8 @@ def run_stage(name: str, trainer: keras.Model, schedule: StageSchedule, x, y, x_
     board = _TensorBoard(directory / "logs" / "tensorboard" / name)
     stage_code = zlib.crc32(name.encode()) & 0x7FFFFFFF
 
-    optimizer = keras.optimizers.Adam(schedule.learning_rate, clipvalue=schedule.clip_value)
+    ema = {} if schedule.ema_momentum is None else {"use_ema": True, "ema_momentum": schedule.ema_momentum}
+    optimizer = keras.optimizers.Adam(schedule.learning_rate, clipvalue=schedule.clip_value, **ema)
     trainer.compile(optimizer=optimizer, jit_compile=False)
     # Build everything now so that checkpoints can be restored into existing variables.
     trainer(x[: min(2, len(x))], training=False)

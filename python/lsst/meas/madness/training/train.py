@@ -142,6 +142,8 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
     """
     data_dir, output = Path(data_dir), Path(output)
     parent = _load_parent(init_from, config)
+    if config.freeze_encoder and parent is None:
+        raise MadnessValueError("TrainingConfig.freeze_encoder continues a trained model's decoder: give init_from.")
     missing = [d for d in DATASETS if not (data_dir / d / "manifest.json").exists()]
     if any(d.startswith("isolated") for d in missing) or len(missing) == len(DATASETS):
         raise MadnessValueError(f"{data_dir} lacks the datasets {missing}; make them with `madness simulate datasets`.")
@@ -185,7 +187,11 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
     flow.build()
     if parent is not None:
         _warm_start(parent, encoder, decoder, flow, bands, size)
+    if config.freeze_encoder:
+        encoder.trainable = False
     results = {}
+    # A frozen encoder keeps the parent's flow and VAE-deblender: nothing is reserved for them.
+    reserve = {} if config.freeze_encoder else _BUDGET_RESERVE
 
     def budget(stage: str) -> float | None:
         """Seconds ``stage`` may use: what the budget leaves after the stages before it, less
@@ -194,7 +200,7 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
             return None
         order = ["vae_warmup", "vae", "flow", "deblender"]
         spent = sum(r.seconds for k, r in results.items())
-        later = sum(_BUDGET_RESERVE.get(k, 0.0) for k in order[order.index(stage) + 1:])
+        later = sum(reserve.get(k, 0.0) for k in order[order.index(stage) + 1:])
         return max(time_budget_s * (1.0 - later) - spent, 0.0)
 
     augment = None
@@ -234,20 +240,25 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
                                time_budget_s=budget("vae"))
 
     # --- 3: the flow prior on the encoder's mean latents ----------------------------------------
-    if augment is not None:
-        z_train = _encode_fresh(encoder, y_iso, augment, config.seed)
-    else:
-        z_train = np.asarray(encoder.encode_mean(x_iso), np.float32)
     z_val = np.asarray(encoder.encode_mean(xv_iso), np.float32)
-    flow_trainer = FlowTrainer(flow)
-    results["flow"] = run_stage("flow", flow_trainer, config.flow, z_train, None, z_val, None,
-                                directory=output, seed=config.seed, progress=progress,
-                                time_budget_s=budget("flow"))
+    if not config.freeze_encoder:
+        if augment is not None:
+            z_train = _encode_fresh(encoder, y_iso, augment, config.seed)
+        else:
+            z_train = np.asarray(encoder.encode_mean(x_iso), np.float32)
+        flow_trainer = FlowTrainer(flow)
+        results["flow"] = run_stage("flow", flow_trainer, config.flow, z_train, None, z_val, None,
+                                    directory=output, seed=config.seed, progress=progress,
+                                    time_budget_s=budget("flow"))
 
     # --- 4: the VAE-deblender -------------------------------------------------------------------
     # BlendedSims are read only now: the VAE stages do not need them (memory), and a suite whose
     # blended datasets are still being drawn can start training.
-    x_bl, y_bl, _ = _load(data_dir / "blended-train", config.max_train, norm)
+    # With a frozen encoder only the validation blends are read (for the bundle's metrics).
+    if config.freeze_encoder:
+        x_bl = y_bl = np.empty((0,) + y_iso.shape[1:], np.float32)
+    else:
+        x_bl, y_bl, _ = _load(data_dir / "blended-train", config.max_train, norm)
     xv_bl, yv_bl, _ = _load(data_dir / "blended-validation", config.max_validation, norm)
     _log.info("VAE-deblender on %d blended stamps (%d validation).", len(x_bl), len(xv_bl))
     # Targets: the frozen encoder's mean latents of the isolated central galaxy with a noise
@@ -259,16 +270,20 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
         sigma = np.sqrt(sky_net[None, None, None, :] + np.maximum(truth, 0) / norm.scale)
         return (truth + rng.standard_normal(truth.shape).astype(np.float32) * sigma).astype(np.float32)
 
-    target_train = np.asarray(encoder.encode_mean(isolated_noisy(y_bl)), np.float32)
+    if not config.freeze_encoder:
+        target_train = np.asarray(encoder.encode_mean(isolated_noisy(y_bl)), np.float32)
     target_val = np.asarray(encoder.encode_mean(isolated_noisy(yv_bl)), np.float32)
     with dtype_policy(config.precision):
         deblender_encoder = Encoder(size, len(bands), config.latent_dim, config.encoder_filters,
                                     dense_units=config.dense_units, name="deblender_encoder")
         deblender_encoder.build((None, size, size, len(bands)))
-    deblender_encoder.set_weights(encoder.get_weights())
-    results["deblender"] = run_stage("deblender", DeblenderTrainer(deblender_encoder), config.deblender,
-                                     x_bl, target_train, xv_bl, target_val, directory=output,
-                                     seed=config.seed, progress=progress, time_budget_s=budget("deblender"))
+    if config.freeze_encoder:
+        deblender_encoder.set_weights(parent.deblender_encoder.get_weights())
+    else:
+        deblender_encoder.set_weights(encoder.get_weights())
+        results["deblender"] = run_stage("deblender", DeblenderTrainer(deblender_encoder), config.deblender,
+                                         x_bl, target_train, xv_bl, target_val, directory=output,
+                                         seed=config.seed, progress=progress, time_budget_s=budget("deblender"))
 
     # --- bundle, metrics, figures -----------------------------------------------------------------
     wall = time.perf_counter() - start
