@@ -83,8 +83,8 @@ def main() -> int:
         prepared = prepare_blend(b["image"], b["peaks_xy"], b["variance"], None, num_bands=6,
                                  stamp_size=deblender.stamp_size, normalization=deblender.normalization,
                                  max_sources=settings.max_sources)
-        *arrays, _ = deblender._pack([prepared])
-        packed = [keras.ops.convert_to_tensor(a) for a in arrays]
+        *arrays, bounds = deblender._pack([prepared])
+        packed, _, _ = deblender._select(arrays, bounds, np.arange(1), bucket=False)
         x = np.zeros((n, deblender.latent_dim + 6), np.float32)
         x = keras.ops.convert_to_tensor(x)
         step = deblender._step_fn(settings)

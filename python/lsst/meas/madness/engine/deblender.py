@@ -542,7 +542,6 @@ class MadnessDeblender:
         return prepare(zoom), latents
 
     @staticmethod
-    @staticmethod
     def _plan_batches(prepared: Sequence[PreparedBlend], batch_sources: int) -> list[list[int]]:
         """Group blends, largest first, so that each batch holds at most ``batch_sources`` sources
         (a larger blend alone). Sources are not padded to the largest blend (`_pack`), so blends of
@@ -582,11 +581,12 @@ class MadnessDeblender:
         """The batch's arrays as `blend_objective` wants them, and where each blend's sources are.
 
         Regions are padded to the largest (``(B, h, C, w)`` data and weights); sources come flat,
-        every blend's one after another (``(M, ...)``, no padding): their mask, blend index,
-        placement windows (`placement_windows`: ``(M, Lw, S)`` per axis) and the ``(M, 2)``
-        region pixel where each window starts. With ``fit_offsets`` the windows are integer
+        every blend's one after another (``(M, ...)``, no padding): their placement windows
+        (`placement_windows`: ``(M, Lw, S)`` per axis) and the ``(M, 2)`` region pixel where
+        each window starts. With ``fit_offsets`` the windows are integer
         (one-hot) and the sub-pixel shifts come as an extra ``(M, 2)`` array, as
-        `blend_objective_with_offsets` wants. The last item is the ``(B + 1,)`` source bounds.
+        `blend_objective_with_offsets` wants. The source mask and blend index are `_select`'s.
+        The last item is the ``(B + 1,)`` source bounds.
         """
         s = self.stamp_size
         h_max = max(b.data.shape[1] for b in blends)
@@ -621,9 +621,7 @@ class MadnessDeblender:
             rows_w[sl, : ry.shape[1]] = ry
             cols_w[sl, : rx.shape[1]] = rx
             starts[sl, 0], starts[sl, 1] = sy, sx
-        source_mask = np.ones(m_total, np.float32)
-        blend_of = np.repeat(np.arange(nb, dtype=np.int32), np.diff(bounds))
-        packed = (source_mask, blend_of, data, weights, rows_w, cols_w, starts)
+        packed = (data, weights, rows_w, cols_w, starts)
         if fit_offsets:
             shifts = np.concatenate([b.shifts for b in blends]).astype(np.float32)
             packed += (shifts,)
@@ -648,7 +646,7 @@ class MadnessDeblender:
         n_real : `int`
             How many of ``take`` are real (the rest is padding, whose gradient is ignored).
         """
-        source_mask, blend_of, data, weights, rows, cols, starts, *rest = packed
+        data, weights, rows, cols, starts, *rest = packed
         sources = np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in blend_ids])
         slots = np.repeat(np.arange(len(blend_ids), dtype=np.int32), np.diff(bounds)[blend_ids])
         blends = np.asarray(blend_ids)
