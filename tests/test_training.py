@@ -94,6 +94,84 @@ class LossTestCase(unittest.TestCase):
             StageSchedule(1e-3, 0.1, 3, schedule="exponential")
 
 
+class Regression(keras.Model):
+    """One dense layer fitted by mean squared error: the smallest trainer `run_stage` accepts."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(1)
+
+    def call(self, x, training=False):
+        return self.dense(x)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        return keras.ops.mean(keras.ops.square(y_pred - y))
+
+
+class MonitorTestCase(unittest.TestCase):
+    """`run_stage(monitor=...)` keeps the epoch with the lowest monitored number, and a run resumed
+    under another monitor re-scores its kept and last weights."""
+
+    def setUp(self):
+        self.tmp = Path(tempfile.mkdtemp(prefix="madness-monitor-"))
+        rng = np.random.default_rng(0)
+        self.x = rng.normal(size=(64, 3)).astype(np.float32)
+        self.y = (self.x @ np.array([[1.0], [-2.0], [0.5]], np.float32)).astype(np.float32)
+
+    def tearDown(self):
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _run(self, trainer, epochs, monitor, metrics):
+        from lsst.meas.madness.training.loop import run_stage
+
+        schedule = StageSchedule(0.05, 1.0, epochs, patience=5, batch_size=16)
+        keras.utils.set_random_seed(1)
+        return run_stage("toy", trainer, schedule, self.x, self.y, self.x, self.y, directory=self.tmp, seed=1,
+                         extra_metrics=metrics, progress=False, monitor=monitor)
+
+    def test_monitor_picks_the_kept_epoch(self):
+        trainer, snapshots = Regression(), []
+        scores = [3.0, 1.0, 2.0]  # the monitored number of epochs 0, 1, 2: epoch 1 is kept
+
+        def metrics():
+            snapshots.append([w.copy() for w in trainer.get_weights()])
+            return {"score": scores[len(snapshots) - 1]}
+
+        result = self._run(trainer, 3, "score", metrics)
+        self.assertEqual((result.monitor, result.best_epoch, result.best_val_loss), ("score", 1, 1.0))
+        # The validation loss falls every epoch here, so it alone would have kept epoch 2.
+        losses = [row["val_loss"] for row in result.history]
+        self.assertEqual(int(np.argmin(losses)), 2)
+        for kept, epoch1 in zip(trainer.get_weights(), snapshots[1]):
+            np.testing.assert_array_equal(kept, epoch1)
+        with self.assertRaisesRegex(KeyError, "nothing"):
+            self._run(Regression(), 4, "nothing", lambda: {"score": 0.0})
+
+    def test_resume_under_another_monitor_rescores(self):
+        for keep in (0, 1):
+            with self.subTest(keep=keep):
+                shutil.rmtree(self.tmp, ignore_errors=True)
+                trainer, snapshots = Regression(), []
+
+                def first():
+                    snapshots.append([w.copy() for w in trainer.get_weights()])
+                    return {"a": [1.0, 2.0][len(snapshots) - 1]}  # "a" keeps epoch 0
+
+                self._run(trainer, 2, "a", first)
+
+                resumed = Regression()
+
+                def second():
+                    # "b" is 0 on the weights of epoch `keep`, 1 elsewhere.
+                    same = all(np.array_equal(w, s) for w, s in zip(resumed.get_weights(), snapshots[keep]))
+                    return {"b": 0.0 if same else 1.0}
+
+                result = self._run(resumed, 2, "b", second)
+                self.assertEqual((result.monitor, result.best_epoch, result.best_val_loss), ("b", keep, 0.0))
+                for w, s in zip(resumed.get_weights(), snapshots[keep]):
+                    np.testing.assert_array_equal(w, s)
+
+
 class TrainingTestCase(unittest.TestCase):
     @classmethod
     def setUpClass(cls):

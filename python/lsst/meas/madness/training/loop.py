@@ -34,7 +34,11 @@ _log = logging.getLogger(__name__)
 
 @dataclasses.dataclass
 class StageResult:
-    """What a stage did: per-epoch history, best validation loss and epoch, wall time."""
+    """What a stage did: per-epoch history, best validation value and epoch, wall time.
+
+    ``best_val_loss`` is the best value of the quantity the stage monitored (``monitor``: the
+    validation loss unless the stage chose another validation number).
+    """
 
     name: str
     history: list[dict]
@@ -44,6 +48,7 @@ class StageResult:
     stopped_early: bool
     seconds: float
     stopped_for_time: bool = False
+    monitor: str = "val_loss"
 
     def as_dict(self) -> dict:
         out = dataclasses.asdict(self)
@@ -130,7 +135,8 @@ class _TensorBoard:
 def run_stage(name: str, trainer: keras.Model, schedule: StageSchedule, x, y, x_val, y_val, *,
               directory: Path, seed: int, extra_metrics: Callable[[], dict] | None = None,
               on_epoch_start: Callable[[int], dict] | None = None, progress: bool = True,
-              augment: Callable | None = None, time_budget_s: float | None = None) -> StageResult:
+              augment: Callable | None = None, time_budget_s: float | None = None,
+              monitor: str = "val_loss") -> StageResult:
     """Train ``trainer`` for one stage, resuming from ``directory`` if a checkpoint is there.
 
     Parameters
@@ -159,6 +165,11 @@ def run_stage(name: str, trainer: keras.Model, schedule: StageSchedule, x, y, x_
     time_budget_s : `float`, optional
         Training seconds this stage may use in all (resumed runs included): an epoch that would
         end past it is not started, and the stage ends as if finished (``stopped_for_time``).
+    monitor : `str`
+        The validation number (a key of an epoch's row: ``val_loss`` or one of
+        ``extra_metrics``) whose lowest value picks the kept epoch and drives early stopping. A
+        run resumed under another monitor than it started with re-scores its kept and its last
+        weights under the new one (earlier epochs' weights are gone) and keeps the better.
 
     Returns
     -------
@@ -182,7 +193,7 @@ def run_stage(name: str, trainer: keras.Model, schedule: StageSchedule, x, y, x_
     optimizer.build(trainer.trainable_variables)
 
     state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": -1, "wait": 0, "history": [],
-             "done": False, "seconds": 0.0}
+             "done": False, "seconds": 0.0, "monitor": monitor}
     state_path = ckpt / "state.json"
     if state_path.exists():
         state = json.loads(state_path.read_text())
@@ -191,13 +202,16 @@ def run_stage(name: str, trainer: keras.Model, schedule: StageSchedule, x, y, x_
         with np.load(ckpt / "optimizer.npz") as arrays:
             _assign(optimizer.variables, arrays)
         _log.info("Stage %s: resuming at epoch %d.", name, state["epoch"])
+        if state.get("monitor", "val_loss") != monitor and state["history"]:
+            _rescore(name, trainer, ckpt, state, monitor, lambda: _monitored(trainer, x_val, y_val, schedule,
+                                                                          extra_metrics, monitor))
         if state["done"]:
             if schedule.patience is not None:
                 with np.load(ckpt / "best.npz") as arrays:
                     _assign(trainer.variables, arrays)
             return StageResult(name, state["history"], state["best_val_loss"], state["best_epoch"],
                                state["epoch"], state.get("stopped_early", False), state["seconds"],
-                               state.get("stopped_for_time", False))
+                               state.get("stopped_for_time", False), monitor)
 
     val_batches = _Batches(x_val, y_val, schedule.batch_size, np.arange(len(x_val)))
     bar = tqdm(total=schedule.max_epochs, initial=state["epoch"], desc=name, unit="epoch", disable=not progress)
@@ -228,9 +242,11 @@ def run_stage(name: str, trainer: keras.Model, schedule: StageSchedule, x, y, x_
             row["seconds"] = round(time.perf_counter() - start, 2)
             state["seconds"] += row["seconds"]
             state["history"].append(row)
-            improved = row["val_loss"] < state["best_val_loss"]
+            if monitor not in row:
+                raise KeyError(f"Stage {name}: monitored {monitor!r} is not among the epoch's numbers {sorted(row)}")
+            improved = row[monitor] < state["best_val_loss"]
             if improved:
-                state.update(best_val_loss=row["val_loss"], best_epoch=epoch, wait=0)
+                state.update(best_val_loss=row[monitor], best_epoch=epoch, wait=0)
                 _save_npz(ckpt / "best.npz", _values(trainer.variables))
             else:
                 state["wait"] += 1
@@ -258,7 +274,36 @@ def run_stage(name: str, trainer: keras.Model, schedule: StageSchedule, x, y, x_
         with np.load(ckpt / "best.npz") as arrays:
             _assign(trainer.variables, arrays)
     return StageResult(name, state["history"], state["best_val_loss"], state["best_epoch"], state["epoch"],
-                       stopped_early, state["seconds"], state.get("stopped_for_time", False))
+                       stopped_early, state["seconds"], state.get("stopped_for_time", False), monitor)
+
+
+def _monitored(trainer, x_val, y_val, schedule: StageSchedule, extra_metrics, monitor: str) -> float:
+    """The monitored validation number of ``trainer``'s current weights."""
+    if monitor == "val_loss":
+        return float(trainer.evaluate(_Batches(x_val, y_val, schedule.batch_size, np.arange(len(x_val))), verbose=0))
+    return float(extra_metrics()[monitor])
+
+
+def _rescore(name: str, trainer, ckpt: Path, state: dict, monitor: str, score: Callable[[], float]) -> None:
+    """Move a resumed stage's state to another monitor: score its kept (``best.npz``) and its last
+    weights under ``monitor``, keep the better as ``best.npz``, and leave the last loaded."""
+    old = state.get("monitor", "val_loss")
+    last_values = _values(trainer.variables)
+    scores = {state["epoch"] - 1: score()}
+    if (ckpt / "best.npz").exists() and state["best_epoch"] not in scores:
+        with np.load(ckpt / "best.npz") as arrays:
+            _assign(trainer.variables, arrays)
+        scores[state["best_epoch"]] = score()
+        _assign(trainer.variables, last_values)
+    # The lowest score; on a tie the epoch kept so far.
+    best_epoch = min(scores, key=lambda e: (scores[e], e != state["best_epoch"]))
+    best = scores[best_epoch]
+    if best_epoch == state["epoch"] - 1:
+        _save_npz(ckpt / "best.npz", last_values)
+    _log.warning("Stage %s: resumed with monitor %r instead of %r; %s; kept epoch %d.", name, monitor, old,
+                 ", ".join(f"epoch {e}: {v:.6g}" for e, v in sorted(scores.items())), best_epoch)
+    state.update(monitor=monitor, best_val_loss=best, best_epoch=best_epoch, wait=state["epoch"] - 1 - best_epoch)
+    _atomic_bytes(ckpt / "state.json", json.dumps(state, indent=1).encode())
 
 
 def _write_csv(path: Path, history: list[dict]) -> None:
