@@ -29,7 +29,12 @@ centres) with the engine and measures every galaxy with the paper's apertures (k
   VAE-deblender's guess or from the zoom-1 fit (``MapSettings.zoom_choice``).
 
 Writes the JSON (mean abs(dF/F) per band, median in r, mean steps, seconds) and prints a
-Markdown table. Runs in this process; set ``TF_NUM_INTRAOP_THREADS`` to share the cores.
+Markdown table. Beside the JSON, ``<output stem>.npz`` keeps every galaxy's numbers
+(``<ablation>/abs_flux_residual`` (galaxies, bands), ``cosine``, ``e1_residual``, and ``kappa``), in
+field order, so that two runs on the same fields can be compared galaxy by galaxy
+(``scripts/paired_comparison.py``): a mean over a few hundred galaxies is decided by its few
+catastrophic ones, a paired difference is not. Runs in this process; set
+``TF_NUM_INTRAOP_THREADS`` to share the cores.
 """
 
 from __future__ import annotations
@@ -152,6 +157,16 @@ def main(argv=None) -> int:
             "std_colour_residual_gr": float(np.nanstd(np.concatenate(colours[name])[keep])),
             "mean_steps": float(np.mean(steps[name])), "seconds": round(seconds[name], 1)}
     args.output.parent.mkdir(parents=True, exist_ok=True)
+    per_galaxy = {"kappa": kappa, "field_of_galaxy": np.concatenate(
+        [np.full(len(e), k) for k, e in enumerate(errors[args.ablations[0]])])}
+    for name in args.ablations:
+        per_galaxy[f"{name}/abs_flux_residual"] = np.concatenate(errors[name])
+        per_galaxy[f"{name}/cosine"] = np.concatenate(cosines[name])
+        per_galaxy[f"{name}/e1_residual"] = np.concatenate(e1[name])
+    npz = args.output.with_suffix(".npz")
+    tmp = npz.with_name(npz.stem + ".tmp.npz")
+    np.savez_compressed(tmp, bands=np.array(bands), **per_galaxy)
+    os.replace(tmp, npz)
     tmp = args.output.with_name(args.output.name + ".tmp")
     tmp.write_text(json.dumps(out, indent=1) + "\n")
     os.replace(tmp, args.output)
