@@ -14,6 +14,13 @@
 # never populated by this script; see doc/rubin-stack.md for the clone commands.
 #   sconsUtils pex_config base pex_exceptions cpputils sphgeom daf_base log geom
 #   astshim afw skymap meas_base  (github.com/lsst/<name>)
+#   kht shapelet meas_algorithms meas_deblender scarlet_lite
+#   meas_extensions_scarlet obs_base smatch pipe_tasks drp_tasks drp_pipe analysis_tools
+#   meas_extensions_multiprofit   (github.com/lsst/<name>; the second phase: pipe_tasks'
+#                                 multiBand and the real DRP pipeline definition; of the
+#                                 last three only the pipeline YAML is installed)
+#   smatch                        (github.com/esheldon/smatch: pipe_tasks' spherical matcher;
+#                                 PyPI's "smatch" is another project)
 #   ndarray                       (github.com/ndarray/ndarray)
 #   iminuit-<v>.tar.gz            (PyPI sdist; only its bundled Minuit2 sources are used)
 #
@@ -47,7 +54,7 @@ JOBS=${JOBS:-2}
 NICE=${NICE:-5}
 OPT=${OPT:-1}
 DEBUG=${DEBUG:-False}
-ALL_PACKAGES="sconsUtils ndarray minuit2 starlink_ast pex_config base pex_exceptions cpputils sphgeom daf_base log geom astshim afw skymap meas_base"
+ALL_PACKAGES="sconsUtils ndarray minuit2 starlink_ast pex_config base pex_exceptions cpputils sphgeom daf_base log geom astshim afw skymap meas_base kht shapelet meas_algorithms meas_deblender scarlet_lite meas_extensions_scarlet obs_base smatch pipe_tasks drp_tasks drp_pipe analysis_tools meas_extensions_multiprofit"
 PACKAGES=${PACKAGES:-$ALL_PACKAGES}
 
 log() { echo "[build-rubin-stack $(date +%H:%M:%S)] $*"; }
@@ -85,6 +92,11 @@ PYBIND11_INCLUDE=$("$PYTHON" -c 'import pybind11; print(pybind11.get_include())'
 "$PYTHON" -c 'import numpy' || die "$PYTHON has no numpy"
 "$PYTHON" -c 'import lsst.pex.config, lsst.utils' \
     || die "$PYTHON lacks lsst-pex-config / lsst-utils (PyPI)"
+# The stack's own Python needs beyond the pip-only environment (pinned in constraints.txt).
+if ! "$PYTHON" -c 'import pandas, esutil, sklearn, treecorr, treegp' 2>/dev/null; then
+    log "installing requirements/rubin-stack.txt into $PYTHON's environment"
+    "$PYTHON" -m pip install -q -c "$REPO/requirements/constraints.txt" -r "$REPO/requirements/rubin-stack.txt"
+fi
 
 mkdir -p "$PREFIX/.stamps" "$PREFIX/logs" "$PREFIX/_build"
 TIMES="$PREFIX/build-times.tsv"
@@ -195,6 +207,48 @@ EOF
     chmod +x "$d/bin/ast_link"
 }
 
+build_kht() {
+    # The Kernel-based Hough transform (meas_algorithms' maskStreaks imports lsst.kht): a
+    # cmake build of the C++ library and its pybind11 module, as kht's ups/eupspkg.cfg.sh
+    # does; the module is installed as PREFIX/kht/python/lsst/kht.
+    local b="$PREFIX/_build/kht"
+    rm -rf "$b" "$PREFIX/kht"
+    # Its pybind11 module includes ndarray's pybind11 converters (built above) and Eigen.
+    EIGEN_DIR=/usr cmake -S "$SRC_ROOT/kht/cpp" -B "$b" -DCMAKE_BUILD_TYPE=Release \
+        -Dpybind11_DIR="$("$PYTHON" -m pybind11 --cmakedir)" -DPYTHON_EXECUTABLE="$PYTHON" \
+        -DPython_EXECUTABLE="$PYTHON" \
+        -DCMAKE_CXX_FLAGS="-I$PREFIX/ndarray/include -I/usr/include/eigen3 -I$("$PYTHON" -c 'import numpy; print(numpy.get_include())')"
+    cmake --build "$b" -j "$JOBS"
+    mkdir -p "$PREFIX/kht/python/lsst"
+    cp -a "$b/lsst/kht" "$PREFIX/kht/python/lsst/"
+    # lsst is a namespace shared with the venv's lsst-* wheels (pkgutil style, as theirs).
+    printf '%s\n' 'import pkgutil' '__path__ = pkgutil.extend_path(__path__, __name__)' \
+        > "$PREFIX/kht/python/lsst/__init__.py"
+}
+
+build_smatch() {
+    # esheldon/smatch (a C extension; conda-forge has it, PyPI's "smatch" is an unrelated
+    # package): pip-built into PREFIX/smatch/python, not into the environment.
+    rm -rf "$PREFIX/smatch" "$PREFIX/_build/smatch"
+    cp -a "$SRC_ROOT/smatch" "$PREFIX/_build/smatch"
+    "$PYTHON" -m pip install --no-deps --no-build-isolation --no-compile -q \
+        --target "$PREFIX/smatch/python" "$PREFIX/_build/smatch"
+}
+
+build_pipelines_only() {
+    # Pipeline definitions only (YAML and config files), no build: drp_pipe's DRP pipelines
+    # import analysis_tools' and meas_extensions_multiprofit's pipeline files by
+    # $<PKG>_DIR/pipelines/..., so a pipeline can be read (and a subset of it built) without
+    # those packages' code.
+    local pkg=$1 d
+    rm -rf "${PREFIX:?}/$pkg"
+    mkdir -p "$PREFIX/$pkg"
+    for d in pipelines config ups; do
+        [ -d "$SRC_ROOT/$pkg/$d" ] && cp -a "$SRC_ROOT/$pkg/$d" "$PREFIX/$pkg/"
+    done
+    return 0
+}
+
 build_scons_pkg() {   # the Rubin packages: scons + sconsUtils, no EUPS, no tests
     local pkg=$1 ver=$2
     rm -rf "${PREFIX:?}/$pkg"
@@ -225,7 +279,8 @@ build_one() {
     (
         set -e
         case $pkg in
-            sconsUtils|ndarray|minuit2|starlink_ast|pex_config) "build_$pkg" ;;
+            sconsUtils|ndarray|minuit2|starlink_ast|pex_config|kht|smatch) "build_$pkg" ;;
+            drp_pipe|analysis_tools|meas_extensions_multiprofit) build_pipelines_only "$pkg" ;;
             *) build_scons_pkg "$pkg" "${commit:0:12}" ;;
         esac
     ) > "$PREFIX/logs/$pkg.log" 2>&1
