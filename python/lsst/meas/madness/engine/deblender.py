@@ -581,9 +581,10 @@ class MadnessDeblender:
         """The batch's arrays as `blend_objective` wants them, and where each blend's sources are.
 
         Regions are padded to the largest (``(B, h, C, w)`` data and weights); sources come flat,
-        every blend's one after another (``(M, ...)``, no padding): their placement windows
-        (`placement_windows`: ``(M, Lw, S)`` per axis) and the ``(M, 2)`` region pixel where
-        each window starts. With ``fit_offsets`` the windows are integer
+        every blend's one after another (``(M, ...)``, no padding): their row placement windows
+        (`placement_windows`: ``(M, Lw, S)``), their column placements over the padded width
+        (`placement_matrices`: ``(M, w, S)``) and the ``(M, 2)`` region pixel where each row
+        window starts (`blend_models`). With ``fit_offsets`` the placements are integer
         (one-hot) and the sub-pixel shifts come as an extra ``(M, 2)`` array, as
         `blend_objective_with_offsets` wants. The source mask and blend index are `_select`'s.
         The last item is the ``(B + 1,)`` source bounds.
@@ -610,18 +611,18 @@ class MadnessDeblender:
                 centers = b.peaks_xy[zoomed, ::-1] - np.array(b.region[:2])
                 rows[zoomed] = zoom_placement_matrices(centers[:, 0], h, s, b.zoom[zoomed])
                 cols[zoomed] = zoom_placement_matrices(centers[:, 1], w, s, b.zoom[zoomed])
-            placements.append((placement_windows(rows), placement_windows(cols)))
-        window = max(m.shape[1] for pair in placements for m, _ in pair)
+            placements.append((placement_windows(rows), cols))
+        window = max(ry.shape[1] for (ry, _), _ in placements)
         m_total = int(bounds[-1])
         rows_w = np.zeros((m_total, window, s), np.float32)
-        cols_w = np.zeros((m_total, window, s), np.float32)
+        cols_full = np.zeros((m_total, w_max, s), np.float32)
         starts = np.zeros((m_total, 2), np.int32)
-        for k, ((ry, sy), (rx, sx)) in enumerate(placements):
+        for k, ((ry, sy), rx) in enumerate(placements):
             sl = slice(bounds[k], bounds[k + 1])
             rows_w[sl, : ry.shape[1]] = ry
-            cols_w[sl, : rx.shape[1]] = rx
-            starts[sl, 0], starts[sl, 1] = sy, sx
-        packed = (data, weights, rows_w, cols_w, starts)
+            cols_full[sl, : rx.shape[1]] = rx
+            starts[sl, 0] = sy
+        packed = (data, weights, rows_w, cols_full, starts)
         if fit_offsets:
             shifts = np.concatenate([b.shifts for b in blends]).astype(np.float32)
             packed += (shifts,)

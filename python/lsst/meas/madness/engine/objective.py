@@ -14,10 +14,13 @@ def blend_models(latents, source_mask, blend_of, rows, cols, starts, decode, reg
 
     Sources come flat, every blend's one after another (no padding to the largest blend: a
     batch of blends of 12 and 20 sources decodes 32 stamps, not 40). Each source's stamp is
-    placed into its own ``Lw x Lw`` window by two small matmuls (``rows @ stamp @ cols^T``, the
-    sub-pixel shift or zoom folded in) and the windows are added into their blend's region at
-    their ``starts`` (one scatter-add), so a step costs ``~2 Lw S^2 C`` per source whatever the
-    region's width (a dense placement over the whole ``h x w`` region costs ``h w C S``).
+    placed into an ``Lw``-row band of its region by two small matmuls (``rows @ stamp @
+    cols^T``: ``rows`` its ``Lw x S`` window of region rows, ``cols`` its ``w x S`` placement over
+    the region's whole width; the sub-pixel shift or zoom folded in), and the bands are added
+    into their blend's region at their first row (a scatter-add of whole region rows). A step
+    so costs ``~Lw S C (S + w)`` per source: a dense placement over the region costs ``h w C S``,
+    and a scatter of single pixels (one index per window pixel) is slow on TensorFlow's CPU
+    kernels (5-8 ms for the ~150,000 pixels of 12 sources, doc/benchmarks.md).
 
     Parameters
     ----------
@@ -27,12 +30,16 @@ def blend_models(latents, source_mask, blend_of, rows, cols, starts, decode, reg
         ``(M,)`` 1 for a real source, 0 for padding (which adds nothing).
     blend_of : tensor
         ``(M,)`` int32 index of each source's blend in the batch.
-    rows, cols : tensor
-        ``(M, Lw, S)`` placement windows along each axis
+    rows : tensor
+        ``(M, Lw, S)`` placement windows along the rows
         (`lsst.meas.madness.engine.geometry.placement_windows` of `placement_matrices`: the
         sub-pixel shift folded in); window rows past the region's end are zero.
+    cols : tensor
+        ``(M, w, S)`` placement matrices along the columns over the region's (padded) width
+        (`placement_matrices`; zero past a blend's own width).
     starts : tensor
-        ``(M, 2)`` int32 region ``(row, column)`` of each window's first pixel.
+        ``(M, 2)`` int32 region ``(row, column)`` of each row window's first pixel (the column
+        is not used: columns are placed over the whole width).
     decode : callable
         ``(M, L) -> (M, S, S, C)`` decoder.
     region_shape : tuple
@@ -58,19 +65,19 @@ def blend_models(latents, source_mask, blend_of, rows, cols, starts, decode, reg
     stamps = ops.reshape(stamps, (m, s, s * c)) * source_mask[:, None, None]
     placed = ops.reshape(ops.matmul(rows, stamps), (m, lw, s, c))  # rows placed
     placed = ops.transpose(placed, (0, 1, 3, 2))  # (M, Lw, C, S)
-    windows = ops.matmul(placed, ops.transpose(cols, (0, 2, 1))[:, None])  # (M, Lw, C, Lw)
-    # Flat index of every window pixel in a (B, h + 1, C, w + 1) array whose last row and column
-    # collect what falls past the region's end (zero by construction of the windows).
-    steps = ops.arange(lw, dtype="int32")
-    ys = ops.cast(starts[:, 0:1], "int32") + steps  # (M, Lw)
-    xs = ops.cast(starts[:, 1:2], "int32") + steps
+    bands = ops.matmul(placed, ops.transpose(cols, (0, 2, 1))[:, None])  # (M, Lw, C, w): whole rows
+    # (blend, row, band) of every placed row in a (B, h + 1, C, w) array whose last row collects
+    # what falls past the region's end (zero by construction of the windows).
+    ys = ops.cast(starts[:, 0:1], "int32") + ops.arange(lw, dtype="int32")  # (M, Lw)
     ys = ops.where(ys < h, ys, h)
-    xs = ops.where(xs < w, xs, w)
-    blend = ops.reshape(ops.cast(blend_of, "int32"), (m, 1, 1, 1))
-    band = ops.reshape(ops.arange(c, dtype="int32"), (1, 1, c, 1))
-    flat = ((blend * (h + 1) + ys[:, :, None, None]) * c + band) * (w + 1) + xs[:, None, None, :]
-    model = ops.scatter(ops.reshape(flat, (-1, 1)), ops.reshape(windows, (-1,)), (b * (h + 1) * c * (w + 1),))
-    return ops.reshape(model, (b, h + 1, c, w + 1))[:, :h, :, :w]
+    shape = (m, lw, c)
+    index = ops.stack([
+        ops.broadcast_to(ops.reshape(ops.cast(blend_of, "int32"), (m, 1, 1)), shape),
+        ops.broadcast_to(ys[:, :, None], shape),
+        ops.broadcast_to(ops.reshape(ops.arange(c, dtype="int32"), (1, 1, c)), shape),
+    ], axis=-1)
+    model = ops.scatter(ops.reshape(index, (-1, 3)), ops.reshape(bands, (-1, w)), (b, h + 1, c, w))
+    return model[:, :h]
 
 
 def _per_blend(values, source_mask, blend_of, num_blends):
@@ -172,8 +179,8 @@ def blend_objective_with_offsets(x, source_mask, blend_of, data, weights, rows, 
     source_mask, blend_of, data, weights, calls, prior_weight, amplitude_sigma
         As in `blend_objective`.
     rows, cols, starts : tensor
-        ``(M, Lw, S)`` one-hot placement windows of the stamps' pixel grids and their
-        ``(M, 2)`` starts (`blend_models`).
+        ``(M, Lw, S)`` one-hot row windows, ``(M, w, S)`` one-hot column placements and the
+        ``(M, 2)`` window starts of the stamps' pixel grids (`blend_models`).
     shifts : tensor
         ``(M, 2)`` ``(dy, dx)`` sub-pixel remainder of each peak, pixels.
     offset_max, offset_sigma : `float`
