@@ -453,9 +453,9 @@ def placement_windows(matrices: np.ndarray, window: int | None = None) -> tuple[
 
     A placement matrix (`placement_matrices`, `zoom_placement_matrices`) is zero outside the
     ``S`` (or, zoomed, about ``zoom * S``) region rows its stamp covers. The MAP step places each
-    source's stamp into its own ``window x window`` patch of the region with these ``(window, S)``
-    matrices and adds the patch into the region at ``start`` (a scatter-add), so the cost of a
-    step no longer grows with the region's width (`lsst.meas.madness.engine.objective`). Row
+    source's stamp into the ``window`` region rows it touches with these ``(window, S)``
+    matrices (and a placement over the region's full width for the columns) and adds those rows
+    into the region at ``start`` (a scatter of rows; `lsst.meas.madness.engine.objective`). Row
     ``start[i] + l`` of the region is row ``l`` of window ``i``; rows past the region's end are
     zero.
 
