@@ -250,6 +250,46 @@ class DrpChainTestCase(MadnessTestCase):
             self.assertAlmostEqual(forced.get(field), unforced.get(field), delta=1e-3 * abs(unforced.get(field)) + 1)
 
 
+# Fields meas_extensions_scarlet's ScarletDeblendTask (b538e17, w.2026.12) adds that MADNESS does not
+# write: scarlet's own model diagnostics (components, its flux and overlaps, edge pixels,
+# spectrum initialisation, blend convergence) and three flags still open on our side
+# (deblend_incompleteData, deblend_skipped_masked, deblend_childFailed; doc/tasks.md).
+SCARLET_ONLY_FIELDS = {
+    "deblend_blendedness", "deblend_edgePixels", "deblend_fluxOverlap", "deblend_fluxOverlapFraction",
+    "deblend_maxOverlap", "deblend_nComponents", "deblend_scarletFlux",
+    "deblend_blendConvergenceFailedFlag", "deblend_childFailed", "deblend_incompleteData",
+    "deblend_skipped_masked", "deblend_spectrumInitFlag",
+}
+
+
+@unittest.skipUnless(HAVE_CHAIN and _importable("lsst.meas.extensions.scarlet"), NO_CHAIN + " and meas_extensions_scarlet")
+class ScarletSchemaTestCase(MadnessTestCase):
+    def test_schema_against_scarlet(self):
+        """Built on the same merged-detection schema, our catalog has every field scarlet's task
+        adds except the documented scarlet-only ones (a field added on either side shows here)."""
+        import lsst.afw.table as afwTable
+        from lsst.meas.extensions.scarlet.scarletDeblendTask import ScarletDeblendTask
+        from lsst.pipe.tasks.mergeDetections import MergeDetectionsConfig, MergeDetectionsTask
+        from lsst.pipe.tasks.multiBand import DetectCoaddSourcesTask
+
+        from lsst.meas.madness.tasks.afw import MadnessDeblendAfwConfig, MadnessDeblendAfwTask
+
+        mergeConfig = MergeDetectionsConfig()
+        mergeConfig.priorityList = PRIORITY
+        merge = MergeDetectionsTask(schema=DetectCoaddSourcesTask().schema, config=mergeConfig)
+        peakSchema = merge.merged.getPeakSchema()
+        scarlet = ScarletDeblendTask(schema=afwTable.Schema(merge.schema), peakSchema=peakSchema)
+        theirs = set(scarlet.parentSchemaMapper.getOutputSchema().getNames()) | set(scarlet.objectSchema.getNames())
+        config = MadnessDeblendAfwConfig()
+        config.bundlePath = str(quick_bundle_path())
+        ours = set(MadnessDeblendAfwTask(schema=merge.schema, peakSchema=peakSchema, config=config).schema.getNames())
+        self.assertEqual(theirs - ours, SCARLET_ONLY_FIELDS)
+        for name in ("parent", "deblend_nChild", "deblend_nPeaks", "deblend_parentNPeaks", "deblend_peakId",
+                     "deblend_peak_center_x", "deblend_skipped", "deblend_failed", "deblend_skipped_isolatedParent",
+                     "deblend_skipped_tooManyPeaks", "deblend_skipped_parentTooBig"):
+            self.assertIn(name, theirs & ours)
+
+
 def _apertureOracle(exposure, child, radius):
     """Sum of a child's deblended pixels (zero off its footprint) in a circular aperture of
     ``radius`` around its peak, and 5 sigma of the noise over the aperture's other pixels."""
