@@ -166,3 +166,29 @@ __all__ = [
     "truth_detections",
     "run_config",
 ]
+
+
+def aperture_oracle(exposure, child, radius):
+    """Sum of a child's deblended pixels (its HeavyFootprint, zero off it) in a circular aperture
+    of ``radius`` around its peak, and 5 sigma of the noise over the aperture's other pixels:
+    what afw measurement with the noise replacer must measure there (needs afw)."""
+    import lsst.afw.geom as afwGeom
+    import lsst.geom
+
+    heavy = child.getFootprint()
+    peak = heavy.getPeaks()[0]
+    centre = lsst.geom.Point2D(peak.getIx(), peak.getIy())
+    aperture = afwGeom.SpanSet.fromShape(afwGeom.Ellipse(afwGeom.ellipses.Axes(radius, radius, 0.0), centre))
+    aperture = aperture.clippedTo(exposure.getBBox())
+    xy0 = exposure.getXY0()
+    image = np.zeros(exposure.image.array.shape, np.float32)
+    heavy.getSpans().unflatten(image, heavy.getImageArray(), xy0)
+    values = np.zeros(aperture.getArea(), np.float32)
+    aperture.flatten(values, image, xy0)
+    own = np.zeros(exposure.image.array.shape, np.float32)
+    heavy.getSpans().unflatten(own, np.ones(heavy.getArea(), np.float32), xy0)
+    inOwn = np.zeros(aperture.getArea(), np.float32)
+    aperture.flatten(inOwn, own, xy0)
+    variance = np.zeros(aperture.getArea(), np.float32)
+    aperture.flatten(variance, exposure.variance.array, xy0)
+    return float(values.sum()), 5.0 * float(np.sqrt(variance[inOwn == 0].sum()))

@@ -18,7 +18,7 @@ import importlib.util
 import unittest
 
 import numpy as np
-from task_utils import deblender
+from task_utils import aperture_oracle, deblender
 from utils import BANDS, MadnessTestCase, quick_bundle_path
 
 import lsst.utils.tests
@@ -232,7 +232,7 @@ class DrpChainTestCase(MadnessTestCase):
             self.assertEqual(measured.getId(), child.getId())
             if child.getParent() == 0:
                 continue
-            expected, noise = _apertureOracle(self.exposures["r"], child, 12.0)
+            expected, noise = aperture_oracle(self.exposures["r"], child, 12.0)
             self.assertAlmostEqual(measured.get(field), expected, delta=noise, msg=child.getId())
             n += 1
         self.assertGreaterEqual(n, len(SOURCES))
@@ -288,31 +288,6 @@ class ScarletSchemaTestCase(MadnessTestCase):
                      "deblend_peak_center_x", "deblend_skipped", "deblend_failed", "deblend_skipped_isolatedParent",
                      "deblend_skipped_tooManyPeaks", "deblend_skipped_parentTooBig"):
             self.assertIn(name, theirs & ours)
-
-
-def _apertureOracle(exposure, child, radius):
-    """Sum of a child's deblended pixels (zero off its footprint) in a circular aperture of
-    ``radius`` around its peak, and 5 sigma of the noise over the aperture's other pixels."""
-    import lsst.afw.geom as afwGeom
-    import lsst.geom
-
-    heavy = child.getFootprint()
-    peak = heavy.getPeaks()[0]
-    centre = lsst.geom.Point2D(peak.getIx(), peak.getIy())
-    aperture = afwGeom.SpanSet.fromShape(afwGeom.Ellipse(afwGeom.ellipses.Axes(radius, radius, 0.0), centre))
-    aperture = aperture.clippedTo(exposure.getBBox())
-    xy0 = exposure.getXY0()
-    image = np.zeros(exposure.image.array.shape, np.float32)
-    heavy.getSpans().unflatten(image, heavy.getImageArray(), xy0)
-    values = np.zeros(aperture.getArea(), np.float32)
-    aperture.flatten(values, image, xy0)
-    own = np.zeros(exposure.image.array.shape, np.float32)
-    heavy.getSpans().unflatten(own, np.ones(heavy.getArea(), np.float32), xy0)
-    inOwn = np.zeros(aperture.getArea(), np.float32)
-    aperture.flatten(inOwn, own, xy0)
-    variance = np.zeros(aperture.getArea(), np.float32)
-    aperture.flatten(variance, exposure.variance.array, xy0)
-    return float(values.sum()), 5.0 * float(np.sqrt(variance[inOwn == 0].sum()))
 
 
 class MemoryTester(lsst.utils.tests.MemoryTestCase):

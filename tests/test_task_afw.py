@@ -15,6 +15,7 @@ import numpy as np
 from task_utils import (
     NAN_HOLE,
     PATCH_YX0,
+    aperture_oracle,
     deblender,
     masked_images,
     run_config,
@@ -473,32 +474,6 @@ class AfwDeblendTestCase(MadnessTestCase):
         self.assertGreater(len(children), 0)
         self.assertTrue(np.isfinite(children["base_PsfFlux_instFlux"]).all())
 
-    def _apertureOracle(self, child, band, radius):
-        """Sum of a child's deblended pixels (zero off its footprint) in the naive circular aperture
-        of ``radius`` around its peak, and 5 sigma of the noise over the aperture's other pixels."""
-        import lsst.afw.geom as afwGeom
-        import lsst.geom
-
-        exposure = self.exposures[band]
-        heavy = child.getFootprint()
-        peak = heavy.getPeaks()[0]
-        centre = lsst.geom.Point2D(peak.getIx(), peak.getIy())
-        circle = afwGeom.Ellipse(afwGeom.ellipses.Axes(radius, radius, 0.0), centre)
-        aperture = afwGeom.SpanSet.fromShape(circle)
-        aperture = aperture.clippedTo(exposure.getBBox())
-        image = np.zeros(exposure.image.array.shape, np.float32)
-        heavy.getSpans().unflatten(image, heavy.getImageArray(), exposure.getXY0())
-        inAperture = np.zeros(aperture.getArea(), np.float32)
-        aperture.flatten(inAperture, image, exposure.getXY0())
-        variance = np.zeros(aperture.getArea(), np.float32)
-        aperture.flatten(variance, exposure.variance.array, exposure.getXY0())
-        ownImage = np.zeros(exposure.image.array.shape, np.float32)
-        heavy.getSpans().unflatten(ownImage, np.ones(heavy.getArea(), np.float32), exposure.getXY0())
-        own = np.zeros(aperture.getArea(), np.float32)
-        aperture.flatten(own, ownImage, exposure.getXY0())
-        noise = 5.0 * float(np.sqrt(variance[own == 0].sum()))
-        return float(inAperture.sum()), noise
-
     def test_measurement_reads_our_heavy_footprints(self):
         """Single-frame and forced measurement (meas_base, with the noise replacer) measure each
         child on its own HeavyFootprint: a 12-px aperture flux at its peak is the sum of its
@@ -537,7 +512,7 @@ class AfwDeblendTestCase(MadnessTestCase):
         for single, forcedRecord, child in zip(sources, measCat, catalog):
             if child.getParent() == 0:
                 continue
-            expected, noise = self._apertureOracle(child, band, radius)
+            expected, noise = aperture_oracle(self.exposures[band], child, radius)
             self.assertAlmostEqual(single.get(field), expected, delta=noise, msg=child.getId())
             self.assertAlmostEqual(forcedRecord.get(field), expected, delta=noise, msg=child.getId())
             n += 1
