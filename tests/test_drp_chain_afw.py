@@ -252,13 +252,12 @@ class DrpChainTestCase(MadnessTestCase):
 
 # Fields meas_extensions_scarlet's ScarletDeblendTask (b538e17, w.2026.12) adds that MADNESS does not
 # write: scarlet's own model diagnostics (components, its flux and overlaps, edge pixels,
-# spectrum initialisation, blend convergence) and three flags still open on our side
-# (deblend_incompleteData, deblend_skipped_masked, deblend_childFailed; doc/tasks.md).
+# spectrum initialisation, blend convergence) and deblend_childFailed, which flags a parent whose
+# scarlet sub-blend failed: MADNESS fits a parent as one blend, so its failure is deblend_failed.
 SCARLET_ONLY_FIELDS = {
     "deblend_blendedness", "deblend_edgePixels", "deblend_fluxOverlap", "deblend_fluxOverlapFraction",
     "deblend_maxOverlap", "deblend_nComponents", "deblend_scarletFlux",
-    "deblend_blendConvergenceFailedFlag", "deblend_childFailed", "deblend_incompleteData",
-    "deblend_skipped_masked", "deblend_spectrumInitFlag",
+    "deblend_blendConvergenceFailedFlag", "deblend_childFailed", "deblend_spectrumInitFlag",
 }
 
 
@@ -286,7 +285,8 @@ class ScarletSchemaTestCase(MadnessTestCase):
         self.assertEqual(theirs - ours, SCARLET_ONLY_FIELDS)
         for name in ("parent", "deblend_nChild", "deblend_nPeaks", "deblend_parentNPeaks", "deblend_peakId",
                      "deblend_peak_center_x", "deblend_skipped", "deblend_failed", "deblend_skipped_isolatedParent",
-                     "deblend_skipped_tooManyPeaks", "deblend_skipped_parentTooBig"):
+                     "deblend_skipped_tooManyPeaks", "deblend_skipped_parentTooBig", "deblend_skipped_masked",
+                     "deblend_incompleteData"):
             self.assertIn(name, theirs & ours)
 
 

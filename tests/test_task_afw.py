@@ -579,6 +579,60 @@ class AfwDeblendTestCase(MadnessTestCase):
         self.assertFalse(coadd.bad[0, 5:9, 5:9].any())
         self.assertEqual(coadd.yx0, (2000, 1000))
 
+    def test_mask_limits_and_incomplete_data(self):
+        """With afw masks: a parent half NO_DATA in g is skipped under maskLimits 0.25
+        (deblend_skipped_masked), deblended under 0.75; a parent NO_DATA in all of u is deblended
+        and flagged deblend_incompleteData."""
+        from lsst.meas.madness.tasks.afw import MadnessDeblendAfwTask, coadd_from_exposures
+
+        parents = [r for r in self.merged if len(r.getFootprint().getPeaks()) > 1]
+        self.assertGreaterEqual(len(parents), 2)
+        halfParent, fullParent = parents[0], parents[1]
+        exposures = {b: e.clone() for b, e in self.exposures.items()}
+        spans = halfParent.getFootprint().getSpans()
+        bbox = halfParent.getFootprint().getBBox()
+        top = [s for s in spans if s.getY() < bbox.getCenterY()]
+        import lsst.afw.geom as afwGeom
+
+        topSpans = afwGeom.SpanSet(top)
+        fraction = topSpans.getArea() / spans.getArea()
+        self.assertTrue(0.25 < fraction < 0.75, fraction)
+        gMask = exposures["g"].mask
+        topSpans.setMask(gMask, gMask.getPlaneBitMask("NO_DATA"))
+        uMask = exposures["u"].mask
+        fullParent.getFootprint().getSpans().setMask(uMask, uMask.getPlaneBitMask("NO_DATA"))
+        coadd = coadd_from_exposures(exposures, BANDS, ["NO_DATA"], keep_planes=["NO_DATA", "NOT_A_PLANE"])
+        self.assertEqual(set(coadd.planes), {"NO_DATA"})
+        self.assertEqual(int(coadd.planes["NO_DATA"][1].sum()), topSpans.getArea())
+
+        def run(limits):
+            config = MadnessDeblendAfwConfig()
+            config.bundlePath = str(quick_bundle_path())
+            config.maxIter = 30
+            config.minIter = 10
+            config.maskLimits = limits
+            task = MadnessDeblendAfwTask(
+                schema=self.merged.schema, peakSchema=self.peakSchema, config=config, deblender=deblender()
+            )
+            catalog = task.run(coadds=exposures, mergedDetections=self.merged).deblendedCatalog
+            return {r.getId(): r for r in catalog if r.getParent() == 0}
+
+        records = run({"NO_DATA": 0.25})
+        self.assertTrue(records[halfParent.getId()].get("deblend_skipped_masked"))
+        self.assertTrue(records[halfParent.getId()].get("deblend_skipped"))
+        self.assertTrue(records[fullParent.getId()].get("deblend_skipped_masked"))
+        records = run({"NO_DATA": 0.75})
+        self.assertFalse(records[halfParent.getId()].get("deblend_skipped_masked"))
+        self.assertGreater(records[halfParent.getId()].get("deblend_nChild"), 0)
+        self.assertFalse(records[halfParent.getId()].get("deblend_incompleteData"))
+        full = records[fullParent.getId()]
+        self.assertTrue(full.get("deblend_skipped_masked"))
+        records = run({})
+        full = records[fullParent.getId()]
+        self.assertFalse(full.get("deblend_skipped"))
+        self.assertTrue(full.get("deblend_incompleteData"))
+        self.assertGreater(full.get("deblend_nChild"), 0)
+
 
 @unittest.skipUnless(HAVE_PIPE_TASKS and HAVE_AFW, "needs lsst.pipe.tasks and lsst.afw (the Rubin stack)")
 class AfwMeasurementConfigTestCase(MadnessTestCase):

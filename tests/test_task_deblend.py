@@ -232,6 +232,46 @@ class DeblendTaskTestCase(MadnessTestCase):
         self.assertTrue(top["deblend_skipped_isolatedParent"][3] and not top["deblend_skipped"][3])
         self.assertEqual(task.metadata["n_blends"], 0)
 
+    def test_mask_limits_and_incomplete_data(self):
+        """maskLimits skips a parent over its limit (deblend_skipped_masked) and keeps it under; a
+        band with no usable pixel on a parent flags deblend_incompleteData, and the parent is
+        still deblended with finite fluxes in every band."""
+        groups = [SCENE_GROUPS[0], SCENE_GROUPS[1]]
+        det, spans = truth_detections(self.truth, groups=groups)
+        first, second = (self.truth[g].sum(axis=(0, 1)) > 5.0 for g in groups)
+        # NO_DATA on the top half of the first parent's rows in g; all of the second in u.
+        rows = np.nonzero(first.any(axis=1))[0]
+        top = first & (np.arange(first.shape[0])[:, None] < np.median(rows))
+        fraction = top.sum() / first.sum()
+        self.assertTrue(0.2 < fraction < 0.8)
+        coadds = masked_images(self.image, self.variance)
+        coadds["g"].mask.set("NO_DATA", top)
+        coadds["u"].mask.set("NO_DATA", second)
+
+        def run(**overrides):
+            task = MadnessDeblendTask(config=run_config(**overrides))
+            catalog = task.run(coadds=coadds, detections=det, detectionSpans=spans).deblendedCatalog
+            return catalog, catalog[catalog["parent"] == 0]
+
+        catalog, parents = run(maskLimits={"SAT": 0.0})  # no SAT pixel: nothing skipped
+        self.assertFalse(parents["deblend_skipped_masked"].any() or parents["deblend_skipped"].any())
+        self.assertEqual(parents["deblend_incompleteData"].tolist(), [False, True])
+        children = catalog[catalog["parent"] == parents["id"][1]]
+        self.assertEqual(len(children), len(SCENE_GROUPS[1]))
+        for band in BANDS:
+            self.assertTrue(np.isfinite(children[f"deblend_flux_{band}"]).all())
+
+        _, parents = run(maskLimits={"NO_DATA": float(fraction) - 0.05})
+        self.assertEqual(parents["deblend_skipped_masked"].tolist(), [True, True])
+        self.assertTrue(parents["deblend_skipped"].all())
+        self.assertEqual(parents["deblend_nChild"].tolist(), [0, 0])
+        _, parents = run(maskLimits={"NO_DATA": min(float(fraction) + 0.05, 0.99)})
+        self.assertEqual(parents["deblend_skipped_masked"].tolist(), [False, True])
+        self.assertGreater(parents["deblend_nChild"][0], 0)
+
+        with self.assertRaises(pexConfig.FieldValidationError):
+            run_config(maskLimits={"NO_DATA": 1.5}).validate()
+
     def test_model_values_without_flux_conservation(self):
         members = SCENE_GROUPS[1]
         det, spans = truth_detections(self.truth, groups=[members])

@@ -222,12 +222,25 @@ def deblend_columns(bands: Sequence[str], latent_dim: int) -> list[Column]:
             "The parent is a pseudo source (a sky object: merge_peak_sky or sky_source); not deblended.",
         ),
         Column(
+            "deblend_skipped_masked",
+            "bool",
+            "More of the parent footprint's pixels carry a mask plane of maskLimits than its limit; "
+            "not deblended.",
+        ),
+        Column(
             "deblend_skipped_isolatedParent",
             "bool",
             "The parent has a single peak and processSingles is False; not deblended.",
         ),
         Column("deblend_failed", "bool", "Deblending raised an error (deblend_error names it); no children."),
         Column("deblend_error", "U48", "Class name of the error that made deblending fail."),
+        Column(
+            "deblend_incompleteData",
+            "bool",
+            "Parent: at least one band has no usable pixel in the footprint (all masked, non-finite or "
+            "zero variance), so that band did not constrain the fit; its model there comes from the "
+            "other bands through the decoder.",
+        ),
         Column(
             "deblend_edge", "bool", "The child's model stamp crosses the image edge (cropped in the fit)."
         ),

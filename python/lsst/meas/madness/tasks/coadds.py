@@ -46,6 +46,9 @@ class MultibandCoadd:
     unit : `str` or `None`
         Image unit of the coadds (e.g. ``"nJy"``), if they have one; ``"model"`` after
         `scaled` (the model's electrons, `lsst.meas.madness.units`).
+    planes : `dict` [`str`, `numpy.ndarray`]
+        ``(bands, H, W)`` bool of the named mask planes kept for per-plane limits (the task's
+        ``maskLimits``); a plane that no band's mask has is absent.
     """
 
     bands: tuple[str, ...]
@@ -54,6 +57,7 @@ class MultibandCoadd:
     bad: np.ndarray
     yx0: tuple[int, int]
     unit: str | None = None
+    planes: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -71,6 +75,7 @@ class MultibandCoadd:
         coadds: Mapping[str, Any],
         bands: Sequence[str] | None = None,
         bad_mask_planes: Sequence[str] = DEFAULT_BAD_MASK_PLANES,
+        keep_planes: Sequence[str] = (),
     ) -> MultibandCoadd:
         """Stack lsst.images ``MaskedImage`` coadds (a ``CellCoadd`` is one too).
 
@@ -83,6 +88,8 @@ class MultibandCoadd:
             Bands of ``coadds`` not listed are ignored.
         bad_mask_planes : sequence of `str`
             Mask planes whose pixels are bad; names a coadd's mask lacks are ignored.
+        keep_planes : sequence of `str`
+            Mask planes to keep as `planes` (a band whose mask lacks one has it all False).
 
         Raises
         ------
@@ -105,6 +112,7 @@ class MultibandCoadd:
         first = coadds[bands[0]]
         box = first.bbox
         images, variances, bads = [], [], []
+        kept: dict[str, list[np.ndarray]] = {plane: [] for plane in keep_planes}
         for band in bands:
             coadd = coadds[band]
             if coadd.bbox != box:
@@ -116,6 +124,10 @@ class MultibandCoadd:
             for plane in bad_mask_planes:
                 if plane in names:
                     bad |= coadd.mask.get(plane)
+            for plane in kept:
+                kept[plane].append(
+                    np.asarray(coadd.mask.get(plane), bool) if plane in names else np.zeros(image.shape, bool)
+                )
             images.append(image)
             variances.append(variance)
             bads.append(bad)
@@ -132,6 +144,11 @@ class MultibandCoadd:
             bad=np.stack(bads),
             yx0=(int(box.y.start), int(box.x.start)),
             unit=unit,
+            planes={
+                plane: np.stack(arrays)
+                for plane, arrays in kept.items()
+                if any(plane in coadds[b].mask.schema.names for b in bands)
+            },
         )
 
     def scaled(self, scale: np.ndarray, unit: str = "model") -> MultibandCoadd:

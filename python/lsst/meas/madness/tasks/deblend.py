@@ -258,7 +258,9 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
         """`run` once the backend, device and deblender are settled."""
         config = self.config
         bands = deblender.bands
-        coadd = MultibandCoadd.from_masked_images(coadds, bands=bands, bad_mask_planes=config.badMask)
+        coadd = MultibandCoadd.from_masked_images(
+            coadds, bands=bands, bad_mask_planes=config.badMask, keep_planes=list(config.maskLimits)
+        )
         extra = sorted(set(coadds) - set(bands))
         if extra:
             self.log.info("Ignoring coadds of bands %s, which the model does not use", extra)
@@ -359,6 +361,11 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
             pixels, a child's deblended ones). Counts go to ``self.metadata``.
         """
         bands = deblender.bands
+        absent = [plane for plane in self.config.maskLimits if plane not in coadd.planes]
+        if absent:
+            self.log.warning(
+                "maskLimits planes %s are in no band's mask; their limits are not applied", absent
+            )
         self.log.info(
             "Deblending %d parents (%d peaks) on %s coadds of %dx%d pixels",
             len(parents),
@@ -574,6 +581,10 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
         if config.maxFootprintArea > 0 and parent.footprint.area > config.maxFootprintArea:
             self._skipParent(row, "deblend_skipped_parentTooBig", f"covers {parent.footprint.area} pixels")
             return None
+        masked = self._maskedPlane(parent, coadd)
+        if masked is not None:
+            self._skipParent(row, "deblend_skipped_masked", masked)
+            return None
         if config.maxNumberOfPeaks > 0 and parent.n_peaks > config.maxNumberOfPeaks:
             self._skipParent(row, "deblend_skipped_tooManyPeaks", f"has {parent.n_peaks} peaks")
             return None
@@ -586,7 +597,29 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
             row["deblend_skipped_isolatedParent"] = True
             return None
         row["deblend_nNeighbors"] = len(plan.neighbours_xy)
+        row["deblend_incompleteData"] = bool(self._footprintBad(parent, coadd, coadd.bad).all(axis=1).any())
         return plan
+
+    @staticmethod
+    def _footprintBad(parent: ParentFootprint, coadd: MultibandCoadd, planes: np.ndarray) -> np.ndarray:
+        """``(bands, area)`` values of ``(bands, H, W)`` ``planes`` on the parent's footprint pixels
+        inside the coadd."""
+        y, x = parent.footprint.pixels()
+        y0, x0, y1, x1 = coadd.bbox
+        inside = (y >= y0) & (y < y1) & (x >= x0) & (x < x1)
+        return planes[:, y[inside] - y0, x[inside] - x0]
+
+    def _maskedPlane(self, parent: ParentFootprint, coadd: MultibandCoadd) -> str | None:
+        """Why the parent breaks a ``maskLimits`` limit (`None` if it breaks none); a pixel counts
+        when the plane is set in any band, as in meas_extensions_scarlet."""
+        area = parent.footprint.area
+        for plane, limit in self.config.maskLimits.items():
+            if plane not in coadd.planes:
+                continue
+            fraction = float(self._footprintBad(parent, coadd, coadd.planes[plane]).any(axis=0).sum()) / area
+            if fraction > limit:
+                return f"has {fraction:.0%} of its pixels in {plane} (limit {limit:.0%})"
+        return None
 
     def _chooseZooms(
         self,

@@ -110,6 +110,15 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
         doc="Skip parents whose footprint covers more pixels than this (flag deblend_skipped_parentTooBig) "
         "(<= 0: unlimited); large footprints are usually artefacts or bright-star halos.",
     )
+    maskLimits = pexConfig.DictField(
+        keytype=str,
+        itemtype=float,
+        default={},
+        doc="Mask plane -> largest fraction of a parent footprint's pixels that may have that plane "
+        "set in any band; a parent above a limit is not deblended (flag deblend_skipped_masked). A "
+        "limit of 0 allows no such pixel. meas_extensions_scarlet's option of the same name; empty "
+        "(off) by default, as there. Masked pixels of a deblended parent get zero weight (badMask).",
+    )
     # Failure modes
     catchFailures = pexConfig.Field[bool](
         default=True,
@@ -303,6 +312,13 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
         if self.modelSource == "path" and not self.bundlePath:
             raise pexConfig.FieldValidationError(
                 MadnessDeblendConfig.modelSource, self, "modelSource='path' needs bundlePath."
+            )
+        bad_limits = {k: v for k, v in self.maskLimits.items() if not 0 <= v <= 1}
+        if bad_limits:
+            raise pexConfig.FieldValidationError(
+                MadnessDeblendConfig.maskLimits,
+                self,
+                f"maskLimits must be fractions in [0, 1]: {bad_limits}.",
             )
         if self.inputUnit is not None:
             try:

@@ -285,6 +285,7 @@ def coadd_from_arrays(
     xy0: tuple[int, int],
     bad_planes: Sequence[str],
     unit: str | None = None,
+    keep_planes: Sequence[str] = (),
 ) -> MultibandCoadd:
     """Stack per-band afw-style arrays into the `MultibandCoadd` the deblending core reads.
 
@@ -301,6 +302,9 @@ def coadd_from_arrays(
         Mask planes with zero weight (see `bad_pixels`).
     unit : `str`, optional
         Image unit, e.g. ``"nJy"``.
+    keep_planes : sequence of `str`
+        Mask planes kept as `MultibandCoadd.planes` (for ``maskLimits``); one that no band's
+        mask has is left out, and a band whose mask lacks it has it all False.
 
     Raises
     ------
@@ -333,6 +337,17 @@ def coadd_from_arrays(
         images.append(image)
         variances.append(np.asarray(variance, dtype=np.float32))
         bads.append(bad_pixels(image, variance, mask, plane_bits, bad_planes))
+    kept = {}
+    for plane in keep_planes:
+        if any(plane in planes[band][3] for band in bands):
+            kept[plane] = np.stack(
+                [
+                    (np.asarray(planes[band][2]) & (1 << int(planes[band][3][plane]))) != 0
+                    if plane in planes[band][3]
+                    else np.zeros(shape, bool)
+                    for band in bands
+                ]
+            )
     return MultibandCoadd(
         bands=bands,
         image=np.stack(images),
@@ -340,6 +355,7 @@ def coadd_from_arrays(
         bad=np.stack(bads),
         yx0=(int(xy0[1]), int(xy0[0])),
         unit=unit,
+        planes=kept,
     )
 
 

@@ -42,7 +42,10 @@ from .conventions import PSEUDO_COLUMNS, coadd_from_arrays, data_coverage, footp
 
 
 def coadd_from_exposures(
-    exposures: Mapping[str, afwImage.ExposureF], bands: Sequence[str], bad_planes: Sequence[str]
+    exposures: Mapping[str, afwImage.ExposureF],
+    bands: Sequence[str],
+    bad_planes: Sequence[str],
+    keep_planes: Sequence[str] = (),
 ) -> MultibandCoadd:
     """Stack per-band afw exposures for the deblending core.
 
@@ -54,6 +57,8 @@ def coadd_from_exposures(
         The model's bands, in its order.
     bad_planes : sequence of `str`
         Mask planes with zero weight; planes the masks lack are ignored.
+    keep_planes : sequence of `str`
+        Mask planes kept as `MultibandCoadd.planes` (``maskLimits``).
 
     Raises
     ------
@@ -76,7 +81,7 @@ def coadd_from_exposures(
         for b in present
     }
     xy0 = (boxes[present[0]].getMinX(), boxes[present[0]].getMinY()) if present else (0, 0)
-    return coadd_from_arrays(bands, planes, xy0, bad_planes)
+    return coadd_from_arrays(bands, planes, xy0, bad_planes, keep_planes=keep_planes)
 
 
 def footprint_from_afw(footprint: afwDet.Footprint) -> Footprint:

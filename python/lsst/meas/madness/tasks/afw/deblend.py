@@ -288,7 +288,9 @@ class MadnessDeblendAfwTask(MadnessDeblendTask):
 
         deblender = self._checkBands(deblender if deblender is not None else self._madness)
         bands = deblender.bands
-        coadd = coadd_from_exposures(coadds, bands, self.config.badMask)
+        coadd = coadd_from_exposures(
+            coadds, bands, self.config.badMask, keep_planes=list(self.config.maskLimits)
+        )
         extra = sorted(set(coadds) - set(bands))
         if extra:
             self.log.info("Ignoring coadds of bands %s, which the model does not use", extra)
