@@ -19,6 +19,9 @@
 #   meas_extensions_multiprofit   (github.com/lsst/<name>; the second phase: pipe_tasks'
 #                                 multiBand and the real DRP pipeline definition; of the
 #                                 last three only the pipeline YAML is installed)
+#   ip_isr meas_astrom obs_lsst   (github.com/lsst/<name>; the third phase: the LSSTCam
+#                                 instrument a DRP pipeline names, for `pipetask build`;
+#                                 obs_lsst's tests/data may be left out of the checkout)
 #   smatch                        (github.com/esheldon/smatch: pipe_tasks' spherical matcher;
 #                                 PyPI's "smatch" is another project)
 #   ndarray                       (github.com/ndarray/ndarray)
@@ -54,7 +57,7 @@ JOBS=${JOBS:-2}
 NICE=${NICE:-5}
 OPT=${OPT:-1}
 DEBUG=${DEBUG:-False}
-ALL_PACKAGES="sconsUtils ndarray minuit2 starlink_ast pex_config base pex_exceptions cpputils sphgeom daf_base log geom astshim afw skymap meas_base kht shapelet meas_algorithms meas_deblender scarlet_lite meas_extensions_scarlet obs_base smatch pipe_tasks drp_tasks drp_pipe analysis_tools meas_extensions_multiprofit"
+ALL_PACKAGES="sconsUtils ndarray minuit2 starlink_ast pex_config base pex_exceptions cpputils sphgeom daf_base log geom astshim afw skymap meas_base kht shapelet meas_algorithms meas_deblender scarlet_lite meas_extensions_scarlet obs_base smatch pipe_tasks drp_tasks drp_pipe analysis_tools meas_extensions_multiprofit ip_isr meas_astrom obs_lsst"
 PACKAGES=${PACKAGES:-$ALL_PACKAGES}
 
 log() { echo "[build-rubin-stack $(date +%H:%M:%S)] $*"; }
