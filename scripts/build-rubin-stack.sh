@@ -4,7 +4,7 @@
 # the pure-Python lsst-* wheels from PyPI (pex_config, utils, daf_butler,
 # pipe_base, ...). No conda, no EUPS: Debian packages for the third-party C/C++
 # libraries, each Rubin package built by its own build (scons + sconsUtils with
-# --no-eups; cmake for ndarray).
+# --no-eups; cmake for ndarray; meson for gauss2d, modelfit_parameters, gauss2d_fit).
 #
 # Usage:   scripts/build-rubin-stack.sh SRC_ROOT PREFIX
 #          source PREFIX/env.sh     # then: python -c "import lsst.afw.image"
@@ -16,9 +16,12 @@
 #   astshim afw skymap meas_base  (github.com/lsst/<name>)
 #   kht shapelet meas_algorithms meas_deblender scarlet_lite
 #   meas_extensions_scarlet obs_base smatch pipe_tasks drp_tasks drp_pipe analysis_tools
-#   meas_extensions_multiprofit   (github.com/lsst/<name>; the second phase: pipe_tasks'
-#                                 multiBand and the real DRP pipeline definition; of the
-#                                 last three only the pipeline YAML is installed)
+#   gauss2d modelfit_parameters gauss2d_fit multiprofit meas_extensions_multiprofit
+#                                 (github.com/lsst/<name>; the second phase: pipe_tasks'
+#                                 multiBand and the real DRP pipeline definition; of
+#                                 drp_pipe and analysis_tools only the pipeline YAML is
+#                                 installed; the first three are C++ libraries with pybind11
+#                                 modules built with meson, for multiprofit's fitting tasks)
 #   ip_isr meas_astrom obs_lsst   (github.com/lsst/<name>; the third phase: the LSSTCam
 #                                 instrument a DRP pipeline names, for `pipetask build`;
 #                                 obs_lsst's tests/data may be left out of the checkout)
@@ -35,14 +38,14 @@
 # Environment knobs (defaults in brackets):
 #   PYTHON    Python 3.12 with numpy and pybind11 [<repo>/.venv/bin/python]
 #   JOBS      parallel compile jobs [2]        NICE  nice level [5]
-#   OPT       optimisation level for scons/g++ (0 1 2 3 g) [1]
-#   DEBUG     scons debug=... (adds -g) [False]
+#   OPT       optimisation level for scons/g++/meson (0 1 2 3 g) [1]
+#   DEBUG     scons debug=... (adds -g; meson -Ddebug) [False]
 #   PACKAGES  space-separated subset/order to build [all, in dependency order]
 #   APT_INSTALL=1  run apt-get install for missing Debian packages (as root)
 set -euo pipefail
 
 if [ $# -ne 2 ]; then
-    sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,44p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 fi
 
@@ -57,7 +60,7 @@ JOBS=${JOBS:-2}
 NICE=${NICE:-5}
 OPT=${OPT:-1}
 DEBUG=${DEBUG:-False}
-ALL_PACKAGES="sconsUtils ndarray minuit2 starlink_ast pex_config base pex_exceptions cpputils sphgeom daf_base log geom astshim afw skymap meas_base kht shapelet meas_algorithms meas_deblender scarlet_lite meas_extensions_scarlet obs_base smatch pipe_tasks drp_tasks drp_pipe analysis_tools meas_extensions_multiprofit ip_isr meas_astrom obs_lsst"
+ALL_PACKAGES="sconsUtils ndarray minuit2 starlink_ast pex_config base pex_exceptions cpputils sphgeom daf_base log geom astshim afw skymap meas_base kht shapelet meas_algorithms meas_deblender scarlet_lite meas_extensions_scarlet obs_base smatch pipe_tasks drp_tasks drp_pipe analysis_tools gauss2d modelfit_parameters gauss2d_fit multiprofit meas_extensions_multiprofit ip_isr meas_astrom obs_lsst"
 PACKAGES=${PACKAGES:-$ALL_PACKAGES}
 
 log() { echo "[build-rubin-stack $(date +%H:%M:%S)] $*"; }
@@ -67,7 +70,7 @@ die() { echo "[build-rubin-stack] ERROR: $*" >&2; exit 1; }
 APT_PACKAGES="g++ cmake scons pkg-config libboost-dev libboost-test-dev libboost-filesystem-dev \
 libboost-system-dev libboost-timer-dev libboost-program-options-dev libboost-regex-dev \
 libboost-serialization-dev libboost-math-dev libeigen3-dev libfftw3-dev libgsl-dev \
-libcfitsio-dev liblog4cxx-dev libstarlink-ast-dev"
+libcfitsio-dev liblog4cxx-dev libstarlink-ast-dev ninja-build"
 APT_CMD="apt-get install -y --no-install-recommends $APT_PACKAGES"
 
 missing=""
@@ -76,7 +79,7 @@ for f in /usr/include/boost/version.hpp /usr/include/boost/test/unit_test.hpp \
          /usr/include/fitsio.h /usr/include/log4cxx/logger.h /usr/include/ast.h; do
     [ -e "$f" ] || missing="$missing $f"
 done
-for exe in g++ cmake scons; do command -v "$exe" >/dev/null || missing="$missing $exe"; done
+for exe in g++ cmake scons ninja; do command -v "$exe" >/dev/null || missing="$missing $exe"; done
 if [ -n "$missing" ]; then
     log "missing build prerequisites:$missing"
     log "Debian packages needed:  $APT_CMD"
@@ -96,7 +99,7 @@ PYBIND11_INCLUDE=$("$PYTHON" -c 'import pybind11; print(pybind11.get_include())'
 "$PYTHON" -c 'import lsst.pex.config, lsst.utils' \
     || die "$PYTHON lacks lsst-pex-config / lsst-utils (PyPI)"
 # The stack's own Python needs beyond the pip-only environment (pinned in constraints.txt).
-if ! "$PYTHON" -c 'import pandas, esutil, sklearn, treecorr, treegp' 2>/dev/null; then
+if ! "$PYTHON" -c 'import pandas, esutil, sklearn, treecorr, treegp, mesonbuild, pytest, pytz, pyfftw' 2>/dev/null; then
     log "installing requirements/rubin-stack.txt into $PYTHON's environment"
     "$PYTHON" -m pip install -q -c "$REPO/requirements/constraints.txt" -r "$REPO/requirements/rubin-stack.txt"
 fi
@@ -238,11 +241,61 @@ build_smatch() {
         --target "$PREFIX/smatch/python" "$PREFIX/_build/smatch"
 }
 
+meson_project() {   # meson_project SRC BUILD PKG [MESON_ARG...]: configure, compile, install into PREFIX/PKG
+    # The non-EUPS path of the lsst-dm meson builds (no `eups` on PATH): each project finds
+    # the ones built before it by pkg-config (PREFIX/<pkg>/lib/pkgconfig, on PKG_CONFIG_PATH
+    # through env.sh) and pybind11 by the venv's pybind11-config. Libraries go to
+    # PREFIX/PKG/lib/lsst, Python modules to PREFIX/PKG/python.
+    local src=$1 b=$2 inst="$PREFIX/$3" dbg=false outputs
+    shift 3
+    [ "$DEBUG" = True ] && dbg=true
+    # Configured without PYTHONPATH: where lsst.sconsUtils imports, their top-level
+    # meson.build runs a plain `scons` in the source tree (meant for the docs).
+    # The package's own pkg-config dir first: gauss2d's python/ needs its python/lib's.
+    PKG_CONFIG_PATH="$inst/lib/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}" \
+    env -u PYTHONPATH meson setup "$b" "$src" --buildtype=release -Doptimization="$OPT" \
+        -Ddebug="$dbg" --prefix="$inst" -Dlibdir=lib \
+        -Dpython.platlibdir="$inst/python" -Dpython.purelibdir="$inst/python" "$@"
+    # Only what is installed: the C++ tests need doctest.h, which is not installed here.
+    outputs=$("$PYTHON" "$HELPER" meson-install-outputs "$b")
+    if [ -n "$outputs" ]; then
+        # shellcheck disable=SC2086
+        ninja -C "$b" -j "$JOBS" $outputs
+    fi
+    # Tagged files only: that leaves out the untagged install scripts, which symlink the
+    # module into the source tree and pip-install a second copy (for a dist-info).
+    meson install -C "$b" --no-rebuild --tags runtime,devel,python-runtime
+}
+
+build_gauss2d() {
+    # The C++ library, its Python-specific headers (python/lib) and the pybind11 module
+    # (python/), in that order, as gauss2d's setup-release.sh/build-release.sh do.
+    local b="$PREFIX/_build/gauss2d" s="$SRC_ROOT/gauss2d"
+    rm -rf "$b" "$PREFIX/gauss2d"
+    meson_project "$s" "$b/cc" gauss2d
+    meson_project "$s/python/lib" "$b/python-lib" gauss2d
+    meson_project "$s/python" "$b/python" gauss2d
+}
+
+build_modelfit_parameters() {   # header-only
+    rm -rf "$PREFIX/_build/modelfit_parameters" "$PREFIX/modelfit_parameters"
+    meson_project "$SRC_ROOT/modelfit_parameters" "$PREFIX/_build/modelfit_parameters" modelfit_parameters
+}
+
+build_gauss2d_fit() {   # the C++ library, then its pybind11 module (lsst.gauss2d.fit)
+    local b="$PREFIX/_build/gauss2d_fit" s="$SRC_ROOT/gauss2d_fit"
+    rm -rf "$b" "$PREFIX/gauss2d_fit"
+    meson_project "$s" "$b/cc" gauss2d_fit
+    # Its headers include modelfit_parameters', which lsst_gauss2d_fit.pc does not name
+    # (the non-EUPS build assumes one shared prefix): add them for the pybind11 module.
+    meson_project "$s/python" "$b/python" gauss2d_fit \
+        -Dcpp_args="$(pkg-config --cflags lsst_modelfit_parameters)"
+}
+
 build_pipelines_only() {
     # Pipeline definitions only (YAML and config files), no build: drp_pipe's DRP pipelines
-    # import analysis_tools' and meas_extensions_multiprofit's pipeline files by
-    # $<PKG>_DIR/pipelines/..., so a pipeline can be read (and a subset of it built) without
-    # those packages' code.
+    # import analysis_tools' pipeline files by $<PKG>_DIR/pipelines/..., so a pipeline can
+    # be read (and a subset of it built) without that package's code.
     local pkg=$1 d
     rm -rf "${PREFIX:?}/$pkg"
     mkdir -p "$PREFIX/$pkg"
@@ -250,6 +303,13 @@ build_pipelines_only() {
         [ -d "$SRC_ROOT/$pkg/$d" ] && cp -a "$SRC_ROOT/$pkg/$d" "$PREFIX/$pkg/"
     done
     return 0
+}
+
+build_obs_lsst() {
+    # Its policy step runs bin.src/generateCamera.py, which imports lsst.obs.lsst from the
+    # source tree (EUPS puts it on PYTHONPATH during a build; here we do).
+    PYTHONPATH="$SRC_ROOT/obs_lsst/python${PYTHONPATH:+:$PYTHONPATH}" \
+        build_scons_pkg obs_lsst "$1"
 }
 
 build_scons_pkg() {   # the Rubin packages: scons + sconsUtils, no EUPS, no tests
@@ -269,6 +329,8 @@ build_one() {
            commit=$(src_commit "$SRC_ROOT/$pkg") ;;
     esac
     want="commit=$commit opt=$OPT debug=$DEBUG"
+    # Was installed pipelines-only (no code) before; the marker makes such a stamp stale.
+    [ "$pkg" = meas_extensions_multiprofit ] && want="$want install=full"
     stamp="$PREFIX/.stamps/$pkg"
     if [ -f "$stamp" ] && [ "$(head -1 "$stamp")" = "$want" ]; then
         log "$pkg: up to date ($commit), skipped"
@@ -283,7 +345,9 @@ build_one() {
         set -e
         case $pkg in
             sconsUtils|ndarray|minuit2|starlink_ast|pex_config|kht|smatch) "build_$pkg" ;;
-            drp_pipe|analysis_tools|meas_extensions_multiprofit) build_pipelines_only "$pkg" ;;
+            gauss2d|modelfit_parameters|gauss2d_fit) "build_$pkg" ;;
+            obs_lsst) build_obs_lsst "${commit:0:12}" ;;
+            drp_pipe|analysis_tools) build_pipelines_only "$pkg" ;;
             *) build_scons_pkg "$pkg" "${commit:0:12}" ;;
         esac
     ) > "$PREFIX/logs/$pkg.log" 2>&1

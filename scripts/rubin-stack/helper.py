@@ -10,12 +10,18 @@ Sub-commands:
   minuit2-sources CMAKELISTS
       Print the Minuit2 sources that iminuit's CMakeLists.txt compiles
       (``SOURCES_B``), one per line, relative to the iminuit source root.
+  meson-install-outputs BUILDDIR
+      Print the output files of the targets a configured meson build
+      directory installs (from ``meson-info/intro-targets.json``), one per
+      line, relative to BUILDDIR (ninja's target names): the libraries and
+      extension modules, not the test executables.
   write-env PREFIX PKG [PKG ...]
       Write ``PREFIX/env.sh`` for the packages installed under PREFIX.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -50,8 +56,24 @@ def minuit2_sources(cmakelists: str) -> None:
             print(src)
 
 
+def meson_install_outputs(builddir: str) -> None:
+    path = os.path.join(builddir, "meson-info", "intro-targets.json")
+    with open(path) as f:
+        targets = json.load(f)
+    root = os.path.realpath(builddir)
+    for target in targets:
+        if target.get("installed"):
+            for out in target["filename"]:
+                print(os.path.relpath(os.path.realpath(out), root))
+
+
 def write_env(prefix: str, pkgs: list[str]) -> None:
     """env.sh: <PKG>_DIR for every package; lib/ and python/ where present.
+
+    The meson-built packages (gauss2d, gauss2d_fit) install their libraries
+    into lib/lsst (their ups tables put build-release/lib/lsst on
+    LD_LIBRARY_PATH) and pkg-config files into lib/pkgconfig, which the
+    packages built after them find through PKG_CONFIG_PATH.
 
     Packages are given in build (dependency) order; PYTHONPATH and
     LD_LIBRARY_PATH get the last-built package first, as EUPS' envPrepend does.
@@ -67,9 +89,16 @@ def write_env(prefix: str, pkgs: list[str]) -> None:
         d = os.path.join(prefix, pkg)
         var = pkg.upper() + "_DIR"
         lines.append(f'export {var}="$RUBIN_STACK_PREFIX/{pkg}"')
-        if os.path.isdir(os.path.join(d, "lib")):
+        for libdir in ("lib", "lib/lsst"):
+            if os.path.isdir(os.path.join(d, libdir)):
+                lines.append(
+                    f'export LD_LIBRARY_PATH="$RUBIN_STACK_PREFIX/{pkg}/{libdir}'
+                    '${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"'
+                )
+        if os.path.isdir(os.path.join(d, "lib", "pkgconfig")):
             lines.append(
-                f'export LD_LIBRARY_PATH="$RUBIN_STACK_PREFIX/{pkg}/lib${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}"'
+                f'export PKG_CONFIG_PATH="$RUBIN_STACK_PREFIX/{pkg}/lib/pkgconfig'
+                '${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}"'
             )
         if os.path.isdir(os.path.join(d, "python")):
             lines.append(f'export PYTHONPATH="$RUBIN_STACK_PREFIX/{pkg}/python${{PYTHONPATH:+:$PYTHONPATH}}"')
@@ -87,6 +116,8 @@ def main(argv: list[str]) -> None:
         patch_sconsutils(args[0])
     elif cmd == "minuit2-sources":
         minuit2_sources(args[0])
+    elif cmd == "meson-install-outputs":
+        meson_install_outputs(args[0])
     elif cmd == "write-env":
         write_env(args[0], args[1:])
     else:
