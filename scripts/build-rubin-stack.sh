@@ -25,6 +25,13 @@
 #   ip_isr meas_astrom obs_lsst   (github.com/lsst/<name>; the third phase: the LSSTCam
 #                                 instrument a DRP pipeline names, for `pipetask build`;
 #                                 obs_lsst's tests/data may be left out of the checkout)
+#   meas_extensions_photometryKron meas_extensions_convolved meas_extensions_shapeHSM
+#   meas_modelfit verify meas_extensions_trailedSources ip_diffim meas_extensions_gaap
+#                                 (github.com/lsst/<name>; the fourth phase: the measurement
+#                                 plugins obs_lsst's config overrides load (kron.py,
+#                                 convolvedFluxes.py, hsm.py, cmodel.py, gaap.py for
+#                                 forcedPhotCoadd.py); shapeHSM needs GalSim; ip_diffim (C++)
+#                                 for gaap, verify and trailedSources for ip_diffim)
 #   smatch                        (github.com/esheldon/smatch: pipe_tasks' spherical matcher;
 #                                 PyPI's "smatch" is another project)
 #   ndarray                       (github.com/ndarray/ndarray)
@@ -45,7 +52,7 @@
 set -euo pipefail
 
 if [ $# -ne 2 ]; then
-    sed -n '2,44p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,51p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 fi
 
@@ -60,7 +67,7 @@ JOBS=${JOBS:-2}
 NICE=${NICE:-5}
 OPT=${OPT:-1}
 DEBUG=${DEBUG:-False}
-ALL_PACKAGES="sconsUtils ndarray minuit2 starlink_ast pex_config base pex_exceptions cpputils sphgeom daf_base log geom astshim afw skymap meas_base kht shapelet meas_algorithms meas_deblender scarlet_lite meas_extensions_scarlet obs_base smatch pipe_tasks drp_tasks drp_pipe analysis_tools gauss2d modelfit_parameters gauss2d_fit multiprofit meas_extensions_multiprofit ip_isr meas_astrom obs_lsst"
+ALL_PACKAGES="sconsUtils ndarray minuit2 starlink_ast pex_config base pex_exceptions cpputils sphgeom daf_base log geom astshim afw skymap meas_base kht shapelet meas_algorithms meas_deblender scarlet_lite meas_extensions_scarlet obs_base smatch pipe_tasks drp_tasks drp_pipe analysis_tools gauss2d modelfit_parameters gauss2d_fit multiprofit meas_extensions_multiprofit ip_isr meas_astrom obs_lsst meas_extensions_photometryKron meas_extensions_convolved meas_extensions_shapeHSM meas_modelfit verify meas_extensions_trailedSources ip_diffim meas_extensions_gaap"
 PACKAGES=${PACKAGES:-$ALL_PACKAGES}
 
 log() { echo "[build-rubin-stack $(date +%H:%M:%S)] $*"; }
@@ -99,7 +106,7 @@ PYBIND11_INCLUDE=$("$PYTHON" -c 'import pybind11; print(pybind11.get_include())'
 "$PYTHON" -c 'import lsst.pex.config, lsst.utils' \
     || die "$PYTHON lacks lsst-pex-config / lsst-utils (PyPI)"
 # The stack's own Python needs beyond the pip-only environment (pinned in constraints.txt).
-if ! "$PYTHON" -c 'import pandas, esutil, sklearn, treecorr, treegp, mesonbuild, pytest, pytz, pyfftw' 2>/dev/null; then
+if ! "$PYTHON" -c 'import pandas, esutil, sklearn, treecorr, treegp, mesonbuild, pytest, pytz, pyfftw, felis, lsst.dax.apdb' 2>/dev/null; then
     log "installing requirements/rubin-stack.txt into $PYTHON's environment"
     "$PYTHON" -m pip install -q -c "$REPO/requirements/constraints.txt" -r "$REPO/requirements/rubin-stack.txt"
 fi
