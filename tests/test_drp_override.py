@@ -205,6 +205,34 @@ class DrpOverrideRealTestCase(lsst.utils.tests.TestCase):
         self.assertEqual(proc.returncode, 0, proc.stderr[-4000:])
         self.assertIn("object_deblend_flux", proc.stdout)
 
+    def test_real_contracts(self):
+        """On the real LSSTCam DRP: our labels read what DRP writes, and every contract of the
+        override fails when its connection or config is broken (as on the stand-in)."""
+        env = dict(os.environ)
+        env.setdefault("MEAS_MADNESS_DIR", ROOT)
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        proc = subprocess.run(
+            [sys.executable, "-c", _CHECK, OVERRIDE + "#madnessObject"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        self.assertEqual(proc.returncode, 0, proc.stderr[-4000:])
+        info = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("JSON")][-1][4:])
+        tasks = info["tasks"]
+        self.assertEqual(
+            tasks["deblendCoaddFootprints"]["class"], "lsst.meas.madness.tasks.afw.deblend.MadnessDeblendAfwTask"
+        )
+        self.assertEqual(tasks["measureObjectUnforced"]["inputs"]["scarletCatalog"], "object_deblend_flux")
+        self.assertEqual(
+            info["datasets"]["object_deblend_flux"]["producer"], "deblendCoaddFootprints"
+        )
+        self.assertIn("measureObjectUnforced", info["datasets"]["object_deblend_flux"]["consumers"])
+        for what, result in info["broken"].items():
+            with self.subTest(what=what):
+                self.assertTrue(result.startswith("ContractError"), f"{what}: {result}")
+
 
 class MemoryTester(lsst.utils.tests.MemoryTestCase):
     pass
