@@ -122,6 +122,37 @@ class DeblenderTestCase(lsst.utils.tests.TestCase):
         np.testing.assert_array_equal(a.latents, b.latents)
         np.testing.assert_array_equal(a.models, b.models)
 
+    def test_huge_and_non_finite_gradients(self):
+        """A gradient beyond float32's square root (~1e19) or an infinite one leaves the latents
+        finite: Adam's moments are float64 and a non-finite component moves nothing that step.
+        Against a known answer: with one source's gradient replaced by +1e30 on every step, Adam
+        moves each of its coordinates down by the learning rate per step (float32 moments gave
+        v = inf and no move)."""
+        from unittest import mock
+
+        image, var, _ = self._blend()
+        settings = MapSettings(max_iter=5, min_iter=5, fit_amplitudes=False, fit_offsets=False)
+        original = self.deblender._step_fn
+
+        def poisoned(settings_):
+            step = original(settings_)
+
+            def wrapped(x, *args):
+                loss, grad = step(x, *args)
+                grad = np.array(keras.ops.convert_to_numpy(grad), np.float32)
+                grad[0] = 1e30  # source 0: huge and positive every step
+                grad[1, :3] = np.inf  # source 1: three infinite components
+                return loss, grad
+
+            return wrapped
+
+        with mock.patch.object(self.deblender, "_step_fn", poisoned):
+            result = self.deblender.deblend(image, PEAKS, variance=var, settings=settings)
+        self.assertTrue(np.isfinite(result.latents).all())
+        self.assertTrue(np.isfinite(result.models).all())
+        moved = result.latents[0] - result.initial_latents[0]
+        np.testing.assert_allclose(moved, -5 * settings.learning_rate, rtol=1e-3)
+
     @unittest.skipIf(keras.config.backend() != "tensorflow",
                      "bfloat16 through JAX's CPU convolutions is slow; MapSettings.precision is for TensorFlow/GPUs")
     def test_bfloat16_steps(self):

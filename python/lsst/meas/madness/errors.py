@@ -13,6 +13,8 @@ Which exception to raise when
 ``MadnessBundleError``         A model bundle cannot be used: missing, truncated or tampered files,
                                unknown schema version, metadata that does not match the data.
 ``MadnessNoDataError``         A blend has no pixel with positive finite weight: nothing to fit.
+``MadnessFitError``            A blend's MAP fit diverged: its latents or models are not finite. Nothing
+                               non-finite is returned; the tasks flag the parent ``deblend_failed``.
 ``MadnessBlendError``          Raised per blend by callers that loop over many (the tasks): carries the
                                parent id and the catalog flag to set. ``catchFailures`` catches it.
 ``RuntimeError``               Do not raise it directly; use ``MadnessError`` or a subclass.
@@ -31,6 +33,7 @@ __all__ = [
     "MadnessUnitError",
     "MadnessBundleError",
     "MadnessNoDataError",
+    "MadnessFitError",
     "MadnessBlendError",
 ]
 
@@ -86,6 +89,10 @@ class MadnessBundleError(MadnessError, OSError):
 
 class MadnessNoDataError(MadnessValueError):
     """A blend has no usable pixel (all masked, non-finite or with non-positive variance)."""
+
+
+class MadnessFitError(MadnessError):
+    """A blend's MAP fit diverged (non-finite latents, flux factors, offsets or models)."""
 
 
 class MadnessBlendError(MadnessError):

@@ -22,7 +22,7 @@ import keras
 import numpy as np
 
 from ..backend import compile_value_and_grad, compiles_per_shape
-from ..errors import MadnessBundleError, MadnessValueError
+from ..errors import MadnessBundleError, MadnessFitError, MadnessValueError
 from ..io.bundle import BundleMetadata, ModelBundle
 from ..networks import Decoder, Encoder, LinearNormalization, MaskedAutoregressiveFlow
 from ..precision import with_precision
@@ -682,8 +682,10 @@ class MadnessDeblender:
         step = self._step_fn(settings)
         bucket = compiles_per_shape()
 
-        m = np.zeros_like(x)
-        v = np.zeros_like(x)
+        # Adam's moments in float64: a float32 square of a gradient above ~1e19 (a bright source
+        # far from its optimum) overflows to inf, and inf / inf would make the latents NaN.
+        m = np.zeros(x.shape, np.float64)
+        v = np.zeros(x.shape, np.float64)
         b1, b2, eps = settings.adam_beta1, settings.adam_beta2, settings.adam_epsilon
         active = np.ones(nb, bool)
         n_iter = np.zeros(nb, int)
@@ -704,7 +706,10 @@ class MadnessDeblender:
             step_losses[selection[live]] = loss[live]
             history[t - 1, selection[live]] = loss[live]
             live_sources = active[source_blend[sources]]
-            ids, g = sources[live_sources], grad[live_sources]
+            ids, g = sources[live_sources], grad[live_sources].astype(np.float64)
+            # A non-finite gradient component moves nothing this step (its moments keep their
+            # past); a blend that still diverges is caught after the loop.
+            g[~np.isfinite(g)] = 0.0
 
             lr = settings.learning_rate * settings.lr_decay ** ((t - 1) // settings.lr_decay_steps)
             m[ids] = b1 * m[ids] + (1 - b1) * g
@@ -727,6 +732,13 @@ class MadnessDeblender:
                 selection = np.flatnonzero(active)
                 args, take, n_real = self._select(packed, bounds, selection, bucket)
 
+        diverged = ~np.isfinite(x).all(axis=1)
+        if diverged.any():
+            blends_out = np.unique(source_blend[diverged]).tolist()
+            raise MadnessFitError(
+                f"The MAP fit of blend(s) {blends_out} of this batch diverged (non-finite latents); "
+                "fit them alone to find the one that fails."
+            )
         # Decode and evaluate the prior for the whole batch at once (one network call each).
         ld = self.latent_dim
         offsets = settings.offset_max * np.tanh(x[:, ld + n_amp :].astype(np.float64))  # (dy, dx)
