@@ -5,10 +5,13 @@ Usage::
 
     python scripts/paired_comparison.py A.npz B.npz [--ablation default] [--ablation-b default] \
         [--bootstrap 2000] [--seed 0] [--output comparison.json]
+    python scripts/paired_comparison.py EVAL_A EVAL_B --ablation madness [--ablation-b scarlet]
 
-``A.npz`` and ``B.npz`` are the per-galaxy files `scripts/map_ablations.py` writes beside its JSON
-(the same fields, in the same order: the script refuses files whose galaxy counts or kappas
-differ). For every band (kappa <= 5 in that band, as the evaluation report cuts) it prints each
+``A.npz`` and ``B.npz`` are the per-galaxy files `scripts/map_ablations.py` writes beside its JSON;
+``EVAL_A`` / ``EVAL_B`` may instead be output directories of ``madness evaluate`` (their
+``partial/`` per-field files), with ``--ablation`` naming the method (two models on the same test
+fields, or two methods of one run). Both must be the same fields, in the same order: the script
+refuses inputs whose galaxy counts or kappas differ. For every band (kappa <= 5 in that band, as the evaluation report cuts) it prints each
 run's mean and median abs(dF/F), the mean of the paired difference B - A with a bootstrap 95%
 interval over *fields* (galaxies of one field are not independent: they share blends), and the
 fraction of galaxies B fits better; then the same for r's cosine and e1 residual. A mean over a
@@ -53,10 +56,39 @@ def paired(a: np.ndarray, b: np.ndarray, groups: np.ndarray, n_boot: int, seed: 
             "b_better": float(np.mean(d < 0)), "a_better": float(np.mean(d > 0))}
 
 
+def load_evaluation(directory: Path) -> dict:
+    """The per-galaxy arrays of a ``madness evaluate`` output directory, keyed as
+    `scripts/map_ablations.py` writes them (``<method>/abs_flux_residual``, ``<method>/cosine``,
+    ``<method>/e1_residual``, ``kappa``, ``field_of_galaxy``, ``bands``)."""
+    partial = directory / "partial"
+    bands = json.loads((partial / "run.json").read_text())["bands"]
+    files = sorted(partial.glob("field-*.npz"))
+    if not files:
+        raise ValueError(f"{partial} holds no finished field")
+    parts: dict[str, list[np.ndarray]] = {}
+    for path in files:
+        with np.load(path) as data:
+            parts.setdefault("kappa", []).append(data["g/kappa"])
+            parts.setdefault("field_of_galaxy", []).append(data["g/field_id"])
+            for key in data.files:
+                if key.startswith("m/") and key.rsplit("/", 1)[1] in ("flux_residual", "cosine", "e1_residual"):
+                    method, name = key[2:].rsplit("/", 1)
+                    value = np.abs(data[key]) if name == "flux_residual" else data[key]
+                    name = "abs_flux_residual" if name == "flux_residual" else name
+                    parts.setdefault(f"{method}/{name}", []).append(value)
+    out = {k: np.concatenate(v) for k, v in parts.items() if len(v) == len(files)}
+    out["bands"] = np.array(bands)
+    return out
+
+
+def _load(path: Path):
+    return load_evaluation(path) if path.is_dir() else np.load(path)
+
+
 def compare(a_path: Path, b_path: Path, ablation_a: str = "default", ablation_b: str | None = None,
             n_boot: int = 2000, seed: int = 0) -> dict:
     """Per band abs(dF/F), and r cosine and abs(e1 residual), of run B against run A."""
-    a, b = np.load(a_path), np.load(b_path)
+    a, b = _load(a_path), _load(b_path)
     ablation_b = ablation_b or ablation_a
     if a["kappa"].shape != b["kappa"].shape or not np.allclose(a["kappa"], b["kappa"], equal_nan=True):
         raise ValueError(f"{a_path} and {b_path} are not the same galaxies (kappa differs)")

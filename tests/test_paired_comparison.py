@@ -89,6 +89,43 @@ class PairedComparisonTestCase(lsst.utils.tests.TestCase):
         self.assertTrue((self.tmp / "out.json").exists())
 
 
+def _write_evaluation(directory, signed_errors, kappa, fields, methods=("madness",)):
+    """A ``madness evaluate`` output directory: partial/run.json and one npz per field, signed
+    flux residuals as the evaluation stores them."""
+    partial = Path(directory) / "partial"
+    partial.mkdir(parents=True)
+    (partial / "run.json").write_text('{"bands": ["g", "r"]}')
+    for field in np.unique(fields):
+        rows = fields == field
+        arrays = {"g/kappa": kappa[rows], "g/field_id": fields[rows]}
+        for method in methods:
+            arrays[f"m/{method}/flux_residual"] = signed_errors[rows]
+            arrays[f"m/{method}/cosine"] = np.full((rows.sum(), 2), 0.99)
+            arrays[f"m/{method}/e1_residual"] = np.zeros((rows.sum(), 2))
+        np.savez(partial / f"field-{int(field):06d}.npz", **arrays)
+
+
+class EvaluationDirectoryTestCase(lsst.utils.tests.TestCase):
+    setUp = PairedComparisonTestCase.setUp
+
+    def test_evaluation_directories(self):
+        """Two ``madness evaluate`` runs of one method: the same answer as from the per-galaxy
+        files, with signed residuals made absolute (B's errors are half of A's, of either sign)."""
+        module = _load()
+        sign = np.where(np.arange(self.n) % 3 == 0, -1.0, 1.0)[:, None]
+        _write_evaluation(self.tmp / "eval-a", sign * self.a, self.kappa, self.fields)
+        _write_evaluation(self.tmp / "eval-b", -sign * self.a / 2, self.kappa, self.fields)
+        out = module.compare(self.tmp / "eval-a", self.tmp / "eval-b", "madness", n_boot=200)
+        keep = self.kappa[:, 1] <= 5
+        v = out["bands"]["r"]
+        self.assertEqual(v["n"], int(keep.sum()))
+        self.assertAlmostEqual(v["mean_diff"], -self.a[keep, 1].mean() / 2, places=9)
+        self.assertEqual(v["b_better"], 1.0)
+        loaded = module.load_evaluation(self.tmp / "eval-a")
+        np.testing.assert_array_equal(loaded["field_of_galaxy"], self.fields)
+        np.testing.assert_allclose(loaded["madness/abs_flux_residual"], self.a)
+
+
 class MemoryTester(lsst.utils.tests.MemoryTestCase):
     pass
 

@@ -150,7 +150,10 @@ def stamp_reach(deblender, stamps: np.ndarray, variance, *, aperture_radius: flo
 
 def _fit_alone(deblender, blends, truths, aperture_radius, steps, settings) -> ReachResult:
     """Fit each one-galaxy blend for ``steps`` MAP steps; measure it and its start against ``truths``."""
-    settings = settings or deblender.settings
+    # The reach is what the decoder draws on its own stamp (the truths are stamps of the model's
+    # size), so no source is zoomed: with the engine's default max_zoom a large galaxy's model
+    # would be drawn on a bigger footprint than its truth.
+    settings = (settings or deblender.settings).replace(max_zoom=1)
     init_settings = settings.replace(max_iter=0, min_iter=0)
     fitted = deblender.deblend_batch(blends, settings=settings.replace(max_iter=steps, min_iter=steps))
     initial = deblender.deblend_batch(blends, settings=init_settings)
