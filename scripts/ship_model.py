@@ -26,13 +26,15 @@ HERE = Path(__file__).resolve().parent.parent
 
 
 def _stage_table(run: Path) -> list[str]:
-    rows = ["| stage | epochs run | best epoch | best validation loss | stopped early | stopped for time | wall time |",
+    rows = ["| stage | epochs run | best epoch | best validation score (monitor) | stopped early | stopped for time "
+            "| wall time |",
             "| --- | --- | --- | --- | --- | --- | --- |"]
     summary = json.loads((run / "summary.json").read_text())
     order = ["vae_warmup", "vae", "flow", "deblender"]
     for name in sorted(summary["stages"], key=lambda k: order.index(k) if k in order else len(order)):
         stage = summary["stages"][name]
-        rows.append(f"| {name} | {stage['epochs_run']} | {stage['best_epoch']} | {stage['best_val_loss']:.6g} | "
+        rows.append(f"| {name} | {stage['epochs_run']} | {stage['best_epoch']} | {stage['best_val_loss']:.6g} "
+                    f"({stage.get('monitor') or 'val_loss'}) | "
                     f"{stage['stopped_early']} | {stage.get('stopped_for_time', False)} | {stage['seconds'] / 60:.1f} min |")
     return rows
 
@@ -146,9 +148,17 @@ def main(argv=None) -> int:
         shutil.copy(png, figures / png.name)
 
     meta = bundle.metadata
-    training = meta.training
+    training = dict(meta.training)
     config = training["config"]
     summary = json.loads((run / "summary.json").read_text())
+    # Runs resumed before train.py counted earlier processes recorded only the resume's clock;
+    # the stages' own seconds cover every process.
+    stage_seconds = sum(stage["seconds"] for stage in summary["stages"].values())
+    if stage_seconds > training.get("wall_time_s", 0):
+        earlier = training.get("total_wall_time_s", 0) - training.get("wall_time_s", 0)
+        training["wall_time_s"] = stage_seconds
+        training["total_wall_time_s"] = earlier + stage_seconds
+    kept = [name for name in ("flow", "deblender") if name not in training["stages"]]
     catalog = training.get("catalog", {})
     data = args.data if args.data is not None else Path(training["data"])
     suite = json.loads((data / "suite.json").read_text()) if (data / "suite.json").exists() else {}
@@ -202,12 +212,15 @@ def main(argv=None) -> int:
         + ("" if "vae_warmup" in training["stages"] else "warm start (no SSIM warm-up); ")
         + ", ".join(f"{stage} {_schedule(config[key])}" for stage, key in
                     (("warm-up", "vae_warmup"), ("VAE", "vae"), ("flow", "flow"), ("VAE-deblender", "deblender"))
-                    if stage != "warm-up" or "vae_warmup" in training["stages"])
+                    if key in training["stages"])
         + f"; beta {config['beta']}, seed {config['seed']}"
         + (f"; fresh noise and the {training['augmentation']['symmetries']} symmetries of the square every batch"
            if training.get("augmentation") else "")
         + (f"; time budget {training['time_budget_s'] / 3600:.2f} h" if training.get("time_budget_s") else "")
-        + ".",
+        + "."
+        + (f" Not retrained (`--freeze-encoder`: the encoder and the latent space stay the warm start's): "
+           f"{' and '.join('the flow' if k == 'flow' else 'the VAE-deblender' for k in kept)}, taken from the "
+           "warm-start bundle." if kept else ""),
         "",
         *_stage_table(run),
         "",

@@ -322,7 +322,9 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
                                          seed=config.seed, progress=progress, time_budget_s=budget("deblender"))
 
     # --- bundle, metrics, figures -----------------------------------------------------------------
-    wall = time.perf_counter() - start
+    # A resumed run's stages carry the seconds of every process that ran them; this process's
+    # clock alone would record only the resume.
+    wall = max(time.perf_counter() - start, sum(r.seconds for r in results.values()))
     if config.precision != "float32":
         # The bundle, its metrics and figures are what inference sees: float32 networks.
         encoder, decoder, deblender_encoder = (with_precision(n, "float32") for n in (encoder, decoder, deblender_encoder))
