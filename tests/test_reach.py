@@ -73,6 +73,26 @@ class ReachTestCase(lsst.utils.tests.TestCase):
         with self.assertRaisesRegex(ValueError, "variance"):
             stamp_reach(self.deblender, stamps, SKY[:3])
 
+    def test_reach_draws_on_the_stamp_without_zoom(self):
+        """A galaxy whose light fills its stamp makes the engine's default (zoom up to 3) draw it
+        on a 3x larger footprint; the reach compares models with stamps of the model's size, so it
+        fits at zoom 1 (a zoomed model beside an unzoomed one used to crash the stacking)."""
+        yy, xx = np.mgrid[:45, :45] - 22
+        gauss = np.exp(-(xx**2 + yy**2) / (2 * 12.0**2))
+        broad = (gauss / gauss.sum())[None] * np.array([2e4, 5e4, 1e5, 1.2e5, 1.2e5, 1e5])[:, None, None]
+        broad = broad[None].astype(np.float32)
+        variance = np.broadcast_to(SKY[:, None, None], broad.shape[1:]).astype(np.float32)
+        zoomed = self.deblender.deblend_batch(
+            [dict(image=broad[0], peaks_xy=np.array([[22.0, 22.0]]), variance=variance)],
+            settings=self.deblender.settings.replace(max_iter=2, min_iter=2),
+        )[0]
+        self.assertGreater(int(zoomed.zoom[0]), 1)  # the premise: the default would zoom it
+        z = np.asarray(keras.ops.convert_to_numpy(self.deblender.flow.sample(4, seed=7)), np.float32)
+        compact = self.deblender.decode(z)[:1]
+        result = stamp_reach(self.deblender, np.concatenate([compact, broad]), SKY, steps=5)
+        self.assertEqual(result.cosine.shape, (2, 6))
+        self.assertTrue(np.isfinite(result.cosine).all())
+
     def test_galaxy_larger_than_the_stamp_is_skipped(self):
         big = np.zeros((1, 6, 45, 45), np.float32)
         big[:] = 10.0  # flat to the edge of the stamp ...
