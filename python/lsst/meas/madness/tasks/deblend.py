@@ -597,11 +597,11 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
             row["deblend_skipped_isolatedParent"] = True
             return None
         row["deblend_nNeighbors"] = len(plan.neighbours_xy)
-        row["deblend_incompleteData"] = bool(self._footprintBad(parent, coadd, coadd.bad).all(axis=1).any())
+        row["deblend_incompleteData"] = bool(self._onFootprint(parent, coadd, coadd.bad).all(axis=1).any())
         return plan
 
     @staticmethod
-    def _footprintBad(parent: ParentFootprint, coadd: MultibandCoadd, planes: np.ndarray) -> np.ndarray:
+    def _onFootprint(parent: ParentFootprint, coadd: MultibandCoadd, planes: np.ndarray) -> np.ndarray:
         """``(bands, area)`` values of ``(bands, H, W)`` ``planes`` on the parent's footprint pixels
         inside the coadd."""
         y, x = parent.footprint.pixels()
@@ -616,7 +616,7 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
         for plane, limit in self.config.maskLimits.items():
             if plane not in coadd.planes:
                 continue
-            fraction = float(self._footprintBad(parent, coadd, coadd.planes[plane]).any(axis=0).sum()) / area
+            fraction = float(self._onFootprint(parent, coadd, coadd.planes[plane]).any(axis=0).sum()) / area
             if fraction > limit:
                 return f"has {fraction:.0%} of its pixels in {plane} (limit {limit:.0%})"
         return None
