@@ -137,6 +137,24 @@ class SimulateCliTestCase(unittest.TestCase):
                                "--no-progress"]), 0)
         self.assertEqual(len(SimulatedDataset(suite / "isolated-train")), 5)
 
+    def test_catalog_population_parameters(self):
+        # Another population from the same seed: doubling size_scale (0.9 -> 1.8) doubles every
+        # component's axes and leaves the rest of the galaxy alone.
+        base, big = self.tmp / "base.fits", self.tmp / "big.fits"
+        common = ["simulate", "catalog", "--area", "0.0005", "--seed", "5"]
+        self.assertEqual(main([*common, "--output", str(base)]), 0)
+        self.assertEqual(main([*common, "--output", str(big), "--param", "size_scale=1.8",
+                               "--param", "blue_ellipticity=(0.3, 3.5)"]), 0)
+        a, b = Table.read(base), Table.read(big)
+        self.assertEqual(len(a), len(b))
+        np.testing.assert_array_equal(a["r_ab"], b["r_ab"])
+        large = a["a_d"] > 0.05
+        self.assertGreater(large.sum(), 10)
+        np.testing.assert_allclose(b["a_d"][large] / a["a_d"][large], 2.0, rtol=1e-5)
+        for bad in (["--param", "size_scale"], ["--param", "no_such_field=1"], ["--param", "size_scale=-1"]):
+            with self.assertRaises(SystemExit):
+                main([*common, "--output", str(self.tmp / "bad.fits"), *bad])
+
 
 class MemoryTester(lsst.utils.tests.MemoryTestCase):
     # SkyPy's kcorrect templates are read once and kept open by the catalogue generator's cache.

@@ -58,7 +58,8 @@ def _simulate_catalog(args: argparse.Namespace) -> int:
     from .simulation.skypy_catalog import generate_catsim_catalog
 
     start = time.perf_counter()
-    table = generate_catsim_catalog(args.area, args.seed, mag_limit_r=args.mag_limit)
+    params = _catalog_parameters(args.param)
+    table = generate_catsim_catalog(args.area, args.seed, mag_limit_r=args.mag_limit, params=params)
     n_all = len(table)
     if args.min_snr is not None:
         table = apply_snr_cut(table, args.min_snr)
@@ -71,6 +72,35 @@ def _simulate_catalog(args: argparse.Namespace) -> int:
     print(f"{output}: {n_all} galaxies to r < {args.mag_limit} over {args.area} deg^2{cut} "
           f"({time.perf_counter() - start:.1f} s)")
     return 0
+
+
+def _catalog_parameters(items: list[str]):
+    """``["size_scale=1.2", "blue_ellipticity=(0.4, 3.5)"]`` -> `SkyPyCatalogParameters` with those fields."""
+    import ast
+    import dataclasses
+
+    from .simulation.skypy_catalog import SkyPyCatalogParameters
+
+    if not items:
+        return None
+    fields = {f.name for f in dataclasses.fields(SkyPyCatalogParameters)}
+    overrides = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        name = name.strip()
+        if not sep or name not in fields:
+            raise SystemExit(f"madness simulate catalog: --param {item!r} is not NAME=VALUE with NAME a field of "
+                             f"SkyPyCatalogParameters ({', '.join(sorted(fields))})")
+        try:
+            overrides[name] = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            raise SystemExit(f"madness simulate catalog: --param {item!r}: {text!r} is not a Python literal") from None
+    from .errors import MadnessError
+
+    try:  # SkyPyCatalogParameters validates the values; its errors name the field
+        return dataclasses.replace(SkyPyCatalogParameters(), **overrides)
+    except MadnessError as error:
+        raise SystemExit(f"madness simulate catalog: {error}") from None
 
 
 def _simulate_datasets(args: argparse.Namespace) -> int:
@@ -255,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
     cat.add_argument("--mag-limit", type=float, default=28.0, help="r_ab limit (CatSim's is 28)")
     cat.add_argument("--min-snr", type=float, default=None, help="also apply the appendix-A SNR cut in r")
     cat.add_argument("--output", required=True, help="output FITS file")
+    cat.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                     help="override a field of SkyPyCatalogParameters, repeatable (e.g. size_scale=1.2, "
+                          "'blue_ellipticity=(0.4, 3.5)'): another galaxy population")
     cat.set_defaults(func=_simulate_catalog)
     ds = sim.add_parser("datasets", help="SNR cut, train/validation/test split, IsolatedSims, BlendedSims, "
                                          "TestFields in resumable shards")
