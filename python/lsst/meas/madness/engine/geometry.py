@@ -293,11 +293,18 @@ def paste_stamps(stamps: np.ndarray, yx0: np.ndarray, shape, *, total: bool = Tr
         return image
     image = np.zeros((nb, height, width), dtype=dtype) if out is None else out
     i, r, c = np.nonzero(valid)
-    flat = yy[i, r] * width + xx[i, c]
+    if not len(i):
+        return image
+    # Sum on the bounding box of the pasted pixels only: a few stamps added into a large grid
+    # (a 4000x4000 patch drawn galaxy by galaxy) cost their own pixels, not the grid's.
+    rows, cols = yy[i, r], xx[i, c]
+    y_lo, x_lo = int(rows.min()), int(cols.min())
+    box_h, box_w = int(rows.max()) - y_lo + 1, int(cols.max()) - x_lo + 1
+    flat = (rows - y_lo) * box_w + (cols - x_lo)
     values = stamps[i, :, r, c]  # (k, bands)
     for b in range(nb):
-        summed = np.bincount(flat, weights=values[:, b], minlength=height * width)
-        image[b] += summed.reshape(height, width).astype(dtype, copy=False)
+        summed = np.bincount(flat, weights=values[:, b], minlength=box_h * box_w)
+        image[b, y_lo : y_lo + box_h, x_lo : x_lo + box_w] += summed.reshape(box_h, box_w).astype(dtype, copy=False)
     return image
 
 
