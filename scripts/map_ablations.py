@@ -25,6 +25,8 @@ centres) with the engine and measures every galaxy with the paper's apertures (k
 - ``prior<W>`` (e.g. ``prior0.5``): the flow prior's weight W in the objective
   (``MapSettings.prior_weight``; 1 is the paper's, 0 a maximum-likelihood fit);
 - ``min<N>``, ``rtol<X>``: the stopping rule's ``min_iter`` and ``rtol``;
+- ``lr<X>``, ``decay<X>``: Adam's initial learning rate and its decay factor every
+  ``lr_decay_steps`` (``MapSettings.learning_rate``, ``lr_decay``);
 - ``zoom-guess``, ``zoom-fit``: ``MapSettings(max_zoom=3)`` with the zoom chosen from the
   VAE-deblender's guess or from the zoom-1 fit (``MapSettings.zoom_choice``).
 
@@ -67,6 +69,10 @@ def _ablation(name: str) -> str:
             return name
         if name.startswith("rtol") and float(name[4:]) > 0:
             return name
+        if name.startswith("lr") and float(name[2:]) > 0:
+            return name
+        if name.startswith("decay") and 0 < float(name[5:]) <= 1:
+            return name
         if name.startswith("ampstep") and float(name[7:]) > 0:
             return name
         if name.startswith("amp") and float(name[3:]) > 0:
@@ -74,7 +80,7 @@ def _ablation(name: str) -> str:
     except ValueError:
         pass
     raise argparse.ArgumentTypeError(f"{name!r} is not one of {', '.join(ABLATIONS)}, amp<SIGMA>, "
-                                     "ampstep<SCALE>, prior<W>, min<N> or rtol<X>")
+                                     "ampstep<SCALE>, prior<W>, min<N>, rtol<X>, lr<X> or decay<X>")
 
 
 def main(argv=None) -> int:
@@ -86,7 +92,7 @@ def main(argv=None) -> int:
     parser.add_argument("--ablations", nargs="+", type=_ablation,
                         default=["default", "paper", "forced200", "variance-image", "variance-truth"],
                         help=f"any of {', '.join(ABLATIONS)}, amp<SIGMA>, ampstep<SCALE>, prior<W>, min<N>, "
-                        "rtol<X>, or several joined by '+'")
+                        "rtol<X>, lr<X>, decay<X>, or several joined by '+'")
     parser.add_argument("--precision", default=None, help="MapSettings.precision of every ablation")
     args = parser.parse_args(argv)
 
@@ -196,6 +202,10 @@ def _apply(name: str, settings, variance, sky, field):
         settings = settings.replace(min_iter=int(name[3:]))
     elif name.startswith("rtol"):
         settings = settings.replace(rtol=float(name[4:]))
+    elif name.startswith("lr"):
+        settings = settings.replace(learning_rate=float(name[2:]))
+    elif name.startswith("decay"):
+        settings = settings.replace(lr_decay=float(name[5:]))
     elif name.startswith("ampstep"):
         settings = settings.replace(fit_amplitudes=True, amplitude_step_scale=float(name[7:]))
     elif name.startswith("amp"):
