@@ -61,6 +61,35 @@ class LossTestCase(unittest.TestCase):
         shifted[0, :d] = 1.0
         self.assertAlmostEqual(float(keras.ops.convert_to_numpy(gaussian_kl(shifted, d))[0]), d / 2, places=4)
 
+    def test_distillation_term(self):
+        """``(1 - w) chi2(truth, D) + w chi2(teacher, D)`` under the truth's variance, against numpy."""
+        from lsst.meas.madness.networks import Decoder, Encoder
+        from lsst.meas.madness.training.models import VaeTrainer
+
+        rng = np.random.default_rng(3)
+        size, bands, dim = 16, 2, 4
+        encoder = Encoder(size, bands, dim, (4, 4, 4, 4), dense_units=8)
+        decoder = Decoder(size, bands, dim, (4, 4), dense_units=8)
+        teacher = Decoder(size, bands, dim, (8, 4), dense_units=8)
+        sky = np.array([0.5, 2.0], np.float32)
+        scale = 3.0
+        y = rng.uniform(0, 5, (2, size, size, bands)).astype(np.float32)
+        pred = rng.uniform(0, 5, y.shape).astype(np.float32)
+        taught = rng.uniform(0, 5, y.shape).astype(np.float32)
+        params = np.zeros((2, dim + dim * (dim + 1) // 2), np.float32)
+        var = sky + y / scale
+        data_chi2 = ((y - pred) ** 2 / var).sum(axis=(1, 2, 3))
+        teach_chi2 = ((taught - pred) ** 2 / var).sum(axis=(1, 2, 3))
+        for w in (0.0, 0.3, 1.0):
+            trainer = VaeTrainer(encoder, decoder, sky, scale=scale, beta=0.01, teacher=teacher, distill_weight=w)
+            chi2 = keras.ops.convert_to_numpy(trainer.loss_terms(y, y, params, pred, taught)[0])
+            np.testing.assert_allclose(chi2, (1 - w) * data_chi2 + w * teach_chi2, rtol=1e-5)
+        self.assertFalse(teacher.trainable)
+        # Without a teacher the term is the data's chi2 whatever is passed.
+        plain = VaeTrainer(encoder, decoder, sky, scale=scale, beta=0.01)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(plain.loss_terms(y, y, params, pred, taught)[0]),
+                                   data_chi2, rtol=1e-5)
+
     def test_ssim_identity_and_scale_invariance(self):
         rng = np.random.default_rng(0)
         a = np.abs(rng.normal(size=(2, 45, 45, 6))).astype(np.float32)
@@ -330,6 +359,42 @@ class TrainingTestCase(unittest.TestCase):
         self.assertEqual(child.metadata.training["n_train"]["blended"], 0)
         key = "vae_val_chi2_per_pixel"
         self.assertLess(child.metadata.metrics[key], parent.metadata.metrics[key])
+
+    def test_distilled_narrower_decoder(self):
+        """A narrower decoder in a trained bundle's latent space, taught by its decoder: the latent
+        space's owners are the parent's bit for bit, the new decoder has the new width and a
+        lower validation chi^2 than where it started, and the bundle deblends."""
+        parent_dir = self.tmp / "teacher"
+        train_madness(self.data, parent_dir, _tiny(seed=8), progress=False, figures=False)
+        parent = ModelBundle.load(parent_dir / "bundle")
+        narrow = (16, 8, 8)
+        self.assertNotEqual(tuple(parent.decoder.filters), narrow)
+        with self.assertRaisesRegex(MadnessValueError, "Cannot warm-start"):  # a new width needs a frozen encoder
+            train_madness(self.data, self.tmp / "narrow-unfrozen", _tiny(seed=8, decoder_filters=narrow),
+                          progress=False, figures=False, init_from=parent)
+        with self.assertRaisesRegex(MadnessValueError, "freeze_encoder"):
+            _tiny(distill_weight=0.5)
+        out = self.tmp / "narrow"
+        self.assertEqual(main(["train", "--data", str(self.data), "--output", str(out), "--preset", "tiny",
+                               "--max-train", "48", "--max-validation", "16", "--seed", "8", "--no-progress",
+                               "--no-figures", "--init-from", str(parent_dir / "bundle"), "--freeze-encoder",
+                               "--decoder-filters", "16,8,8", "--distill", "0.5", "--vae-epochs", "4"]), 0)
+        self.assertEqual(json.loads((out / "config.json").read_text())["distill_weight"], 0.5)
+        child = ModelBundle.load(out / "bundle")
+        self.assertEqual(tuple(child.decoder.filters), narrow)
+        for mine, theirs in ((child.encoder, parent.encoder), (child.flow, parent.flow),
+                             (child.deblender_encoder, parent.deblender_encoder)):
+            for a, b in zip(mine.get_weights(), theirs.get_weights()):
+                np.testing.assert_array_equal(a, b)
+        with open(out / "logs" / "vae.csv") as f:
+            history = [float(row["val_chi2_per_pixel"]) for row in csv.DictReader(f)]
+        self.assertGreaterEqual(len(history), 2)  # the tiny preset's patience may end it early
+        self.assertLess(min(history[1:]), history[0])
+        deblender = MadnessDeblender.from_bundle(out / "bundle")
+        image = np.zeros((6, 45, 45), np.float32)
+        result = deblender.deblend(image + 1.0, np.array([[22.0, 22.0]]), variance=np.ones_like(image),
+                                   settings=deblender.settings.replace(max_iter=5, min_iter=5))
+        self.assertTrue(np.isfinite(result.models).all())
 
     def test_weight_average(self):
         """With ``ema_momentum`` every epoch ends on the average of the weights over its steps: a

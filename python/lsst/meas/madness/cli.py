@@ -173,6 +173,14 @@ def _train(args: argparse.Namespace) -> int:
         overrides["decoder_output_scale_sigma"] = args.output_scale_sigma
     if args.freeze_encoder:
         overrides["freeze_encoder"] = True
+    if args.decoder_filters is not None:
+        try:
+            overrides["decoder_filters"] = tuple(int(f) for f in args.decoder_filters.split(","))
+        except ValueError:
+            raise SystemExit(f"madness train: --decoder-filters takes integers like 96,64,32, not "
+                             f"{args.decoder_filters!r}") from None
+    if args.distill is not None:
+        overrides["distill_weight"] = args.distill
     config = preset(args.preset, **overrides)
     if args.vae_epochs is not None:
         config = dataclasses.replace(config, vae=dataclasses.replace(config.vae, max_epochs=args.vae_epochs))
@@ -335,6 +343,12 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--freeze-encoder", action="store_true",
                        help="continue only the decoder (with --init-from): the encoder, the flow and the VAE-deblender "
                             "stay the warm-start bundle's, so the latent space they share does not move")
+    train.add_argument("--decoder-filters", default=None, metavar="F1,F2,F3",
+                       help="the decoder's transposed-convolution filters (paper: 128,96,64); with --freeze-encoder "
+                            "a decoder of another width starts from scratch in the warm-start bundle's latent space")
+    train.add_argument("--distill", type=float, default=None, metavar="WEIGHT",
+                       help="with --freeze-encoder: weight in [0, 1] of the warm-start decoder's stamps as the VAE "
+                            "stage's target beside the truth (distillation into a new decoder)")
     train.add_argument("--seed", type=int, default=None)
     train.add_argument("--max-train", type=int, default=None, help="cap on training stamps per dataset")
     train.add_argument("--max-validation", type=int, default=None, help="cap on validation stamps")

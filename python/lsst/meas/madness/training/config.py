@@ -146,6 +146,17 @@ class TrainingConfig:
         bundle unchanged, because the latent space they describe (the encoder's) does not move.
         A continuation that moves the encoder moves the latent space under the flow, the
         VAE-deblender and the MAP's step sizes (``cpu5-a`` in doc/training.md).
+        With a frozen encoder the decoder may have another architecture than the warm-start
+        bundle's (``decoder_filters``, ``dense_units``): it then starts from scratch in the
+        bundle's latent space (a narrower decoder deblends faster).
+    distill_weight : `float`
+        With a frozen encoder, weight ``w`` in [0, 1] of distillation in the VAE stage's chi^2:
+        ``(1 - w) chi2(truth, D(z)) + w chi2(D_parent(z), D(z))`` for the same latent sample
+        ``z``, both under the truth's sky + Poisson variance. The warm-start bundle's decoder is
+        a noiseless, deterministic target in the same latent space, so a new (narrower) decoder
+        learns from every latent what the parent draws there, not only from one noisy
+        realisation of a galaxy. 0 (default): the plain VAE loss. Validation metrics always
+        compare with the truth.
     """
 
     name: str = "paper"
@@ -168,8 +179,14 @@ class TrainingConfig:
     fresh_noise: bool = False
     precision: str = "float32"
     freeze_encoder: bool = False
+    distill_weight: float = 0.0
 
     def __post_init__(self):
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise MadnessValueError(f"TrainingConfig.distill_weight must lie in [0, 1], not {self.distill_weight!r}.")
+        if self.distill_weight > 0 and not self.freeze_encoder:
+            raise MadnessValueError("TrainingConfig.distill_weight > 0 distils the warm-start bundle's decoder in its "
+                                    "latent space: it needs freeze_encoder=True.")
         if self.precision not in PRECISIONS:
             raise MadnessValueError(f"TrainingConfig.precision must be 'float32' or 'mixed_bfloat16', "
                                     f"not {self.precision!r}.")

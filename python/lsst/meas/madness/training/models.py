@@ -24,13 +24,22 @@ class VaeTrainer(keras.Model):
     with the target (``y`` when ``target == "truth"``, else ``x``) under sky + Poisson variance,
     SSIM is the mean over bands of the decoded stamp against ``y``, and ``alpha`` is a
     non-trainable weight set per epoch (0 outside the warm-up).
+
+    With a ``teacher`` decoder (distillation, ``distill_weight`` w > 0) the chi2 is
+    ``(1 - w) chi2(target, D(z)) + w chi2(teacher(z), D(z))`` for the same latent sample ``z``,
+    and the model's output carries the teacher's stamp as a third element.
     """
 
     def __init__(self, encoder: Encoder, decoder: Decoder, sky_variance, *, scale: float, beta: float,
-                 target: str = "truth", seed: int = 0, **kwargs):
+                 target: str = "truth", seed: int = 0, teacher: Decoder | None = None,
+                 distill_weight: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.decoder = decoder
+        if teacher is not None:
+            teacher.trainable = False
+        self.teacher = teacher
+        self.distill_weight = float(distill_weight) if teacher is not None else 0.0
         self.latent_dim = encoder.latent_dim
         self.sky_variance = np.asarray(sky_variance, np.float32)
         self.scale = float(scale)
@@ -42,22 +51,30 @@ class VaeTrainer(keras.Model):
     def call(self, x, training=False):
         params = self.encoder(x, training=training)
         z = sample_latents(params, self.latent_dim, self.sampler) if training else latent_mean(params, self.latent_dim)
-        return params, self.decoder(z, training=training)
+        if self.teacher is None:
+            return params, self.decoder(z, training=training)
+        taught = keras.ops.stop_gradient(self.teacher(z, training=False))
+        return params, self.decoder(z, training=training), taught
 
-    def loss_terms(self, x, y, params, prediction):
+    def loss_terms(self, x, y, params, prediction, taught=None):
+        """Per-stamp chi2, KL and SSIM; ``taught`` (the teacher's stamps) adds the distillation term."""
         # Under a mixed-precision policy the networks compute in bfloat16/float16; the chi^2 of
         # a bright galaxy (~1e5) and the KL's log-determinant need float32.
         params = keras.ops.cast(params, "float32")
         prediction = keras.ops.cast(prediction, "float32")
         target = y if self.target == "truth" else x
         chi2 = reconstruction_chi2(target, prediction, y, self.sky_variance, self.scale)
+        if taught is not None and self.distill_weight > 0:
+            taught = keras.ops.cast(taught, "float32")
+            distilled = reconstruction_chi2(taught, prediction, y, self.sky_variance, self.scale)
+            chi2 = (1.0 - self.distill_weight) * chi2 + self.distill_weight * distilled
         kl = gaussian_kl(params, self.latent_dim)
         ssim = keras.ops.mean(ssim_per_band(y, prediction), axis=-1)
         return chi2, kl, ssim
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        params, prediction = y_pred
-        chi2, kl, ssim = self.loss_terms(x, y, params, prediction)
+        params, prediction, *taught = y_pred
+        chi2, kl, ssim = self.loss_terms(x, y, params, prediction, *taught)
         alpha = keras.ops.convert_to_tensor(self.alpha)
         return keras.ops.mean(chi2 * (1.0 - alpha * ssim) + self.beta * kl)
 

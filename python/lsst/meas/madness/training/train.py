@@ -242,13 +242,19 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
         augment = FreshNoise(sky_net, norm.scale)
 
     # --- 1-2: beta-VAE, warm-up then plain loss -------------------------------------------------
+    teacher = None
+    if config.distill_weight > 0:
+        # The parent's decoder, computing at this run's precision: a target, never trained.
+        teacher = with_precision(parent.decoder, config.precision)
     vae = VaeTrainer(encoder, decoder, sky_net, scale=norm.scale, beta=config.beta, target=config.target,
-                     seed=config.seed)
+                     seed=config.seed, teacher=teacher, distill_weight=config.distill_weight)
 
     signal_val = _signal_chi2(yv_iso, sky_net, norm.scale)
 
     def vae_components():
-        params, prediction = vae.predict(xv_iso, batch_size=config.vae.batch_size, verbose=0)
+        # Against the truth only (no distillation term), so that runs with and without a teacher
+        # compare; the teacher's stamps, if any, are the third output.
+        params, prediction = vae.predict(xv_iso, batch_size=config.vae.batch_size, verbose=0)[:2]
         chi2, kl, ssim = (np.asarray(keras.ops.convert_to_numpy(t)) for t in vae.loss_terms(
             keras.ops.convert_to_tensor(xv_iso), keras.ops.convert_to_tensor(yv_iso),
             keras.ops.convert_to_tensor(params), keras.ops.convert_to_tensor(prediction)))
@@ -378,6 +384,9 @@ def _load_parent(init_from, config: TrainingConfig) -> ModelBundle | None:
     dec = parent.decoder
     mine = (config.latent_dim, tuple(config.decoder_filters), config.dense_units)
     theirs = (dec.latent_dim, tuple(dec.filters), dec.dense_units)
+    if config.freeze_encoder:
+        # Only the latent space is carried over: a new decoder of another width may learn it.
+        mine, theirs = mine[:1], theirs[:1]
     if mine != theirs or tuple(parent.deblender_encoder.filters) != tuple(config.encoder_filters):
         raise MadnessValueError(
             f"Cannot warm-start the {config.name!r} preset (latent_dim, decoder filters, dense units {mine}, "
@@ -391,8 +400,13 @@ def _warm_start(parent: ModelBundle, encoder, decoder, flow, bands, size) -> Non
     if tuple(meta.bands) != tuple(bands) or meta.stamp_size != size:
         raise MadnessValueError(f"The warm-start bundle has bands {meta.bands} and {meta.stamp_size}px stamps; "
                                 f"the data have {bands} and {size}px.")
-    decoder.set_weights(parent.decoder.get_weights())
-    _match_output_scale(parent.decoder, decoder)
+    if [w.shape for w in decoder.get_weights()] == [w.shape for w in parent.decoder.get_weights()]:
+        decoder.set_weights(parent.decoder.get_weights())
+        _match_output_scale(parent.decoder, decoder)
+    else:  # another architecture (freeze_encoder only, _load_parent): a new decoder, same latent space
+        _log.info("New decoder (filters %s, dense %d) in the warm-start bundle's latent space (its decoder: "
+                  "filters %s, dense %d).", tuple(decoder.filters), decoder.dense_units,
+                  tuple(parent.decoder.filters), parent.decoder.dense_units)
     flow.set_weights(parent.flow.get_weights())
     encoder.set_weights((parent.encoder or parent.deblender_encoder).get_weights())
     _log.info("Warm start from a bundle trained with %r (%s encoder).", meta.training.get("preset"),
@@ -466,7 +480,7 @@ def _validation_metrics(vae, flow, deblender_encoder, decoder, xv_iso, yv_iso, z
     """Validation numbers for the model card (network units unless stated)."""
     from .losses import reconstruction_chi2
 
-    params, prediction = vae.predict(xv_iso, batch_size=256, verbose=0)
+    params, prediction = vae.predict(xv_iso, batch_size=256, verbose=0)[:2]  # a teacher adds a third
     chi2, kl, ssim = (np.asarray(keras.ops.convert_to_numpy(t)) for t in vae.loss_terms(
         keras.ops.convert_to_tensor(xv_iso), keras.ops.convert_to_tensor(yv_iso),
         keras.ops.convert_to_tensor(params), keras.ops.convert_to_tensor(prediction)))
