@@ -118,6 +118,60 @@ class BtkPluginTestCase(lsst.utils.tests.TestCase):
         blendedness = btk.measure.get_blendedness(db.deblended_images[:, :, 2])
         self.assertTrue(np.isfinite(blendedness).all())
 
+    def test_detected_peaks_scored_by_btk(self):
+        """Peaks from our detection, not the truth: BTK's matcher and detection metrics score what
+        the plugin was given, and agree with our own one-to-one matcher, counted independently.
+        One blend loses its brightest peak and gains a spurious one in an empty corner, so
+        precision and recall below 1 are known exactly."""
+        from astropy.table import Table
+        from btk.metrics.detection import Precision, Recall
+
+        from lsst.meas.madness.evaluation.detection import match_one_to_one
+        from lsst.meas.madness.simulation import LsstConditions
+        from lsst.meas.madness.tasks.detection_methods import detect_prominence
+
+        bb = self.blend_batch
+        conditions = LsstConditions.from_surveycodex()
+        sky = np.array([conditions.sky_level(b) for b in BANDS])
+        psf_sigma = conditions.psf_fwhm[BANDS.index("r")] / 2.355 / 0.2
+        catalogs = []
+        for ii in range(BATCH):
+            weights = 1.0 / sky
+            mean = np.tensordot(weights, bb.blend_images[ii], axes=1) / weights.sum()
+            found = detect_prominence(mean, np.full(mean.shape, 1.0 / weights.sum()), np.zeros(mean.shape, bool),
+                                      psf_sigma)
+            xy = np.asarray(found.peaks_xy, float)
+            if ii == 0:
+                xy = np.delete(xy, np.argmax(found.peak_value), axis=0)
+                xy = np.vstack([xy, [2.0, 2.0]])
+            catalogs.append(Table({"x_peak": xy[:, 0], "y_peak": xy[:, 1]}))
+        self.assertGreater(sum(len(c) for c in catalogs), 0)
+        db = MadnessBtkDeblender(self.engine, max_n_sources=8, settings=self.settings)(bb, reference_catalogs=catalogs)
+        for ii in range(BATCH):  # the plugin deblended the given peaks, not the truth
+            self.assertEqual(len(db.catalog_list[ii]), len(catalogs[ii]))
+            np.testing.assert_allclose(db.catalog_list[ii]["x_peak"], catalogs[ii]["x_peak"], atol=1e-6)
+        radius = 2.0
+        matching = btk.match.PixelHungarianMatcher(pixel_max_sep=radius)(bb.catalog_list, db.catalog_list)
+        ours = []
+        for ii in range(BATCH):
+            truth_xy = np.stack([bb.catalog_list[ii]["x_peak"], bb.catalog_list[ii]["y_peak"]], 1)
+            det_xy = np.stack([catalogs[ii]["x_peak"], catalogs[ii]["y_peak"]], 1)
+            ti, dj = match_one_to_one(truth_xy, det_xy, radius)
+            ours.append(len(ti))
+            # Detections carry pixels only: the plugin's world coordinates (arcsec, BTK's frame)
+            # put each matched peak within the match radius of its galaxy's catalogue position.
+            sep = np.hypot(db.catalog_list[ii]["ra"][dj] - bb.catalog_list[ii]["ra"][ti],
+                           db.catalog_list[ii]["dec"][dj] - bb.catalog_list[ii]["dec"][ti])
+            self.assertTrue((sep <= radius * 0.2 + 1e-6).all(), sep)
+        np.testing.assert_array_equal(matching.tp, ours)
+        n_true = sum(len(c) for c in bb.catalog_list)
+        n_pred = sum(len(c) for c in catalogs)
+        self.assertAlmostEqual(Precision(BATCH)(matching.tp, matching.n_true, matching.n_pred), sum(ours) / n_pred)
+        self.assertAlmostEqual(Recall(BATCH)(matching.tp, matching.n_true, matching.n_pred), sum(ours) / n_true)
+        # The spurious corner peak matches nothing and the removed bright one is missed.
+        self.assertLess(sum(ours), n_true)
+        self.assertLess(sum(ours), n_pred)
+
     def test_section4_metrics_on_btk(self):
         """The paper's metrics on BTK blends: finite, and the apertures follow BTK's orientation."""
         from lsst.meas.madness.evaluation import adaptive_moments, model_metrics, reference_metrics

@@ -110,7 +110,8 @@ class MadnessBtkDeblender(Deblender):
             BTK's batch.
         reference_catalogs : sequence of `astropy.table.Table`, optional
             Catalogues whose ``x_peak``/``y_peak`` are the peaks (e.g. detections); default the
-            batch's truth catalogues.
+            batch's truth catalogues. Without ``ra``/``dec`` columns, the output's are computed
+            from the peaks with the batch's WCS.
 
         Returns
         -------
@@ -237,8 +238,20 @@ class MadnessBtkDeblender(Deblender):
             rows = kept[k] if result is not None else np.zeros(0, np.int64)
             source = catalogs_in[ii]
             cat = Table()
-            for name in ("ra", "dec", "x_peak", "y_peak"):
+            for name in ("x_peak", "y_peak"):
                 cat[name] = np.asarray(source[name], np.float64)[rows] if len(source) else np.zeros(0)
+            if len(source) and not {"ra", "dec"} <= set(source.colnames):
+                # Peaks given in pixels only (a detection): world coordinates in arcsec from the
+                # batch's WCS, as BTK's own deblenders write them.
+                # BTK's truth catalogues hold offsets from the stamp centre (negative ra
+                # allowed); the WCS returns ra in [0, 360), so wrap to (-180, 180] first.
+                ra, dec = blend_batch.wcs.pixel_to_world_values(cat["x_peak"], cat["y_peak"])
+                ra = (np.asarray(ra, np.float64) + 180.0) % 360.0 - 180.0
+                cat["ra"], cat["dec"] = ra * 3600.0, np.asarray(dec, np.float64) * 3600.0
+            else:
+                for name in ("ra", "dec"):
+                    cat[name] = np.asarray(source[name], np.float64)[rows] if len(source) else np.zeros(0)
+            cat = cat["ra", "dec", "x_peak", "y_peak"]
             cat["true_index"] = rows
             if result is not None:
                 for j in range(result.n_sources):
