@@ -90,18 +90,17 @@ def score_patch(patch, catalog, objects, measure_config, match_radius: float = M
         ``deblended`` and ``no_deblending``, over all matches, over the matches whose parent has
         several children (``in_blends``) and over every truth galaxy (``all_truth``).
     """
-    from scipy.optimize import linear_sum_assignment
+    from .evaluation.detection import match_one_to_one
 
     truth = patch.truth
     bands = patch.bands
     primary = np.flatnonzero(np.asarray(objects["detect_isPrimary"]))
     tx, ty = np.asarray(truth["x"], float), np.asarray(truth["y"], float)
     ox, oy = np.asarray(objects["x"], float)[primary], np.asarray(objects["y"], float)[primary]
-    dist = np.hypot(tx[:, None] - ox[None], ty[:, None] - oy[None])
-    dist = np.where(np.isfinite(dist), dist, 1e9)
-    ti, oj = linear_sum_assignment(np.where(dist <= match_radius, dist, 1e6))
-    keep = dist[ti, oj] <= match_radius
-    ti, oj = ti[keep], primary[oj[keep]]
+    # Sparse, group by group: a 4000x4000 patch's 10,000 galaxies in well under a second.
+    ti, oj = match_one_to_one(np.stack([tx, ty], 1), np.stack([ox, oy], 1), match_radius)
+    separation = np.hypot(tx[ti] - ox[oj], ty[ti] - oy[oj])
+    oj = primary[oj]
 
     ids = np.asarray(catalog["id"])
     parent_of = dict(zip(ids.tolist(), np.asarray(catalog["parent"]).tolist()))
@@ -129,7 +128,7 @@ def score_patch(patch, catalog, objects, measure_config, match_radius: float = M
                 object_id=obj,
                 parent_id=parent,
                 n_children_of_parent=int(n_child.get(parent, 0)) if parent else 0,
-                separation_px=float(dist[t, np.flatnonzero(primary == oj[k])[0]]),
+                separation_px=float(separation[k]),
                 flux_true={b: float(flux_true[k, i]) for i, b in enumerate(bands)},
                 flux_deblended={b: float(flux_deblended[k, i]) for i, b in enumerate(bands)},
                 flux_no_deblending={b: float(flux_blended[k, i]) for i, b in enumerate(bands)},

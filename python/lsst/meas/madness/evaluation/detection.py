@@ -33,28 +33,57 @@ AB_ZEROPOINT_NJY = 31.4  # AB magnitude of 1 nJy
 def match_one_to_one(truth_xy: np.ndarray, det_xy: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
     """One-to-one match of truth to detections within ``radius`` (pixels), total distance minimal.
 
+    The most pairs within ``radius``, and among those the smallest total separation (the
+    Hungarian assignment with pairs beyond ``radius`` forbidden). Solved on each connected
+    group of candidate pairs separately (they are independent), so a whole patch of 10,000
+    galaxies costs what its small groups cost, not a dense 10,000 x 10,000 assignment.
+
     Parameters
     ----------
     truth_xy, det_xy : `numpy.ndarray`
-        ``(n, 2)`` and ``(m, 2)`` ``(x, y)`` positions, pixels.
+        ``(n, 2)`` and ``(m, 2)`` ``(x, y)`` positions, pixels; non-finite ones match nothing.
     radius : `float`
         Largest separation of a match, pixels.
 
     Returns
     -------
     truth_index, det_index : `numpy.ndarray`
-        Indices of the matched pairs.
+        Indices of the matched pairs, sorted by truth index.
     """
     from scipy.optimize import linear_sum_assignment
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial import cKDTree
 
     truth_xy = np.asarray(truth_xy, float).reshape(-1, 2)
     det_xy = np.asarray(det_xy, float).reshape(-1, 2)
-    if not len(truth_xy) or not len(det_xy):
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    dist = np.hypot(truth_xy[:, None, 0] - det_xy[None, :, 0], truth_xy[:, None, 1] - det_xy[None, :, 1])
-    ti, dj = linear_sum_assignment(np.where(dist <= radius, dist, 1e6))
-    keep = dist[ti, dj] <= radius
-    return ti[keep].astype(np.int64), dj[keep].astype(np.int64)
+    t_ok = np.flatnonzero(np.isfinite(truth_xy).all(axis=1))
+    d_ok = np.flatnonzero(np.isfinite(det_xy).all(axis=1))
+    empty = np.zeros(0, np.int64)
+    if not len(t_ok) or not len(d_ok):
+        return empty, empty
+    pairs = cKDTree(truth_xy[t_ok]).sparse_distance_matrix(cKDTree(det_xy[d_ok]), radius, output_type="ndarray")
+    if not len(pairs):
+        return empty, empty
+    ti_c, dj_c, dist_c = t_ok[pairs["i"]], d_ok[pairs["j"]], pairs["v"]
+    # Components of the bipartite graph of candidate pairs: truth k is node k, detection j is n + j.
+    n, m = len(truth_xy), len(det_xy)
+    graph = coo_matrix((np.ones(len(ti_c)), (ti_c, n + dj_c)), shape=(n + m, n + m))
+    _, label = connected_components(graph, directed=False)
+    truth_out, det_out = [], []
+    for comp in np.unique(label[ti_c]):
+        sel = label[ti_c] == comp
+        rows, row_of = np.unique(ti_c[sel], return_inverse=True)
+        cols, col_of = np.unique(dj_c[sel], return_inverse=True)
+        cost = np.full((len(rows), len(cols)), 1e6)
+        cost[row_of, col_of] = dist_c[sel]
+        r, c = linear_sum_assignment(cost)
+        keep = cost[r, c] <= radius
+        truth_out.append(rows[r[keep]])
+        det_out.append(cols[c[keep]])
+    truth_index, det_index = np.concatenate(truth_out), np.concatenate(det_out)
+    order = np.argsort(truth_index)
+    return truth_index[order].astype(np.int64), det_index[order].astype(np.int64)
 
 
 def score_detections(
