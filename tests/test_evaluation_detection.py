@@ -16,6 +16,30 @@ class DetectionScoreTestCase(lsst.utils.tests.TestCase):
         ti, dj = match_one_to_one(truth, np.array([[20.0, 10.0]]), 2.5)
         self.assertEqual(len(ti), 0)
 
+    def test_match_equals_dense_assignment(self):
+        """Solved group by group, the match has as many pairs and the same total separation as
+        scipy's Hungarian assignment on the whole dense matrix (pairs beyond the radius
+        forbidden); non-finite positions match nothing."""
+        from scipy.optimize import linear_sum_assignment
+
+        rng = np.random.default_rng(11)
+        for trial in range(100):
+            n, m = rng.integers(0, 30, size=2)
+            truth = rng.uniform(0, 25, (n, 2))
+            det = np.vstack([truth[: min(n, m)] + rng.normal(0, 1.5, (min(n, m), 2)),
+                             rng.uniform(0, 25, (m - min(n, m), 2))])
+            if n and trial % 5 == 0:
+                truth[0] = np.nan
+            ti, dj = match_one_to_one(truth, det, 3.0)
+            self.assertEqual(len(set(ti.tolist())), len(ti))
+            self.assertEqual(len(set(dj.tolist())), len(dj))
+            dist = np.hypot(truth[:, None, 0] - det[None, :, 0], truth[:, None, 1] - det[None, :, 1])
+            dist = np.where(np.isfinite(dist), dist, 1e9)
+            r, c = linear_sum_assignment(np.where(dist <= 3.0, dist, 1e6))
+            keep = dist[r, c] <= 3.0
+            self.assertEqual(len(ti), int(keep.sum()), trial)
+            self.assertAlmostEqual(dist[ti, dj].sum() if len(ti) else 0.0, dist[r[keep], c[keep]].sum(), places=9)
+
     def test_unrecognised_blend_and_pairs(self):
         # Galaxies A, B 0.6" apart (3 px), one detection on A; C isolated and detected; D far from
         # everything and missed; E 0.4" from C but 3 mag fainter (not a blend of similar galaxies).
