@@ -49,22 +49,24 @@ def _aperture_fluxes(images: np.ndarray, objects, rows: np.ndarray, yx0, config)
     """
     import sep
 
+    rows = np.asarray(rows, dtype=np.int64)
     out = np.full((len(rows), images.shape[0]), np.nan)
-    for k, row in enumerate(rows):
-        x = float(objects["x"][row]) - yx0[1]
-        y = float(objects["y"][row]) - yx0[0]
-        if not (np.isfinite(x) and np.isfinite(y)):
-            continue
-        for b in range(images.shape[0]):
-            data = np.ascontiguousarray(images[b], dtype=np.float64)
-            if objects["ap_radius_flag"][row]:
-                flux, _, _ = sep.sum_circle(data, [x], [y], config.minApertureRadius)
-            else:
-                semi_a, semi_b = float(objects["shape_a"][row]), float(objects["shape_b"][row])
-                theta, kron = float(objects["shape_theta"][row]), float(objects["kron_radius"][row])
-                radius = config.kronFactor * kron
-                flux, _, _ = sep.sum_ellipse(data, [x], [y], [semi_a], [semi_b], [theta], radius)
-            out[k, b] = flux[0]
+    x = np.asarray(objects["x"], float)[rows] - yx0[1]
+    y = np.asarray(objects["y"], float)[rows] - yx0[0]
+    finite = np.isfinite(x) & np.isfinite(y)
+    circle = finite & np.asarray(objects["ap_radius_flag"], bool)[rows]
+    ellipse = finite & ~circle
+    semi_a, semi_b = (np.asarray(objects[c], float)[rows][ellipse] for c in ("shape_a", "shape_b"))
+    theta = np.asarray(objects["shape_theta"], float)[rows][ellipse]
+    radius = config.kronFactor * np.asarray(objects["kron_radius"], float)[rows][ellipse]
+    # Every object of a band in one sep call, on one float64 copy of the band: per object, the
+    # copy of a 4000x4000 band cost more than the sum.
+    for b in range(images.shape[0]):
+        data = np.ascontiguousarray(images[b], dtype=np.float64)
+        if circle.any():
+            out[circle, b] = sep.sum_circle(data, x[circle], y[circle], config.minApertureRadius)[0]
+        if ellipse.any():
+            out[ellipse, b] = sep.sum_ellipse(data, x[ellipse], y[ellipse], semi_a, semi_b, theta, radius)[0]
     return out
 
 
