@@ -195,6 +195,8 @@ class AfwTaskConnectionsTestCase(MadnessTestCase):
         for name in ("bundlePath", "bands", "maxNumberOfPeaks", "maxFootprintArea", "catchFailures"):
             self.assertIn(name, config)
         config.idGenerator.release_id = 2
+        # Residual peaks are the pip task's default but have no afw peak record: off here.
+        self.assertFalse(config.doResidualPeaks)
         config.validate()
 
     @unittest.skipIf(HAVE_PIPE_TASKS, "lsst.pipe.tasks is importable")

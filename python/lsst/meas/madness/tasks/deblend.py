@@ -927,11 +927,14 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
             return np.zeros((0, 2), np.int64)
         y0, x0, y1, x1 = plan.region
         blendInput = plan.engine_input(coadd)
+        model = result.model_image()
         significance = residual_significance(
-            blendInput["image"] - result.model_image(),
+            blendInput["image"] - model,
             blendInput["variance"],
             blendInput["mask"],
             config.residualPeakSmoothing,
+            model=model,
+            model_error=config.residualPeakModelError,
         )
         yy, xx = np.mgrid[y0:y1, x0:x1]
         inside = plan.parent.footprint.contains(yy.ravel(), xx.ravel()).reshape(yy.shape)

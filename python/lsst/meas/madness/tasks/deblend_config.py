@@ -166,11 +166,11 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
     )
     # Residual peaks (issue 14, section 1; lsst.meas.madness.tasks.residual_peaks)
     doResidualPeaks = pexConfig.Field[bool](
-        default=False,
+        default=True,
         doc="After the first fit, look for sources the detection missed in each parent's residual "
         "(band-summed, PSF-filtered, in noise units), refit the parent with them and keep them when "
         "the MAP objective falls by more than residualPeakPenalty per added source (children flagged "
-        "deblend_residualPeak). Off by default: see doc/detection.md for what it measured.",
+        "deblend_residualPeak). See doc/detection.md for what it measured.",
     )
     residualPeakThreshold = pexConfig.Field[float](
         default=5.0, doc="Least significance of a residual peak (noise units of the filtered residual)."
@@ -182,6 +182,13 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
     )
     residualPeakMinSeparation = pexConfig.Field[float](
         default=3.0, doc="Least distance of a residual peak to any other peak of the fit, pixels."
+    )
+    residualPeakModelError = pexConfig.Field[float](
+        default=0.05,
+        doc="Fractional error of the fitted models, added in quadrature to the residual's noise (its "
+        "PSF-filtered model times this): a bright galaxy the decoder draws imperfectly then leaves no "
+        "significant residual peak, a companion on a faint wing still does. 0: noise only (doc/detection.md "
+        "measures 0, 0.05 and 0.1).",
     )
     maxResidualPeaks = pexConfig.Field[int](
         default=2, doc="Most residual peaks tried per parent (all in one refit); 0 tries none."
@@ -330,10 +337,12 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
                 MadnessDeblendConfig.maxPositionOffset, self,
                 "maxPositionOffset must be in (0, 3] and positionOffsetSigma > 0 (pixels).",
             )
-        if not self.residualPeakSmoothing > 0 or self.maxResidualPeaks < 0 or self.residualPeakMinSeparation < 0:
+        if (not self.residualPeakSmoothing > 0 or self.maxResidualPeaks < 0 or self.residualPeakMinSeparation < 0
+                or not self.residualPeakModelError >= 0):
             raise pexConfig.FieldValidationError(
                 MadnessDeblendConfig.residualPeakSmoothing, self,
-                "residualPeakSmoothing must be > 0, maxResidualPeaks and residualPeakMinSeparation >= 0.",
+                "residualPeakSmoothing must be > 0, maxResidualPeaks, residualPeakMinSeparation and "
+                "residualPeakModelError >= 0.",
             )
         if not 1 <= self.maxZoom <= MAX_ZOOM:
             raise pexConfig.FieldValidationError(

@@ -22,7 +22,12 @@ from scipy import ndimage
 
 
 def residual_significance(
-    residual: np.ndarray, variance: np.ndarray, bad: np.ndarray, sigma: float
+    residual: np.ndarray,
+    variance: np.ndarray,
+    bad: np.ndarray,
+    sigma: float,
+    model: np.ndarray | None = None,
+    model_error: float = 0.0,
 ) -> np.ndarray:
     """Matched-filter significance of the band-summed residual, noise units.
 
@@ -36,15 +41,28 @@ def residual_significance(
         ``(bands, H, W)`` bool, pixels to ignore (zero weight).
     sigma : `float`
         Gaussian sigma of the filter (the PSF's), pixels, > 0.
+    model : `numpy.ndarray`, optional
+        ``(bands, H, W)`` the fitted models' sum; needed when ``model_error > 0``.
+    model_error : `float`, optional
+        Fractional error of the fitted models, >= 0. The filtered model times ``model_error``
+        is added in quadrature to the noise: a decoder that cannot draw a bright galaxy's
+        exact profile leaves a residual that scales with the galaxy, and this keeps such a
+        residual from reading as a new source, while a companion on a faint wing stays
+        significant. The error is taken as coherent over the filter (not averaged down).
 
     Returns
     -------
     significance : `numpy.ndarray`
         ``(H, W)`` float64: the Gaussian-filtered band sum of the residual divided by the
-        standard deviation that filtered sum has under the variance (0 where no pixel counts).
+        standard deviation that filtered sum has under the variance and the model error
+        (0 where no pixel counts).
     """
     if not sigma > 0:
         raise ValueError(f"sigma must be > 0 pixels; got {sigma=}.")
+    if not model_error >= 0:
+        raise ValueError(f"model_error must be >= 0; got {model_error=}.")
+    if model_error > 0 and model is None:
+        raise ValueError("model_error > 0 needs the fitted model.")
     good = ~np.asarray(bad, bool) & np.isfinite(residual) & np.isfinite(variance) & (variance > 0)
     summed = np.where(good, residual, 0.0).sum(axis=0)
     summed_var = np.where(good, variance, 0.0).sum(axis=0)
@@ -53,6 +71,9 @@ def residual_significance(
     # sigma / sqrt(2) scaled by 1 / (4 pi sigma^2).
     noise_var = ndimage.gaussian_filter(summed_var.astype(np.float64), sigma / np.sqrt(2), mode="constant")
     noise_var /= 4.0 * np.pi * sigma**2
+    if model_error > 0:
+        summed_model = np.where(good, model, 0.0).sum(axis=0).astype(np.float64)
+        noise_var += (model_error * ndimage.gaussian_filter(summed_model, sigma, mode="constant")) ** 2
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(noise_var > 0, signal / np.sqrt(noise_var), 0.0)
 

@@ -162,6 +162,11 @@ class MadnessDeblendAfwConfig(MadnessDeblendConfig, pipelineConnections=MadnessD
     )
     idGenerator = _ID_GENERATOR_FIELD
 
+    def setDefaults(self):
+        super().setDefaults()
+        # A residual peak's child has no afw peak record to copy (_fillCatalog): off on this path.
+        self.doResidualPeaks = False
+
     def validate(self):
         super().validate()
         if self.doResidualPeaks:
