@@ -35,17 +35,43 @@ METHODS = {
 
 
 def make_config(method: str, fields: dict):
-    from lsst.meas.madness.tasks import MadnessDetectionConfig
+    from lsst.meas.madness.tasks import MadnessDeblendConfig, MadnessDetectionConfig
 
-    config = MadnessDetectionConfig()
-    config.method = method
+    if method == "madness":
+        # The default detection, then the deblend with these deblend-config fields: its children are the peaks.
+        config = MadnessDeblendConfig()
+    else:
+        config = MadnessDetectionConfig()
+        config.method = method
     for path, value in fields.items():
         target = config
         *parents, leaf = path.split(".")
         for p in parents:
             target = getattr(target, p)
-        setattr(target, leaf, type(getattr(target, leaf))(value))
+        current = getattr(target, leaf)
+        setattr(target, leaf, (value in (True, "True", "true", "1")) if isinstance(current, bool)
+                else type(current)(value))
     return config
+
+
+def deblended_peaks(coadd, deblend_config, deblender) -> np.ndarray:
+    """``(n, 2)`` array-pixel centres of the children of `MadnessDeblendTask` on the default detections.
+
+    The deblend runs in process (``deblendInModelUnits``) with the packaged model; with
+    ``doResidualPeaks`` its children include the sources it found in the residual.
+    """
+    from lsst.meas.madness.tasks import MadnessDeblendTask, MadnessDetectionConfig
+    from lsst.meas.madness.tasks.deblend import parents_from_tables
+    from lsst.meas.madness.tasks.detection import detect_footprints
+    from lsst.meas.madness.units import ModelUnits, resolve_unit
+
+    detections, spans = detect_footprints(coadd, MadnessDetectionConfig())
+    parents = parents_from_tables(detections, spans)
+    scale = ModelUnits.from_deblender(deblender).scale(resolve_unit(coadd.unit, None), deblender.bands)
+    result = MadnessDeblendTask(config=deblend_config).deblendInModelUnits(coadd, parents, deblender, scale)
+    y0, x0 = coadd.yx0
+    return np.array([[c["deblend_center_x"] - x0, c["deblend_center_y"] - y0]
+                     for c in result.childRows], np.float64).reshape(-1, 2)
 
 
 def aperture_mag_i(patch, xy: np.ndarray, radius_px: float = 5.0) -> np.ndarray:
@@ -75,7 +101,10 @@ def main(argv=None) -> int:
     parser.add_argument("--output", default="benchmarks/detection")
     parser.add_argument("--markdown", default=None, help="rewrite this file's benchmark section")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=METHOD[:FIELD=VALUE,...]",
-                        help="extra configurations (e.g. 'p1.5=prominence:prominence.prominence=1.5')")
+                        help="extra configurations (e.g. 'p1.5=prominence:prominence.prominence=1.5'); METHOD "
+                        "'madness' deblends the default detections with the packaged model and scores its "
+                        "children, FIELDs then being MadnessDeblendConfig's (e.g. "
+                        "'residual=madness:doResidualPeaks=True')")
     parser.add_argument("--only", default=None, help="comma-separated names to run (default: all)")
     args = parser.parse_args(argv)
 
@@ -98,6 +127,7 @@ def main(argv=None) -> int:
     pair_scores = {name: [] for name in methods}
     seconds = {name: 0.0 for name in methods}
     t_sim = 0.0
+    deblender = None  # loaded for the first "madness" method
     main_seeds = list(range(args.first_seed, args.first_seed + args.patches))
     pair_seeds = list(range(args.first_seed + 10000, args.first_seed + 10000 + args.pair_patches))
     for seed in main_seeds + pair_seeds:
@@ -115,11 +145,17 @@ def main(argv=None) -> int:
         for name, (method, fields) in methods.items():
             config = make_config(method, fields)
             t = time.perf_counter()
-            found = find_detections(coadd, config)
+            if method == "madness":
+                if deblender is None:
+                    from lsst.meas.madness import MadnessDeblender
+                    deblender = MadnessDeblender.from_bundle()
+                peaks_xy = deblended_peaks(coadd, config, deblender)
+            else:
+                peaks_xy = find_detections(coadd, config).peaks_xy
             seconds[name] += time.perf_counter() - t
             score = score_detections(
-                truth_xy, np.asarray(truth["i_ab"]), np.asarray(truth["snr_r"]), found.peaks_xy,
-                aperture_mag_i(patch, found.peaks_xy), psf_fwhm=psf_fwhm_i)
+                truth_xy, np.asarray(truth["i_ab"]), np.asarray(truth["snr_r"]), peaks_xy,
+                aperture_mag_i(patch, peaks_xy), psf_fwhm=psf_fwhm_i)
             (pair_scores if pairs_only else scores)[name].append(score)
         done = pair_scores if pairs_only else scores
         print(f"seed {seed}{' (pairs)' if pairs_only else ''}: "

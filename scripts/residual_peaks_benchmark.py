@@ -9,6 +9,8 @@ once with ``doResidualPeaks``. The children's centres are scored as detections a
 against its galaxy's noiseless r flux.
 
     python scripts/residual_peaks_benchmark.py --patches 4 --output benchmarks/residual_peaks
+
+Each patch's numbers are kept in ``OUTPUT/patch-SEED.json``; rerunning the same command skips them.
 """
 
 from __future__ import annotations
@@ -24,34 +26,37 @@ import numpy as np
 
 
 def run_patch(seed, args, deblender, psf_fwhm_i):
-    from lsst.meas.madness.evaluation.detection import score_detections
+    from lsst.meas.madness.evaluation.detection import match_one_to_one, score_detections
     from lsst.meas.madness.localrepo import simulate_patch
-    from lsst.meas.madness.tasks import (Footprint, MadnessDeblendConfig, MadnessDeblendTask,
-                                         MadnessDetectionConfig, MultibandCoadd, ParentFootprint)
-    from lsst.meas.madness.tasks.detection import find_detections
+    from lsst.meas.madness.tasks import (MadnessDeblendConfig, MadnessDeblendTask, MadnessDetectionConfig,
+                                         MultibandCoadd)
+    from lsst.meas.madness.tasks.deblend import parents_from_tables
+    from lsst.meas.madness.tasks.detection import detect_footprints
     from lsst.meas.madness.units import ModelUnits, resolve_unit
 
     patch = simulate_patch(seed, size=args.size, n_galaxies=args.galaxies, min_snr=10.0,
                            group_shift=args.group_shift, max_group=3, subpixel=True).to_nanojansky()
     coadd = MultibandCoadd(bands=patch.bands, image=patch.image, variance=patch.variance,
                            bad=np.zeros(patch.image.shape, bool), yx0=patch.yx0, unit=patch.unit)
-    found = find_detections(coadd, MadnessDetectionConfig())
+    parents = parents_from_tables(*detect_footprints(coadd, MadnessDetectionConfig()))
     y0, x0 = patch.yx0
-    parents = []
-    next_id = 1 + found.n_parents
-    for k in range(1, found.n_parents + 1):
-        sel = found.peak_parent == k
-        ids = np.arange(next_id, next_id + int(sel.sum()))
-        next_id += len(ids)
-        parents.append(ParentFootprint(k, Footprint.from_mask(found.labels == k, (y0, x0)), ids,
-                                       found.peaks_xy[sel] + np.array([x0, y0])))
     scale = ModelUnits.from_deblender(deblender).scale(resolve_unit(coadd.unit, None), deblender.bands)
     truth = patch.truth
     truth_xy = np.stack([np.asarray(truth["x_true"]) - x0, np.asarray(truth["y_true"]) - y0], axis=1)
     out = {}
+    reused = {}
+    if args.reuse_off:
+        # The run without residual peaks does not depend on their settings: take it from another output.
+        reused = json.loads((Path(args.reuse_off) / f"patch-{seed}.json").read_text())
+        out["off"] = reused["off"]
     for name, on in (("off", False), ("on", True)):
+        if name in out:
+            continue
         config = MadnessDeblendConfig()
         config.doResidualPeaks = on
+        for item in args.config:
+            field, value = item.split("=", 1)
+            setattr(config, field, type(getattr(config, field))(value))
         task = MadnessDeblendTask(config=config)
         t = time.perf_counter()
         result = task.deblendInModelUnits(coadd, parents, deblender, scale)
@@ -61,7 +66,6 @@ def run_patch(seed, args, deblender, psf_fwhm_i):
         residual = np.array([bool(c.get("deblend_residualPeak", False)) for c in kids])
         score = score_detections(truth_xy, np.asarray(truth["i_ab"]), np.asarray(truth["snr_r"]), xy,
                                  np.full(len(xy), 99.0), psf_fwhm=psf_fwhm_i)
-        from lsst.meas.madness.evaluation.detection import match_one_to_one
         ti, dj = match_one_to_one(truth_xy, xy, 0.5 / 0.2)
         flux = np.array([kids[j]["deblend_flux_r"] for j in dj])
         true_flux = np.asarray(truth["flux_r"])[ti]
@@ -76,10 +80,18 @@ def run_patch(seed, args, deblender, psf_fwhm_i):
             "truth_matched": score["truth"]["matched"].tolist(),
             "abs_dflux_r": np.abs(flux / true_flux - 1).tolist(),
             "matched_truth_index": [int(i) for i in ti],
+            # Positions, for a look at the residual children that match no galaxy.
+            "children_xy": xy.round(2).tolist(),
+            "children_residual": residual.tolist(),
+            "children_matched": score["detections"]["matched"].astype(bool).tolist(),
+            "children_flux_r": [float(c["deblend_flux_r"]) for c in kids],
         }
+    out["truth_xy"] = truth_xy.round(2).tolist()
+    out["truth_i"] = np.asarray(truth["i_ab"]).round(3).tolist()
+    out["truth_flux_r"] = np.asarray(truth["flux_r"]).tolist()
     print(f"seed {seed}: " + ", ".join(
         f"{n}: {o['matched']}/{o['n_truth']} matched, {o['n_children']} children, {o['residual_children']} "
-        f"residual ({o['residual_matched']} matched), {o['seconds']:.0f} s" for n, o in out.items()), flush=True)
+        f"residual ({o['residual_matched']} matched), {o['seconds']:.0f} s" for n, o in out.items() if n in ("off", "on")), flush=True)
     return out
 
 
@@ -91,6 +103,11 @@ def main(argv=None) -> int:
     parser.add_argument("--galaxies", type=int, default=40)
     parser.add_argument("--group-shift", type=int, default=15)
     parser.add_argument("--output", default="benchmarks/residual_peaks")
+    parser.add_argument("--reuse-off", metavar="DIR",
+                        help="take each patch's run without residual peaks from DIR/patch-SEED.json "
+                        "(an earlier output on the same patches)")
+    parser.add_argument("--config", action="append", default=[], metavar="FIELD=VALUE",
+                        help="MadnessDeblendConfig override for both runs, e.g. residualPeakThreshold=7")
     args = parser.parse_args(argv)
 
     from lsst.meas.madness import MadnessDeblender
@@ -99,9 +116,20 @@ def main(argv=None) -> int:
     conditions = LsstConditions.from_surveycodex()
     psf_fwhm_i = conditions.psf_fwhm[conditions.bands.index("i")]
     deblender = MadnessDeblender.from_bundle()
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
     patches = {}
     for seed in range(args.first_seed, args.first_seed + args.patches):
+        # One file per patch, written atomically: a stopped run resumes at the next patch.
+        done = out / f"patch-{seed}.json"
+        if done.exists():
+            patches[seed] = json.loads(done.read_text())
+            print(f"seed {seed}: read from {done}", flush=True)
+            continue
         patches[seed] = run_patch(seed, args, deblender, psf_fwhm_i)
+        tmp = done.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(patches[seed]) + "\n")
+        os.replace(tmp, done)
     summary = {}
     for name in ("off", "on"):
         rows = [p[name] for p in patches.values()]
@@ -134,8 +162,6 @@ def main(argv=None) -> int:
                                   "median_abs_dflux_r_on": float(np.median(both_on))}
     result = {"setup": {**vars(args), "machine": f"{platform.node()} {platform.machine()}, {os.cpu_count()} cores"},
               "summary": summary, "patches": {str(k): v for k, v in patches.items()}}
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "residual_peaks_benchmark.json").write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps(summary, indent=1))
     return 0
