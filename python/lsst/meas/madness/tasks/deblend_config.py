@@ -166,11 +166,12 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
     )
     # Residual peaks (issue 14, section 1; lsst.meas.madness.tasks.residual_peaks)
     doResidualPeaks = pexConfig.Field[bool](
-        default=True,
+        default=False,
         doc="After the first fit, look for sources the detection missed in each parent's residual "
         "(band-summed, PSF-filtered, in noise units), refit the parent with them and keep them when "
         "the MAP objective falls by more than residualPeakPenalty per added source (children flagged "
-        "deblend_residualPeak). See doc/detection.md for what it measured.",
+        "deblend_residualPeak). Off by default: it raises completeness on simulated patches, but splits a "
+        "bright disc bigger than the stamp (doc/detection.md).",
     )
     residualPeakThreshold = pexConfig.Field[float](
         default=5.0, doc="Least significance of a residual peak (noise units of the filtered residual)."

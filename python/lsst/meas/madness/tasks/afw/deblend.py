@@ -164,7 +164,8 @@ class MadnessDeblendAfwConfig(MadnessDeblendConfig, pipelineConnections=MadnessD
 
     def setDefaults(self):
         super().setDefaults()
-        # A residual peak's child has no afw peak record to copy (_fillCatalog): off on this path.
+        # A residual peak's child has no afw peak record to copy (_fillCatalog): off on this path
+        # whatever the pip task's default.
         self.doResidualPeaks = False
 
     def validate(self):
