@@ -158,6 +158,27 @@ class MonitorTestCase(unittest.TestCase):
         return run_stage("toy", trainer, schedule, self.x, self.y, self.x, self.y, directory=self.tmp, seed=1,
                          extra_metrics=metrics, progress=False, monitor=monitor)
 
+    def test_larger_budget_continues_a_stage_stopped_for_time(self):
+        """A stage stopped by its time budget is finished for the same budget, and continues to its
+        last epoch when resumed with a larger one (or none)."""
+        from lsst.meas.madness.training.loop import run_stage
+
+        schedule = StageSchedule(0.05, 1.0, 3, patience=5, batch_size=16)
+
+        def run(budget):
+            keras.utils.set_random_seed(1)
+            return run_stage("toy", Regression(), schedule, self.x, self.y, self.x, self.y, directory=self.tmp,
+                             seed=1, progress=False, time_budget_s=budget)
+
+        first = run(1e-6)
+        self.assertEqual((first.epochs_run, first.stopped_for_time), (1, True))
+        again = run(1e-6)
+        self.assertEqual((again.epochs_run, again.stopped_for_time), (1, True))
+        more = run(None)
+        self.assertEqual((more.epochs_run, more.stopped_for_time), (3, False))
+        self.assertEqual([row["epoch"] for row in more.history], [0, 1, 2])
+        self.assertLess(more.history[-1]["val_loss"], first.history[-1]["val_loss"])
+
     def test_monitor_picks_the_kept_epoch(self):
         trainer, snapshots = Regression(), []
         scores = [3.0, 1.0, 2.0]  # the monitored number of epochs 0, 1, 2: epoch 1 is kept

@@ -164,7 +164,8 @@ def run_stage(name: str, trainer: keras.Model, schedule: StageSchedule, x, y, x_
         targets (`lsst.meas.madness.training.augment.FreshNoise`); ``x`` is then unused.
     time_budget_s : `float`, optional
         Training seconds this stage may use in all (resumed runs included): an epoch that would
-        end past it is not started, and the stage ends as if finished (``stopped_for_time``).
+        end past it is not started, and the stage ends as if finished (``stopped_for_time``). A
+        stage that stopped so, resumed with a budget that fits another epoch, continues.
     monitor : `str`
         The validation number (a key of an epoch's row: ``val_loss`` or one of
         ``extra_metrics``) whose lowest value picks the kept epoch and drives early stopping. A
@@ -205,6 +206,14 @@ def run_stage(name: str, trainer: keras.Model, schedule: StageSchedule, x, y, x_
         if state.get("monitor", "val_loss") != monitor and state["history"]:
             _rescore(name, trainer, ckpt, state, monitor, lambda: _monitored(trainer, x_val, y_val, schedule,
                                                                           extra_metrics, monitor))
+        if (state["done"] and state.get("stopped_for_time", False) and state["history"]
+                and state["epoch"] < schedule.max_epochs
+                and (time_budget_s is None
+                     or state["seconds"] + state["history"][-1]["seconds"] <= time_budget_s)):
+            # Stopped by an earlier, smaller budget, with epochs left: a larger budget continues it
+            # from the last epoch's weights (loaded above).
+            _log.info("Stage %s: continuing after its earlier time budget (%.0f s used).", name, state["seconds"])
+            state.update(done=False, stopped_for_time=False)
         if state["done"]:
             if schedule.patience is not None:
                 with np.load(ckpt / "best.npz") as arrays:
