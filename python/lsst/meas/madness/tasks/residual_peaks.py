@@ -10,7 +10,8 @@ only when the MAP objective (chi^2 / 2 minus log-prior) falls by more than `bic_
 added source: the extra ``latent_dim`` parameters must pay for themselves.
 
 The significance is of the summed residual, not a chi^2 image: chi^2 also rises where a model is
-too bright, and a missing source shows as a positive residual only.
+too bright, and a missing source shows as a positive residual only. Its noise may include a
+fractional model error, so that the imperfect drawing of a bright galaxy is not read as a source.
 """
 
 from __future__ import annotations
