@@ -44,11 +44,9 @@ def run_patch(seed, args, deblender, psf_fwhm_i):
     truth = patch.truth
     truth_xy = np.stack([np.asarray(truth["x_true"]) - x0, np.asarray(truth["y_true"]) - y0], axis=1)
     out = {}
-    reused = {}
     if args.reuse_off:
         # The run without residual peaks does not depend on their settings: take it from another output.
-        reused = json.loads((Path(args.reuse_off) / f"patch-{seed}.json").read_text())
-        out["off"] = reused["off"]
+        out["off"] = json.loads((Path(args.reuse_off) / f"patch-{seed}.json").read_text())["off"]
     for name, on in (("off", False), ("on", True)):
         if name in out:
             continue
