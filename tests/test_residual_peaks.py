@@ -4,7 +4,12 @@ import unittest
 
 import lsst.utils.tests
 import numpy as np
-from lsst.meas.madness.tasks.residual_peaks import bic_penalty, find_residual_peaks, residual_significance
+from lsst.meas.madness.tasks.residual_peaks import (
+    bic_penalty,
+    find_residual_peaks,
+    residual_significance,
+    unmodelled_light,
+)
 
 
 class ResidualSignificanceTestCase(lsst.utils.tests.TestCase):
@@ -81,6 +86,35 @@ class FindResidualPeaksTestCase(lsst.utils.tests.TestCase):
 
     def test_bic_penalty(self):
         self.assertAlmostEqual(bic_penalty(16, 10_000), 8 * np.log(10_000))
+
+
+class UnmodelledLightTestCase(lsst.utils.tests.TestCase):
+    def test_circles(self):
+        """Within the circle through the window's sides around a zoomed source; between that circle
+        and one of the window's side around a truncated one; nothing around a source drawn as
+        decoded. Pixel centres on the outer circles count, on a truncated source's inner one not."""
+        shape, stamp = (300, 500), 45
+        centers = np.array([[50.0, 50.0], [200.0, 100.0], [150.0, 150.0], [420.0, 220.0]])
+        mask = unmodelled_light(shape, centers, zoom=[2, 1, 1, 3], truncated=[False, True, False, True],
+                                stamp_size=stamp)
+        yy, xx = np.mgrid[: shape[0], : shape[1]]
+        r = [np.hypot(xx - x, yy - y) for x, y in centers]
+        expected = (
+            (r[0] <= 45.0)  # zoom 2: the 90-px window's inscribed circle
+            | ((r[1] > 22.5) & (r[1] <= 45.0))  # zoom 1, truncated: the ring around the 45-px stamp
+            | (r[3] <= 135.0)  # zoom 3, truncated: its window's circle and the ring beyond
+        )
+        np.testing.assert_array_equal(mask, expected)
+        self.assertTrue(mask[50, 95] and not mask[50, 96])  # x = 50 + 45 is on the zoomed circle
+        self.assertFalse(mask[100, 200] or mask[100, 222])  # inside the truncated source's circle
+        self.assertTrue(mask[100, 223] and mask[100, 245] and not mask[100, 246])
+        self.assertTrue(mask[116, 216])  # a stamp corner (16, 16) from the centre: r 22.6
+        self.assertTrue(mask[220, 420] and mask[220, 488] and not mask[60, 420])  # zoom 3, truncated
+        self.assertFalse(mask[150, 150])  # the plain source's centre, outside every circle
+        plain = unmodelled_light(shape, centers, zoom=[1, 1, 1, 1], truncated=[False] * 4, stamp_size=stamp)
+        self.assertFalse(plain.any())
+        with self.assertRaises(ValueError):
+            unmodelled_light(shape, centers, zoom=[1, 1], truncated=[False] * 4, stamp_size=stamp)
 
 
 class MemoryTester(lsst.utils.tests.MemoryTestCase):

@@ -424,14 +424,14 @@ class DeblendTaskTestCase(MadnessTestCase):
 
     def test_residual_peaks(self):
         """doResidualPeaks finds a galaxy whose peak the detection lost, flags it and gives its
-        neighbours back their own flux; off by default, and nothing is added to complete peaks."""
+        neighbours back their own flux; on by default, and nothing is added to complete peaks."""
         members = SCENE_GROUPS[0]
         lost = 1  # blend A's brightest galaxy
         footprint = Footprint.from_mask(self.truth[members].sum(axis=(0, 1)) > 5.0, PATCH_YX0)
         kept = [i for i in members if i != lost]
         det, spans = detection_tables([(footprint, _tract(SCENE_PEAKS[kept]))])
-        self.assertFalse(run_config().doResidualPeaks)
-        off = MadnessDeblendTask(config=run_config()).run(
+        self.assertTrue(run_config().doResidualPeaks)
+        off = MadnessDeblendTask(config=run_config(doResidualPeaks=False)).run(
             coadds=self.coadds, detections=det, detectionSpans=spans).deblendedCatalog
         self.assertFalse(off["deblend_residualPeak"].any())
         self.assertEqual(int((off["parent"] != 0).sum()), 2)

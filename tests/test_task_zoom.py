@@ -167,10 +167,12 @@ class _FakeCoadd:
         self.bad = np.zeros((1, y1 - y0, x1 - x0), bool)
 
 
-def _runTask(coadds, detections, spans, deblender, maxZoom, precision):
+def _runTask(coadds, detections, spans, deblender, maxZoom, precision, **overrides):
     config = MadnessDeblendConfig()
     config.maxZoom = maxZoom
     config.precision = precision
+    for name, value in overrides.items():
+        setattr(config, name, value)
     task = MadnessDeblendTask(config=config)
     return task.run(coadds=coadds, detections=detections, detectionSpans=spans, deblender=deblender), task
 
@@ -302,6 +304,45 @@ class LargeGalaxyTaskTestCase(lsst.utils.tests.TestCase):
             # 0.284 -> 0.103; the cut at zoom 1 is ~16% of the disc's light.
             self.assertLess(errZoom, 0.6 * errPlain, (column, errZoom, errPlain))
         self.assertLess(self._fluxError(zoomed, 0), 0.1)
+
+
+class LargeGalaxyResidualPeaksTestCase(lsst.utils.tests.TestCase):
+    """Residual peaks must not split the disc: its wings beyond the stamp (maxZoom=1) or its
+    coarse zoomed profile (maxZoom=3) are its own light, not galaxies the detection missed."""
+
+    @classmethod
+    def setUpClass(cls):
+        image, variance, truth = _scene()
+        cls.deblender = MadnessDeblender.from_bundle(None)
+        coadds = masked_images(image, variance, bands=cls.deblender.bands, yx0=YX0)
+        sigma = float(np.sqrt(variance.sum(axis=0)).mean())
+        detections, spans = truth_detections(truth, groups=[[0, 1]], peaks=PEAKS.astype(float), yx0=YX0,
+                                             threshold=sigma)
+        precision = "mixed_bfloat16" if keras.config.backend() == "tensorflow" else "float32"
+        cls.catalogs = {
+            (maxZoom, skip): _runTask(coadds, detections, spans, cls.deblender, maxZoom, precision,
+                                      doResidualPeaks=True, residualPeakSkipLarge=skip)[0].deblendedCatalog
+            for maxZoom, skip in ((1, True), (3, True), (1, False))
+        }
+
+    def test_no_residual_children_in_the_disc(self):
+        for maxZoom in (1, 3):
+            catalog = self.catalogs[(maxZoom, True)]
+            children = catalog[catalog["parent"] != 0]
+            parent = catalog[catalog["parent"] == 0]
+            self.assertEqual(len(children), 2, maxZoom)
+            self.assertFalse(children["deblend_residualPeak"].any(), maxZoom)
+            # The disc is truncated (maxZoom=1) or zoomed (maxZoom=3): the search was limited.
+            self.assertTrue(parent["deblend_residualPeaksLimited"][0], maxZoom)
+            self.assertEqual(int(parent["deblend_nResidualPeaks"][0]), 0)
+
+    def test_without_the_guard_the_disc_is_split(self):
+        """The guard is what keeps them out: without it the truncated disc's wings read as sources
+        (measured: 2 residual children at 25-27 px from its centre, just beyond its stamp)."""
+        catalog = self.catalogs[(1, False)]
+        children = catalog[catalog["parent"] != 0]
+        self.assertGreater(int(children["deblend_residualPeak"].sum()), 0)
+        self.assertFalse(catalog[catalog["parent"] == 0]["deblend_residualPeaksLimited"][0])
 
 
 class MemoryTester(lsst.utils.tests.MemoryTestCase):

@@ -185,6 +185,12 @@ def deblend_columns(bands: Sequence[str], latent_dim: int) -> list[Column]:
             "the penalty, or failed (doResidualPeaks; 0 for children).",
         ),
         Column(
+            "deblend_residualPeaksLimited",
+            "bool",
+            "Part of the parent's footprint was not searched for residual peaks: the light of a source drawn "
+            "zoomed or cut by its stamp lies there (residualPeakSkipLarge; False for children).",
+        ),
+        Column(
             "deblend_nChild",
             "int32",
             "Number of children this source has (0 for children and undeblended parents).",

@@ -57,7 +57,7 @@ from .catalogs import deblend_columns, make_table
 from .coadds import MultibandCoadd
 from .deblend_config import MadnessDeblendConfig, MadnessDeblendConnections
 from .footprints import Footprint, footprints_from_table, heavy_footprints_to_table
-from .residual_peaks import bic_penalty, find_residual_peaks, residual_significance
+from .residual_peaks import bic_penalty, find_residual_peaks, residual_significance, unmodelled_light
 
 # Errors that must stop the patch even with catchFailures (meas_base's FATAL_EXCEPTIONS idea).
 _FATAL = (MemoryError, KeyboardInterrupt)
@@ -858,7 +858,8 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
         added: dict[int, np.ndarray] = {}
         nextId = firstId
         for index, (k, plan, result) in enumerate(fitted):
-            peaksXy = self._residualPeaks(plan, result, coadd)
+            peaksXy, limited = self._residualPeaks(plan, result, coadd, deblender.stamp_size)
+            parentRows[k]["deblend_residualPeaksLimited"] = limited
             if not len(peaksXy):
                 continue
             ids = np.arange(nextId, nextId + len(peaksXy), dtype=np.int64)
@@ -920,11 +921,14 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
         )
         return fitted, residualIds
 
-    def _residualPeaks(self, plan: BlendPlan, result: DeblendResult, coadd: MultibandCoadd) -> np.ndarray:
-        """``(k, 2)`` (x, y) tract-frame peaks of a fitted parent's residual, inside its footprint."""
+    def _residualPeaks(
+        self, plan: BlendPlan, result: DeblendResult, coadd: MultibandCoadd, stampSize: int
+    ) -> tuple[np.ndarray, bool]:
+        """``(k, 2)`` (x, y) tract-frame peaks of a fitted parent's residual, inside its footprint;
+        and whether part of the footprint was left out as the light of a zoomed or truncated model."""
         config = self.config
         if config.maxResidualPeaks <= 0:
-            return np.zeros((0, 2), np.int64)
+            return np.zeros((0, 2), np.int64), False
         y0, x0, y1, x1 = plan.region
         blendInput = plan.engine_input(coadd)
         model = result.model_image()
@@ -938,6 +942,12 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
         )
         yy, xx = np.mgrid[y0:y1, x0:x1]
         inside = plan.parent.footprint.contains(yy.ravel(), xx.ravel()).reshape(yy.shape)
+        limited = False
+        if config.residualPeakSkipLarge:
+            # A bump in the wings of a galaxy the stamp cannot hold is that galaxy, not a new one.
+            large = unmodelled_light(inside.shape, result.centers_xy, result.zoom, result.truncated, stampSize)
+            limited = bool((inside & large).any())
+            inside &= ~large
         local = find_residual_peaks(
             significance,
             inside,
@@ -946,7 +956,7 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
             min_separation=config.residualPeakMinSeparation,
             max_peaks=config.maxResidualPeaks,
         )
-        return local + np.array([x0, y0], np.int64)
+        return local + np.array([x0, y0], np.int64), limited
 
     # --- children and catalog ------------------------------------------------------------------
 

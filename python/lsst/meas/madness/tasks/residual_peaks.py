@@ -12,11 +12,17 @@ added source: the extra ``latent_dim`` parameters must pay for themselves.
 The significance is of the summed residual, not a chi^2 image: chi^2 also rises where a model is
 too bright, and a missing source shows as a positive residual only. Its noise may include a
 fractional model error, so that the imperfect drawing of a bright galaxy is not read as a source.
+
+A galaxy bigger than the stamp is the exception the model error cannot cover: cut at its stamp
+(``deblend_truncated``) its wings are all residual, and drawn with larger pixels (``deblend_zoom``
+> 1) its profile is coarser than the PSF. `unmodelled_light` marks where such a source's light
+lies, and no residual peak is taken there: a bump in those wings is the big galaxy itself, not a
+galaxy the detection missed.
 """
 
 from __future__ import annotations
 
-__all__ = ["bic_penalty", "find_residual_peaks", "residual_significance"]
+__all__ = ["bic_penalty", "find_residual_peaks", "residual_significance", "unmodelled_light"]
 
 import numpy as np
 from scipy import ndimage
@@ -77,6 +83,63 @@ def residual_significance(
         noise_var += (model_error * ndimage.gaussian_filter(summed_model, sigma, mode="constant")) ** 2
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(noise_var > 0, signal / np.sqrt(noise_var), 0.0)
+
+
+def unmodelled_light(
+    shape: tuple[int, int],
+    centers_xy: np.ndarray,
+    zoom: np.ndarray,
+    truncated: np.ndarray,
+    stamp_size: int,
+) -> np.ndarray:
+    """Where the light of sources drawn zoomed or cut at their stamp lies, as a pixel mask.
+
+    A source drawn with ``zoom > 1`` covers a window of ``stamp_size * zoom`` pixels; within the
+    circle through the window's sides its model is coarser than the PSF, and a smooth profile it
+    draws too steep leaves a broad positive residual. A source whose model is cut by its stamp
+    (``truncated``) runs short of light towards its window's edge (the decoder draws light that
+    fits inside the stamp) and has light beyond it: from that circle out to one with the window's
+    full side as radius (twice as far, where a disc cut at ~2 half-light radii still has light
+    above the noise), the residual is its wings. Inside the circle through a truncated source's
+    window sides the model holds the light and a companion may still be found.
+
+    Parameters
+    ----------
+    shape : `tuple` [`int`, `int`]
+        ``(H, W)`` of the grid.
+    centers_xy : `numpy.ndarray`
+        ``(n, 2)`` ``(x, y)`` centres of the fitted sources, pixels of the same grid.
+    zoom : `numpy.ndarray`
+        ``(n,)`` image pixels per stamp pixel of each source's model (1: as decoded).
+    truncated : `numpy.ndarray`
+        ``(n,)`` bool: the source's model runs into its stamp's edge.
+    stamp_size : `int`
+        Side of the decoder's stamp, pixels.
+
+    Returns
+    -------
+    mask : `numpy.ndarray`
+        ``(H, W)`` bool, True within the circle of a zoomed source and in the ring of a
+        truncated one; all False when no source is either.
+    """
+    centers_xy = np.asarray(centers_xy, np.float64).reshape(-1, 2)
+    zoom = np.asarray(zoom).reshape(-1)
+    truncated = np.asarray(truncated, bool).reshape(-1)
+    if not (len(zoom) == len(truncated) == len(centers_xy)):
+        raise ValueError(
+            f"centers_xy, zoom and truncated must have one row per source; got {len(centers_xy)}, "
+            f"{len(zoom)} and {len(truncated)}."
+        )
+    mask = np.zeros(shape, bool)
+    yy, xx = np.ogrid[: shape[0], : shape[1]]
+    for (x, y), z, cut in zip(centers_xy, zoom, truncated):
+        side = stamp_size * z
+        r2 = (xx - x) ** 2 + (yy - y) ** 2
+        if z > 1:
+            mask |= r2 <= (side / 2) ** 2
+        if cut:
+            mask |= (r2 > (side / 2) ** 2) & (r2 <= side**2)
+    return mask
 
 
 def find_residual_peaks(
