@@ -106,6 +106,9 @@ def main(argv=None) -> int:
                         "children, FIELDs then being MadnessDeblendConfig's (e.g. "
                         "'residual=madness:doResidualPeaks=True')")
     parser.add_argument("--only", default=None, help="comma-separated names to run (default: all)")
+    parser.add_argument("--merge", metavar="JSON", default=None,
+                        help="an earlier detection_benchmark.json on the same patches: its methods are kept, "
+                             "those run now replace theirs (rerun one row with --only)")
     args = parser.parse_args(argv)
 
     from lsst.meas.madness.evaluation.detection import score_detections, summarise_detections
@@ -173,6 +176,15 @@ def main(argv=None) -> int:
                            **summarise_detections(scores[name], pair_scores=pair_scores[name])}
                     for name, (m, f) in methods.items()},
     }
+    if args.merge:
+        earlier = json.loads(Path(args.merge).read_text())
+        keys = ("patches", "first_seed", "size", "pair_patches", "pair_shift_px", "galaxies_per_patch",
+                "group_shift_px", "min_snr_r")
+        if any(earlier["setup"][k] != result["setup"][k] for k in keys):
+            raise SystemExit(f"--merge {args.merge}: its patches differ from this run's "
+                             f"({ {k: earlier['setup'][k] for k in keys} }).")
+        # Rows keep the earlier order; the new ones replace theirs or come last.
+        result["methods"] = {**earlier["methods"], **result["methods"]}
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     (out / "detection_benchmark.json").write_text(json.dumps(result, indent=1) + "\n")
