@@ -117,6 +117,16 @@ def main(argv=None) -> int:
     from lsst.meas.madness.tasks import MultibandCoadd
     from lsst.meas.madness.tasks.detection import find_detections
 
+    earlier = None
+    if args.merge:
+        # Checked before the run: a merge of other patches would be refused only after it.
+        earlier = json.loads(Path(args.merge).read_text())
+        mine = {"patches": args.patches, "first_seed": args.first_seed, "size": args.size,
+                "pair_patches": args.pair_patches, "pair_shift_px": args.pair_shift,
+                "galaxies_per_patch": args.galaxies, "group_shift_px": args.group_shift}
+        if any(earlier["setup"][k] != v for k, v in mine.items()):
+            raise SystemExit(f"--merge {args.merge}: its patches ({ {k: earlier['setup'][k] for k in mine} }) "
+                             f"differ from this run's ({mine}).")
     methods = dict(METHODS)
     for spec in args.variant:
         name, rest = spec.split("=", 1)
@@ -177,12 +187,6 @@ def main(argv=None) -> int:
                     for name, (m, f) in methods.items()},
     }
     if args.merge:
-        earlier = json.loads(Path(args.merge).read_text())
-        keys = ("patches", "first_seed", "size", "pair_patches", "pair_shift_px", "galaxies_per_patch",
-                "group_shift_px", "min_snr_r")
-        if any(earlier["setup"][k] != result["setup"][k] for k in keys):
-            raise SystemExit(f"--merge {args.merge}: its patches differ from this run's "
-                             f"({ {k: earlier['setup'][k] for k in keys} }).")
         # Rows keep the earlier order; the new ones replace theirs or come last.
         result["methods"] = {**earlier["methods"], **result["methods"]}
     out = Path(args.output)
