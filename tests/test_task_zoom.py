@@ -307,8 +307,10 @@ class LargeGalaxyTaskTestCase(lsst.utils.tests.TestCase):
 
 
 class LargeGalaxyResidualPeaksTestCase(lsst.utils.tests.TestCase):
-    """Residual peaks must not split the disc: its wings beyond the stamp (maxZoom=1) or its
-    coarse zoomed profile (maxZoom=3) are its own light, not galaxies the detection missed."""
+    """Residual peaks (on by default) must not split the disc: its wings beyond the stamp
+    (maxZoom=1) or its coarse zoomed profile (maxZoom=3) are its own light, not galaxies the
+    detection missed. LargeGalaxyTaskTestCase's runs have the defaults; one more run here has
+    the guard off."""
 
     @classmethod
     def setUpClass(cls):
@@ -319,15 +321,17 @@ class LargeGalaxyResidualPeaksTestCase(lsst.utils.tests.TestCase):
         detections, spans = truth_detections(truth, groups=[[0, 1]], peaks=PEAKS.astype(float), yx0=YX0,
                                              threshold=sigma)
         precision = "mixed_bfloat16" if keras.config.backend() == "tensorflow" else "float32"
-        cls.catalogs = {
-            (maxZoom, skip): _runTask(coadds, detections, spans, cls.deblender, maxZoom, precision,
-                                      doResidualPeaks=True, residualPeakSkipLarge=skip)[0].deblendedCatalog
-            for maxZoom, skip in ((1, True), (3, True), (1, False))
-        }
+        cls.unguarded = _runTask(coadds, detections, spans, cls.deblender, 1, precision,
+                                 residualPeakSkipLarge=False)[0].deblendedCatalog
+        cls.defaults = LargeGalaxyTaskTestCase
+        if not hasattr(cls.defaults, "results"):
+            cls.defaults.setUpClass()
 
     def test_no_residual_children_in_the_disc(self):
+        config = MadnessDeblendConfig()
+        self.assertTrue(config.doResidualPeaks and config.residualPeakSkipLarge)
         for maxZoom in (1, 3):
-            catalog = self.catalogs[(maxZoom, True)]
+            catalog = self.defaults.results[maxZoom].deblendedCatalog
             children = catalog[catalog["parent"] != 0]
             parent = catalog[catalog["parent"] == 0]
             self.assertEqual(len(children), 2, maxZoom)
@@ -338,11 +342,10 @@ class LargeGalaxyResidualPeaksTestCase(lsst.utils.tests.TestCase):
 
     def test_without_the_guard_the_disc_is_split(self):
         """The guard is what keeps them out: without it the truncated disc's wings read as sources
-        (measured: 2 residual children at 25-27 px from its centre, just beyond its stamp)."""
-        catalog = self.catalogs[(1, False)]
-        children = catalog[catalog["parent"] != 0]
+        (measured: 2 residual children 25-27 px from its centre, at its stamp's corners and beyond)."""
+        children = self.unguarded[self.unguarded["parent"] != 0]
         self.assertGreater(int(children["deblend_residualPeak"].sum()), 0)
-        self.assertFalse(catalog[catalog["parent"] == 0]["deblend_residualPeaksLimited"][0])
+        self.assertFalse(self.unguarded[self.unguarded["parent"] == 0]["deblend_residualPeaksLimited"][0])
 
 
 class MemoryTester(lsst.utils.tests.MemoryTestCase):
