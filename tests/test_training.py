@@ -85,6 +85,24 @@ class LossTestCase(unittest.TestCase):
             chi2 = keras.ops.convert_to_numpy(trainer.loss_terms(y, y, params, pred, taught)[0])
             np.testing.assert_allclose(chi2, (1 - w) * data_chi2 + w * teach_chi2, rtol=1e-5)
         self.assertFalse(teacher.trainable)
+        # With partner latents the teacher's term is the mean over both.
+        wide = rng.uniform(0, 5, y.shape).astype(np.float32)
+        wide_taught = rng.uniform(0, 5, y.shape).astype(np.float32)
+        wide_chi2 = ((wide_taught - wide) ** 2 / var).sum(axis=(1, 2, 3))
+        trainer = VaeTrainer(encoder, decoder, sky, scale=scale, beta=0.01, teacher=teacher, distill_weight=0.3,
+                             distill_spread=0.5)
+        chi2 = keras.ops.convert_to_numpy(trainer.loss_terms(y, y, params, pred, taught, wide, wide_taught)[0])
+        np.testing.assert_allclose(chi2, 0.7 * data_chi2 + 0.3 * 0.5 * (teach_chi2 + wide_chi2), rtol=1e-5)
+        # The partners are drawn in training only, at the given spread around the posterior sample.
+        x = rng.uniform(0, 5, (64, size, size, bands)).astype(np.float32)
+        self.assertEqual(len(trainer(x, training=False)), 3)
+        out = trainer(x, training=True)
+        self.assertEqual(len(out), 5)
+        # Against the teacher at the mean latent, the partners' stamps move more than the samples'.
+        mean_stamp = keras.ops.convert_to_numpy(trainer(x, training=False)[2])
+        near = np.abs(keras.ops.convert_to_numpy(out[2]) - mean_stamp).mean()
+        far = np.abs(keras.ops.convert_to_numpy(out[4]) - mean_stamp).mean()
+        self.assertGreater(far, near)
         # Without a teacher the term is the data's chi2 whatever is passed.
         plain = VaeTrainer(encoder, decoder, sky, scale=scale, beta=0.01)
         np.testing.assert_allclose(keras.ops.convert_to_numpy(plain.loss_terms(y, y, params, pred, taught)[0]),
@@ -399,8 +417,12 @@ class TrainingTestCase(unittest.TestCase):
         self.assertEqual(main(["train", "--data", str(self.data), "--output", str(out), "--preset", "tiny",
                                "--max-train", "48", "--max-validation", "16", "--seed", "8", "--no-progress",
                                "--no-figures", "--init-from", str(parent_dir / "bundle"), "--freeze-encoder",
-                               "--decoder-filters", "16,8,8", "--distill", "0.5", "--vae-epochs", "4"]), 0)
+                               "--decoder-filters", "16,8,8", "--distill", "0.5", "--distill-spread", "0.5",
+                               "--vae-epochs", "4"]), 0)
         self.assertEqual(json.loads((out / "config.json").read_text())["distill_weight"], 0.5)
+        self.assertEqual(json.loads((out / "config.json").read_text())["distill_spread"], 0.5)
+        with self.assertRaisesRegex(MadnessValueError, "distill_weight > 0"):
+            _tiny(distill_spread=0.5)
         child = ModelBundle.load(out / "bundle")
         self.assertEqual(tuple(child.decoder.filters), narrow)
         for mine, theirs in ((child.encoder, parent.encoder), (child.flow, parent.flow),
@@ -416,6 +438,19 @@ class TrainingTestCase(unittest.TestCase):
         result = deblender.deblend(image + 1.0, np.array([[22.0, 22.0]]), variance=np.ones_like(image),
                                    settings=deblender.settings.replace(max_iter=5, min_iter=5))
         self.assertTrue(np.isfinite(result.models).all())
+        # The student continued from its own bundle, taught again by its parent (same latent space).
+        vae = dict(_tiny().as_dict()["vae"], max_epochs=1)
+        again = train_madness(self.data, self.tmp / "narrow-again",
+                              _tiny(seed=8, decoder_filters=narrow, freeze_encoder=True, distill_weight=0.5, vae=vae),
+                              progress=False, figures=False, init_from=out / "bundle", teacher_from=parent_dir / "bundle")
+        self.assertEqual(again.metadata.training["teacher"], "bundle")
+        # A teacher from another latent space is refused.
+        stranger = ModelBundle.load(parent_dir / "bundle")
+        stranger.encoder.set_weights([w + 0.1 for w in stranger.encoder.get_weights()])
+        with self.assertRaisesRegex(MadnessValueError, "encoder differs"):
+            train_madness(self.data, self.tmp / "narrow-stranger",
+                          _tiny(seed=8, decoder_filters=narrow, freeze_encoder=True, distill_weight=0.5, vae=vae),
+                          progress=False, figures=False, init_from=out / "bundle", teacher_from=stranger)
 
     def test_weight_average(self):
         """With ``ema_momentum`` every epoch ends on the average of the weights over its steps: a

@@ -181,6 +181,8 @@ def _train(args: argparse.Namespace) -> int:
                              f"{args.decoder_filters!r}") from None
     if args.distill is not None:
         overrides["distill_weight"] = args.distill
+    if args.distill_spread is not None:
+        overrides["distill_spread"] = args.distill_spread
     config = preset(args.preset, **overrides)
     if args.vae_epochs is not None:
         config = dataclasses.replace(config, vae=dataclasses.replace(config.vae, max_epochs=args.vae_epochs))
@@ -195,9 +197,14 @@ def _train(args: argparse.Namespace) -> int:
         from .io.bundle import default_bundle_path
 
         init_from = default_bundle_path()
+    teacher = args.teacher
+    if teacher == "default":
+        from .io.bundle import default_bundle_path
+
+        teacher = default_bundle_path()
     bundle = train_madness(args.data, args.output, config, progress=not args.no_progress,
                            figures=not args.no_figures, init_from=init_from,
-                           time_budget_s=_duration(args.time_budget))
+                           time_budget_s=_duration(args.time_budget), teacher_from=teacher)
     print(json.dumps(bundle.metadata.metrics, indent=1))
     print(f"bundle: {Path(args.output) / 'bundle'}")
     return 0
@@ -349,6 +356,13 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--distill", type=float, default=None, metavar="WEIGHT",
                        help="with --freeze-encoder: weight in [0, 1] of the warm-start decoder's stamps as the VAE "
                             "stage's target beside the truth (distillation into a new decoder)")
+    train.add_argument("--teacher", default=None, metavar="BUNDLE",
+                       help="with --distill: the bundle whose decoder teaches ('default': the packaged one), "
+                            "instead of --init-from's; it must share --init-from's latent space")
+    train.add_argument("--distill-spread", type=float, default=None, metavar="SIGMA",
+                       help="with --distill: also distil at latents z + SIGMA * N(0, 1) beside each posterior "
+                            "sample z, so that the new decoder learns its parent away from the encoder's latents "
+                            "(where the MAP also goes)")
     train.add_argument("--seed", type=int, default=None)
     train.add_argument("--max-train", type=int, default=None, help="cap on training stamps per dataset")
     train.add_argument("--max-validation", type=int, default=None, help="cap on validation stamps")

@@ -27,12 +27,14 @@ class VaeTrainer(keras.Model):
 
     With a ``teacher`` decoder (distillation, ``distill_weight`` w > 0) the chi2 is
     ``(1 - w) chi2(target, D(z)) + w chi2(teacher(z), D(z))`` for the same latent sample ``z``,
-    and the model's output carries the teacher's stamp as a third element.
+    and the model's output carries the teacher's stamp as a third element. With
+    ``distill_spread`` s > 0, in training, a partner latent ``z + s eps`` is decoded by both
+    (fourth and fifth elements) and the teacher's term is the mean over the two latents.
     """
 
     def __init__(self, encoder: Encoder, decoder: Decoder, sky_variance, *, scale: float, beta: float,
                  target: str = "truth", seed: int = 0, teacher: Decoder | None = None,
-                 distill_weight: float = 0.0, **kwargs):
+                 distill_weight: float = 0.0, distill_spread: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.encoder = encoder
         self.decoder = decoder
@@ -40,6 +42,7 @@ class VaeTrainer(keras.Model):
             teacher.trainable = False
         self.teacher = teacher
         self.distill_weight = float(distill_weight) if teacher is not None else 0.0
+        self.distill_spread = float(distill_spread) if self.distill_weight > 0 else 0.0
         self.latent_dim = encoder.latent_dim
         self.sky_variance = np.asarray(sky_variance, np.float32)
         self.scale = float(scale)
@@ -54,10 +57,15 @@ class VaeTrainer(keras.Model):
         if self.teacher is None:
             return params, self.decoder(z, training=training)
         taught = keras.ops.stop_gradient(self.teacher(z, training=False))
-        return params, self.decoder(z, training=training), taught
+        if not (training and self.distill_spread > 0):
+            return params, self.decoder(z, training=training), taught
+        wide = z + self.distill_spread * keras.random.normal(keras.ops.shape(z), seed=self.sampler, dtype=z.dtype)
+        wide_taught = keras.ops.stop_gradient(self.teacher(wide, training=False))
+        return params, self.decoder(z, training=training), taught, self.decoder(wide, training=training), wide_taught
 
-    def loss_terms(self, x, y, params, prediction, taught=None):
-        """Per-stamp chi2, KL and SSIM; ``taught`` (the teacher's stamps) adds the distillation term."""
+    def loss_terms(self, x, y, params, prediction, taught=None, wide=None, wide_taught=None):
+        """Per-stamp chi2, KL and SSIM; ``taught`` (the teacher's stamps) adds the distillation term,
+        ``wide`` and ``wide_taught`` (both decoders at the partner latents) its second half."""
         # Under a mixed-precision policy the networks compute in bfloat16/float16; the chi^2 of
         # a bright galaxy (~1e5) and the KL's log-determinant need float32.
         params = keras.ops.cast(params, "float32")
@@ -67,6 +75,11 @@ class VaeTrainer(keras.Model):
         if taught is not None and self.distill_weight > 0:
             taught = keras.ops.cast(taught, "float32")
             distilled = reconstruction_chi2(taught, prediction, y, self.sky_variance, self.scale)
+            if wide is not None and wide_taught is not None:
+                # Under the truth's variance too: the partner is a nearby galaxy, not a new one.
+                wide_chi2 = reconstruction_chi2(keras.ops.cast(wide_taught, "float32"),
+                                                keras.ops.cast(wide, "float32"), y, self.sky_variance, self.scale)
+                distilled = 0.5 * (distilled + wide_chi2)
             chi2 = (1.0 - self.distill_weight) * chi2 + self.distill_weight * distilled
         kl = gaussian_kl(params, self.latent_dim)
         ssim = keras.ops.mean(ssim_per_band(y, prediction), axis=-1)

@@ -138,7 +138,8 @@ _BUDGET_RESERVE = {"flow": 0.02, "deblender": 0.15}
 
 
 def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = True, figures: bool = True,
-                  description: str = "", init_from=None, time_budget_s: float | None = None) -> ModelBundle:
+                  description: str = "", init_from=None, time_budget_s: float | None = None,
+                  teacher_from=None) -> ModelBundle:
     """Train encoder, decoder, flow and VAE-deblender; write and return the model bundle.
 
     Parameters
@@ -166,6 +167,10 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
         Training seconds for the whole run (resumes included): the VAE stages stop at an epoch
         boundary so that the flow and the VAE-deblender (which keep 2% and 15% of the budget)
         still fit, and every stage ends cleanly inside its share.
+    teacher_from : `str`, `pathlib.Path` or `ModelBundle`, optional
+        With distillation, the bundle whose decoder teaches (default: ``init_from``'s). It must
+        share ``init_from``'s latent space (the same encoder, weight for weight): e.g. a student
+        continued from its own bundle and taught again by its original teacher.
 
     Returns
     -------
@@ -176,6 +181,7 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
     parent = _load_parent(init_from, config)
     if config.freeze_encoder and parent is None:
         raise MadnessValueError("TrainingConfig.freeze_encoder continues a trained model's decoder: give init_from.")
+    teacher_bundle = _load_teacher(teacher_from, parent, config)
     missing = [d for d in DATASETS if not (data_dir / d / "manifest.json").exists()]
     if any(d.startswith("isolated") for d in missing) or len(missing) == len(DATASETS):
         raise MadnessValueError(f"{data_dir} lacks the datasets {missing}; make them with `madness simulate datasets`.")
@@ -245,9 +251,10 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
     teacher = None
     if config.distill_weight > 0:
         # The parent's decoder, computing at this run's precision: a target, never trained.
-        teacher = with_precision(parent.decoder, config.precision)
+        teacher = with_precision(teacher_bundle.decoder, config.precision)
     vae = VaeTrainer(encoder, decoder, sky_net, scale=norm.scale, beta=config.beta, target=config.target,
-                     seed=config.seed, teacher=teacher, distill_weight=config.distill_weight)
+                     seed=config.seed, teacher=teacher, distill_weight=config.distill_weight,
+                     distill_spread=config.distill_spread)
 
     signal_val = _signal_chi2(yv_iso, sky_net, norm.scale)
 
@@ -358,6 +365,10 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
             "time_budget_s": time_budget_s,
             "sample_passes": passes,
             "lineage": lineage,
+            # The teacher's directory name (not this machine's path) when it is not the warm start.
+            "teacher": (None if teacher_from is None else
+                        teacher_from.metadata.description if isinstance(teacher_from, ModelBundle)
+                        else Path(teacher_from).name),
             "total_wall_time_s": round(wall + sum(p.get("wall_time_s", 0.0) for p in lineage), 1),
             "total_sample_passes": passes + sum(p.get("sample_passes", 0) for p in lineage),
         },
@@ -393,6 +404,26 @@ def _load_parent(init_from, config: TrainingConfig) -> ModelBundle | None:
             f"encoder filters {tuple(config.encoder_filters)}) from a bundle with {theirs}, encoder filters "
             f"{tuple(parent.deblender_encoder.filters)}.")
     return parent
+
+
+def _load_teacher(teacher_from, parent: ModelBundle | None, config: TrainingConfig) -> ModelBundle | None:
+    """The bundle whose decoder teaches: ``teacher_from``, checked to share the parent's latent space."""
+    if teacher_from is None:
+        return parent
+    if not config.distill_weight > 0:
+        raise MadnessValueError("A teacher bundle is for distillation: it needs distill_weight > 0.")
+    teacher = teacher_from if isinstance(teacher_from, ModelBundle) else ModelBundle.load(teacher_from)
+    mine = parent.encoder or parent.deblender_encoder
+    theirs = teacher.encoder or teacher.deblender_encoder
+    same = (teacher.decoder.latent_dim == parent.decoder.latent_dim
+            and [w.shape for w in mine.get_weights()] == [w.shape for w in theirs.get_weights()]
+            and all(np.array_equal(a, b) for a, b in zip(mine.get_weights(), theirs.get_weights())))
+    if not same:
+        raise MadnessValueError(
+            "The teacher bundle's encoder differs from the warm-start bundle's: its decoder draws another latent "
+            "space, and distilling it would teach the wrong galaxies. Give a teacher trained in the same latent "
+            "space (e.g. the bundle the warm-start one was distilled from).")
+    return teacher
 
 
 def _warm_start(parent: ModelBundle, encoder, decoder, flow, bands, size) -> None:
