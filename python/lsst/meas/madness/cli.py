@@ -151,6 +151,15 @@ def _duration(text: str | None) -> float | None:
     return value
 
 
+def _bundle_argument(value: str | None):
+    """A bundle option's value: ``"default"`` is the packaged bundle, anything else a path (or None)."""
+    if value != "default":
+        return value
+    from .io.bundle import default_bundle_path
+
+    return default_bundle_path()
+
+
 def _train(args: argparse.Namespace) -> int:
     import dataclasses
     import json
@@ -192,19 +201,9 @@ def _train(args: argparse.Namespace) -> int:
         config = dataclasses.replace(config, vae=dataclasses.replace(config.vae, learning_rate=args.vae_lr))
     if args.vae_ema is not None:
         config = dataclasses.replace(config, vae=dataclasses.replace(config.vae, ema_momentum=args.vae_ema))
-    init_from = args.init_from
-    if init_from == "default":
-        from .io.bundle import default_bundle_path
-
-        init_from = default_bundle_path()
-    teacher = args.teacher
-    if teacher == "default":
-        from .io.bundle import default_bundle_path
-
-        teacher = default_bundle_path()
     bundle = train_madness(args.data, args.output, config, progress=not args.no_progress,
-                           figures=not args.no_figures, init_from=init_from,
-                           time_budget_s=_duration(args.time_budget), teacher_from=teacher)
+                           figures=not args.no_figures, init_from=_bundle_argument(args.init_from),
+                           time_budget_s=_duration(args.time_budget), teacher_from=_bundle_argument(args.teacher))
     print(json.dumps(bundle.metadata.metrics, indent=1))
     print(f"bundle: {Path(args.output) / 'bundle'}")
     return 0

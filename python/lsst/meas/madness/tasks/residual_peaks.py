@@ -133,6 +133,8 @@ def unmodelled_light(
     mask = np.zeros(shape, bool)
     yy, xx = np.ogrid[: shape[0], : shape[1]]
     for (x, y), z, cut in zip(centers_xy, zoom, truncated):
+        if z <= 1 and not cut:
+            continue  # most sources: no full-grid work for them
         side = stamp_size * z
         r2 = (xx - x) ** 2 + (yy - y) ** 2
         if z > 1:

@@ -250,7 +250,7 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
     # --- 1-2: beta-VAE, warm-up then plain loss -------------------------------------------------
     teacher = None
     if config.distill_weight > 0:
-        # The parent's decoder, computing at this run's precision: a target, never trained.
+        # The teacher's decoder (the parent's unless given), at this run's precision: a target, never trained.
         teacher = with_precision(teacher_bundle.decoder, config.precision)
     vae = VaeTrainer(encoder, decoder, sky_net, scale=norm.scale, beta=config.beta, target=config.target,
                      seed=config.seed, teacher=teacher, distill_weight=config.distill_weight,
