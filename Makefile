@@ -13,6 +13,7 @@ demo: env
 	$(PY) -m lsst.meas.madness.cli demo --output demo-output
 
 # The suite runs once per Keras backend; cross-backend agreement is tested from the first run.
+# Modules marked one_backend (code above the engine) run on TensorFlow only (tests/conftest.py).
 test: env test-tensorflow test-jax
 
 test-tensorflow: env

@@ -13,6 +13,10 @@ from lsst.meas.madness.evaluation.btk_plugin import MadnessBtkDeblender
 
 from lsst.meas.madness.errors import MadnessValueError
 from utils import quick_bundle_path
+import pytest
+
+# Code above the engine: run on the default Keras backend only (tests/conftest.py).
+pytestmark = pytest.mark.one_backend
 
 BANDS = "ugrizy"
 BATCH = 4

@@ -26,6 +26,10 @@ from lsst.meas.madness.simulation.catalog import (
 from lsst.meas.madness.simulation.catalog_targets import measure_catalog_statistics, target
 from lsst.meas.madness.simulation.conditions import LsstConditions
 from lsst.meas.madness.simulation.skypy_catalog import SkyPyCatalogParameters, generate_catsim_catalog
+import pytest
+
+# Code above the engine: run on the default Keras backend only (tests/conftest.py).
+pytestmark = pytest.mark.one_backend
 
 # SkyPy memory-maps its kcorrect templates when skypy.galaxies.spectrum is imported and keeps
 # the file open for the life of the process; importing it above, before lsst.utils.tests.init(),

@@ -10,6 +10,10 @@ from pathlib import Path
 
 import lsst.utils.tests
 import numpy as np
+import pytest
+
+# Code above the engine: run on the default Keras backend only (tests/conftest.py).
+pytestmark = pytest.mark.one_backend
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare_demos.py"
 

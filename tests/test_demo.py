@@ -27,6 +27,10 @@ from lsst.meas.madness.localrepo import (
 )
 from lsst.meas.madness.errors import MadnessValueError
 from lsst.meas.madness.skymap import SimSkyMap
+import pytest
+
+# Code above the engine: run on the default Keras backend only (tests/conftest.py).
+pytestmark = pytest.mark.one_backend
 
 ROOT = Path(__file__).resolve().parent.parent
 BPS_YAML = ROOT / "bps" / "madness-parsl.yaml"

@@ -22,6 +22,10 @@ from task_utils import aperture_oracle, deblender
 from utils import BANDS, MadnessTestCase, quick_bundle_path
 
 import lsst.utils.tests
+import pytest
+
+# Code above the engine: run on the default Keras backend only (tests/conftest.py).
+pytestmark = pytest.mark.one_backend
 
 
 def _importable(*modules):

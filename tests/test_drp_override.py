@@ -17,6 +17,10 @@ import sys
 import unittest
 
 import lsst.utils.tests
+import pytest
+
+# Code above the engine: run on the default Keras backend only (tests/conftest.py).
+pytestmark = pytest.mark.one_backend
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIMIC = os.path.join(ROOT, "tests", "data", "drp_mimic")

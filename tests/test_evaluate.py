@@ -25,6 +25,10 @@ from lsst.meas.madness.evaluation.resources import MemoryMeter
 from lsst.meas.madness.evaluation.runner import run_evaluation
 from lsst.meas.madness.simulation import LsstConditions, TestFieldsConfig
 from utils import quick_bundle_path
+import pytest
+
+# Code above the engine: run on the default Keras backend only (tests/conftest.py).
+pytestmark = pytest.mark.one_backend
 
 BANDS = "ugrizy"
 

@@ -5,6 +5,10 @@ import unittest
 import lsst.utils.tests
 import numpy as np
 from lsst.meas.madness.evaluation.detection import match_one_to_one, score_detections, summarise_detections
+import pytest
+
+# Code above the engine: run on the default Keras backend only (tests/conftest.py).
+pytestmark = pytest.mark.one_backend
 
 
 class DetectionScoreTestCase(lsst.utils.tests.TestCase):

@@ -31,6 +31,10 @@ from lsst.meas.madness.evaluation import (
 )
 from lsst.meas.madness.simulation import LsstConditions
 from utils import SKY_VARIANCE, synthetic_galaxies
+import pytest
+
+# Code above the engine: run on the default Keras backend only (tests/conftest.py).
+pytestmark = pytest.mark.one_backend
 
 SHAPE = (80, 90)
 

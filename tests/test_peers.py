@@ -23,6 +23,10 @@ from lsst.meas.madness.evaluation.methods import (FieldInput, detection_footprin
 from lsst.meas.madness.evaluation.metrics import model_metrics, reference_metrics
 from lsst.meas.madness.simulation import LsstConditions, TestFieldsConfig
 from test_evaluate import bright_catalog
+import pytest
+
+# Code above the engine: run on the default Keras backend only (tests/conftest.py).
+pytestmark = pytest.mark.one_backend
 
 PEERS = ("scarlet_lite", "scarlet", "scarlet2")
 # One small field of 4-5 bright galaxies with centres in a 36x36 px box (moderately blended).

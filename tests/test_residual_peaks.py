@@ -10,6 +10,10 @@ from lsst.meas.madness.tasks.residual_peaks import (
     residual_significance,
     unmodelled_light,
 )
+import pytest
+
+# Code above the engine: run on the default Keras backend only (tests/conftest.py).
+pytestmark = pytest.mark.one_backend
 
 
 class ResidualSignificanceTestCase(lsst.utils.tests.TestCase):

@@ -23,6 +23,10 @@ from astropy.table import Table
 
 from lsst.meas.madness.cli import main
 from lsst.meas.madness.simulation import SimulatedDataset
+import pytest
+
+# Code above the engine: run on the default Keras backend only (tests/conftest.py).
+pytestmark = pytest.mark.one_backend
 
 AREA = "0.004"
 ARGS = ["--area", AREA, "--seed", "11", "--n-train", "40", "--n-validation", "16", "--n-test-fields", "3",

@@ -25,6 +25,10 @@ from lsst.meas.madness.simulation.datasets import (
 )
 from lsst.meas.madness.simulation.plans import plan_blended, plan_isolated, plan_test_fields
 from lsst.meas.madness.simulation.shards import SimulatedDataset
+import pytest
+
+# Code above the engine: run on the default Keras backend only (tests/conftest.py).
+pytestmark = pytest.mark.one_backend
 
 BANDS = "ugrizy"
 

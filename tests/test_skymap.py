@@ -15,6 +15,10 @@ import numpy as np
 from astropy.table import Table
 from lsst.meas.madness.errors import MadnessValueError
 from lsst.meas.madness.skymap import SimSkyMap, is_patch_inner
+import pytest
+
+# Code above the engine: run on the default Keras backend only (tests/conftest.py).
+pytestmark = pytest.mark.one_backend
 
 
 class SimSkyMapTestCase(lsst.utils.tests.TestCase):

@@ -30,6 +30,10 @@ from task_utils import (
     masked_images,
 )
 from utils import MadnessTestCase, synthetic_galaxies
+import pytest
+
+# Code above the engine: run on the default Keras backend only (tests/conftest.py).
+pytestmark = pytest.mark.one_backend
 
 
 def _patch(seed=6):

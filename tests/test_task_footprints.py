@@ -16,6 +16,10 @@ from lsst.meas.madness.tasks import (
     source_id_prefix,
 )
 from utils import MadnessTestCase
+import pytest
+
+# Code above the engine: run on the default Keras backend only (tests/conftest.py).
+pytestmark = pytest.mark.one_backend
 
 
 def _random_footprints(seed=0, n=5):

@@ -16,6 +16,10 @@ from lsst.meas.madness.tasks import (
 from lsst.pipe.base.testUtils import assertValidOutput
 from task_utils import masked_images
 from utils import MadnessTestCase
+import pytest
+
+# Code above the engine: run on the default Keras backend only (tests/conftest.py).
+pytestmark = pytest.mark.one_backend
 
 BANDS = ("g", "r", "i")
 YX0 = (500, 700)

@@ -26,6 +26,10 @@ from task_utils import (
     scene,
 )
 from utils import MadnessTestCase, quick_bundle_path
+import pytest
+
+# Code above the engine: run on the default Keras backend only (tests/conftest.py).
+pytestmark = pytest.mark.one_backend
 
 PIPELINE = Path(__file__).resolve().parent.parent / "pipelines" / "madness.yaml"
 INPUT = "sim/coadds"

@@ -28,6 +28,10 @@ from lsst.meas.madness.tasks import (
 )
 from lsst.meas.madness.tasks.blends import ParentFootprint, plan_blend, with_zoom
 from task_utils import masked_images, truth_detections
+import pytest
+
+# Code above the engine: run on the default Keras backend only (tests/conftest.py).
+pytestmark = pytest.mark.one_backend
 
 SCALE = 0.2
 SHAPE = (141, 141)

@@ -19,6 +19,10 @@ from lsst.meas.madness.io.bundle import METADATA_FILE, default_bundle_path
 from lsst.meas.madness.simulation.conditions import LsstConditions
 from lsst.meas.madness.units import AB_NANOJANSKY_MAG, ModelUnits, electrons_per_nanojansky, resolve_unit
 from task_utils import BANDS, deblender, masked_images, run_config, scene, truth_detections
+import pytest
+
+# Code above the engine: run on the default Keras backend only (tests/conftest.py).
+pytestmark = pytest.mark.one_backend
 
 LSST_CONDITIONS = LsstConditions.from_surveycodex(bands=BANDS).as_dict()
 
