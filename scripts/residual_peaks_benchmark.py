@@ -1,14 +1,16 @@
 #!/usr/bin/env python
-"""Residual peaks (issue 14, section 1): MADNESS with and without ``doResidualPeaks`` on simulated patches.
+"""Residual peaks and pair splits (issue 14, section 1): MADNESS with and without a step on simulated patches.
 
 Each patch is the detection benchmark's (`lsst.meas.madness.localrepo.simulate_patch`, SNR >= 10 in
 r, sub-pixel centres, nJy). The default detection (``method="prominence"``) gives the parents;
-`MadnessDeblendTask.deblendInModelUnits` deblends them with the packaged model, once as it is and
-once with ``doResidualPeaks``. The children's centres are scored as detections against the truth
+`MadnessDeblendTask.deblendInModelUnits` deblends them with the packaged model, once with the
+``--toggle`` field (default ``doResidualPeaks``; ``doPairSplits`` for pair splits) False and once
+True. The children's centres are scored as detections against the truth
 (`lsst.meas.madness.evaluation.detection`, one-to-one within 0.5"), and each matched child's r flux
 against its galaxy's noiseless r flux.
 
     python scripts/residual_peaks_benchmark.py --patches 4 --output benchmarks/residual_peaks
+    python scripts/residual_peaks_benchmark.py --patches 4 --toggle doPairSplits --output OUT
 
 Each patch's numbers are kept in ``OUTPUT/patch-SEED.json``; rerunning the same command skips them.
 """
@@ -35,7 +37,7 @@ def run_patch(seed, args, deblender, psf_fwhm_i):
     from lsst.meas.madness.units import ModelUnits, resolve_unit
 
     patch = simulate_patch(seed, size=args.size, n_galaxies=args.galaxies, min_snr=10.0,
-                           group_shift=args.group_shift, max_group=3, subpixel=True).to_nanojansky()
+                           group_shift=args.group_shift, max_group=args.max_group, subpixel=True).to_nanojansky()
     coadd = MultibandCoadd(bands=patch.bands, image=patch.image, variance=patch.variance,
                            bad=np.zeros(patch.image.shape, bool), yx0=patch.yx0, unit=patch.unit)
     parents = parents_from_tables(*detect_footprints(coadd, MadnessDetectionConfig()))
@@ -45,23 +47,27 @@ def run_patch(seed, args, deblender, psf_fwhm_i):
     truth_xy = np.stack([np.asarray(truth["x_true"]) - x0, np.asarray(truth["y_true"]) - y0], axis=1)
     out = {}
     if args.reuse_off:
-        # The run without residual peaks does not depend on their settings: take it from another output.
-        out["off"] = json.loads((Path(args.reuse_off) / f"patch-{seed}.json").read_text())["off"]
+        # The run without the toggled step does not depend on its settings: take it from another
+        # output (DIR, or DIR:KEY to take that output's run KEY, e.g. its "on").
+        where, _, key = args.reuse_off.partition(":")
+        out["off"] = json.loads((Path(where) / f"patch-{seed}.json").read_text())[key or "off"]
     for name, on in (("off", False), ("on", True)):
         if name in out:
             continue
         config = MadnessDeblendConfig()
-        config.doResidualPeaks = on
+        setattr(config, args.toggle, on)
         for item in args.config:
             field, value = item.split("=", 1)
-            setattr(config, field, type(getattr(config, field))(value))
+            kind = type(getattr(config, field))
+            setattr(config, field, value.lower() == "true" if kind is bool else kind(value))
         task = MadnessDeblendTask(config=config)
         t = time.perf_counter()
         result = task.deblendInModelUnits(coadd, parents, deblender, scale)
         seconds = time.perf_counter() - t
         kids = result.childRows
         xy = np.array([[c["deblend_center_x"] - x0, c["deblend_center_y"] - y0] for c in kids]).reshape(-1, 2)
-        residual = np.array([bool(c.get("deblend_residualPeak", False)) for c in kids])
+        residual = np.array([bool(c.get("deblend_residualPeak", False)) for c in kids], bool)
+        split = np.array([bool(c.get("deblend_pairSplit", False)) for c in kids], bool)
         score = score_detections(truth_xy, np.asarray(truth["i_ab"]), np.asarray(truth["snr_r"]), xy,
                                  np.full(len(xy), 99.0), psf_fwhm=psf_fwhm_i)
         ti, dj = match_one_to_one(truth_xy, xy, 0.5 / 0.2)
@@ -74,6 +80,8 @@ def run_patch(seed, args, deblender, psf_fwhm_i):
             "matched": int(score["detections"]["matched"].sum()),
             "residual_children": int(residual.sum()),
             "residual_matched": int(score["detections"]["matched"][residual].sum()),
+            "split_children": int(split.sum()),
+            "split_matched": int(score["detections"]["matched"][split].sum()),
             "snr_r": np.asarray(truth["snr_r"]).tolist(),
             "truth_matched": score["truth"]["matched"].tolist(),
             "abs_dflux_r": np.abs(flux / true_flux - 1).tolist(),
@@ -89,7 +97,9 @@ def run_patch(seed, args, deblender, psf_fwhm_i):
     out["truth_flux_r"] = np.asarray(truth["flux_r"]).tolist()
     print(f"seed {seed}: " + ", ".join(
         f"{n}: {o['matched']}/{o['n_truth']} matched, {o['n_children']} children, {o['residual_children']} "
-        f"residual ({o['residual_matched']} matched), {o['seconds']:.0f} s" for n, o in out.items() if n in ("off", "on")), flush=True)
+        f"residual ({o['residual_matched']} matched), {o.get('split_children', 0)} split "
+        f"({o.get('split_matched', 0)} matched), {o['seconds']:.0f} s" for n, o in out.items() if n in ("off", "on")),
+        flush=True)
     return out
 
 
@@ -100,10 +110,14 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=301)
     parser.add_argument("--galaxies", type=int, default=40)
     parser.add_argument("--group-shift", type=int, default=15)
+    parser.add_argument("--max-group", type=int, default=3,
+                        help="galaxies per group (2 with --group-shift 4: the detection benchmark's pair patches)")
     parser.add_argument("--output", default="benchmarks/residual_peaks")
-    parser.add_argument("--reuse-off", metavar="DIR",
-                        help="take each patch's run without residual peaks from DIR/patch-SEED.json "
-                        "(an earlier output on the same patches)")
+    parser.add_argument("--toggle", default="doResidualPeaks",
+                        help="the bool config field that is False in the 'off' run and True in the 'on' run")
+    parser.add_argument("--reuse-off", metavar="DIR[:KEY]",
+                        help="take each patch's 'off' run from DIR/patch-SEED.json (an earlier output on "
+                        "the same patches; :KEY takes its run KEY instead, e.g. :on)")
     parser.add_argument("--config", action="append", default=[], metavar="FIELD=VALUE",
                         help="MadnessDeblendConfig override for both runs, e.g. residualPeakThreshold=7")
     args = parser.parse_args(argv)
@@ -142,6 +156,8 @@ def main(argv=None) -> int:
             "purity": float(sum(r["matched"] for r in rows) / max(sum(r["n_children"] for r in rows), 1)),
             "residual_children": int(sum(r["residual_children"] for r in rows)),
             "residual_matched": int(sum(r["residual_matched"] for r in rows)),
+            "split_children": int(sum(r.get("split_children", 0) for r in rows)),
+            "split_matched": int(sum(r.get("split_matched", 0) for r in rows)),
             "mean_abs_dflux_r_matched": float(dflux.mean()) if len(dflux) else None,
             "median_abs_dflux_r_matched": float(np.median(dflux)) if len(dflux) else None,
             "seconds": float(sum(r["seconds"] for r in rows)),

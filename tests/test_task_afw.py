@@ -24,6 +24,7 @@ from task_utils import (
 )
 from utils import BANDS, MadnessTestCase, quick_bundle_path
 
+import lsst.pex.config as pexConfig
 import lsst.utils.tests
 from lsst.meas.madness.errors import MadnessValueError
 from lsst.meas.madness.tasks import Footprint, MadnessDeblendTask, MadnessMissingBandError, MultibandCoadd
@@ -39,6 +40,10 @@ from lsst.meas.madness.tasks.afw import (
 )
 from lsst.meas.madness.tasks.catalogs import deblend_columns
 from lsst.pipe.base.testUtils import lintConnections
+import pytest
+
+# Code above the engine: run on the default Keras backend only (tests/conftest.py).
+pytestmark = pytest.mark.one_backend
 
 HAVE_AFW = all(importlib.util.find_spec(m) is not None for m in ("lsst.afw", "lsst.meas.base"))
 HAVE_PIPE_TASKS = importlib.util.find_spec("lsst.pipe.tasks") is not None
@@ -197,7 +202,13 @@ class AfwTaskConnectionsTestCase(MadnessTestCase):
         config.idGenerator.release_id = 2
         # Residual peaks are the pip task's default but have no afw peak record: off here.
         self.assertFalse(config.doResidualPeaks)
+        self.assertFalse(config.doPairSplits)
         config.validate()
+        for name in ("doResidualPeaks", "doPairSplits"):
+            setattr(config, name, True)
+            with self.assertRaises(pexConfig.FieldValidationError, msg=name):
+                config.validate()
+            setattr(config, name, False)
 
     @unittest.skipIf(HAVE_PIPE_TASKS, "lsst.pipe.tasks is importable")
     def test_measurement_task_needs_pipe_tasks(self):

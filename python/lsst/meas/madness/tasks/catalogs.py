@@ -191,6 +191,23 @@ def deblend_columns(bands: Sequence[str], latent_dim: int) -> list[Column]:
             "zoomed or cut by its stamp lies there (residualPeakSkipLarge; False for children).",
         ),
         Column(
+            "deblend_pairSplit",
+            "bool",
+            "A child of a source the fit split into a pair (doPairSplits): the member nearer the detected "
+            "peak keeps its deblend_peakId, the other has 0.",
+        ),
+        Column(
+            "deblend_nPairSplits",
+            "int32",
+            "Sources of a parent split into pairs and kept after the refit, 0 or 1 (doPairSplits; 0 for "
+            "children).",
+        ),
+        Column(
+            "deblend_nPairSplitsRejected",
+            "int32",
+            "Sources of a parent tried as pairs and not kept (doPairSplits; 0 for children).",
+        ),
+        Column(
             "deblend_nChild",
             "int32",
             "Number of children this source has (0 for children and undeblended parents).",

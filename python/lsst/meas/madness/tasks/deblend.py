@@ -49,7 +49,7 @@ from lsst.utils.logging import PeriodicLogger
 from lsst.utils.timer import timeMethod
 
 from ..engine import DeblendResult, MadnessDeblender, MapSettings, prepare_blend
-from ..engine.geometry import peaks_to_pixels
+from ..engine.geometry import peaks_to_pixels, stamp_overlap
 from ..errors import MadnessValueError
 from ..units import ModelUnits, resolve_unit
 from .blends import BlendPlan, ParentFootprint, plan_blend, split_blend, with_zoom
@@ -57,6 +57,7 @@ from .catalogs import deblend_columns, make_table
 from .coadds import MultibandCoadd
 from .deblend_config import MadnessDeblendConfig, MadnessDeblendConnections
 from .footprints import Footprint, footprints_from_table, heavy_footprints_to_table
+from .pair_split import chi2_excess, light_moments, model_error_objective, pair_positions
 from .residual_peaks import bic_penalty, find_residual_peaks, residual_significance, unmodelled_light
 
 # Errors that must stop the patch even with catchFailures (meas_base's FATAL_EXCEPTIONS idea).
@@ -433,6 +434,20 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
                 deblender, fitted, parentRows, coadd, allPeaks, owner, settings, firstId
             )
 
+        # 2c. Optionally, single sources that hold an unresolved pair, tried as two.
+        splitIds: set[int] = set()
+        newIds: set[int] = set(residualIds)
+        if self.config.doPairSplits and fitted:
+            firstId = 1 + max(
+                max(int(p.id) for p in parents),
+                max((int(i) for p in parents for i in p.peak_ids), default=0),
+                max(residualIds, default=0),
+            )
+            fitted, splitIds, splitNew = self._splitPairs(
+                deblender, fitted, parentRows, coadd, allPeaks, owner, settings, firstId
+            )
+            newIds |= splitNew
+
         # 3. Cut the children to their parent.
         nNotConverged = 0
         for k, plan, result in fitted:
@@ -442,6 +457,9 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
             for child in childRows[start:]:
                 if child["id"] in residualIds:
                     child["deblend_residualPeak"] = True
+                if child["id"] in splitIds:
+                    child["deblend_pairSplit"] = True
+                if child["id"] in newIds:
                     child["deblend_peakId"] = 0
 
         nSkipped = sum(bool(r.get("deblend_skipped")) for r in parentRows)
@@ -920,6 +938,218 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
             "Residual peaks: %d parents refitted, %d new sources kept", len(candidates), len(residualIds)
         )
         return fitted, residualIds
+
+    # --- pair splits ---------------------------------------------------------------------------
+
+    def _splitPairs(
+        self,
+        deblender: MadnessDeblender,
+        fitted: list[tuple[int, BlendPlan, DeblendResult]],
+        parentRows: list[dict],
+        coadd: MultibandCoadd,
+        allPeaks: np.ndarray,
+        owner: np.ndarray,
+        settings: MapSettings,
+        firstId: int,
+    ) -> tuple[list[tuple[int, BlendPlan, DeblendResult]], set[int], set[int]]:
+        """Refit parents with one source split into a pair; keep the best split that pays its penalty.
+
+        Parameters
+        ----------
+        deblender : `MadnessDeblender`
+            The loaded deblender.
+        fitted : `list` [`tuple` [`int`, `BlendPlan`, `DeblendResult`]]
+            Each fitted parent's index, plan and result.
+        parentRows : `list` [`dict`]
+            The parents' rows; ``deblend_nPairSplits``, ``deblend_nPairSplitsRejected`` and
+            ``deblend_runtime`` are updated.
+        coadd : `MultibandCoadd`
+            The coadd, model units.
+        allPeaks, owner : `numpy.ndarray`
+            ``(n, 2)`` (x, y) peaks of all parents and the index of the parent of each.
+        settings : `MapSettings`
+            MAP settings of the first fits.
+        firstId : `int`
+            Id of the first new source; ids after it follow (unique in the patch).
+
+        Returns
+        -------
+        fitted : `list` [`tuple` [`int`, `BlendPlan`, `DeblendResult`]]
+            As given, with the plan and result of each kept split in place of the first fit.
+        splitIds : `set` [`int`]
+            Ids of both members of each kept pair.
+        newIds : `set` [`int`]
+            Ids of the kept pairs' second members (sources the detection did not give).
+        """
+        config = self.config
+        splitSettings = settings
+        if config.pairSplitFitOffsets:
+            # A weak prior on the offsets (as wide as their bound): the members are placed
+            # symmetrically about the light's centroid, and an unequal pair's are not.
+            splitSettings = dataclasses.replace(
+                settings, fit_offsets=True, offset_max=config.pairSplitMaxOffset,
+                offset_sigma=config.pairSplitMaxOffset,
+            )
+        tries: list[tuple[int, BlendPlan]] = []
+        tried: list[tuple[int, np.ndarray, float]] = []  # fitted index, (old id, new id), penalty
+        nextId = firstId
+        for index, (k, plan, result) in enumerate(fitted):
+            if (np.asarray(result.zoom) > 1).any():
+                continue  # a split's refit draws every source at zoom 1: not comparable
+            found, penalty = self._pairCandidates(deblender, plan, result, coadd)
+            if not found:
+                continue
+            parentRows[k]["deblend_nPairSplitsRejected"] = len(found)
+            parent = plan.parent
+            peakIds = np.asarray(parent.peak_ids, np.int64)
+            peaksXy = np.asarray(parent.peaks_xy, np.float64).reshape(-1, 2)
+            for source, pairXy in found:
+                oldId = int(plan.peak_ids[source])
+                row = int(np.flatnonzero(peakIds == oldId)[0])
+                # The member nearer the old peak keeps its id.
+                near = int(np.argmin(np.hypot(*(pairXy - peaksXy[row]).T)))
+                newXy = peaksXy.copy()
+                newXy[row] = pairXy[near]
+                augmented = ParentFootprint(
+                    parent.id,
+                    parent.footprint,
+                    np.append(peakIds, nextId),
+                    np.concatenate([newXy, pairXy[1 - near][None]]),
+                )
+                newPlan = self._plan(augmented, coadd, allPeaks[owner != k], deblender.stamp_size, 1)
+                if nextId not in newPlan.peak_ids or oldId not in newPlan.peak_ids:
+                    nextId += 1
+                    continue
+                # The objectives compare only over the same pixels: the refit keeps the first fit's
+                # region, and every source stays at zoom 1 as in the first fit.
+                newPlan = dataclasses.replace(
+                    newPlan, region=plan.region, zoom=np.ones(newPlan.n_sources, np.int64)
+                )
+                extra = deblender.latent_dim + (2 * newPlan.n_sources if config.pairSplitFitOffsets else 0)
+                tried.append((index, np.array([oldId, nextId]), penalty * extra / deblender.latent_dim))
+                tries.append((len(tried) - 1, newPlan))
+                nextId += 1
+
+        fitted = list(fitted)
+        best: dict[int, tuple[float, BlendPlan, DeblendResult, np.ndarray]] = {}
+        for t, newPlan, outcome, runtime in self._fitBlends(deblender, tries, coadd, splitSettings):
+            index, ids, penalty = tried[t]
+            k, plan, result = fitted[index]
+            parentRows[k]["deblend_runtime"] += runtime * newPlan.n_sources
+            if isinstance(outcome, Exception):
+                continue
+            gain = self._splitGain(plan, result, outcome, coadd)
+            # The fitted members must stay apart: two halves of one profile drawn closer than the
+            # PSF are the decoder's extra freedom, not a pair.
+            members = [int(np.flatnonzero(newPlan.peak_ids == i)[0]) for i in ids]
+            apart = float(np.hypot(*np.diff(outcome.centers_xy[members], axis=0)[0]))
+            self.log.debug(
+                "Parent %d: splitting source %d lowers the objective by %.1f (penalty %.1f), members "
+                "%.1f px apart; log-prior %.1f -> %.1f", plan.parent.id, ids[0], gain, penalty, apart,
+                float(np.sum(result.log_prior)), float(np.sum(outcome.log_prior)),
+            )
+            if apart < config.pairSplitMinSeparation:
+                continue
+            if gain > penalty and gain - penalty > best.get(index, (0.0,))[0]:
+                best[index] = (gain - penalty, newPlan, outcome, ids)
+        splitIds: set[int] = set()
+        newIds: set[int] = set()
+        for index, (_, newPlan, outcome, ids) in best.items():
+            k = fitted[index][0]
+            fitted[index] = (k, newPlan, outcome)
+            splitIds.update(int(i) for i in ids)
+            newIds.add(int(ids[1]))
+            row = parentRows[k]
+            row["deblend_nPairSplits"] = 1
+            row["deblend_nPairSplitsRejected"] -= 1
+            row["deblend_nNeighbors"] = len(newPlan.neighbours_xy)
+        self.metadata["n_pair_splits"] = len(best)
+        self.log.info("Pair splits: %d sources tried, %d split", len(tries), len(best))
+        return fitted, splitIds, newIds
+
+    def _pairCandidates(
+        self, deblender: MadnessDeblender, plan: BlendPlan, result: DeblendResult, coadd: MultibandCoadd
+    ) -> tuple[list[tuple[int, np.ndarray]], float]:
+        """A fitted parent's sources worth trying as pairs, largest chi^2 excess first.
+
+        Returns ``(source index, (2, 2) tract-frame (x, y) of the pair)`` for at most
+        ``maxPairSplits`` of the parent's own sources, and the BIC penalty per latent-sized block
+        of parameters for this fit region.
+        """
+        config = self.config
+        if config.maxPairSplits <= 0:
+            return [], 0.0
+        y0, x0, _, _ = plan.region
+        blendInput = plan.engine_input(coadd)
+        image, variance, bad = blendInput["image"], blendInput["variance"], blendInput["mask"]
+        usable = ~np.asarray(bad, bool) & np.isfinite(image) & (np.asarray(variance) > 0)
+        penalty = (
+            config.pairSplitPenalty
+            if config.pairSplitPenalty is not None
+            else bic_penalty(deblender.latent_dim, int(usable.sum()))
+        )
+        model = result.model_image()
+        residual = image - model
+        size = result.stamp_size
+        scored = []
+        for source in range(len(plan.peak_ids)):
+            if result.truncated[source]:
+                continue  # its residual is its own wings (see residual_peaks.unmodelled_light)
+            # The source's light: what the other models leave of the data, band-summed, in its stamp.
+            overlap = stamp_overlap(result.stamp_yx0[source], (size, size), (0, 0, *image.shape[1:]))
+            if overlap is None:
+                continue
+            (ty, tx), (ry, rx) = overlap
+            light = np.where(
+                usable[:, ry, rx], residual[:, ry, rx] + result.models[source][:, ty, tx], 0.0
+            ).sum(axis=0)
+            cx, cy = result.centers_xy[source]
+            moments = light_moments(light, (cx - rx.start, cy - ry.start))
+            if moments is None:
+                continue
+            separation = moments.pair_separation
+            self.log.debug("Parent %d, source %d: light %.1f px as a pair", plan.parent.id,
+                           plan.peak_ids[source], separation)
+            if not config.pairSplitMinSeparation <= separation <= config.pairSplitMaxSeparation:
+                continue
+            centre = (moments.x + rx.start, moments.y + ry.start)
+            if np.hypot(centre[0] - cx, centre[1] - cy) > separation:
+                continue  # the light's centroid is not this source's
+            excess = chi2_excess(
+                residual, variance, bad, model, config.pairSplitModelError, centre,
+                0.5 * separation + 2.0 * config.residualPeakSmoothing,
+            )
+            self.log.debug(
+                "Parent %d, source %d: light %.1f px as a pair, chi^2 excess %.1f (penalty %.1f)",
+                plan.parent.id, plan.peak_ids[source], separation, excess, penalty,
+            )
+            # Half the excess bounds what a split can gain; it must be able to pay the penalty.
+            if excess <= 2.0 * penalty:
+                continue
+            pair = pair_positions(moments) + np.array([x0 + rx.start, y0 + ry.start], np.float64)
+            scored.append((excess, source, pair))
+        scored.sort(key=lambda item: -item[0])
+        return [(source, pair) for _, source, pair in scored[: config.maxPairSplits]], penalty
+
+    def _splitGain(
+        self, plan: BlendPlan, result: DeblendResult, outcome: DeblendResult, coadd: MultibandCoadd
+    ) -> float:
+        """Fall of the MAP objective from ``result`` to ``outcome`` with a model error in the noise.
+
+        Each objective's prior terms (its objective less its own chi^2 / 2) are kept; its chi^2 is
+        recomputed with ``pairSplitModelError`` times the first fit's model added to the noise of
+        both fits.
+        """
+        blendInput = plan.engine_input(coadd)
+        args = (blendInput["image"], blendInput["variance"], blendInput["mask"])
+        first, second = result.model_image(), outcome.model_image()
+        error = self.config.pairSplitModelError
+
+        def robust(fit: DeblendResult, model: np.ndarray) -> float:
+            priors = fit.objective_final - model_error_objective(*args, model, model, 0.0)
+            return priors + model_error_objective(*args, model, first, error)
+
+        return float(robust(result, first) - robust(outcome, second))
 
     def _residualPeaks(
         self, plan: BlendPlan, result: DeblendResult, coadd: MultibandCoadd, stampSize: int

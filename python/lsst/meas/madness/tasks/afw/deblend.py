@@ -167,6 +167,7 @@ class MadnessDeblendAfwConfig(MadnessDeblendConfig, pipelineConnections=MadnessD
         # A residual peak's child has no afw peak record to copy (_fillCatalog): off on this path
         # whatever the pip task's default.
         self.doResidualPeaks = False
+        self.doPairSplits = False
 
     def validate(self):
         super().validate()
@@ -175,6 +176,12 @@ class MadnessDeblendAfwConfig(MadnessDeblendConfig, pipelineConnections=MadnessD
             raise pexConfig.FieldValidationError(
                 MadnessDeblendAfwConfig.doResidualPeaks, self,
                 "doResidualPeaks is supported on the pip-only path (MadnessDeblendTask) only.",
+            )
+        if self.doPairSplits:
+            # Nor has the second member of a split pair.
+            raise pexConfig.FieldValidationError(
+                MadnessDeblendAfwConfig.doPairSplits, self,
+                "doPairSplits is supported on the pip-only path (MadnessDeblendTask) only.",
             )
 
 
