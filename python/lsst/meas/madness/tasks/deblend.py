@@ -996,20 +996,17 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
         for index, (k, plan, result) in enumerate(fitted):
             if (np.asarray(result.zoom) > 1).any():
                 continue  # a split's refit draws every source at zoom 1: not comparable
-            found, penalty = self._pairCandidates(deblender, plan, result, coadd)
-            if not found:
-                continue
-            parentRows[k]["deblend_nPairSplitsRejected"] = len(found)
+            found, nUsable = self._pairCandidates(plan, result, coadd)
             parent = plan.parent
             peakIds = np.asarray(parent.peak_ids, np.int64)
             peaksXy = np.asarray(parent.peaks_xy, np.float64).reshape(-1, 2)
             for source, pairXy in found:
                 oldId = int(plan.peak_ids[source])
-                row = int(np.flatnonzero(peakIds == oldId)[0])
+                at = int(np.flatnonzero(peakIds == oldId)[0])
                 # The member nearer the old peak keeps its id.
-                near = int(np.argmin(np.hypot(*(pairXy - peaksXy[row]).T)))
+                near = int(np.argmin(np.hypot(*(pairXy - peaksXy[at]).T)))
                 newXy = peaksXy.copy()
-                newXy[row] = pairXy[near]
+                newXy[at] = pairXy[near]
                 augmented = ParentFootprint(
                     parent.id,
                     parent.footprint,
@@ -1025,9 +1022,14 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
                 newPlan = dataclasses.replace(
                     newPlan, region=plan.region, zoom=np.ones(newPlan.n_sources, np.int64)
                 )
+                # The BIC counts the added source's latents and, when fitted, every source's offsets.
                 extra = deblender.latent_dim + (2 * newPlan.n_sources if config.pairSplitFitOffsets else 0)
-                tried.append((index, np.array([oldId, nextId]), penalty * extra / deblender.latent_dim))
+                penalty = config.pairSplitPenalty if config.pairSplitPenalty is not None else bic_penalty(
+                    extra, nUsable)
+                tried.append((index, np.array([oldId, nextId]), penalty))
                 tries.append((len(tried) - 1, newPlan))
+                counts = parentRows[k]
+                counts["deblend_nPairSplitsRejected"] = counts.get("deblend_nPairSplitsRejected", 0) + 1
                 nextId += 1
 
         fitted = list(fitted)
@@ -1061,32 +1063,34 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
             newIds.add(int(ids[1]))
             row = parentRows[k]
             row["deblend_nPairSplits"] = 1
-            row["deblend_nPairSplitsRejected"] -= 1
+            row["deblend_nPairSplitsRejected"] = row.get("deblend_nPairSplitsRejected", 1) - 1
             row["deblend_nNeighbors"] = len(newPlan.neighbours_xy)
         self.metadata["n_pair_splits"] = len(best)
         self.log.info("Pair splits: %d sources tried, %d split", len(tries), len(best))
         return fitted, splitIds, newIds
 
     def _pairCandidates(
-        self, deblender: MadnessDeblender, plan: BlendPlan, result: DeblendResult, coadd: MultibandCoadd
-    ) -> tuple[list[tuple[int, np.ndarray]], float]:
+        self, plan: BlendPlan, result: DeblendResult, coadd: MultibandCoadd
+    ) -> tuple[list[tuple[int, np.ndarray]], int]:
         """A fitted parent's sources worth trying as pairs, largest chi^2 excess first.
 
         Returns ``(source index, (2, 2) tract-frame (x, y) of the pair)`` for at most
-        ``maxPairSplits`` of the parent's own sources, and the BIC penalty per latent-sized block
-        of parameters for this fit region.
+        ``maxPairSplits`` of the parent's own sources, and the usable pixels x bands of the fit
+        region (the BIC's data points).
         """
         config = self.config
-        if config.maxPairSplits <= 0:
-            return [], 0.0
         y0, x0, _, _ = plan.region
         blendInput = plan.engine_input(coadd)
         image, variance, bad = blendInput["image"], blendInput["variance"], blendInput["mask"]
         usable = ~np.asarray(bad, bool) & np.isfinite(image) & (np.asarray(variance) > 0)
+        nUsable = int(usable.sum())
+        if config.maxPairSplits <= 0:
+            return [], nUsable
+        # What a split must pay at least: the added source's latents (the offsets come on top).
         penalty = (
             config.pairSplitPenalty
             if config.pairSplitPenalty is not None
-            else bic_penalty(deblender.latent_dim, int(usable.sum()))
+            else bic_penalty(result.latents.shape[-1], nUsable)
         )
         model = result.model_image()
         residual = image - model
@@ -1129,7 +1133,7 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
             pair = pair_positions(moments) + np.array([x0 + rx.start, y0 + ry.start], np.float64)
             scored.append((excess, source, pair))
         scored.sort(key=lambda item: -item[0])
-        return [(source, pair) for _, source, pair in scored[: config.maxPairSplits]], penalty
+        return [(source, pair) for _, source, pair in scored[: config.maxPairSplits]], nUsable
 
     def _splitGain(
         self, plan: BlendPlan, result: DeblendResult, outcome: DeblendResult, coadd: MultibandCoadd

@@ -7,11 +7,11 @@ that a source's model was given (the observed pixels minus every other model of 
 elongated along the pair's axis, and one model leaves an excess of chi^2 there that two would
 remove. `light_moments` measures that light's centroid and adaptive second moments;
 `pair_positions` places two sources on its major axis, as far apart as two equal round Gaussians
-with those moments (`LightMoments.pair_separation`); `chi2_excess` bounds what a second source could gain, so that only sources where a split
-can pay its penalty are refitted. The task then refits, and keeps the pair only when the MAP
-objective with a model error in the noise (`model_error_objective`) falls by more than the
-penalty of the added parameters: a single galaxy the decoder draws imperfectly must not be cut
-in two.
+with those moments (`LightMoments.pair_separation`); `chi2_excess` bounds what a second source
+could gain, so that only sources where a split can pay its penalty are refitted. The task then
+refits, and keeps the pair only when the MAP objective with a model error in the noise
+(`model_error_objective`) falls by more than the penalty of the added parameters: a single galaxy
+the decoder draws imperfectly must not be cut in two.
 """
 
 from __future__ import annotations
