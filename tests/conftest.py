@@ -27,7 +27,9 @@ def pytest_collection_modifyitems(config, items):
     backend = os.environ.get("KERAS_BACKEND", DEFAULT_BACKEND)
     if backend == DEFAULT_BACKEND or os.environ.get("MADNESS_TEST_ALL_BACKENDS") == "1":
         return
-    skip = pytest.mark.skip(reason=f"one_backend: runs on the {DEFAULT_BACKEND} backend (MADNESS_TEST_ALL_BACKENDS=1)")
+    skip = pytest.mark.skip(
+        reason=f"one_backend: runs on the {DEFAULT_BACKEND} backend (MADNESS_TEST_ALL_BACKENDS=1)"
+    )
     for item in items:
         if item.get_closest_marker("one_backend"):
             item.add_marker(skip)
