@@ -423,13 +423,14 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
                 fitted.append((k, plan, outcome))
             periodic.log("Deblended %d of %d blends", done, len(blends))
 
-        # 2b. Optionally, sources the detection missed, from the residuals.
+        # 2b. Optionally, sources the detection missed, from the residuals. Sources the fit adds
+        # take ids after every id the patch already has.
+        firstId = 1 + max(
+            max((int(p.id) for p in parents), default=0),
+            max((int(i) for p in parents for i in p.peak_ids), default=0),
+        )
         residualIds: set[int] = set()
         if self.config.doResidualPeaks and fitted:
-            firstId = 1 + max(
-                max(int(p.id) for p in parents),
-                max((int(i) for p in parents for i in p.peak_ids), default=0),
-            )
             fitted, residualIds = self._addResidualPeaks(
                 deblender, fitted, parentRows, coadd, allPeaks, owner, settings, firstId
             )
@@ -438,13 +439,9 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
         splitIds: set[int] = set()
         newIds: set[int] = set(residualIds)
         if self.config.doPairSplits and fitted:
-            firstId = 1 + max(
-                max(int(p.id) for p in parents),
-                max((int(i) for p in parents for i in p.peak_ids), default=0),
-                max(residualIds, default=0),
-            )
             fitted, splitIds, splitNew = self._splitPairs(
-                deblender, fitted, parentRows, coadd, allPeaks, owner, settings, firstId
+                deblender, fitted, parentRows, coadd, allPeaks, owner, settings,
+                max(firstId, 1 + max(residualIds, default=0)),
             )
             newIds |= splitNew
 
