@@ -91,7 +91,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     here = Path(__file__).resolve().parent.parent
     sys.path.insert(0, str(here / "python"))
-    from lsst.meas.madness.demo import LABELS, OUTPUT_COLLECTION, run_demo
+    from lsst.meas.madness.demo import LABELS, OUTPUT_COLLECTION, json_safe, run_demo
 
     lines = []
 
@@ -120,11 +120,12 @@ def main(argv=None) -> int:
         "detection": summary.get("detection"),
         "deblend_counts": summary.get("deblend_counts"),
         "mean_abs_dF_over_F": summary.get("mean_abs_dF_over_F"),
+        "n_without_true_flux": summary.get("n_without_true_flux"),
         "total_s": round(time.perf_counter() - start, 1),
     }
     path = args.json or args.output / "patch-benchmark.json"
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1) + "\n")
+    tmp.write_text(json.dumps(json_safe(result), indent=1, allow_nan=False) + "\n")
     os.replace(tmp, path)
     print(markdown(result))
     print(f"wrote {path}")

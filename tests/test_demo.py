@@ -81,6 +81,42 @@ class SimulatePatchTestCase(lsst.utils.tests.TestCase):
         self.assertAlmostEqual(float(chi.std()), 1.0, delta=0.05)
         self.assertTrue(((truth["blendedness_r"] >= 0) & (truth["blendedness_r"] <= 1)).all())
 
+    def test_score_without_true_flux(self):
+        """A matched galaxy with no true flux in a band is left out of that band's dF/F means.
+
+        Before, its relative error was infinite and so was the band's mean (the u band of the
+        4001 x 4001 benchmark).
+        """
+        from astropy.table import Table
+        from lsst.meas.madness.demo import score_patch
+        from lsst.meas.madness.tasks.measurement import MadnessMeasurementConfig
+
+        stamps = list(self.patch.stamps)
+        stamps[0] = stamps[0].copy()
+        stamps[0][0] = 0.0  # galaxy 0 is dark in u
+        patch = dataclasses.replace(self.patch, stamps=tuple(stamps))
+        n = len(patch.truth)
+        objects = Table({"id": np.arange(1, n + 1), "x": np.asarray(patch.truth["x"], float),
+                         "y": np.asarray(patch.truth["y"], float), "detect_isPrimary": np.ones(n, bool),
+                         "ap_radius_flag": np.ones(n, bool), "shape_a": np.ones(n), "shape_b": np.ones(n),
+                         "shape_theta": np.zeros(n), "kron_radius": np.ones(n)})
+        for b in patch.bands:
+            objects[f"{b}_apFlux"] = np.zeros(n)
+        catalog = Table({"id": objects["id"], "parent": np.zeros(n, int), "deblend_nChild": np.zeros(n, int),
+                         "deblend_skipped": np.zeros(n, bool), "deblend_failed": np.zeros(n, bool)})
+        config = MadnessMeasurementConfig()
+        first = score_patch(patch, catalog, objects, config)
+        # Every measured flux 10% above its truth: abs(dF/F) = 0.1 wherever a true flux exists.
+        for b in patch.bands:
+            objects[f"{b}_apFlux"] = [1.1 * o["flux_true"][b] for o in first["objects"]]
+        score = score_patch(patch, catalog, objects, config)
+        self.assertEqual(score["detection"]["n_matched"], n)
+        self.assertEqual(score["n_without_true_flux"]["u"], 1)
+        self.assertEqual(score["n_without_true_flux"]["r"], 0)
+        for b in patch.bands:
+            self.assertAlmostEqual(score["mean_abs_dF_over_F"]["all_matched"]["deblended"][b], 0.1, places=5)
+            self.assertAlmostEqual(score["mean_abs_dF_over_F"]["all_truth"]["deblended"][b], 0.1, places=5)
+
     def test_subpixel_positions(self):
         """``subpixel=True`` moves the same galaxies off their pixel centres; BTK draws them there."""
         from lsst.meas.madness.engine.geometry import round_half_up

@@ -90,7 +90,9 @@ def score_patch(patch, catalog, objects, measure_config, match_radius: float = M
         ``detection`` counts, completeness and purity, ``objects`` (one entry per truth galaxy,
         missed ones with ``matched: false``) and ``mean_abs_dF_over_F`` per band for
         ``deblended`` and ``no_deblending``, over all matches, over the matches whose parent has
-        several children (``in_blends``) and over every truth galaxy (``all_truth``).
+        several children (``in_blends``) and over every truth galaxy (``all_truth``); matched
+        galaxies with no true flux in a band's aperture are left out of that band's means and
+        counted in ``n_without_true_flux``.
     """
     from .evaluation.detection import match_one_to_one
 
@@ -137,19 +139,27 @@ def score_patch(patch, catalog, objects, measure_config, match_radius: float = M
             )
         entries.append(entry)
 
-    def mean_abs(measured, subset):
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rel = np.abs(measured[subset] / flux_true[subset] - 1.0)
-        return {b: (float(np.nanmean(rel[:, i])) if len(rel) else float("nan")) for i, b in enumerate(bands)}
+    # dF/F needs a true flux: a galaxy with none in a band's aperture (a catalogue galaxy dark
+    # in u, say) has no relative error there and is left out of that band's means (counted in
+    # ``n_without_true_flux``), rather than making the mean infinite.
+    has_flux = np.isfinite(flux_true) & (flux_true > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        def relative(measured):
+            return np.where(has_flux, np.abs(measured / np.where(has_flux, flux_true, 1.0) - 1.0), np.nan)
+
+        rel_deblended, rel_blended = relative(flux_deblended), relative(flux_blended)
+
+    def mean_abs(rel, subset):
+        rel = rel[subset]
+        return {b: (float(np.nanmean(rel[:, i])) if np.isfinite(rel[:, i]).any() else float("nan"))
+                for i, b in enumerate(bands)}
 
     in_blends = np.array([entries[t].get("n_children_of_parent", 0) >= 2 for t in ti], dtype=bool)
     everything = np.ones(len(ti), dtype=bool)
     parents = np.asarray(catalog["parent"]) == 0
 
-    def every_truth(measured):
+    def every_truth(rel):
         # Every truth galaxy: a missed one has no flux measured, abs(dF/F) = 1.
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rel = np.abs(measured / flux_true - 1.0)
         n_missed = len(truth) - len(ti)
         return {b: (float((np.nansum(rel[:, i]) + n_missed) / (np.isfinite(rel[:, i]).sum() + n_missed))
                     if len(truth) else float("nan")) for i, b in enumerate(bands)}
@@ -181,13 +191,14 @@ def score_patch(patch, catalog, objects, measure_config, match_radius: float = M
         },
         "objects": entries,
         "mean_abs_dF_over_F": {
-            "all_matched": {"deblended": mean_abs(flux_deblended, everything),
-                            "no_deblending": mean_abs(flux_blended, everything)},
-            "in_blends": {"deblended": mean_abs(flux_deblended, in_blends),
-                          "no_deblending": mean_abs(flux_blended, in_blends)},
-            "all_truth": {"deblended": every_truth(flux_deblended),
-                          "no_deblending": every_truth(flux_blended)},
+            "all_matched": {"deblended": mean_abs(rel_deblended, everything),
+                            "no_deblending": mean_abs(rel_blended, everything)},
+            "in_blends": {"deblended": mean_abs(rel_deblended, in_blends),
+                          "no_deblending": mean_abs(rel_blended, in_blends)},
+            "all_truth": {"deblended": every_truth(rel_deblended),
+                          "no_deblending": every_truth(rel_blended)},
         },
+        "n_without_true_flux": {b: int((~has_flux[:, i]).sum()) for i, b in enumerate(bands)},
     }
 
 
@@ -297,12 +308,12 @@ def _plot(path: Path, patch, model, truth_xy, objects, score) -> None:
     plt.close(fig)
 
 
-def _json_safe(value):
+def json_safe(value):
     """NaN and infinities as ``null`` (strict JSON has no NaN)."""
     if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, float) and not np.isfinite(value):
         return None
     return value
@@ -343,6 +354,10 @@ def _markdown(summary: dict) -> str:
         for method, label in (("no_deblending", "no deblending"), ("deblended", "MADNESS")):
             values = summary["mean_abs_dF_over_F"][subset][method]
             lines.append(f"| {name} | {label} | " + " | ".join(f"{values[b]:.3f}" for b in bands) + " |")
+    dark = {b: n for b, n in summary.get("n_without_true_flux", {}).items() if n}
+    if dark:
+        lines += ["", "Matched galaxies with no true flux in a band's aperture have no dF/F there and are "
+                  "left out of that band's means: " + ", ".join(f"{b} {n}" for b, n in dark.items()) + "."]
     lines += [
         "",
         "## Per galaxy (r band)",
@@ -511,7 +526,7 @@ def run_demo(
         **score,
         "timings_s": timings,
     }
-    (output / "summary.json").write_text(json.dumps(_json_safe(summary), indent=1, allow_nan=False) + "\n")
+    (output / "summary.json").write_text(json.dumps(json_safe(summary), indent=1, allow_nan=False) + "\n")
     text = _markdown(summary)
     (output / "summary.md").write_text(text)
     m = summary["mean_abs_dF_over_F"]
