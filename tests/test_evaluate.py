@@ -166,6 +166,10 @@ class EvaluateCliTestCase(lsst.utils.tests.TestCase):
             shutil.copytree(partial, copy)
             for path in copy.glob("field-000001.*"):  # the second field was never finished
                 path.unlink()
+            # A checkpoint written before the precision was part of the signature is float32's.
+            run = json.loads((copy / "run.json").read_text())
+            self.assertEqual(run.pop("precision"), "float32")
+            (copy / "run.json").write_text(json.dumps(run))
             out = io.StringIO()
             with contextlib.redirect_stdout(out):
                 rc = main(["evaluate", "--fields", str(self.fields), "--bundle", str(quick_bundle_path()),
@@ -214,6 +218,33 @@ class EvaluateCliTestCase(lsst.utils.tests.TestCase):
             summary = json.loads((tmp / "summary.json").read_text())
             self.assertNotIn("resumed_fields", summary["run"])
             self.assertEqual(set(summary["methods"]), {"blended"})
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+    def test_precision(self):
+        """--precision runs MADNESS's MAP steps in bfloat16: recorded, never mixed with float32."""
+        with self.assertRaisesRegex(MadnessValueError, "another evaluation run.*precision"):
+            run_evaluation(iter_test_fields(self.fields), ["blended"], checkpoint=self.output / "partial",
+                           bundle=str(quick_bundle_path()), info={"fields": f"TestFields {self.fields}"},
+                           precision="mixed_bfloat16", progress=False)
+        tmp = Path(tempfile.mkdtemp(prefix="madness-evaluate-bf16-"))
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                rc = main(["evaluate", "--fields", str(self.fields), "--bundle", str(quick_bundle_path()),
+                           "--methods", "blended", "madness", "--max-fields", "1", "--precision",
+                           "mixed_bfloat16", "--output", str(tmp), "--no-progress", "--no-figures"])
+            self.assertEqual(rc, 0)
+            summary = json.loads((tmp / "summary.json").read_text())
+            self.assertIn("MAP steps in mixed_bfloat16", summary["methods"]["madness"]["config"]["config"])
+            self.assertIn("MAP steps in float32", self.summary["methods"]["madness"]["config"]["config"])
+            # The same galaxies' fluxes as the float32 run's to bfloat16's precision, not identical.
+            _, g32, m32 = read_measurements(self.output / "measurements.json")
+            _, g16, m16 = read_measurements(tmp / "measurements.json")
+            n = len(g16["field_id"])
+            a, b = m32["madness"]["flux_residual"][:n], m16["madness"]["flux_residual"]
+            self.assertLess(float(np.nanmax(np.abs(a - b))), 0.05)
+            self.assertGreater(float(np.nanmax(np.abs(a - b))), 0.0)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 

@@ -241,8 +241,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     result = run_evaluation(iter_test_fields(fields_dir, max_fields=args.max_fields), methods,
                             bundle=args.bundle, bands=bands, progress=not args.no_progress, n_fields=n_fields,
                             info={"fields": source, "bundle": args.bundle or "packaged default",
+                                  "precision": args.precision,
                                   "command": "madness " + " ".join(shlex.quote(a) for a in args.argv)},
-                            checkpoint=output / "partial", restart=args.restart, rerun=args.rerun or ())
+                            checkpoint=output / "partial", restart=args.restart, rerun=args.rerun or (),
+                            precision=args.precision)
     paths = write_evaluation(result, output, figures=not args.no_figures)
     summary = json.loads(paths["summary"].read_text())
     band = "r" if "r" in result.bands else result.bands[0]
@@ -387,6 +389,10 @@ def main(argv: list[str] | None = None) -> int:
                                "always uses every band)")
     evaluate.add_argument("--max-fields", type=int, default=None, help="evaluate only the first N fields")
     evaluate.add_argument("--bundle", default=None, help="MADNESS model bundle (default: the packaged one)")
+    evaluate.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16"],
+                          help="compute precision of MADNESS's MAP steps (MapSettings.precision; "
+                               "mixed_bfloat16: the decoder in bfloat16, faster where the CPU has bfloat16 "
+                               "instructions)")
     evaluate.add_argument("--restart", action="store_true",
                           help="discard the finished fields in OUTPUT/partial; without it, the same command "
                                "run again continues after the last finished field")

@@ -148,6 +148,9 @@ class DeblendMethod(abc.ABC):
         Survey conditions (PSF FWHM, pixel scale) of those bands.
     bundle : path-like, optional
         MADNESS model bundle (MADNESS methods only); the packaged default if `None`.
+    precision : `str`
+        Compute precision of MADNESS's MAP steps (`MapSettings.precision`: ``"float32"`` or
+        ``"mixed_bfloat16"``); the other methods have no such choice and ignore it.
     """
 
     name: ClassVar[str]
@@ -155,10 +158,11 @@ class DeblendMethod(abc.ABC):
     requires: ClassVar[tuple[str, ...]] = ()
     """Modules that must import for the method to be available."""
 
-    def __init__(self, bands: Sequence[str], conditions, bundle=None):
+    def __init__(self, bands: Sequence[str], conditions, bundle=None, precision: str = "float32"):
         self.bands = tuple(bands)
         self.conditions = conditions
         self.bundle = bundle
+        self.precision = precision
 
     @classmethod
     def availability(cls) -> str | None:
@@ -208,9 +212,9 @@ class _MadnessBase(DeblendMethod):
     requires = ("keras",)
 
     def setup(self) -> None:
-        from ..engine import MadnessDeblender
+        from ..engine import MadnessDeblender, MapSettings
 
-        self.deblender = MadnessDeblender.from_bundle(self.bundle)
+        self.deblender = MadnessDeblender.from_bundle(self.bundle, settings=MapSettings(precision=self.precision))
         if self.deblender.bands != self.bands:
             raise MadnessValueError(f"The model's bands {self.deblender.bands} differ from the fields' "
                                     f"{self.bands}.")
@@ -272,7 +276,7 @@ class MadnessMethod(_MadnessBase):
                           f"EWMA stop rtol {s.rtol}; prior weight {s.prior_weight}; "
                           + (f"flux factor per band (sigma {s.amplitude_sigma})" if s.fit_amplitudes
                              else "no flux factors")
-                          + f"; zoom up to {s.max_zoom} ({s.zoom_choice})"}
+                          + f"; zoom up to {s.max_zoom} ({s.zoom_choice}); MAP steps in {s.precision}"}
 
 
 @functools.lru_cache(maxsize=4)

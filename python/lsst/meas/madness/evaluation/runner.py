@@ -126,11 +126,11 @@ class EvaluationResult:
 # --- the worker process -----------------------------------------------------------------------
 
 
-def _worker_main(conn, name: str, bands, conditions, bundle) -> None:
+def _worker_main(conn, name: str, bands, conditions, bundle, precision: str = "float32") -> None:
     """Entry point of a method's worker process (see the module docstring for the protocol)."""
     try:
         start = time.perf_counter()
-        method = get_method(name)(bands, conditions, bundle)
+        method = get_method(name)(bands, conditions, bundle, precision=precision)
         method.setup()
         conn.send(("ready", {"setup_seconds": time.perf_counter() - start, "config": method.describe(),
                              "rss": MemoryMeter.rss(), "pid": os.getpid()}))
@@ -173,11 +173,12 @@ def _worker_main(conn, name: str, bands, conditions, bundle) -> None:
 class _Worker:
     """Parent-side handle of one method's worker process."""
 
-    def __init__(self, name: str, bands, conditions, bundle, context):
+    def __init__(self, name: str, bands, conditions, bundle, context, precision: str = "float32"):
         self.name = name
         self.conn, child = context.Pipe()
         self.process = context.Process(target=_worker_main, args=(child, name, tuple(bands), conditions,
-                                                                   None if bundle is None else str(bundle)),
+                                                                   None if bundle is None else str(bundle),
+                                                                   precision),
                                        name=f"madness-evaluate-{name}", daemon=True)
         self.process.start()
         child.close()
@@ -245,7 +246,8 @@ def _blended_metrics(ref_metrics: dict, n: int, nb: int) -> dict[str, np.ndarray
 def run_evaluation(fields: Iterable[TestField], methods: Sequence[str] = METHOD_NAMES, *, bundle=None,
                    bands: Sequence[str] | None = None, conditions=None, progress: bool = True,
                    n_fields: int | None = None, info: dict | None = None, checkpoint=None,
-                   restart: bool = False, rerun: Sequence[str] = ()) -> EvaluationResult:
+                   restart: bool = False, rerun: Sequence[str] = (),
+                   precision: str = "float32") -> EvaluationResult:
     """Deblend ``fields`` with every method and measure each galaxy.
 
     Parameters
@@ -278,6 +280,9 @@ def run_evaluation(fields: Iterable[TestField], methods: Sequence[str] = METHOD_
         Methods whose results stored in ``checkpoint`` are discarded before the run (each
         field's files rewritten atomically), so they are computed again while the other
         methods' results are kept. An interrupted rerun continues without ``rerun``.
+    precision : `str`
+        Compute precision of MADNESS's MAP steps (`MapSettings.precision`); part of the run's
+        signature, so a checkpoint is never continued in another precision.
 
     Returns
     -------
@@ -320,7 +325,8 @@ def run_evaluation(fields: Iterable[TestField], methods: Sequence[str] = METHOD_
         get_method(name)
     if checkpoint is not None:
         signature = {"bands": list(bands), "field_bands": list(field_bands),
-                     "bundle": None if bundle is None else str(bundle), "fields": (info or {}).get("fields")}
+                     "bundle": None if bundle is None else str(bundle), "fields": (info or {}).get("fields"),
+                     "precision": precision}
         store = _Checkpoint(checkpoint, signature, restart=restart)
         if rerun:
             store.discard(rerun)
@@ -332,7 +338,7 @@ def run_evaluation(fields: Iterable[TestField], methods: Sequence[str] = METHOD_
     started = time.perf_counter()
     for name, rec in records.items():
         if rec.status == "ok" and name != "blended":
-            workers[name] = _Worker(name, field_bands, conditions, bundle, context)
+            workers[name] = _Worker(name, field_bands, conditions, bundle, context, precision=precision)
     for name, worker in list(workers.items()):
         message = worker.ready()
         rec = records[name]
@@ -476,6 +482,7 @@ class _Checkpoint:
         if run.exists():
             stored = json.loads(run.read_text())
             stored.pop("methods", None)  # runs before per-method results recorded them here
+            stored.setdefault("precision", "float32")  # runs before the precision was a choice
             if stored != self.signature:
                 differ = sorted(k for k in set(stored) | set(self.signature) if stored.get(k) != self.signature.get(k))
                 raise MadnessValueError(
