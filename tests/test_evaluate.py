@@ -224,12 +224,30 @@ class EvaluateCliTestCase(lsst.utils.tests.TestCase):
 
     def test_precision(self):
         """--precision runs MADNESS's MAP steps in bfloat16: recorded, never mixed with float32."""
-        with self.assertRaisesRegex(MadnessValueError, "another evaluation run.*precision"):
+        with self.assertRaisesRegex(MadnessValueError, "another evaluation run.*precision.*--rerun"):
             run_evaluation(iter_test_fields(self.fields), ["blended"], checkpoint=self.output / "partial",
                            bundle=str(quick_bundle_path()), info={"fields": f"TestFields {self.fields}"},
                            precision="mixed_bfloat16", progress=False)
         tmp = Path(tempfile.mkdtemp(prefix="madness-evaluate-bf16-"))
         try:
+            # Another precision (or bundle) with every model method rerun: the peers' stored
+            # results are kept, the model's recomputed, and the run's signature follows.
+            copy = tmp / "copy"
+            shutil.copytree(self.output / "partial", copy / "partial")
+            stored = {p.name: json.loads(p.read_text()) for p in (copy / "partial").glob("field-*.json")}
+            with contextlib.redirect_stdout(io.StringIO()):
+                rc = main(["evaluate", "--fields", str(self.fields), "--bundle", str(quick_bundle_path()),
+                           "--methods", "blended", "vae_deblender", "madness", "--precision", "mixed_bfloat16",
+                           "--rerun", "madness", "vae_deblender", "--output", str(copy), "--no-progress",
+                           "--no-figures"])
+            self.assertEqual(rc, 0)
+            self.assertEqual(json.loads((copy / "partial" / "run.json").read_text())["precision"], "mixed_bfloat16")
+            for name, before in stored.items():
+                after = json.loads((copy / "partial" / name).read_text())
+                self.assertEqual(after["blended"], before["blended"])
+                self.assertNotEqual(after["madness"], before["madness"])  # its own time, at least
+            copy_summary = json.loads((copy / "summary.json").read_text())
+            self.assertIn("MAP steps in mixed_bfloat16", copy_summary["methods"]["madness"]["config"]["config"])
             with contextlib.redirect_stdout(io.StringIO()):
                 rc = main(["evaluate", "--fields", str(self.fields), "--bundle", str(quick_bundle_path()),
                            "--methods", "blended", "madness", "--max-fields", "1", "--precision",

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 __all__ = [
     "METHOD_NAMES",
+    "MODEL_METHOD_NAMES",
     "BlendedMethod",
     "DeblendMethod",
     "FieldInput",
@@ -738,6 +739,9 @@ _METHODS = {m.name: m for m in (BlendedMethod, VaeDeblenderMethod, MadnessMethod
                                 ScarletLiteMethod, ScarletMethod)}
 METHOD_NAMES = tuple(_METHODS)
 """Every method the evaluation knows, in report order."""
+
+MODEL_METHOD_NAMES = tuple(name for name, cls in _METHODS.items() if issubclass(cls, _MadnessBase))
+"""The methods that run MADNESS's model bundle (the only ones a bundle or precision changes)."""
 
 
 def get_method(name: str) -> type[DeblendMethod]:

@@ -39,7 +39,7 @@ import numpy as np
 
 from ..errors import MadnessValueError
 from .fields import TestField
-from .methods import METHOD_NAMES, FieldInput, get_method, method_availability
+from .methods import METHOD_NAMES, MODEL_METHOD_NAMES, FieldInput, get_method, method_availability
 from .metrics import model_metrics, reference_metrics
 from .resources import MemoryMeter
 
@@ -327,9 +327,7 @@ def run_evaluation(fields: Iterable[TestField], methods: Sequence[str] = METHOD_
         signature = {"bands": list(bands), "field_bands": list(field_bands),
                      "bundle": None if bundle is None else str(bundle), "fields": (info or {}).get("fields"),
                      "precision": precision}
-        store = _Checkpoint(checkpoint, signature, restart=restart)
-        if rerun:
-            store.discard(rerun)
+        store = _Checkpoint(checkpoint, signature, restart=restart, rerun=rerun)
     elif rerun:
         raise MadnessValueError("rerun needs a checkpoint directory holding an earlier run.")
 
@@ -473,7 +471,10 @@ class _Checkpoint:
     field's files hold the results of the methods that ran on it.
     """
 
-    def __init__(self, directory, signature: dict, *, restart: bool = False):
+    # Signature keys that only the model methods (MODEL_METHOD_NAMES) depend on.
+    MODEL_KEYS = ("bundle", "precision")
+
+    def __init__(self, directory, signature: dict, *, restart: bool = False, rerun: Sequence[str] = ()):
         self.directory = Path(directory)
         self.signature = json.loads(json.dumps(signature))
         run = self.directory / "run.json"
@@ -483,12 +484,27 @@ class _Checkpoint:
             stored = json.loads(run.read_text())
             stored.pop("methods", None)  # runs before per-method results recorded them here
             stored.setdefault("precision", "float32")  # runs before the precision was a choice
-            if stored != self.signature:
-                differ = sorted(k for k in set(stored) | set(self.signature) if stored.get(k) != self.signature.get(k))
+            differ = sorted(k for k in set(stored) | set(self.signature) if stored.get(k) != self.signature.get(k))
+            # Another bundle or precision changes only the model methods' results: when all of
+            # them are rerun, the peers' stored results stay valid (a new model beside the
+            # same peers on the same fields, without running the peers again).
+            new_model = bool(differ) and set(differ) <= set(self.MODEL_KEYS) \
+                and set(MODEL_METHOD_NAMES) <= set(rerun)
+            if differ and not new_model:
+                hint = (f" (only {', '.join(differ)}: add --rerun {' '.join(MODEL_METHOD_NAMES)} to recompute the "
+                        "model's methods and keep the others')" if set(differ) <= set(self.MODEL_KEYS) else "")
                 raise MadnessValueError(
-                    f"{self.directory} holds fields of another evaluation run (different {', '.join(differ)}); "
+                    f"{self.directory} holds fields of another evaluation run (different {', '.join(differ)}){hint}; "
                     "use another output directory, or restart to discard them.")
             n = len(list(self.directory.glob("field-*.json")))
+            if rerun:
+                self.discard(rerun)
+            if new_model:
+                # Written after the discard: an interruption before it leaves the old signature
+                # with the old results, and the same command starts again.
+                _log.warning("Model changed (%s): the stored results of %s were discarded, the other methods' "
+                             "are kept.", ", ".join(differ), ", ".join(MODEL_METHOD_NAMES))
+                _atomic_write(run, json.dumps(self.signature, indent=1).encode())
             if n:
                 _log.warning("Resuming: %d finished fields in %s are loaded, not deblended again.", n,
                              self.directory)
