@@ -15,6 +15,8 @@ import numpy as np
 from task_utils import (
     NAN_HOLE,
     PATCH_YX0,
+    SCENE_GROUPS,
+    SCENE_PEAKS,
     aperture_oracle,
     deblender,
     masked_images,
@@ -24,7 +26,6 @@ from task_utils import (
 )
 from utils import BANDS, MadnessTestCase, quick_bundle_path
 
-import lsst.pex.config as pexConfig
 import lsst.utils.tests
 from lsst.meas.madness.errors import MadnessValueError
 from lsst.meas.madness.tasks import Footprint, MadnessDeblendTask, MadnessMissingBandError, MultibandCoadd
@@ -200,15 +201,14 @@ class AfwTaskConnectionsTestCase(MadnessTestCase):
         for name in ("bundlePath", "bands", "maxNumberOfPeaks", "maxFootprintArea", "catchFailures"):
             self.assertIn(name, config)
         config.idGenerator.release_id = 2
-        # Residual peaks are the pip task's default but have no afw peak record: off here.
+        # Residual peaks are the pip task's default; the afw task (a drop-in for DRP) leaves the
+        # merged detections' peaks alone unless asked, and accepts both when asked.
         self.assertFalse(config.doResidualPeaks)
         self.assertFalse(config.doPairSplits)
         config.validate()
         for name in ("doResidualPeaks", "doPairSplits"):
             setattr(config, name, True)
-            with self.assertRaises(pexConfig.FieldValidationError, msg=name):
-                config.validate()
-            setattr(config, name, False)
+        config.validate()
 
     @unittest.skipIf(HAVE_PIPE_TASKS, "lsst.pipe.tasks is importable")
     def test_measurement_task_needs_pipe_tasks(self):
@@ -530,6 +530,77 @@ class AfwDeblendTestCase(MadnessTestCase):
             self.assertAlmostEqual(forcedRecord.get(field), expected, delta=noise, msg=child.getId())
             n += 1
         self.assertGreater(n, 3)
+
+    def test_residual_peak_gets_a_peak_record(self):
+        """doResidualPeaks on the afw path: the galaxy whose peak the merged detections lost comes
+        back as a child with a new peak, in its own footprint and in its parent's (the scene and
+        the lost galaxy of the pip task's test_residual_peaks)."""
+        import lsst.afw.detection as afwDet
+        import lsst.afw.image as afwImage
+        import lsst.afw.table as afwTable
+        import lsst.geom
+
+        from lsst.meas.madness.tasks.afw import MadnessDeblendAfwTask, spanset_from_footprint
+
+        image, var, truth = scene()
+        members, lost = SCENE_GROUPS[0], 1
+        footprint = Footprint.from_mask(truth[members].sum(axis=(0, 1)) > 5.0, PATCH_YX0)
+        height, width = image.shape[1:]
+        box = lsst.geom.Box2I(lsst.geom.Point2I(PATCH_YX0[1], PATCH_YX0[0]), lsst.geom.Extent2I(width, height))
+        exposures = {}
+        for b, band in enumerate(BANDS):
+            exposure = afwImage.ExposureF(box)
+            exposure.image.array[:] = image[b]
+            exposure.variance.array[:] = var[b]
+            exposures[band] = exposure
+        peakSchema = afwDet.PeakTable.makeMinimalSchema()
+        merged = afwTable.SourceCatalog(afwTable.SourceTable.makeMinimalSchema())
+        parent = merged.addNew()
+        fp = afwDet.Footprint(spanset_from_footprint(footprint), peakSchema)
+        for i in members:
+            if i != lost:
+                x, y = (int(v) for v in SCENE_PEAKS[i])
+                fp.addPeak(x + PATCH_YX0[1], y + PATCH_YX0[0], float(np.nansum(image[:, y, x])))
+        parent.setFootprint(fp)
+        config = MadnessDeblendAfwConfig()
+        config.bundlePath = str(quick_bundle_path())
+        config.maxIter = 60
+        config.minIter = 20
+        config.inputUnit = "electron"
+        config.doResidualPeaks = True
+        task = MadnessDeblendAfwTask(schema=merged.schema, peakSchema=peakSchema, config=config,
+                                     deblender=deblender())
+        result = task.run(coadds=exposures, mergedDetections=merged)
+        catalog = result.deblendedCatalog
+        added = [r for r in catalog if r.getParent() != 0 and r.get("deblend_residualPeak")]
+        self.assertEqual(len(added), 1)
+        child = added[0]
+        self.assertEqual(child.getParent(), parent.getId())
+        out = next(r for r in catalog if r.getId() == parent.getId())
+        self.assertEqual(out.get("deblend_nResidualPeaks"), 1)
+        self.assertEqual(out.get("deblend_nPeaks"), 2)  # the detection's peaks
+        self.assertEqual(out.get("deblend_nChild"), 3)
+        self.assertEqual(len(catalog.getChildren(parent.getId())), 3)
+        # The child's one peak sits on the lost galaxy, and the parent's footprint holds it too.
+        peaks = child.getFootprint().getPeaks()
+        self.assertEqual(len(peaks), 1)
+        x, y = SCENE_PEAKS[lost] + np.array([PATCH_YX0[1], PATCH_YX0[0]])
+        self.assertLessEqual(np.hypot(peaks[0].getFx() - x, peaks[0].getFy() - y), 1.5)
+        self.assertEqual(child.get("deblend_peakId"), peaks[0].getId())
+        parentPeakIds = [p.getId() for p in out.getFootprint().getPeaks()]
+        self.assertIn(peaks[0].getId(), parentPeakIds)
+        self.assertEqual(len(set(parentPeakIds)), 3)
+        self.assertGreater(peaks[0].getPeakValue(), 0)
+        self.assertTrue(out.getFootprint().getSpans().contains(child.getFootprint().getSpans()))
+        self.assertEqual(len({r.getId() for r in catalog}), len(catalog))
+        # Every band's catalog carries its heavy footprint; the object parents hold the new peak.
+        for band, bandCatalog in result.deblendedFlux.items():
+            record = next(r for r in bandCatalog if r.getId() == child.getId())
+            self.assertTrue(record.getFootprint().isHeavy(), band)
+        objectParent = next(r for r in result.objectParents if r.getId() == parent.getId())
+        self.assertEqual(len(objectParent.getFootprint().getPeaks()), 3)
+        # The merged detections handed to run() are not changed.
+        self.assertEqual(len(merged[0].getFootprint().getPeaks()), 2)
 
     def test_flags_on_injected_failures(self):
         """Too many peaks and too big parents are skipped with their flags; NaN blends fail alone."""

@@ -171,7 +171,7 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
         "(band-summed, PSF-filtered, in noise units), refit the parent with them and keep them when "
         "the MAP objective falls by more than residualPeakPenalty per added source (children flagged "
         "deblend_residualPeak). Raises completeness at SNR > 10 by ~4 points on simulated patches for "
-        "~1.3x the deblend time (doc/detection.md); the afw task turns it off.",
+        "~1.3x the deblend time (doc/detection.md); off by default in the afw task, where an added child gets a new peak in its parent's footprint.",
     )
     residualPeakThreshold = pexConfig.Field[float](
         default=5.0, doc="Least significance of a residual peak (noise units of the filtered residual)."

@@ -164,25 +164,12 @@ class MadnessDeblendAfwConfig(MadnessDeblendConfig, pipelineConnections=MadnessD
 
     def setDefaults(self):
         super().setDefaults()
-        # A residual peak's child has no afw peak record to copy (_fillCatalog): off on this path
-        # whatever the pip task's default.
+        # Off by default on this path, whatever the pip task's default: as a drop-in for
+        # deblendCoaddFootprints, the children are the merged detections' peaks unless asked
+        # otherwise. On, a source the fit adds gets a new peak in its parent's footprint
+        # (MadnessDeblendAfwTask._addedPeak).
         self.doResidualPeaks = False
         self.doPairSplits = False
-
-    def validate(self):
-        super().validate()
-        if self.doResidualPeaks:
-            # A residual peak's child has no afw peak record to copy (_fillCatalog); not written yet.
-            raise pexConfig.FieldValidationError(
-                MadnessDeblendAfwConfig.doResidualPeaks, self,
-                "doResidualPeaks is supported on the pip-only path (MadnessDeblendTask) only.",
-            )
-        if self.doPairSplits:
-            # Nor has the second member of a split pair.
-            raise pexConfig.FieldValidationError(
-                MadnessDeblendAfwConfig.doPairSplits, self,
-                "doPairSplits is supported on the pip-only path (MadnessDeblendTask) only.",
-            )
 
 
 class MadnessDeblendAfwTask(MadnessDeblendTask):
@@ -361,6 +348,7 @@ class MadnessDeblendAfwTask(MadnessDeblendTask):
         from .convert import child_footprint
 
         rowById = {row["id"]: row for row in result.parentRows}
+        parentById = {int(r.getId()): r for r in sources if r.getParent() == 0}
         for record in list(sources):
             fp = record.getFootprint()
             if fp is not None and len(fp.getPeaks()):
@@ -379,7 +367,11 @@ class MadnessDeblendAfwTask(MadnessDeblendTask):
         for i in order:
             row = result.childRows[i]
             key = int(row["id"])
-            parentRecord, peak = peaks[key]
+            if key in peaks:
+                parentRecord, peak = peaks[key]
+            else:  # a source the fit added (residual peak, second member of a split pair)
+                parentRecord = parentById[int(row["parent"])]
+                peak = self._addedPeak(parentRecord, row, result.heavyFootprints[key], result.heavyValues[key])
             parentRow = rowById[int(parentRecord.getId())]
             child = sources.addNew()
             child.assign(peak, self.peakSchemaMapper)
@@ -395,6 +387,41 @@ class MadnessDeblendAfwTask(MadnessDeblendTask):
             self._set(child, "deblend_blendNChild", parentRow.get("deblend_nChild", 0))
             children[key] = child
         return children
+
+    def _addedPeak(self, parentRecord, row, footprint, values):
+        """A new peak in ``parentRecord``'s footprint for a source the fit added.
+
+        Detection gave such a source no peak, but a child's afw footprint holds exactly one, and
+        its parent's footprint holds its children's peaks (``deblend_peakId`` points into it). The
+        peak sits at the centre the child's model is drawn at (``deblend_center_x/y``), its id
+        follows the footprint's largest, and its value is the child's band-summed model there
+        (0 if that pixel is outside the child's footprint). The parent keeps the detection's
+        ``deblend_nPeaks``; the child's ``deblend_residualPeak`` / ``deblend_pairSplit`` say why it
+        was added.
+        """
+        import lsst.afw.detection as afwDet
+
+        # A new footprint for the parent: the output records share the input's footprints, and
+        # the merged detections handed to run() must not change.
+        old = parentRecord.getFootprint()
+        fp = afwDet.Footprint(old.getSpans(), old.getPeaks().getSchema())
+        peaks = fp.getPeaks()
+        for p in old.getPeaks():
+            peaks.addNew().assign(p)
+        parentRecord.setFootprint(fp)
+        fx, fy = float(row["deblend_center_x"]), float(row["deblend_center_y"])
+        ix, iy = int(np.floor(fx + 0.5)), int(np.floor(fy + 0.5))
+        ys, xs = footprint.pixels()
+        at = np.flatnonzero((ys == iy) & (xs == ix))
+        newId = 1 + max((int(p.getId()) for p in peaks), default=0)
+        peak = peaks.addNew()
+        peak.setId(newId)
+        peak.setFx(fx)
+        peak.setFy(fy)
+        peak.setIx(ix)
+        peak.setIy(iy)
+        peak.setPeakValue(float(np.sum(values[:, at[0]])) if len(at) else 0.0)
+        return peak
 
     def _bandCatalog(self, sources, children, result, b: int, exposure):
         """A deep copy of the catalog whose children carry their ``HeavyFootprintF`` in band ``b``."""
