@@ -230,6 +230,18 @@ class EvaluateCliTestCase(lsst.utils.tests.TestCase):
                            precision="mixed_bfloat16", progress=False)
         tmp = Path(tempfile.mkdtemp(prefix="madness-evaluate-bf16-"))
         try:
+            # A checkpoint that does not say which model it ran (before the bundle's fingerprint
+            # was recorded; "the packaged default" changes when a model is shipped) is not
+            # continued with the model methods' stored results.
+            old = tmp / "old" / "partial"
+            shutil.copytree(self.output / "partial", old)
+            run = json.loads((old / "run.json").read_text())
+            self.assertEqual(len(run.pop("bundle_fingerprint")), 64)
+            (old / "run.json").write_text(json.dumps(run))
+            with self.assertRaisesRegex(MadnessValueError, "bundle_fingerprint.*--rerun"):
+                run_evaluation(iter_test_fields(self.fields), ["blended"], checkpoint=old,
+                               bundle=str(quick_bundle_path()), info={"fields": f"TestFields {self.fields}"},
+                               progress=False)
             # Another precision (or bundle) with every model method rerun: the peers' stored
             # results are kept, the model's recomputed, and the run's signature follows.
             copy = tmp / "copy"

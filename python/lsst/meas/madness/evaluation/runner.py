@@ -326,7 +326,7 @@ def run_evaluation(fields: Iterable[TestField], methods: Sequence[str] = METHOD_
     if checkpoint is not None:
         signature = {"bands": list(bands), "field_bands": list(field_bands),
                      "bundle": None if bundle is None else str(bundle), "fields": (info or {}).get("fields"),
-                     "precision": precision}
+                     "precision": precision, "bundle_fingerprint": _bundle_fingerprint(bundle)}
         store = _Checkpoint(checkpoint, signature, restart=restart, rerun=rerun)
     elif rerun:
         raise MadnessValueError("rerun needs a checkpoint directory holding an earlier run.")
@@ -462,6 +462,23 @@ def run_evaluation(fields: Iterable[TestField], methods: Sequence[str] = METHOD_
                             methods=records, info=run_info)
 
 
+def _bundle_fingerprint(bundle) -> str:
+    """sha256 of the bundle's ``bundle.json`` (which holds the sha256 of every weight file).
+
+    The path alone does not name a model: the packaged default (``bundle=None``) changes when a
+    new model is shipped, and a directory can be overwritten.
+    """
+    import hashlib
+
+    from ..io.bundle import METADATA_FILE, default_bundle_path
+
+    path = (default_bundle_path() if bundle is None else Path(bundle)) / METADATA_FILE
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return "unreadable"  # the MADNESS worker then reports the bundle's own error
+
+
 class _Checkpoint:
     """Finished fields of one evaluation run, one ``.npz`` + ``.json`` pair per field.
 
@@ -472,7 +489,7 @@ class _Checkpoint:
     """
 
     # Signature keys that only the model methods (MODEL_METHOD_NAMES) depend on.
-    MODEL_KEYS = ("bundle", "precision")
+    MODEL_KEYS = ("bundle", "bundle_fingerprint", "precision")
 
     def __init__(self, directory, signature: dict, *, restart: bool = False, rerun: Sequence[str] = ()):
         self.directory = Path(directory)
@@ -484,6 +501,8 @@ class _Checkpoint:
             stored = json.loads(run.read_text())
             stored.pop("methods", None)  # runs before per-method results recorded them here
             stored.setdefault("precision", "float32")  # runs before the precision was a choice
+            # Runs before the fingerprint cannot say which model "the packaged default" was then.
+            stored.setdefault("bundle_fingerprint", None)
             differ = sorted(k for k in set(stored) | set(self.signature) if stored.get(k) != self.signature.get(k))
             # Another bundle or precision changes only the model methods' results: when all of
             # them are rerun, the peers' stored results stay valid (a new model beside the
