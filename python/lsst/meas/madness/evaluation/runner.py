@@ -524,7 +524,10 @@ class _Checkpoint:
                 _log.warning("Model changed (%s): the stored results of %s were discarded, the other methods' "
                              "are kept.", ", ".join(differ), ", ".join(MODEL_METHOD_NAMES))
                 _atomic_write(run, json.dumps(self.signature, indent=1).encode())
-            if n:
+            if n and rerun:
+                _log.warning("Resuming: %d finished fields in %s; %s run again on them, the other methods' "
+                             "stored results are loaded.", n, self.directory, ", ".join(rerun))
+            elif n:
                 _log.warning("Resuming: %d finished fields in %s are loaded, not deblended again.", n,
                              self.directory)
         else:
