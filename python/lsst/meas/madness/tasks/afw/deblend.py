@@ -46,6 +46,7 @@ import lsst.pipe.base.connectionTypes as cT
 from lsst.utils.timer import timeMethod
 
 from ...engine import MadnessDeblender
+from ...engine.geometry import round_half_up
 from ..deblend import MadnessDeblendConfig, MadnessDeblendTask
 from ...units import ModelUnits
 from .conventions import AFW_SKIPPED_COLUMNS, afw_fields, photocalib_scales
@@ -410,9 +411,8 @@ class MadnessDeblendAfwTask(MadnessDeblendTask):
             peaks.addNew().assign(p)
         parentRecord.setFootprint(fp)
         fx, fy = float(row["deblend_center_x"]), float(row["deblend_center_y"])
-        ix, iy = int(np.floor(fx + 0.5)), int(np.floor(fy + 0.5))
-        ys, xs = footprint.pixels()
-        at = np.flatnonzero((ys == iy) & (xs == ix))
+        ix, iy = (int(v) for v in round_half_up(np.array([fx, fy])))
+        at = _pixel_index(footprint, iy, ix)
         newId = 1 + max((int(p.getId()) for p in peaks), default=0)
         peak = peaks.addNew()
         peak.setId(newId)
@@ -420,7 +420,7 @@ class MadnessDeblendAfwTask(MadnessDeblendTask):
         peak.setFy(fy)
         peak.setIx(ix)
         peak.setIy(iy)
-        peak.setPeakValue(float(np.sum(values[:, at[0]])) if len(at) else 0.0)
+        peak.setPeakValue(float(np.sum(values[:, at])) if at is not None else 0.0)
         return peak
 
     def _bandCatalog(self, sources, children, result, b: int, exposure):
@@ -436,11 +436,17 @@ class MadnessDeblendAfwTask(MadnessDeblendTask):
             record.setFootprint(heavy_footprint(child.getFootprint(), footprint, values, exposure))
             self._set(record, "deblend_zeroFlux", not np.any(values != 0))
             peak = child.getFootprint().getPeaks()[0]
-            ys, xs = footprint.pixels()
-            at = np.flatnonzero((ys == peak.getIy()) & (xs == peak.getIx()))
-            self._set(record, "deblend_peak_instFlux", values[at[0]] if len(at) else np.nan)
+            at = _pixel_index(footprint, peak.getIy(), peak.getIx())
+            self._set(record, "deblend_peak_instFlux", values[at] if at is not None else np.nan)
         for record in out:
             footprint = record.getFootprint()
             if footprint is not None:
                 self._set(record, "deblend_dataCoverage", footprint_data_coverage(footprint, exposure))
         return out
+
+
+def _pixel_index(footprint, y: int, x: int) -> int | None:
+    """Index of pixel ``(y, x)`` in ``footprint.pixels()`` order (that of its values), or `None`."""
+    ys, xs = footprint.pixels()
+    at = np.flatnonzero((ys == y) & (xs == x))
+    return int(at[0]) if len(at) else None
