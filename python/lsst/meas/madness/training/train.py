@@ -220,8 +220,15 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
                           dense_units=config.dense_units, output_activation=config.decoder_output_activation,
                           output_scale=_output_scale(config, sky_net))
         encoder.build((None, size, size, len(bands)))
-    # The flow is a density: it trains in float32 whatever the image networks do.
-    flow = MaskedAutoregressiveFlow(config.latent_dim, seed=config.seed)
+    # The flow is a density: it trains in float32 whatever the image networks do. Its layer order
+    # (the permutations between MADE layers, drawn from a seed) is part of what its weights mean,
+    # so a warm start keeps the parent's whatever this run's seed: with the run's own order the
+    # parent's weights describe another density (a --seed 1 continuation of the seed-0 bundle
+    # deblended with a meaningless prior: doc/training.md, cpu7-b).
+    if parent is not None:
+        flow = MaskedAutoregressiveFlow.from_config(parent.flow.get_config())
+    else:
+        flow = MaskedAutoregressiveFlow(config.latent_dim, seed=config.seed)
     flow.build()
     if parent is not None:
         _warm_start(parent, encoder, decoder, flow, bands, size)
@@ -438,6 +445,9 @@ def _warm_start(parent: ModelBundle, encoder, decoder, flow, bands, size) -> Non
         _log.info("New decoder (filters %s, dense %d) in the warm-start bundle's latent space (its decoder: "
                   "filters %s, dense %d).", tuple(decoder.filters), decoder.dense_units,
                   tuple(parent.decoder.filters), parent.decoder.dense_units)
+    if flow.get_config()["permutations"] != parent.flow.get_config()["permutations"]:
+        raise MadnessValueError("The flow to warm-start has other permutations than the warm-start bundle's; "
+                                "its weights would describe another density (build it from the bundle's config).")
     flow.set_weights(parent.flow.get_weights())
     encoder.set_weights((parent.encoder or parent.deblender_encoder).get_weights())
     _log.info("Warm start from a bundle trained with %r (%s encoder).", meta.training.get("preset"),
