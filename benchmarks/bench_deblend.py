@@ -13,7 +13,9 @@ Runs the packaged trained bundle (or ``--bundle``) in each requested compute pre
   stopping rule, all galaxies of a field as one blend -- seconds per galaxy end to end and the
   steps the fits took.
 
-Every case is timed on a second call, after a warm-up call that pays compilation. Each backend
+Every case is timed on ``--repeats`` calls after a warm-up call that pays compilation, and its
+numbers come from the median call (the range of the calls is kept as ``wall_s_range``: on a shared
+2-core VM one call of the same case has been seen to take 1.5x another). Each backend
 runs in its own process; memory is that process's peak RSS after the case (monotone within the
 process).
 
@@ -81,7 +83,7 @@ def decoder_floor_ms(decoder, precision: str, n: int = 15, repeats: int = 20) ->
     return 1e3 * (time.perf_counter() - t0) / (repeats * n)
 
 
-def run_backend(backend: str, precisions, bundle=None, fields=None, max_fields: int = 8) -> dict:
+def run_backend(backend: str, precisions, bundle=None, fields=None, max_fields: int = 8, repeats: int = 3) -> dict:
     os.environ["KERAS_BACKEND"] = backend
     import keras
     import numpy as np
@@ -101,9 +103,12 @@ def run_backend(backend: str, precisions, bundle=None, fields=None, max_fields: 
 
     def timed(blends, settings, fixed: bool):
         deblender.deblend_batch(blends, settings=settings)  # warm-up: compilation
-        t0 = time.perf_counter()
-        results = deblender.deblend_batch(blends, settings=settings)
-        wall = time.perf_counter() - t0
+        walls = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            results = deblender.deblend_batch(blends, settings=settings)
+            walls.append(time.perf_counter() - t0)
+        wall = float(np.median(walls))
         if fixed:
             assert all(r.n_iter == settings.max_iter for r in results)
         n_gal = sum(r.n_sources for r in results)
@@ -114,6 +119,7 @@ def run_backend(backend: str, precisions, bundle=None, fields=None, max_fields: 
             "n_galaxies": n_gal,
             "steps": round(steps, 1),
             "wall_s": round(wall, 3),
+            "wall_s_range": [round(min(walls), 3), round(max(walls), 3)],
             "s_per_galaxy": round(wall / n_gal, 3),
             "ms_per_galaxy_step": round(1e3 * wall / gal_steps, 3),
             "peak_rss_mb": _peak_rss_mb(),
@@ -165,6 +171,7 @@ def run_backend(backend: str, precisions, bundle=None, fields=None, max_fields: 
         "bundle": str(bundle) if bundle else "packaged",
         "model": meta.description if meta is not None else None,
         "batch_sources": MapSettings().batch_sources,
+        "repeats": repeats,
         "decoder_floor_ms_per_galaxy": floors,
         "cases": cases,
     }
@@ -175,16 +182,17 @@ def markdown(result: dict) -> str:
     lines = [
         f"Backend **{result['backend']}**, {result['machine']['processor']}, {result['machine']['cpus']} CPUs, "
         f"{result['date']}, model: {result['model']}; versions {result['versions']}. Decoder forward + "
-        f"backward per galaxy (the floor of a step): {floors}.",
+        f"backward per galaxy (the floor of a step): {floors}. Median of {result.get('repeats', 1)} timed "
+        "call(s) per case (wall range: the fastest and slowest call).",
         "",
-        "| case | precision | galaxies | steps (mean) | wall (s) | s / galaxy | ms / galaxy / step | x floor "
-        "| peak RSS (MB) |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| case | precision | galaxies | steps (mean) | wall (s) | wall range (s) | s / galaxy | ms / galaxy / step "
+        "| x floor | peak RSS (MB) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for c in result["cases"]:
         lines.append(
             f"| {c['case']} | {c['precision']} | {c['n_galaxies']} | {c['steps']} | {c['wall_s']} | "
-            f"{c['s_per_galaxy']} | {c['ms_per_galaxy_step']} | {c['x_floor']} | {c['peak_rss_mb']} |"
+            f"{'-'.join(str(v) for v in c.get('wall_s_range', [c['wall_s']] * 2))} | {c['s_per_galaxy']} | {c['ms_per_galaxy_step']} | {c['x_floor']} | {c['peak_rss_mb']} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -199,6 +207,8 @@ def main() -> int:
                              "whose CPU convolutions are slow in bfloat16)")
     parser.add_argument("--fields", default=None, help="validation TestFields for the converged-fit case")
     parser.add_argument("--max-fields", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed calls per case after the warm-up; the median is reported (default 3)")
     parser.add_argument("--output", default="benchmarks/output")
     args = parser.parse_args()
     out = Path(args.output)
@@ -206,7 +216,7 @@ def main() -> int:
     if args.backend is None:
         for backend in ("tensorflow", "jax"):
             cmd = [sys.executable, __file__, "--backend", backend, "--output", str(out),
-                   "--max-fields", str(args.max_fields)]
+                   "--max-fields", str(args.max_fields), "--repeats", str(args.repeats)]
             for flag, value in (("--bundle", args.bundle), ("--fields", args.fields)):
                 if value:
                     cmd += [flag, value]
@@ -215,7 +225,10 @@ def main() -> int:
             subprocess.run(cmd, check=True)
         return 0
     precisions = args.precision or (["float32", "mixed_bfloat16"] if args.backend == "tensorflow" else ["float32"])
-    result = run_backend(args.backend, precisions, bundle=args.bundle, fields=args.fields, max_fields=args.max_fields)
+    if args.repeats < 1:
+        parser.error("--repeats must be >= 1")
+    result = run_backend(args.backend, precisions, bundle=args.bundle, fields=args.fields, max_fields=args.max_fields,
+                         repeats=args.repeats)
     (out / f"deblend_{args.backend}.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / f"deblend_{args.backend}.md").write_text(markdown(result))
     print(markdown(result))
