@@ -7,13 +7,17 @@
 #   scripts/work-data.sh [DATA_ROOT] [PART ...]
 #
 # DATA_ROOT (default ../data) receives the TestFields; the training suite goes to sims/sims-v3 in
-# the checkout (as in doc/training.md). PARTs, default all but peers:
+# the checkout (as in doc/training.md). PARTs, default train, validation and test:
 #   train       sims/sims-v3: 150,000 isolated + 30,000 blended stamps (~25 min on 2 cores, 15 GB)
 #   validation  DATA_ROOT/sims-s101: the 20 validation TestFields of seed 101 (model selection)
 #   test        DATA_ROOT/sims-s2026b (100 fields, seed 2026), sims-s3030 (20), pop-b/sims-pop-b
 #               (20, the other galaxy population): reporting only, never selection
 #   peers       scarlet_lite and classic scarlet from their public sources into DATA_ROOT/../peers
 #               (scripts/build-peers.sh; needs network access to github.com)
+#   evaluation  DATA_ROOT/eval-s2026b: every method on the 100 test fields with the packaged model
+#               (after test and peers; ~26 min alone on 2 cores), so that a new model is compared
+#               with the stored peers by `madness evaluate --output COPY --bundle NEW --rerun madness
+#               vae_deblender` on a copy (doc/evaluation.md)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
@@ -65,8 +69,12 @@ for part in "${parts[@]}"; do
       (cd "$src/scarlet" && git checkout -q 998ca34)
       scripts/build-peers.sh "$src"
       ;;
+    evaluation)
+      log "$root/eval-s2026b (every method on the 100 test fields)"
+      "${madness[@]}" evaluate --fields "$root/sims-s2026b/testfields-test" --output "$root/eval-s2026b" --no-figures
+      ;;
     *)
-      echo "unknown part '$part' (train, validation, test, peers)" >&2
+      echo "unknown part '$part' (train, validation, test, peers, evaluation)" >&2
       exit 2
       ;;
   esac
