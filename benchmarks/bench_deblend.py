@@ -83,7 +83,8 @@ def decoder_floor_ms(decoder, precision: str, n: int = 15, repeats: int = 20) ->
     return 1e3 * (time.perf_counter() - t0) / (repeats * n)
 
 
-def run_backend(backend: str, precisions, bundle=None, fields=None, max_fields: int = 8, repeats: int = 3) -> dict:
+def run_backend(backend: str, precisions, bundle=None, fields=None, max_fields: int = 8,
+                repeats: int = 3) -> dict:
     os.environ["KERAS_BACKEND"] = backend
     import keras
     import numpy as np
@@ -185,14 +186,15 @@ def markdown(result: dict) -> str:
         f"backward per galaxy (the floor of a step): {floors}. Median of {result.get('repeats', 1)} timed "
         "call(s) per case (wall range: the fastest and slowest call).",
         "",
-        "| case | precision | galaxies | steps (mean) | wall (s) | wall range (s) | s / galaxy | ms / galaxy / step "
-        "| x floor | peak RSS (MB) |",
+        "| case | precision | galaxies | steps (mean) | wall (s) | wall range (s) | s / galaxy "
+        "| ms / galaxy / step | x floor | peak RSS (MB) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for c in result["cases"]:
         lines.append(
             f"| {c['case']} | {c['precision']} | {c['n_galaxies']} | {c['steps']} | {c['wall_s']} | "
-            f"{'-'.join(str(v) for v in c.get('wall_s_range', [c['wall_s']] * 2))} | {c['s_per_galaxy']} | {c['ms_per_galaxy_step']} | {c['x_floor']} | {c['peak_rss_mb']} |"
+            f"{'-'.join(str(v) for v in c.get('wall_s_range', [c['wall_s']] * 2))} | {c['s_per_galaxy']} | "
+            f"{c['ms_per_galaxy_step']} | {c['x_floor']} | {c['peak_rss_mb']} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -227,8 +229,8 @@ def main() -> int:
     precisions = args.precision or (["float32", "mixed_bfloat16"] if args.backend == "tensorflow" else ["float32"])
     if args.repeats < 1:
         parser.error("--repeats must be >= 1")
-    result = run_backend(args.backend, precisions, bundle=args.bundle, fields=args.fields, max_fields=args.max_fields,
-                         repeats=args.repeats)
+    result = run_backend(args.backend, precisions, bundle=args.bundle, fields=args.fields,
+                         max_fields=args.max_fields, repeats=args.repeats)
     (out / f"deblend_{args.backend}.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / f"deblend_{args.backend}.md").write_text(markdown(result))
     print(markdown(result))
