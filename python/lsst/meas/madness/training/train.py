@@ -446,8 +446,8 @@ def _warm_start(parent: ModelBundle, encoder, decoder, flow, bands, size) -> Non
                   "filters %s, dense %d).", tuple(decoder.filters), decoder.dense_units,
                   tuple(parent.decoder.filters), parent.decoder.dense_units)
     if flow.get_config()["permutations"] != parent.flow.get_config()["permutations"]:
-        raise MadnessValueError("The flow to warm-start has other permutations than the warm-start bundle's; "
-                                "its weights would describe another density (build it from the bundle's config).")
+        raise MadnessValueError("The flow to warm-start has other permutations than the warm-start bundle's; its "
+                                "weights would describe another density (build it from the bundle's config).")
     flow.set_weights(parent.flow.get_weights())
     encoder.set_weights((parent.encoder or parent.deblender_encoder).get_weights())
     _log.info("Warm start from a bundle trained with %r (%s encoder).", meta.training.get("preset"),
