@@ -14,8 +14,9 @@
 #               (20, the other galaxy population): reporting only, never selection
 #   peers       scarlet_lite and classic scarlet from their public sources into DATA_ROOT/../peers
 #               (scripts/build-peers.sh; needs network access to github.com)
-#   evaluation  DATA_ROOT/eval-s2026b: every method on the 100 test fields with the packaged model
-#               (after test and peers; ~26 min alone on 2 cores), so that a new model is compared
+#   evaluation  DATA_ROOT/eval-s2026b, eval-s3030, pop-b/eval-pop-b: every method on each test set
+#               with the packaged model (after test and peers; ~26 + 2 x 6 min alone on 2 cores),
+#               so that a new model is compared
 #               with the stored peers by `madness evaluate --output COPY --bundle NEW --rerun madness
 #               vae_deblender` on a copy (doc/evaluation.md)
 set -euo pipefail
@@ -70,8 +71,11 @@ for part in "${parts[@]}"; do
       scripts/build-peers.sh "$src"
       ;;
     evaluation)
-      log "$root/eval-s2026b (every method on the 100 test fields)"
+      log "$root/eval-s2026b, eval-s3030, pop-b/eval-pop-b (every method on each test set)"
       "${madness[@]}" evaluate --fields "$root/sims-s2026b/testfields-test" --output "$root/eval-s2026b" --no-figures
+      "${madness[@]}" evaluate --fields "$root/sims-s3030/testfields-test" --output "$root/eval-s3030" --no-figures
+      "${madness[@]}" evaluate --fields "$root/pop-b/sims-pop-b/testfields-test" --output "$root/pop-b/eval-pop-b" \
+        --no-figures
       ;;
     *)
       echo "unknown part '$part' (train, validation, test, peers, evaluation)" >&2
