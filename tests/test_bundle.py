@@ -96,6 +96,42 @@ class BundleTestCase(lsst.utils.tests.TestCase):
         with self.assertRaisesRegex(MadnessBundleError, "bands"):
             ModelBundle.load(path)
 
+    def test_shared_networks_written_once_and_verified(self):
+        """A decoder-only continuation refers to its parent's identical networks by sha256."""
+        parent = _small_bundle("float16")
+        parent_path = parent.save(self.tmp / "parent")
+        student_decoder = Decoder(filters=(8, 8, 8), dense_units=32)
+        z = np.random.default_rng(2).normal(size=(4, 16)).astype("f4")
+        student_decoder(z)
+        child = ModelBundle(parent.metadata, student_decoder, parent.flow, parent.deblender_encoder)
+        # A network that differs from the parent's (another decoder) is written; the rest are not.
+        child_path = child.save(self.tmp / "child", share_with="../parent")
+        written = sorted(f.name for f in child_path.iterdir())
+        self.assertEqual(written, ["bundle.json", "decoder.weights.000.npz"])
+        loaded = ModelBundle.load(child_path)
+        full = ModelBundle.load(child.save(self.tmp / "full"))
+        np.testing.assert_array_equal(loaded.decoder.predict(z, verbose=0), full.decoder.predict(z, verbose=0))
+        reloaded_parent = ModelBundle.load(parent_path)
+        for name in ("flow", "deblender_encoder"):
+            for mine, theirs in zip(loaded.networks[name].weights, reloaded_parent.networks[name].weights):
+                np.testing.assert_array_equal(np.asarray(mine.value), np.asarray(theirs.value))
+        # Stored in float32, the flow's arrays differ in dtype from the parent's float16: written in full.
+        meta32 = BundleMetadata(**{**parent.metadata.as_dict(), "weights_dtype": "float32"})
+        full32 = ModelBundle(meta32, student_decoder, parent.flow, parent.deblender_encoder).save(
+            self.tmp / "child32", share_with="../parent")
+        self.assertIn("flow.weights.000.npz", [f.name for f in full32.iterdir()])
+        # The shared file changed (a new parent written over the old one): refused, with the reason.
+        _small_bundle("float16").save(parent_path, overwrite=True)
+        with self.assertRaisesRegex(MadnessBundleError, "shared with '../parent'"):
+            ModelBundle.load(child_path)
+        shutil.rmtree(parent_path)
+        with self.assertRaisesRegex(MadnessBundleError, "missing"):
+            ModelBundle.load(child_path)
+        with self.assertRaisesRegex(MadnessBundleError, "absolute path"):
+            child.save(self.tmp / "abs", share_with=str(self.tmp / "full"))
+        with self.assertRaisesRegex(MadnessBundleError, "Cannot share"):
+            child.save(self.tmp / "nothing", share_with="packaged:no-such-bundle")
+
     def test_untrained_refused_by_default(self):
         path = _small_bundle(trained=False).save(self.tmp / "b")
         with self.assertRaisesRegex(MadnessBundleError, "untrained"):

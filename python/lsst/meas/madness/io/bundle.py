@@ -9,6 +9,14 @@ Layout (schema 1.0.0)::
         deblender_encoder.weights.000.npz
         encoder.weights.000.npz           optional: the VAE's own encoder (training, figures)
 
+A bundle may also *share* networks with another bundle (``ModelBundle.save(share_with=...)``):
+a network whose stored weights are identical to the other bundle's is not written again; its
+file entries name that bundle (``"shared_from"``: ``"packaged:<name>"`` for a bundle shipped
+with the package, or a path relative to the bundle directory) and keep the sha256 of the
+file there, so loading still verifies every byte and refuses a shared file that has changed.
+This keeps a decoder-only continuation (``madness train --freeze-encoder``) a few MB instead of
+the whole model, small enough to commit while it trains across sessions.
+
 Weights are stored as ``float16`` by default (halving the shipped size; the decoded stamps change
 by far less than the pixel noise -- see ``doc/bundle.md`` and ``tests/test_bundle.py``) or
 ``float32``. Loading checks the schema version, that every file is present with the recorded
@@ -19,7 +27,13 @@ atomic: a bundle appears complete or not at all.
 
 from __future__ import annotations
 
-__all__ = ["BundleMetadata", "ModelBundle", "BUNDLE_SCHEMA_VERSION", "default_bundle_path"]
+__all__ = [
+    "BundleMetadata",
+    "ModelBundle",
+    "BUNDLE_SCHEMA_VERSION",
+    "default_bundle_path",
+    "packaged_bundle_path",
+]
 
 import dataclasses
 import datetime
@@ -52,9 +66,31 @@ _NETWORK_CLASSES = {
 }
 
 
+PACKAGED_PREFIX = "packaged:"
+
+
+def packaged_bundle_path(name: str) -> Path:
+    """Where the packaged bundle ``name`` (e.g. ``"lsst-default"``) lives in the installed package."""
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise MadnessBundleError(f"{name!r} is not the name of a packaged bundle.")
+    return Path(__file__).resolve().parent.parent / "data" / "bundles" / name
+
+
 def default_bundle_path() -> Path:
     """Where the packaged default LSST bundle lives inside the installed package."""
-    return Path(__file__).resolve().parent.parent / "data" / "bundles" / "lsst-default"
+    return packaged_bundle_path("lsst-default")
+
+
+def _shared_directory(bundle_dir: Path, shared_from: str) -> Path:
+    """The directory a shared file entry points to (see the module docstring)."""
+    if shared_from.startswith(PACKAGED_PREFIX):
+        return packaged_bundle_path(shared_from[len(PACKAGED_PREFIX):])
+    if Path(shared_from).is_absolute():
+        raise MadnessBundleError(
+            f"Shared bundle {shared_from!r} is an absolute path: a bundle must stay valid when moved."
+        )
+    # Lexically, so that a bundle being written (whose directory does not exist yet) resolves too.
+    return Path(os.path.normpath(bundle_dir / shared_from))
 
 
 def _code_version() -> str:
@@ -247,7 +283,9 @@ class ModelBundle:
 
     # --- writing ---------------------------------------------------------------------------
 
-    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    def save(
+        self, path: str | os.PathLike, *, overwrite: bool = False, share_with: str | None = None
+    ) -> Path:
         """Write the bundle to directory ``path`` atomically.
 
         Parameters
@@ -256,6 +294,12 @@ class ModelBundle:
             Target directory; must not exist unless ``overwrite``.
         overwrite : `bool`
             Replace an existing bundle.
+        share_with : `str`, optional
+            Another bundle, ``"packaged:<name>"`` or a path relative to ``path``: each network
+            whose architecture and stored weights (in this bundle's ``weights_dtype``) are
+            identical to that bundle's is not written but referred to by sha256; the others are
+            written as usual. The written bundle then loads only while that bundle is present
+            and unchanged.
 
         Returns
         -------
@@ -270,10 +314,16 @@ class ModelBundle:
         try:
             files: dict[str, dict] = {}
             architectures = {}
+            shared = _SharedBundle(path, share_with) if share_with is not None else None
             for name, net in self.networks.items():
                 self._ensure_built(net)
                 architectures[name] = {"class": type(net).__name__, "config": net.get_config()}
-                for fname in _write_shards(tmp, name, _weight_arrays(net, self.metadata.weights_dtype)):
+                arrays = _weight_arrays(net, self.metadata.weights_dtype)
+                entries = shared.entries(name, architectures[name], arrays) if shared is not None else None
+                if entries is not None:
+                    files.update(entries)
+                    continue
+                for fname in _write_shards(tmp, name, arrays):
                     files[fname] = {
                         "network": name,
                         "bytes": (tmp / fname).stat().st_size,
@@ -342,17 +392,20 @@ class ModelBundle:
             if name not in architectures:
                 raise MadnessBundleError(f"Bundle {path} lacks the required network {name!r}.")
 
+        locations = {}
         for fname, info in files.items():
-            fpath = path / fname
-            if not fpath.is_file():
-                raise MadnessBundleError(f"Bundle file {fpath} is missing.")
+            fpath = cls._file_location(path, fname, info)
             size = fpath.stat().st_size
             if size != info["bytes"]:
                 raise MadnessBundleError(
                     f"Bundle file {fpath} has {size} bytes, {info['bytes']} recorded: truncated or replaced."
+                    + cls._shared_hint(info)
                 )
             if _sha256(fpath) != info["sha256"]:
-                raise MadnessBundleError(f"Bundle file {fpath} fails its sha256 check: it was modified.")
+                raise MadnessBundleError(
+                    f"Bundle file {fpath} fails its sha256 check: it was modified." + cls._shared_hint(info)
+                )
+            locations[fname] = fpath
 
         networks = {}
         for name, arch in architectures.items():
@@ -363,11 +416,36 @@ class ModelBundle:
             cls._ensure_built(net)
             arrays: dict[str, np.ndarray] = {}
             for fname in sorted(f for f, info in files.items() if info["network"] == name):
-                with np.load(path / fname) as shard:
+                with np.load(locations[fname]) as shard:
                     arrays.update({k: shard[k] for k in shard.files})
             cls._assign(net, arrays, name)
             networks[name] = net
         return cls(metadata, **networks)
+
+    @staticmethod
+    def _file_location(path: Path, fname: str, info: Mapping[str, Any]) -> Path:
+        shared_from = info.get("shared_from")
+        if shared_from is None:
+            fpath = path / fname
+            if not fpath.is_file():
+                raise MadnessBundleError(f"Bundle file {fpath} is missing.")
+            return fpath
+        fpath = _shared_directory(path, shared_from) / info.get("file", fname)
+        if not fpath.is_file():
+            raise MadnessBundleError(
+                f"Bundle {path} shares {info['network']!r} with {shared_from!r}, but {fpath} is missing."
+            )
+        return fpath
+
+    @staticmethod
+    def _shared_hint(info: Mapping[str, Any]) -> str:
+        if info.get("shared_from") is None:
+            return ""
+        return (
+            f" The file is shared with {info['shared_from']!r}, which changed since this bundle was "
+            "written: load this bundle with the other one as it was (e.g. the package version that "
+            "wrote it), or save a full copy (ModelBundle.save without share_with) while both match."
+        )
 
     @staticmethod
     def _assign(net: keras.Model, arrays: dict[str, np.ndarray], name: str) -> None:
@@ -387,3 +465,46 @@ class ModelBundle:
                     f"the architecture needs {tuple(variable.shape)}."
                 )
             variable.assign(value.astype(variable.dtype))
+
+
+class _SharedBundle:
+    """The bundle a new bundle shares identical networks with (`ModelBundle.save`)."""
+
+    def __init__(self, target: Path, share_with: str):
+        self.share_with = share_with
+        self.directory = _shared_directory(target, share_with)
+        meta_file = self.directory / METADATA_FILE
+        if not meta_file.is_file():
+            raise MadnessBundleError(f"Cannot share with {share_with!r}: {meta_file} is missing.")
+        document = json.loads(meta_file.read_text())
+        self.architectures = document.get("architectures", {})
+        self.files = document.get("files", {})
+
+    def entries(self, network: str, architecture: Mapping[str, Any],
+                arrays: list[tuple[str, np.ndarray]]) -> dict[str, dict] | None:
+        """File entries referring to the shared bundle, or `None` where the network differs."""
+        if self.architectures.get(network) != json.loads(json.dumps(architecture)):
+            return None
+        names = sorted(f for f, info in self.files.items() if info["network"] == network)
+        stored: dict[str, np.ndarray] = {}
+        for fname in names:
+            info = self.files[fname]
+            if info.get("shared_from") is not None:
+                return None  # no chains: a bundle refers only to files that are really there
+            with np.load(self.directory / fname) as shard:
+                stored.update({k: shard[k] for k in shard.files})
+        if set(stored) != {key for key, _ in arrays}:
+            return None
+        for key, array in arrays:
+            if stored[key].dtype != array.dtype or not np.array_equal(stored[key], array):
+                return None
+        return {
+            fname: {
+                "network": network,
+                "bytes": self.files[fname]["bytes"],
+                "sha256": self.files[fname]["sha256"],
+                "shared_from": self.share_with,
+                "file": fname,
+            }
+            for fname in names
+        }
