@@ -110,7 +110,8 @@ class BundleTestCase(lsst.utils.tests.TestCase):
         self.assertEqual(written, ["bundle.json", "decoder.weights.000.npz"])
         loaded = ModelBundle.load(child_path)
         full = ModelBundle.load(child.save(self.tmp / "full"))
-        np.testing.assert_array_equal(loaded.decoder.predict(z, verbose=0), full.decoder.predict(z, verbose=0))
+        np.testing.assert_array_equal(loaded.decoder.predict(z, verbose=0),
+                                      full.decoder.predict(z, verbose=0))
         reloaded_parent = ModelBundle.load(parent_path)
         for name in ("flow", "deblender_encoder"):
             for mine, theirs in zip(loaded.networks[name].weights, reloaded_parent.networks[name].weights):
