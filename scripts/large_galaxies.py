@@ -168,14 +168,9 @@ def dense_fields(n_fields: int, seed: int, field_size: int = 205, inner: int = 1
 
 def outside_stamp(field, band: str = "r"):
     """``(n,)`` fraction of each galaxy's truth flux in ``band`` outside its 45-px stamp."""
-    import numpy as np
+    from lsst.meas.madness.evaluation import flux_outside_stamp
 
-    from lsst.meas.madness.engine.geometry import crop_stamps, stamp_origins_xy
-
-    b = list(field.bands).index(band)
-    iso = field.isolated[:, b]
-    inner = crop_stamps(iso[:, None], stamp_origins_xy(field.centers_xy, STAMP), STAMP)[:, 0].sum(axis=(1, 2))
-    return 1.0 - inner / iso.sum(axis=(1, 2))
+    return flux_outside_stamp(field.isolated[:, list(field.bands).index(band)], field.centers_xy, STAMP)
 
 
 def exponential_tail(model, size: int):

@@ -135,11 +135,11 @@ def largest_errors(result, fields, stamp_size: int, band: str = "r", top: int = 
 
 def _outside(image, center_xy, stamp_size: int) -> float:
     """Fraction of ``image``'s flux ``(H, W)`` outside the model stamp around ``center_xy``."""
-    from lsst.meas.madness.engine.geometry import crop_stamps, stamp_origins_xy
+    import numpy as np
 
-    yx0 = stamp_origins_xy([center_xy], stamp_size)
-    inner = crop_stamps(image[None], yx0, stamp_size).sum()
-    return float(1.0 - inner / image.sum())
+    from lsst.meas.madness.evaluation import flux_outside_stamp
+
+    return float(flux_outside_stamp(image[None], np.asarray([center_xy]), stamp_size)[0])
 
 
 def largest_errors_table(entry: dict) -> str:

@@ -22,7 +22,9 @@ from lsst.meas.madness.evaluation import (
     cutout_stamps,
     ellipticity_residual,
     field_photometry,
+    flux_outside_stamp,
     model_metrics,
+    near_large_galaxy,
     paint_stamps,
     reference_metrics,
     relative_flux_residual,
@@ -357,6 +359,36 @@ class BlendingTestCase(lsst.utils.tests.TestCase):
         self.assertTrue(np.isnan(blendedness(empty)[0, 3]))
         with self.assertRaises(ValueError):
             blendedness(alone, blend[:2])
+
+    def test_flux_outside_stamp_matches_gaussian_integral(self):
+        """A round Gaussian drawn by GalSim at a sub-pixel centre: the share of its flux outside
+        the 45-px stamp around it is 1 - erf(h / (sigma sqrt 2))^2 in each axis's half-width h."""
+        import galsim
+        from scipy.special import erf
+
+        size, stamp = 201, 45
+        for sigma, (x, y) in ((4.0, (100.3, 99.8)), (12.0, (100.0, 100.0)), (20.0, (101.2, 98.6))):
+            image = galsim.Gaussian(sigma=sigma).drawImage(
+                nx=size, ny=size, scale=1.0, method="sb",
+                offset=(x - (size - 1) / 2, y - (size - 1) / 2)).array.astype(np.float64)
+            (y0, x0), = stamp_origins_xy(np.array([[x, y]]), stamp)
+            # The box's edges relative to the centre (pixel k covers [k - 0.5, k + 0.5]).
+            fx = 0.5 * (erf((x0 + stamp - 0.5 - x) / (sigma * np.sqrt(2))) - erf((x0 - 0.5 - x) / (sigma * np.sqrt(2))))
+            fy = 0.5 * (erf((y0 + stamp - 0.5 - y) / (sigma * np.sqrt(2))) - erf((y0 - 0.5 - y) / (sigma * np.sqrt(2))))
+            expected = 1.0 - fx * fy
+            got = flux_outside_stamp(image[None, None], np.array([[x, y]]), stamp)
+            self.assertEqual(got.shape, (1, 1))
+            # method="sb" samples the profile at pixel centres: a few 1e-4 from the integral.
+            self.assertAlmostEqual(got[0, 0], expected, delta=2e-3 + 0.01 * expected)
+        self.assertLess(flux_outside_stamp(image[None], np.array([[x, y]]), stamp)[0], 1.0)
+        with self.assertRaises(ValueError):
+            flux_outside_stamp(image[None, None], np.zeros((2, 2)), stamp)
+
+    def test_near_large_galaxy(self):
+        xy = np.array([[0.0, 0.0], [49.0, 0.0], [51.0, 0.0], [300.0, 0.0]])
+        np.testing.assert_array_equal(near_large_galaxy(xy, [0.06, 0.0, np.nan, 0.0], radius=50.0),
+                                      [True, True, False, False])
+        np.testing.assert_array_equal(near_large_galaxy(xy, [0.04, 0.0, 0.0, 0.0], radius=50.0), [False] * 4)
 
 
 class FieldMetricsTestCase(lsst.utils.tests.TestCase):

@@ -1,15 +1,19 @@
-"""How blended a galaxy is: blendedness (paper eq. 16) and contamination (eq. 17).
+"""How blended a galaxy is: blendedness (paper eq. 16) and contamination (eq. 17); and how much
+of a galaxy a model stamp cannot hold (`flux_outside_stamp`, `near_large_galaxy`).
 
-Both are used to bin the other metrics (paper figs. 10-12, 14) and to cut outliers (the
-paper's summary numbers use ``kappa_r <= 5``).
+Blendedness and contamination are used to bin the other metrics (paper figs. 10-12, 14) and to
+cut outliers (the paper's summary numbers use ``kappa_r <= 5``). The stamp measures split a
+field's galaxies by whether a galaxy bigger than the model stamp is among them (issue 14,
+section 2), the error the decoder cannot remove by training alone.
 """
 
 from __future__ import annotations
 
-__all__ = ["blendedness", "contamination"]
+__all__ = ["blendedness", "contamination", "flux_outside_stamp", "near_large_galaxy"]
 
 import numpy as np
 
+from ..engine.geometry import crop_stamps, stamp_origins_xy
 from ..errors import MadnessValueError
 
 
@@ -73,3 +77,82 @@ def contamination(flux_blended, flux_isolated) -> np.ndarray:
     f = np.asarray(flux_isolated, np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(f != 0, fb / f - 1.0, np.nan)
+
+
+def flux_outside_stamp(isolated, centers_xy, stamp_size: int) -> np.ndarray:
+    """Fraction of each galaxy's noiseless flux that falls outside its model stamp.
+
+    The stamp is the ``stamp_size`` square the engine places around the galaxy's centre
+    (`lsst.meas.madness.engine.geometry.stamp_origins_xy`), so this is the share of the galaxy
+    a model of that size cannot draw at all, whatever the decoder.
+
+    Parameters
+    ----------
+    isolated : `numpy.ndarray`
+        ``(n, bands, H, W)`` (or ``(n, H, W)``) noiseless image of each galaxy on the field grid.
+    centers_xy : `numpy.ndarray`
+        ``(n, 2)`` ``(x, y)`` centre of each galaxy, pixels.
+    stamp_size : `int`
+        Side of the model stamp (45 for the LSST bundles).
+
+    Returns
+    -------
+    fraction : `numpy.ndarray`
+        ``(n, bands)`` (or ``(n,)``) float64 in [0, 1] (light beyond the field's edge is not
+        counted: the field is all there is of it); NaN where a galaxy has no flux in the band.
+
+    Examples
+    --------
+    >>> s = np.zeros((1, 1, 9, 9)); s[0, 0, 4, 4] = 3.0; s[0, 0, 0, 0] = 1.0
+    >>> flux_outside_stamp(s, np.array([[4.0, 4.0]]), 5).tolist()
+    [[0.25]]
+    """
+    isolated = np.asarray(isolated, np.float64)
+    if isolated.ndim not in (3, 4):
+        raise MadnessValueError(f"isolated must be (n, bands, H, W) or (n, H, W); got {isolated.shape}.")
+    single_band = isolated.ndim == 3
+    if single_band:
+        isolated = isolated[:, None]
+    centers_xy = np.asarray(centers_xy, np.float64).reshape(-1, 2)
+    if len(centers_xy) != len(isolated):
+        raise MadnessValueError(f"{len(centers_xy)} centres for {len(isolated)} galaxies.")
+    # crop_stamps takes one image per stamp when given (n, bands, H, W).
+    inner = crop_stamps(isolated, stamp_origins_xy(centers_xy, stamp_size), stamp_size).sum(axis=(-2, -1))
+    total = isolated.sum(axis=(-2, -1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fraction = np.where(total > 0, np.clip(1.0 - inner / total, 0.0, 1.0), np.nan)
+    return fraction[:, 0] if single_band else fraction
+
+
+def near_large_galaxy(centers_xy, outside, *, radius: float, threshold: float = 0.05) -> np.ndarray:
+    """Which galaxies of a field have a galaxy bigger than the model stamp within ``radius``.
+
+    Parameters
+    ----------
+    centers_xy : `numpy.ndarray`
+        ``(n, 2)`` ``(x, y)`` centres, pixels.
+    outside : `numpy.ndarray`
+        ``(n,)`` fraction of each galaxy's flux outside its stamp in one band
+        (`flux_outside_stamp`).
+    radius : `float`
+        Distance in pixels (a galaxy counts as near itself).
+    threshold : `float`
+        A galaxy is "large" when more than this fraction of its flux is outside its stamp.
+
+    Returns
+    -------
+    near : `numpy.ndarray`
+        ``(n,)`` bool.
+
+    Examples
+    --------
+    >>> xy = np.array([[0.0, 0.0], [30.0, 0.0], [200.0, 0.0]])
+    >>> near_large_galaxy(xy, np.array([0.2, 0.0, 0.0]), radius=50.0).tolist()
+    [True, True, False]
+    """
+    centers_xy = np.asarray(centers_xy, np.float64).reshape(-1, 2)
+    large = np.nan_to_num(np.asarray(outside, np.float64), nan=0.0) > threshold
+    if not large.any():
+        return np.zeros(len(centers_xy), bool)
+    d = np.hypot(*(centers_xy[:, None, :] - centers_xy[None, large, :]).transpose(2, 0, 1))
+    return (d <= radius).any(axis=1)
