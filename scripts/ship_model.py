@@ -112,6 +112,17 @@ def _diagnostics_lines(paths: list[Path]) -> list[str]:
     return lines
 
 
+def _flattening_lines() -> list[str]:
+    """The learning curves of every decoder on the suite, where `scripts/plot_selection_scores.py` drew them."""
+    if not (HERE / "doc" / "figures" / "model" / "selection_scores.png").exists():
+        return []
+    return ["## Where training flattens", "",
+            "The selection score of every decoder trained on this suite, across continuations",
+            "(`scripts/plot_selection_scores.py`); where the recipe flattens and what would close the rest:",
+            "[training.md](training.md#where-the-2-core-recipe-flattens-and-what-would-close-the-rest).", "",
+            "![selection scores](figures/model/selection_scores.png)", ""]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
@@ -232,6 +243,7 @@ def main(argv=None) -> int:
         _last_rows(run, "vae", ["learning_rate", "val_chi2_per_pixel", "val_kl", "val_ssim", "val_zero_frac_u"]),
         "",
         *_diagnostics_lines(args.diagnostics),
+        *_flattening_lines(),
         "## Validation metrics",
         "",
         "| metric | value |",
