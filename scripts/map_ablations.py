@@ -27,6 +27,7 @@ centres) with the engine and measures every galaxy with the paper's apertures (k
 - ``min<N>``, ``rtol<X>``: the stopping rule's ``min_iter`` and ``rtol``;
 - ``lr<X>``, ``decay<X>``: Adam's initial learning rate and its decay factor every
   ``lr_decay_steps`` (``MapSettings.learning_rate``, ``lr_decay``);
+- ``zoom1``: no per-source zoom (``MapSettings(max_zoom=1)``, the task's default);
 - ``zoom-guess``, ``zoom-fit``: ``MapSettings(max_zoom=3)`` with the zoom chosen from the
   VAE-deblender's guess or from the zoom-1 fit (``MapSettings.zoom_choice``).
 
@@ -49,8 +50,8 @@ import sys
 import time
 from pathlib import Path
 
-ABLATIONS = ("default", "paper", "forced200", "variance-image", "variance-truth", "max100", "max60", "zoom-guess",
-             "zoom-fit")
+ABLATIONS = ("default", "paper", "forced200", "variance-image", "variance-truth", "max100", "max60", "zoom1",
+             "zoom-guess", "zoom-fit")
 
 
 def _ablation(name: str) -> str:
@@ -194,6 +195,8 @@ def _apply(name: str, settings, variance, sky, field):
         variance = (sky + np.clip(field.isolated.sum(axis=0), 0, None)).astype(np.float32)
     elif name in ("max100", "max60"):
         settings = settings.replace(max_iter=int(name[3:]))
+    elif name == "zoom1":
+        settings = settings.replace(max_zoom=1)
     elif name in ("zoom-guess", "zoom-fit"):
         settings = settings.replace(max_zoom=3, zoom_choice=name[5:])
     elif name.startswith("prior"):
