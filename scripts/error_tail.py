@@ -12,10 +12,10 @@ and the same TestFields' truth, and splits the galaxies of the report's cut
 (``kappa <= 5`` in the band) by where they are relative to a "large" galaxy, one with more than
 ``--threshold`` of its own flux outside the 45-px model stamp (`flux_outside_stamp`): within
 ``--radius-arcsec`` of one (the galaxy itself included), elsewhere in a field that holds one (a
-disc of r ~ 17 still puts a few tenths of the sky noise per pixel 20" away, which a 45-px model
-of it leaves to its neighbours), and in fields without one. For each method and group: the number of galaxies, mean and
-median abs(dF/F), mean cosine and the std of the e1 residual (the report's definitions), and
-the share of the whole mean the group holds. The split uses the truth alone, so it is the same
+disc of r ~ 17 can still put about the sky noise per pixel 20" away, which a 45-px model of it
+leaves to its neighbours), and in fields without one. For each method and group: the number of
+galaxies, mean and median abs(dF/F), mean cosine and the std of the e1 residual (the report's
+definitions), and the share of the whole mean the group holds. The split uses the truth alone, so it is the same
 for every method: what a model of the stamp's size cannot reach whatever its training, against
 what training can still move (issue 12's "what would close the rest"; issue 14, section 2).
 
@@ -34,7 +34,8 @@ from pathlib import Path
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--fields", type=Path, required=True, help="TestFields directory the evaluation ran on")
+    parser.add_argument("--fields", type=Path, required=True,
+                        help="TestFields directory the evaluation ran on")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--evaluation", type=Path, help="madness evaluate output directory")
     source.add_argument("--ablations", type=Path, help="scripts/map_ablations.py per-galaxy .npz")
@@ -89,7 +90,8 @@ def main(argv=None) -> int:
         outside[rows] = frac[index[rows]]
     missing = set(field_ids.tolist()) - seen
     if missing:
-        print(f"error: {len(missing)} evaluated fields are not in {args.fields} (e.g. {sorted(missing)[:3]}): "
+        print(f"error: {len(missing)} evaluated fields are not in {args.fields} "
+              f"(e.g. {sorted(missing)[:3]}): "
               "give the TestFields the evaluation ran on", file=sys.stderr)
         return 2
 
@@ -174,12 +176,14 @@ def markdown_table(out: dict) -> str:
     lines = [f"{out['n_fields']} fields, {out['n_fields_with_large']} with a galaxy of more than "
              f"{out['threshold']:.0%} of its {band} flux outside the {out['stamp_size']}-px stamp; "
              f"'near': within {out['radius_arcsec']:g}\" of one.", "",
-             f"| method | galaxies | n | mean abs(dF/F) {band} | median | share of the mean | mean cosine {band} "
+             f"| method | galaxies | n | mean abs(dF/F) {band} | median | share of the mean "
+             f"| mean cosine {band} "
              f"| std e1 {band} |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, entry in out["methods"].items():
         for group, label in (("all", "all"), ("near_large", "near a large galaxy"),
-                             ("field_with_large", "elsewhere in its field"), ("fields_without", "fields without one")):
+                             ("field_with_large", "elsewhere in its field"),
+                             ("fields_without", "fields without one")):
             g = entry[group]
             lines.append(f"| {name} | {label} | {g['n']} | {_fmt(g['mean_abs_flux_residual'])} | "
                          f"{_fmt(g['median_abs_flux_residual'])} | {_fmt(g['share_of_total'], 2)} | "

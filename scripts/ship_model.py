@@ -113,7 +113,7 @@ def _diagnostics_lines(paths: list[Path]) -> list[str]:
 
 
 def _flattening_lines() -> list[str]:
-    """The learning curves of every decoder on the suite, where `scripts/plot_selection_scores.py` drew them."""
+    """The learning curves of every decoder on the suite (`scripts/plot_selection_scores.py`)."""
     if not (HERE / "doc" / "figures" / "model" / "selection_scores.png").exists():
         return []
     return ["## Where training flattens", "",

@@ -373,8 +373,9 @@ class BlendingTestCase(lsst.utils.tests.TestCase):
                 offset=(x - (size - 1) / 2, y - (size - 1) / 2)).array.astype(np.float64)
             (y0, x0), = stamp_origins_xy(np.array([[x, y]]), stamp)
             # The box's edges relative to the centre (pixel k covers [k - 0.5, k + 0.5]).
-            fx = 0.5 * (erf((x0 + stamp - 0.5 - x) / (sigma * np.sqrt(2))) - erf((x0 - 0.5 - x) / (sigma * np.sqrt(2))))
-            fy = 0.5 * (erf((y0 + stamp - 0.5 - y) / (sigma * np.sqrt(2))) - erf((y0 - 0.5 - y) / (sigma * np.sqrt(2))))
+            w = sigma * np.sqrt(2)
+            fx = 0.5 * (erf((x0 + stamp - 0.5 - x) / w) - erf((x0 - 0.5 - x) / w))
+            fy = 0.5 * (erf((y0 + stamp - 0.5 - y) / w) - erf((y0 - 0.5 - y) / w))
             expected = 1.0 - fx * fy
             got = flux_outside_stamp(image[None, None], np.array([[x, y]]), stamp)
             self.assertEqual(got.shape, (1, 1))
