@@ -15,9 +15,10 @@ and the same TestFields' truth, and splits the galaxies of the report's cut
 disc of r ~ 17 can still put about the sky noise per pixel 20" away, which a 45-px model of it
 leaves to its neighbours), and in fields without one. For each method and group: the number of
 galaxies, mean and median abs(dF/F), mean cosine and the std of the e1 residual (the report's
-definitions), and the share of the whole mean the group holds. The split uses the truth alone, so it is the same
-for every method: what a model of the stamp's size cannot reach whatever its training, against
-what training can still move (issue 12's "what would close the rest"; issue 14, section 2).
+definitions), and the share of the whole mean the group holds. The split uses the truth alone,
+so it is the same for every method: what a model of the stamp's size cannot reach whatever its
+training, against what training can still move (issue 12's "what would close the rest"; issue
+14, section 2).
 
 Writes the JSON and prints a Markdown table.
 """
