@@ -142,6 +142,52 @@ class LargeGalaxyTestCase(lsst.utils.tests.TestCase):
         self.assertLess(resid_zoom, 0.8 * resid_plain)
 
 
+WING_SHAPE = (205, 205)
+WING_PEAKS = np.array([[60.3, 60.6], [120.3, 108.6]])  # (x, y): the disc, and a faint galaxy 60 px away
+
+
+def _wing_scene():
+    """A bright big disc (r 17.5, hlr 3") and a faint small galaxy (r 23.5) in its wing, 60 px
+    (Chebyshev) from it: beyond the 46-px half-side of the faint galaxy's zoom-2 window."""
+    conditions = LsstConditions.from_surveycodex()
+    bands = conditions.bands
+    disc = galsim.Exponential(half_light_radius=3.0).shear(q=0.5, beta=30 * galsim.degrees)
+    small = galsim.Exponential(half_light_radius=0.5).shear(e1=-0.1, e2=0.2)
+    truth = np.zeros((2, len(bands), *WING_SHAPE))
+    for b, band in enumerate(bands):
+        psf = galsim.Moffat(beta=3.5, fwhm=conditions.psf_fwhm[b])
+        for k, (gal, mag) in enumerate([(disc, 17.5), (small, 23.5)]):
+            obj = galsim.Convolve(gal.withFlux(conditions.counts(mag, band)), psf)
+            offset = (WING_PEAKS[k, 0] - (WING_SHAPE[1] - 1) / 2, WING_PEAKS[k, 1] - (WING_SHAPE[0] - 1) / 2)
+            truth[k, b] = obj.drawImage(nx=WING_SHAPE[1], ny=WING_SHAPE[0], scale=SCALE, offset=offset).array
+    variance = np.broadcast_to(conditions.sky_levels[:, None, None], (len(bands), *WING_SHAPE))
+    variance = variance.astype(np.float32).copy()
+    image = truth.sum(axis=0) + np.random.default_rng(3).normal(size=variance.shape) * np.sqrt(variance)
+    return image.astype(np.float32), variance, truth
+
+
+class WingTestCase(lsst.utils.tests.TestCase):
+    """A faint galaxy in a big galaxy's light is not zoomed on that light."""
+
+    def test_faint_galaxy_in_a_wing_stays_at_zoom_1(self):
+        deblender = MadnessDeblender.from_bundle(None)
+        image, variance, truth = _wing_scene()
+        blend = dict(image=image, peaks_xy=WING_PEAKS, variance=variance)
+        # Before the reach rule the faint galaxy's guess on its binned cutout took the disc's
+        # light for its own and it went to zoom 2 (measured with cpu6-a: [2, 2]).
+        (zoom,) = deblender.choose_zoom([blend])
+        self.assertEqual(zoom.tolist(), [2, 1])
+        # And zoom 1 is the better model of it: its r flux against GalSim's.
+        precision = "mixed_bfloat16" if keras.config.backend() == "tensorflow" else "float32"
+        settings = deblender.settings.replace(precision=precision)
+        r = deblender.bands.index("r")
+        errors = []
+        for given in ([2, 1], [2, 2]):
+            result = deblender.deblend(image, WING_PEAKS, variance=variance, settings=settings, zoom=given)
+            errors.append(abs(result.source_image(1)[r].sum() / truth[1, r].sum() - 1))
+        self.assertLess(errors[0], 0.5 * errors[1], errors)
+
+
 class MemoryTester(lsst.utils.tests.MemoryTestCase):
     pass
 

@@ -483,18 +483,35 @@ class MadnessDeblender:
             for i, res in zip(batch, fitted):
                 results[i] = res
 
+    def _dominated(self, flux: np.ndarray, apart: np.ndarray, z: int, settings: MapSettings) -> np.ndarray:
+        """``(n,)`` sources that may not go to zoom ``z + 1``: a brighter source (``flux``) lies
+        within the reach of its zoom-``z + 1`` window, that is closer (``apart``, the ``(n, n)``
+        Chebyshev distances of the peaks) than the window's half-side plus the half-side of the
+        largest window any source may be drawn in (``settings.max_zoom``).
+
+        The binned cutout of a source in a brighter galaxy's light holds that light, which its
+        guess (or its fitted model's edge) takes for its own; a big galaxy's light reaches well
+        beyond its peak's distance from the fainter source's window. Validation field 6 of seed
+        101 (``doc/large-galaxies.md``): an r = 23.5 galaxy 58 px (Chebyshev) from an r = 16.7
+        disc, beyond the 46-px half-side of its zoom-2 window, was zoomed on the disc's light and
+        its window took the light of four faint neighbours.
+        """
+        reach = int(zoom_footprint_size(self.stamp_size, z + 1)) // 2
+        reach += int(zoom_footprint_size(self.stamp_size, settings.max_zoom)) // 2
+        return ((apart <= reach) & (flux[None, :] > flux[:, None])).any(axis=1)
+
     def _zoom_candidates(self, result: DeblendResult, zoom: np.ndarray, z: int,
                          settings: MapSettings) -> np.ndarray:
         """``(n,)`` the sources of a fitted blend at zoom ``z`` whose model runs into its stamp
         edge (`edge_flux_fraction` above ``settings.zoom_edge_threshold``) and that are brighter
-        (fitted model, all bands) than every other source inside their zoom-``z + 1`` window:
+        (fitted model, all bands) than every other source within reach of their zoom-``z + 1``
+        window (`_dominated`):
         a faint neighbour's model may take a bright galaxy's wing at its edge, which a zoom
         would only make worse."""
         flux = np.clip(result.models, 0.0, None).sum(axis=(1, 2, 3))
         peaks = np.asarray(result.peaks_xy, np.float64)
         apart = np.abs(peaks[:, None, :] - peaks[None, :, :]).max(axis=-1)  # Chebyshev distance
-        half = int(zoom_footprint_size(self.stamp_size, z + 1)) // 2
-        dominated = ((apart <= half) & (flux[None, :] > flux[:, None])).any(axis=1)
+        dominated = self._dominated(flux, apart, z, settings)
         return (zoom == z) & (result.edge_flux_fraction > settings.zoom_edge_threshold) & ~dominated
 
     def _choose_zoom(self, prepare, init: np.ndarray,
@@ -507,9 +524,9 @@ class MadnessDeblender:
         pixels the zoom-``z`` stamp covers (`outside_window_fraction`), the light its stamp
         cannot hold is judged real and the source moves to ``z + 1``, with that guess as its
         initial latents. Only a source brighter (in its zoom-1 guess, all bands) than every
-        other source inside the window its zoomed stamp would cover is tried: a faint
-        neighbour's binned cutout holds the bright galaxy's light, which its guess would take
-        for its own. ``prepare(zoom)`` prepares the blend at the given per-source zoom.
+        other source within reach of the window its zoomed stamp would cover is tried
+        (`_dominated`): a faint neighbour's binned cutout holds the bright galaxy's light, which
+        its guess would take for its own. ``prepare(zoom)`` prepares the blend at the given per-source zoom.
         """
         n = len(init)
         zoom = np.ones(n, np.int64)
@@ -519,9 +536,7 @@ class MadnessDeblender:
         peaks = prepare(zoom).peaks_xy
         apart = np.abs(peaks[:, None, :] - peaks[None, :, :]).max(axis=-1)  # (n, n) Chebyshev distance
         for z in range(1, settings.max_zoom):
-            half = int(zoom_footprint_size(self.stamp_size, z + 1)) // 2
-            dominated = ((apart <= half) & (flux[None, :] > flux[:, None])).any(axis=1)
-            candidates &= ~dominated
+            candidates &= ~self._dominated(flux, apart, z, settings)
             idx = np.flatnonzero(candidates & (zoom == z))
             if not len(idx):
                 break
