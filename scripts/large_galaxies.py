@@ -20,7 +20,7 @@ Two sets of fields, each deblended as one blend with the true centres:
 
 Approaches (``--approaches``):
 
-- ``off``: the engine as it is by default (every zoom 1);
+- ``off``: every zoom 1 (``MapSettings(max_zoom=1)``; the engine's default is 3 since stop 21);
 - ``zoom-auto``: ``MapSettings(max_zoom=3)``, the zoom chosen per source by the engine;
 - ``zoom-fit``: ``MapSettings(max_zoom=3, zoom_choice="fit")``: every source fitted at zoom 1
   first; those whose fitted model runs into the stamp edge (more than ``--edge-threshold`` of
@@ -84,6 +84,8 @@ def main(argv=None) -> int:
 
     deblender = MadnessDeblender.from_bundle(None)
     settings = deblender.settings.replace(precision=args.precision)
+    # "off" and the tails' fits are at zoom 1, whatever the engine's default max_zoom.
+    zoom1 = settings.replace(max_zoom=1)
     out = {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "bundle": "packaged default", "precision": args.precision, "max_zoom": args.max_zoom,
            "machine": f"{os.cpu_count()} cores, single-threaded, shared with a training run",
@@ -292,20 +294,20 @@ def run_set(name, fields, deblender, settings, conditions, args) -> dict:
                     result, seconds, fresh = fit("fit", settings=settings.replace(
                         max_zoom=args.max_zoom, zoom_choice="fit", zoom_edge_threshold=args.edge_threshold))
                 else:
-                    result, seconds, fresh = fit("off", settings=settings)
+                    result, seconds, fresh = fit("off", settings=zoom1)
                 extra = 0.0 if fresh else seconds
                 models, yx0 = result.models, result.stamp_yx0
                 zoomed = np.asarray(result.zoom) > 1
             else:
                 # The zoom-oracle's sources, fitted at zoom 1, then extended.
-                result, seconds, fresh = fit("off", settings=settings)
+                result, seconds, fresh = fit("off", settings=zoom1)
                 extra = 0.0 if fresh else seconds
                 models, yx0, zoomed = _with_tails(result, spills | big)
                 if approach == "tail-refit" and zoomed.any():
                     tails = models - _pad(result.models, models.shape[-1])
                     tail_image = paste_stamps(tails, yx0, field.image.shape[1:])
                     refit = deblender.deblend(field.image - tail_image, field.centers_xy, variance=variance,
-                                              settings=settings)
+                                              settings=zoom1)
                     models = _pad(refit.models, models.shape[-1]) + tails
             per[approach]["seconds"] += time.perf_counter() - start + extra
             metrics = model_metrics(ref, np.asarray(models, np.float32), models_yx0=np.asarray(yx0),
