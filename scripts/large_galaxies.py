@@ -84,8 +84,6 @@ def main(argv=None) -> int:
 
     deblender = MadnessDeblender.from_bundle(None)
     settings = deblender.settings.replace(precision=args.precision)
-    # "off" and the tails' fits are at zoom 1, whatever the engine's default max_zoom.
-    zoom1 = settings.replace(max_zoom=1)
     out = {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "bundle": "packaged default", "precision": args.precision, "max_zoom": args.max_zoom,
            "machine": f"{os.cpu_count()} cores, single-threaded, shared with a training run",
@@ -222,6 +220,8 @@ def exponential_tail(model, size: int):
 
 def run_set(name, fields, deblender, settings, conditions, args) -> dict:
     """Every approach on one set of fields; per-galaxy rows and the summary."""
+    # "off" and the tails' fits are at zoom 1, whatever the engine's default max_zoom.
+    zoom1 = settings.replace(max_zoom=1)
     import numpy as np
 
     from lsst.meas.madness.evaluation.metrics import model_metrics, reference_metrics

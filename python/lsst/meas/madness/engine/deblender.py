@@ -483,36 +483,51 @@ class MadnessDeblender:
             for i, res in zip(batch, fitted):
                 results[i] = res
 
-    def _dominated(self, flux: np.ndarray, apart: np.ndarray, z: int, settings: MapSettings) -> np.ndarray:
-        """``(n,)`` sources that may not go to zoom ``z + 1``: a brighter source (``flux``) lies
-        within the reach of its zoom-``z + 1`` window, that is closer (``apart``, the ``(n, n)``
-        Chebyshev distances of the peaks) than the window's half-side plus the half-side of the
-        largest window any source may be drawn in (``settings.max_zoom``).
+    def _dominated(self, flux: np.ndarray, apart: np.ndarray, zoom: np.ndarray, z: int) -> np.ndarray:
+        """``(n,)`` sources whose zoom-``z + 1`` window would overlap the window of a brighter
+        source (``flux``) at that source's present ``zoom`` (its stamp at zoom 1): two square
+        windows overlap when the Chebyshev distance of their peaks (``apart``, ``(n, n)``) is
+        at most the sum of their half-sides.
 
         The binned cutout of a source in a brighter galaxy's light holds that light, which its
-        guess (or its fitted model's edge) takes for its own; a big galaxy's light reaches well
-        beyond its peak's distance from the fainter source's window. Validation field 6 of seed
-        101 (``doc/large-galaxies.md``): an r = 23.5 galaxy 58 px (Chebyshev) from an r = 16.7
-        disc, beyond the 46-px half-side of its zoom-2 window, was zoomed on the disc's light and
-        its window took the light of four faint neighbours.
+        guess (or its fitted model's edge) takes for its own. Validation field 6 of seed 101
+        (``doc/large-galaxies.md``): an r = 23.5 galaxy 58 px (Chebyshev) from an r = 16.7 disc
+        at zoom 1, beyond the 46-px half-side of its own zoom-2 window but within reach of the
+        disc's stamp, was zoomed on the disc's light and its window took the light of four faint
+        neighbours.
         """
-        reach = int(zoom_footprint_size(self.stamp_size, z + 1)) // 2
-        reach += int(zoom_footprint_size(self.stamp_size, settings.max_zoom)) // 2
+        half = np.asarray(zoom_footprint_size(self.stamp_size, zoom)) // 2
+        reach = int(zoom_footprint_size(self.stamp_size, z + 1)) // 2 + half[None, :]
         return ((apart <= reach) & (flux[None, :] > flux[:, None])).any(axis=1)
+
+    def _clear_of_brighter(self, zoom: np.ndarray, flux: np.ndarray, apart: np.ndarray) -> np.ndarray:
+        """``(n,)`` zoomed sources whose window overlaps the window of a brighter source, visited
+        from the brightest so that a source sent back to zoom 1 is seen at its stamp by the
+        fainter ones: the rule of `_dominated` once the sources raised together have their new
+        zooms (a faint galaxy and the bright disc whose light it took can both be raised in one
+        step)."""
+        zoom = np.array(zoom, np.int64, copy=True)
+        half = np.asarray(zoom_footprint_size(self.stamp_size, zoom)) // 2
+        reset = np.zeros(len(zoom), bool)
+        for i in np.argsort(-flux, kind="stable"):
+            if zoom[i] > 1 and ((flux > flux[i]) & (apart[i] <= half[i] + half)).any():
+                zoom[i], reset[i] = 1, True
+                half[i] = self.stamp_size // 2
+        return reset
 
     def _zoom_candidates(self, result: DeblendResult, zoom: np.ndarray, z: int,
                          settings: MapSettings) -> np.ndarray:
         """``(n,)`` the sources of a fitted blend at zoom ``z`` whose model runs into its stamp
-        edge (`edge_flux_fraction` above ``settings.zoom_edge_threshold``) and that are brighter
-        (fitted model, all bands) than every other source within reach of their zoom-``z + 1``
-        window (`_dominated`):
-        a faint neighbour's model may take a bright galaxy's wing at its edge, which a zoom
-        would only make worse."""
+        edge (`edge_flux_fraction` above ``settings.zoom_edge_threshold``) and whose
+        zoom-``z + 1`` window would overlap no brighter source's window (fitted model, all
+        bands; `_dominated`, `_clear_of_brighter`): a faint neighbour's model may take a bright
+        galaxy's wing at its edge, which a zoom would only make worse."""
         flux = np.clip(result.models, 0.0, None).sum(axis=(1, 2, 3))
         peaks = np.asarray(result.peaks_xy, np.float64)
         apart = np.abs(peaks[:, None, :] - peaks[None, :, :]).max(axis=-1)  # Chebyshev distance
-        dominated = self._dominated(flux, apart, z, settings)
-        return (zoom == z) & (result.edge_flux_fraction > settings.zoom_edge_threshold) & ~dominated
+        grow = (zoom == z) & (result.edge_flux_fraction > settings.zoom_edge_threshold)
+        grow &= ~self._dominated(flux, apart, zoom, z)
+        return grow & ~self._clear_of_brighter(np.where(grow, z + 1, zoom), flux, apart)
 
     def _choose_zoom(self, prepare, init: np.ndarray,
                      settings: MapSettings) -> tuple[PreparedBlend, np.ndarray] | None:
@@ -523,10 +538,12 @@ class MadnessDeblender:
         has more than ``settings.zoom_outside_threshold`` of its flux outside the ``z * S``
         pixels the zoom-``z`` stamp covers (`outside_window_fraction`), the light its stamp
         cannot hold is judged real and the source moves to ``z + 1``, with that guess as its
-        initial latents. Only a source brighter (in its zoom-1 guess, all bands) than every
-        other source within reach of the window its zoomed stamp would cover is tried
-        (`_dominated`): a faint neighbour's binned cutout holds the bright galaxy's light, which
-        its guess would take for its own. ``prepare(zoom)`` prepares the blend at the given per-source zoom.
+        initial latents. Only a source whose zoomed window would overlap the window of no
+        brighter source (zoom-1 guess, all bands; the brighter source's stamp, or its window if
+        zoomed) is tried (`_dominated`), and a source raised with a brighter one whose new
+        window it then overlaps goes back to zoom 1 (`_clear_of_brighter`): a faint neighbour's
+        binned cutout holds the bright galaxy's light, which its guess would take for its own.
+        ``prepare(zoom)`` prepares the blend at the given per-source zoom.
         """
         n = len(init)
         zoom = np.ones(n, np.int64)
@@ -536,7 +553,7 @@ class MadnessDeblender:
         peaks = prepare(zoom).peaks_xy
         apart = np.abs(peaks[:, None, :] - peaks[None, :, :]).max(axis=-1)  # (n, n) Chebyshev distance
         for z in range(1, settings.max_zoom):
-            candidates &= ~self._dominated(flux, apart, z, settings)
+            candidates &= ~self._dominated(flux, apart, zoom, z)
             idx = np.flatnonzero(candidates & (zoom == z))
             if not len(idx):
                 break
@@ -551,6 +568,9 @@ class MadnessDeblender:
             if grow.any():
                 zoom[idx[grow]] = z + 1
                 latents[idx[grow]] = guess[grow]
+                reset = self._clear_of_brighter(zoom, flux, apart)
+                zoom[reset], latents[reset] = 1, init[reset]
+                candidates[reset] = False
         if (zoom == 1).all():
             return None
         _log.debug("Zoom raised for %d of %d sources (largest %d)", int((zoom > 1).sum()), n, int(zoom.max()))

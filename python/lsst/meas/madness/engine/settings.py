@@ -91,9 +91,9 @@ class MapSettings:
         validation fields, mostly through the big galaxies' neighbours). A
         source goes from zoom ``z`` to ``z + 1`` when the VAE-deblender's guess drawn at
         ``z + 1`` puts more than ``zoom_outside_threshold`` of its flux outside the pixels a
-        zoom-``z`` stamp covers, and no brighter source lies within reach of its zoomed window
-        (closer than the window's half-side plus the largest window's: a big galaxy's light
-        reaches far beyond its peak; ``doc/large-galaxies.md``). A ``zoom``
+        zoom-``z`` stamp covers, and its zoomed window would overlap no brighter source's window
+        (that source's stamp, or its own zoomed window: a bright galaxy's light reaches beyond
+        its peak's distance; ``doc/large-galaxies.md``). A ``zoom``
         passed to `MadnessDeblender.deblend` overrides the choice. With ``fit_offsets`` no zoom
         is chosen (every source stays at zoom 1): a zoomed stamp has no fitted offset.
     zoom_outside_threshold : `float`
@@ -103,8 +103,8 @@ class MapSettings:
         How ``max_zoom > 1`` chooses the zoom. ``"guess"``: from the VAE-deblender's guess at
         the next zoom, before the fit (above). ``"fit"``: every blend is first fitted at zoom 1;
         a source whose MAP model runs into its stamp edge (`DeblendResult.edge_flux_fraction`
-        above ``zoom_edge_threshold``) and that is brighter than every other source within
-        reach of its zoomed window goes to the next zoom, and its blend is fitted again, up to
+        above ``zoom_edge_threshold``) and whose zoomed window would overlap no brighter
+        source's window goes to the next zoom, and its blend is fitted again, up to
         ``max_zoom``. The guess on a binned cutout takes compact bright galaxies for big ones;
         the fitted model does not (``doc/large-galaxies.md``). Costs a second fit of the
         blends that hold such a source.
