@@ -110,6 +110,9 @@ class LargeGalaxyTestCase(lsst.utils.tests.TestCase):
         self.assertEqual(never.zoom.tolist(), [1, 1])
         np.testing.assert_array_equal(never.models, off.models)
 
+    # A quality test of the zoom's geometry (numpy placement matrices); the zoomed fit through
+    # each backend's compiled step is tested by test_deblender.ZoomTestCase on every backend.
+    @pytest.mark.one_backend
     def test_zoom_holds_the_disc(self):
         """At zoom 2 the disc's model holds its flux and the residual around it is smaller."""
         r = self.deblender.bands.index("r")
