@@ -21,24 +21,30 @@ SHAPE = (141, 141)
 PEAKS = np.array([[70.3, 69.6], [101.0, 80.0]])  # (x, y): the disc, and a small galaxy 6.3" away
 
 
-def _scene():
+def _draw_scene(galaxies, peaks, shape, seed):
+    """GalSim truths ``(n, bands, *shape)`` of ``(profile, r magnitude)`` pairs at ``peaks`` (x, y)
+    with a flat SED (the same magnitude in every band), the LSST PSF per band, and the image with
+    sky noise of seed ``seed``."""
     conditions = LsstConditions.from_surveycodex()
     bands = conditions.bands
-    # Flat SED: the same magnitude in every band.
-    disc = galsim.Exponential(half_light_radius=2.5).shear(e1=0.2, e2=-0.1)
-    small = galsim.Exponential(half_light_radius=0.4).shear(e1=-0.1, e2=0.2)
-    truth = np.zeros((2, len(bands), *SHAPE))
+    truth = np.zeros((len(galaxies), len(bands), *shape))
     for b, band in enumerate(bands):
         psf = galsim.Moffat(beta=3.5, fwhm=conditions.psf_fwhm[b])
-        for k, (gal, mag) in enumerate([(disc, 19.5), (small, 23.0)]):
+        for k, (gal, mag) in enumerate(galaxies):
             obj = galsim.Convolve(gal.withFlux(conditions.counts(mag, band)), psf)
-            offset = (PEAKS[k, 0] - (SHAPE[1] - 1) / 2, PEAKS[k, 1] - (SHAPE[0] - 1) / 2)
-            truth[k, b] = obj.drawImage(nx=SHAPE[1], ny=SHAPE[0], scale=SCALE, offset=offset).array
+            offset = (peaks[k, 0] - (shape[1] - 1) / 2, peaks[k, 1] - (shape[0] - 1) / 2)
+            truth[k, b] = obj.drawImage(nx=shape[1], ny=shape[0], scale=SCALE, offset=offset).array
     sky = conditions.sky_levels
-    variance = np.broadcast_to(sky[:, None, None], (len(bands), *SHAPE)).astype(np.float32).copy()
-    rng = np.random.default_rng(14)
+    variance = np.broadcast_to(sky[:, None, None], (len(bands), *shape)).astype(np.float32).copy()
+    rng = np.random.default_rng(seed)
     image = truth.sum(axis=0) + rng.normal(size=variance.shape) * np.sqrt(variance)
     return image.astype(np.float32), variance, truth
+
+
+def _scene():
+    disc = galsim.Exponential(half_light_radius=2.5).shear(e1=0.2, e2=-0.1)
+    small = galsim.Exponential(half_light_radius=0.4).shear(e1=-0.1, e2=0.2)
+    return _draw_scene([(disc, 19.5), (small, 23.0)], PEAKS, SHAPE, seed=14)
 
 
 class LargeGalaxyTestCase(lsst.utils.tests.TestCase):
@@ -153,21 +159,9 @@ WING_PEAKS = np.array([[60.3, 60.6], [120.3, 108.6]])  # (x, y): the disc, and a
 def _wing_scene():
     """A bright big disc (r 17.5, hlr 3") and a faint small galaxy (r 23.5) in its wing, 60 px
     (Chebyshev) from it: beyond the 46-px half-side of the faint galaxy's zoom-2 window."""
-    conditions = LsstConditions.from_surveycodex()
-    bands = conditions.bands
     disc = galsim.Exponential(half_light_radius=3.0).shear(q=0.5, beta=30 * galsim.degrees)
     small = galsim.Exponential(half_light_radius=0.5).shear(e1=-0.1, e2=0.2)
-    truth = np.zeros((2, len(bands), *WING_SHAPE))
-    for b, band in enumerate(bands):
-        psf = galsim.Moffat(beta=3.5, fwhm=conditions.psf_fwhm[b])
-        for k, (gal, mag) in enumerate([(disc, 17.5), (small, 23.5)]):
-            obj = galsim.Convolve(gal.withFlux(conditions.counts(mag, band)), psf)
-            offset = (WING_PEAKS[k, 0] - (WING_SHAPE[1] - 1) / 2, WING_PEAKS[k, 1] - (WING_SHAPE[0] - 1) / 2)
-            truth[k, b] = obj.drawImage(nx=WING_SHAPE[1], ny=WING_SHAPE[0], scale=SCALE, offset=offset).array
-    variance = np.broadcast_to(conditions.sky_levels[:, None, None], (len(bands), *WING_SHAPE))
-    variance = variance.astype(np.float32).copy()
-    image = truth.sum(axis=0) + np.random.default_rng(3).normal(size=variance.shape) * np.sqrt(variance)
-    return image.astype(np.float32), variance, truth
+    return _draw_scene([(disc, 17.5), (small, 23.5)], WING_PEAKS, WING_SHAPE, seed=3)
 
 
 # The zoom choice is numpy on the engine's guesses; the compiled steps it calls are tested on
