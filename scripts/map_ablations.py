@@ -29,7 +29,9 @@ centres) with the engine and measures every galaxy with the paper's apertures (k
   ``lr_decay_steps`` (``MapSettings.learning_rate``, ``lr_decay``);
 - ``zoom1``: no per-source zoom (``MapSettings(max_zoom=1)``, the task's default);
 - ``zoom-guess``, ``zoom-fit``: ``MapSettings(max_zoom=3)`` with the zoom chosen from the
-  VAE-deblender's guess or from the zoom-1 fit (``MapSettings.zoom_choice``).
+  VAE-deblender's guess or from the zoom-1 fit (``MapSettings.zoom_choice``);
+- ``zoomout<X>``, ``zoomedge<X>``: the guess's ``zoom_outside_threshold`` or the fit's
+  ``zoom_edge_threshold`` (with ``zoom_choice="fit"``) set to X.
 
 Writes the JSON (mean abs(dF/F) per band, median in r, mean steps, seconds) and prints a
 Markdown table. Beside the JSON, ``<output stem>.npz`` keeps every galaxy's numbers
@@ -76,12 +78,16 @@ def _ablation(name: str) -> str:
             return name
         if name.startswith("ampstep") and float(name[7:]) > 0:
             return name
+        if name.startswith(("zoomout", "zoomedge")) and 0 < float(name.removeprefix("zoomout")
+                                                                 .removeprefix("zoomedge")) < 1:
+            return name
         if name.startswith("amp") and float(name[3:]) > 0:
             return name
     except ValueError:
         pass
     raise argparse.ArgumentTypeError(f"{name!r} is not one of {', '.join(ABLATIONS)}, amp<SIGMA>, "
-                                     "ampstep<SCALE>, prior<W>, min<N>, rtol<X>, lr<X> or decay<X>")
+                                     "ampstep<SCALE>, prior<W>, min<N>, rtol<X>, lr<X>, decay<X>, "
+                                     "zoomout<X> or zoomedge<X>")
 
 
 def main(argv=None) -> int:
@@ -199,6 +205,10 @@ def _apply(name: str, settings, variance, sky, field):
         settings = settings.replace(max_zoom=1)
     elif name in ("zoom-guess", "zoom-fit"):
         settings = settings.replace(max_zoom=3, zoom_choice=name[5:])
+    elif name.startswith("zoomout"):
+        settings = settings.replace(zoom_outside_threshold=float(name[7:]))
+    elif name.startswith("zoomedge"):
+        settings = settings.replace(zoom_choice="fit", zoom_edge_threshold=float(name[8:]))
     elif name.startswith("prior"):
         settings = settings.replace(prior_weight=float(name[5:]))
     elif name.startswith("min"):

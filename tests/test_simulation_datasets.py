@@ -216,6 +216,19 @@ class DatasetTestCase(unittest.TestCase):
         self.assertTrue(np.all((beta >= 0) & (beta <= 1)))
         self.assertGreater(beta.max(), 0.01)
         self.assertTrue(np.all(catalog["truth_flux_fraction_r"] > 0.5))
+        # the evaluation's truth adds the light beyond the windows: the galaxies add up to the
+        # noiseless field everywhere, and no galaxy loses its window's light
+        from lsst.meas.madness.evaluation import iter_test_fields
+
+        seen = 0
+        for field in iter_test_fields(self.tmp / "tf"):
+            seen += 1
+            np.testing.assert_allclose(field.isolated.sum(axis=0), noiseless[field.field_id], rtol=1e-5,
+                                       atol=1e-6 * noiseless[field.field_id].max())
+            sel = np.flatnonzero(catalog["field_id"] == field.field_id)
+            window = truth[sel].sum(axis=(-2, -1))
+            np.testing.assert_array_less(window * (1 - 1e-5), field.isolated.sum(axis=(-2, -1)) + 1e-3)
+        self.assertEqual(seen, 5)
 
     def test_deterministic_and_independent_of_workers(self):
         config = IsolatedSimsConfig(shard_size=5)
