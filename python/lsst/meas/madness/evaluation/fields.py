@@ -103,6 +103,7 @@ def iter_test_fields(directory, *, max_fields: int | None = None, conditions=Non
     variance = _sky_variance(dataset, bands, conditions)
     done = 0
     offset = 0
+    warned = False
     for arrays, columns in dataset.iter_shards("fields", "truth", "truth_yx0", "noiseless"):
         table = Table(columns)
         fields = arrays["fields"]
@@ -119,6 +120,10 @@ def iter_test_fields(directory, *, max_fields: int | None = None, conditions=Non
             truth = arrays["truth"][rows]
             isolated = paint_stamps(truth, arrays["truth_yx0"][rows], fields.shape[-2:])
             missing = _missing_flux(truth, table[rows], bands)
+            if missing is None and not warned:
+                _log.warning("%s has no truth_flux_fraction_<band> columns: the truth of each galaxy is its "
+                             "stored window alone, without its light beyond it.", directory)
+                warned = True
             if missing is not None:
                 isolated = attribute_far_light(isolated, arrays["noiseless"][k], arrays["truth_yx0"][rows],
                                                truth.shape[-1], missing)
