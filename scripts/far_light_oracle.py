@@ -33,8 +33,9 @@ for field in iter_test_fields(sys.argv[1]):
     U = (field.isolated - inside).sum(axis=0)
     for img, acc, cacc in ((field.image, base, cb), ((field.image - U).astype(np.float32), orac, co)):
         res = deb.deblend(img, field.centers_xy, variance=sky)
-        r2 = reference_metrics(img, field.isolated, field.catalog, variance=field.variance,
-                               conditions=cond, bands=bands, centers_xy=field.centers_xy)
+        r2 = ref if img is field.image else reference_metrics(
+            img, field.isolated, field.catalog, variance=field.variance, conditions=cond, bands=bands,
+            centers_xy=field.centers_xy)
         m = model_metrics(r2, res.models.astype(np.float32), models_yx0=np.asarray(res.stamp_yx0),
                           conditions=cond)
         acc.append(np.abs(m["flux"][:, 2] / F - 1)); cacc.append(m["cosine"][:, 2])

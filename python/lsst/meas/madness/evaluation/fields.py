@@ -197,10 +197,10 @@ def attribute_far_light(isolated: np.ndarray, noiseless: np.ndarray, yx0: np.nda
     yy, xx = np.mgrid[:height, :width]
     yx0 = np.asarray(yx0, np.int64).reshape(n, 2)
     centre = yx0 + window // 2
-    kernel = np.empty((n, height, width))
-    for j, ((y0, x0), (cy, cx)) in enumerate(zip(yx0, centre)):
-        inside = (yy >= y0) & (yy < y0 + window) & (xx >= x0) & (xx < x0 + window)
-        kernel[j] = np.where(inside, 0.0, np.maximum(np.hypot(yy - cy, xx - cx), 1.0) ** -power)
+    # each galaxy's own window holds all of its light there: none of R is its
+    inside = paint_stamps(np.ones((n, 1, window, window)), yx0, (height, width))[:, 0] > 0
+    distance = np.hypot(yy[None] - centre[:, 0, None, None], xx[None] - centre[:, 1, None, None])
+    kernel = np.where(inside, 0.0, np.maximum(distance, 1.0) ** -power)
     share = missing[:, :, None, None] * kernel[:, None]  # (n, bands, H, W)
     for _ in range(iterations):
         total = share.sum(axis=0)
