@@ -134,8 +134,8 @@ class DeblenderTestCase(lsst.utils.tests.TestCase):
         settings = MapSettings(max_iter=5, min_iter=5, fit_amplitudes=False, fit_offsets=False)
         original = self.deblender._step_fn
 
-        def poisoned(settings_):
-            step = original(settings_)
+        def poisoned(settings_, **kwargs):
+            step = original(settings_, **kwargs)
 
             def wrapped(x, *args):
                 loss, grad = step(x, *args)

@@ -54,8 +54,9 @@ class LargeGalaxyTestCase(lsst.utils.tests.TestCase):
         cls.image, cls.variance, cls.truth = _scene()
         # bfloat16 steps halve the time on TensorFlow; JAX's CPU convolutions are slow in bfloat16.
         precision = "mixed_bfloat16" if keras.config.backend() == "tensorflow" else "float32"
-        # Zoom 1 unless a test asks for more (the engine's default max_zoom is 3).
-        cls.settings = cls.deblender.settings.replace(precision=precision, max_zoom=1)
+        # Zoom 1 unless a test asks for more (the engine's default max_zoom is 3), and no
+        # envelopes: the zoom is under test here (tests/test_envelope.py tests those).
+        cls.settings = cls.deblender.settings.replace(precision=precision, max_zoom=1, fit_envelopes=False)
 
     def test_truth_overflows_the_stamp(self):
         """The fixture is what it claims: the disc has > 5% of its r flux outside its 45-px stamp."""
@@ -181,7 +182,7 @@ class WingTestCase(lsst.utils.tests.TestCase):
         self.assertEqual(zoom.tolist(), [2, 1])
         # And zoom 1 is the better model of it: its r flux against GalSim's.
         precision = "mixed_bfloat16" if keras.config.backend() == "tensorflow" else "float32"
-        settings = deblender.settings.replace(precision=precision)
+        settings = deblender.settings.replace(precision=precision, fit_envelopes=False)  # the zoom under test
         r = deblender.bands.index("r")
         errors = []
         for given in ([2, 1], [2, 2]):

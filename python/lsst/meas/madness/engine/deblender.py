@@ -5,7 +5,9 @@ latents with the VAE-deblender encoder on its peak-centred cutout; choose a zoom
 bigger than the stamp (`MapSettings.max_zoom`, up to 3 by default); pack blends into batches
 padded to the largest blend; run Adam on all latents of a batch at once, one compiled
 value-and-gradient step per iteration, each blend stopping on its own (`EwmaStopping`) and
-finished blends leaving the compiled batch; decode the final latents and measure diagnostics.
+finished blends leaving the compiled batch; with `MapSettings.fit_envelopes`, fit again the
+blends where a source's light goes on beyond its stamp, with an envelope for that light
+(`lsst.meas.madness.engine.envelope`); decode the final latents and measure diagnostics.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ..io.bundle import BundleMetadata, ModelBundle
 from ..networks import Decoder, Encoder, LinearNormalization, MaskedAutoregressiveFlow
 from ..precision import with_precision
 from ..networks.layout import from_network_layout, to_network_layout
+from .envelope import EnvelopeBasis, envelope_profiles, model_ellipse
 from .geometry import (
     paste_stamps,
     placement_matrices,
@@ -40,10 +43,20 @@ from .geometry import (
 from .objective import blend_objective, blend_objective_with_offsets
 from .observation import PreparedBlend, prepare_blend
 from .result import DeblendResult
-from .settings import MapSettings
+from .settings import ENVELOPE_DOMINANCE, ENVELOPE_REACH, MapSettings
 from .stopping import EwmaStopping
 
 _log = logging.getLogger(__name__)
+
+
+def _with_envelopes(x, *args, calls, objective):
+    """``objective`` with the envelopes' three per-blend arrays, which come last (`_select`)."""
+    return objective(x, *args[:-3], calls=calls, envelopes=args[-3:])
+
+
+ENVELOPE_RING = 8
+"""Width (pixels) of the ring outside a footprint where `MadnessDeblender` looks for light
+beyond it (``MapSettings.fit_envelopes``)."""
 
 
 def _next_power_of_two(n: int) -> int:
@@ -397,6 +410,25 @@ class MadnessDeblender:
                     break
                 _log.debug("Zoom %d: refitting %d blends", z + 1, len(redo))
                 self._fit_all(prepared, init_per_blend, redo, results, settings, progress)
+        if settings.fit_envelopes:
+            # Blends with a source whose model runs into its stamp edge are fitted again with an
+            # envelope for it (its light beyond the stamp), from their fitted latents.
+            envelopes = {}
+            for i, (blend, result) in enumerate(zip(prepared, results)):
+                basis = self._envelopes(blend, result, settings)
+                if basis is not None:
+                    envelopes[i] = basis
+            if envelopes:
+                _log.debug("Envelopes: refitting %d blends", len(envelopes))
+                warm = [np.concatenate([results[i].latents, np.log(results[i].amplitudes)], axis=1)
+                        if i in envelopes else None for i in range(len(prepared))]
+                # Adam continues at the rate the first fits had decayed to: restarted at the full
+                # rate it would knock converged latents about, galaxies the envelope never reaches
+                # included.
+                done = int(np.median([results[i].n_iter for i in envelopes]))
+                decayed = settings.lr_decay ** (done // settings.lr_decay_steps)
+                refit = settings.replace(learning_rate=settings.learning_rate * decayed)
+                self._fit_all(prepared, warm, sorted(envelopes), results, refit, progress, envelopes)
         _log.debug(
             "Deblended %d blends (%d sources) in %.2f s",
             len(prepared),
@@ -469,8 +501,10 @@ class MadnessDeblender:
                                     blend.get("mask"), zoom=zoom)
 
 
-    def _fit_all(self, prepared, init_per_blend, indices, results, settings, progress) -> None:
-        """Fit the blends ``indices`` of ``prepared`` in batches, into ``results``."""
+    def _fit_all(self, prepared, init_per_blend, indices, results, settings, progress,
+                 envelopes=None) -> None:
+        """Fit the blends ``indices`` of ``prepared`` in batches, into ``results``; with
+        ``envelopes`` (blend index -> `EnvelopeBasis`) each with its envelopes."""
         batches = self._plan_batches([prepared[i] for i in indices], settings.batch_sources)
         batches = [[list(indices)[j] for j in batch] for batch in batches]
         iterator = batches
@@ -479,7 +513,8 @@ class MadnessDeblender:
 
             iterator = tqdm(batches, desc="MADNESS deblend", unit="batch")
         for batch in iterator:
-            fitted = self._fit_batch([prepared[i] for i in batch], [init_per_blend[i] for i in batch], settings)
+            fitted = self._fit_batch([prepared[i] for i in batch], [init_per_blend[i] for i in batch],
+                                     settings, None if envelopes is None else [envelopes[i] for i in batch])
             for i, res in zip(batch, fitted):
                 results[i] = res
 
@@ -594,7 +629,7 @@ class MadnessDeblender:
             total = n
         return batches
 
-    def _step_fn(self, settings: MapSettings):
+    def _step_fn(self, settings: MapSettings, envelopes: bool = False):
         amplitude_sigma = float(settings.amplitude_sigma) if settings.fit_amplitudes else None
         if settings.fit_offsets:
             key = (float(settings.prior_weight), float(settings.offset_max), float(settings.offset_sigma))
@@ -603,7 +638,9 @@ class MadnessDeblender:
         else:
             key = (float(settings.prior_weight),)
             loss = functools.partial(blend_objective, prior_weight=key[0], amplitude_sigma=amplitude_sigma)
-        key += (settings.precision, amplitude_sigma)
+        key += (settings.precision, amplitude_sigma, envelopes)
+        if envelopes:
+            loss = functools.partial(_with_envelopes, objective=loss)
         if key not in self._steps:
             if settings.precision not in self._step_decoders:
                 self._step_decoders[settings.precision] = with_precision(self.decoder, settings.precision)
@@ -664,7 +701,8 @@ class MadnessDeblender:
         return packed + (bounds,)
 
     @staticmethod
-    def _select(packed: tuple[np.ndarray, ...], bounds: np.ndarray, blend_ids: np.ndarray, bucket: bool):
+    def _select(packed: tuple[np.ndarray, ...], bounds: np.ndarray, blend_ids: np.ndarray, bucket: bool,
+                per_blend: Sequence[np.ndarray] = ()):
         """The compiled step's arguments for the blends ``blend_ids``, and which sources they hold.
 
         With ``bucket`` (backends that compile per shape) the blend count is padded to a power of
@@ -672,10 +710,14 @@ class MadnessDeblender:
         ignored) and the sources to a multiple of 8 (masked copies of the first source), so a
         fit meets few shapes.
 
+        ``per_blend`` arrays (one row per blend: the envelopes', `_pack_envelopes`) are
+        selected like the data and come last.
+
         Returns
         -------
         args : `list` [tensor]
-            ``source_mask, blend_of, data, weights, rows, cols, starts[, shifts]`` selected.
+            ``source_mask, blend_of, data, weights, rows, cols, starts[, shifts][, *per_blend]``
+            selected.
         take : `numpy.ndarray`
             The batch's flat sources fed to the step, in order: the selected blends' sources,
             then any padding.
@@ -695,11 +737,76 @@ class MadnessDeblender:
             slots = np.concatenate([slots, np.zeros(pad, np.int32)])
             mask = np.concatenate([mask, np.zeros(pad, np.float32)])
         per_source = [a[take] for a in (rows, cols, starts, *rest)]
-        args = [mask, slots, data[blends], weights[blends], *per_source]
+        args = [mask, slots, data[blends], weights[blends], *per_source, *(a[blends] for a in per_blend)]
         return [keras.ops.convert_to_tensor(a) for a in args], take, len(sources)
 
+    def _envelopes(self, blend: PreparedBlend, result: DeblendResult,
+                   settings: MapSettings) -> EnvelopeBasis | None:
+        """The envelopes of a fitted blend's extended sources, or `None` if it has none.
+
+        A source is extended when the light goes on beyond its stamp: the mean residual (image
+        minus every model) over the `ENVELOPE_RING`-pixel ring just outside its footprint is above
+        ``settings.envelope_edge_sigma`` times the pixel noise in some band (the decoder draws a
+        bright de Vaucouleurs galaxy falling to zero at its stamp edge, 25 sigma below the truth
+        there); and no source `ENVELOPE_DOMINANCE` times brighter
+        lies within `ENVELOPE_REACH` stamp sides (Chebyshev): a faint galaxy in a bright one's
+        light has that light at its edge, not its own. Its envelope is centred on its peak, in
+        the ellipse of its fitted model, zero inside its footprint.
+        """
+        y0, x0, y1, x1 = blend.region
+        flux = np.clip(result.models, 0.0, None).sum(axis=(1, 2, 3))
+        peaks = np.asarray(result.peaks_xy, np.float64)
+        apart = np.abs(peaks[:, None, :] - peaks[None, :, :]).max(axis=-1)
+        near = apart <= ENVELOPE_REACH * self.stamp_size
+        dominated = (near & (flux[None, :] > ENVELOPE_DOMINANCE * flux[:, None])).any(axis=1)
+        noise = np.array([np.median(1.0 / np.sqrt(wt[wt > 0])) if (wt > 0).any() else np.inf
+                          for wt in blend.weights])
+        residual = blend.data - self.normalization.normalize(result.model_image()[:, y0:y1, x0:x1])
+        edge = np.zeros(len(flux), bool)
+        for i, side in enumerate(np.asarray(blend.footprint_sizes, np.int64)):
+            fy, fx = blend.footprint_origins[i] - np.array([y0, x0])
+            outer = (slice(max(fy - ENVELOPE_RING, 0), max(fy + side + ENVELOPE_RING, 0)),
+                     slice(max(fx - ENVELOPE_RING, 0), max(fx + side + ENVELOPE_RING, 0)))
+            ring = np.zeros(residual.shape[1:], bool)
+            ring[outer] = True
+            ring[max(fy, 0) : max(fy + side, 0), max(fx, 0) : max(fx + side, 0)] = False
+            usable = ring[None] & (blend.weights > 0)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mean = (residual * usable).sum(axis=(1, 2)) / usable.sum(axis=(1, 2))
+            edge[i] = bool((mean > settings.envelope_edge_sigma * noise).any())
+        extended = np.flatnonzero(edge & ~dominated)
+        if not len(extended):
+            return None
+        profiles, owner = [], []
+        for i in extended:
+            q, angle = model_ellipse(result.models[i])
+            fy, fx = blend.footprint_origins[i] - np.array([y0, x0])
+            side = int(blend.footprint_sizes[i])
+            center = peaks[i, ::-1] - np.array([y0, x0])
+            p = envelope_profiles((y1 - y0, x1 - x0), center, (fy, fx, fy + side, fx + side), q, angle,
+                                  inner=side / 2)
+            profiles.append(p)
+            owner.extend([i] * len(p))
+        return EnvelopeBasis.build(blend.weights, np.concatenate(profiles), owner)
+
+    @staticmethod
+    def _pack_envelopes(bases: Sequence[EnvelopeBasis]) -> tuple[np.ndarray, ...]:
+        """The envelopes' ``(B, K, h, w)``, ``(B, C, K, K)`` and ``(B, C, K)`` arrays
+        (`lsst.meas.madness.engine.objective.subtract_envelopes`), padded to the batch's largest
+        region and profile count; empty without envelopes."""
+        if not bases:
+            return ()
+        k = max(len(b.profiles) for b in bases)
+        h = max(b.profiles.shape[1] for b in bases)
+        w = max(b.profiles.shape[2] for b in bases)
+        padded = [b.padded(k, (h, w)) for b in bases]
+        return (np.stack([b.profiles for b in padded]).astype(np.float32),
+                np.stack([b.solve for b in padded]).astype(np.float32),
+                np.stack([b.prior_precision for b in padded]).astype(np.float32))
+
     def _fit_batch(
-        self, blends: Sequence[PreparedBlend], init: Sequence[np.ndarray], settings: MapSettings
+        self, blends: Sequence[PreparedBlend], init: Sequence[np.ndarray], settings: MapSettings,
+        envelopes: Sequence[EnvelopeBasis] | None = None,
     ) -> list[DeblendResult]:
         nb = len(blends)
         # The optimised variables, one row per source (all blends' sources one after another):
@@ -708,13 +815,17 @@ class MadnessDeblender:
         n_amp = len(self.bands) if settings.fit_amplitudes else 0
         n_extra = n_amp + (2 if settings.fit_offsets else 0)
         *packed, bounds = self._pack(blends, settings.fit_offsets)
+        bases = list(envelopes) if envelopes is not None else []
+        per_blend = self._pack_envelopes(bases)
         x = np.zeros((int(bounds[-1]), self.latent_dim + n_extra), np.float32)
-        x[:, : self.latent_dim] = np.concatenate(init)
+        # ``init`` holds latents, or latents and log flux factors (a warm start from a fit).
+        start = np.concatenate(init)[:, : self.latent_dim + n_amp]
+        x[:, : start.shape[1]] = start
         initial = x.copy()
         # Adam's step per variable: the flux factors move at their own rate (MapSettings).
         step_scale = np.ones(x.shape[-1], np.float32)
         step_scale[self.latent_dim : self.latent_dim + n_amp] = settings.amplitude_step_scale
-        step = self._step_fn(settings)
+        step = self._step_fn(settings, envelopes=bool(bases))
         bucket = compiles_per_shape()
 
         # Adam's moments in float64: a float32 square of a gradient above ~1e19 (a bright source
@@ -728,7 +839,7 @@ class MadnessDeblender:
         history = np.full((settings.max_iter, nb), np.nan)
         stopping = EwmaStopping(nb, settings.ewma_window, settings.rtol, settings.min_iter)
         selection = np.arange(nb)
-        args, take, n_real = self._select(packed, bounds, selection, bucket)
+        args, take, n_real = self._select(packed, bounds, selection, bucket, per_blend)
         source_blend = np.repeat(np.arange(nb), np.diff(bounds))
 
         for t in range(1, settings.max_iter + 1):
@@ -765,7 +876,7 @@ class MadnessDeblender:
             shrink = n_active < len(selection) if not bucket else (n_active * 2 <= len(selection) and len(selection) > 1)
             if settings.compact and stop.any() and shrink:
                 selection = np.flatnonzero(active)
-                args, take, n_real = self._select(packed, bounds, selection, bucket)
+                args, take, n_real = self._select(packed, bounds, selection, bucket, per_blend)
 
         diverged = ~np.isfinite(x).all(axis=1)
         if diverged.any():
@@ -801,6 +912,7 @@ class MadnessDeblender:
                 settings=settings,
                 offsets=offsets[sl] if settings.fit_offsets else None,
                 log_amplitudes=log_amplitudes[sl] if n_amp else None,
+                envelopes=bases[k] if bases else None,
             ))
         return results
 
@@ -820,6 +932,7 @@ class MadnessDeblender:
         settings: MapSettings,
         offsets: np.ndarray | None = None,
         log_amplitudes: np.ndarray | None = None,
+        envelopes: EnvelopeBasis | None = None,
     ) -> DeblendResult:
         """Diagnostics of one fitted blend; ``models`` in flux units, centred (as decoded, with
         the fitted flux factors applied)."""
@@ -843,14 +956,27 @@ class MadnessDeblender:
         def region_model(stamps):
             return paste_stamps(stamps, stamp_offsets, data.shape[1:], dtype=data.dtype)
 
-        resid_sq = weights * (data - region_model(models)) ** 2
+        residual = data - region_model(models)
         resid_init = weights * (data - region_model(initial_models)) ** 2
+        envelope_images = envelope_sources = None
+        if envelopes is not None:
+            # The values that best fit the final models' residual (network units, in which the
+            # solve was built), as the fit profiled them at every step.
+            values = envelopes.values(norm.normalize(residual), blend.weights)
+            images, envelope_sources = envelopes.images(values)
+            images = norm.denormalize(images)
+            residual = residual - images.sum(axis=0)
+            envelope_images = np.zeros((len(images), len(self.bands)) + tuple(blend.image_shape), np.float32)
+            envelope_images[:, :, y0:y1, x0:x1] = images
+        resid_sq = weights * residual**2
         w = settings.prior_weight
         objective_final = 0.5 * resid_sq.sum() - w * log_prior.sum()
         if offsets is not None:
             objective_final += 0.5 * float((fitted**2).sum()) / settings.offset_sigma**2
         if log_amplitudes is not None:
             objective_final += 0.5 * float((log_amplitudes**2).sum()) / settings.amplitude_sigma**2
+        if envelopes is not None:
+            objective_final += envelopes.prior_penalty(values)
         objective_initial = 0.5 * resid_init.sum() - w * initial_log_prior.sum()
 
         chi2 = np.full((len(latents), len(self.bands)), np.nan)
@@ -883,6 +1009,8 @@ class MadnessDeblender:
             zoom=blend.zoom.copy(),
             edge_flux_fraction=edge_fraction,
             amplitudes=None if log_amplitudes is None else np.exp(log_amplitudes),
+            envelopes=envelope_images,
+            envelope_sources=envelope_sources,
         )
 
     def _place(self, blend: PreparedBlend, stamps: np.ndarray, shifts: np.ndarray) -> np.ndarray:

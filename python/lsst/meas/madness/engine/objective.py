@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["blend_models", "blend_objective", "blend_objective_with_offsets", "fourier_shift_matrices"]
+__all__ = ["blend_models", "blend_objective", "blend_objective_with_offsets", "fourier_shift_matrices",
+           "subtract_envelopes"]
 
 import math
 
@@ -86,8 +87,41 @@ def _per_blend(values, source_mask, blend_of, num_blends):
     return ops.segment_sum(values * source_mask, ops.cast(blend_of, "int32"), num_segments=num_blends)
 
 
+def subtract_envelopes(residual, weights, envelopes):
+    """``residual`` minus the envelopes that best fit it, and their prior term.
+
+    The envelopes (`lsst.meas.madness.engine.envelope`) are linear in their profile values, so
+    their best values for the present residual are one precomputed solve. The values are held
+    constant for the gradient: at their optimum the objective's gradient in the latents is the
+    same with or without their change (the envelope theorem), so the MAP fits the sources
+    against the profiled envelopes.
+
+    Parameters
+    ----------
+    residual, weights : tensor
+        ``(B, h, C, w)`` data minus the sources' stamp models, and the inverse variance.
+    envelopes : `tuple` of tensor
+        ``(profiles, solve, precision)``: ``(B, K, h, w)`` profiles, ``(B, C, K, K)`` solves and
+        ``(B, C, K)`` prior precisions (`EnvelopeBasis`, padded to one layout).
+
+    Returns
+    -------
+    residual : tensor
+        ``(B, h, C, w)`` residual minus the envelopes.
+    penalty : tensor
+        ``(B,)`` prior term of the values.
+    """
+    ops = keras.ops
+    profiles, solve, precision = envelopes
+    rhs = ops.einsum("bkhw,bhcw->bck", profiles, weights * residual)
+    values = ops.stop_gradient(ops.einsum("bckl,bcl->bck", solve, rhs))
+    surface = ops.einsum("bck,bkhw->bhcw", values, profiles)
+    penalty = 0.5 * ops.sum(precision * values * values, axis=(1, 2))
+    return residual - surface, penalty
+
+
 def blend_objective(latents, source_mask, blend_of, data, weights, rows, cols, starts, *, calls,
-                    prior_weight: float = 1.0, amplitude_sigma: float | None = None):
+                    prior_weight: float = 1.0, amplitude_sigma: float | None = None, envelopes=None):
     """Negative log-posterior of each blend: ``chi2 / 2 - prior_weight * sum_i log p(z_i)``.
 
     ``chi2 = sum w (y - X)^2`` with ``w`` the per-pixel inverse variance (zero on bad pixels),
@@ -114,6 +148,9 @@ def blend_objective(latents, source_mask, blend_of, data, weights, rows, cols, s
         Weight of the log-prior.
     amplitude_sigma : `float`, optional
         Prior width of the per-band log flux factors; `None`: no factors (the paper).
+    envelopes : `tuple` of tensor, optional
+        The extended galaxies' light beyond their stamps, fitted with the sources
+        (`subtract_envelopes`, ``MapSettings.fit_envelopes``); `None`: none (the paper).
 
     Returns
     -------
@@ -132,6 +169,9 @@ def blend_objective(latents, source_mask, blend_of, data, weights, rows, cols, s
                              source_mask, blend_of, b)
     model = blend_models(latents, source_mask, blend_of, rows, cols, starts, decode, (b, h, w), log_amplitudes)
     residual = data - model
+    if envelopes is not None:
+        residual, envelope_penalty = subtract_envelopes(residual, weights, envelopes)
+        penalty = penalty + envelope_penalty
     chi2 = ops.sum(weights * residual * residual, axis=(1, 2, 3))
     log_prior = _per_blend(log_prob(latents), source_mask, blend_of, b)
     return 0.5 * chi2 - prior_weight * log_prior + penalty
@@ -162,7 +202,8 @@ def fourier_shift_matrices(shifts, size: int):
 
 def blend_objective_with_offsets(x, source_mask, blend_of, data, weights, rows, cols, starts, shifts, *, calls,
                                  prior_weight: float = 1.0, offset_max: float = 1.0,
-                                 offset_sigma: float = 0.5, amplitude_sigma: float | None = None):
+                                 offset_sigma: float = 0.5, amplitude_sigma: float | None = None,
+                                 envelopes=None):
     """`blend_objective` with a position offset per source fitted alongside its latents.
 
     ``x`` holds each source's latents followed by two unconstrained numbers ``u``; the offset is
@@ -176,7 +217,7 @@ def blend_objective_with_offsets(x, source_mask, blend_of, data, weights, rows, 
     x : tensor
         ``(M, L + 2)`` latents and offset parameters (``(M, L + C + 2)`` with
         ``amplitude_sigma``: the log flux factors between them).
-    source_mask, blend_of, data, weights, calls, prior_weight, amplitude_sigma
+    source_mask, blend_of, data, weights, calls, prior_weight, amplitude_sigma, envelopes
         As in `blend_objective`.
     rows, cols, starts : tensor
         ``(M, Lw, S)`` one-hot row windows, ``(M, w, S)`` one-hot column placements and the
@@ -198,7 +239,8 @@ def blend_objective_with_offsets(x, source_mask, blend_of, data, weights, rows, 
     ky = fourier_shift_matrices(shifts[:, 0] + offsets[:, 0], size)
     kx = fourier_shift_matrices(shifts[:, 1] + offsets[:, 1], size)
     loss = blend_objective(latents, source_mask, blend_of, data, weights, ops.matmul(rows, ky), ops.matmul(cols, kx),
-                           starts, calls=calls, prior_weight=prior_weight, amplitude_sigma=amplitude_sigma)
+                           starts, calls=calls, prior_weight=prior_weight, amplitude_sigma=amplitude_sigma,
+                           envelopes=envelopes)
     penalty = _per_blend(0.5 * ops.sum(offsets * offsets, axis=-1) / offset_sigma**2, source_mask, blend_of,
                          ops.shape(data)[0])
     return loss + penalty

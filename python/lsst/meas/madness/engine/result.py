@@ -69,6 +69,13 @@ class DeblendResult:
     amplitudes : `numpy.ndarray`
         ``(n, bands)`` flux factor per source and band fitted with the latents
         (``MapSettings.fit_amplitudes``; ones otherwise), already applied to `models`.
+    envelopes : `numpy.ndarray` or `None`
+        ``(m, bands, H, W)`` float32 light of the extended sources beyond their stamps
+        (``MapSettings.fit_envelopes``), flux units, on the image grid (zero inside each one's
+        stamp and outside the fit region); `None` when no source has one. Part of its source:
+        `source_image` and `model_image` include it, `models` (the stamps) do not.
+    envelope_sources : `numpy.ndarray` or `None`
+        ``(m,)`` index of the source each envelope belongs to.
     """
 
     bands: tuple[str, ...]
@@ -92,6 +99,8 @@ class DeblendResult:
     zoom: np.ndarray | None = None
     edge_flux_fraction: np.ndarray | None = None
     amplitudes: np.ndarray | None = None
+    envelopes: np.ndarray | None = None
+    envelope_sources: np.ndarray | None = None
 
     TRUNCATED_EDGE_FRACTION = 0.02
     """`edge_flux_fraction` above which `truncated` calls a model cut off by its stamp."""
@@ -137,14 +146,29 @@ class DeblendResult:
         """Side of the model stamps on the image grid in pixels (``P`` of `models`)."""
         return self.models.shape[-1]
 
+    @property
+    def enveloped(self) -> np.ndarray:
+        """``(n,)`` bool: the source's light beyond its stamp was fitted (`envelopes`)."""
+        flags = np.zeros(self.n_sources, bool)
+        if self.envelope_sources is not None:
+            flags[np.asarray(self.envelope_sources, np.int64)] = True
+        return flags
+
     def source_image(self, index: int) -> np.ndarray:
-        """Model of source ``index`` painted on the image grid, ``(bands, H, W)``."""
+        """Model of source ``index`` painted on the image grid, its envelope included, ``(bands, H, W)``."""
         return self._paint([index])
 
     def model_image(self) -> np.ndarray:
-        """Sum of all source models on the image grid, ``(bands, H, W)``, cropped at the edges."""
+        """Sum of all source models (envelopes included) on the image grid, ``(bands, H, W)``,
+        cropped at the edges."""
         return self._paint(range(self.n_sources))
 
     def _paint(self, indices) -> np.ndarray:
         indices = list(indices)
-        return paste_stamps(self.models[indices], self.stamp_yx0[indices], self.image_shape, dtype=np.float32)
+        image = paste_stamps(self.models[indices], self.stamp_yx0[indices], self.image_shape,
+                             dtype=np.float32)
+        if self.envelopes is not None:
+            for envelope, source in zip(self.envelopes, self.envelope_sources):
+                if int(source) in indices:
+                    image += envelope
+        return image

@@ -16,12 +16,19 @@ from ..precision import PRECISIONS
 ZOOM_CHOICES = ("guess", "fit")
 """How ``MapSettings.max_zoom > 1`` chooses each source's zoom."""
 
+ENVELOPE_DOMINANCE = 10.0
+"""A source gets no envelope (``MapSettings.fit_envelopes``) when a source this many times
+brighter lies within four stamp sides: its stamp edge then holds that galaxy's light, not its own."""
+ENVELOPE_REACH = 4
+"""Stamp sides (Chebyshev) within which a much brighter source denies an envelope."""
+
 
 @dataclasses.dataclass(frozen=True)
 class MapSettings:
     """Knobs of the MAP deblender, with the paper's values as defaults except ``fit_amplitudes``,
-    ``prior_weight``, ``rtol`` and ``max_zoom``, chosen on validation TestFields
-    (``doc/engine.md``, "Defaults chosen on validation fields").
+    ``prior_weight``, ``rtol``, ``max_zoom`` and ``fit_envelopes``, chosen on validation
+    TestFields (``doc/engine.md``, "Defaults chosen on validation fields";
+    ``doc/large-galaxies.md``, "Envelopes").
 
     Parameters
     ----------
@@ -73,8 +80,8 @@ class MapSettings:
         draws the galaxy and the factors correct its flux in each band where its reach falls
         short (bright galaxies, colours; ``doc/engine.md``). On by default, a departure from
         the paper measured on validation TestFields (r-band mean abs(dF/F) 0.0216 -> 0.0182,
-        g-r colour scatter 0.185 -> 0.158); False, with ``prior_weight=1``, ``rtol=0.05`` and
-        ``max_zoom=1``, gives the paper's MAP.
+        g-r colour scatter 0.185 -> 0.158); False, with ``prior_weight=1``, ``rtol=0.05``,
+        ``max_zoom=1`` and ``fit_envelopes=False``, gives the paper's MAP.
     amplitude_sigma : `float`
         Width of the Gaussian prior on each log factor ``a_b`` (0.5; 0.5-3 measured alike,
         0.05-0.1 keep part of the flux error).
@@ -111,6 +118,18 @@ class MapSettings:
     zoom_edge_threshold : `float`
         Fraction of a fitted model's flux in its stamp's outer ring above which
         ``zoom_choice="fit"`` raises its zoom, in (0, 1).
+    fit_envelopes : `bool`
+        Fit the light of bright galaxies beyond their stamps (`lsst.meas.madness.engine.envelope`):
+        after the fit, a source whose light goes on beyond its stamp (the mean residual of the
+        8-px ring just outside it above ``envelope_edge_sigma`` times the pixel noise, in any
+        band) and that has no
+        source ``ENVELOPE_DOMINANCE`` times brighter within four stamp sides gets an envelope, a
+        radial profile in its model's ellipse outside its stamp, and its blend is fitted again
+        from its fitted latents with the envelopes profiled. The envelope belongs to its galaxy
+        (`DeblendResult.envelopes`).
+    envelope_edge_sigma : `float`
+        Mean residual just outside a source's stamp, in units of the pixel noise, above which
+        the source may get an envelope.
     """
 
     learning_rate: float = 0.05
@@ -138,6 +157,8 @@ class MapSettings:
     zoom_outside_threshold: float = 0.05
     zoom_choice: str = "guess"
     zoom_edge_threshold: float = 0.02
+    fit_envelopes: bool = True
+    envelope_edge_sigma: float = 1.0
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -167,6 +188,7 @@ class MapSettings:
             ("max_zoom", self.max_zoom, 1, 4, True),
             ("zoom_outside_threshold", self.zoom_outside_threshold, 0.0, 1.0, False),
             ("zoom_edge_threshold", self.zoom_edge_threshold, 0.0, 1.0, False),
+            ("envelope_edge_sigma", self.envelope_edge_sigma, 0.0, None, False),
         ]
         for name, value, lo, hi, inclusive_lo in checks:
             too_low = value < lo if inclusive_lo else value <= lo

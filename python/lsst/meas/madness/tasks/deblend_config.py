@@ -468,4 +468,7 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
             zoom_outside_threshold=self.zoomOutsideThreshold,
             zoom_choice=self.zoomChoice,
             zoom_edge_threshold=self.zoomEdgeThreshold,
+            # The children are cut from the model stamps (tasks/blends.py split_blend), which do
+            # not carry an envelope's light yet: the task fits none (doc/large-galaxies.md).
+            fit_envelopes=False,
         )
