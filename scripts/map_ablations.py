@@ -31,7 +31,11 @@ centres) with the engine and measures every galaxy with the paper's apertures (k
 - ``zoom-guess``, ``zoom-fit``: ``MapSettings(max_zoom=3)`` with the zoom chosen from the
   VAE-deblender's guess or from the zoom-1 fit (``MapSettings.zoom_choice``);
 - ``zoomout<X>``, ``zoomedge<X>``: the guess's ``zoom_outside_threshold`` or the fit's
-  ``zoom_edge_threshold`` (with ``zoom_choice="fit"``) set to X.
+  ``zoom_edge_threshold`` (with ``zoom_choice="fit"``) set to X;
+- ``envelope``, ``envelope<X>``: the light of galaxies beyond their stamps fitted as envelopes
+  (``MapSettings.fit_envelopes``), with ``envelope_edge_sigma`` X (the photometry counts
+  each envelope as its galaxy's);
+- ``noenvelope``: no envelopes, whatever the defaults.
 
 Writes the JSON (mean abs(dF/F) per band, median in r, mean steps, seconds) and prints a
 Markdown table. Beside the JSON, ``<output stem>.npz`` keeps every galaxy's numbers
@@ -53,7 +57,7 @@ import time
 from pathlib import Path
 
 ABLATIONS = ("default", "paper", "forced200", "variance-image", "variance-truth", "max100", "max60", "zoom1",
-             "zoom-guess", "zoom-fit")
+             "zoom-guess", "zoom-fit", "envelope", "noenvelope")
 
 
 def _ablation(name: str) -> str:
@@ -76,6 +80,8 @@ def _ablation(name: str) -> str:
             return name
         if name.startswith("decay") and 0 < float(name[5:]) <= 1:
             return name
+        if name.startswith("envelope") and float(name[8:]) > 0:
+            return name
         if name.startswith("ampstep") and float(name[7:]) > 0:
             return name
         if name.startswith(("zoomout", "zoomedge")) and 0 < float(name.removeprefix("zoomout")
@@ -87,7 +93,7 @@ def _ablation(name: str) -> str:
         pass
     raise argparse.ArgumentTypeError(f"{name!r} is not one of {', '.join(ABLATIONS)}, amp<SIGMA>, "
                                      "ampstep<SCALE>, prior<W>, min<N>, rtol<X>, lr<X>, decay<X>, "
-                                     "zoomout<X> or zoomedge<X>")
+                                     "zoomout<X>, zoomedge<X> or envelope<X>")
 
 
 def main(argv=None) -> int:
@@ -143,7 +149,8 @@ def main(argv=None) -> int:
             result = deblender.deblend(field.image, field.centers_xy, variance=variance, settings=settings)
             seconds[name] += time.perf_counter() - start
             metrics = model_metrics(ref, result.models.astype(np.float32), models_yx0=np.asarray(result.stamp_yx0),
-                                    conditions=conditions)
+                                    conditions=conditions, envelopes=result.envelopes,
+                                    envelope_sources=result.envelope_sources)
             errors[name].append(np.abs(metrics["flux_residual"]))
             cosines[name].append(metrics["cosine"])
             e1[name].append(metrics["e1_residual"])
@@ -209,6 +216,12 @@ def _apply(name: str, settings, variance, sky, field):
         settings = settings.replace(zoom_outside_threshold=float(name[7:]))
     elif name.startswith("zoomedge"):
         settings = settings.replace(zoom_choice="fit", zoom_edge_threshold=float(name[8:]))
+    elif name == "noenvelope":
+        settings = settings.replace(fit_envelopes=False)
+    elif name == "envelope":
+        settings = settings.replace(fit_envelopes=True)
+    elif name.startswith("envelope"):
+        settings = settings.replace(fit_envelopes=True, envelope_edge_sigma=float(name[8:]))
     elif name.startswith("prior"):
         settings = settings.replace(prior_weight=float(name[5:]))
     elif name.startswith("min"):

@@ -127,6 +127,9 @@ class MethodOutput:
     extra_rss_before, extra_peak_rss : `int` or `None`
         Resident memory (bytes) before and at the peak of the call of a helper process the
         method runs in (classic scarlet's own interpreter); added to the worker's own.
+    envelopes, envelope_sources : `numpy.ndarray` or `None`
+        ``(m, bands, H, W)`` light of galaxies beyond their stamps and the ``(m,)`` galaxy each
+        belongs to (MADNESS's `DeblendResult.envelopes`).
     """
 
     models: np.ndarray | None
@@ -136,6 +139,8 @@ class MethodOutput:
     info: dict = dataclasses.field(default_factory=dict)
     extra_rss_before: int | None = None
     extra_peak_rss: int | None = None
+    envelopes: np.ndarray | None = None
+    envelope_sources: np.ndarray | None = None
 
 
 class DeblendMethod(abc.ABC):
@@ -265,7 +270,8 @@ class MadnessMethod(_MadnessBase):
         result = self.deblender.deblend(field.image, field.centers_xy, variance=field.variance)
         seconds = time.perf_counter() - start
         return MethodOutput(models=result.models.astype(np.float32), models_yx0=np.asarray(result.stamp_yx0),
-                            seconds=seconds,
+                            seconds=seconds, envelopes=result.envelopes,
+                            envelope_sources=result.envelope_sources,
                             info={"n_iter": int(np.max(result.n_iter)),
                                   "converged": bool(np.all(result.converged))})
 

@@ -183,7 +183,7 @@ def _colnames(catalog) -> tuple[str, ...]:
 
 
 def model_metrics(reference: FieldReference, models, *, models_yx0=None, conditions,
-                  colour_bands=("g", "r")) -> dict[str, np.ndarray]:
+                  colour_bands=("g", "r"), envelopes=None, envelope_sources=None) -> dict[str, np.ndarray]:
     """Score one method's models of a field against its `FieldReference`.
 
     Parameters
@@ -200,6 +200,12 @@ def model_metrics(reference: FieldReference, models, *, models_yx0=None, conditi
         Zero points for the colours.
     colour_bands : pair of `str`
         Bands of the colour.
+    envelopes : `numpy.ndarray`, optional
+        ``(m, bands, H, W)`` light of galaxies beyond their model stamps (MADNESS's
+        `DeblendResult.envelopes`), part of galaxy ``envelope_sources``: a neighbour's is
+        subtracted with its stamp, and it is in its own galaxy's image.
+    envelope_sources : `numpy.ndarray`, optional
+        ``(m,)`` catalogue index of the galaxy of each envelope.
 
     Returns
     -------
@@ -218,7 +224,17 @@ def model_metrics(reference: FieldReference, models, *, models_yx0=None, conditi
             f"models must be (n, bands, h, w) with n={n} and {len(reference.bands)} bands; "
             f"got {models.shape}."
         )
-    flux, err, _ = field_photometry(reference.field, reference.x, reference.y, reference.a, reference.b,
+    field = reference.field
+    if envelopes is not None and len(envelopes):
+        envelopes = np.asarray(envelopes, np.float64)
+        envelope_sources = np.asarray(envelope_sources, np.int64)
+        if envelopes.shape[1:] != field.shape or len(envelope_sources) != len(envelopes):
+            raise MadnessValueError(f"envelopes must be (m, {field.shape}) with m sources; got "
+                                    f"{envelopes.shape} for {len(envelope_sources)}.")
+        field = field - envelopes.sum(axis=0)
+    else:
+        envelopes = None
+    flux, err, _ = field_photometry(field, reference.x, reference.y, reference.a, reference.b,
                                     reference.theta, models=models, models_yx0=models_yx0,
                                     variance=reference.variance)
     size = reference.truth_stamps.shape[-1]
@@ -227,6 +243,15 @@ def model_metrics(reference: FieldReference, models, *, models_yx0=None, conditi
         full = models
     else:
         full = paint_stamps(models, models_yx0, reference.field.shape[1:])
+    if envelopes is not None:
+        # Each envelope is its galaxy's: back in that galaxy's aperture and image.
+        full = np.array(full, np.float64, copy=True)
+        for envelope, source in zip(envelopes, envelope_sources):
+            one = slice(source, source + 1)
+            own, _, _ = field_photometry(envelope, reference.x[one], reference.y[one], reference.a[one],
+                                         reference.b[one], reference.theta[one])
+            flux[source] += own[0]
+            full[source] += envelope
     stamps, _ = cutout_stamps(full, centers_xy, size)
     centre = np.full(2, float(size // 2))
     shapes = adaptive_moments(stamps, subpixel_shifts(centers_xy)[:, ::-1] + centre)

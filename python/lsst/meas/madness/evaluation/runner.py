@@ -416,8 +416,10 @@ def run_evaluation(fields: Iterable[TestField], methods: Sequence[str] = METHOD_
                     if message[0] == "result":
                         output, memory = message[1], message[2]
                         models = output.models[:, sel]
+                        envelopes = None if output.envelopes is None else output.envelopes[:, sel]
                         metrics = model_metrics(ref, models, models_yx0=output.models_yx0,
-                                                conditions=conditions)
+                                                conditions=conditions, envelopes=envelopes,
+                                                envelope_sources=output.envelope_sources)
                         entry.update(seconds=output.seconds, compile_seconds=output.compile_seconds,
                                      peak_rss=memory["peak_rss"], rss_before=memory["rss_before"],
                                      memory_resettable=memory["memory_resettable"], info=output.info)
