@@ -58,6 +58,9 @@ ENVELOPE_RING = 8
 """Width (pixels) of the ring outside a footprint where `MadnessDeblender` looks for light
 beyond it (``MapSettings.fit_envelopes``)."""
 
+ENVELOPE_MIN_PIXELS = 64
+"""Fewest ring pixels outside every footprint on which that light is judged."""
+
 
 def _next_power_of_two(n: int) -> int:
     return 1 << max(int(n) - 1, 0).bit_length()
@@ -745,7 +748,8 @@ class MadnessDeblender:
         """The envelopes of a fitted blend's extended sources, or `None` if it has none.
 
         A source is extended when the light goes on beyond its stamp: the mean residual (image
-        minus every model) over the `ENVELOPE_RING`-pixel ring just outside its footprint is above
+        minus every model) over the `ENVELOPE_RING`-pixel ring just outside its footprint, on the
+        pixels of that ring no other footprint covers (at least `ENVELOPE_MIN_PIXELS`), is above
         ``settings.envelope_edge_sigma`` times the pixel noise in some band (the decoder draws a
         bright de Vaucouleurs galaxy falling to zero at its stamp edge, 25 sigma below the truth
         there); and no source `ENVELOPE_DOMINANCE` times brighter
@@ -762,17 +766,23 @@ class MadnessDeblender:
         noise = np.array([np.median(1.0 / np.sqrt(wt[wt > 0])) if (wt > 0).any() else np.inf
                           for wt in blend.weights])
         residual = blend.data - self.normalization.normalize(result.model_image()[:, y0:y1, x0:x1])
+        origins = np.asarray(blend.footprint_origins) - np.array([y0, x0])
+        sides = np.asarray(blend.footprint_sizes, np.int64)
+        covered = np.zeros((len(flux),) + residual.shape[1:], bool)  # each source's footprint
+        for i, ((fy, fx), side) in enumerate(zip(origins, sides)):
+            covered[i, max(fy, 0) : max(fy + side, 0), max(fx, 0) : max(fx + side, 0)] = True
         edge = np.zeros(len(flux), bool)
-        for i, side in enumerate(np.asarray(blend.footprint_sizes, np.int64)):
-            fy, fx = blend.footprint_origins[i] - np.array([y0, x0])
-            outer = (slice(max(fy - ENVELOPE_RING, 0), max(fy + side + ENVELOPE_RING, 0)),
-                     slice(max(fx - ENVELOPE_RING, 0), max(fx + side + ENVELOPE_RING, 0)))
+        for i, ((fy, fx), side) in enumerate(zip(origins, sides)):
             ring = np.zeros(residual.shape[1:], bool)
-            ring[outer] = True
-            ring[max(fy, 0) : max(fy + side, 0), max(fx, 0) : max(fx + side, 0)] = False
+            ring[max(fy - ENVELOPE_RING, 0) : max(fy + side + ENVELOPE_RING, 0),
+                 max(fx - ENVELOPE_RING, 0) : max(fx + side + ENVELOPE_RING, 0)] = True
+            # Only pixels no model covers: a neighbour's misfit is not this source's light.
+            ring &= ~covered.any(axis=0)
             usable = ring[None] & (blend.weights > 0)
+            count = usable.sum(axis=(1, 2))
             with np.errstate(invalid="ignore", divide="ignore"):
-                mean = (residual * usable).sum(axis=(1, 2)) / usable.sum(axis=(1, 2))
+                mean = (residual * usable).sum(axis=(1, 2)) / count
+            mean = np.where(count >= ENVELOPE_MIN_PIXELS, mean, 0.0)
             edge[i] = bool((mean > settings.envelope_edge_sigma * noise).any())
         extended = np.flatnonzero(edge & ~dominated)
         if not len(extended):
