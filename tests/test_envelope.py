@@ -19,7 +19,7 @@ from lsst.meas.madness.engine.envelope import EnvelopeBasis, envelope_profiles, 
 from lsst.meas.madness.engine.objective import subtract_envelopes
 from lsst.meas.madness.engine.settings import MapSettings
 from lsst.meas.madness.errors import MadnessRangeError
-from lsst.meas.madness.simulation import LsstConditions
+from utils import draw_galsim_scene
 
 
 def _halo(shape, center, q, angle, amplitude, power=3.0, core=22.0):
@@ -123,23 +123,11 @@ MAGS = [17.0, 24.5, 24.0, 24.8]
 
 
 def _scene(seed=11):
-    conditions = LsstConditions.from_surveycodex()
     galaxies = [galsim.DeVaucouleurs(half_light_radius=2.0).shear(e1=0.15, e2=0.05),
                 galsim.Exponential(half_light_radius=0.4).shear(e1=0.1, e2=-0.2),
                 galsim.Exponential(half_light_radius=0.5).shear(e1=-0.2, e2=0.1),
                 galsim.Exponential(half_light_radius=0.3)]
-    truth = np.zeros((len(galaxies), len(conditions.bands), *SHAPE))
-    for b, band in enumerate(conditions.bands):
-        psf = galsim.Moffat(beta=3.5, fwhm=conditions.psf_fwhm[b])
-        for k, (gal, mag) in enumerate(zip(galaxies, MAGS)):
-            obj = galsim.Convolve(gal.withFlux(conditions.counts(mag, band)), psf)
-            offset = (PEAKS[k, 0] - (SHAPE[1] - 1) / 2, PEAKS[k, 1] - (SHAPE[0] - 1) / 2)
-            truth[k, b] = obj.drawImage(nx=SHAPE[1], ny=SHAPE[0], scale=SCALE, offset=offset).array
-    sky = conditions.sky_levels[:, None, None]
-    variance = np.broadcast_to(sky, truth.shape[1:]).astype(np.float32).copy()
-    rng = np.random.default_rng(seed)
-    image = truth.sum(axis=0) + rng.normal(size=variance.shape) * np.sqrt(variance)
-    return image.astype(np.float32), variance, truth
+    return draw_galsim_scene(list(zip(galaxies, MAGS)), PEAKS, SHAPE, seed, scale=SCALE)
 
 
 def _aperture_errors(image, result, truth, band, radius=5.0):

@@ -14,37 +14,16 @@ import numpy as np
 import pytest
 from lsst.meas.madness import MadnessDeblender
 from lsst.meas.madness.errors import MadnessValueError
-from lsst.meas.madness.simulation import LsstConditions
+from utils import draw_galsim_scene
 
-SCALE = 0.2
 SHAPE = (141, 141)
 PEAKS = np.array([[70.3, 69.6], [101.0, 80.0]])  # (x, y): the disc, and a small galaxy 6.3" away
-
-
-def _draw_scene(galaxies, peaks, shape, seed):
-    """GalSim truths ``(n, bands, *shape)`` of ``(profile, r magnitude)`` pairs at ``peaks`` (x, y)
-    with a flat SED (the same magnitude in every band), the LSST PSF per band, and the image with
-    sky noise of seed ``seed``."""
-    conditions = LsstConditions.from_surveycodex()
-    bands = conditions.bands
-    truth = np.zeros((len(galaxies), len(bands), *shape))
-    for b, band in enumerate(bands):
-        psf = galsim.Moffat(beta=3.5, fwhm=conditions.psf_fwhm[b])
-        for k, (gal, mag) in enumerate(galaxies):
-            obj = galsim.Convolve(gal.withFlux(conditions.counts(mag, band)), psf)
-            offset = (peaks[k, 0] - (shape[1] - 1) / 2, peaks[k, 1] - (shape[0] - 1) / 2)
-            truth[k, b] = obj.drawImage(nx=shape[1], ny=shape[0], scale=SCALE, offset=offset).array
-    sky = conditions.sky_levels
-    variance = np.broadcast_to(sky[:, None, None], (len(bands), *shape)).astype(np.float32).copy()
-    rng = np.random.default_rng(seed)
-    image = truth.sum(axis=0) + rng.normal(size=variance.shape) * np.sqrt(variance)
-    return image.astype(np.float32), variance, truth
 
 
 def _scene():
     disc = galsim.Exponential(half_light_radius=2.5).shear(e1=0.2, e2=-0.1)
     small = galsim.Exponential(half_light_radius=0.4).shear(e1=-0.1, e2=0.2)
-    return _draw_scene([(disc, 19.5), (small, 23.0)], PEAKS, SHAPE, seed=14)
+    return draw_galsim_scene([(disc, 19.5), (small, 23.0)], PEAKS, SHAPE, seed=14)
 
 
 class LargeGalaxyTestCase(lsst.utils.tests.TestCase):
@@ -162,7 +141,7 @@ def _wing_scene():
     (Chebyshev) from it: beyond the 46-px half-side of the faint galaxy's zoom-2 window."""
     disc = galsim.Exponential(half_light_radius=3.0).shear(q=0.5, beta=30 * galsim.degrees)
     small = galsim.Exponential(half_light_radius=0.5).shear(e1=-0.1, e2=0.2)
-    return _draw_scene([(disc, 17.5), (small, 23.5)], WING_PEAKS, WING_SHAPE, seed=3)
+    return draw_galsim_scene([(disc, 17.5), (small, 23.5)], WING_PEAKS, WING_SHAPE, seed=3)
 
 
 # The zoom choice is numpy on the engine's guesses; the compiled steps it calls are tested on

@@ -38,6 +38,30 @@ def synthetic_galaxies(n: int, seed: int, size: int = STAMP) -> np.ndarray:
     return (flux[:, None, None, None] * sed[:, :, None, None] * profile[:, None]).astype(np.float32)
 
 
+def draw_galsim_scene(galaxies, peaks, shape, seed, scale: float = 0.2):
+    """GalSim truths ``(n, bands, *shape)`` of ``(profile, r magnitude)`` pairs at ``peaks`` (x, y)
+    with a flat SED (the same magnitude in every band), the LSST PSF per band, and the image with
+    sky noise of seed ``seed``: ``(image, variance, truth)``."""
+    import galsim
+
+    from lsst.meas.madness.simulation import LsstConditions
+
+    conditions = LsstConditions.from_surveycodex()
+    bands = conditions.bands
+    truth = np.zeros((len(galaxies), len(bands), *shape))
+    for b, band in enumerate(bands):
+        psf = galsim.Moffat(beta=3.5, fwhm=conditions.psf_fwhm[b])
+        for k, (gal, mag) in enumerate(galaxies):
+            obj = galsim.Convolve(gal.withFlux(conditions.counts(mag, band)), psf)
+            offset = (peaks[k, 0] - (shape[1] - 1) / 2, peaks[k, 1] - (shape[0] - 1) / 2)
+            truth[k, b] = obj.drawImage(nx=shape[1], ny=shape[0], scale=scale, offset=offset).array
+    sky = conditions.sky_levels
+    variance = np.broadcast_to(sky[:, None, None], (len(bands), *shape)).astype(np.float32).copy()
+    rng = np.random.default_rng(seed)
+    image = truth.sum(axis=0) + rng.normal(size=variance.shape) * np.sqrt(variance)
+    return image.astype(np.float32), variance, truth
+
+
 @functools.lru_cache(maxsize=1)
 def quick_bundle_path() -> Path:
     """Directory of a small model trained (once per process) on `synthetic_galaxies`."""

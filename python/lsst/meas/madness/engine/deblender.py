@@ -29,7 +29,7 @@ from ..io.bundle import BundleMetadata, ModelBundle
 from ..networks import Decoder, Encoder, LinearNormalization, MaskedAutoregressiveFlow
 from ..precision import with_precision
 from ..networks.layout import from_network_layout, to_network_layout
-from .envelope import EnvelopeBasis, envelope_profiles, model_ellipse
+from .envelope import EnvelopeBasis, envelope_profiles, model_ellipse, pixel_noise
 from .geometry import (
     paste_stamps,
     placement_matrices,
@@ -763,8 +763,7 @@ class MadnessDeblender:
         apart = np.abs(peaks[:, None, :] - peaks[None, :, :]).max(axis=-1)
         near = apart <= ENVELOPE_REACH * self.stamp_size
         dominated = (near & (flux[None, :] > ENVELOPE_DOMINANCE * flux[:, None])).any(axis=1)
-        noise = np.array([np.median(1.0 / np.sqrt(wt[wt > 0])) if (wt > 0).any() else np.inf
-                          for wt in blend.weights])
+        noise = pixel_noise(blend.weights)
         residual = blend.data - self.normalization.normalize(result.model_image()[:, y0:y1, x0:x1])
         origins = np.asarray(blend.footprint_origins) - np.array([y0, x0])
         sides = np.asarray(blend.footprint_sizes, np.int64)

@@ -16,7 +16,7 @@ and not the noise; it is part of its galaxy (`DeblendResult.envelopes`).
 
 from __future__ import annotations
 
-__all__ = ["EnvelopeBasis", "envelope_profiles", "model_ellipse"]
+__all__ = ["EnvelopeBasis", "envelope_profiles", "model_ellipse", "pixel_noise"]
 
 import dataclasses
 import math
@@ -25,6 +25,13 @@ import numpy as np
 
 RADIUS_RATIO = 1.4
 """Ratio of consecutive radii of an envelope's profile (eight values from 22 to 230 px)."""
+
+
+def pixel_noise(weights: np.ndarray) -> np.ndarray:
+    """``(C,)`` median pixel noise ``1 / sqrt(w)`` of each band's usable pixels of ``(C, h, w)``
+    inverse variance ``weights`` (`numpy.inf` for a band without any)."""
+    weights = np.asarray(weights, np.float64)
+    return np.array([np.median(1.0 / np.sqrt(w[w > 0])) if (w > 0).any() else np.inf for w in weights])
 
 
 def model_ellipse(stamp: np.ndarray) -> tuple[float, float]:
@@ -129,12 +136,8 @@ class EnvelopeBasis:
         c, k = len(weights), len(profiles)
         flat = profiles.reshape(k, -1)
         normal = np.einsum("kp,cp,lp->ckl", flat, weights.reshape(c, -1), flat)
-        noise_sq = np.ones(c)
-        for band in range(c):
-            good = weights[band] > 0
-            if good.any():
-                noise_sq[band] = float(np.median(1.0 / weights[band][good]))
-        precision = np.repeat((1.0 / noise_sq)[:, None], k, axis=1)
+        noise = pixel_noise(weights)
+        precision = np.repeat(np.where(np.isfinite(noise), 1.0 / noise**2, 1.0)[:, None], k, axis=1)
         normal[:, np.arange(k), np.arange(k)] += precision
         return cls(profiles=profiles.astype(np.float32), owner=np.asarray(owner, np.int64),
                    solve=np.linalg.inv(normal), prior_precision=precision)
