@@ -175,6 +175,9 @@ def _runTask(coadds, detections, spans, deblender, maxZoom, precision, **overrid
     config = MadnessDeblendConfig()
     config.maxZoom = maxZoom
     config.precision = precision
+    # The zoom under test: without envelopes (the task's default), which would fit the disc's
+    # light beyond its stamp at maxZoom 1 (tests/test_task_envelope.py).
+    config.fitEnvelopes = False
     for name, value in overrides.items():
         setattr(config, name, value)
     task = MadnessDeblendTask(config=config)

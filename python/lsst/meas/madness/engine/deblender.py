@@ -416,11 +416,16 @@ class MadnessDeblender:
         if settings.fit_envelopes:
             # Blends with a source whose model runs into its stamp edge are fitted again with an
             # envelope for it (its light beyond the stamp), from their fitted latents.
+            # An envelope may reach every pixel the caller gave, not only the stamps' bounding
+            # box the first fit used (a bright galaxy alone in its cut-out has no pixel beyond its
+            # stamp there): the test and the refit use the whole image.
             envelopes = {}
             for i, (blend, result) in enumerate(zip(prepared, results)):
-                basis = self._envelopes(blend, result, settings)
+                wide = self._preparer(prepare, blends[i])(blend.zoom, whole_image=True)
+                basis = self._envelopes(wide, result, settings)
                 if basis is not None:
                     envelopes[i] = basis
+                    prepared[i] = wide
             if envelopes:
                 _log.debug("Envelopes: refitting %d blends", len(envelopes))
                 warm = [np.concatenate([results[i].latents, np.log(results[i].amplitudes)], axis=1)
@@ -499,10 +504,12 @@ class MadnessDeblender:
 
     @staticmethod
     def _preparer(prepare, blend: Mapping):
-        """``zoom -> PreparedBlend`` of one blend's arrays."""
-        return lambda zoom: prepare(blend["image"], blend["peaks_xy"], blend.get("variance"),
-                                    blend.get("mask"), zoom=zoom)
+        """``(zoom, whole_image=False) -> PreparedBlend`` of one blend's arrays."""
+        def prepared(zoom, whole_image=False):
+            return prepare(blend["image"], blend["peaks_xy"], blend.get("variance"), blend.get("mask"),
+                           zoom=zoom, whole_image=whole_image)
 
+        return prepared
 
     def _fit_all(self, prepared, init_per_blend, indices, results, settings, progress,
                  envelopes=None) -> None:
@@ -754,8 +761,11 @@ class MadnessDeblender:
         bright de Vaucouleurs galaxy falling to zero at its stamp edge, 25 sigma below the truth
         there); and no source `ENVELOPE_DOMINANCE` times brighter
         lies within `ENVELOPE_REACH` stamp sides (Chebyshev): a faint galaxy in a bright one's
-        light has that light at its edge, not its own. Its envelope is centred on its peak, in
-        the ellipse of its fitted model, zero inside its footprint.
+        light has that light at its edge, not its own. Sources are taken brightest first, and
+        each is tested again on the residual less the envelopes already taken (their best values
+        on it): a fainter galaxy whose ring holds a bright one's light beyond its stamp does not
+        get that light. Its envelope is centred on its peak, in the ellipse of its fitted model,
+        zero inside its footprint.
         """
         y0, x0, y1, x1 = blend.region
         flux = np.clip(result.models, 0.0, None).sum(axis=(1, 2, 3))
@@ -770,32 +780,43 @@ class MadnessDeblender:
         covered = np.zeros((len(flux),) + residual.shape[1:], bool)  # each source's footprint
         for i, ((fy, fx), side) in enumerate(zip(origins, sides)):
             covered[i, max(fy, 0) : max(fy + side, 0), max(fx, 0) : max(fx + side, 0)] = True
-        edge = np.zeros(len(flux), bool)
-        for i, ((fy, fx), side) in enumerate(zip(origins, sides)):
+        uncovered = ~covered.any(axis=0)
+
+        def light_beyond(i, residual):
+            """The mean residual of source ``i``'s ring is above the threshold in some band."""
+            (fy, fx), side = origins[i], sides[i]
             ring = np.zeros(residual.shape[1:], bool)
             ring[max(fy - ENVELOPE_RING, 0) : max(fy + side + ENVELOPE_RING, 0),
                  max(fx - ENVELOPE_RING, 0) : max(fx + side + ENVELOPE_RING, 0)] = True
             # Only pixels no model covers: a neighbour's misfit is not this source's light.
-            ring &= ~covered.any(axis=0)
-            usable = ring[None] & (blend.weights > 0)
+            usable = (ring & uncovered)[None] & (blend.weights > 0)
             count = usable.sum(axis=(1, 2))
             with np.errstate(invalid="ignore", divide="ignore"):
                 mean = (residual * usable).sum(axis=(1, 2)) / count
             mean = np.where(count >= ENVELOPE_MIN_PIXELS, mean, 0.0)
-            edge[i] = bool((mean > settings.envelope_edge_sigma * noise).any())
-        extended = np.flatnonzero(edge & ~dominated)
-        if not len(extended):
-            return None
+            return bool((mean > settings.envelope_edge_sigma * noise).any())
+
+        candidates = [i for i in range(len(flux)) if not dominated[i] and light_beyond(i, residual)]
+        # Brightest first: a fainter galaxy's ring may hold a brighter one's light; it is tested
+        # again on the residual without that light (its envelope's best values on the residual).
+        candidates.sort(key=lambda i: -flux[i])
+        residual = residual.astype(np.float64)
         profiles, owner = [], []
-        for i in extended:
+        for i in candidates:
+            if profiles and not light_beyond(i, residual):
+                continue
             q, angle = model_ellipse(result.models[i])
-            fy, fx = blend.footprint_origins[i] - np.array([y0, x0])
-            side = int(blend.footprint_sizes[i])
+            fy, fx = origins[i]
+            side = int(sides[i])
             center = peaks[i, ::-1] - np.array([y0, x0])
             p = envelope_profiles((y1 - y0, x1 - x0), center, (fy, fx, fy + side, fx + side), q, angle,
                                   inner=side / 2)
+            one = EnvelopeBasis.build(blend.weights, p, [i] * len(p))
+            residual = residual - one.images(one.values(residual, blend.weights))[0][0]
             profiles.append(p)
             owner.extend([i] * len(p))
+        if not profiles:
+            return None
         return EnvelopeBasis.build(blend.weights, np.concatenate(profiles), owner)
 
     @staticmethod

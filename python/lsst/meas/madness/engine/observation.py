@@ -159,6 +159,7 @@ def prepare_blend(
     normalization: LinearNormalization,
     max_sources: int,
     zoom=None,
+    whole_image: bool = False,
 ) -> PreparedBlend:
     """Validate one blend and cut what the fit needs (see the module table for bad input).
 
@@ -182,6 +183,11 @@ def prepare_blend(
         Largest accepted number of peaks.
     zoom : `int` or array-like, optional
         ``(n,)`` or one zoom factor per source (see the module docstring); 1 by default.
+    whole_image : `bool`
+        Fit every pixel of the image, not only the bounding box of the stamps: the region the
+        envelopes of bright galaxies (their light beyond their stamps) may reach
+        (`lsst.meas.madness.engine.envelope`). Pixels outside every stamp only add a constant
+        to the objective of a fit without envelopes.
     """
     image = np.asarray(image)
     if image.ndim != 3:
@@ -217,7 +223,10 @@ def prepare_blend(
         raise MadnessValueError(f"zoom must be one integer in [1, 4] or one per peak: {err}") from None
     zoom = zoom.astype(np.int64)
     footprints = pix - (sizes // 2)[:, None]
-    y0, x0, y1, x1 = fit_region(footprints, sizes, image_shape)
+    if whole_image:
+        y0, x0, y1, x1 = 0, 0, *image_shape
+    else:
+        y0, x0, y1, x1 = fit_region(footprints, sizes, image_shape)
 
     region_bad = bad[:, y0:y1, x0:x1]
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -26,7 +26,9 @@ are either its model (``conserve_flux=False``) or, as scarlet does, the observed
 pixel shared among the children whose footprints hold the pixel (and the neighbours) in
 proportion to their models (``conserve_flux=True``); bad pixels take the model value. Flux cut
 by either step is reported: per child the fraction of its model outside its footprint, per
-parent the fraction of its observed flux given to no child.
+parent the fraction of its observed flux given to no child. A child with an envelope (its light
+beyond its stamp, ``MapSettings.fit_envelopes``; `plan_blend` with ``cover_parent`` gives the fit
+region its parent's pixels) has its stamp plus its envelope as its model, over the whole region.
 """
 
 from __future__ import annotations
@@ -99,6 +101,10 @@ class BlendPlan:
     zoom : `numpy.ndarray` or `None`
         ``(n_sources,)`` zoom of each source (peaks, then neighbours) given to the engine, or
         `None` to let the engine choose (`MapSettings.max_zoom`).
+    covers_parent : `bool`
+        ``region`` also holds the parent's footprint: the pixels beyond every stamp where the
+        envelope of a bright galaxy (its light beyond its stamp, ``MapSettings.fit_envelopes``)
+        is fitted.
     """
 
     parent: ParentFootprint
@@ -108,6 +114,7 @@ class BlendPlan:
     dropped: int
     region: tuple[int, int, int, int]
     zoom: np.ndarray | None = None
+    covers_parent: bool = False
 
     @property
     def n_sources(self) -> int:
@@ -136,14 +143,18 @@ class BlendPlan:
 
 
 def _stamp_union(
-    peaks_xy: np.ndarray, stamp_size, bbox: tuple[int, int, int, int]
+    peaks_xy: np.ndarray, stamp_size, bbox: tuple[int, int, int, int], also=None
 ) -> tuple[int, int, int, int]:
-    """Union of the windows around ``peaks_xy`` (one side, or ``(n,)`` sides), clipped to ``bbox``."""
+    """Union of the windows around ``peaks_xy`` (one side, or ``(n,)`` sides) and of the box
+    ``also`` (``(y0, x0, y1, x1)``, optional), clipped to ``bbox``."""
     sizes = np.broadcast_to(np.asarray(stamp_size, np.int64), (len(peaks_xy),))
     origins = np.concatenate(
         [stamp_origins_xy(peaks_xy[i : i + 1], int(sizes[i])) for i in range(len(peaks_xy))]
     )
     ends = origins + sizes[:, None]
+    if also is not None:
+        origins = np.concatenate([origins, [also[:2]]])
+        ends = np.concatenate([ends, [also[2:]]])
     y0 = max(int(origins[:, 0].min()), bbox[0])
     x0 = max(int(origins[:, 1].min()), bbox[1])
     y1 = min(int(ends[:, 0].max()), bbox[2])
@@ -176,7 +187,8 @@ def with_zoom(plan: BlendPlan, zoom, coadd_bbox: tuple[int, int, int, int], *, s
     if len(zoom) != plan.n_sources:
         raise ValueError(f"with_zoom: {len(zoom)} zooms for {plan.n_sources} sources.")
     sides = np.array([int(zoom_footprint_size(stamp_size, int(z))) for z in zoom], np.int64)
-    return dataclasses.replace(plan, zoom=zoom, region=_stamp_union(plan.sources_xy, sides, coadd_bbox))
+    also = plan.parent.footprint.bbox if plan.covers_parent else None
+    return dataclasses.replace(plan, zoom=zoom, region=_stamp_union(plan.sources_xy, sides, coadd_bbox, also))
 
 
 def plan_blend(
@@ -187,6 +199,7 @@ def plan_blend(
     other_peaks_xy: np.ndarray | None = None,
     max_neighbours: int = 0,
     max_zoom: int = 1,
+    cover_parent: bool = False,
 ) -> BlendPlan:
     """Choose the peaks, neighbours and fit region of one parent.
 
@@ -206,6 +219,9 @@ def plan_blend(
         Largest zoom the engine may give a source (``MapSettings.max_zoom``, 1 for none): the
         fit region is the union of ``zoom_footprint_size(stamp_size, max_zoom)`` windows around
         the peaks and neighbours, and neighbours are searched in the same windows.
+    cover_parent : `bool`
+        Grow the fit region to hold the parent's footprint too (`BlendPlan.covers_parent`): the
+        pixels where the engine may fit envelopes (``MapSettings.fit_envelopes``).
 
     Returns
     -------
@@ -258,8 +274,9 @@ def plan_blend(
                 break
         if chosen:
             neighbours = others[chosen]
-    region = _stamp_union(np.concatenate([peaks, neighbours]), window, coadd_bbox)
-    return BlendPlan(parent, ids, peaks, neighbours, dropped, region)
+    also = parent.footprint.bbox if cover_parent else None
+    region = _stamp_union(np.concatenate([peaks, neighbours]), window, coadd_bbox, also)
+    return BlendPlan(parent, ids, peaks, neighbours, dropped, region, covers_parent=cover_parent)
 
 
 @dataclasses.dataclass
@@ -287,10 +304,27 @@ class ChildSplit:
     unassigned_fraction: float
 
 
-def _window(origin_yx, size, bbox):
-    """Overlap of a ``size`` stamp at ``origin_yx`` with ``bbox``: (bbox slices, stamp slices) or None."""
-    overlap = stamp_overlap(origin_yx, (size, size), bbox)
+def _window(origin_yx, shape, bbox):
+    """Overlap of a ``shape`` box at ``origin_yx`` with ``bbox``: (bbox slices, box slices) or None."""
+    overlap = stamp_overlap(origin_yx, shape, bbox)
     return None if overlap is None else overlap[::-1]
+
+
+def _source_models(plan: BlendPlan, result: DeblendResult) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each source's model as ``(origin_yx, (bands, h, w))``, tract frame, clipped at zero.
+
+    A source with an envelope (``result.enveloped``) is its stamp plus its envelope on the whole
+    fit region; any other source is its stamp.
+    """
+    origins = np.asarray(result.stamp_yx0, dtype=np.int64) + np.array(plan.region[:2], dtype=np.int64)
+    # The sub-pixel shift of a decoded stamp rings slightly below zero (engine.geometry); that is
+    # no flux of the child, so it neither takes a share of the pixels nor counts in its flux.
+    models = [(origins[i], np.clip(result.models[i].astype(np.float64), 0.0, None))
+              for i in range(result.n_sources)]
+    for i in np.flatnonzero(result.enveloped):
+        image = result.source_image(int(i)).astype(np.float64)
+        models[i] = (np.array(plan.region[:2], dtype=np.int64), np.clip(image, 0.0, None))
+    return models
 
 
 def split_blend(
@@ -318,7 +352,6 @@ def split_blend(
         Share the observed flux in proportion to the models (True) or use the models (False).
     """
     n_children = len(plan.peak_ids)
-    size = result.stamp_size
     fp = plan.parent.footprint
     pb = fp.bbox
     py0, px0, py1, px1 = pb
@@ -330,22 +363,18 @@ def split_blend(
     parent_mask = fp.to_mask()
     nb = obs.shape[0]
 
-    # Tract-frame stamp origins.
-    origins = np.asarray(result.stamp_yx0, dtype=np.int64) + np.array(plan.region[:2], dtype=np.int64)
-    # The sub-pixel shift of a decoded stamp rings slightly below zero (engine.geometry); that is
-    # no flux of the child, so it neither takes a share of the pixels nor counts in its flux.
-    models = np.clip(result.models.astype(np.float64), 0.0, None)
+    models = _source_models(plan, result)
     den = np.zeros_like(obs)
     count = np.zeros(parent_mask.shape, dtype=np.int32)
     windows, supports = [], []
-    for i in range(result.n_sources):
-        win = _window(origins[i], size, pb)
+    for i, (origin, model) in enumerate(models):
+        win = _window(origin, model.shape[1:], pb)
         windows.append(win)
         if win is None:
             supports.append(None)
             continue
         (wy, wx), (sy, sx) = win
-        m = models[i][:, sy, sx]
+        m = model[:, sy, sx]
         if i < n_children:
             support = parent_mask[wy, wx] & (m.sum(axis=0) > threshold * sigma_sum[wy, wx])
             py, px = peaks_to_pixels(plan.peaks_xy[i])[0] - (py0, px0)
@@ -358,12 +387,13 @@ def split_blend(
             supports.append(None)
             den[:, wy, wx] += m
 
-    # Model flux of each child over the coadd (stamp cropped to the image).
+    # Model flux of each child over the coadd (stamp, and envelope, cropped to the image).
     model_flux = np.zeros((n_children, nb))
     for i in range(n_children):
-        win = _window(origins[i], size, coadd.bbox)
+        origin, model = models[i]
+        win = _window(origin, model.shape[1:], coadd.bbox)
         if win is not None:
-            model_flux[i] = models[i][:, win[1][0], win[1][1]].sum(axis=(1, 2))
+            model_flux[i] = model[:, win[1][0], win[1][1]].sum(axis=(1, 2))
 
     footprints, values = [], []
     fraction = np.zeros(n_children)
@@ -376,7 +406,7 @@ def split_blend(
             values.append(np.zeros((nb, 0), np.float32))
             continue
         (wy, wx), (sy, sx) = windows[i]
-        m = models[i][:, sy, sx]
+        m = models[i][1][:, sy, sx]
         if conserve_flux:
             d = den[:, wy, wx]
             with np.errstate(divide="ignore", invalid="ignore"):

@@ -296,6 +296,12 @@ def deblend_columns(bands: Sequence[str], latent_dim: int) -> list[Column]:
             "DeblendResult.TRUNCATED_EDGE_FRACTION (0.02) of its flux in the decoded stamp's outer 2 pixels, "
             "so the galaxy is probably cut off.",
         ),
+        Column(
+            "deblend_enveloped",
+            "bool",
+            "The child's light beyond its stamp was fitted as an envelope (fitEnvelopes; "
+            "doc/large-galaxies.md): its footprint, pixels and model flux include it.",
+        ),
         Column("deblend_iterations", "int32", "MAP iterations of the blend."),
         Column(
             "deblend_chi2",

@@ -23,7 +23,10 @@ How a patch is deblended (`MadnessDeblendTask.deblendParents`):
 With ``maxZoom > 1`` the engine may draw a galaxy bigger than the stamp with larger pixels
 (doc/large-galaxies.md): the fit regions are grown for it in step 1, the models come back in the
 larger window and are cut the same way in step 3, and each child reports its zoom
-(``deblend_zoom``, ``deblend_extended``, ``deblend_truncated``).
+(``deblend_zoom``, ``deblend_extended``, ``deblend_truncated``). With ``fitEnvelopes`` each fit
+region also holds its parent's footprint, the engine fits the light of bright galaxies beyond
+their stamps there (envelopes), and a child's footprint and pixels take its envelope
+(``deblend_enveloped``).
 """
 
 from __future__ import annotations
@@ -466,6 +469,8 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
         self.metadata["n_skipped"] = nSkipped
         self.metadata["n_failed"] = nFailed
         self.metadata["n_not_converged"] = nNotConverged
+        if self.config.fitEnvelopes:
+            self.metadata["n_enveloped"] = sum(bool(c.get("deblend_enveloped")) for c in childRows)
         self.log.info(
             "Deblended %d blends into %d children; %d parents skipped, %d failed, %d blends not converged",
             len(blends) - nFailed,
@@ -697,6 +702,7 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
             other_peaks_xy=otherPeaks if config.includeNeighbors else None,
             max_neighbours=config.maxNeighbors if config.includeNeighbors else 0,
             max_zoom=maxZoom,
+            cover_parent=config.fitEnvelopes,
         )
 
     def _skipParent(self, row: dict, flag: str, why: str) -> None:
@@ -1236,6 +1242,7 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
                 deblend_zoom=int(result.zoom[i]),
                 deblend_extended=bool(result.extended[i]),
                 deblend_truncated=bool(result.truncated[i]),
+                deblend_enveloped=bool(result.enveloped[i]),
                 deblend_iterations=result.n_iter,
                 deblend_converged=result.converged,
                 deblend_logPrior=float(result.log_prior[i]),

@@ -332,6 +332,19 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
         "its fitted model's flux lies in its stamp's outer 2 pixels, in (0, 1) "
         "(MapSettings.zoom_edge_threshold).",
     )
+    fitEnvelopes = pexConfig.Field[bool](
+        default=MapSettings.fit_envelopes,
+        doc="Fit the light of bright galaxies beyond their stamps as envelopes (MapSettings.fit_envelopes; "
+        "doc/large-galaxies.md): each fit region also holds its parent's footprint, a source whose "
+        "residual just outside its stamp is above envelopeEdgeSigma pixel sigma gets a radial profile "
+        "there, fitted with the blend, and its child's footprint and pixels take it "
+        "(deblend_enveloped).",
+    )
+    envelopeEdgeSigma = pexConfig.Field[float](
+        default=MapSettings.envelope_edge_sigma,
+        doc="With fitEnvelopes, the mean residual of the ring just outside a source's stamp, in pixel "
+        "sigma, above which it gets an envelope (> 0; MapSettings.envelope_edge_sigma).",
+    )
     # Where it computes
     kerasBackend = pexConfig.ChoiceField[str](
         default=None,
@@ -432,6 +445,10 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
             raise pexConfig.FieldValidationError(
                 MadnessDeblendConfig.amplitudeSigma, self, f"must be > 0; got {self.amplitudeSigma}."
             )
+        if not self.envelopeEdgeSigma > 0:
+            raise pexConfig.FieldValidationError(
+                MadnessDeblendConfig.envelopeEdgeSigma, self, f"must be > 0; got {self.envelopeEdgeSigma}."
+            )
         if self.modelSupportThreshold < 0:
             raise pexConfig.FieldValidationError(
                 MadnessDeblendConfig.modelSupportThreshold, self, "must be >= 0."
@@ -468,7 +485,6 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
             zoom_outside_threshold=self.zoomOutsideThreshold,
             zoom_choice=self.zoomChoice,
             zoom_edge_threshold=self.zoomEdgeThreshold,
-            # The children are cut from the model stamps (tasks/blends.py split_blend), which do
-            # not carry an envelope's light yet: the task fits none (doc/large-galaxies.md).
-            fit_envelopes=False,
+            fit_envelopes=self.fitEnvelopes,
+            envelope_edge_sigma=self.envelopeEdgeSigma,
         )
