@@ -761,10 +761,12 @@ class MadnessDeblender:
         bright de Vaucouleurs galaxy falling to zero at its stamp edge, 25 sigma below the truth
         there); and no source `ENVELOPE_DOMINANCE` times brighter
         lies within `ENVELOPE_REACH` stamp sides (Chebyshev): a faint galaxy in a bright one's
-        light has that light at its edge, not its own. Sources are taken brightest first, and
-        each is tested again on the residual less the envelopes already taken (their best values
-        on it): a fainter galaxy whose ring holds a bright one's light beyond its stamp does not
-        get that light. Its envelope is centred on its peak, in the ellipse of its fitted model,
+        light has that light at its edge, not its own. Sources are taken brightest first; one
+        whose footprint overlaps an enveloped source's gets none (beyond both their envelopes
+        would be nearly the same profile, free to cancel in huge values), and each other one is
+        tested again on the residual less the envelopes already taken (their best values on it):
+        a fainter galaxy whose ring holds a bright one's light beyond its stamp does not get
+        that light. Its envelope is centred on its peak, in the ellipse of its fitted model,
         zero inside its footprint.
         """
         y0, x0, y1, x1 = blend.region
@@ -781,6 +783,8 @@ class MadnessDeblender:
         for i, ((fy, fx), side) in enumerate(zip(origins, sides)):
             covered[i, max(fy, 0) : max(fy + side, 0), max(fx, 0) : max(fx + side, 0)] = True
         uncovered = ~covered.any(axis=0)
+        lo, hi = origins, origins + sides[:, None]
+        overlapping = ((lo[:, None, :] < hi[None, :, :]) & (lo[None, :, :] < hi[:, None, :])).all(axis=-1)
 
         def light_beyond(i, residual):
             """The mean residual of source ``i``'s ring is above the threshold in some band."""
@@ -802,9 +806,16 @@ class MadnessDeblender:
         candidates.sort(key=lambda i: -flux[i])
         residual = residual.astype(np.float64)
         profiles, owner = [], []
+        taken = np.zeros(len(flux), bool)
         for i in candidates:
-            if profiles and not light_beyond(i, residual):
+            # A source whose footprint overlaps an enveloped one's: beyond both, their envelopes
+            # would be nearly the same profile, free to cancel each other in huge values; that
+            # light is the brighter one's.
+            if overlapping[i, taken].any():
                 continue
+            if taken.any() and not light_beyond(i, residual):
+                continue
+            taken[i] = True
             q, angle = model_ellipse(result.models[i])
             fy, fx = origins[i]
             side = int(sides[i])
