@@ -101,6 +101,9 @@ def main(argv=None) -> int:
     parser.add_argument("--bundle", default=None, help="model bundle (default: the packaged one)")
     parser.add_argument("--fields", required=True, type=Path, help="validation TestFields dataset directory")
     parser.add_argument("--max-fields", type=int, default=8)
+    parser.add_argument("--field-ids", type=int, nargs="+", default=None,
+                        help="only these fields (0-based, among the first --max-fields), e.g. the ones where an "
+                        "ablation can change anything")
     parser.add_argument("--output", required=True, type=Path, help="JSON file to write")
     parser.add_argument("--ablations", nargs="+", type=_ablation,
                         default=["default", "paper", "forced200", "variance-image", "variance-truth"],
@@ -118,6 +121,10 @@ def main(argv=None) -> int:
 
     deblender = MadnessDeblender.from_bundle(args.bundle)
     fields = list(iter_test_fields(args.fields, max_fields=args.max_fields))
+    field_ids = list(range(len(fields))) if args.field_ids is None else sorted(set(args.field_ids))
+    if field_ids and not 0 <= field_ids[0] <= field_ids[-1] < len(fields):
+        parser.error(f"--field-ids must be in [0, {len(fields)}); got {field_ids}")
+    fields = [fields[k] for k in field_ids]
     bands = tuple(fields[0].bands)
     conditions = LsstConditions.from_surveycodex(bands=bands)
     errors = {name: [] for name in args.ablations}
@@ -160,6 +167,7 @@ def main(argv=None) -> int:
     keep = kappa[:, bands.index("r")] <= 5
     out = {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "bundle": args.bundle or "packaged default", "fields": args.fields.name, "n_fields": len(fields),
+           "field_ids": None if args.field_ids is None else field_ids,
            "n_galaxies_kappa_le_5": int(keep.sum()), "machine": f"{os.cpu_count()} cores",
            "precision": args.precision or deblender.settings.precision, "ablations": {}}
     for name in args.ablations:
@@ -178,7 +186,7 @@ def main(argv=None) -> int:
             "mean_steps": float(np.mean(steps[name])), "seconds": round(seconds[name], 1)}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     per_galaxy = {"kappa": kappa, "field_of_galaxy": np.concatenate(
-        [np.full(len(e), k) for k, e in enumerate(errors[args.ablations[0]])])}
+        [np.full(len(e), k) for k, e in zip(field_ids, errors[args.ablations[0]])])}
     for name in args.ablations:
         per_galaxy[f"{name}/abs_flux_residual"] = np.concatenate(errors[name])
         per_galaxy[f"{name}/cosine"] = np.concatenate(cosines[name])
