@@ -9,7 +9,8 @@
 # DATA_ROOT (default ../data) receives the TestFields; the training suite goes to sims/sims-v3 in
 # the checkout (as in doc/training.md). PARTs, default train, validation and test:
 #   train       sims/sims-v3: 150,000 isolated + 30,000 blended stamps (~25 min on 2 cores, 15 GB)
-#   validation  DATA_ROOT/sims-s101: the 20 validation TestFields of seed 101 (model selection)
+#   validation  DATA_ROOT/sims-s101 and sims-s101-60: the 20 and 60 validation TestFields of seed 101
+#               (model selection)
 #   test        DATA_ROOT/sims-s2026b (100 fields, seed 2026), sims-s3030 (20), pop-b/sims-pop-b
 #               (20, the other galaxy population): reporting only, never selection
 #   peers       scarlet_lite and classic scarlet from their public sources into DATA_ROOT/../peers
@@ -46,6 +47,9 @@ for part in "${parts[@]}"; do
       log "$root/sims-s101 (20 validation TestFields)"
       "${madness[@]}" simulate datasets --output "$root/sims-s101" --area 0.01 --seed 101 --kinds testfields \
         --n-test-fields 20
+      # 60 more validation fields (other fields from the same catalogue; stop 37's selection set)
+      "${madness[@]}" simulate datasets --output "$root/sims-s101-60" --area 0.01 --seed 101 --kinds testfields \
+        --n-test-fields 60
       ;;
     test)
       log "$root/sims-s2026b, sims-s3030, pop-b (test TestFields)"
