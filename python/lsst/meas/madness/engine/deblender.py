@@ -421,7 +421,8 @@ class MadnessDeblender:
             # stamp there): the test and the refit use the whole image.
             envelopes = {}
             for i, (blend, result) in enumerate(zip(prepared, results)):
-                wide = self._preparer(prepare, blends[i])(blend.zoom, whole_image=True)
+                whole = blend.region == (0, 0, *blend.image_shape)
+                wide = blend if whole else self._preparer(prepare, blends[i])(blend.zoom, whole_image=True)
                 basis = self._envelopes(wide, result, settings)
                 if basis is not None:
                     envelopes[i] = basis
