@@ -11,6 +11,7 @@ from lsst.meas.madness import (
     MadnessValueError,
 )
 from lsst.meas.madness.engine import EwmaStopping, MapSettings, placement_matrices, prepare_blend
+from lsst.meas.madness.engine.observation import bad_pixels
 from lsst.meas.madness.errors import MadnessBlendError, MadnessBundleError, MadnessError
 from lsst.meas.madness.networks import LinearNormalization
 
@@ -64,6 +65,34 @@ class BadInputTestCase(lsst.utils.tests.TestCase):
         self.assertTrue(np.isfinite(blend.data).all() and np.isfinite(blend.cutouts).all())
         np.testing.assert_allclose(blend.weights[3, 0, 0], 1e8 / 100.0, rtol=1e-6)  # network units
         self.assertGreater(blend.masked_fraction[0], 0)
+
+    def test_bad_pixels_rule(self):
+        """`bad_pixels`, the one rule the engine and the tasks share, against the table's cases."""
+        image = np.full((2, 4, 5), 3.0)
+        variance = np.ones_like(image)
+        image[0, 0, 0] = np.nan
+        image[1, 0, 1] = -np.inf
+        variance[0, 1, 0] = 0.0
+        variance[1, 1, 1] = np.nan
+        variance[0, 2, 2] = np.inf
+        variance[1, 2, 3] = -2.0
+        expected = np.zeros(image.shape, bool)
+        for b, y, x in [(0, 0, 0), (1, 0, 1), (0, 1, 0), (1, 1, 1), (0, 2, 2), (1, 2, 3)]:
+            expected[b, y, x] = True
+        np.testing.assert_array_equal(bad_pixels(image, variance), expected)
+        np.testing.assert_array_equal(bad_pixels(image, variance, None), expected)
+        mask2d = np.zeros((4, 5), np.int32)
+        mask2d[3, 4] = 16  # any non-zero bit
+        both = expected.copy()
+        both[:, 3, 4] = True
+        np.testing.assert_array_equal(bad_pixels(image, variance, mask2d), both)
+        mask3d = np.zeros(image.shape, bool)
+        mask3d[1, 3, 0] = True
+        one = expected.copy()
+        one[1, 3, 0] = True
+        np.testing.assert_array_equal(bad_pixels(image, variance, mask3d), one)
+        with self.assertRaisesRegex(MadnessValueError, "mask shape"):
+            bad_pixels(image, variance, np.zeros((3, 3), bool))
 
     def test_edge_and_no_data_flags(self):
         image = np.ones((6, 60, 70), "f4")

@@ -30,7 +30,7 @@ around its peak (`lsst.meas.madness.engine.geometry.zoom_bin_stamps`).
 
 from __future__ import annotations
 
-__all__ = ["PreparedBlend", "prepare_blend"]
+__all__ = ["PreparedBlend", "bad_pixels", "prepare_blend"]
 
 import dataclasses
 
@@ -118,6 +118,41 @@ class PreparedBlend:
         return self.origins + s // 2 - (self.footprint_sizes // 2)[:, None]
 
 
+def bad_pixels(image: np.ndarray, variance: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+    """Pixels that carry no information and get zero weight in the fit (the module table).
+
+    Parameters
+    ----------
+    image, variance : `numpy.ndarray`
+        ``(bands, H, W)`` image and its variance.
+    mask : `numpy.ndarray` or `None`
+        ``(bands, H, W)`` or ``(H, W)``, bool or integer: non-zero marks a bad pixel.
+
+    Returns
+    -------
+    bad : `numpy.ndarray`
+        ``(bands, H, W)`` bool: NaN/inf pixel, NaN/inf/<=0 variance, or masked.
+
+    Raises
+    ------
+    MadnessValueError
+        ``mask`` has neither the image's shape nor that of one band.
+    """
+    image = np.asarray(image)
+    variance = np.asarray(variance)
+    bad = ~np.isfinite(image) | ~np.isfinite(variance) | ~(variance > 0)
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.shape == image.shape[1:]:
+            mask = np.broadcast_to(mask, image.shape)
+        if mask.shape != image.shape:
+            raise MadnessValueError(
+                f"mask shape {mask.shape} matches neither {image.shape} nor {image.shape[1:]}."
+            )
+        bad |= mask.astype(bool)
+    return bad
+
+
 def _check_peaks(peaks_xy, image_shape, max_sources: int) -> tuple[np.ndarray, np.ndarray]:
     peaks_xy = np.asarray(peaks_xy, dtype=np.float64)
     if peaks_xy.ndim == 1 and peaks_xy.size == 2:
@@ -202,14 +237,7 @@ def prepare_blend(
     variance = np.asarray(variance)
     if variance.shape != image.shape:
         raise MadnessValueError(f"variance shape {variance.shape} differs from image shape {image.shape}.")
-    bad = ~np.isfinite(image) | ~np.isfinite(variance) | ~(variance > 0)
-    if mask is not None:
-        mask = np.asarray(mask)
-        if mask.shape == image.shape[1:]:
-            mask = np.broadcast_to(mask, image.shape)
-        if mask.shape != image.shape:
-            raise MadnessValueError(f"mask shape {mask.shape} matches neither {image.shape} nor {image.shape[1:]}.")
-        bad |= mask.astype(bool)
+    bad = bad_pixels(image, variance, mask)
 
     image_shape = image.shape[1:]
     peaks_xy, pix = _check_peaks(peaks_xy, image_shape, max_sources)

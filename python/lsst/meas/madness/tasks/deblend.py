@@ -18,11 +18,15 @@ How a patch is deblended (`MadnessDeblendTask.deblendParents`):
    engine rejects fails on its own; the others are fitted in one engine call, and if that call
    raises they are refitted one by one, so that a failing parent never takes its batch down. Each
    failure sets ``deblend_failed`` and ``deblend_error`` on its own parent (``catchFailures``);
-3. the children of each fitted parent are cut to it (`lsst.meas.madness.tasks.blends.split_blend`).
+3. optionally, sources the first fit lacked are added where the objective pays for them: peaks of
+   the residual (``doResidualPeaks``) and single sources that hold an unresolved pair
+   (``doPairSplits``); both stages live in `lsst.meas.madness.tasks.refits` and refit through
+   step 2's batches;
+4. the children of each fitted parent are cut to it (`lsst.meas.madness.tasks.blends.split_blend`).
 
 With ``maxZoom > 1`` the engine may draw a galaxy bigger than the stamp with larger pixels
 (doc/large-galaxies.md): the fit regions are grown for it in step 1, the models come back in the
-larger window and are cut the same way in step 3, and each child reports its zoom
+larger window and are cut the same way in step 4, and each child reports its zoom
 (``deblend_zoom``, ``deblend_extended``, ``deblend_truncated``). With ``fitEnvelopes`` each fit
 region also holds its parent's footprint, the engine fits the light of bright galaxies beyond
 their stamps there (envelopes), and a child's footprint and pixels take its envelope
@@ -52,7 +56,8 @@ from lsst.utils.logging import PeriodicLogger
 from lsst.utils.timer import timeMethod
 
 from ..engine import DeblendResult, MadnessDeblender, MapSettings, prepare_blend
-from ..engine.geometry import peaks_to_pixels, stamp_overlap
+from ..engine.geometry import peaks_to_pixels
+from ..engine.observation import bad_pixels
 from ..errors import MadnessValueError
 from ..units import ModelUnits, resolve_unit
 from .blends import BlendPlan, ParentFootprint, plan_blend, split_blend, with_zoom
@@ -60,20 +65,10 @@ from .catalogs import deblend_columns, make_table
 from .coadds import MultibandCoadd
 from .deblend_config import MadnessDeblendConfig, MadnessDeblendConnections
 from .footprints import Footprint, footprints_from_table, heavy_footprints_to_table
-from .pair_split import chi2_excess, light_moments, model_error_objective, pair_positions
-from .residual_peaks import bic_penalty, find_residual_peaks, residual_significance, unmodelled_light
+from .refits import RefitContext, add_residual_peaks, split_pairs
 
 # Errors that must stop the patch even with catchFailures (meas_base's FATAL_EXCEPTIONS idea).
 _FATAL = (MemoryError, KeyboardInterrupt)
-
-
-def _carriedZoom(plan: BlendPlan, newPlan: BlendPlan) -> np.ndarray | None:
-    """Zooms of ``newPlan``'s sources: a source of ``plan`` keeps its zoom, a new one gets 1
-    (`None` when ``plan`` left the choice to the engine)."""
-    if plan.zoom is None:
-        return None
-    old = {tuple(xy): int(z) for xy, z in zip(plan.sources_xy.tolist(), plan.zoom)}
-    return np.array([old.get(tuple(xy), 1) for xy in newPlan.sources_xy.tolist()], np.int64)
 
 
 class _DeblenderCache:
@@ -426,29 +421,40 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
                 fitted.append((k, plan, outcome))
             periodic.log("Deblended %d of %d blends", done, len(blends))
 
-        # 2b. Optionally, sources the detection missed, from the residuals. Sources the fit adds
+        # 3. Optionally, sources the detection missed, from the residuals. Sources the fit adds
         # take ids after every id the patch already has.
         firstId = 1 + max(
             max((int(p.id) for p in parents), default=0),
             max((int(i) for p in parents for i in p.peak_ids), default=0),
         )
         residualIds: set[int] = set()
-        if self.config.doResidualPeaks and fitted:
-            fitted, residualIds = self._addResidualPeaks(
-                deblender, fitted, parentRows, coadd, allPeaks, owner, settings, firstId
-            )
-
-        # 2c. Optionally, single sources that hold an unresolved pair, tried as two.
         splitIds: set[int] = set()
-        newIds: set[int] = set(residualIds)
-        if self.config.doPairSplits and fitted:
-            fitted, splitIds, splitNew = self._splitPairs(
-                deblender, fitted, parentRows, coadd, allPeaks, owner, settings,
-                max(firstId, 1 + max(residualIds, default=0)),
+        newIds: set[int] = set()
+        if (self.config.doResidualPeaks or self.config.doPairSplits) and fitted:
+            context = RefitContext(
+                deblender=deblender,
+                coadd=coadd,
+                settings=settings,
+                parent_rows=parentRows,
+                plan=lambda parent, k, maxZoom: self._plan(
+                    parent, coadd, allPeaks[owner != k], deblender.stamp_size, maxZoom
+                ),
+                fit=lambda blends, fitSettings: self._fitBlends(deblender, blends, coadd, fitSettings),
+                log=self.log,
             )
-            newIds |= splitNew
+            if self.config.doResidualPeaks:
+                fitted, residualIds = add_residual_peaks(self.config, context, fitted, firstId)
+                self.metadata["n_residual_peaks"] = len(residualIds)
+                newIds |= residualIds
+            # 3b. Optionally, single sources that hold an unresolved pair, tried as two.
+            if self.config.doPairSplits:
+                fitted, splitIds, splitNew = split_pairs(
+                    self.config, context, fitted, max(firstId, 1 + max(residualIds, default=0))
+                )
+                self.metadata["n_pair_splits"] = len(splitNew)
+                newIds |= splitNew
 
-        # 3. Cut the children to their parent.
+        # 4. Cut the children to their parent.
         nNotConverged = 0
         for k, plan, result in fitted:
             nNotConverged += int(not result.converged)
@@ -834,367 +840,6 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
         )
         return error
 
-    # --- residual peaks ------------------------------------------------------------------------
-
-    def _addResidualPeaks(
-        self,
-        deblender: MadnessDeblender,
-        fitted: list[tuple[int, BlendPlan, DeblendResult]],
-        parentRows: list[dict],
-        coadd: MultibandCoadd,
-        allPeaks: np.ndarray,
-        owner: np.ndarray,
-        settings: MapSettings,
-        firstId: int,
-    ) -> tuple[list[tuple[int, BlendPlan, DeblendResult]], set[int]]:
-        """Refit parents with the peaks of their residual; keep the refits that pay their penalty.
-
-        Parameters
-        ----------
-        deblender : `MadnessDeblender`
-            The loaded deblender.
-        fitted : `list` [`tuple` [`int`, `BlendPlan`, `DeblendResult`]]
-            Each fitted parent's index, plan and result.
-        parentRows : `list` [`dict`]
-            The parents' rows; ``deblend_nResidualPeaks``, ``deblend_nResidualPeaksRejected``
-            and ``deblend_runtime`` are updated.
-        coadd : `MultibandCoadd`
-            The coadd, model units.
-        allPeaks, owner : `numpy.ndarray`
-            ``(n, 2)`` (x, y) peaks of all parents and the index of the parent of each.
-        settings : `MapSettings`
-            MAP settings.
-        firstId : `int`
-            Id of the first new source; ids after it follow (unique in the patch).
-
-        Returns
-        -------
-        fitted : `list` [`tuple` [`int`, `BlendPlan`, `DeblendResult`]]
-            As given, with the plan and result of each kept refit in place of the first fit.
-        residualIds : `set` [`int`]
-            Ids of the kept residual peaks' sources.
-        """
-        config = self.config
-        candidates: list[tuple[int, BlendPlan]] = []
-        added: dict[int, np.ndarray] = {}
-        nextId = firstId
-        for index, (k, plan, result) in enumerate(fitted):
-            peaksXy, limited = self._residualPeaks(plan, result, coadd, deblender.stamp_size)
-            parentRows[k]["deblend_residualPeaksLimited"] = limited
-            if not len(peaksXy):
-                continue
-            ids = np.arange(nextId, nextId + len(peaksXy), dtype=np.int64)
-            nextId += len(peaksXy)
-            parent = plan.parent
-            augmented = ParentFootprint(
-                parent.id,
-                parent.footprint,
-                np.concatenate([np.asarray(parent.peak_ids, np.int64), ids]),
-                np.concatenate([np.asarray(parent.peaks_xy, np.float64).reshape(-1, 2), peaksXy]),
-            )
-            # A first fit whose zooms were chosen all 1 was planned as with maxZoom=1: so is its refit.
-            zoomed = plan.zoom is None or bool((plan.zoom > 1).any())
-            newPlan = self._plan(augmented, coadd, allPeaks[owner != k], deblender.stamp_size,
-                                 config.maxZoom if zoomed else 1)
-            parentRows[k]["deblend_nResidualPeaksRejected"] = len(ids)
-            if not np.isin(ids, newPlan.peak_ids).all():
-                continue
-            # The objectives compare only over the same pixels: the refit keeps the first fit's
-            # region, and a new source's stamp is cropped to it (its child may be flagged edge).
-            newPlan = dataclasses.replace(newPlan, region=plan.region, zoom=_carriedZoom(plan, newPlan))
-            added[index] = ids
-            candidates.append((index, newPlan))
-
-        residualIds: set[int] = set()
-        fitted = list(fitted)
-        for index, newPlan, outcome, runtime in self._fitBlends(deblender, candidates, coadd, settings):
-            k, plan, result = fitted[index]
-            row = parentRows[k]
-            row["deblend_runtime"] += runtime * newPlan.n_sources
-            if isinstance(outcome, Exception):
-                continue
-            nAdded = newPlan.n_sources - plan.n_sources
-            blendInput = plan.engine_input(coadd)
-            usable = (
-                ~np.asarray(blendInput["mask"], bool)
-                & np.isfinite(blendInput["image"])
-                & (np.asarray(blendInput["variance"]) > 0)
-            )
-            penalty = (
-                config.residualPeakPenalty
-                if config.residualPeakPenalty is not None
-                else bic_penalty(deblender.latent_dim, int(usable.sum()))
-            )
-            gain = float(result.objective_final - outcome.objective_final)
-            self.log.debug(
-                "Parent %d: %d residual peaks lower the objective by %.1f (penalty %.1f per source)",
-                plan.parent.id, len(added[index]), gain, penalty,
-            )
-            if gain > nAdded * penalty:
-                fitted[index] = (k, newPlan, outcome)
-                residualIds.update(int(i) for i in added[index])
-                row["deblend_nResidualPeaks"] = len(added[index])
-                row["deblend_nResidualPeaksRejected"] = 0
-                row["deblend_nNeighbors"] = len(newPlan.neighbours_xy)
-        self.metadata["n_residual_peaks"] = len(residualIds)
-        self.log.info(
-            "Residual peaks: %d parents refitted, %d new sources kept", len(candidates), len(residualIds)
-        )
-        return fitted, residualIds
-
-    # --- pair splits ---------------------------------------------------------------------------
-
-    def _splitPairs(
-        self,
-        deblender: MadnessDeblender,
-        fitted: list[tuple[int, BlendPlan, DeblendResult]],
-        parentRows: list[dict],
-        coadd: MultibandCoadd,
-        allPeaks: np.ndarray,
-        owner: np.ndarray,
-        settings: MapSettings,
-        firstId: int,
-    ) -> tuple[list[tuple[int, BlendPlan, DeblendResult]], set[int], set[int]]:
-        """Refit parents with one source split into a pair; keep the best split that pays its penalty.
-
-        Parameters
-        ----------
-        deblender : `MadnessDeblender`
-            The loaded deblender.
-        fitted : `list` [`tuple` [`int`, `BlendPlan`, `DeblendResult`]]
-            Each fitted parent's index, plan and result.
-        parentRows : `list` [`dict`]
-            The parents' rows; ``deblend_nPairSplits``, ``deblend_nPairSplitsRejected`` and
-            ``deblend_runtime`` are updated.
-        coadd : `MultibandCoadd`
-            The coadd, model units.
-        allPeaks, owner : `numpy.ndarray`
-            ``(n, 2)`` (x, y) peaks of all parents and the index of the parent of each.
-        settings : `MapSettings`
-            MAP settings of the first fits.
-        firstId : `int`
-            Id of the first new source; ids after it follow (unique in the patch).
-
-        Returns
-        -------
-        fitted : `list` [`tuple` [`int`, `BlendPlan`, `DeblendResult`]]
-            As given, with the plan and result of each kept split in place of the first fit.
-        splitIds : `set` [`int`]
-            Ids of both members of each kept pair.
-        newIds : `set` [`int`]
-            Ids of the kept pairs' second members (sources the detection did not give).
-        """
-        config = self.config
-        splitSettings = settings
-        if config.pairSplitFitOffsets:
-            # A weak prior on the offsets (as wide as their bound): the members are placed
-            # symmetrically about the light's centroid, and an unequal pair's are not.
-            splitSettings = dataclasses.replace(
-                settings, fit_offsets=True, offset_max=config.pairSplitMaxOffset,
-                offset_sigma=config.pairSplitMaxOffset,
-            )
-        tries: list[tuple[int, BlendPlan]] = []
-        tried: list[tuple[int, np.ndarray, float]] = []  # fitted index, (old id, new id), penalty
-        nextId = firstId
-        for index, (k, plan, result) in enumerate(fitted):
-            if (np.asarray(result.zoom) > 1).any():
-                continue  # a split's refit draws every source at zoom 1: not comparable
-            found, nUsable = self._pairCandidates(plan, result, coadd)
-            parent = plan.parent
-            peakIds = np.asarray(parent.peak_ids, np.int64)
-            peaksXy = np.asarray(parent.peaks_xy, np.float64).reshape(-1, 2)
-            for source, pairXy in found:
-                oldId = int(plan.peak_ids[source])
-                at = int(np.flatnonzero(peakIds == oldId)[0])
-                # The member nearer the old peak keeps its id.
-                near = int(np.argmin(np.hypot(*(pairXy - peaksXy[at]).T)))
-                newXy = peaksXy.copy()
-                newXy[at] = pairXy[near]
-                augmented = ParentFootprint(
-                    parent.id,
-                    parent.footprint,
-                    np.append(peakIds, nextId),
-                    np.concatenate([newXy, pairXy[1 - near][None]]),
-                )
-                newPlan = self._plan(augmented, coadd, allPeaks[owner != k], deblender.stamp_size, 1)
-                if nextId not in newPlan.peak_ids or oldId not in newPlan.peak_ids:
-                    nextId += 1
-                    continue
-                # The objectives compare only over the same pixels: the refit keeps the first fit's
-                # region, and every source stays at zoom 1 as in the first fit.
-                newPlan = dataclasses.replace(
-                    newPlan, region=plan.region, zoom=np.ones(newPlan.n_sources, np.int64)
-                )
-                # The BIC counts the added source's latents and, when fitted, every source's offsets.
-                extra = deblender.latent_dim + (2 * newPlan.n_sources if config.pairSplitFitOffsets else 0)
-                penalty = config.pairSplitPenalty if config.pairSplitPenalty is not None else bic_penalty(
-                    extra, nUsable)
-                tried.append((index, np.array([oldId, nextId]), penalty))
-                tries.append((len(tried) - 1, newPlan))
-                counts = parentRows[k]
-                counts["deblend_nPairSplitsRejected"] = counts.get("deblend_nPairSplitsRejected", 0) + 1
-                nextId += 1
-
-        fitted = list(fitted)
-        best: dict[int, tuple[float, BlendPlan, DeblendResult, np.ndarray]] = {}
-        for t, newPlan, outcome, runtime in self._fitBlends(deblender, tries, coadd, splitSettings):
-            index, ids, penalty = tried[t]
-            k, plan, result = fitted[index]
-            parentRows[k]["deblend_runtime"] += runtime * newPlan.n_sources
-            if isinstance(outcome, Exception):
-                continue
-            gain = self._splitGain(plan, result, outcome, coadd)
-            # The fitted members must stay apart: two halves of one profile drawn closer than the
-            # PSF are the decoder's extra freedom, not a pair.
-            members = [int(np.flatnonzero(newPlan.peak_ids == i)[0]) for i in ids]
-            apart = float(np.hypot(*np.diff(outcome.centers_xy[members], axis=0)[0]))
-            self.log.debug(
-                "Parent %d: splitting source %d lowers the objective by %.1f (penalty %.1f), members "
-                "%.1f px apart; log-prior %.1f -> %.1f", plan.parent.id, ids[0], gain, penalty, apart,
-                float(np.sum(result.log_prior)), float(np.sum(outcome.log_prior)),
-            )
-            if apart < config.pairSplitMinSeparation:
-                continue
-            if gain > penalty and gain - penalty > best.get(index, (0.0,))[0]:
-                best[index] = (gain - penalty, newPlan, outcome, ids)
-        splitIds: set[int] = set()
-        newIds: set[int] = set()
-        for index, (_, newPlan, outcome, ids) in best.items():
-            k = fitted[index][0]
-            fitted[index] = (k, newPlan, outcome)
-            splitIds.update(int(i) for i in ids)
-            newIds.add(int(ids[1]))
-            row = parentRows[k]
-            row["deblend_nPairSplits"] = 1
-            row["deblend_nPairSplitsRejected"] = row.get("deblend_nPairSplitsRejected", 1) - 1
-            row["deblend_nNeighbors"] = len(newPlan.neighbours_xy)
-        self.metadata["n_pair_splits"] = len(best)
-        self.log.info("Pair splits: %d sources tried, %d split", len(tries), len(best))
-        return fitted, splitIds, newIds
-
-    def _pairCandidates(
-        self, plan: BlendPlan, result: DeblendResult, coadd: MultibandCoadd
-    ) -> tuple[list[tuple[int, np.ndarray]], int]:
-        """A fitted parent's sources worth trying as pairs, largest chi^2 excess first.
-
-        Returns ``(source index, (2, 2) tract-frame (x, y) of the pair)`` for at most
-        ``maxPairSplits`` of the parent's own sources, and the usable pixels x bands of the fit
-        region (the BIC's data points).
-        """
-        config = self.config
-        y0, x0, _, _ = plan.region
-        blendInput = plan.engine_input(coadd)
-        image, variance, bad = blendInput["image"], blendInput["variance"], blendInput["mask"]
-        usable = ~np.asarray(bad, bool) & np.isfinite(image) & (np.asarray(variance) > 0)
-        nUsable = int(usable.sum())
-        if config.maxPairSplits <= 0:
-            return [], nUsable
-        # What a split must pay at least: the added source's latents (the offsets come on top).
-        penalty = (
-            config.pairSplitPenalty
-            if config.pairSplitPenalty is not None
-            else bic_penalty(result.latents.shape[-1], nUsable)
-        )
-        model = result.model_image()
-        residual = image - model
-        size = result.stamp_size
-        scored = []
-        for source in range(len(plan.peak_ids)):
-            if result.truncated[source]:
-                continue  # its residual is its own wings (see residual_peaks.unmodelled_light)
-            # The source's light: what the other models leave of the data, band-summed, in its stamp.
-            overlap = stamp_overlap(result.stamp_yx0[source], (size, size), (0, 0, *image.shape[1:]))
-            if overlap is None:
-                continue
-            (ty, tx), (ry, rx) = overlap
-            light = np.where(
-                usable[:, ry, rx], residual[:, ry, rx] + result.models[source][:, ty, tx], 0.0
-            ).sum(axis=0)
-            cx, cy = result.centers_xy[source]
-            moments = light_moments(light, (cx - rx.start, cy - ry.start))
-            if moments is None:
-                continue
-            separation = moments.pair_separation
-            self.log.debug("Parent %d, source %d: light %.1f px as a pair", plan.parent.id,
-                           plan.peak_ids[source], separation)
-            if not config.pairSplitMinSeparation <= separation <= config.pairSplitMaxSeparation:
-                continue
-            centre = (moments.x + rx.start, moments.y + ry.start)
-            if np.hypot(centre[0] - cx, centre[1] - cy) > separation:
-                continue  # the light's centroid is not this source's
-            excess = chi2_excess(
-                residual, variance, bad, model, config.pairSplitModelError, centre,
-                0.5 * separation + 2.0 * config.residualPeakSmoothing,
-            )
-            self.log.debug(
-                "Parent %d, source %d: light %.1f px as a pair, chi^2 excess %.1f (penalty %.1f)",
-                plan.parent.id, plan.peak_ids[source], separation, excess, penalty,
-            )
-            # Half the excess bounds what a split can gain; it must be able to pay the penalty.
-            if excess <= 2.0 * penalty:
-                continue
-            pair = pair_positions(moments) + np.array([x0 + rx.start, y0 + ry.start], np.float64)
-            scored.append((excess, source, pair))
-        scored.sort(key=lambda item: -item[0])
-        return [(source, pair) for _, source, pair in scored[: config.maxPairSplits]], nUsable
-
-    def _splitGain(
-        self, plan: BlendPlan, result: DeblendResult, outcome: DeblendResult, coadd: MultibandCoadd
-    ) -> float:
-        """Fall of the MAP objective from ``result`` to ``outcome`` with a model error in the noise.
-
-        Each objective's prior terms (its objective less its own chi^2 / 2) are kept; its chi^2 is
-        recomputed with ``pairSplitModelError`` times the first fit's model added to the noise of
-        both fits.
-        """
-        blendInput = plan.engine_input(coadd)
-        args = (blendInput["image"], blendInput["variance"], blendInput["mask"])
-        first, second = result.model_image(), outcome.model_image()
-        error = self.config.pairSplitModelError
-
-        def robust(fit: DeblendResult, model: np.ndarray) -> float:
-            priors = fit.objective_final - model_error_objective(*args, model, model, 0.0)
-            return priors + model_error_objective(*args, model, first, error)
-
-        return float(robust(result, first) - robust(outcome, second))
-
-    def _residualPeaks(
-        self, plan: BlendPlan, result: DeblendResult, coadd: MultibandCoadd, stampSize: int
-    ) -> tuple[np.ndarray, bool]:
-        """``(k, 2)`` (x, y) tract-frame peaks of a fitted parent's residual, inside its footprint;
-        and whether part of the footprint was left out as the light of a zoomed or truncated model."""
-        config = self.config
-        if config.maxResidualPeaks <= 0:
-            return np.zeros((0, 2), np.int64), False
-        y0, x0, y1, x1 = plan.region
-        blendInput = plan.engine_input(coadd)
-        model = result.model_image()
-        significance = residual_significance(
-            blendInput["image"] - model,
-            blendInput["variance"],
-            blendInput["mask"],
-            config.residualPeakSmoothing,
-            model=model,
-            model_error=config.residualPeakModelError,
-        )
-        yy, xx = np.mgrid[y0:y1, x0:x1]
-        inside = plan.parent.footprint.contains(yy.ravel(), xx.ravel()).reshape(yy.shape)
-        limited = False
-        if config.residualPeakSkipLarge:
-            # A bump in the wings of a galaxy the stamp cannot hold is that galaxy, not a new one.
-            large = unmodelled_light(inside.shape, result.centers_xy, result.zoom, result.truncated, stampSize)
-            limited = bool((inside & large).any())
-            inside &= ~large
-        local = find_residual_peaks(
-            significance,
-            inside,
-            blendInput["peaks_xy"],
-            threshold=config.residualPeakThreshold,
-            min_separation=config.residualPeakMinSeparation,
-            max_peaks=config.maxResidualPeaks,
-        )
-        return local + np.array([x0, y0], np.int64), limited
-
     # --- children and catalog ------------------------------------------------------------------
 
     def _addChildren(self, row, plan, result, coadd, bands, child_rows, heavy_fp, heavy_values):
@@ -1207,11 +852,7 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
         row["deblend_nChild"] = n
         row["deblend_iterations"] = result.n_iter
         blendInput = plan.engine_input(coadd)
-        good = (
-            ~np.asarray(blendInput["mask"], bool)
-            & np.isfinite(blendInput["image"])
-            & (np.asarray(blendInput["variance"]) > 0)
-        )
+        good = ~bad_pixels(blendInput["image"], blendInput["variance"], blendInput["mask"])
         if good.any():
             residual = np.where(good, blendInput["image"] - result.model_image(), 0.0)
             chi2 = np.where(good, residual**2 / np.where(good, blendInput["variance"], 1.0), 0.0)
