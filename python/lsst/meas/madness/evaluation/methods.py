@@ -283,7 +283,10 @@ class MadnessMethod(_MadnessBase):
                           f"EWMA stop rtol {s.rtol}; prior weight {s.prior_weight}; "
                           + (f"flux factor per band (sigma {s.amplitude_sigma})" if s.fit_amplitudes
                              else "no flux factors")
-                          + f"; zoom up to {s.max_zoom} ({s.zoom_choice}); MAP steps in {s.precision}"}
+                          + f"; zoom up to {s.max_zoom} ({s.zoom_choice}); "
+                          + (f"envelopes (edge {s.envelope_edge_sigma} sigma); " if s.fit_envelopes
+                             else "no envelopes; ")
+                          + f"MAP steps in {s.precision}"}
 
 
 @functools.lru_cache(maxsize=4)
