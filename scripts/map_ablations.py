@@ -39,7 +39,8 @@ centres) with the engine and measures every galaxy with the paper's apertures (k
 
 Writes the JSON (mean abs(dF/F) per band, median in r, mean steps, seconds) and prints a
 Markdown table. Beside the JSON, ``<output stem>.npz`` keeps every galaxy's numbers
-(``<ablation>/abs_flux_residual`` (galaxies, bands), ``cosine``, ``e1_residual``, and ``kappa``), in
+(``<ablation>/abs_flux_residual`` (galaxies, bands), ``cosine``, ``e1_residual``, ``log_prior`` (the
+flow log-density of each galaxy's fitted latents), and ``kappa``), in
 field order, so that two runs on the same fields can be compared galaxy by galaxy
 (``scripts/paired_comparison.py``): a mean over a few hundred galaxies is decided by its few
 catastrophic ones, a paired difference is not. Runs in this process; set
@@ -132,6 +133,7 @@ def main(argv=None) -> int:
     e1 = {name: [] for name in args.ablations}
     colours = {name: [] for name in args.ablations}
     steps = {name: [] for name in args.ablations}
+    log_priors = {name: [] for name in args.ablations}
     seconds = dict.fromkeys(args.ablations, 0.0)
     kappa = []
     # One untimed call first, so that tracing and compilation are not charged to the first ablation.
@@ -163,6 +165,7 @@ def main(argv=None) -> int:
             e1[name].append(metrics["e1_residual"])
             colours[name].append(metrics["colour_residual_true"])
             steps[name].append(int(np.max(result.n_iter)))
+            log_priors[name].append(np.asarray(result.log_prior, np.float64))
     kappa = np.concatenate(kappa)
     keep = kappa[:, bands.index("r")] <= 5
     out = {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -191,6 +194,7 @@ def main(argv=None) -> int:
         per_galaxy[f"{name}/abs_flux_residual"] = np.concatenate(errors[name])
         per_galaxy[f"{name}/cosine"] = np.concatenate(cosines[name])
         per_galaxy[f"{name}/e1_residual"] = np.concatenate(e1[name])
+        per_galaxy[f"{name}/log_prior"] = np.concatenate(log_priors[name])
     npz = args.output.with_suffix(".npz")
     tmp = npz.with_name(npz.stem + ".tmp.npz")
     np.savez_compressed(tmp, bands=np.array(bands), **per_galaxy)
