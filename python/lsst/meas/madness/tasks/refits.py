@@ -270,7 +270,7 @@ def pair_candidates(
     y0, x0, _, _ = plan.region
     blend = plan.engine_input(context.coadd)
     image, variance, bad = blend["image"], blend["variance"], blend["mask"]
-    usable = context.usable(plan)
+    usable = ~bad_pixels(image, variance, bad)
     n_usable = int(usable.sum())
     if config.maxPairSplits <= 0:
         return [], n_usable
