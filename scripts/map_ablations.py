@@ -37,6 +37,12 @@ centres) with the engine and measures every galaxy with the paper's apertures (k
   each envelope as its galaxy's);
 - ``noenvelope``: no envelopes, whatever the defaults.
 
+``--score-results NAME=FILE`` scores, beside the ablations (or alone, with ``--ablations`` given no
+names), fits made elsewhere and saved by ``benchmarks/bench_deblend.py --save-results`` on the
+same fields (blend k = field k of the first ``--max-fields``): e.g. the fits of a GPU node, which
+has JAX but not the simulation stack this scoring needs. Their time is the other machine's and
+is not reported here.
+
 Writes the JSON (mean abs(dF/F) per band, median in r, mean steps, seconds) and prints a
 Markdown table. Beside the JSON, ``<output stem>.npz`` keeps every galaxy's numbers
 (``<ablation>/abs_flux_residual`` (galaxies, bands), ``cosine``, ``e1_residual``, ``log_prior`` (the
@@ -106,12 +112,23 @@ def main(argv=None) -> int:
                         help="only these fields (0-based, among the first --max-fields), e.g. the ones where an "
                         "ablation can change anything")
     parser.add_argument("--output", required=True, type=Path, help="JSON file to write")
-    parser.add_argument("--ablations", nargs="+", type=_ablation,
+    parser.add_argument("--ablations", nargs="*", type=_ablation,
                         default=["default", "paper", "forced200", "variance-image", "variance-truth"],
                         help=f"any of {', '.join(ABLATIONS)}, amp<SIGMA>, ampstep<SCALE>, prior<W>, min<N>, "
                         "rtol<X>, lr<X>, decay<X>, or several joined by '+'")
     parser.add_argument("--precision", default=None, help="MapSettings.precision of every ablation")
+    parser.add_argument("--score-results", nargs="+", default=[], metavar="NAME=FILE",
+                        help="also score fits saved by benchmarks/bench_deblend.py --save-results as NAME")
     args = parser.parse_args(argv)
+    saved = {}
+    for item in args.score_results:
+        name, sep, file = item.partition("=")
+        if not sep or not name or not file:
+            parser.error(f"--score-results takes NAME=FILE, got {item!r}")
+        saved[name] = Path(file)
+    names = list(args.ablations) + [n for n in saved if n not in args.ablations]
+    if not names:
+        parser.error("nothing to do: give --ablations or --score-results")
 
     import numpy as np
 
@@ -128,21 +145,27 @@ def main(argv=None) -> int:
     fields = [fields[k] for k in field_ids]
     bands = tuple(fields[0].bands)
     conditions = LsstConditions.from_surveycodex(bands=bands)
-    errors = {name: [] for name in args.ablations}
-    cosines = {name: [] for name in args.ablations}
-    e1 = {name: [] for name in args.ablations}
-    colours = {name: [] for name in args.ablations}
-    steps = {name: [] for name in args.ablations}
-    log_priors = {name: [] for name in args.ablations}
-    seconds = dict.fromkeys(args.ablations, 0.0)
+    errors = {name: [] for name in names}
+    cosines = {name: [] for name in names}
+    e1 = {name: [] for name in names}
+    colours = {name: [] for name in names}
+    steps = {name: [] for name in names}
+    log_priors = {name: [] for name in names}
+    seconds = dict.fromkeys(names, 0.0)
+    saved_data = {name: np.load(file) for name, file in saved.items()}
+    for name, data in saved_data.items():
+        if int(data["n_blends"]) < len(fields) or (field_ids and int(data["n_blends"]) <= field_ids[-1]):
+            parser.error(f"{saved[name]} holds {int(data['n_blends'])} fits, fewer than the fields asked for")
     kappa = []
     # One untimed call first, so that tracing and compilation are not charged to the first ablation.
     warm = fields[0]
-    deblender.deblend(warm.image, warm.centers_xy,
-                      variance=np.broadcast_to(np.asarray(warm.variance, np.float32)[:, None, None], warm.image.shape),
-                      settings=deblender.settings.replace(precision=args.precision) if args.precision
-                      else deblender.settings)
-    for field in fields:
+    if args.ablations:
+        deblender.deblend(warm.image, warm.centers_xy,
+                          variance=np.broadcast_to(np.asarray(warm.variance, np.float32)[:, None, None],
+                                                   warm.image.shape),
+                          settings=deblender.settings.replace(precision=args.precision) if args.precision
+                          else deblender.settings)
+    for field_id, field in zip(field_ids, fields):
         ref = reference_metrics(field.image, field.isolated, field.catalog, variance=field.variance,
                                 conditions=conditions, bands=bands, centers_xy=field.centers_xy)
         kappa.append(ref.metrics["kappa"])
@@ -166,14 +189,31 @@ def main(argv=None) -> int:
             colours[name].append(metrics["colour_residual_true"])
             steps[name].append(int(np.max(result.n_iter)))
             log_priors[name].append(np.asarray(result.log_prior, np.float64))
+        for name, data in saved_data.items():
+            if name in args.ablations:
+                continue
+            key = f"{field_id}/"
+            envelopes = data[key + "envelopes"] if key + "envelopes" in data else None
+            metrics = model_metrics(ref, data[key + "models"].astype(np.float32),
+                                    models_yx0=np.asarray(data[key + "stamp_yx0"]), conditions=conditions,
+                                    envelopes=envelopes,
+                                    envelope_sources=data[key + "envelope_sources"] if envelopes is not None
+                                    else None)
+            errors[name].append(np.abs(metrics["flux_residual"]))
+            cosines[name].append(metrics["cosine"])
+            e1[name].append(metrics["e1_residual"])
+            colours[name].append(metrics["colour_residual_true"])
+            steps[name].append(int(np.max(data[key + "n_iter"])))
+            log_priors[name].append(np.full(len(data[key + "models"]), np.nan))
     kappa = np.concatenate(kappa)
     keep = kappa[:, bands.index("r")] <= 5
     out = {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "bundle": args.bundle or "packaged default", "fields": args.fields.name, "n_fields": len(fields),
            "field_ids": None if args.field_ids is None else field_ids,
            "n_galaxies_kappa_le_5": int(keep.sum()), "machine": f"{os.cpu_count()} cores",
-           "precision": args.precision or deblender.settings.precision, "ablations": {}}
-    for name in args.ablations:
+           "precision": args.precision or deblender.settings.precision, "ablations": {},
+           "scored_results": {name: str(file) for name, file in saved.items()}}
+    for name in names:
         err = np.concatenate(errors[name])[keep]
         out["ablations"][name] = {
             "mean_abs_flux_residual": {b: float(np.nanmean(err[:, i])) for i, b in enumerate(bands)},
@@ -189,8 +229,8 @@ def main(argv=None) -> int:
             "mean_steps": float(np.mean(steps[name])), "seconds": round(seconds[name], 1)}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     per_galaxy = {"kappa": kappa, "field_of_galaxy": np.concatenate(
-        [np.full(len(e), k) for k, e in zip(field_ids, errors[args.ablations[0]])])}
-    for name in args.ablations:
+        [np.full(len(e), k) for k, e in zip(field_ids, errors[names[0]])])}
+    for name in names:
         per_galaxy[f"{name}/abs_flux_residual"] = np.concatenate(errors[name])
         per_galaxy[f"{name}/cosine"] = np.concatenate(cosines[name])
         per_galaxy[f"{name}/e1_residual"] = np.concatenate(e1[name])
