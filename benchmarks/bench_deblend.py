@@ -243,6 +243,8 @@ def run_backend(backend: str, precisions, bundle=None, fields=None, max_fields: 
                         "python": platform.python_version(), "processor": cpu_model(),
                         "devices": device_description(), "accelerator": _accelerator()[0]},
             "threads": {k: os.environ.get(k) for k in ("TF_NUM_INTRAOP_THREADS", "OMP_NUM_THREADS")},
+            # JAX on a GPU runs float32 convolutions in TF32 unless this says "float32"/"highest"
+            "jax_default_matmul_precision": os.environ.get("JAX_DEFAULT_MATMUL_PRECISION"),
             "versions": versions,
             "bundle": str(bundle) if bundle else "packaged",
             "model": meta.description if meta is not None else None,

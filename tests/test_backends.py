@@ -62,6 +62,36 @@ class BackendAgreementTestCase(lsst.utils.tests.TestCase):
         np.testing.assert_allclose(res.latents, theirs["latents"], atol=1e-3)
 
 
+_JAX_PRECISION_PROBE = r"""
+import jax, keras
+from lsst.meas.madness.backend import compile_function, compile_value_and_grad
+net = keras.Sequential([keras.layers.Conv2D(4, 3, padding="same"), keras.layers.Flatten(), keras.layers.Dense(2)])
+net.build((None, 8, 8, 6))
+loss = lambda x, calls: keras.ops.sum(calls[0](x) ** 2, axis=1)
+x = keras.random.normal((3, 8, 8, 6), seed=0)
+print(jax.make_jaxpr(compile_value_and_grad(loss, [net]))(x))
+print(jax.make_jaxpr(compile_function(lambda x, calls: calls[0](x), [net]))(x))
+"""
+
+
+@pytest.mark.one_backend
+class JaxPrecisionTestCase(lsst.utils.tests.TestCase):
+    def test_float32_products_are_full_precision(self):
+        """JAX's compiled steps ask for full float32 convolutions and products (no TF32 on GPUs)."""
+        out = subprocess.run([sys.executable, "-c", _JAX_PRECISION_PROBE], check=True, capture_output=True,
+                             text=True, env=dict(os.environ, KERAS_BACKEND="jax")).stdout
+        lines = out.splitlines()
+        ops = []  # each op's parameter block: from "op[" to its closing "]"
+        for i, line in enumerate(lines):
+            if "conv_general_dilated[" in line or "dot_general[" in line:
+                end = next(j for j in range(i + 1, len(lines)) if lines[j].strip().startswith("]"))
+                ops.append(" ".join(lines[i:end]))
+        # forward and backward of the conv and the dense layer, and the forward-only function
+        self.assertGreaterEqual(len(ops), 6)
+        for op in ops:
+            self.assertIn("precision=(Precision.HIGHEST, Precision.HIGHEST)", op)
+
+
 class MemoryTester(lsst.utils.tests.MemoryTestCase):
     pass
 

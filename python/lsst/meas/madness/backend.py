@@ -114,6 +114,26 @@ def device_scope(device: str | None):
     raise MadnessValueError(f"Devices are not supported on the Keras backend {name!r}.")
 
 
+def _full_float32(models: Sequence[keras.Model]):
+    """JAX context in which float32 convolutions and matrix products are computed in float32.
+
+    On NVIDIA GPUs XLA's default precision runs float32 convolutions in TensorFloat-32 (10-bit
+    mantissa). Measured on an H200 (doc/benchmarks.md, "GPU"): the 20-field MAP fits then lose
+    in r flux (+0.0004) and in e1 (+0.0015) against the CPU's, while in full float32 they agree
+    with the CPU's; mixed bfloat16 is the faster option and costs about as much as TF32. So
+    ``precision="float32"`` means float32 here. The precision is fixed when a function is traced,
+    so the context sits inside the traced bodies. It changes nothing on CPUs, whose float32 is
+    already full. Networks computing in bfloat16 keep XLA's default (their measured setting).
+    """
+    import contextlib
+
+    import jax
+
+    if any(m.dtype_policy.compute_dtype != "float32" for m in models):
+        return contextlib.nullcontext()
+    return jax.default_matmul_precision("float32")
+
+
 def _stateless(model: keras.Model, variables: tuple) -> Callable:
     trainable, non_trainable = variables
 
@@ -171,7 +191,8 @@ def compile_value_and_grad(
 
         def total_loss(model_vars, x, *data):
             calls = tuple(_stateless(m, v) for m, v in zip(models, model_vars))
-            loss = loss_fn(x, *data, calls=calls)
+            with _full_float32(models):
+                loss = loss_fn(x, *data, calls=calls)
             return loss.sum(), loss
 
         grad_fn = jax.jit(jax.value_and_grad(total_loss, argnums=1, has_aux=True))
@@ -201,7 +222,8 @@ def compile_function(fn: Callable, models: Sequence[keras.Model]) -> Callable:
 
         def pure(model_vars, *args):
             calls = tuple(_stateless(m, v) for m, v in zip(models, model_vars))
-            return fn(*args, calls=calls)
+            with _full_float32(models):
+                return fn(*args, calls=calls)
 
         jitted = jax.jit(pure)
         return lambda *args: jitted(_model_variables(models), *args)

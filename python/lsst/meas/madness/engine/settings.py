@@ -90,8 +90,10 @@ class MapSettings:
     precision : `str`
         Compute precision of the decoder inside the MAP steps: ``"float32"`` or
         ``"mixed_bfloat16"`` (bfloat16 compute, float32 weights, the objective and the
-        optimiser in float32; about half the step time on CPUs with AMX-BF16). The final
-        models are decoded in float32 either way.
+        optimiser in float32; about half the step time on CPUs with AMX-BF16, 0.6x on an
+        H200). ``"float32"`` is full float32 on every device: on GPUs the JAX backend turns
+        off TensorFloat-32 for it (``doc/benchmarks.md``, "GPU"). The final models are
+        decoded in float32 either way.
     max_zoom : `int`
         Largest zoom chosen automatically for a source bigger than the stamp, in [1, 4]
         (3; 1 is off; ``doc/large-galaxies.md``: r mean abs(dF/F) 0.0183 -> 0.0142 on

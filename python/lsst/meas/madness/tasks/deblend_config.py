@@ -370,11 +370,11 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
     precision = pexConfig.ChoiceField[str](
         default="float32",
         allowed={
-            "float32": "float32 throughout",
+            "float32": "float32 throughout (no TensorFloat-32 on GPUs with the JAX backend)",
             "mixed_bfloat16": "the decoder of the MAP steps computes in bfloat16 (float32 weights, "
-            "objective and optimiser): about half the step time on CPUs with AMX-BF16 and on GPUs, "
-            "the same fluxes on validation fields (doc/benchmarks.md); slower where bfloat16 is "
-            "emulated",
+            "objective and optimiser): about half the step time on CPUs with AMX-BF16, 0.6x on an "
+            "H200; the same fluxes on CPU validation fields, +2% r flux error on the H200 "
+            "(doc/benchmarks.md); slower where bfloat16 is emulated",
         },
         doc="Compute precision of the MAP steps (MapSettings.precision).",
     )
