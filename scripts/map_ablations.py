@@ -27,6 +27,7 @@ centres) with the engine and measures every galaxy with the paper's apertures (k
 - ``min<N>``, ``rtol<X>``: the stopping rule's ``min_iter`` and ``rtol``;
 - ``lr<X>``, ``decay<X>``: Adam's initial learning rate and its decay factor every
   ``lr_decay_steps`` (``MapSettings.learning_rate``, ``lr_decay``);
+- ``start2-<X>``: a second fit of every blend at learning rate X (``MapSettings.second_start_rate``);
 - ``zoom1``: no per-source zoom (``MapSettings(max_zoom=1)``, the task's default);
 - ``zoom-guess``, ``zoom-fit``: ``MapSettings(max_zoom=3)`` with the zoom chosen from the
   VAE-deblender's guess or from the zoom-1 fit (``MapSettings.zoom_choice``);
@@ -84,6 +85,8 @@ def _ablation(name: str) -> str:
         if name.startswith("rtol") and float(name[4:]) > 0:
             return name
         if name.startswith("lr") and float(name[2:]) > 0:
+            return name
+        if name.startswith("start2-") and float(name[7:]) > 0:
             return name
         if name.startswith("decay") and 0 < float(name[5:]) <= 1:
             return name
@@ -282,6 +285,8 @@ def _apply(name: str, settings, variance, sky, field):
         settings = settings.replace(rtol=float(name[4:]))
     elif name.startswith("lr"):
         settings = settings.replace(learning_rate=float(name[2:]))
+    elif name.startswith("start2-"):
+        settings = settings.replace(second_start_rate=float(name[7:]))
     elif name.startswith("decay"):
         settings = settings.replace(lr_decay=float(name[5:]))
     elif name.startswith("ampstep"):

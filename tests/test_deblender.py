@@ -192,6 +192,45 @@ class DeblenderTestCase(lsst.utils.tests.TestCase):
         result = self.deblender.deblend(image, peaks, variance=var)
         np.testing.assert_allclose(result.source_image(0).sum(), truth.sum(), rtol=0.05)
 
+    def test_second_start(self):
+        """A second start keeps, per group of overlapping sources, the fit with the lower
+        objective: checked against two independent fits at the two rates."""
+        from lsst.meas.madness.errors import MadnessRangeError
+
+        base = self.deblender.settings.replace(fit_envelopes=False, max_zoom=1)
+        with self.assertRaises(MadnessRangeError):
+            base.replace(second_start_rate=0.0)
+        rates = (base.learning_rate, 0.01)
+        # One source: its footprint's objective orders the fits as the whole objective does.
+        peak = PEAKS[:1]
+        image, var, _ = self._blend(peaks=peak, seed=7)
+        fits = [self.deblender.deblend(image, peak, variance=var, settings=base.replace(learning_rate=lr))
+                for lr in rates]
+        both = self.deblender.deblend(image, peak, variance=var, settings=base.replace(second_start_rate=rates[1]))
+        best = min(fits, key=lambda r: r.objective_final)
+        self.assertGreater(abs(fits[0].objective_final - fits[1].objective_final), 0.1)
+        self.assertAlmostEqual(both.objective_final, best.objective_final, delta=1e-5 * abs(best.objective_final))
+        np.testing.assert_allclose(both.latents, best.latents, atol=1e-6)
+        self.assertEqual(both.n_iter, fits[0].n_iter + fits[1].n_iter)
+        # Two groups far apart (stamps do not overlap) choose independently: each takes the fit
+        # that is better on its own pixels, even when the blend's total would prefer the other.
+        peaks = np.array([[24.0, 24.0], [100.0, 100.0]])
+        image, var, _ = self._blend(peaks=peaks, shape=(125, 125), seed=11)
+        fits = [self.deblender.deblend(image, peaks, variance=var, settings=base.replace(learning_rate=lr))
+                for lr in rates]
+        both = self.deblender.deblend(image, peaks, variance=var, settings=base.replace(second_start_rate=rates[1]))
+        for i in range(2):
+            # chi2 is per valid pixel of the 45x45 footprint (no masked pixel here)
+            objective = [f.chi2[i].sum() * 45 * 45 * 0.5 - base.prior_weight * f.log_prior[i]
+                         + 0.5 * (np.log(f.amplitudes[i]) ** 2).sum() / base.amplitude_sigma**2 for f in fits]
+            k = int(np.argmin(objective))
+            np.testing.assert_allclose(both.latents[i], fits[k].latents[i], atol=1e-6)
+            np.testing.assert_allclose(both.amplitudes[i], fits[k].amplitudes[i], rtol=1e-6)
+        # The same rate twice is one fit.
+        same = self.deblender.deblend(image, peaks, variance=var,
+                                      settings=base.replace(second_start_rate=base.learning_rate))
+        np.testing.assert_allclose(same.latents, fits[0].latents, atol=1e-6)
+
     def test_subpixel_centre(self):
         """A noiseless GalSim galaxy off its pixel centre, deblended at its float peak, is fitted as
         well as the same galaxy on a pixel centre, and better than at its rounded peak; the

@@ -62,6 +62,21 @@ ENVELOPE_MIN_PIXELS = 64
 """Fewest ring pixels outside every footprint on which that light is judged."""
 
 
+def _overlap_groups(origins: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """``(n,)`` group label of each square footprint: footprints that overlap, directly or
+    through others, share a label (connected components)."""
+    origins = np.asarray(origins, np.int64)
+    sizes = np.asarray(sizes, np.int64)
+    lo, hi = origins, origins + sizes[:, None]
+    touch = ((lo[:, None] < hi[None]) & (lo[None] < hi[:, None])).all(axis=-1)
+    label = np.arange(len(sizes))
+    while True:  # propagate the smallest label along overlaps until nothing changes
+        new = np.where(touch, label[None], len(sizes)).min(axis=1)
+        if np.array_equal(new, label):
+            return np.unique(label, return_inverse=True)[1]
+        label = new
+
+
 def _next_power_of_two(n: int) -> int:
     return 1 << max(int(n) - 1, 0).bit_length()
 
@@ -395,6 +410,8 @@ class MadnessDeblender:
 
         results: list[DeblendResult | None] = [None] * len(prepared)
         self._fit_all(prepared, init_per_blend, range(len(prepared)), results, settings, progress)
+        if settings.second_start_rate is not None and not settings.fit_envelopes:
+            self._second_start(prepared, init_per_blend, range(len(prepared)), results, settings, progress)
         if auto and settings.zoom_choice == "fit":
             # Sources whose fitted model runs into its stamp edge move up one zoom at a time and
             # their blends are fitted again, from the VAE-deblender's guesses at the new zooms
@@ -427,6 +444,11 @@ class MadnessDeblender:
                 if basis is not None:
                     envelopes[i] = basis
                     prepared[i] = wide
+            if settings.second_start_rate is not None:
+                # Blends that get envelopes keep their first fit: the envelope refit from a second
+                # start's state lost in the faint bands (doc/training.md).
+                plain = [i for i in range(len(prepared)) if i not in envelopes]
+                self._second_start(prepared, init_per_blend, plain, results, settings, progress)
             if envelopes:
                 _log.debug("Envelopes: refitting %d blends", len(envelopes))
                 warm = [np.concatenate([results[i].latents, np.log(results[i].amplitudes)], axis=1)
@@ -957,6 +979,61 @@ class MadnessDeblender:
                 envelopes=bases[k] if bases else None,
             ))
         return results
+
+    def _second_start(self, prepared, init_per_blend, indices, results, settings, progress) -> None:
+        """Fit every blend again at ``settings.second_start_rate``; each group of sources whose
+        footprints overlap (connected) takes the fit with the lower objective summed over its
+        members' footprints. Groups share no pixel, so the chosen models stay one consistent
+        blend model, and a blend whose groups chose differently is rebuilt from the choice."""
+        other: list[DeblendResult | None] = [None] * len(prepared)
+        indices = list(indices)
+        if not indices:
+            return
+        self._fit_all(prepared, init_per_blend, indices, other,
+                      settings.replace(learning_rate=settings.second_start_rate), progress)
+        for k in indices:
+            blend, a, b = prepared[k], results[k], other[k]
+            group = _overlap_groups(blend.footprint_origins, blend.footprint_sizes)
+            la = np.bincount(group, self._local_objective(blend, a, settings))
+            lb = np.bincount(group, self._local_objective(blend, b, settings))
+            pick = (lb < la)[group]
+            if not pick.any() or pick.all():  # one fit whole: it counts both fits' steps
+                chosen = b if pick.all() else a
+                chosen.n_iter = a.n_iter + b.n_iter
+                chosen.converged = a.converged and b.converged
+                chosen.loss_history = np.concatenate([a.loss_history, b.loss_history])
+                results[k] = chosen
+                continue
+            latents = np.where(pick[:, None], b.latents, a.latents)
+            log_amp = np.log(np.where(pick[:, None], b.amplitudes, a.amplitudes))
+            offsets = np.where(pick[:, None], b.offsets_xy, a.offsets_xy)[:, ::-1]
+            models = self.decode(np.concatenate([latents, a.initial_latents]))
+            n = blend.n_sources
+            if settings.fit_amplitudes:
+                models[:n] *= np.exp(log_amp)[:, :, None, None].astype(models.dtype)
+            priors = self.log_prior(np.concatenate([latents, a.initial_latents]))
+            results[k] = self._finish(
+                blend, latents, a.initial_latents, models=models[:n], initial_models=models[n:],
+                log_prior=priors[:n], initial_log_prior=priors[n:], n_iter=a.n_iter + b.n_iter,
+                converged=a.converged and b.converged,
+                history=np.concatenate([a.loss_history, b.loss_history]), settings=settings,
+                offsets=offsets if settings.fit_offsets else None,
+                log_amplitudes=log_amp if settings.fit_amplitudes else None)
+
+    def _local_objective(self, blend: PreparedBlend, result: DeblendResult, settings: MapSettings) -> np.ndarray:
+        """``(n_sources,)`` half the chi^2 of the whole model on each source's footprint, minus
+        ``prior_weight`` times its log-prior, plus its flux-factor and offset penalties."""
+        y0, x0, y1, x1 = blend.region
+        footprints = blend.footprint_origins - np.array([y0, x0])
+        n_valid = np.zeros((blend.n_sources, len(self.bands)))
+        for i, (origin, side) in enumerate(zip(footprints, blend.footprint_sizes)):
+            _, (ry, rx) = stamp_overlap(origin, (side, side), (0, 0, y1 - y0, x1 - x0))
+            n_valid[i] = (blend.weights[:, ry, rx] > 0).sum(axis=(1, 2))
+        value = 0.5 * np.nansum(result.chi2 * n_valid, axis=1) - settings.prior_weight * result.log_prior
+        value += 0.5 * (np.log(result.amplitudes) ** 2).sum(axis=1) / settings.amplitude_sigma**2
+        if settings.fit_offsets:
+            value += 0.5 * (result.offsets_xy**2).sum(axis=1) / settings.offset_sigma**2
+        return value
 
     def _finish(
         self,
