@@ -212,7 +212,7 @@ class DeblenderTestCase(lsst.utils.tests.TestCase):
         np.testing.assert_allclose(both.latents, best.latents, atol=1e-6)
         self.assertEqual(both.n_iter, fits[0].n_iter + fits[1].n_iter)
         # Two groups far apart (stamps do not overlap) choose independently: each takes the fit
-        # that is better on its own pixels, even when the blend's total would prefer the other.
+        # that is better on its own pixels.
         peaks = np.array([[24.0, 24.0], [100.0, 100.0]])
         image, var, _ = self._blend(peaks=peaks, shape=(125, 125), seed=11)
         fits = [self.deblender.deblend(image, peaks, variance=var, settings=base.replace(learning_rate=lr))
@@ -225,6 +225,24 @@ class DeblenderTestCase(lsst.utils.tests.TestCase):
             k = int(np.argmin(objective))
             np.testing.assert_allclose(both.latents[i], fits[k].latents[i], atol=1e-6)
             np.testing.assert_allclose(both.amplitudes[i], fits[k].amplitudes[i], rtol=1e-6)
+        # Groups that choose differently (forced: the first source prefers the second fit, the
+        # second the first): the blend is rebuilt with each source's latents, flux factors and
+        # model from the fit it chose.
+        from unittest import mock
+
+        def forced(blend, result, settings):
+            second = np.allclose(result.latents, fits[1].latents, atol=1e-6)
+            return np.array([0.0, 1.0]) if second else np.array([1.0, 0.0])
+
+        with mock.patch.object(self.deblender, "_local_objective", side_effect=forced):
+            mixed = self.deblender.deblend(image, peaks, variance=var,
+                                           settings=base.replace(second_start_rate=rates[1]))
+        for i, k in ((0, 1), (1, 0)):
+            np.testing.assert_allclose(mixed.latents[i], fits[k].latents[i], atol=1e-6)
+            np.testing.assert_allclose(mixed.amplitudes[i], fits[k].amplitudes[i], rtol=1e-6)
+            np.testing.assert_allclose(mixed.models[i], fits[k].models[i], rtol=1e-4,
+                                       atol=1e-4 * np.abs(fits[k].models[i]).max())
+        self.assertEqual(mixed.n_iter, fits[0].n_iter + fits[1].n_iter)
         # The same rate twice is one fit.
         same = self.deblender.deblend(image, peaks, variance=var,
                                       settings=base.replace(second_start_rate=base.learning_rate))

@@ -949,11 +949,20 @@ class MadnessDeblender:
                 f"The MAP fit of blend(s) {blends_out} of this batch diverged (non-finite latents); "
                 "fit them alone to find the one that fails."
             )
-        # Decode and evaluate the prior for the whole batch at once (one network call each).
         ld = self.latent_dim
         offsets = settings.offset_max * np.tanh(x[:, ld + n_amp :].astype(np.float64))  # (dy, dx)
-        log_amplitudes = x[:, ld : ld + n_amp].astype(np.float64)
-        final, start = x[:, :ld], initial[:, :ld]
+        return self._results(
+            blends, bounds, x[:, :ld], initial[:, :ld], x[:, ld : ld + n_amp].astype(np.float64),
+            offsets if settings.fit_offsets else None, n_iter, converged,
+            [history[: n_iter[k], k] for k in range(nb)], settings, bases)
+
+    def _results(self, blends, bounds, final, start, log_amplitudes, offsets, n_iter, converged, histories,
+                 settings, bases) -> list[DeblendResult]:
+        """`DeblendResult` of each blend from its sources' variables: rows of all blends' sources
+        one after another (``bounds`` the blends' first rows), ``log_amplitudes`` with no
+        column when the flux factors are not fitted, ``offsets`` ``(dy, dx)`` or None."""
+        # Decode and evaluate the prior for the whole batch at once (one network call each).
+        n_amp = log_amplitudes.shape[1]
         models = self.decode(np.concatenate([final, start]))
         if n_amp:
             models[: len(final)] *= np.exp(log_amplitudes)[:, :, None, None].astype(models.dtype)
@@ -972,9 +981,9 @@ class MadnessDeblender:
                 initial_log_prior=priors[n_total + bounds[k] : n_total + bounds[k + 1]],
                 n_iter=int(n_iter[k]),
                 converged=bool(converged[k]),
-                history=history[: n_iter[k], k],
+                history=histories[k],
                 settings=settings,
-                offsets=offsets[sl] if settings.fit_offsets else None,
+                offsets=None if offsets is None else offsets[sl],
                 log_amplitudes=log_amplitudes[sl] if n_amp else None,
                 envelopes=bases[k] if bases else None,
             ))
@@ -991,6 +1000,7 @@ class MadnessDeblender:
             return
         self._fit_all(prepared, init_per_blend, indices, other,
                       settings.replace(learning_rate=settings.second_start_rate), progress)
+        mixed = []
         for k in indices:
             blend, a, b = prepared[k], results[k], other[k]
             group = _overlap_groups(blend.footprint_origins, blend.footprint_sizes)
@@ -1004,21 +1014,25 @@ class MadnessDeblender:
                 chosen.loss_history = np.concatenate([a.loss_history, b.loss_history])
                 results[k] = chosen
                 continue
-            latents = np.where(pick[:, None], b.latents, a.latents)
-            log_amp = np.log(np.where(pick[:, None], b.amplitudes, a.amplitudes))
-            offsets = np.where(pick[:, None], b.offsets_xy, a.offsets_xy)[:, ::-1]
-            models = self.decode(np.concatenate([latents, a.initial_latents]))
-            n = blend.n_sources
-            if settings.fit_amplitudes:
-                models[:n] *= np.exp(log_amp)[:, :, None, None].astype(models.dtype)
-            priors = self.log_prior(np.concatenate([latents, a.initial_latents]))
-            results[k] = self._finish(
-                blend, latents, a.initial_latents, models=models[:n], initial_models=models[n:],
-                log_prior=priors[:n], initial_log_prior=priors[n:], n_iter=a.n_iter + b.n_iter,
-                converged=a.converged and b.converged,
-                history=np.concatenate([a.loss_history, b.loss_history]), settings=settings,
-                offsets=offsets if settings.fit_offsets else None,
-                log_amplitudes=log_amp if settings.fit_amplitudes else None)
+            mixed.append((k, pick, a, b))
+        if not mixed:
+            return
+        # Blends whose groups chose differently: their models rebuilt from the choice, in one batch.
+        blends = [prepared[k] for k, *_ in mixed]
+        n_amp = len(self.bands) if settings.fit_amplitudes else 0
+
+        def choose(get):
+            return np.concatenate([np.where(pick[:, None], get(b), get(a)) for _, pick, a, b in mixed])
+
+        rebuilt = self._results(
+            blends, np.concatenate([[0], np.cumsum([p.n_sources for p in blends])]),
+            choose(lambda r: r.latents), np.concatenate([a.initial_latents for _, _, a, _ in mixed]),
+            np.log(choose(lambda r: r.amplitudes))[:, :n_amp],
+            choose(lambda r: r.offsets_xy)[:, ::-1] if settings.fit_offsets else None,
+            [a.n_iter + b.n_iter for _, _, a, b in mixed], [a.converged and b.converged for _, _, a, b in mixed],
+            [np.concatenate([a.loss_history, b.loss_history]) for _, _, a, b in mixed], settings, [])
+        for (k, *_), result in zip(mixed, rebuilt):
+            results[k] = result
 
     def _local_objective(self, blend: PreparedBlend, result: DeblendResult, settings: MapSettings) -> np.ndarray:
         """``(n_sources,)`` half the chi^2 of the whole model on each source's footprint, minus
