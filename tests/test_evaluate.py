@@ -279,7 +279,79 @@ class EvaluateCliTestCase(lsst.utils.tests.TestCase):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+    def test_map_settings(self):
+        """--map-setting sets MADNESS's engine: part of the run's signature; with no MAP step and
+        nothing but the guesses, MADNESS's galaxies are the VAE-deblender's."""
+        common = ["evaluate", "--fields", str(self.fields), "--bundle", str(quick_bundle_path()),
+                  "--no-progress", "--no-figures"]
+        with self.assertRaisesRegex(MadnessValueError, "another evaluation run.*map_settings.*--rerun"):
+            run_evaluation(iter_test_fields(self.fields), ["blended"], checkpoint=self.output / "partial",
+                           bundle=str(quick_bundle_path()), info={"fields": f"TestFields {self.fields}"},
+                           map_settings={"max_iter": 0}, progress=False)
+        with self.assertRaisesRegex(MadnessValueError, "precision"):
+            run_evaluation(iter_test_fields(self.fields), ["blended"], map_settings={"precision": "float32"},
+                           progress=False)
+        tmp = Path(tempfile.mkdtemp(prefix="madness-evaluate-settings-"))
+        try:
+            for bad in ("max_iter=-1", "no_such_field=1", "max_iter", "fit_envelopes=maybe"):
+                with self.assertRaises(SystemExit, msg=bad), contextlib.redirect_stderr(io.StringIO()):
+                    main(common + ["--output", str(tmp / "bad"), "--map-setting", bad])
+                self.assertFalse((tmp / "bad" / "partial").exists(), bad)  # refused before any field
+            copy = tmp / "copy"
+            shutil.copytree(self.output / "partial", copy / "partial")
+            stored = {p.name: json.loads(p.read_text()) for p in (copy / "partial").glob("field-*.json")}
+            settings = ["max_iter=0", "min_iter=0", "max_zoom=1", "fit_envelopes=false"]
+            with contextlib.redirect_stdout(io.StringIO()):
+                rc = main(common + ["--methods", "blended", "vae_deblender", "madness", "--output", str(copy),
+                                    "--rerun", "madness", "vae_deblender"]
+                          + [arg for item in settings for arg in ("--map-setting", item)])
+            self.assertEqual(rc, 0)
+            run = json.loads((copy / "partial" / "run.json").read_text())
+            self.assertEqual(run["map_settings"], {"fit_envelopes": False, "max_iter": 0, "max_zoom": 1,
+                                                   "min_iter": 0})
+            for name, before in stored.items():  # the peers' stored results kept
+                self.assertEqual(json.loads((copy / "partial" / name).read_text())["blended"], before["blended"])
+            summary = json.loads((copy / "summary.json").read_text())
+            config = summary["methods"]["madness"]["config"]
+            self.assertIn("0-0 steps", config["config"])
+            self.assertEqual(config["map_settings"]["max_iter"], 0)
+            self.assertEqual(summary["run"]["map_settings"]["max_zoom"], 1)
+            # No step: each galaxy's model is its encoder guess decoded at its peak, which is
+            # what the VAE-deblender measures (computed by its own code path).
+            _, _, metrics = read_measurements(copy / "measurements.json")
+            for key in ("flux_residual", "cosine"):
+                np.testing.assert_allclose(metrics["madness"][key], metrics["vae_deblender"][key],
+                                           rtol=1e-4, atol=1e-5, err_msg=key)
+            _, _, default = read_measurements(self.output / "measurements.json")
+            self.assertFalse(np.allclose(default["madness"]["flux_residual"], metrics["madness"]["flux_residual"],
+                                         rtol=1e-3, atol=1e-4))  # the default engine does fit
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 class EvaluateUnitTestCase(lsst.utils.tests.TestCase):
+    def test_map_setting_overrides(self):
+        """``KEY=VALUE`` strings become typed MapSettings fields, or a clear error."""
+        from lsst.meas.madness import MapSettings
+        from lsst.meas.madness.errors import MadnessRangeError
+
+        self.assertEqual(MapSettings.parse_overrides(["max_iter=60", " rtol = 0.02", "fit_envelopes=false",
+                                                      "zoom_choice=fit", "second_start_rate=0.02"]),
+                         {"max_iter": 60, "rtol": 0.02, "fit_envelopes": False, "zoom_choice": "fit",
+                          "second_start_rate": 0.02})
+        self.assertEqual(MapSettings.parse_overrides(["second_start_rate=None", "compact=1"]),
+                         {"second_start_rate": None, "compact": True})
+        self.assertEqual(MapSettings.parse_overrides([]), {})
+        for bad, pattern in [("no_such=1", "no field 'no_such'"), ("max_iter=1.5", "type int"),
+                             ("fit_envelopes=maybe", "type bool"), ("rtol=none", "type float"),
+                             ("max_iter", "KEY=VALUE"), ("zoom_choice=nearest", "zoom_choice")]:
+            with self.assertRaisesRegex(MadnessValueError, pattern, msg=bad):
+                MapSettings.parse_overrides([bad])
+        with self.assertRaisesRegex(MadnessValueError, "twice"):
+            MapSettings.parse_overrides(["rtol=0.1", "rtol=0.2"])
+        with self.assertRaises(MadnessRangeError):
+            MapSettings.parse_overrides(["max_zoom=9"])
+
     def test_simulated_and_band_subset(self):
         """``--simulate`` draws fields itself (``--subpixel``: off the pixel centres); ``--bands`` limits
         what is measured."""

@@ -214,6 +214,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     import logging
     import shlex
 
+    from .engine.settings import MapSettings
+    from .errors import MadnessError
     from .evaluation.fields import iter_test_fields, simulate_test_fields
     from .evaluation.methods import METHOD_NAMES
     from .evaluation.report import write_evaluation
@@ -238,13 +240,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.bands:
         bands = [c for b in args.bands for c in (list(b) if len(b) > 1 and b not in dataset.bands else [b])]
     methods = args.methods or list(METHOD_NAMES)
+    try:
+        map_settings = MapSettings.parse_overrides(args.map_setting)
+    except MadnessError as error:
+        raise SystemExit(f"madness evaluate: --map-setting: {error}") from None
     result = run_evaluation(iter_test_fields(fields_dir, max_fields=args.max_fields), methods,
                             bundle=args.bundle, bands=bands, progress=not args.no_progress, n_fields=n_fields,
                             info={"fields": source, "bundle": args.bundle or "packaged default",
-                                  "precision": args.precision,
+                                  "precision": args.precision, "map_settings": map_settings,
                                   "command": "madness " + " ".join(shlex.quote(a) for a in args.argv)},
                             checkpoint=output / "partial", restart=args.restart, rerun=args.rerun or (),
-                            precision=args.precision)
+                            precision=args.precision, map_settings=map_settings)
     paths = write_evaluation(result, output, figures=not args.no_figures)
     summary = json.loads(paths["summary"].read_text())
     band = "r" if "r" in result.bands else result.bands[0]
@@ -393,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
                           help="compute precision of MADNESS's MAP steps (MapSettings.precision; "
                                "mixed_bfloat16: the decoder in bfloat16, faster where the CPU has bfloat16 "
                                "instructions)")
+    evaluate.add_argument("--map-setting", action="append", default=[], metavar="KEY=VALUE",
+                          help="a MapSettings field of MADNESS's engine, repeatable (e.g. max_iter=60, "
+                               "second_start_rate=0.02); part of the run's signature like --precision")
     evaluate.add_argument("--restart", action="store_true",
                           help="discard the finished fields in OUTPUT/partial; without it, the same command "
                                "run again continues after the last finished field")

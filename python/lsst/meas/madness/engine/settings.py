@@ -9,6 +9,7 @@ from __future__ import annotations
 __all__ = ["MapSettings"]
 
 import dataclasses
+from collections.abc import Iterable
 
 from ..errors import MadnessRangeError, MadnessValueError
 from ..precision import PRECISIONS
@@ -210,3 +211,66 @@ class MapSettings:
     def replace(self, **changes) -> "MapSettings":
         """Return a copy with ``changes`` applied (validated)."""
         return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def parse_overrides(cls, items: Iterable[str]) -> dict:
+        """Keyword arguments from ``KEY=VALUE`` strings, as a command line gives them.
+
+        Parameters
+        ----------
+        items : iterable of `str`
+            E.g. ``["max_iter=60", "second_start_rate=0.02", "fit_envelopes=false"]``. Values
+            take the field's type: booleans from ``true``/``false`` (or ``1``/``0``, ``yes``/``no``),
+            ``none`` for an optional field.
+
+        Returns
+        -------
+        overrides : `dict`
+            ``{field: typed value}``, validated as a whole by building the settings.
+
+        Raises
+        ------
+        MadnessValueError
+            An item without ``=``, a key given twice, a name that is not a field, or a value
+            that does not parse as the field's type or lies outside its range.
+        """
+        types = {f.name: str(f.type) for f in dataclasses.fields(cls)}
+        out: dict = {}
+        for item in items:
+            key, sep, text = str(item).partition("=")
+            key, text = key.strip(), text.strip()
+            if not sep or not key:
+                raise MadnessValueError(f"A MapSettings override is KEY=VALUE, not {item!r}.")
+            if key not in types:
+                raise MadnessValueError(f"MapSettings has no field {key!r}; the fields are {', '.join(types)}.")
+            if key in out:
+                raise MadnessValueError(f"MapSettings.{key} is given twice.")
+            out[key] = _parse_value(key, types[key], text)
+        cls(**out)  # range and choice checks, with the fields' own messages
+        return out
+
+
+_TRUE = ("true", "1", "yes", "on")
+_FALSE = ("false", "0", "no", "off")
+
+
+def _parse_value(key: str, kind: str, text: str):
+    """``text`` as a value of the MapSettings field ``key`` whose annotation is ``kind``."""
+    optional = kind.replace(" ", "").endswith("|None")
+    base = kind.split("|")[0].strip()
+    if optional and text.lower() == "none":
+        return None
+    try:
+        if base == "bool":
+            if text.lower() in _TRUE:
+                return True
+            if text.lower() in _FALSE:
+                return False
+            raise ValueError(text)
+        if base == "int":
+            return int(text)
+        if base == "float":
+            return float(text)
+        return text
+    except ValueError:
+        raise MadnessValueError(f"MapSettings.{key} takes a value of type {kind}, not {text!r}.") from None

@@ -157,6 +157,9 @@ class DeblendMethod(abc.ABC):
     precision : `str`
         Compute precision of MADNESS's MAP steps (`MapSettings.precision`: ``"float32"`` or
         ``"mixed_bfloat16"``); the other methods have no such choice and ignore it.
+    map_settings : `dict`, optional
+        Further `MapSettings` fields of MADNESS's engine (its defaults otherwise); ignored by
+        the other methods.
     """
 
     name: ClassVar[str]
@@ -164,11 +167,13 @@ class DeblendMethod(abc.ABC):
     requires: ClassVar[tuple[str, ...]] = ()
     """Modules that must import for the method to be available."""
 
-    def __init__(self, bands: Sequence[str], conditions, bundle=None, precision: str = "float32"):
+    def __init__(self, bands: Sequence[str], conditions, bundle=None, precision: str = "float32",
+                 map_settings: dict | None = None):
         self.bands = tuple(bands)
         self.conditions = conditions
         self.bundle = bundle
         self.precision = precision
+        self.map_settings = dict(map_settings or {})
 
     @classmethod
     def availability(cls) -> str | None:
@@ -220,14 +225,16 @@ class _MadnessBase(DeblendMethod):
     def setup(self) -> None:
         from ..engine import MadnessDeblender, MapSettings
 
-        self.deblender = MadnessDeblender.from_bundle(self.bundle, settings=MapSettings(precision=self.precision))
+        self.deblender = MadnessDeblender.from_bundle(
+            self.bundle, settings=MapSettings(precision=self.precision, **self.map_settings))
         if self.deblender.bands != self.bands:
             raise MadnessValueError(f"The model's bands {self.deblender.bands} differ from the fields' "
                                     f"{self.bands}.")
 
     def describe(self) -> dict:
         meta = self.deblender.metadata if hasattr(self, "deblender") else None
-        out = {"label": self.label, "bundle": str(self.bundle) if self.bundle else "packaged default"}
+        out = {"label": self.label, "bundle": str(self.bundle) if self.bundle else "packaged default",
+               "map_settings": self.map_settings}
         if meta is not None:
             out["bundle_description"] = meta.description
             out["bundle_created"] = meta.created
@@ -286,6 +293,8 @@ class MadnessMethod(_MadnessBase):
                           + f"; zoom up to {s.max_zoom} ({s.zoom_choice}); "
                           + (f"envelopes (edge {s.envelope_edge_sigma} sigma); " if s.fit_envelopes
                              else "no envelopes; ")
+                          + (f"second start at lr {s.second_start_rate} (kept per group of overlapping "
+                             "sources by objective); " if s.second_start_rate is not None else "")
                           + f"MAP steps in {s.precision}"}
 
 

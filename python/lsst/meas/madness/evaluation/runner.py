@@ -126,11 +126,12 @@ class EvaluationResult:
 # --- the worker process -----------------------------------------------------------------------
 
 
-def _worker_main(conn, name: str, bands, conditions, bundle, precision: str = "float32") -> None:
+def _worker_main(conn, name: str, bands, conditions, bundle, precision: str = "float32",
+                 map_settings: dict | None = None) -> None:
     """Entry point of a method's worker process (see the module docstring for the protocol)."""
     try:
         start = time.perf_counter()
-        method = get_method(name)(bands, conditions, bundle, precision=precision)
+        method = get_method(name)(bands, conditions, bundle, precision=precision, map_settings=map_settings)
         method.setup()
         conn.send(("ready", {"setup_seconds": time.perf_counter() - start, "config": method.describe(),
                              "rss": MemoryMeter.rss(), "pid": os.getpid()}))
@@ -173,12 +174,13 @@ def _worker_main(conn, name: str, bands, conditions, bundle, precision: str = "f
 class _Worker:
     """Parent-side handle of one method's worker process."""
 
-    def __init__(self, name: str, bands, conditions, bundle, context, precision: str = "float32"):
+    def __init__(self, name: str, bands, conditions, bundle, context, precision: str = "float32",
+                 map_settings: dict | None = None):
         self.name = name
         self.conn, child = context.Pipe()
         self.process = context.Process(target=_worker_main, args=(child, name, tuple(bands), conditions,
                                                                    None if bundle is None else str(bundle),
-                                                                   precision),
+                                                                   precision, map_settings),
                                        name=f"madness-evaluate-{name}", daemon=True)
         self.process.start()
         child.close()
@@ -247,7 +249,7 @@ def run_evaluation(fields: Iterable[TestField], methods: Sequence[str] = METHOD_
                    bands: Sequence[str] | None = None, conditions=None, progress: bool = True,
                    n_fields: int | None = None, info: dict | None = None, checkpoint=None,
                    restart: bool = False, rerun: Sequence[str] = (),
-                   precision: str = "float32") -> EvaluationResult:
+                   precision: str = "float32", map_settings: dict | None = None) -> EvaluationResult:
     """Deblend ``fields`` with every method and measure each galaxy.
 
     Parameters
@@ -283,6 +285,11 @@ def run_evaluation(fields: Iterable[TestField], methods: Sequence[str] = METHOD_
     precision : `str`
         Compute precision of MADNESS's MAP steps (`MapSettings.precision`); part of the run's
         signature, so a checkpoint is never continued in another precision.
+    map_settings : `dict`, optional
+        Further `lsst.meas.madness.engine.MapSettings` fields for MADNESS (e.g.
+        ``{"max_iter": 60}``; `MapSettings.parse_overrides` reads them from ``KEY=VALUE``
+        strings); the engine's defaults otherwise. Part of the run's signature, as
+        ``precision`` is (which is set by that argument, not here).
 
     Returns
     -------
@@ -295,6 +302,7 @@ def run_evaluation(fields: Iterable[TestField], methods: Sequence[str] = METHOD_
     methods = list(dict.fromkeys(methods))
     for name in methods:
         get_method(name)  # unknown names raise here
+    map_settings = _check_map_settings(map_settings, precision)
     methods = [m for m in METHOD_NAMES if m in methods]  # report order
     availability = method_availability(methods)
     records: dict[str, MethodRecord] = {}
@@ -326,7 +334,8 @@ def run_evaluation(fields: Iterable[TestField], methods: Sequence[str] = METHOD_
     if checkpoint is not None:
         signature = {"bands": list(bands), "field_bands": list(field_bands),
                      "bundle": None if bundle is None else str(bundle), "fields": (info or {}).get("fields"),
-                     "precision": precision, "bundle_fingerprint": _bundle_fingerprint(bundle)}
+                     "precision": precision, "map_settings": map_settings,
+                     "bundle_fingerprint": _bundle_fingerprint(bundle)}
         store = _Checkpoint(checkpoint, signature, restart=restart, rerun=rerun)
     elif rerun:
         raise MadnessValueError("rerun needs a checkpoint directory holding an earlier run.")
@@ -336,7 +345,8 @@ def run_evaluation(fields: Iterable[TestField], methods: Sequence[str] = METHOD_
     started = time.perf_counter()
     for name, rec in records.items():
         if rec.status == "ok" and name != "blended":
-            workers[name] = _Worker(name, field_bands, conditions, bundle, context, precision=precision)
+            workers[name] = _Worker(name, field_bands, conditions, bundle, context, precision=precision,
+                                    map_settings=map_settings)
     for name, worker in list(workers.items()):
         message = worker.ready()
         rec = records[name]
@@ -464,6 +474,21 @@ def run_evaluation(fields: Iterable[TestField], methods: Sequence[str] = METHOD_
                             methods=records, info=run_info)
 
 
+def _check_map_settings(map_settings, precision: str) -> dict:
+    """``map_settings`` as a plain, key-sorted dict, checked against `MapSettings` before any
+    worker starts (a bad field would otherwise fail in each worker's set-up)."""
+    from ..engine import MapSettings
+
+    overrides = dict(sorted(dict(map_settings or {}).items()))
+    if "precision" in overrides:
+        raise MadnessValueError("Give MADNESS's precision as `precision` (--precision), not as a map setting.")
+    try:
+        MapSettings(precision=precision, **overrides)
+    except TypeError as exc:  # an unknown field
+        raise MadnessValueError(f"Bad MapSettings override: {exc}.") from None
+    return overrides
+
+
 def _bundle_fingerprint(bundle) -> str:
     """sha256 of the bundle's ``bundle.json`` (which holds the sha256 of every weight file).
 
@@ -491,7 +516,7 @@ class _Checkpoint:
     """
 
     # Signature keys that only the model methods (MODEL_METHOD_NAMES) depend on.
-    MODEL_KEYS = ("bundle", "bundle_fingerprint", "precision")
+    MODEL_KEYS = ("bundle", "bundle_fingerprint", "precision", "map_settings")
 
     def __init__(self, directory, signature: dict, *, restart: bool = False, rerun: Sequence[str] = ()):
         self.directory = Path(directory)
@@ -503,6 +528,7 @@ class _Checkpoint:
             stored = json.loads(run.read_text())
             stored.pop("methods", None)  # runs before per-method results recorded them here
             stored.setdefault("precision", "float32")  # runs before the precision was a choice
+            stored.setdefault("map_settings", {})  # runs before the engine's settings were a choice
             # Runs before the fingerprint cannot say which model "the packaged default" was then.
             stored.setdefault("bundle_fingerprint", None)
             differ = sorted(k for k in set(stored) | set(self.signature) if stored.get(k) != self.signature.get(k))
