@@ -49,6 +49,31 @@ class DeblenderTestCase(lsst.utils.tests.TestCase):
         # The objective decreased along the way, on average.
         self.assertLess(result.loss_history[-5:].mean(), result.loss_history[:5].mean())
 
+    def test_network_calls(self):
+        """`decode` and `initial_latents` (one compiled call per chunk, not ``Model.predict``)
+        give what Keras's own ``predict`` gives, for any count of inputs and chunk size."""
+        from lsst.meas.madness.networks.gaussian import latent_mean
+        from lsst.meas.madness.networks.layout import from_network_layout, to_network_layout
+
+        d = self.deblender
+        rng = np.random.default_rng(3)
+        for n, batch in [(1, 256), (5, 4), (13, 256), (0, 256)]:
+            latents = rng.normal(size=(n, d.latent_dim)).astype(np.float32)
+            models = d.decode(latents, batch_size=batch)
+            self.assertEqual(models.shape, (n, 6, d.stamp_size, d.stamp_size))
+            if n:
+                expected = d.normalization.denormalize(from_network_layout(d.decoder.predict(latents, verbose=0)))
+                np.testing.assert_allclose(models, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+            cutouts = d.normalization.denormalize(from_network_layout(
+                d.decoder.predict(rng.normal(size=(max(n, 1), d.latent_dim)).astype(np.float32), verbose=0)))[:n]
+            init = d.initial_latents(cutouts, batch_size=batch)
+            self.assertEqual(init.shape, (n, d.latent_dim))
+            if n:
+                params = d.deblender_encoder.predict(to_network_layout(cutouts), verbose=0)
+                np.testing.assert_allclose(init, latent_mean(params, d.latent_dim), rtol=1e-4, atol=1e-4)
+        with self.assertRaises(ValueError):
+            d.decode(np.zeros((2, d.latent_dim), np.float32), batch_size=0)
+
     def test_edge_sources(self):
         """Sources whose stamps cross the image edge are cropped and fitted, not a crash."""
         peaks = np.array([[2.0, 30.0], [30.0, 68.0], [40.0, 40.0]])
