@@ -139,7 +139,9 @@ class MapSettings:
         whose objective on their footprints is lower; blends that get envelopes keep their first
         fit. Off by default: on 20 validation fields r mean abs(dF/F) 0.0242 -> 0.0236, cosine
         0.9892 -> 0.9896, std e1 residual 0.093 -> 0.091, but y 0.052 -> 0.059 and the r median
-        0.0034 -> 0.0039, for 1.6x the time (``doc/training.md``, "What would close the rest").
+        0.0034 -> 0.0039, for 1.6x the time; on 60 more validation fields r 0.0231 -> 0.0234,
+        cosine 0.9899 -> 0.9904, std e1 0.102 -> 0.099, for 1.7x (``doc/training.md``, "What
+        would close the rest").
     """
 
     learning_rate: float = 0.05
