@@ -318,7 +318,7 @@ class MadnessDeblender:
             if m == 0:  # no input: one zero row, for the output's shape
                 chunk = np.zeros((1, *inputs.shape[1:]), np.float32)
             elif bucket:
-                size = min(batch_size, 1 << (m - 1).bit_length())
+                size = min(batch_size, _next_power_of_two(m))
                 if size > m:
                     chunk = np.concatenate([chunk, np.zeros((size - m, *chunk.shape[1:]), chunk.dtype)])
             parts.append(np.asarray(keras.ops.convert_to_numpy(call(chunk)), dtype=np.float32)[:m])
