@@ -50,6 +50,20 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def has_accelerator() -> bool:
+    """Whether the active backend computes on a GPU (or another non-CPU device)."""
+    name = backend_name()
+    if name == "jax":
+        import jax
+
+        return any(d.platform != "cpu" for d in jax.devices())
+    if name == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_logical_devices("GPU"))
+    return False
+
+
 def device_description() -> str:
     """Human-readable list of the devices the active backend computes on."""
     name = backend_name()

@@ -199,11 +199,18 @@ def _train(args: argparse.Namespace) -> int:
         if not args.vae_lr > 0:
             raise MadnessValueError(f"--vae-lr must be positive, not {args.vae_lr}.")
         config = dataclasses.replace(config, vae=dataclasses.replace(config.vae, learning_rate=args.vae_lr))
+    if args.batch_size is not None:
+        if args.batch_size < 1:
+            raise MadnessValueError(f"--batch-size must be positive, not {args.batch_size}.")
+        config = dataclasses.replace(config, **{stage: dataclasses.replace(getattr(config, stage),
+                                                                           batch_size=args.batch_size)
+                                                for stage in ("vae_warmup", "vae")})
     if args.vae_ema is not None:
         config = dataclasses.replace(config, vae=dataclasses.replace(config.vae, ema_momentum=args.vae_ema))
     bundle = train_madness(args.data, args.output, config, progress=not args.no_progress,
                            figures=not args.no_figures, init_from=_bundle_argument(args.init_from),
-                           time_budget_s=_duration(args.time_budget), teacher_from=_bundle_argument(args.teacher))
+                           time_budget_s=_duration(args.time_budget), teacher_from=_bundle_argument(args.teacher),
+                           data_workers=args.data_workers)
     print(json.dumps(bundle.metadata.metrics, indent=1))
     print(f"bundle: {Path(args.output) / 'bundle'}")
     return 0
@@ -345,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
                        help="epochs of the VAE stage (its cosine schedule spans them)")
     train.add_argument("--vae-lr", type=float, default=None,
                        help="peak learning rate of the VAE stage (a continuation starts lower than a new run)")
+    train.add_argument("--batch-size", type=int, default=None,
+                       help="stamps per step of the VAE stages (default: the preset's; a GPU wants ~1,000)")
     train.add_argument("--vae-ema", type=float, default=None, metavar="MOMENTUM",
                        help="average the VAE's weights over steps with this momentum (e.g. 0.999); each epoch ends on "
                             "the average")
@@ -370,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="with --distill: also distil at latents z + SIGMA * N(0, 1) beside each posterior "
                             "sample z, so that the new decoder learns its parent away from the encoder's latents "
                             "(where the MAP also goes)")
+    train.add_argument("--data-workers", type=int, default=None, metavar="N",
+                       help="threads making the training batches (default: 1 on CPUs, up to 8 beside a GPU, where "
+                            "one thread drawing the noise is slower than the step); the batches do not depend on it")
     train.add_argument("--seed", type=int, default=None)
     train.add_argument("--max-train", type=int, default=None, help="cap on training stamps per dataset")
     train.add_argument("--max-validation", type=int, default=None, help="cap on validation stamps")

@@ -10,7 +10,7 @@ because nothing random lives outside the checkpoint, ends where the uninterrupte
 
 from __future__ import annotations
 
-__all__ = ["StageResult", "run_stage"]
+__all__ = ["StageResult", "default_data_workers", "run_stage"]
 
 import csv
 import dataclasses
@@ -62,21 +62,57 @@ class _Batches(keras.utils.PyDataset):
     With ``augment``, batch ``i`` is ``augment(y[idx], rng)`` instead, with ``rng`` drawn from
     ``SeedSequence([*seed_key, i])``: new noise (and symmetries) every epoch, the same for a
     resumed run as for an uninterrupted one.
+
+    With ``workers`` > 1, asking for batch ``i`` also starts batches ``i + 1 ... i + workers`` on
+    a pool of threads (numpy's noise draws release the GIL), so they are ready when the step
+    asks. Each batch is a function of its index alone, so the batches are the same for any number
+    of workers. Keras's own ``PyDataset(workers=...)`` is not used: on JAX its enqueuer hands the
+    epoch's first batch over last (Keras 3.15: ``fit`` takes one batch to look at the data first).
     """
 
-    def __init__(self, x, y, batch_size: int, order: np.ndarray, augment=None, seed_key=()):
+    def __init__(self, x, y, batch_size: int, order: np.ndarray, augment=None, seed_key=(), workers: int = 1):
         super().__init__()
         self.x, self.y, self.batch_size, self.order = x, y, int(batch_size), order
         self.augment, self.seed_key = augment, tuple(int(k) for k in seed_key)
+        # Not ``self.workers``: that name would make Keras run its own enqueuer.
+        self.threads = int(workers)
+        self._pool = None
+        self._ahead: dict = {}
 
     def __len__(self):
         return math.ceil(len(self.order) / self.batch_size)
 
-    def __getitem__(self, i):
+    def _make(self, i):
         idx = self.order[i * self.batch_size:(i + 1) * self.batch_size]
         if self.augment is not None:
             return self.augment(self.y[idx], np.random.default_rng(np.random.SeedSequence([*self.seed_key, i])))
         return (self.x[idx],) if self.y is None else (self.x[idx], self.y[idx])
+
+    def __getitem__(self, i):
+        if self.threads <= 1:
+            return self._make(i)
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="madness-batches")
+        for j in range(i, min(i + self.threads + 1, len(self))):
+            if j not in self._ahead:
+                self._ahead[j] = self._pool.submit(self._make, j)
+        for j in [j for j in self._ahead if j < i]:  # skipped (never asked for): drop
+            self._ahead.pop(j).cancel()
+        return self._ahead.pop(i).result()
+
+    def on_epoch_end(self):
+        self.close()
+
+    def close(self):
+        """Stop the threads and drop the batches made ahead."""
+        for future in self._ahead.values():
+            future.cancel()
+        self._ahead.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
 
 def _atomic_bytes(path: Path, data: bytes) -> None:
@@ -132,11 +168,20 @@ class _TensorBoard:
         self._writer.flush()
 
 
+def default_data_workers() -> int:
+    """Threads making training batches: 1 on CPUs, where the step takes the cores and the noise of
+    a batch is a small part of it; up to 8 beside an accelerator, where one thread drawing a
+    batch's noise takes ~5x the step (batch 1,024 on an H200, doc/benchmarks.md)."""
+    from ..backend import has_accelerator
+
+    return min(8, os.cpu_count() or 1) if has_accelerator() else 1
+
+
 def run_stage(name: str, trainer: keras.Model, schedule: StageSchedule, x, y, x_val, y_val, *,
               directory: Path, seed: int, extra_metrics: Callable[[], dict] | None = None,
               on_epoch_start: Callable[[int], dict] | None = None, progress: bool = True,
               augment: Callable | None = None, time_budget_s: float | None = None,
-              monitor: str = "val_loss") -> StageResult:
+              monitor: str = "val_loss", data_workers: int | None = None) -> StageResult:
     """Train ``trainer`` for one stage, resuming from ``directory`` if a checkpoint is there.
 
     Parameters
@@ -172,6 +217,10 @@ def run_stage(name: str, trainer: keras.Model, schedule: StageSchedule, x, y, x_
         run resumed under another monitor than it started with re-scores its kept and its last
         weights under the new one (earlier epochs' weights are gone) and keeps the better.
 
+    data_workers : `int`, optional
+        Threads that make the training batches (``augment``'s noise draws) ahead of the step;
+        `None`: `default_data_workers`. The batches and so the result are the same for any number.
+
     Returns
     -------
     result : `StageResult`
@@ -188,7 +237,10 @@ def run_stage(name: str, trainer: keras.Model, schedule: StageSchedule, x, y, x_
 
     ema = {} if schedule.ema_momentum is None else {"use_ema": True, "ema_momentum": schedule.ema_momentum}
     optimizer = keras.optimizers.Adam(schedule.learning_rate, clipvalue=schedule.clip_value, **ema)
-    trainer.compile(optimizer=optimizer, jit_compile=False)
+    # JAX runs Keras's train step op by op unless it is jitted (~0.3 s per step on an H200
+    # whatever the batch, doc/benchmarks.md); TensorFlow keeps its graph without XLA, whose CPU
+    # transposed convolutions are 10-20x slower (doc/training.md).
+    trainer.compile(optimizer=optimizer, jit_compile=keras.config.backend() == "jax")
     # Build everything now so that checkpoints can be restored into existing variables.
     trainer(x[: min(2, len(x))], training=False)
     optimizer.build(trainer.trainable_variables)
@@ -222,6 +274,9 @@ def run_stage(name: str, trainer: keras.Model, schedule: StageSchedule, x, y, x_
                                state["epoch"], state.get("stopped_early", False), state["seconds"],
                                state.get("stopped_for_time", False), monitor)
 
+    workers = default_data_workers() if data_workers is None else int(data_workers)
+    if workers < 1:
+        raise ValueError(f"data_workers must be at least 1, not {data_workers}.")
     val_batches = _Batches(x_val, y_val, schedule.batch_size, np.arange(len(x_val)))
     bar = tqdm(total=schedule.max_epochs, initial=state["epoch"], desc=name, unit="epoch", disable=not progress)
     stopped_early = False
@@ -242,8 +297,18 @@ def run_stage(name: str, trainer: keras.Model, schedule: StageSchedule, x, y, x_
             if on_epoch_start is not None:
                 row.update(on_epoch_start(epoch))
             order = np.random.default_rng(np.random.SeedSequence([seed, stage_code, epoch])).permutation(len(x))
-            batches = _Batches(x, y, schedule.batch_size, order, augment, (seed, stage_code, epoch))
-            fit = trainer.fit(batches, epochs=1, shuffle=False, verbose=0)
+            batches = _Batches(x, y, schedule.batch_size, order, augment, (seed, stage_code, epoch),
+                               workers=workers)
+            try:
+                fit = trainer.fit(batches, epochs=1, shuffle=False, verbose=0)
+            finally:
+                batches.close()
+            if ema and keras.config.backend() == "jax":
+                # Keras ends an averaging epoch by assigning the averages to the weights, which
+                # then share their buffers on JAX; the next jitted call (evaluate) donates the
+                # weights' buffers, which would delete the averages under the optimizer.
+                for variable in optimizer.variables:
+                    variable.assign(keras.ops.copy(variable.value))
             row["loss"] = float(fit.history["loss"][-1])
             row["val_loss"] = float(trainer.evaluate(val_batches, verbose=0))
             if extra_metrics is not None:
