@@ -9,7 +9,8 @@ a step does not depend on the pixel values. Variants:
 - ``tensorflow-xla``: the same with ``jit_compile=True``;
 - ``tensorflow-bf16``: the ``mixed_bfloat16`` policy (float32 variables, bfloat16 compute);
   fast only where the CPU has AVX512-BF16/AMX, and not used for the shipped models;
-- ``jax``: Keras's JAX trainer (``jax.jit`` of the stateless step);
+- ``jax``: Keras's JAX trainer, ``jit_compile=True`` (``jax.jit`` of the stateless step; until
+  2026-12-04 this variant ran without it, op by op);
 - ``jax-bf16``: the same with the ``mixed_bfloat16`` policy (for GPUs: tensor cores);
 - ``tensorflow-frozen-encoder``, ``tensorflow-bf16-frozen-encoder``: the decoder-only
   continuation (``madness train --freeze-encoder``): the encoder runs forward only.
@@ -56,7 +57,10 @@ def run_variant(variant: str, seconds: float, batch: int = BATCH) -> dict:
         encoder.build((None, 45, 45, 6))
         encoder.trainable = False
     vae = VaeTrainer(encoder, decoder, np.full(6, 1e-6, np.float32), scale=1e4, beta=0.01)
-    vae.compile(optimizer=keras.optimizers.Adam(1e-4, clipvalue=0.1), jit_compile=variant == "tensorflow-xla")
+    # JAX's step is jitted as in `run_stage` (without it Keras runs it op by op: ~0.3 s per step on
+    # an H200 whatever the batch); TensorFlow's only with the -xla variant.
+    vae.compile(optimizer=keras.optimizers.Adam(1e-4, clipvalue=0.1),
+                jit_compile=variant == "tensorflow-xla" or variant.startswith("jax"))
     rng = np.random.default_rng(0)
     # 16 batches per `fit` call: Keras's per-call set-up (iterator, callbacks) is then a small
     # part of the time, as in an epoch of `madness train`.
