@@ -59,7 +59,8 @@ timeout 120 $MADNESS "${SIM[@]}" --kinds blended --n-train-blended 16 --n-valida
 
 step "training"
 ARGS=(--data "$WORK/sims" --output "$WORK/run" --preset cpu3 --init-from default --freeze-encoder
-      --time-budget "$TRAIN_BUDGET" --vae-epochs "$EPOCHS" --vae-lr "$LR" --seed "$TRAIN_SEED" --no-progress)
+      --time-budget "$TRAIN_BUDGET" --vae-epochs "$EPOCHS" --vae-lr "$LR" --seed "$TRAIN_SEED" --no-progress
+      --no-figures)
 [ -n "$BATCH" ] && ARGS+=(--batch-size "$BATCH")
 $MADNESS train "${ARGS[@]}" 2>&1 | grep -v "^W0000\|^I0000\|Deprecat\|Use pytest" | tail -12
 RC=${PIPESTATUS[0]}
