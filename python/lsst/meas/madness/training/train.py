@@ -495,7 +495,6 @@ def _lineage(parent: ModelBundle | None) -> list[dict]:
             "sample_passes")
     entry = {k: record[k] for k in keep if k in record}
     if "sample_passes" not in entry and "stages" in record and "config" in record:
-        cfg = record["config"]
         stages = record["stages"]
         n_iso = record.get("n_train", {}).get("isolated", 0)
         n_bl = record.get("n_train", {}).get("blended", 0)
