@@ -75,6 +75,36 @@ print(jax.make_jaxpr(compile_function(lambda x, calls: calls[0](x), [net]))(x))
 
 
 @pytest.mark.one_backend
+class CompiledWeightsTestCase(lsst.utils.tests.TestCase):
+    """Compiled functions read the models' weights at every call: weights assigned after the
+    first call are the ones used (the variable lists are gathered once, their values each time)."""
+
+    def test_weights_assigned_later_are_used(self):
+        from lsst.meas.madness.backend import compile_function, compile_value_and_grad
+
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.layers.Input((3,)), keras.layers.Dense(2)])
+        x = np.arange(12, dtype="f4").reshape(4, 3) / 10
+
+        def outputs(x, *, calls):
+            return calls[0](x)
+
+        def loss(x, *, calls):
+            return keras.ops.sum(calls[0](x) ** 2, axis=-1)
+
+        forward = compile_function(outputs, [model])
+        value_and_grad = compile_value_and_grad(loss, [model])
+        for scale in (1.0, -3.0):  # the second pass after new weights
+            kernel, bias = model.get_weights()
+            model.set_weights([kernel * scale, bias + scale])
+            kernel, bias = model.get_weights()
+            want = x @ kernel + bias
+            np.testing.assert_allclose(keras.ops.convert_to_numpy(forward(x)), want, rtol=1e-5, atol=1e-6)
+            value, grad = value_and_grad(keras.ops.convert_to_tensor(x))
+            np.testing.assert_allclose(keras.ops.convert_to_numpy(value), (want**2).sum(-1), rtol=1e-5)
+            np.testing.assert_allclose(keras.ops.convert_to_numpy(grad), 2 * want @ kernel.T, rtol=1e-5, atol=1e-5)
+
+
 class JaxPrecisionTestCase(lsst.utils.tests.TestCase):
     def test_float32_products_are_full_precision(self):
         """JAX's compiled steps ask for full float32 convolutions and products (no TF32 on GPUs)."""
