@@ -178,7 +178,7 @@ def field_blends_from(fields, max_fields: int) -> list[dict]:
 
 def run_backend(backend: str, precisions, bundle=None, fields=None, max_fields: int = 8,
                 repeats: int = 3, cases_wanted=DEFAULT_CASES, batch_sources: int | None = None,
-                blends_file=None, results_file=None, progress=None) -> dict:
+                blends_file=None, results_file=None, progress=None, map_settings=()) -> dict:
     os.environ["KERAS_BACKEND"] = backend
     import keras
     import numpy as np
@@ -194,6 +194,8 @@ def run_backend(backend: str, precisions, bundle=None, fields=None, max_fields: 
     elif fields is not None:
         field_blends = field_blends_from(fields, max_fields)
     base = MapSettings() if batch_sources is None else MapSettings(batch_sources=batch_sources)
+    overrides = MapSettings.parse_overrides(map_settings)
+    base = base.replace(**overrides)
 
     def timed(blends, settings, fixed: bool, keep=None):
         start = time.perf_counter()
@@ -249,6 +251,7 @@ def run_backend(backend: str, precisions, bundle=None, fields=None, max_fields: 
             "bundle": str(bundle) if bundle else "packaged",
             "model": meta.description if meta is not None else None,
             "batch_sources": base.batch_sources,
+            "map_settings": {k: v for k, v in overrides.items()},
             "repeats": repeats,
             "decoder_floor_ms_per_galaxy": floors,
             "cases": cases,
@@ -305,7 +308,8 @@ def markdown(result: dict) -> str:
         f"Backend **{result['backend']}**, {where}, "
         f"{result['date']}, model: {result['model']}; versions {result['versions']}. Decoder forward + "
         f"backward per galaxy (the floor of a step): {floors}. Median of {result.get('repeats', 1)} timed "
-        "call(s) per case (wall range: the fastest and slowest call).",
+        "call(s) per case (wall range: the fastest and slowest call)."
+        + (f" MapSettings changed from the defaults: {result['map_settings']}." if result.get("map_settings") else ""),
         "",
         "| case | precision | galaxies | steps (mean) | wall (s) | wall range (s) | s / galaxy "
         "| ms / galaxy / step | x floor | first call (s) | peak RSS (MB) | peak device memory (MB) |",
@@ -343,6 +347,8 @@ def main() -> int:
                         help="write the --fields blends to this .npz and exit (no timing)")
     parser.add_argument("--save-results", default=None,
                         help="write the converged fits' models to this .npz (per precision when several)")
+    parser.add_argument("--map-setting", action="append", default=[], metavar="KEY=VALUE",
+                        help="a MapSettings field for every case, e.g. freeze_drift=0.1 (repeatable)")
     parser.add_argument("--output", default="benchmarks/output")
     args = parser.parse_args()
     if args.save_blends:
@@ -364,6 +370,8 @@ def main() -> int:
                 if value:
                     cmd += [flag, str(value)]
             cmd += ["--cases", *args.cases]
+            for item in args.map_setting:
+                cmd += ["--map-setting", item]
             if args.precision:
                 cmd += ["--precision", *args.precision]
             subprocess.run(cmd, check=True)
@@ -382,7 +390,7 @@ def main() -> int:
     result = run_backend(args.backend, precisions, bundle=args.bundle, fields=args.fields,
                          max_fields=args.max_fields, repeats=args.repeats, cases_wanted=args.cases,
                          batch_sources=args.batch_sources, blends_file=args.blends,
-                         results_file=args.save_results, progress=write)
+                         results_file=args.save_results, progress=write, map_settings=args.map_setting)
     write(result)
     print(markdown(result))
     return 0

@@ -27,6 +27,8 @@ centres) with the engine and measures every galaxy with the paper's apertures (k
 - ``min<N>``, ``rtol<X>``: the stopping rule's ``min_iter`` and ``rtol``;
 - ``lr<X>``, ``decay<X>``: Adam's initial learning rate and its decay factor every
   ``lr_decay_steps`` (``MapSettings.learning_rate``, ``lr_decay``);
+- ``freeze<X>``: sources stop one by one when their variables drift less than X of Adam's
+  pace (``MapSettings.freeze_drift``);
 - ``start2-<X>``: a second fit of every blend at learning rate X (``MapSettings.second_start_rate``);
 - ``zoom1``: no per-source zoom (``MapSettings(max_zoom=1)``, the task's default);
 - ``zoom-guess``, ``zoom-fit``: ``MapSettings(max_zoom=3)`` with the zoom chosen from the
@@ -90,6 +92,8 @@ def _ablation(name: str) -> str:
             return name
         if name.startswith("decay") and 0 < float(name[5:]) <= 1:
             return name
+        if name.startswith("freeze") and float(name[6:]) > 0:
+            return name
         if name.startswith("envelope") and float(name[8:]) > 0:
             return name
         if name.startswith("ampstep") and float(name[7:]) > 0:
@@ -103,7 +107,7 @@ def _ablation(name: str) -> str:
         pass
     raise argparse.ArgumentTypeError(f"{name!r} is not one of {', '.join(ABLATIONS)}, amp<SIGMA>, "
                                      "ampstep<SCALE>, prior<W>, min<N>, rtol<X>, lr<X>, decay<X>, "
-                                     "zoomout<X>, zoomedge<X> or envelope<X>")
+                                     "freeze<X>, zoomout<X>, zoomedge<X> or envelope<X>")
 
 
 def main(argv=None) -> int:
@@ -289,6 +293,8 @@ def _apply(name: str, settings, variance, sky, field):
         settings = settings.replace(second_start_rate=float(name[7:]))
     elif name.startswith("decay"):
         settings = settings.replace(lr_decay=float(name[5:]))
+    elif name.startswith("freeze"):
+        settings = settings.replace(freeze_drift=float(name[6:]))
     elif name.startswith("ampstep"):
         settings = settings.replace(fit_amplitudes=True, amplitude_step_scale=float(name[7:]))
     elif name.startswith("amp"):

@@ -485,6 +485,120 @@ class ZoomTestCase(lsst.utils.tests.TestCase):
             MapSettings(max_zoom=5)
 
 
+class FreezingTestCase(lsst.utils.tests.TestCase):
+    """The per-source stop (``MapSettings.freeze_drift``)."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.deblender = MadnessDeblender.from_bundle(quick_bundle_path())
+        gal = synthetic_galaxies(8, seed=99)
+        cls.latents = cls.deblender.initial_latents(cls.deblender.normalization.normalize(gal))
+
+    def test_drift_rule(self):
+        """Known drifts: a source walking at Adam's full pace in every variable has drift 1; one
+        oscillating by +-a about a point has drift 2a / (W lr) or 0; the step scale divides."""
+        from lsst.meas.madness.engine.stopping import DriftFreezing
+
+        w, lr, a = 5, 0.02, 0.003
+        rule = DriftFreezing(3, window=w, tol=0.5, min_iter=8, step_scale=np.array([1.0, 1.0, 0.1]))
+        for t in range(1, 12):
+            walk = lr * t * np.array([1.0, 1.0, 0.1])  # the third variable's steps are 0.1 x lr
+            x = np.stack([walk, a * (-1) ** t * np.array([1.0, 1.0, 0.1]), 3 * walk])
+            newly = rule.update(x, t, lr, np.array([True, True, True]))
+            if t < 8:
+                self.assertFalse(newly.any())  # min_iter
+        np.testing.assert_allclose(rule.drift(), [1.0, 2 * a / (w * lr), 3.0])
+        np.testing.assert_array_equal(rule.frozen, [False, True, False])
+        # Not live: never frozen.
+        rule = DriftFreezing(1, window=2, tol=10.0, min_iter=0)
+        for t in range(1, 5):
+            self.assertFalse(rule.update(np.zeros((1, 2)), t, lr, np.array([False])).any())
+
+    def test_frozen_terms_keep_the_objective(self):
+        """Freezing a source takes its model out of the data and its own terms out of the step:
+        the step over the other sources plus the frozen terms is the whole blend's objective, as
+        the step over every source computes it (with and without fitted offsets; the frozen
+        source left out of the step, or kept in it masked)."""
+        from lsst.meas.madness.engine.deblender import _Freezer
+        from lsst.meas.madness.engine.observation import prepare_blend
+
+        d = self.deblender
+        peaks = PEAKS + np.array([[0.3, -0.2], [0.0, 0.0], [-0.4, 0.1]])
+        image, var, _ = make_blend(d, self.latents[:3], peaks, (70, 70), 5)
+        rng = np.random.default_rng(1)
+        for fit_offsets in (False, True):
+            settings = MapSettings(freeze_drift=0.1, fit_offsets=fit_offsets)
+            blend = prepare_blend(image, peaks, var, None, num_bands=len(d.bands), stamp_size=d.stamp_size,
+                                  normalization=d.normalization, max_sources=100)
+            *packed, bounds = d._pack([blend], fit_offsets)
+            n_amp = len(d.bands)
+            x = [self.latents[:3] + 0.3 * rng.normal(size=(3, 16)), 0.2 * rng.normal(size=(3, n_amp))]
+            if fit_offsets:
+                x.append(rng.normal(size=(3, 2)))
+            x = np.concatenate(x, axis=1).astype(np.float32)
+            step = d._step_fn(settings)
+            args, take, _ = d._select(packed, bounds, np.arange(1), False)
+            whole = float(keras.ops.convert_to_numpy(step(keras.ops.convert_to_tensor(x[take]), *args)[0])[0])
+            freezer = _Freezer(d, packed, np.zeros(3, np.int64), np.ones(x.shape[1]), n_amp, settings)
+            freezer.freeze(x, np.array([0, 2]))
+            np.testing.assert_array_equal(freezer.frozen, [True, False, True])
+            for drop in (True, False):
+                present = ~freezer.frozen if drop else None
+                args, take, n_real = d._select(packed, bounds, np.arange(1), False, present=present,
+                                               moving=~freezer.frozen)
+                self.assertEqual(list(take[:n_real]), [1] if drop else [0, 1, 2])
+                rest = float(keras.ops.convert_to_numpy(step(keras.ops.convert_to_tensor(x[take]), *args)[0])[0])
+                self.assertAlmostEqual(rest + freezer.constant[0], whole, delta=2e-5 * abs(whole))
+            self.assertFalse(freezer.all_frozen(1)[0])
+            freezer.freeze(x, np.array([1]))
+            self.assertTrue(freezer.all_frozen(1)[0])
+
+    def test_freezing_everything_stops_the_blend(self):
+        """With a tolerance every source meets, all freeze at the first step the rule may act
+        (step 20 here) and the blend ends there, converged: the path is that of a fit of 20
+        steps, and each source is frozen at the mean of its last 15 iterates (fits of exactly 6
+        to 20 steps give them)."""
+        image, var, _ = make_blend(self.deblender, self.latents[:3], PEAKS, (70, 70), 5)
+        frozen = self.deblender.deblend(image, PEAKS, variance=var,
+                                        settings=MapSettings(freeze_drift=1e6, min_iter=20))
+        self.assertEqual((frozen.n_iter, frozen.converged), (20, True))
+        iterates = [self.deblender.deblend(image, PEAKS, variance=var, settings=MapSettings(min_iter=k, max_iter=k))
+                    for k in range(6, 21)]
+        np.testing.assert_allclose(frozen.loss_history, iterates[-1].loss_history, rtol=1e-5)
+        np.testing.assert_allclose(frozen.latents, np.mean([r.latents for r in iterates], axis=0), atol=1e-4)
+        np.testing.assert_allclose(np.log(frozen.amplitudes),
+                                   np.mean([np.log(r.amplitudes) for r in iterates], axis=0), atol=1e-4)
+
+    def test_freezing_in_a_batch(self):
+        """Sources freeze one by one in a batch of blends and leave the compiled step (fewer
+        source-steps decoded than without), while each blend ends within 3% of the objective
+        of its unfrozen fit (the test model's objective swings by up to ~2% from one step to
+        the next near its optimum, so where a source freezes moves the end by about that)."""
+        import re
+
+        from lsst.meas.madness.backend import compiles_per_shape
+
+        d = self.deblender
+        image, var, _ = make_blend(d, self.latents[:3], PEAKS, (70, 70), 5)
+        pair = PEAKS[:2] + 3
+        image2, var2, _ = make_blend(d, self.latents[3:5], pair, (70, 70), 8)
+        blends = [dict(image=image, peaks_xy=PEAKS, variance=var), dict(image=image2, peaks_xy=pair, variance=var2)]
+        decoded = {}
+        results = {}
+        for drift in (None, 0.1):
+            with self.assertLogs("lsst.meas.madness.engine.deblender", "DEBUG") as logs:
+                results[drift] = d.deblend_batch(blends, settings=MapSettings(max_iter=120, freeze_drift=drift))
+            record = [m for m in logs.output if "source-steps decoded" in m][0]
+            decoded[drift] = int(re.search(r"(\d+) source-steps decoded", record).group(1))
+            self.assertEqual("sources frozen" in record, drift is not None)
+        # Where each shape compiles (JAX) frozen sources stay in the step, masked, until half have
+        # frozen, and the step's source count is padded to a multiple of 8: fewer, not 10% fewer.
+        self.assertLess(decoded[0.1], (1.0 if compiles_per_shape() else 0.9) * decoded[None])
+        for a, b in zip(results[0.1], results[None]):
+            self.assertTrue(a.converged)
+            self.assertLess(abs(a.objective_final - b.objective_final), 0.03 * abs(b.objective_final))
+
+
 class MemoryTester(lsst.utils.tests.MemoryTestCase):
     pass
 

@@ -344,6 +344,22 @@ class DeblendTaskTestCase(MadnessTestCase):
         with self.assertRaises(pexConfig.FieldValidationError):
             run_config(maxPositionOffset=5.0).validate()
 
+    def test_per_source_stop(self):
+        """freezeDrift reaches the engine (off by default); with it and fitted offsets the
+        children of a group are finite and their r fluxes within 5% of the default fit's."""
+        self.assertIsNone(run_config().makeMapSettings().freeze_drift)
+        config = run_config(freezeDrift=0.1, fitPositionOffsets=True)
+        self.assertEqual(config.makeMapSettings().freeze_drift, 0.1)
+        det, spans = truth_detections(self.truth, groups=[SCENE_GROUPS[0]])
+        fluxes = []
+        for cfg in (run_config(fitPositionOffsets=True), config):
+            out = MadnessDeblendTask(config=cfg).run(coadds=self.coadds, detections=det,
+                                                     detectionSpans=spans).deblendedCatalog
+            kids = out[out["parent"] != 0]
+            self.assertTrue(np.isfinite(kids["deblend_flux_r"]).all())
+            fluxes.append(np.asarray(kids["deblend_flux_r"]))
+        np.testing.assert_allclose(fluxes[1], fluxes[0], rtol=0.05)
+
     def test_backend_and_device(self):
         import keras
 

@@ -41,11 +41,11 @@ from .geometry import (
     zoom_place_stamps,
     zoom_placement_matrices,
 )
-from .objective import blend_objective, blend_objective_with_offsets
+from .objective import blend_objective, blend_objective_with_offsets, fitted_models
 from .observation import PreparedBlend, prepare_blend
 from .result import DeblendResult
 from .settings import ENVELOPE_DOMINANCE, ENVELOPE_REACH, MapSettings
-from .stopping import EwmaStopping
+from .stopping import DriftFreezing, EwmaStopping
 
 _log = logging.getLogger(__name__)
 
@@ -53,6 +53,69 @@ _log = logging.getLogger(__name__)
 def _with_envelopes(x, *args, calls, objective):
     """``objective`` with the envelopes' three per-blend arrays, which come last (`_select`)."""
     return objective(x, *args[:-3], calls=calls, envelopes=args[-3:])
+
+
+class _Freezer:
+    """The per-source stop of one batch fit (``MapSettings.freeze_drift``): which sources froze
+    (`DriftFreezing`), their models taken out of the packed data (in place), and each blend's
+    sum of its frozen sources' prior terms, which the step no longer computes but the stopping
+    rule's objective keeps."""
+
+    def __init__(self, deblender: "MadnessDeblender", packed: list, source_blend: np.ndarray,
+                 step_scale: np.ndarray, n_amp: int, settings: MapSettings):
+        self.deblender = deblender
+        self.packed = packed
+        self.source_blend = source_blend
+        self.n_amp = n_amp
+        self.settings = settings
+        self.rule = DriftFreezing(len(source_blend), settings.ewma_window, settings.freeze_drift,
+                                  settings.min_iter, step_scale)
+        self.constant = np.zeros(int(source_blend.max()) + 1 if len(source_blend) else 0)
+
+    @property
+    def frozen(self) -> np.ndarray:
+        return self.rule.frozen
+
+    def all_frozen(self, n_blends: int) -> np.ndarray:
+        """``(n_blends,)`` bool: every source of the blend is frozen."""
+        return np.bincount(self.source_blend[~self.frozen], minlength=n_blends) == 0
+
+    def update(self, x: np.ndarray, t: int, learning_rate: float, active: np.ndarray) -> bool:
+        """Freeze the sources of ``active`` blends that stopped moving; `True` if any did."""
+        newly = np.flatnonzero(self.rule.update(x, t, learning_rate, active[self.source_blend]))
+        if not len(newly):
+            return False
+        # Adam near an optimum swings about it: a source is frozen at the centre of its swing.
+        x[newly] = self.rule.window_mean()[newly]
+        self.freeze(x, newly)
+        return True
+
+    def freeze(self, x: np.ndarray, newly: np.ndarray) -> None:
+        """Freeze the flat sources ``newly`` at their variables in ``x``: their models leave the
+        packed data and their own terms of the objective go to `constant`."""
+        self.rule.frozen[newly] = True
+        settings, ld = self.settings, self.deblender.latent_dim
+        data, _, rows, cols, starts, *rest = self.packed
+        shifts = rest[0][newly] if settings.fit_offsets else None
+        blends, local = np.unique(self.source_blend[newly], return_inverse=True)
+        ops = keras.ops
+        model = fitted_models(
+            ops.convert_to_tensor(x[newly]), ops.ones((len(newly),)), ops.convert_to_tensor(local.astype(np.int32)),
+            ops.convert_to_tensor(rows[newly]), ops.convert_to_tensor(cols[newly]),
+            ops.convert_to_tensor(starts[newly]), None if shifts is None else ops.convert_to_tensor(shifts),
+            decode=self.deblender._step_decoders[settings.precision],
+            region_shape=(len(blends), data.shape[1], data.shape[3]), n_amplitudes=self.n_amp,
+            offset_max=settings.offset_max)
+        data[blends] -= np.asarray(ops.convert_to_numpy(model), np.float32)
+        # The terms of the objective that belong to the frozen sources alone (constant from now).
+        terms = -settings.prior_weight * self.deblender.log_prior(x[newly, :ld])
+        if self.n_amp:
+            a = x[newly, ld : ld + self.n_amp].astype(np.float64)
+            terms += 0.5 * np.sum(a * a, axis=1) / settings.amplitude_sigma**2
+        if settings.fit_offsets:
+            d = settings.offset_max * np.tanh(x[newly, -2:].astype(np.float64))
+            terms += 0.5 * np.sum(d * d, axis=1) / settings.offset_sigma**2
+        np.add.at(self.constant, self.source_blend[newly], terms)
 
 
 ENVELOPE_RING = 8
@@ -769,7 +832,8 @@ class MadnessDeblender:
 
     @staticmethod
     def _select(packed: tuple[np.ndarray, ...], bounds: np.ndarray, blend_ids: np.ndarray, bucket: bool,
-                per_blend: Sequence[np.ndarray] = ()):
+                per_blend: Sequence[np.ndarray] = (), present: np.ndarray | None = None,
+                moving: np.ndarray | None = None):
         """The compiled step's arguments for the blends ``blend_ids``, and which sources they hold.
 
         With ``bucket`` (backends that compile per shape) the blend count is padded to a power of
@@ -778,7 +842,11 @@ class MadnessDeblender:
         fit meets few shapes.
 
         ``per_blend`` arrays (one row per blend: the envelopes', `_pack_envelopes`) are
-        selected like the data and come last.
+        selected like the data and come last. ``present`` (``(M,)`` bool over the flat sources)
+        leaves out the sources it does not mark; ``moving`` masks (zero) those that no longer
+        move (frozen: their models are in the data), so a frozen source may stay in the step,
+        masked, until leaving it is worth a new shape. Every selected blend must keep at least
+        one present source.
 
         Returns
         -------
@@ -793,10 +861,15 @@ class MadnessDeblender:
         """
         data, weights, rows, cols, starts, *rest = packed
         sources = np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in blend_ids])
-        slots = np.repeat(np.arange(len(blend_ids), dtype=np.int32), np.diff(bounds)[blend_ids])
+        counts = np.diff(bounds)[blend_ids]
+        if present is not None:
+            kept = present[sources]
+            counts = np.add.reduceat(kept.astype(np.int64), np.cumsum(counts) - counts)
+            sources = sources[kept]
+        mask = np.ones(len(sources), np.float32) if moving is None else moving[sources].astype(np.float32)
+        slots = np.repeat(np.arange(len(blend_ids), dtype=np.int32), counts)
         blends = np.asarray(blend_ids)
         take = sources
-        mask = np.ones(len(sources), np.float32)
         if bucket:
             blends = np.concatenate([blends, np.full(_next_power_of_two(len(blends)) - len(blends), blends[0])])
             pad = -len(sources) % 8
@@ -938,11 +1011,19 @@ class MadnessDeblender:
         stopping = EwmaStopping(nb, settings.ewma_window, settings.rtol, settings.min_iter)
         selection = np.arange(nb)
         args, take, n_real = self._select(packed, bounds, selection, bucket, per_blend)
+        present = None  # the flat sources in the compiled step (None: all of the selected blends')
         source_blend = np.repeat(np.arange(nb), np.diff(bounds))
+        freezer = None
+        if settings.freeze_drift is not None:
+            freezer = _Freezer(self, packed, source_blend, step_scale, n_amp, settings)
 
+        decoded = 0  # source-steps the compiled step decoded (padding included)
         for t in range(1, settings.max_iter + 1):
             loss, grad = step(keras.ops.convert_to_tensor(x[take]), *args)
+            decoded += len(take)
             loss = np.asarray(keras.ops.convert_to_numpy(loss), np.float64)[: len(selection)]
+            if freezer is not None:  # the frozen sources' prior terms: the objective stays the whole blend's
+                loss = loss + freezer.constant[selection]
             grad = np.asarray(keras.ops.convert_to_numpy(grad), np.float32)[:n_real]
             sources = take[:n_real]
             live = active[selection]
@@ -950,6 +1031,8 @@ class MadnessDeblender:
             step_losses[selection[live]] = loss[live]
             history[t - 1, selection[live]] = loss[live]
             live_sources = active[source_blend[sources]]
+            if freezer is not None:
+                live_sources &= ~freezer.frozen[sources]
             ids, g = sources[live_sources], grad[live_sources].astype(np.float64)
             # A non-finite gradient component moves nothing this step (its moments keep their
             # past); a blend that still diverges is caught after the loop.
@@ -964,18 +1047,32 @@ class MadnessDeblender:
             n_iter[selection[live]] = t
 
             stop = stopping.update(step_losses) & active
+            froze = False
+            if freezer is not None:
+                froze = freezer.update(x, t, lr, active)
+                stop |= freezer.all_frozen(nb) & active
             converged |= stop & (t < settings.max_iter)
             active &= ~stop
             if not active.any():
                 break
             n_active = int(active.sum())
             # Finished blends leave the compiled batch: at once where new shapes are free, once
-            # half have finished where each shape compiles (MapSettings.compact).
+            # half have finished where each shape compiles (MapSettings.compact). Frozen sources
+            # leave it the same way (their models are then part of the data).
             shrink = n_active < len(selection) if not bucket else (n_active * 2 <= len(selection) and len(selection) > 1)
-            if settings.compact and stop.any() and shrink:
-                selection = np.flatnonzero(active)
-                args, take, n_real = self._select(packed, bounds, selection, bucket, per_blend)
+            if freezer is not None and froze:
+                live = int((~freezer.frozen & active[source_blend]).sum())
+                shrink = shrink or (live < n_real if not bucket else live * 2 <= n_real)
+            moving = None if freezer is None else ~freezer.frozen
+            if settings.compact and (stop.any() or froze) and shrink:
+                selection, present = np.flatnonzero(active), moving
+                args, take, n_real = self._select(packed, bounds, selection, bucket, per_blend, present, moving)
+            elif froze:  # the same shapes, the frozen sources masked (their models are in the data now)
+                args, take, n_real = self._select(packed, bounds, selection, bucket, per_blend, present, moving)
 
+        _log.debug("MAP batch of %d blends, %d sources: %d steps, %d source-steps decoded%s", nb, len(x),
+                   int(n_iter.max(initial=0)), decoded,
+                   "" if freezer is None else f", {int(freezer.frozen.sum())} sources frozen")
         diverged = ~np.isfinite(x).all(axis=1)
         if diverged.any():
             blends_out = np.unique(source_blend[diverged]).tolist()

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-__all__ = ["blend_models", "blend_objective", "blend_objective_with_offsets", "fourier_shift_matrices",
-           "subtract_envelopes"]
+__all__ = ["blend_models", "blend_objective", "blend_objective_with_offsets", "fitted_models",
+           "fourier_shift_matrices", "subtract_envelopes"]
 
 import math
 
@@ -235,12 +235,50 @@ def blend_objective_with_offsets(x, source_mask, blend_of, data, weights, rows, 
     ops = keras.ops
     latents = x[:, :-2]
     offsets = offset_max * ops.tanh(x[:, -2:])
-    size = ops.shape(rows)[-1]
-    ky = fourier_shift_matrices(shifts[:, 0] + offsets[:, 0], size)
-    kx = fourier_shift_matrices(shifts[:, 1] + offsets[:, 1], size)
-    loss = blend_objective(latents, source_mask, blend_of, data, weights, ops.matmul(rows, ky), ops.matmul(cols, kx),
-                           starts, calls=calls, prior_weight=prior_weight, amplitude_sigma=amplitude_sigma,
-                           envelopes=envelopes)
+    rows, cols = _shifted_placements(rows, cols, shifts, offsets)
+    loss = blend_objective(latents, source_mask, blend_of, data, weights, rows, cols, starts, calls=calls,
+                           prior_weight=prior_weight, amplitude_sigma=amplitude_sigma, envelopes=envelopes)
     penalty = _per_blend(0.5 * ops.sum(offsets * offsets, axis=-1) / offset_sigma**2, source_mask, blend_of,
                          ops.shape(data)[0])
     return loss + penalty
+
+
+def _shifted_placements(rows, cols, shifts, offsets):
+    """One-hot placements ``rows``, ``cols`` composed with the Fourier shift of each stamp by its
+    sub-pixel remainder ``shifts`` plus its fitted ``offsets`` (both ``(M, 2)`` ``(dy, dx)``)."""
+    ops = keras.ops
+    size = ops.shape(rows)[-1]
+    ky = fourier_shift_matrices(shifts[:, 0] + offsets[:, 0], size)
+    kx = fourier_shift_matrices(shifts[:, 1] + offsets[:, 1], size)
+    return ops.matmul(rows, ky), ops.matmul(cols, kx)
+
+
+def fitted_models(x, source_mask, blend_of, rows, cols, starts, shifts=None, *, decode, region_shape,
+                  n_amplitudes: int = 0, offset_max: float = 1.0):
+    """The ``(B, h, C, w)`` region models of sources with the fitted variables ``x``, placed as
+    `blend_objective` (``shifts`` `None`) or `blend_objective_with_offsets` place them.
+
+    The MAP uses it for the sources it freezes (``MapSettings.freeze_drift``): their models are
+    taken out of the data once, so later steps no longer decode them.
+
+    Parameters
+    ----------
+    x : tensor
+        ``(M, L [+ C] [+ 2])`` latents, then ``n_amplitudes`` log flux factors, then (with
+        ``shifts``) the two offset parameters, as the objectives take them.
+    source_mask, blend_of, rows, cols, starts, decode, region_shape
+        As in `blend_models` (``rows``, ``cols`` one-hot with ``shifts``).
+    shifts : tensor, optional
+        ``(M, 2)`` sub-pixel remainders of `blend_objective_with_offsets`.
+    n_amplitudes : `int`
+        Number of log flux factors in ``x`` (0 or the band count).
+    offset_max : `float`
+        Bound of the fitted offsets (with ``shifts``).
+    """
+    ops = keras.ops
+    if shifts is not None:
+        rows, cols = _shifted_placements(rows, cols, shifts, offset_max * ops.tanh(x[:, -2:]))
+        x = x[:, :-2]
+    log_amplitudes = x[:, -n_amplitudes:] if n_amplitudes else None
+    latents = x[:, :-n_amplitudes] if n_amplitudes else x
+    return blend_models(latents, source_mask, blend_of, rows, cols, starts, decode, region_shape, log_amplitudes)

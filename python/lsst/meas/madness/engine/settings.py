@@ -51,6 +51,15 @@ class MapSettings:
         ``rtol`` times its decrease over the first ``ewma_window`` steps (0.01; the paper's 0.05
         stops before faint galaxies' shapes have converged: std e1 residual 0.120 -> 0.098 on
         validation fields, for 20% more time).
+    freeze_drift : `float`, optional
+        Per-source stop (`lsst.meas.madness.engine.stopping.DriftFreezing`): after ``min_iter``
+        steps a source each of whose variables moved, net over the last ``ewma_window`` steps,
+        less than ``freeze_drift`` times the distance Adam could cover in them (the learning
+        rates summed, times the variable's step scale) is frozen at the mean of its variables
+        over those steps (the centre of Adam's swing about the optimum): its model is taken out
+        of the data and it leaves the compiled step, so the blend's later steps decode only the
+        sources still moving. A blend whose sources are all frozen has converged. `None`
+        (default): every source moves until its blend stops.
     prior_weight : `float`
         Weight of the flow log-prior against the Gaussian log-likelihood (0.25; 1 is the
         paper's posterior, whose prior pulls faint galaxies round: r mean abs(dF/F) 0.0183 ->
@@ -151,6 +160,7 @@ class MapSettings:
     min_iter: int = 40
     ewma_window: int = 15
     rtol: float = 0.01
+    freeze_drift: float | None = None
     prior_weight: float = 0.25
     max_sources: int = 100
     batch_sources: int = 256
@@ -205,6 +215,8 @@ class MapSettings:
         ]
         if self.second_start_rate is not None:
             checks.append(("second_start_rate", self.second_start_rate, 0.0, None, False))
+        if self.freeze_drift is not None:
+            checks.append(("freeze_drift", self.freeze_drift, 0.0, None, False))
         for name, value, lo, hi, inclusive_lo in checks:
             too_low = value < lo if inclusive_lo else value <= lo
             if too_low or (hi is not None and value > hi):

@@ -1,8 +1,10 @@
-"""The per-blend stopping rule of the MAP optimisation (paper section 3.5)."""
+"""The stopping rules of the MAP optimisation: per blend (paper section 3.5) and per source."""
 
 from __future__ import annotations
 
-__all__ = ["EwmaStopping"]
+__all__ = ["DriftFreezing", "EwmaStopping"]
+
+import collections
 
 import numpy as np
 
@@ -71,3 +73,76 @@ class EwmaStopping:
         last = self._ewma[t - 1 - self.window] - self._ewma[t - 1]
         with np.errstate(invalid="ignore"):
             return last <= self.rtol * np.maximum(first, 0.0)
+
+
+class DriftFreezing:
+    """Freeze each source once its variables have stopped moving.
+
+    Adam moves a variable by at most about its learning rate per step (times the variable's
+    step scale), whatever the gradient's size, so the rule is scale-free like `EwmaStopping`:
+    after ``min_iter`` steps a source freezes when the net move of each of its variables in the
+    last ``window`` steps is below ``tol`` times the learning rate summed over those steps. A
+    source near its optimum oscillates about it (its net moves are small); one still on its
+    way keeps moving in one direction (a drift near 1). The largest variable decides, not an
+    average: a source whose shape still changes along one latent direction is not done.
+
+    Parameters
+    ----------
+    n_sources : `int`
+        Number of sources followed (rows of the variables).
+    window : `int`
+        Steps over which the move is measured.
+    tol : `float`
+        Drift below which a source freezes.
+    min_iter : `int`
+        Steps before any source may freeze.
+    step_scale : `numpy.ndarray`, optional
+        ``(D,)`` each variable's Adam step relative to the learning rate (ones by default).
+
+    Examples
+    --------
+    >>> rule = DriftFreezing(2, window=4, tol=0.1, min_iter=0)
+    >>> for t in range(1, 9):  # source 0 oscillates in place, source 1 walks at full pace
+    ...     x = np.array([[0.01 * (-1) ** t], [0.01 * t]])
+    ...     newly = rule.update(x, t, 0.01, np.array([True, True]))
+    >>> rule.frozen.tolist()
+    [True, False]
+    """
+
+    def __init__(self, n_sources: int, window: int, tol: float, min_iter: int,
+                 step_scale: np.ndarray | None = None):
+        self.window = int(window)
+        self.tol = float(tol)
+        self.min_iter = int(min_iter)
+        self.step_scale = None if step_scale is None else np.asarray(step_scale, np.float64)
+        self.frozen = np.zeros(int(n_sources), bool)
+        self._past: collections.deque = collections.deque(maxlen=self.window + 1)
+        self._rates: collections.deque = collections.deque(maxlen=self.window)
+
+    def drift(self) -> np.ndarray | None:
+        """``(n_sources,)`` net move over the last ``window`` steps in units of the distance Adam
+        could cover in them; `None` before ``window`` steps were seen."""
+        if len(self._past) <= self.window:
+            return None
+        move = self._past[-1] - self._past[0]
+        if self.step_scale is not None:
+            move = move / self.step_scale
+        return np.max(np.abs(move), axis=1) / sum(self._rates)
+
+    def window_mean(self) -> np.ndarray:
+        """``(n_sources, D)`` mean of the variables over the last ``window`` steps: where a frozen
+        source is put, the centre of its oscillation rather than wherever the last step left it."""
+        return np.mean(list(self._past)[1:], axis=0)
+
+    def update(self, x: np.ndarray, t: int, learning_rate: float, live: np.ndarray) -> np.ndarray:
+        """Record the variables ``(n_sources, D)`` after step ``t`` (taken at ``learning_rate``)
+        and return which of the ``live`` sources froze now; `frozen` holds all so far."""
+        self._past.append(np.array(x, np.float64))
+        self._rates.append(float(learning_rate))
+        drift = self.drift()
+        newly = np.zeros(len(self.frozen), bool)
+        if drift is None or t < self.min_iter:
+            return newly
+        newly = np.asarray(live, bool) & ~self.frozen & (drift < self.tol)
+        self.frozen |= newly
+        return newly

@@ -265,6 +265,13 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
         "0.05 stops before faint galaxies' shapes converge, doc/engine.md).",
     )
     ewmaWindow = pexConfig.Field[int](default=15, doc="Window (steps) of the objective's moving average.")
+    freezeDrift = pexConfig.Field[float](
+        default=MapSettings.freeze_drift,
+        optional=True,
+        doc="Per-source stop (MapSettings.freeze_drift): a source each of whose variables moved, net over the "
+        "last ewmaWindow steps, less than this fraction of Adam's reach is frozen and no longer decoded; "
+        "None: sources move until their blend stops (doc/engine.md).",
+    )
     learningRate = pexConfig.Field[float](default=0.05, doc="Initial Adam step in latent units.")
     learningRateDecay = pexConfig.Field[float](
         default=0.8, doc="Factor on the learning rate every learningRateDecaySteps."
@@ -472,6 +479,7 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
             min_iter=self.minIter,
             ewma_window=self.ewmaWindow,
             rtol=self.relativeError,
+            freeze_drift=self.freezeDrift,
             prior_weight=self.priorWeight,
             max_sources=max(max_peaks + (self.maxNeighbors if self.includeNeighbors else 0), 1),
             batch_sources=self.batchSources,
