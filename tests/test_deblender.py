@@ -12,7 +12,9 @@ from utils import SKY_VARIANCE, make_blend, quick_bundle_path, synthetic_galaxie
 PEAKS = np.array([[30.0, 30.0], [38.0, 33.0], [27.0, 41.0]])
 
 
-class DeblenderTestCase(lsst.utils.tests.TestCase):
+class _DecodedBlends(lsst.utils.tests.TestCase):
+    """The test model and blends drawn by its decoder, shared by the test cases below."""
+
     @classmethod
     def setUpClass(cls):
         cls.deblender = MadnessDeblender.from_bundle(quick_bundle_path())
@@ -22,6 +24,9 @@ class DeblenderTestCase(lsst.utils.tests.TestCase):
     def _blend(self, peaks=PEAKS, shape=(70, 70), seed=5, latents=None):
         latents = self.latents[: len(peaks)] if latents is None else latents
         return make_blend(self.deblender, latents, peaks, shape, seed)
+
+
+class DeblenderTestCase(_DecodedBlends):
 
     def test_self_consistency(self):
         """Blends drawn from the decoder are recovered with flux errors at the noise level by the
@@ -485,14 +490,8 @@ class ZoomTestCase(lsst.utils.tests.TestCase):
             MapSettings(max_zoom=5)
 
 
-class FreezingTestCase(lsst.utils.tests.TestCase):
+class FreezingTestCase(_DecodedBlends):
     """The per-source stop (``MapSettings.freeze_drift``)."""
-
-    @classmethod
-    def setUpClass(cls):
-        cls.deblender = MadnessDeblender.from_bundle(quick_bundle_path())
-        gal = synthetic_galaxies(8, seed=99)
-        cls.latents = cls.deblender.initial_latents(cls.deblender.normalization.normalize(gal))
 
     def test_drift_rule(self):
         """Known drifts: a source walking at Adam's full pace in every variable has drift 1; one
@@ -524,7 +523,7 @@ class FreezingTestCase(lsst.utils.tests.TestCase):
 
         d = self.deblender
         peaks = PEAKS + np.array([[0.3, -0.2], [0.0, 0.0], [-0.4, 0.1]])
-        image, var, _ = make_blend(d, self.latents[:3], peaks, (70, 70), 5)
+        image, var, _ = self._blend(peaks=peaks)
         rng = np.random.default_rng(1)
         for fit_offsets in (False, True):
             settings = MapSettings(freeze_drift=0.1, fit_offsets=fit_offsets)
@@ -558,7 +557,7 @@ class FreezingTestCase(lsst.utils.tests.TestCase):
         (step 20 here) and the blend ends there, converged: the path is that of a fit of 20
         steps, and each source is frozen at the mean of its last 15 iterates (fits of exactly 6
         to 20 steps give them)."""
-        image, var, _ = make_blend(self.deblender, self.latents[:3], PEAKS, (70, 70), 5)
+        image, var, _ = self._blend()
         frozen = self.deblender.deblend(image, PEAKS, variance=var,
                                         settings=MapSettings(freeze_drift=1e6, min_iter=20))
         self.assertEqual((frozen.n_iter, frozen.converged), (20, True))
@@ -579,9 +578,9 @@ class FreezingTestCase(lsst.utils.tests.TestCase):
         from lsst.meas.madness.backend import compiles_per_shape
 
         d = self.deblender
-        image, var, _ = make_blend(d, self.latents[:3], PEAKS, (70, 70), 5)
+        image, var, _ = self._blend()
         pair = PEAKS[:2] + 3
-        image2, var2, _ = make_blend(d, self.latents[3:5], pair, (70, 70), 8)
+        image2, var2, _ = self._blend(peaks=pair, seed=8, latents=self.latents[3:5])
         blends = [dict(image=image, peaks_xy=PEAKS, variance=var), dict(image=image2, peaks_xy=pair, variance=var2)]
         decoded = {}
         results = {}
