@@ -1061,8 +1061,8 @@ class MadnessDeblender:
             # leave it the same way (their models are then part of the data).
             shrink = n_active < len(selection) if not bucket else (n_active * 2 <= len(selection) and len(selection) > 1)
             if freezer is not None and froze:
-                live = int((~freezer.frozen & active[source_blend]).sum())
-                shrink = shrink or (live < n_real if not bucket else live * 2 <= n_real)
+                n_moving = int((~freezer.frozen & active[source_blend]).sum())
+                shrink = shrink or (n_moving < n_real if not bucket else n_moving * 2 <= n_real)
             moving = None if freezer is None else ~freezer.frozen
             if settings.compact and (stop.any() or froze) and shrink:
                 selection, present = np.flatnonzero(active), moving
