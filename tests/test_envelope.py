@@ -181,6 +181,22 @@ class DeblendWithEnvelopesTestCase(lsst.utils.tests.TestCase):
         np.testing.assert_allclose(fitted.model_image(), painted, atol=1e-2)
 
 
+    def test_enveloped_source_has_no_wing(self):
+        """With a PSF given, the sources without an envelope get PSF wings (`engine.wings`), the
+        enveloped one none: its envelope is its fitted light beyond the stamp."""
+        from lsst.meas.madness.simulation import LsstConditions
+
+        fwhm = LsstConditions.from_surveycodex(bands=self.deblender.bands).psf_fwhm
+        psf = np.stack([galsim.Moffat(beta=3.5, fwhm=f).drawImage(nx=201, ny=201, scale=SCALE).array
+                        for f in fwhm])
+        fitted = self.deblender.deblend(self.image, PEAKS, variance=self.variance, psf=psf,
+                                        settings=self.settings.replace(fit_envelopes=True))
+        self.assertEqual(fitted.enveloped.tolist(), [True, False, False, False])
+        self.assertEqual(fitted.winged.tolist(), [False, True, True, True])
+        _, sources = fitted.far_light()
+        self.assertEqual(sources.tolist(), [0, 1, 2, 3])
+
+
 class MemoryTester(lsst.utils.tests.MemoryTestCase):
     pass
 

@@ -46,6 +46,7 @@ from .observation import PreparedBlend, prepare_blend
 from .result import DeblendResult
 from .settings import ENVELOPE_DOMINANCE, ENVELOPE_REACH, MapSettings
 from .stopping import DriftFreezing, EwmaStopping
+from .wings import check_psf, wing_fluxes
 
 _log = logging.getLogger(__name__)
 
@@ -412,6 +413,7 @@ class MadnessDeblender:
         bands: Sequence[str] | None = None,
         settings: MapSettings | None = None,
         zoom=None,
+        psf: np.ndarray | None = None,
     ) -> DeblendResult:
         """Deblend one blend.
 
@@ -434,6 +436,12 @@ class MadnessDeblender:
             decoder's stamp drawn with ``zoom``-times larger pixels, for galaxies bigger than the
             stamp (``doc/large-galaxies.md``). `None` (default): all 1, or chosen per source
             when ``settings.max_zoom > 1``. Not combined with ``settings.fit_offsets``.
+        psf : `numpy.ndarray`, optional
+            ``(bands, h, w)`` PSF image of each band, odd sides, centred, its sum the whole PSF
+            (normalised here). With ``settings.psf_wings`` each source without an envelope gets
+            its light beyond its footprint from it (`DeblendResult.wing_fluxes`,
+            `lsst.meas.madness.engine.wings`): give it as large as that light should reach (up
+            to twice the image's side).
 
         Returns
         -------
@@ -447,7 +455,7 @@ class MadnessDeblender:
             which is flagged per source.
         """
         return self.deblend_batch(
-            [dict(image=image, peaks_xy=peaks_xy, variance=variance, mask=mask, zoom=zoom)],
+            [dict(image=image, peaks_xy=peaks_xy, variance=variance, mask=mask, zoom=zoom, psf=psf)],
             bands=bands,
             settings=settings,
         )[0]
@@ -465,8 +473,8 @@ class MadnessDeblender:
         Parameters
         ----------
         blends : sequence of mapping
-            Each with keys ``image``, ``peaks_xy``, ``variance`` and optionally ``mask`` and
-            ``zoom``, as in `deblend`. Blends may have different image sizes and numbers of peaks.
+            Each with keys ``image``, ``peaks_xy``, ``variance`` and optionally ``mask``,
+            ``zoom`` and ``psf``, as in `deblend`. Blends may have different image sizes and numbers of peaks.
         bands : sequence of `str`, optional
             Band names of the planes, checked against the model's.
         settings : `MapSettings`, optional
@@ -489,6 +497,7 @@ class MadnessDeblender:
         ]
         if not prepared:
             return []
+        psfs = [None if b.get("psf") is None else check_psf(b["psf"], len(self.bands)) for b in blends]
         if settings.fit_offsets and any((p.zoom > 1).any() for p in prepared):
             raise MadnessValueError("zoom > 1 is not combined with MapSettings.fit_offsets.")
         t0 = time.perf_counter()
@@ -557,6 +566,10 @@ class MadnessDeblender:
                 decayed = settings.lr_decay ** (done // settings.lr_decay_steps)
                 refit = settings.replace(learning_rate=settings.learning_rate * decayed)
                 self._fit_all(prepared, warm, sorted(envelopes), results, refit, progress, envelopes)
+        if settings.psf_wings:
+            for result, psf in zip(results, psfs):
+                if psf is not None:
+                    self._add_wings(result, psf)
         _log.debug(
             "Deblended %d blends (%d sources) in %.2f s",
             len(prepared),
@@ -1275,7 +1288,16 @@ class MadnessDeblender:
             amplitudes=None if log_amplitudes is None else np.exp(log_amplitudes),
             envelopes=envelope_images,
             envelope_sources=envelope_sources,
+            footprint_sizes=np.asarray(blend.footprint_sizes, np.int64).copy(),
         )
+
+    @staticmethod
+    def _add_wings(result: DeblendResult, psf: np.ndarray) -> None:
+        """Give ``result``'s sources without an envelope their PSF wings (`engine.wings`), in place."""
+        fluxes = wing_fluxes(result.models.sum(axis=(2, 3)), result.footprint_sizes, psf)
+        fluxes[result.enveloped] = 0.0  # an envelope is its source's fitted light beyond the stamp
+        result.psf = psf.astype(np.float32)
+        result.wing_fluxes = fluxes
 
     def _place(self, blend: PreparedBlend, stamps: np.ndarray, shifts: np.ndarray) -> np.ndarray:
         """Decoded ``(n, bands, S, S)`` stamps on the image grid, as the fit placed them.

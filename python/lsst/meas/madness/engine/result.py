@@ -8,7 +8,8 @@ import dataclasses
 
 import numpy as np
 
-from .geometry import paste_stamps, subpixel_shifts
+from .geometry import paste_stamps, peaks_to_pixels, subpixel_shifts
+from .wings import paint_wings
 
 
 @dataclasses.dataclass
@@ -76,6 +77,17 @@ class DeblendResult:
         `source_image` and `model_image` include it, `models` (the stamps) do not.
     envelope_sources : `numpy.ndarray` or `None`
         ``(m,)`` index of the source each envelope belongs to.
+    footprint_sizes : `numpy.ndarray`
+        ``(n,)`` side of each source's footprint on the image grid, pixels: the decoder's stamp
+        side at zoom 1, `zoom_footprint_size` otherwise (default: ``P`` for every source).
+    psf : `numpy.ndarray` or `None`
+        ``(bands, h, w)`` unit-sum PSF the wings were drawn from (``deblend(..., psf=)``);
+        `None` when none was given.
+    wing_fluxes : `numpy.ndarray` or `None`
+        ``(n, bands)`` flux of each source's light beyond its footprint drawn from the PSF's far
+        profile (`lsst.meas.madness.engine.wings`; ``MapSettings.psf_wings``), zero for a
+        source with an envelope; `None` without a PSF. Part of its source: `source_image`,
+        `model_image` and `far_light` include it, `models` do not.
     """
 
     bands: tuple[str, ...]
@@ -101,6 +113,9 @@ class DeblendResult:
     amplitudes: np.ndarray | None = None
     envelopes: np.ndarray | None = None
     envelope_sources: np.ndarray | None = None
+    footprint_sizes: np.ndarray | None = None
+    psf: np.ndarray | None = None
+    wing_fluxes: np.ndarray | None = None
 
     TRUNCATED_EDGE_FRACTION = 0.02
     """`edge_flux_fraction` above which `truncated` calls a model cut off by its stamp."""
@@ -114,6 +129,8 @@ class DeblendResult:
             self.edge_flux_fraction = np.zeros(len(self.peaks_xy))
         if self.amplitudes is None:
             self.amplitudes = np.ones((len(self.peaks_xy), len(self.bands)))
+        if self.footprint_sizes is None:
+            self.footprint_sizes = np.full(len(self.peaks_xy), self.models.shape[-1], np.int64)
 
     @property
     def extended(self) -> np.ndarray:
@@ -154,13 +171,54 @@ class DeblendResult:
             flags[np.asarray(self.envelope_sources, np.int64)] = True
         return flags
 
+    @property
+    def winged(self) -> np.ndarray:
+        """``(n,)`` bool: the source has light beyond its footprint drawn from the PSF (`wing_fluxes`)."""
+        if self.wing_fluxes is None:
+            return np.zeros(self.n_sources, bool)
+        return np.any(np.asarray(self.wing_fluxes) != 0, axis=1)
+
+    def wing_images(self, indices=None, *, total: bool = False) -> np.ndarray:
+        """PSF wings of sources ``indices`` (default: all) on the image grid: ``(m, bands, H, W)``,
+        or their sum ``(bands, H, W)`` with ``total``; zeros without a PSF."""
+        indices = np.arange(self.n_sources) if indices is None else np.asarray(list(indices), np.int64)
+        shape = (len(self.bands), *self.image_shape)
+        if self.wing_fluxes is None or self.psf is None:
+            return np.zeros(shape if total else (len(indices), *shape), np.float32)
+        return paint_wings(np.asarray(self.wing_fluxes)[indices], peaks_to_pixels(self.peaks_xy)[indices],
+                           np.asarray(self.footprint_sizes)[indices], self.psf, self.image_shape, total=total)
+
+    def far_light(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """Every source's light beyond its stamp: the envelopes, then the PSF wings.
+
+        Returns
+        -------
+        images : `numpy.ndarray` or `None`
+            ``(m, bands, H, W)`` float32, on the image grid; `None` when there is none.
+        sources : `numpy.ndarray` or `None`
+            ``(m,)`` source of each image (a source appears at most once: one with an envelope
+            has no wing).
+        """
+        images, sources = [], []
+        if self.envelopes is not None:
+            images.append(np.asarray(self.envelopes, np.float32))
+            sources.append(np.asarray(self.envelope_sources, np.int64))
+        winged = np.flatnonzero(self.winged)
+        if len(winged):
+            images.append(self.wing_images(winged))
+            sources.append(winged)
+        if not images:
+            return None, None
+        return np.concatenate(images), np.concatenate(sources)
+
     def source_image(self, index: int) -> np.ndarray:
-        """Model of source ``index`` painted on the image grid, its envelope included, ``(bands, H, W)``."""
+        """Model of source ``index`` painted on the image grid, its envelope or wing included,
+        ``(bands, H, W)``."""
         return self._paint([index])
 
     def model_image(self) -> np.ndarray:
-        """Sum of all source models (envelopes included) on the image grid, ``(bands, H, W)``,
-        cropped at the edges."""
+        """Sum of all source models (envelopes and wings included) on the image grid,
+        ``(bands, H, W)``, cropped at the edges."""
         return self._paint(range(self.n_sources))
 
     def _paint(self, indices) -> np.ndarray:
@@ -171,4 +229,6 @@ class DeblendResult:
             for envelope, source in zip(self.envelopes, self.envelope_sources):
                 if int(source) in indices:
                     image += envelope
+        if self.wing_fluxes is not None and self.psf is not None:
+            image += self.wing_images(indices, total=True)
         return image

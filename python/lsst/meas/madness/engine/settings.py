@@ -142,6 +142,13 @@ class MapSettings:
     envelope_edge_sigma : `float`
         Mean residual just outside a source's stamp, in units of the pixel noise, above which
         the source may get an envelope.
+    psf_wings : `bool`
+        With a PSF given (``deblend(..., psf=)``), give each source without an envelope its light
+        beyond its footprint drawn from the PSF's far profile and its model's flux
+        (`lsst.meas.madness.engine.wings`; ``DeblendResult.wing_fluxes``). No free parameter and
+        no refit: the fit is unchanged, the sources' light is complete. On 20 validation fields
+        the r mean abs(dF/F) 0.0240 -> 0.0229 and the median 0.0036 -> 0.0024
+        (``doc/engine.md``, "PSF wings").
     second_start_rate : `float` or `None`
         Adam learning rate of a second fit of every blend from the same starting point (None:
         one fit). Each group of sources whose footprints overlap keeps the models of the fit
@@ -181,6 +188,7 @@ class MapSettings:
     zoom_edge_threshold: float = 0.02
     fit_envelopes: bool = True
     envelope_edge_sigma: float = 1.0
+    psf_wings: bool = True
     second_start_rate: float | None = None
 
     def __post_init__(self) -> None:

@@ -1,0 +1,219 @@
+"""Each source's light beyond its footprint, drawn from the PSF (`lsst.meas.madness.engine.wings`).
+
+The oracle is GalSim: sources convolved with a Kolmogorov + Airy PSF (the LSST PSF of BTK's
+simulations, built here from GalSim's own profiles) and drawn on a large grid. Their light outside
+a 45-px footprint is compared with the wings the module paints from the model inside it, and in
+the deblender, faint galaxies 28-31 px from bright compact ones are measured better once the
+bright ones' wings are subtracted with them.
+"""
+
+import math
+import unittest
+
+import galsim
+import keras
+import lsst.utils.tests
+import numpy as np
+from lsst.meas.madness import MadnessDeblender
+from lsst.meas.madness.engine.settings import MapSettings
+from lsst.meas.madness.engine.wings import check_psf, paint_wings, wing_fluxes, wing_templates
+from lsst.meas.madness.errors import MadnessValueError
+from lsst.meas.madness.simulation import LsstConditions
+
+SCALE = 0.2
+SIDE = 45
+# Effective wavelengths of the LSST bands (Angstrom), for the Airy part of the PSF.
+WAVELENGTH = {"u": 3670.7, "g": 4826.9, "r": 6223.2, "i": 7546.0, "z": 8691.0, "y": 9712.0}
+
+
+def _lsst_psf(fwhm: float, band: str) -> galsim.GSObject:
+    """Kolmogorov atmosphere of ``fwhm`` arcsec and the Airy pattern of an 8.36 m mirror with
+    the LSST's central obscuration, as BTK builds its survey PSF."""
+    diameter, area = 8.36, 32.4
+    lam_over_diam = 3600 * math.degrees(1e-10 * WAVELENGTH[band] / diameter)
+    obscuration = math.sqrt(1 - area / (math.pi * (diameter / 2) ** 2))
+    # GalSim's default folding threshold (5e-3) aliases a few per cent of the light beyond
+    # 22 px back in, which is the light tested here: draw it to 1e-4.
+    return galsim.Convolve(galsim.Kolmogorov(fwhm=fwhm),
+                           galsim.Airy(lam_over_diam=lam_over_diam, obscuration=obscuration),
+                           gsparams=galsim.GSParams(folding_threshold=1e-4, maximum_fft_size=16384))
+
+
+def _draw(obj, shape, xy):
+    """``obj`` drawn on a ``shape`` grid with its centre at pixel coordinates ``xy`` = (x, y)."""
+    offset = (xy[0] - (shape[1] - 1) / 2, xy[1] - (shape[0] - 1) / 2)
+    return obj.drawImage(nx=shape[1], ny=shape[0], scale=SCALE, offset=offset).array
+
+
+def _footprint(shape, pixel_yx, side=SIDE):
+    inside = np.zeros(shape, bool)
+    half = side // 2
+    y, x = pixel_yx
+    inside[max(y - half, 0):y + half + 1, max(x - half, 0):x + half + 1] = True
+    return inside
+
+
+class WingGeometryTestCase(lsst.utils.tests.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.psf_object = _lsst_psf(0.81, "r")
+        cls.psf = check_psf(_draw(cls.psf_object, (401, 401), (200, 200))[None], 1)
+
+    def test_point_source(self):
+        """A point source's light outside its footprint, painted from the model inside it, is the
+        GalSim image's to a few parts in a thousand of the source's flux, pixel by pixel."""
+        shape, xy = (171, 201), (61.0, 75.0)
+        truth = _draw(self.psf_object.withFlux(1e6), shape, xy)
+        pixel = (75, 61)
+        inside = _footprint(shape, pixel)
+        model_flux = truth[inside].sum()
+        fluxes = wing_fluxes(np.array([[model_flux]]), np.array([SIDE]), self.psf)
+        wings = paint_wings(fluxes, np.array([pixel]), np.array([SIDE]), self.psf, shape)[0]
+        np.testing.assert_array_equal(wings[inside], 0.0)
+        # The PSF's whole light beyond the footprint (the grid is 401 px): 0.6% of the flux.
+        self.assertAlmostEqual(fluxes[0, 0] / 1e6, 0.006, delta=0.001)
+        outside = ~inside
+        self.assertAlmostEqual(wings[outside].sum() / truth[outside].sum(), 1.0, delta=0.01)
+        np.testing.assert_allclose(wings[outside], truth[outside], atol=2e-3 * truth.max())
+
+    def test_small_galaxy(self):
+        """A compact galaxy off the pixel grid: its light 25-60 px from its centre is the wing's
+        to 15%, and the wing holds its flux beyond the footprint to 10%."""
+        shape, xy = (181, 181), (90.3, 89.6)
+        galaxy = galsim.Exponential(half_light_radius=0.4).shear(e1=0.2, e2=-0.1).withFlux(1e6)
+        truth = _draw(galsim.Convolve(galaxy, self.psf_object), shape, xy)
+        pixel = (int(math.floor(xy[1] + 0.5)), int(math.floor(xy[0] + 0.5)))
+        inside = _footprint(shape, pixel)
+        fluxes = wing_fluxes(np.array([[truth[inside].sum()]]), np.array([SIDE]), self.psf)
+        wings = paint_wings(fluxes, np.array([pixel]), np.array([SIDE]), self.psf, shape)[0]
+        beyond = truth[~inside].sum()
+        self.assertAlmostEqual(wings[~inside].sum() / beyond, 1.0, delta=0.1)
+        y, x = np.mgrid[: shape[0], : shape[1]]
+        ring = ~inside & (np.hypot(y - xy[1], x - xy[0]) >= 25) & (np.hypot(y - xy[1], x - xy[0]) <= 60)
+        self.assertLess(abs(wings[ring].sum() / truth[ring].sum() - 1), 0.15)
+
+    def test_templates(self):
+        template, inside = wing_templates(self.psf, SIDE)
+        self.assertAlmostEqual(float(template.sum()), 1.0, places=6)
+        self.assertAlmostEqual(float(inside[0] + self.psf[0][template[0] > 0].sum()), 1.0, places=6)
+        # A larger footprint (zoom 2) leaves less light outside it.
+        self.assertLess(float(wing_fluxes(np.ones((1, 1)), np.array([93]), self.psf)[0, 0]),
+                        float(wing_fluxes(np.ones((1, 1)), np.array([SIDE]), self.psf)[0, 0]))
+        # A PSF image no larger than the footprint has no wing.
+        small = check_psf(np.ones((1, 45, 45)), 1)
+        self.assertEqual(float(wing_fluxes(np.ones((1, 1)), np.array([SIDE]), small)[0, 0]), 0.0)
+
+    def test_bad_psf(self):
+        good = np.ones((2, 5, 5))
+        for bad, why in ((np.ones((2, 4, 5)), "odd"), (np.ones((3, 5, 5)), "bands"),
+                         (np.where(np.eye(5)[None] > 0, np.nan, 1.0).repeat(2, 0), "non-finite"),
+                         (good * [[[0.0]], [[1.0]]], "positive sum"), (np.ones((5, 5)), "bands")):
+            with self.subTest(why=why), self.assertRaises(MadnessValueError):
+                check_psf(bad, 2)
+
+
+# Bright compact galaxies and faint ones 28-31 px from them (beyond the bright ones' stamps).
+PEAKS = np.array([[50.3, 60.6], [78.0, 68.0], [56.0, 90.0], [120.0, 130.4], [148.0, 118.0], [126.0, 101.0]])
+MAGS = [17.5, 24.5, 24.0, 18.0, 24.5, 24.2]
+SHAPE = (181, 181)
+
+
+def _scene(conditions, seed=4):
+    galaxies = [galsim.Exponential(half_light_radius=0.5).shear(e1=0.1, e2=0.05),
+                galsim.Exponential(half_light_radius=0.3),
+                galsim.Exponential(half_light_radius=0.4).shear(e1=-0.2, e2=0.1),
+                galsim.Exponential(half_light_radius=0.6).shear(e1=-0.1, e2=-0.15),
+                galsim.Exponential(half_light_radius=0.3).shear(e1=0.2, e2=0.0),
+                galsim.Exponential(half_light_radius=0.35)]
+    bands = conditions.bands
+    truth = np.zeros((len(galaxies), len(bands), *SHAPE))
+    psf = np.zeros((len(bands), 2 * SHAPE[0] + 1, 2 * SHAPE[1] + 1))
+    for b, band in enumerate(bands):
+        psf_object = _lsst_psf(conditions.psf_fwhm[b], band)
+        psf[b] = _draw(psf_object, psf.shape[1:], (SHAPE[1], SHAPE[0]))
+        for k, (galaxy, mag) in enumerate(zip(galaxies, MAGS)):
+            truth[k, b] = _draw(galsim.Convolve(galaxy.withFlux(conditions.counts(mag, band)), psf_object),
+                                SHAPE, PEAKS[k])
+    variance = np.broadcast_to(conditions.sky_levels[:, None, None], (len(bands), *SHAPE)).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    image = truth.sum(axis=0) + rng.normal(size=variance.shape) * np.sqrt(variance)
+    return image.astype(np.float32), variance.copy(), truth, psf
+
+
+def _aperture_errors(image, result, truth, band, faint, radius=4.0):
+    """Relative flux error of each faint galaxy in a circular aperture on the image minus the
+    other sources' images (their wings included when the result has them)."""
+    y, x = np.mgrid[: SHAPE[0], : SHAPE[1]]
+    errors = []
+    for k in faint:
+        others = sum(result.source_image(j)[band] for j in range(len(PEAKS)) if j != k)
+        aperture = (x - PEAKS[k, 0]) ** 2 + (y - PEAKS[k, 1]) ** 2 <= radius**2
+        errors.append(float((image[band] - others)[aperture].sum() / truth[k, band][aperture].sum() - 1))
+    return np.array(errors)
+
+
+class DeblendWithWingsTestCase(lsst.utils.tests.TestCase):
+    @classmethod
+    def setUpClass(cls):
+        cls.deblender = MadnessDeblender.from_bundle(None)
+        conditions = LsstConditions.from_surveycodex(bands=cls.deblender.bands)
+        cls.image, cls.variance, cls.truth, cls.psf = _scene(conditions)
+        precision = "mixed_bfloat16" if keras.config.backend() == "tensorflow" else "float32"
+        cls.settings = cls.deblender.settings.replace(precision=precision, max_zoom=1, fit_envelopes=False)
+        cls.plain = cls.deblender.deblend(cls.image, PEAKS, variance=cls.variance, settings=cls.settings)
+        cls.winged = cls.deblender.deblend(cls.image, PEAKS, variance=cls.variance, settings=cls.settings,
+                                           psf=cls.psf)
+
+    def test_settings(self):
+        self.assertTrue(MapSettings().psf_wings)
+
+    def test_wings_drawn_and_fit_unchanged(self):
+        plain, winged = self.plain, self.winged
+        self.assertIsNone(plain.wing_fluxes)
+        self.assertFalse(plain.winged.any())
+        self.assertEqual(winged.wing_fluxes.shape, (len(PEAKS), len(self.deblender.bands)))
+        self.assertTrue(winged.winged.all())
+        # The wings are drawn after the fit: the models are the same.
+        np.testing.assert_array_equal(plain.models, winged.models)
+        # Each wing holds 0.5-0.8% of its model's flux (the PSF's share beyond 45 px).
+        share = winged.wing_fluxes / winged.models.sum(axis=(2, 3))
+        self.assertTrue(((share > 0.004) & (share < 0.009)).all(), share)
+        # source_image and model_image carry the wings; far_light holds them.
+        painted = sum(winged.source_image(i) for i in range(len(PEAKS)))
+        np.testing.assert_allclose(winged.model_image(), painted, rtol=1e-5, atol=1e-2)
+        far, sources = winged.far_light()
+        self.assertEqual(sorted(sources.tolist()), list(range(len(PEAKS))))
+        np.testing.assert_allclose(far.sum(axis=0) + plain.model_image(), winged.model_image(), atol=1e-2)
+        self.assertEqual(plain.far_light(), (None, None))
+
+    def test_neighbours_measured_better(self):
+        """The faint galaxies' aperture fluxes on the image less their neighbours' models: the
+        bright galaxies' wings, left in the apertures without them, are taken out with them."""
+        r = self.deblender.bands.index("r")
+        faint = [k for k, mag in enumerate(MAGS) if mag > 23]
+        before = _aperture_errors(self.image, self.plain, self.truth, r, faint)
+        after = _aperture_errors(self.image, self.winged, self.truth, r, faint)
+        # Without wings each faint galaxy keeps the bright ones' light (3-9% here): biased high.
+        self.assertGreater(before.min(), 0.02, before)
+        self.assertLess(np.abs(after).mean(), 0.5 * np.abs(before).mean(), (before, after))
+
+    def test_switched_off_and_bad_psf(self):
+        off = self.deblender.deblend(self.image, PEAKS, variance=self.variance, psf=self.psf,
+                                     settings=self.settings.replace(psf_wings=False))
+        self.assertIsNone(off.wing_fluxes)
+        with self.assertRaises(MadnessValueError):
+            self.deblender.deblend(self.image, PEAKS, variance=self.variance, psf=self.psf[:, :-1],
+                                   settings=self.settings)
+
+
+class MemoryTester(lsst.utils.tests.MemoryTestCase):
+    pass
+
+
+def setup_module(module):
+    lsst.utils.tests.init()
+
+
+if __name__ == "__main__":
+    lsst.utils.tests.init()
+    unittest.main()
