@@ -39,6 +39,9 @@ centres) with the engine and measures every galaxy with the paper's apertures (k
   (``MapSettings.fit_envelopes``), with ``envelope_edge_sigma`` X (the photometry counts
   each envelope as its galaxy's);
 - ``noenvelope``: no envelopes, whatever the defaults.
+- ``nowings``: no PSF wings beyond the stamps (``MapSettings(psf_wings=False)``; every fit is
+  given the PSF the fields were drawn with, and by default each source's light beyond its stamp
+  is drawn from it, ``lsst.meas.madness.engine.wings``).
 
 ``--score-results NAME=FILE`` scores, beside the ablations (or alone, with ``--ablations`` given no
 names), fits made elsewhere and saved by ``benchmarks/bench_deblend.py --save-results`` on the
@@ -67,7 +70,7 @@ import time
 from pathlib import Path
 
 ABLATIONS = ("default", "paper", "forced200", "variance-image", "variance-truth", "max100", "max60", "zoom1",
-             "zoom-guess", "zoom-fit", "envelope", "noenvelope")
+             "zoom-guess", "zoom-fit", "envelope", "noenvelope", "nowings")
 
 
 def _ablation(name: str) -> str:
@@ -141,6 +144,7 @@ def main(argv=None) -> int:
 
     from lsst.meas.madness import MadnessDeblender
     from lsst.meas.madness.evaluation import iter_test_fields
+    from lsst.meas.madness.evaluation.methods import psf_images
     from lsst.meas.madness.evaluation.metrics import model_metrics, reference_metrics
     from lsst.meas.madness.simulation import LsstConditions
 
@@ -152,6 +156,8 @@ def main(argv=None) -> int:
     fields = [fields[k] for k in field_ids]
     bands = tuple(fields[0].bands)
     conditions = LsstConditions.from_surveycodex(bands=bands)
+    # The PSF the fields were drawn with, wide enough for a wing to reach across a field.
+    psf = psf_images(conditions, bands, 2 * max(fields[0].image.shape[1:]) + 1)
     errors = {name: [] for name in names}
     cosines = {name: [] for name in names}
     e1 = {name: [] for name in names}
@@ -185,11 +191,12 @@ def main(argv=None) -> int:
             for part in name.split("+"):
                 settings, variance = _apply(part, settings, variance, sky, field)
             start = time.perf_counter()
-            result = deblender.deblend(field.image, field.centers_xy, variance=variance, settings=settings)
+            result = deblender.deblend(field.image, field.centers_xy, variance=variance, settings=settings,
+                                       psf=psf)
             seconds[name] += time.perf_counter() - start
+            far_light, far_sources = result.far_light()
             metrics = model_metrics(ref, result.models.astype(np.float32), models_yx0=np.asarray(result.stamp_yx0),
-                                    conditions=conditions, envelopes=result.envelopes,
-                                    envelope_sources=result.envelope_sources)
+                                    conditions=conditions, envelopes=far_light, envelope_sources=far_sources)
             errors[name].append(np.abs(metrics["flux_residual"]))
             cosines[name].append(metrics["cosine"])
             e1[name].append(metrics["e1_residual"])
@@ -277,6 +284,8 @@ def _apply(name: str, settings, variance, sky, field):
         settings = settings.replace(zoom_choice="fit", zoom_edge_threshold=float(name[8:]))
     elif name == "noenvelope":
         settings = settings.replace(fit_envelopes=False)
+    elif name == "nowings":
+        settings = settings.replace(psf_wings=False)
     elif name == "envelope":
         settings = settings.replace(fit_envelopes=True)
     elif name.startswith("envelope"):

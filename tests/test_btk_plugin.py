@@ -97,6 +97,8 @@ class BtkPluginTestCase(lsst.utils.tests.TestCase):
             self.assertIsNone(extra["error"])
             self.assertEqual(extra["dropped"], [])
             self.assertEqual(extra["result"].n_sources, n)
+            # The batch's PSF went with the blend: every source has its PSF wing (engine.wings).
+            self.assertTrue(extra["result"].winged.all())
 
     def test_btk_matcher_and_metrics(self):
         """BTK's own matcher finds every true galaxy; BTK's metrics are finite."""

@@ -300,7 +300,8 @@ class EvaluateCliTestCase(lsst.utils.tests.TestCase):
             copy = tmp / "copy"
             shutil.copytree(self.output / "partial", copy / "partial")
             stored = {p.name: json.loads(p.read_text()) for p in (copy / "partial").glob("field-*.json")}
-            settings = ["max_iter=0", "min_iter=0", "max_zoom=1", "fit_envelopes=false"]
+            # No step, no zoom, no envelope and no PSF wing: MADNESS is then the decoded guesses.
+            settings = ["max_iter=0", "min_iter=0", "max_zoom=1", "fit_envelopes=false", "psf_wings=false"]
             with contextlib.redirect_stdout(io.StringIO()):
                 rc = main(common + ["--methods", "blended", "vae_deblender", "madness", "--output", str(copy),
                                     "--rerun", "madness", "vae_deblender"]
@@ -308,7 +309,7 @@ class EvaluateCliTestCase(lsst.utils.tests.TestCase):
             self.assertEqual(rc, 0)
             run = json.loads((copy / "partial" / "run.json").read_text())
             self.assertEqual(run["map_settings"], {"fit_envelopes": False, "max_iter": 0, "max_zoom": 1,
-                                                   "min_iter": 0})
+                                                   "min_iter": 0, "psf_wings": False})
             for name, before in stored.items():  # the peers' stored results kept
                 self.assertEqual(json.loads((copy / "partial" / name).read_text())["blended"], before["blended"])
             summary = json.loads((copy / "summary.json").read_text())

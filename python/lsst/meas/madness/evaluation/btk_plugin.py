@@ -178,6 +178,18 @@ class MadnessBtkDeblender(Deblender):
             variance = variance + np.clip(image, 0, None)
         return np.array(variance, np.float32)
 
+    @staticmethod
+    def _psf_images(blend_batch: BlendBatch, order: Sequence[int]) -> np.ndarray | None:
+        """The batch's PSF of each model band on the survey's pixel grid, ``2 * size + 1`` pixels
+        wide so that a source's PSF wings (`lsst.meas.madness.engine.wings`) reach across the
+        image; `None` when the batch has none."""
+        if not blend_batch.psf:
+            return None
+        side = 2 * int(blend_batch.image_size) + 1
+        scale = blend_batch.survey.pixel_scale.to_value("arcsec")
+        return np.stack([blend_batch.psf[b].drawImage(nx=side, ny=side, scale=scale).array
+                         for b in order]).astype(np.float32)
+
     def _peaks(self, catalog: Table, image_size: int, ii: int) -> tuple[np.ndarray, list[int]]:
         """Rows the engine can deblend (finite, on the image, one per pixel) and those dropped."""
         if len(catalog) and ("x_peak" not in catalog.colnames or "y_peak" not in catalog.colnames):
@@ -212,6 +224,7 @@ class MadnessBtkDeblender(Deblender):
         max_n = self._max_n(blend_batch)
         model_bands = tuple(self.deblender.bands)
 
+        psf = self._psf_images(blend_batch, order)
         jobs, kept, dropped = [], [], []
         for ii in indices:
             keep, drop = self._peaks(catalogs_in[ii], size, ii)
@@ -226,7 +239,7 @@ class MadnessBtkDeblender(Deblender):
                 xy = np.stack([np.asarray(catalogs_in[ii]["x_peak"], np.float64)[keep],
                                np.asarray(catalogs_in[ii]["y_peak"], np.float64)[keep]], 1)
                 variance = self._variance(blend_batch, image)
-                jobs.append((ii, {"image": image, "peaks_xy": xy, "variance": variance}))
+                jobs.append((ii, {"image": image, "peaks_xy": xy, "variance": variance, "psf": psf}))
 
         results, errors = self._deblend_jobs(jobs)
 

@@ -129,7 +129,7 @@ class MethodOutput:
         method runs in (classic scarlet's own interpreter); added to the worker's own.
     envelopes, envelope_sources : `numpy.ndarray` or `None`
         ``(m, bands, H, W)`` light of galaxies beyond their stamps and the ``(m,)`` galaxy each
-        belongs to (MADNESS's `DeblendResult.envelopes`).
+        belongs to (MADNESS's `DeblendResult.far_light`: envelopes and PSF wings).
     """
 
     models: np.ndarray | None
@@ -273,12 +273,15 @@ class MadnessMethod(_MadnessBase):
     label = "MADNESS"
 
     def deblend(self, field: FieldInput) -> MethodOutput:
+        # The PSF the fields were drawn with, wide enough for a wing from any pixel to reach the
+        # whole field (`lsst.meas.madness.engine.wings`); drawn once per field size, not timed.
+        psf = psf_images(self.conditions, self.bands, 2 * max(field.image.shape[1:]) + 1)
         start = time.perf_counter()
-        result = self.deblender.deblend(field.image, field.centers_xy, variance=field.variance)
+        result = self.deblender.deblend(field.image, field.centers_xy, variance=field.variance, psf=psf)
         seconds = time.perf_counter() - start
+        far_light, far_sources = result.far_light()
         return MethodOutput(models=result.models.astype(np.float32), models_yx0=np.asarray(result.stamp_yx0),
-                            seconds=seconds, envelopes=result.envelopes,
-                            envelope_sources=result.envelope_sources,
+                            seconds=seconds, envelopes=far_light, envelope_sources=far_sources,
                             info={"n_iter": int(np.max(result.n_iter)),
                                   "converged": bool(np.all(result.converged))})
 
@@ -293,6 +296,7 @@ class MadnessMethod(_MadnessBase):
                           + f"; zoom up to {s.max_zoom} ({s.zoom_choice}); "
                           + (f"envelopes (edge {s.envelope_edge_sigma} sigma); " if s.fit_envelopes
                              else "no envelopes; ")
+                          + ("PSF wings beyond the stamps (the fields' PSF); " if s.psf_wings else "no PSF wings; ")
                           + (f"second start at lr {s.second_start_rate} (kept per group of overlapping "
                              "sources by objective); " if s.second_start_rate is not None else "")
                           + f"MAP steps in {s.precision}"}
