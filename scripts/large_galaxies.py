@@ -238,7 +238,7 @@ def run_set(name, fields, deblender, settings, conditions, args) -> dict:
     if args.scarlet_lite:
         from lsst.meas.madness.evaluation import methods
 
-        methods.RENDERED_STAMP = 139  # keep big scarlet_lite models whole (see the module docstring)
+        methods.RENDERED_MARGIN = 139 - methods.PSF_SIZE  # keep big models whole: 139-px stamps (module docstring)
         scarlet = methods.ScarletLiteMethod(bands, conditions)
         scarlet.setup()
     for field in fields:

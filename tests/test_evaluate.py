@@ -279,6 +279,39 @@ class EvaluateCliTestCase(lsst.utils.tests.TestCase):
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+    def test_psf_size(self):
+        """One PSF size for every method of a run: part of the signature, odd, and MADNESS draws
+        PSF wings only from a PSF wider than its stamp."""
+        from lsst.meas.madness.evaluation.methods import FieldInput, MadnessMethod
+
+        with self.assertRaisesRegex(MadnessValueError, "another evaluation run.*psf_size"):
+            run_evaluation(iter_test_fields(self.fields), ["blended"], checkpoint=self.output / "partial",
+                           bundle=str(quick_bundle_path()), info={"fields": f"TestFields {self.fields}"},
+                           psf_size=61, progress=False)
+        tmp = Path(tempfile.mkdtemp(prefix="madness-evaluate-psf-"))
+        try:
+            for bad in ("40", "1"):
+                with self.assertRaises(SystemExit, msg=bad), contextlib.redirect_stderr(io.StringIO()):
+                    main(["evaluate", "--fields", str(self.fields), "--output", str(tmp / "bad"), "--no-progress",
+                          "--psf-size", bad])
+                self.assertFalse((tmp / "bad" / "partial").exists(), bad)  # refused before any field
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        field = next(iter_test_fields(self.fields))
+        variance = np.broadcast_to(np.asarray(field.variance, np.float32)[:, None, None], field.image.shape)
+        data = FieldInput(field.field_id, field.image, variance.copy(), field.centers_xy, tuple(field.bands))
+        conditions = LsstConditions.from_surveycodex(bands=tuple(field.bands))
+        outputs = {}
+        for size in (41, 101):
+            method = MadnessMethod(tuple(field.bands), conditions, str(quick_bundle_path()), psf_size=size,
+                                   map_settings={"max_iter": 5, "min_iter": 5, "fit_envelopes": False})
+            method.setup()
+            outputs[size] = method.deblend(data)
+            self.assertIn(f"{size}x{size} PSF", method.describe()["config"])
+        self.assertIsNone(outputs[41].envelopes)  # a 41-px PSF holds nothing beyond a 45-px stamp
+        self.assertEqual(sorted(outputs[101].envelope_sources.tolist()), list(range(field.n_galaxies)))
+        np.testing.assert_array_equal(outputs[41].models, outputs[101].models)  # the fit is the same
+
     def test_map_settings(self):
         """--map-setting sets MADNESS's engine: part of the run's signature; with no MAP step and
         nothing but the guesses, MADNESS's galaxies are the VAE-deblender's."""

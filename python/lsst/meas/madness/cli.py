@@ -224,7 +224,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .engine.settings import MapSettings
     from .errors import MadnessError
     from .evaluation.fields import iter_test_fields, simulate_test_fields
-    from .evaluation.methods import METHOD_NAMES
+    from .evaluation.methods import METHOD_NAMES, check_psf_size
     from .evaluation.report import write_evaluation
     from .evaluation.runner import run_evaluation
     from .simulation import SimulatedDataset
@@ -251,13 +251,18 @@ def _evaluate(args: argparse.Namespace) -> int:
         map_settings = MapSettings.parse_overrides(args.map_setting)
     except MadnessError as error:
         raise SystemExit(f"madness evaluate: --map-setting: {error}") from None
+    try:
+        check_psf_size(args.psf_size)
+    except MadnessError as error:
+        raise SystemExit(f"madness evaluate: --psf-size: {error}") from None
     result = run_evaluation(iter_test_fields(fields_dir, max_fields=args.max_fields), methods,
                             bundle=args.bundle, bands=bands, progress=not args.no_progress, n_fields=n_fields,
                             info={"fields": source, "bundle": args.bundle or "packaged default",
                                   "precision": args.precision, "map_settings": map_settings,
+                                  "psf_size": args.psf_size,
                                   "command": "madness " + " ".join(shlex.quote(a) for a in args.argv)},
                             checkpoint=output / "partial", restart=args.restart, rerun=args.rerun or (),
-                            precision=args.precision, map_settings=map_settings)
+                            precision=args.precision, map_settings=map_settings, psf_size=args.psf_size)
     paths = write_evaluation(result, output, figures=not args.no_figures)
     summary = json.loads(paths["summary"].read_text())
     band = "r" if "r" in result.bands else result.bands[0]
@@ -388,6 +393,8 @@ def main(argv: list[str] | None = None) -> int:
     train.add_argument("--no-progress", action="store_true")
     train.add_argument("--no-figures", action="store_true")
     train.set_defaults(func=_train)
+    from .evaluation.methods import PSF_SIZE  # numpy only: the default of --psf-size
+
     evaluate = sub.add_parser("evaluate", help="every deblender side by side on TestFields: the paper's "
                                                "section-4 metrics, time and memory, report and figures")
     source = evaluate.add_mutually_exclusive_group(required=True)
@@ -414,6 +421,10 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.add_argument("--map-setting", action="append", default=[], metavar="KEY=VALUE",
                           help="a MapSettings field of MADNESS's engine, repeatable (e.g. max_iter=60, "
                                "second_start_rate=0.02); part of the run's signature like --precision")
+    evaluate.add_argument("--psf-size", type=int, default=PSF_SIZE, metavar="PIXELS",
+                          help=f"side (odd) of the PSF images every method is given (default {PSF_SIZE}); MADNESS "
+                               "draws each galaxy's light beyond its 45-px stamp from a wider one (PSF wings); "
+                               "part of the run's signature")
     evaluate.add_argument("--restart", action="store_true",
                           help="discard the finished fields in OUTPUT/partial; without it, the same command "
                                "run again continues after the last finished field")

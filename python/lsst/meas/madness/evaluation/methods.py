@@ -50,7 +50,9 @@ __all__ = [
     "VaeDeblenderMethod",
     "get_method",
     "method_availability",
+    "check_psf_size",
     "psf_images",
+    "PSF_SIZE",
 ]
 
 import abc
@@ -74,11 +76,15 @@ from ..errors import MadnessValueError
 from .stamps import cutout_stamps
 
 PSF_SIZE = 41
-"""Side (pixels) of the PSF images given to the scarlet family (odd, centred)."""
+"""Default side (pixels, odd, centred) of the PSF images every method of a run is given
+(``madness evaluate --psf-size``): the scarlets convolve with it, MADNESS draws each source's
+light beyond its stamp from it (`lsst.meas.madness.engine.wings`; a PSF no wider than the
+45-px stamp gives no wing). One size for all, so that no method knows more of the PSF."""
 
-RENDERED_STAMP = 61
-"""Side (pixels) of the stamps the scarlet family's rendered models are cut to: a source's
-model box plus the PSF's extent, so no flux is cut (their models are zero elsewhere)."""
+RENDERED_MARGIN = 20
+"""The scarlet family's rendered models are cut to stamps of the PSF's side plus this (61 px at
+the default PSF): a source's model box plus the PSF's extent, so no flux is cut (their models are
+zero elsewhere)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -160,6 +166,8 @@ class DeblendMethod(abc.ABC):
     map_settings : `dict`, optional
         Further `MapSettings` fields of MADNESS's engine (its defaults otherwise); ignored by
         the other methods.
+    psf_size : `int`
+        Side of the PSF images the method is given (`PSF_SIZE`), the same for every method.
     """
 
     name: ClassVar[str]
@@ -168,12 +176,13 @@ class DeblendMethod(abc.ABC):
     """Modules that must import for the method to be available."""
 
     def __init__(self, bands: Sequence[str], conditions, bundle=None, precision: str = "float32",
-                 map_settings: dict | None = None):
+                 map_settings: dict | None = None, psf_size: int = PSF_SIZE):
         self.bands = tuple(bands)
         self.conditions = conditions
         self.bundle = bundle
         self.precision = precision
         self.map_settings = dict(map_settings or {})
+        self.psf_size = check_psf_size(psf_size)
 
     @classmethod
     def availability(cls) -> str | None:
@@ -273,9 +282,10 @@ class MadnessMethod(_MadnessBase):
     label = "MADNESS"
 
     def deblend(self, field: FieldInput) -> MethodOutput:
-        # The PSF the fields were drawn with, wide enough for a wing from any pixel to reach the
-        # whole field (`lsst.meas.madness.engine.wings`); drawn once per field size, not timed.
-        psf = psf_images(self.conditions, self.bands, 2 * max(field.image.shape[1:]) + 1)
+        # The PSF the fields were drawn with, as every method of the run gets it: with a PSF
+        # wider than the stamp each source's light beyond it is drawn from the PSF
+        # (`lsst.meas.madness.engine.wings`). Drawn once (cached), not timed.
+        psf = psf_images(self.conditions, self.bands, self.psf_size)
         start = time.perf_counter()
         result = self.deblender.deblend(field.image, field.centers_xy, variance=field.variance, psf=psf)
         seconds = time.perf_counter() - start
@@ -296,7 +306,8 @@ class MadnessMethod(_MadnessBase):
                           + f"; zoom up to {s.max_zoom} ({s.zoom_choice}); "
                           + (f"envelopes (edge {s.envelope_edge_sigma} sigma); " if s.fit_envelopes
                              else "no envelopes; ")
-                          + ("PSF wings beyond the stamps (the fields' PSF); " if s.psf_wings else "no PSF wings; ")
+                          + (f"PSF wings beyond the stamps ({self.psf_size}x{self.psf_size} PSF); " if s.psf_wings
+                             else "no PSF wings; ")
                           + (f"second start at lr {s.second_start_rate} (kept per group of overlapping "
                              "sources by objective); " if s.second_start_rate is not None else "")
                           + f"MAP steps in {s.precision}"}
@@ -313,6 +324,13 @@ def _psf_images_cached(survey: str, bands: tuple[str, ...], pixel_scale: float, 
     return images / images.sum(axis=(1, 2), keepdims=True)
 
 
+def check_psf_size(size) -> int:
+    """``size`` as an int, or a clear error unless it is an odd side of at least 3 pixels."""
+    if int(size) != size or int(size) < 3 or int(size) % 2 == 0:
+        raise MadnessValueError(f"PSF images must have an odd side of at least 3 pixels; got {size}.")
+    return int(size)
+
+
 def psf_images(conditions, bands: Sequence[str] | None = None, size: int = PSF_SIZE) -> np.ndarray:
     """``(bands, size, size)`` unit-sum PSF images of the simulation (BTK's Kolmogorov + Airy).
 
@@ -325,8 +343,8 @@ def psf_images(conditions, bands: Sequence[str] | None = None, size: int = PSF_S
     return _psf_images_cached(conditions.survey, bands, float(conditions.pixel_scale), int(size)).copy()
 
 
-def _rendered_stamps(full_models: np.ndarray, centers_xy: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    stamps, yx0 = cutout_stamps(full_models, centers_xy, RENDERED_STAMP)
+def _rendered_stamps(full_models: np.ndarray, centers_xy: np.ndarray, psf_size: int) -> tuple[np.ndarray, np.ndarray]:
+    stamps, yx0 = cutout_stamps(full_models, centers_xy, psf_size + RENDERED_MARGIN)
     return stamps.astype(np.float32), yx0
 
 
@@ -435,7 +453,7 @@ class Scarlet2Method(DeblendMethod):
         import scarlet2
 
         scarlet2.set_validation(False)
-        self.psf = psf_images(self.conditions, self.bands)
+        self.psf = psf_images(self.conditions, self.bands, self.psf_size)
 
     def _scene(self, field: FieldInput):
         import jax.numpy as jnp
@@ -490,14 +508,14 @@ class Scarlet2Method(DeblendMethod):
             fitted = scene.fit(obs, max_iter=self.max_iter, e_rel=self.e_rel, progress_bar=False)
             full = np.stack([np.asarray(obs.render(fitted.evaluate_source(s))) for s in fitted.sources])
             seconds = t_init + time.perf_counter() - t0
-        models, yx0 = _rendered_stamps(full, field.centers_xy)
+        models, yx0 = _rendered_stamps(full, field.centers_xy, self.psf_size)
         return MethodOutput(models=models, models_yx0=yx0, seconds=seconds, compile_seconds=compile_seconds)
 
     def describe(self) -> dict:
         import scarlet2
 
         return {"label": self.label, "version": getattr(scarlet2, "__version__", "unknown"),
-                "config": f"known centres; PSF: BTK Kolmogorov+Airy {PSF_SIZE}x{PSF_SIZE} per band; "
+                "config": f"known centres; PSF: BTK Kolmogorov+Airy {self.psf_size}x{self.psf_size} per band; "
                           f"model PSF Gaussian 0.7 px; init pixel_spectrum(correct_psf=True) + "
                           f"compact_morphology()"
                           + (" padded to best_box_moments boxes; " if self.box_moments else "; ")
@@ -535,7 +553,7 @@ class ScarletLiteMethod(DeblendMethod):
     def setup(self) -> None:
         import lsst.scarlet.lite  # noqa: F401
 
-        self.psf = psf_images(self.conditions, self.bands)
+        self.psf = psf_images(self.conditions, self.bands, self.psf_size)
         fwhm = np.array([self.conditions.psf_fwhm[self.conditions.band_index(b)] for b in self.bands])
         self.psf_sigma = fwhm / self.conditions.pixel_scale / (2 * np.sqrt(2 * np.log(2)))
 
@@ -583,7 +601,7 @@ class ScarletLiteMethod(DeblendMethod):
             model = source.get_model().project(bbox=observation.bbox)
             full[i] = observation.convolve(model, mode="real").data
         seconds = time.perf_counter() - start
-        models, yx0 = _rendered_stamps(full, field.centers_xy)
+        models, yx0 = _rendered_stamps(full, field.centers_xy, self.psf_size)
         return MethodOutput(models=models, models_yx0=yx0, seconds=seconds,
                             info={"n_iter": int(n_iter), "deconvolve_iter": deconvolve_iter,
                                   "deconvolve_seconds": round(t_deconvolve, 3), "null_sources": n_null})
@@ -593,7 +611,7 @@ class ScarletLiteMethod(DeblendMethod):
 
         return {"label": self.label, "version": getattr(scl, "__version__", "unknown"),
                 "config": f"as meas_extensions_scarlet: whole field; PSF: BTK Kolmogorov+Airy "
-                          f"{PSF_SIZE}x{PSF_SIZE} per band; model PSF Gaussian {self.model_psf_sigma} px; "
+                          f"{self.psf_size}x{self.psf_size} per band; model PSF Gaussian {self.model_psf_sigma} px; "
                           f"detection image: band sum of DeconvolveExposureTask's deconvolution "
                           f"({self.deconvolve_max_iter} iterations, e_rel {self.deconvolve_e_rel}, inside "
                           f"5-sigma PSF-matched detection footprints); FactorizedInitialization("
@@ -691,7 +709,7 @@ class ScarletMethod(DeblendMethod):
         if python is None:
             raise ImportError(versions)
         self.python = python
-        self.psf = psf_images(self.conditions, self.bands)
+        self.psf = psf_images(self.conditions, self.bands, self.psf_size)
         self.tmp = tempfile.TemporaryDirectory(prefix="madness-scarlet-")
         worker = Path(__file__).with_name("scarlet_worker.py")
         self.process = subprocess.Popen([python, str(worker)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -726,7 +744,7 @@ class ScarletMethod(DeblendMethod):
         with np.load(dst) as data:
             full = data["models"]
         dst.unlink(missing_ok=True)
-        models, yx0 = _rendered_stamps(full, field.centers_xy)
+        models, yx0 = _rendered_stamps(full, field.centers_xy, self.psf_size)
         transfer = time.perf_counter() - start - reply["seconds"]
         return MethodOutput(models=models, models_yx0=yx0, seconds=float(reply["seconds"]),
                             extra_rss_before=reply["rss_before"], extra_peak_rss=reply["peak_rss"],
@@ -750,7 +768,7 @@ class ScarletMethod(DeblendMethod):
         return {"label": self.label, "version": versions.get("scarlet", "unknown"),
                 "interpreter": "own environment (numpy " + str(versions.get("numpy", "?")) + ")",
                 "config": f"paper appendix B, as BTK's ScarletDeblender: whole field; PSF: BTK "
-                          f"Kolmogorov+Airy {PSF_SIZE}x{PSF_SIZE} per band; model PSF Gaussian "
+                          f"Kolmogorov+Airy {self.psf_size}x{self.psf_size} per band; model PSF Gaussian "
                           f"{self.model_psf_sigma} px; init_all_sources(max_components="
                           f"{self.max_components}, min_snr={self.min_snr:g}, thresh={self.thresh:g}); "
                           f"fit({self.max_iter}, e_rel={self.e_rel}); models rendered as observed, "

@@ -39,7 +39,8 @@ import numpy as np
 
 from ..errors import MadnessValueError
 from .fields import TestField
-from .methods import METHOD_NAMES, MODEL_METHOD_NAMES, FieldInput, get_method, method_availability
+from .methods import (METHOD_NAMES, MODEL_METHOD_NAMES, PSF_SIZE, FieldInput, check_psf_size, get_method,
+                      method_availability)
 from .metrics import model_metrics, reference_metrics
 from .resources import MemoryMeter
 
@@ -127,11 +128,12 @@ class EvaluationResult:
 
 
 def _worker_main(conn, name: str, bands, conditions, bundle, precision: str = "float32",
-                 map_settings: dict | None = None) -> None:
+                 map_settings: dict | None = None, psf_size: int = PSF_SIZE) -> None:
     """Entry point of a method's worker process (see the module docstring for the protocol)."""
     try:
         start = time.perf_counter()
-        method = get_method(name)(bands, conditions, bundle, precision=precision, map_settings=map_settings)
+        method = get_method(name)(bands, conditions, bundle, precision=precision, map_settings=map_settings,
+                                  psf_size=psf_size)
         method.setup()
         conn.send(("ready", {"setup_seconds": time.perf_counter() - start, "config": method.describe(),
                              "rss": MemoryMeter.rss(), "pid": os.getpid()}))
@@ -175,12 +177,12 @@ class _Worker:
     """Parent-side handle of one method's worker process."""
 
     def __init__(self, name: str, bands, conditions, bundle, context, precision: str = "float32",
-                 map_settings: dict | None = None):
+                 map_settings: dict | None = None, psf_size: int = PSF_SIZE):
         self.name = name
         self.conn, child = context.Pipe()
         self.process = context.Process(target=_worker_main, args=(child, name, tuple(bands), conditions,
                                                                    None if bundle is None else str(bundle),
-                                                                   precision, map_settings),
+                                                                   precision, map_settings, psf_size),
                                        name=f"madness-evaluate-{name}", daemon=True)
         self.process.start()
         child.close()
@@ -249,7 +251,8 @@ def run_evaluation(fields: Iterable[TestField], methods: Sequence[str] = METHOD_
                    bands: Sequence[str] | None = None, conditions=None, progress: bool = True,
                    n_fields: int | None = None, info: dict | None = None, checkpoint=None,
                    restart: bool = False, rerun: Sequence[str] = (),
-                   precision: str = "float32", map_settings: dict | None = None) -> EvaluationResult:
+                   precision: str = "float32", map_settings: dict | None = None,
+                   psf_size: int = PSF_SIZE) -> EvaluationResult:
     """Deblend ``fields`` with every method and measure each galaxy.
 
     Parameters
@@ -290,6 +293,10 @@ def run_evaluation(fields: Iterable[TestField], methods: Sequence[str] = METHOD_
         ``{"max_iter": 60}``; `MapSettings.parse_overrides` reads them from ``KEY=VALUE``
         strings); the engine's defaults otherwise. Part of the run's signature, as
         ``precision`` is (which is set by that argument, not here).
+    psf_size : `int`
+        Side (odd) of the PSF images every method is given (`methods.PSF_SIZE`): the same for
+        all, so that no method knows more of the PSF; part of the run's signature (it changes
+        every method's results).
 
     Returns
     -------
@@ -303,6 +310,7 @@ def run_evaluation(fields: Iterable[TestField], methods: Sequence[str] = METHOD_
     for name in methods:
         get_method(name)  # unknown names raise here
     map_settings = _check_map_settings(map_settings, precision)
+    psf_size = check_psf_size(psf_size)
     methods = [m for m in METHOD_NAMES if m in methods]  # report order
     availability = method_availability(methods)
     records: dict[str, MethodRecord] = {}
@@ -335,7 +343,7 @@ def run_evaluation(fields: Iterable[TestField], methods: Sequence[str] = METHOD_
         signature = {"bands": list(bands), "field_bands": list(field_bands),
                      "bundle": None if bundle is None else str(bundle), "fields": (info or {}).get("fields"),
                      "precision": precision, "map_settings": map_settings,
-                     "bundle_fingerprint": _bundle_fingerprint(bundle)}
+                     "bundle_fingerprint": _bundle_fingerprint(bundle), "psf_size": psf_size}
         store = _Checkpoint(checkpoint, signature, restart=restart, rerun=rerun)
     elif rerun:
         raise MadnessValueError("rerun needs a checkpoint directory holding an earlier run.")
@@ -346,7 +354,7 @@ def run_evaluation(fields: Iterable[TestField], methods: Sequence[str] = METHOD_
     for name, rec in records.items():
         if rec.status == "ok" and name != "blended":
             workers[name] = _Worker(name, field_bands, conditions, bundle, context, precision=precision,
-                                    map_settings=map_settings)
+                                    map_settings=map_settings, psf_size=psf_size)
     for name, worker in list(workers.items()):
         message = worker.ready()
         rec = records[name]
@@ -531,6 +539,7 @@ class _Checkpoint:
             stored.setdefault("map_settings", {})  # runs before the engine's settings were a choice
             # Runs before the fingerprint cannot say which model "the packaged default" was then.
             stored.setdefault("bundle_fingerprint", None)
+            stored.setdefault("psf_size", PSF_SIZE)  # runs before the PSF's size was a choice
             differ = sorted(k for k in set(stored) | set(self.signature) if stored.get(k) != self.signature.get(k))
             # Another bundle or precision changes only the model methods' results: when all of
             # them are rerun, the peers' stored results stay valid (a new model beside the
