@@ -119,7 +119,8 @@ class DeblendTaskTestCase(MadnessTestCase):
             self.assertTrue(np.isfinite(children[f"deblend_chi2_{band}"]).all())
         self.assertEqual(self.task.metadata["n_children"], len(children))
         # The flux factors (fitAmplitudes, on by default) are the ones applied to each child's
-        # model: its model flux is the factor times the flux of its latents' decoded stamp.
+        # model: its model flux is the factor times the flux of its latents' decoded stamp, plus
+        # its PSF wing beyond the stamp (psfWings, on by default: tests/test_task_wings.py).
         for band in BANDS:
             self.assertTrue(np.isnan(parents[f"deblend_fluxFactor_{band}"]).all())
         factors = np.stack([children[f"deblend_fluxFactor_{band}"] for band in BANDS], axis=1)
@@ -128,7 +129,9 @@ class DeblendTaskTestCase(MadnessTestCase):
         inside = ~(children["deblend_edge"] | children["deblend_truncated"])
         self.assertGreater(int(inside.sum()), 3)
         decoded = MadnessDeblender.from_bundle(run_config().bundlePath).decode(np.asarray(children["deblend_latents"][inside]))
-        model_flux = np.stack([children[f"deblend_modelFlux_{band}"][inside] for band in BANDS], axis=1)
+        model_flux = np.stack([children[f"deblend_modelFlux_{band}"][inside] - children[f"deblend_wingFlux_{band}"][inside]
+                               for band in BANDS], axis=1)
+        self.assertTrue(children["deblend_winged"][inside].all())
         np.testing.assert_allclose(model_flux, factors[inside] * decoded.sum(axis=(2, 3)), rtol=2e-3)
         # maxZoom is 1 by default: no child is drawn zoomed (tests/test_task_zoom.py zooms one).
         self.assertTrue((children["deblend_zoom"] == 1).all())

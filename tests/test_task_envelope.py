@@ -99,6 +99,8 @@ class EnvelopeTaskTestCase(lsst.utils.tests.TestCase):
             config = MadnessDeblendConfig()
             config.precision = precision
             config.fitEnvelopes = envelopes
+            # The envelope alone: PSF wings (tests/test_task_wings.py) also reach beyond the stamps.
+            config.psfWings = False
             task = MadnessDeblendTask(config=config)
             cls.outputs[envelopes] = task.run(coadds=coadds, detections=detections, detectionSpans=spans,
                                               deblender=cls.deblender)

@@ -176,8 +176,10 @@ def _runTask(coadds, detections, spans, deblender, maxZoom, precision, **overrid
     config.maxZoom = maxZoom
     config.precision = precision
     # The zoom under test: without envelopes (the task's default), which would fit the disc's
-    # light beyond its stamp at maxZoom 1 (tests/test_task_envelope.py).
+    # light beyond its stamp at maxZoom 1 (tests/test_task_envelope.py), and without PSF wings,
+    # which reach beyond it too (tests/test_task_wings.py).
     config.fitEnvelopes = False
+    config.psfWings = False
     for name, value in overrides.items():
         setattr(config, name, value)
     task = MadnessDeblendTask(config=config)

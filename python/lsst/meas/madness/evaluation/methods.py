@@ -73,6 +73,7 @@ import numpy as np
 
 from ..engine.geometry import peaks_to_pixels, shift_stamps
 from ..errors import MadnessValueError
+from ..psf import check_psf_size, survey_psf_images
 from .stamps import cutout_stamps
 
 PSF_SIZE = 41
@@ -313,34 +314,15 @@ class MadnessMethod(_MadnessBase):
                           + f"MAP steps in {s.precision}"}
 
 
-@functools.lru_cache(maxsize=4)
-def _psf_images_cached(survey: str, bands: tuple[str, ...], pixel_scale: float, size: int) -> np.ndarray:
-    from btk.survey import get_surveys
-
-    btk_survey = get_surveys(survey)
-    images = [btk_survey.get_filter(b).psf.drawImage(nx=size, ny=size, scale=pixel_scale).array
-              for b in bands]
-    images = np.stack(images).astype(np.float32)
-    return images / images.sum(axis=(1, 2), keepdims=True)
-
-
-def check_psf_size(size) -> int:
-    """``size`` as an int, or a clear error unless it is an odd side of at least 3 pixels."""
-    if int(size) != size or int(size) < 3 or int(size) % 2 == 0:
-        raise MadnessValueError(f"PSF images must have an odd side of at least 3 pixels; got {size}.")
-    return int(size)
-
-
 def psf_images(conditions, bands: Sequence[str] | None = None, size: int = PSF_SIZE) -> np.ndarray:
     """``(bands, size, size)`` unit-sum PSF images of the simulation (BTK's Kolmogorov + Airy).
 
     The same GalSim model BTK draws the fields with (SurveyCodex FWHM, mirror diameter and
-    obscuration), drawn on the pixel grid and centred on the central pixel.
+    obscuration), drawn on the pixel grid and centred on the central pixel
+    (`lsst.meas.madness.psf.survey_psf_images`).
     """
     bands = tuple(conditions.bands if bands is None else bands)
-    if size % 2 == 0:
-        raise MadnessValueError(f"PSF images must have an odd side; got {size}.")
-    return _psf_images_cached(conditions.survey, bands, float(conditions.pixel_scale), int(size)).copy()
+    return survey_psf_images(conditions.survey, bands, float(conditions.pixel_scale), size)
 
 
 def _rendered_stamps(full_models: np.ndarray, centers_xy: np.ndarray, psf_size: int) -> tuple[np.ndarray, np.ndarray]:

@@ -40,7 +40,14 @@ import dataclasses
 import numpy as np
 
 from ..engine import DeblendResult
-from ..engine.geometry import peaks_to_pixels, stamp_origins_xy, stamp_overlap, zoom_footprint_size
+from ..engine.geometry import (
+    paste_stamps,
+    peaks_to_pixels,
+    stamp_origins_xy,
+    stamp_overlap,
+    zoom_footprint_size,
+)
+from ..engine.wings import paint_wings
 from .coadds import MultibandCoadd
 from .footprints import Footprint
 
@@ -290,7 +297,10 @@ class ChildSplit:
     values : `list` [`numpy.ndarray`]
         ``(bands, area)`` float32 heavy-footprint values of each child, span order.
     model_flux : `numpy.ndarray`
-        ``(n, bands)`` sum of each child's model stamp over the coadd.
+        ``(n, bands)`` sum of each child's model over the coadd (stamp, and envelope), plus its
+        whole PSF wing.
+    wing_flux : `numpy.ndarray`
+        ``(n, bands)`` flux of each child's PSF wing (`DeblendResult.wing_fluxes`; 0 without).
     model_fraction_in_footprint : `numpy.ndarray`
         ``(n,)`` band-summed fraction of each child's model inside its footprint.
     unassigned_fraction : `float`
@@ -302,6 +312,7 @@ class ChildSplit:
     model_flux: np.ndarray
     model_fraction_in_footprint: np.ndarray
     unassigned_fraction: float
+    wing_flux: np.ndarray | None = None
 
 
 def _window(origin_yx, shape, bbox):
@@ -311,7 +322,8 @@ def _window(origin_yx, shape, bbox):
 
 
 def _source_models(plan: BlendPlan, result: DeblendResult) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Each source's model as ``(origin_yx, (bands, h, w))``, tract frame, clipped at zero.
+    """Each source's model as ``(origin_yx, (bands, h, w))``, tract frame, clipped at zero,
+    without its PSF wing (`_with_wings` adds them).
 
     A source with an envelope (``result.enveloped``) is its stamp plus its envelope on the whole
     fit region; any other source is its stamp.
@@ -324,6 +336,31 @@ def _source_models(plan: BlendPlan, result: DeblendResult) -> list[tuple[np.ndar
     for i in np.flatnonzero(result.enveloped):
         image = result.source_image(int(i)).astype(np.float64)
         models[i] = (np.array(plan.region[:2], dtype=np.int64), np.clip(image, 0.0, None))
+    return models
+
+
+def _with_wings(models: list, plan: BlendPlan, result: DeblendResult) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``models`` (`_source_models`) where each source with a PSF wing (``result.winged``) is its
+    stamp plus its wing, on the box of the PSF around its pixel cut to the fit region."""
+    models = list(models)
+    winged = np.flatnonzero(result.winged)
+    if len(winged):
+        height, width = result.image_shape
+        half = np.array(result.psf.shape[1:]) // 2
+        pixels = peaks_to_pixels(result.peaks_xy)
+        for i in winged:
+            stamp = result.models[i : i + 1]
+            stamp_yx0 = np.asarray(result.stamp_yx0[i], dtype=np.int64)
+            # The box holding the stamp and the PSF around the source's pixel, on the fit region
+            # (the wing beyond it falls on no pixel of the parent).
+            y0, x0 = np.maximum(np.minimum(pixels[i] - half, stamp_yx0), 0)
+            y1, x1 = np.minimum(np.maximum(pixels[i] + half + 1, stamp_yx0 + stamp.shape[2:]), (height, width))
+            box = paint_wings(result.wing_fluxes[i : i + 1], pixels[i : i + 1] - (y0, x0),
+                              np.asarray(result.footprint_sizes)[i : i + 1], result.psf, (y1 - y0, x1 - x0),
+                              dtype=np.float64)
+            paste_stamps(np.clip(stamp.astype(np.float64), 0.0, None), stamp_yx0[None] - (y0, x0), box.shape[1:],
+                         out=box)
+            models[i] = (np.array(plan.region[:2], dtype=np.int64) + (y0, x0), box)
     return models
 
 
@@ -363,7 +400,21 @@ def split_blend(
     parent_mask = fp.to_mask()
     nb = obs.shape[0]
 
-    models = _source_models(plan, result)
+    # The model flux of each child over the coadd (stamp, and envelope, cropped to the image),
+    # before the wings join the templates; the wing counts whole.
+    stamps = _source_models(plan, result)
+    model_flux = np.zeros((n_children, nb))
+    for i in range(n_children):
+        origin, model = stamps[i]
+        win = _window(origin, model.shape[1:], coadd.bbox)
+        if win is not None:
+            model_flux[i] = model[:, win[1][0], win[1][1]].sum(axis=(1, 2))
+    wing_flux = np.zeros((n_children, nb))
+    if result.wing_fluxes is not None:
+        wing_flux = np.where(result.winged[:n_children, None], np.asarray(result.wing_fluxes)[:n_children], 0.0)
+    model_flux += wing_flux
+
+    models = _with_wings(stamps, plan, result)
     den = np.zeros_like(obs)
     count = np.zeros(parent_mask.shape, dtype=np.int32)
     windows, supports = [], []
@@ -386,14 +437,6 @@ def split_blend(
         else:
             supports.append(None)
             den[:, wy, wx] += m
-
-    # Model flux of each child over the coadd (stamp, and envelope, cropped to the image).
-    model_flux = np.zeros((n_children, nb))
-    for i in range(n_children):
-        origin, model = models[i]
-        win = _window(origin, model.shape[1:], coadd.bbox)
-        if win is not None:
-            model_flux[i] = model[:, win[1][0], win[1][1]].sum(axis=(1, 2))
 
     footprints, values = [], []
     fraction = np.zeros(n_children)
@@ -424,4 +467,4 @@ def split_blend(
 
     observed = float(np.where(bad, 0.0, obs)[:, parent_mask].sum())
     unassigned = (observed - assigned) / observed if observed != 0 else np.nan
-    return ChildSplit(footprints, values, model_flux, fraction, unassigned)
+    return ChildSplit(footprints, values, model_flux, fraction, unassigned, wing_flux)

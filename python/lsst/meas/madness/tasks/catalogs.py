@@ -302,6 +302,13 @@ def deblend_columns(bands: Sequence[str], latent_dim: int) -> list[Column]:
             "The child's light beyond its stamp was fitted as an envelope (fitEnvelopes; "
             "doc/large-galaxies.md): its footprint, pixels and model flux include it.",
         ),
+        Column(
+            "deblend_winged",
+            "bool",
+            "The child's model carries its PSF wing beyond its stamp (psfWings; doc/engine.md, 'PSF "
+            "wings'): its model flux includes deblend_wingFlux_<band>, and the wing takes its share of "
+            "the parent's pixels.",
+        ),
         Column("deblend_iterations", "int32", "MAP iterations of the blend."),
         Column(
             "deblend_chi2",
@@ -351,7 +358,14 @@ def deblend_columns(bands: Sequence[str], latent_dim: int) -> list[Column]:
             Column(
                 f"deblend_modelFlux_{band}",
                 "float32",
-                f"Sum of the child's full model (stamp, cropped to the image), {band} band, image units.",
+                f"Sum of the child's full model, {band} band, image units: its stamp (and envelope) cropped "
+                "to the image, plus its whole PSF wing (deblend_wingFlux_<band>).",
+            ),
+            Column(
+                f"deblend_wingFlux_{band}",
+                "float32",
+                f"Flux of the child's PSF wing beyond its stamp (psfWings), {band} band, image units; 0 "
+                "without one.",
             ),
             Column(
                 f"deblend_flux_{band}",

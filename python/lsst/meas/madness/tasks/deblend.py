@@ -59,6 +59,7 @@ from ..engine import DeblendResult, MadnessDeblender, MapSettings, prepare_blend
 from ..engine.geometry import peaks_to_pixels
 from ..engine.observation import bad_pixels
 from ..errors import MadnessValueError
+from ..psf import model_psf_images
 from ..units import ModelUnits, resolve_unit
 from .blends import BlendPlan, ParentFootprint, plan_blend, split_blend, with_zoom
 from .catalogs import deblend_columns, make_table
@@ -327,7 +328,7 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
         inverse = 1.0 / scale
         for row in (*result.parentRows, *result.childRows):
             for b, band in enumerate(deblender.bands):
-                for name in (f"deblend_flux_{band}", f"deblend_modelFlux_{band}"):
+                for name in (f"deblend_flux_{band}", f"deblend_modelFlux_{band}", f"deblend_wingFlux_{band}"):
                     if name in row:
                         row[name] = float(row[name] * inverse[b])
         for key, values in result.heavyValues.items():
@@ -396,6 +397,7 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
                 blends.append((k, plan))
 
         settings = self.config.makeMapSettings()
+        psf = self._wingPsf(deblender)
         # 1b. With maxZoom > 1, each source's zoom is chosen on the wide region, and the fit
         # region shrinks to the windows of the zooms chosen (the stamps themselves, with the
         # neighbours of a zoom-1 plan, for a blend without a large galaxy).
@@ -409,7 +411,7 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
         fitted: list[tuple[int, BlendPlan, DeblendResult]] = []
         periodic = PeriodicLogger(self.log)
         for done, (k, plan, outcome, runtime) in enumerate(
-            self._fitBlends(deblender, blends, coadd, settings), start=1
+            self._fitBlends(deblender, blends, coadd, settings, psf), start=1
         ):
             row = parentRows[k]
             row["deblend_runtime"] = runtime * plan.n_sources
@@ -439,7 +441,7 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
                 plan=lambda parent, k, maxZoom: self._plan(
                     parent, coadd, allPeaks[owner != k], deblender.stamp_size, maxZoom
                 ),
-                fit=lambda blends, fitSettings: self._fitBlends(deblender, blends, coadd, fitSettings),
+                fit=lambda blends, fitSettings: self._fitBlends(deblender, blends, coadd, fitSettings, psf),
                 log=self.log,
             )
             if self.config.doResidualPeaks:
@@ -477,6 +479,8 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
         self.metadata["n_not_converged"] = nNotConverged
         if self.config.fitEnvelopes:
             self.metadata["n_enveloped"] = sum(bool(c.get("deblend_enveloped")) for c in childRows)
+        if psf is not None:
+            self.metadata["n_winged"] = sum(bool(c.get("deblend_winged")) for c in childRows)
         self.log.info(
             "Deblended %d blends into %d children; %d parents skipped, %d failed, %d blends not converged",
             len(blends) - nFailed,
@@ -517,6 +521,13 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
             return MadnessDeblender.from_model_bundle(bundle)
 
         return self._checkBands(_DEBLENDERS.get(("butler", handle.ref.id), load))
+
+    def _wingPsf(self, deblender: MadnessDeblender) -> np.ndarray | None:
+        """The PSF the wings are drawn from (the model's, ``psfSize`` wide), or `None` without
+        ``psfWings``."""
+        if not self.config.psfWings:
+            return None
+        return model_psf_images(deblender.metadata, self.config.psfSize)
 
     def _checkBands(self, deblender: MadnessDeblender) -> MadnessDeblender:
         """Return ``deblender`` if its bands are ``config.bands``, in order; raise otherwise."""
@@ -725,6 +736,7 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
         blends: list[tuple[int, BlendPlan]],
         coadd: MultibandCoadd,
         settings: MapSettings,
+        psf: np.ndarray | None = None,
     ) -> Iterator[tuple[int, BlendPlan, DeblendResult | Exception, float]]:
         """Fit planned parents ``batchSize`` at a time; yield each parent's outcome.
 
@@ -743,6 +755,8 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
             The coadd, in model units.
         settings : `MapSettings`
             MAP settings of every blend.
+        psf : `numpy.ndarray`, optional
+            ``(bands, h, w)`` PSF of every blend, for the wings (``settings.psf_wings``).
 
         Yields
         ------
@@ -762,6 +776,8 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
             valid = []
             for k, plan in blends[start : start + size]:
                 blendInput = plan.engine_input(coadd)
+                if psf is not None:
+                    blendInput["psf"] = psf
                 try:
                     self._checkInput(deblender, blendInput, settings)
                 except _FATAL:
@@ -884,6 +900,7 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
                 deblend_extended=bool(result.extended[i]),
                 deblend_truncated=bool(result.truncated[i]),
                 deblend_enveloped=bool(result.enveloped[i]),
+                deblend_winged=bool(result.winged[i]),
                 deblend_iterations=result.n_iter,
                 deblend_converged=result.converged,
                 deblend_logPrior=float(result.log_prior[i]),
@@ -896,6 +913,7 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
                 child[f"deblend_chi2_{band}"] = float(result.chi2[i, b])
                 child[f"deblend_fluxFactor_{band}"] = float(result.amplitudes[i, b])
                 child[f"deblend_modelFlux_{band}"] = float(split.model_flux[i, b])
+                child[f"deblend_wingFlux_{band}"] = float(split.wing_flux[i, b])
                 child[f"deblend_flux_{band}"] = float(np.nansum(values[b]))
             child_rows.append(child)
             heavy_fp[cid] = fp

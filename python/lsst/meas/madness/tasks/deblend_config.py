@@ -352,6 +352,22 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
         doc="With fitEnvelopes, the mean residual of the ring just outside a source's stamp, in pixel "
         "sigma, above which it gets an envelope (> 0; MapSettings.envelope_edge_sigma).",
     )
+    psfWings = pexConfig.Field[bool](
+        default=MapSettings.psf_wings,
+        doc="Give each child without an envelope the light its PSF spreads beyond its stamp "
+        "(MapSettings.psf_wings; doc/engine.md, 'PSF wings'): the stamp's model flux times (1 - f) / f, "
+        "f the PSF's share inside the stamp, shaped as the PSF around the child's pixel. No refit: "
+        "the wing goes into the child's model flux (deblend_wingFlux_<band>, deblend_winged) and "
+        "into the templates that share the parent's pixels. The PSF is the model's own (the survey "
+        "PSF its decoder was trained with, lsst.meas.madness.psf.model_psf_images), psfSize pixels "
+        "wide.",
+    )
+    psfSize = pexConfig.Field[int](
+        default=201,
+        doc="Side of the PSF image the wings are drawn from, pixels (odd, >= 3): light beyond it is "
+        "not modelled (0.07% of a point source's flux outside 201 px for the LSST r-band PSF, "
+        "against 0.62% outside the 45-px stamp).",
+    )
     # Where it computes
     kerasBackend = pexConfig.ChoiceField[str](
         default=None,
@@ -460,6 +476,10 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
             raise pexConfig.FieldValidationError(
                 MadnessDeblendConfig.modelSupportThreshold, self, "must be >= 0."
             )
+        if self.psfSize < 3 or self.psfSize % 2 == 0:
+            raise pexConfig.FieldValidationError(
+                MadnessDeblendConfig.psfSize, self, f"must be odd and >= 3; got {self.psfSize}."
+            )
 
     def makeMapSettings(self) -> MapSettings:
         """Make the engine's `MapSettings` for this config.
@@ -495,4 +515,5 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
             zoom_edge_threshold=self.zoomEdgeThreshold,
             fit_envelopes=self.fitEnvelopes,
             envelope_edge_sigma=self.envelopeEdgeSigma,
+            psf_wings=self.psfWings,
         )
