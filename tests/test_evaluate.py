@@ -19,7 +19,13 @@ from astropy.table import Table
 from lsst.meas.madness.cli import main
 from lsst.meas.madness.errors import MadnessValueError
 from lsst.meas.madness.evaluation.fields import iter_test_fields, simulate_test_fields
-from lsst.meas.madness.evaluation.methods import METHOD_NAMES, method_availability, psf_images
+from lsst.meas.madness.evaluation.methods import (
+    LEGACY_PSF_SIZE,
+    METHOD_NAMES,
+    PSF_SIZE,
+    method_availability,
+    psf_images,
+)
 from lsst.meas.madness.evaluation.report import KAPPA_BLENDED, KAPPA_MAX, read_measurements
 from lsst.meas.madness.evaluation.resources import MemoryMeter
 from lsst.meas.madness.evaluation.runner import run_evaluation
@@ -61,6 +67,7 @@ def bright_catalog(n: int, seed: int = 0) -> Table:
 # even the quick test model (trained on synthetic galaxies) beats no deblending on them.
 SMALL_FIELDS = TestFieldsConfig(field_size=95, inner=36, min_galaxies=4, max_galaxies=5, shard_size=2)
 N_FIELDS = 2
+FIELD_PSF = 95  # the widest odd PSF image these fields hold
 
 
 class EvaluateCliTestCase(lsst.utils.tests.TestCase):
@@ -284,6 +291,9 @@ class EvaluateCliTestCase(lsst.utils.tests.TestCase):
         PSF wings only from a PSF wider than its stamp."""
         from lsst.meas.madness.evaluation.methods import FieldInput, MadnessMethod
 
+        # The default PSF (201 px) is wider than these 95-px fields: every method got 95 px.
+        self.assertEqual((self.summary["run"]["psf_size"], self.summary["run"]["psf_size_requested"]),
+                         (FIELD_PSF, PSF_SIZE))
         with self.assertRaisesRegex(MadnessValueError, "another evaluation run.*psf_size"):
             run_evaluation(iter_test_fields(self.fields), ["blended"], checkpoint=self.output / "partial",
                            bundle=str(quick_bundle_path()), info={"fields": f"TestFields {self.fields}"},
@@ -295,6 +305,20 @@ class EvaluateCliTestCase(lsst.utils.tests.TestCase):
                     main(["evaluate", "--fields", str(self.fields), "--output", str(tmp / "bad"), "--no-progress",
                           "--psf-size", bad])
                 self.assertFalse((tmp / "bad" / "partial").exists(), bad)  # refused before any field
+            # A checkpoint from before --psf-size ran with 41-px PSF images (LEGACY_PSF_SIZE): it
+            # continues at 41 px, not at the default.
+            old = tmp / "legacy" / "partial"
+            shutil.copytree(self.output / "partial", old)
+            run = json.loads((old / "run.json").read_text())
+            self.assertEqual(run.pop("psf_size"), FIELD_PSF)
+            (old / "run.json").write_text(json.dumps(run))
+            kwargs = dict(bundle=str(quick_bundle_path()), info={"fields": f"TestFields {self.fields}"},
+                          progress=False)
+            with self.assertRaisesRegex(MadnessValueError, "another evaluation run.*psf_size"):
+                run_evaluation(iter_test_fields(self.fields), ["blended"], checkpoint=old, **kwargs)
+            with contextlib.redirect_stdout(io.StringIO()):
+                run_evaluation(iter_test_fields(self.fields), ["blended"], checkpoint=old, psf_size=LEGACY_PSF_SIZE,
+                               **kwargs)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         field = next(iter_test_fields(self.fields))
@@ -424,11 +448,12 @@ class EvaluateUnitTestCase(lsst.utils.tests.TestCase):
     def test_psf_images(self):
         conditions = LsstConditions.from_surveycodex()
         psf = psf_images(conditions)
-        self.assertEqual(psf.shape, (6, 41, 41))
+        c = PSF_SIZE // 2
+        self.assertEqual(psf.shape, (6, PSF_SIZE, PSF_SIZE))
         np.testing.assert_allclose(psf.sum(axis=(1, 2)), 1.0, rtol=1e-6)
-        self.assertTrue(np.all(psf[:, 20, 20] == psf.max(axis=(1, 2))))
+        self.assertTrue(np.all(psf[:, c, c] == psf.max(axis=(1, 2))))
         # wider PSF in u (0.9") than in y (0.76"): lower peak
-        self.assertLess(psf[0, 20, 20], psf[5, 20, 20])
+        self.assertLess(psf[0, c, c], psf[5, c, c])
 
     def test_docstring_examples(self):
         from lsst.meas.madness.evaluation import resources

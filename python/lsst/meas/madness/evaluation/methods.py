@@ -53,6 +53,7 @@ __all__ = [
     "check_psf_size",
     "psf_images",
     "PSF_SIZE",
+    "LEGACY_PSF_SIZE",
 ]
 
 import abc
@@ -76,16 +77,23 @@ from ..errors import MadnessValueError
 from ..psf import check_psf_size, survey_psf_images
 from .stamps import cutout_stamps
 
-PSF_SIZE = 41
+PSF_SIZE = 201
 """Default side (pixels, odd, centred) of the PSF images every method of a run is given
 (``madness evaluate --psf-size``): the scarlets convolve with it, MADNESS draws each source's
 light beyond its stamp from it (`lsst.meas.madness.engine.wings`; a PSF no wider than the
-45-px stamp gives no wing). One size for all, so that no method knows more of the PSF."""
+45-px stamp gives no wing). One size for all, so that no method knows more of the PSF. 201 px
+since stop 47: MADNESS's decoder learnt the whole PSF from its training images, so a narrower
+image handicaps only the scarlets (doc/evaluation.md, "One PSF for every method"); runs made
+before the size was a choice used 41 (`LEGACY_PSF_SIZE`)."""
+
+LEGACY_PSF_SIZE = 41
+"""The PSF side of every run made before ``--psf-size`` existed (stop 46), and the default until
+stop 47: a checkpoint that does not record its PSF size used this."""
 
 RENDERED_MARGIN = 20
-"""The scarlet family's rendered models are cut to stamps of the PSF's side plus this (61 px at
-the default PSF): a source's model box plus the PSF's extent, so no flux is cut (their models are
-zero elsewhere)."""
+"""The scarlet family's rendered models are cut to stamps of the PSF's side plus this (221 px at
+the default PSF, 61 at 41 px): a source's model box plus the PSF's extent, so no flux is cut
+(their models are zero elsewhere)."""
 
 
 @dataclasses.dataclass(frozen=True)

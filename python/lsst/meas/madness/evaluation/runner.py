@@ -39,7 +39,7 @@ import numpy as np
 
 from ..errors import MadnessValueError
 from .fields import TestField
-from .methods import (METHOD_NAMES, MODEL_METHOD_NAMES, PSF_SIZE, FieldInput, check_psf_size, get_method,
+from .methods import (LEGACY_PSF_SIZE, METHOD_NAMES, MODEL_METHOD_NAMES, PSF_SIZE, FieldInput, check_psf_size, get_method,
                       method_availability)
 from .metrics import model_metrics, reference_metrics
 from .resources import MemoryMeter
@@ -296,7 +296,9 @@ def run_evaluation(fields: Iterable[TestField], methods: Sequence[str] = METHOD_
     psf_size : `int`
         Side (odd) of the PSF images every method is given (`methods.PSF_SIZE`): the same for
         all, so that no method knows more of the PSF; part of the run's signature (it changes
-        every method's results).
+        every method's results). Capped at the widest odd side the first field holds (with a
+        warning; ``info["psf_size"]`` holds the size used, ``info["psf_size_requested"]`` the
+        one asked for when they differ).
 
     Returns
     -------
@@ -334,6 +336,15 @@ def run_evaluation(fields: Iterable[TestField], methods: Sequence[str] = METHOD_
     if unknown:
         raise MadnessValueError(f"Bands {unknown} are not among the fields' bands {field_bands}.")
     band_index = [field_bands.index(b) for b in bands]
+    # A PSF image wider than the field is more than any method can use, and scarlet2 cannot
+    # convolve with one: every method gets the widest odd side the field holds instead.
+    side = int(min(first.image.shape[1:]))
+    widest = side if side % 2 else side - 1
+    requested_psf_size = psf_size
+    if psf_size > widest:
+        _log.warning("PSF images of %d px are wider than the %dx%d fields: every method gets %d px",
+                     psf_size, *first.image.shape[1:], widest)
+        psf_size = widest
 
     store = None
     rerun = list(dict.fromkeys(rerun))
@@ -473,6 +484,9 @@ def run_evaluation(fields: Iterable[TestField], methods: Sequence[str] = METHOD_
     run_info = dict(info or {})
     run_info.update(n_fields=n_done, n_galaxies=int(sum(len(v) for v in galaxies.parts["galaxy"])),
                     field_bands=list(field_bands), seconds=round(time.perf_counter() - started, 2))
+    run_info["psf_size"] = psf_size
+    if psf_size != requested_psf_size:
+        run_info["psf_size_requested"] = requested_psf_size
     if n_resumed:
         run_info["resumed_fields"] = n_resumed
     if rerun:
@@ -539,7 +553,7 @@ class _Checkpoint:
             stored.setdefault("map_settings", {})  # runs before the engine's settings were a choice
             # Runs before the fingerprint cannot say which model "the packaged default" was then.
             stored.setdefault("bundle_fingerprint", None)
-            stored.setdefault("psf_size", PSF_SIZE)  # runs before the PSF's size was a choice
+            stored.setdefault("psf_size", LEGACY_PSF_SIZE)  # runs before the PSF's size was a choice
             differ = sorted(k for k in set(stored) | set(self.signature) if stored.get(k) != self.signature.get(k))
             # Another bundle or precision changes only the model methods' results: when all of
             # them are rerun, the peers' stored results stay valid (a new model beside the
