@@ -18,8 +18,9 @@ import numpy as np
 
 from lsst.meas.madness.evaluation import methods
 from lsst.meas.madness.evaluation.fields import iter_test_fields, simulate_test_fields
-from lsst.meas.madness.evaluation.methods import (FieldInput, detection_footprints, get_method,
-                                                  method_availability)
+from lsst.meas.madness.errors import MadnessValueError
+from lsst.meas.madness.evaluation.methods import (LEGACY_PSF_SIZE, PSF_SIZE, FieldInput, detection_footprints,
+                                                  get_method, method_availability)
 from lsst.meas.madness.evaluation.metrics import model_metrics, reference_metrics
 from lsst.meas.madness.simulation import LsstConditions, TestFieldsConfig
 from test_evaluate import bright_catalog
@@ -107,7 +108,9 @@ class PeersBeatNoDeblendingTestCase(lsst.utils.tests.TestCase):
         if self.available[name] is not None:
             self.skipTest(f"{name} is absent: {self.available[name]}")
         f = self.field
-        method = get_method(name)(self.bands, self.conditions)
+        # 41-px PSF images: the default (201 px) is wider than this 95-px field, which scarlet2
+        # refuses (test_scarlet2_psf_wider_than_field) and madness evaluate cuts to the field.
+        method = get_method(name)(self.bands, self.conditions, psf_size=LEGACY_PSF_SIZE)
         method.setup()
         try:
             variance = np.broadcast_to(np.asarray(f.variance, np.float32)[:, None, None], f.image.shape).copy()
@@ -135,6 +138,21 @@ class PeersBeatNoDeblendingTestCase(lsst.utils.tests.TestCase):
 
     def test_scarlet2(self):
         self._check("scarlet2")
+
+    def test_scarlet2_psf_wider_than_field(self):
+        """A PSF image wider than the field: a clear error, not JAX's."""
+        if self.available["scarlet2"] is not None:
+            self.skipTest(f"scarlet2 is absent: {self.available['scarlet2']}")
+        f = self.field
+        self.assertGreater(PSF_SIZE, min(f.image.shape[1:]))
+        method = get_method("scarlet2")(self.bands, self.conditions)
+        method.setup()
+        try:
+            variance = np.broadcast_to(np.asarray(f.variance, np.float32)[:, None, None], f.image.shape).copy()
+            with self.assertRaisesRegex(MadnessValueError, "psf_size no larger than the field"):
+                method.deblend(FieldInput(f.field_id, f.image, variance, f.centers_xy, self.bands))
+        finally:
+            method.close()
 
 
 class MemoryTester(lsst.utils.tests.MemoryTestCase):

@@ -485,6 +485,13 @@ class Scarlet2Method(DeblendMethod):
 
         import jax
 
+        if self.psf_size > min(field.image.shape[1:]):
+            # scarlet2 pads the observation to the PSF's size and fails deep inside JAX otherwise.
+            raise MadnessValueError(
+                f"scarlet2 cannot convolve a {field.image.shape[2]}x{field.image.shape[1]} field with "
+                f"{self.psf_size}-px PSF images; give a psf_size no larger than the field "
+                "(madness evaluate cuts it to the field by itself)."
+            )
         # scarlet2 prints (does not log) its initialisation warnings; keep them out of the report.
         with contextlib.redirect_stdout(io.StringIO()):
             start = time.perf_counter()
