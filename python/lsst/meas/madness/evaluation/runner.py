@@ -39,8 +39,8 @@ import numpy as np
 
 from ..errors import MadnessValueError
 from .fields import TestField
-from .methods import (LEGACY_PSF_SIZE, METHOD_NAMES, MODEL_METHOD_NAMES, PSF_SIZE, FieldInput, check_psf_size, get_method,
-                      method_availability)
+from .methods import (LEGACY_PSF_SIZE, METHOD_NAMES, MODEL_METHOD_NAMES, PSF_SIZE, FieldInput, check_psf_size,
+                      get_method, method_availability)
 from .metrics import model_metrics, reference_metrics
 from .resources import MemoryMeter
 

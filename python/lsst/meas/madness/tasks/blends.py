@@ -312,7 +312,7 @@ class ChildSplit:
     model_flux: np.ndarray
     model_fraction_in_footprint: np.ndarray
     unassigned_fraction: float
-    wing_flux: np.ndarray | None = None
+    wing_flux: np.ndarray
 
 
 def _window(origin_yx, shape, bbox):
@@ -409,9 +409,8 @@ def split_blend(
         win = _window(origin, model.shape[1:], coadd.bbox)
         if win is not None:
             model_flux[i] = model[:, win[1][0], win[1][1]].sum(axis=(1, 2))
-    wing_flux = np.zeros((n_children, nb))
-    if result.wing_fluxes is not None:
-        wing_flux = np.where(result.winged[:n_children, None], np.asarray(result.wing_fluxes)[:n_children], 0.0)
+    wing_flux = (np.zeros((n_children, nb)) if result.wing_fluxes is None else
+                 np.where(result.winged[:n_children, None], np.asarray(result.wing_fluxes)[:n_children], 0.0))
     model_flux += wing_flux
 
     models = _with_wings(stamps, plan, result)
