@@ -42,6 +42,8 @@ centres) with the engine and measures every galaxy with the paper's apertures (k
 - ``nowings``: no PSF wings beyond the stamps (``MapSettings(psf_wings=False)``; every fit is
   given the PSF the fields were drawn with, and by default each source's light beyond its stamp
   is drawn from it, ``lsst.meas.madness.engine.wings``).
+- ``nooutskirts``: the PSF wings alone, without each galaxy's outer profile from 12 px
+  (``MapSettings(outskirts=False)``).
 
 ``--score-results NAME=FILE`` scores, beside the ablations (or alone, with ``--ablations`` given no
 names), fits made elsewhere and saved by ``benchmarks/bench_deblend.py --save-results`` on the
@@ -70,7 +72,7 @@ import time
 from pathlib import Path
 
 ABLATIONS = ("default", "paper", "forced200", "variance-image", "variance-truth", "max100", "max60", "zoom1",
-             "zoom-guess", "zoom-fit", "envelope", "noenvelope", "nowings")
+             "zoom-guess", "zoom-fit", "envelope", "noenvelope", "nowings", "nooutskirts")
 
 
 def _ablation(name: str) -> str:
@@ -286,6 +288,8 @@ def _apply(name: str, settings, variance, sky, field):
         settings = settings.replace(fit_envelopes=False)
     elif name == "nowings":
         settings = settings.replace(psf_wings=False)
+    elif name == "nooutskirts":
+        settings = settings.replace(outskirts=False)
     elif name == "envelope":
         settings = settings.replace(fit_envelopes=True)
     elif name.startswith("envelope"):

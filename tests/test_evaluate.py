@@ -17,6 +17,7 @@ import numpy as np
 from astropy.table import Table
 
 from lsst.meas.madness.cli import main
+from lsst.meas.madness.engine.wings import OUTSKIRTS_START
 from lsst.meas.madness.errors import MadnessValueError
 from lsst.meas.madness.evaluation.fields import iter_test_fields, simulate_test_fields
 from lsst.meas.madness.evaluation.methods import (
@@ -334,7 +335,12 @@ class EvaluateCliTestCase(lsst.utils.tests.TestCase):
             self.assertIn(f"{size}x{size} PSF", method.describe()["config"])
         self.assertIsNone(outputs[41].envelopes)  # a 41-px PSF holds nothing beyond a 45-px stamp
         self.assertEqual(sorted(outputs[101].envelope_sources.tolist()), list(range(field.n_galaxies)))
-        np.testing.assert_array_equal(outputs[41].models, outputs[101].models)  # the fit is the same
+        # The fit is the same: the models agree within 12 px of each centre (beyond it each PSF
+        # completes the outskirts the decoder leaves dark, engine.wings).
+        size = outputs[41].models.shape[-1]
+        y, x = np.mgrid[:size, :size] - size // 2
+        near = np.hypot(y, x) < OUTSKIRTS_START
+        np.testing.assert_array_equal(outputs[41].models[..., near], outputs[101].models[..., near])
 
     def test_map_settings(self):
         """--map-setting sets MADNESS's engine: part of the run's signature; with no MAP step and

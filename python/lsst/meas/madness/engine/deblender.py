@@ -46,7 +46,7 @@ from .observation import PreparedBlend, prepare_blend
 from .result import DeblendResult
 from .settings import ENVELOPE_DOMINANCE, ENVELOPE_REACH, MapSettings
 from .stopping import DriftFreezing, EwmaStopping
-from .wings import check_psf, wing_fluxes
+from .wings import check_psf, complete_outskirts, wing_profiles
 
 _log = logging.getLogger(__name__)
 
@@ -569,7 +569,7 @@ class MadnessDeblender:
         if settings.psf_wings:
             for result, psf in zip(results, psfs):
                 if psf is not None:
-                    self._add_wings(result, psf)
+                    self._add_wings(result, psf, outskirts=settings.outskirts)
         _log.debug(
             "Deblended %d blends (%d sources) in %.2f s",
             len(prepared),
@@ -1292,12 +1292,17 @@ class MadnessDeblender:
         )
 
     @staticmethod
-    def _add_wings(result: DeblendResult, psf: np.ndarray) -> None:
-        """Give ``result``'s sources without an envelope their PSF wings (`engine.wings`), in place."""
-        fluxes = wing_fluxes(result.models.sum(axis=(2, 3)), result.footprint_sizes, psf)
-        fluxes[result.enveloped] = 0.0  # an envelope is its source's fitted light beyond the stamp
+    def _add_wings(result: DeblendResult, psf: np.ndarray, *, outskirts: bool) -> None:
+        """Give ``result``'s sources without an envelope their outer profiles (`engine.wings`):
+        the outskirts inside their footprints (with ``outskirts``) and their wings, in place."""
+        # An envelope is its source's fitted light beyond the stamp.
+        wings = wing_profiles(result.models, result.footprint_sizes, result.zoom, psf, outskirts=outskirts,
+                              winged=~result.enveloped)
+        if outskirts:
+            result.models = complete_outskirts(result.models, wings, psf).astype(np.float32)
         result.psf = psf.astype(np.float32)
-        result.wing_fluxes = fluxes
+        result.wings = wings
+        result.wing_fluxes = wings.fluxes(psf)
 
     def _place(self, blend: PreparedBlend, stamps: np.ndarray, shifts: np.ndarray) -> np.ndarray:
         """Decoded ``(n, bands, S, S)`` stamps on the image grid, as the fit placed them.

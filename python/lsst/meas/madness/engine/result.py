@@ -9,7 +9,7 @@ import dataclasses
 import numpy as np
 
 from .geometry import paste_stamps, peaks_to_pixels, subpixel_shifts
-from .wings import paint_wings
+from .wings import WingProfiles, paint_wings
 
 
 @dataclasses.dataclass
@@ -36,7 +36,9 @@ class DeblendResult:
         centre (`shifts`), plus the fitted offset if any, as the fit placed it. ``P`` is the
         decoder's stamp side ``S`` when every ``zoom`` is 1; otherwise the footprint of the
         largest zoom (``zoom_footprint_size(S, zoom.max())``, e.g. 93 for zoom 2), every model
-        centred in it.
+        centred in it. With ``MapSettings.outskirts`` (and a PSF) the pixels from 12 px of each
+        centre that the decoder drew fainter than the source's outer profile are lifted to it
+        (`lsst.meas.madness.engine.wings.complete_outskirts`).
     latents, initial_latents : `numpy.ndarray`
         ``(n, L)`` MAP latents and the VAE-deblender's initial latents.
     log_prior : `numpy.ndarray`
@@ -84,10 +86,14 @@ class DeblendResult:
         ``(bands, h, w)`` unit-sum PSF the wings were drawn from (``deblend(..., psf=)``);
         `None` when none was given.
     wing_fluxes : `numpy.ndarray` or `None`
-        ``(n, bands)`` flux of each source's light beyond its footprint drawn from the PSF's far
-        profile (`lsst.meas.madness.engine.wings`; ``MapSettings.psf_wings``), zero for a
-        source with an envelope; `None` without a PSF. Part of its source: `source_image`,
-        `model_image` and `far_light` include it, `models` do not.
+        ``(n, bands)`` flux of each source's light beyond its footprint drawn from its outer
+        profile, the PSF's far profile and, with ``MapSettings.outskirts``, the galaxy's own
+        (`lsst.meas.madness.engine.wings`; ``MapSettings.psf_wings``), zero for a source with
+        an envelope; `None` without a PSF. Part of its source: `source_image`, `model_image`
+        and `far_light` include it, `models` do not (they hold the outskirts the profile
+        completed inside the footprint, `lsst.meas.madness.engine.wings.complete_outskirts`).
+    wings : `lsst.meas.madness.engine.wings.WingProfiles` or `None`
+        The outer profile of each source the wings are painted from; `None` without a PSF.
     """
 
     bands: tuple[str, ...]
@@ -116,6 +122,7 @@ class DeblendResult:
     footprint_sizes: np.ndarray | None = None
     psf: np.ndarray | None = None
     wing_fluxes: np.ndarray | None = None
+    wings: WingProfiles | None = None
 
     TRUNCATED_EDGE_FRACTION = 0.02
     """`edge_flux_fraction` above which `truncated` calls a model cut off by its stamp."""
@@ -173,20 +180,20 @@ class DeblendResult:
 
     @property
     def winged(self) -> np.ndarray:
-        """``(n,)`` bool: the source has light beyond its footprint drawn from the PSF (`wing_fluxes`)."""
+        """``(n,)`` bool: the source has light beyond its footprint drawn from its outer profile (`wing_fluxes`)."""
         if self.wing_fluxes is None:
             return np.zeros(self.n_sources, bool)
         return np.any(np.asarray(self.wing_fluxes) != 0, axis=1)
 
     def wing_images(self, indices=None, *, total: bool = False) -> np.ndarray:
-        """PSF wings of sources ``indices`` (default: all) on the image grid: ``(m, bands, H, W)``,
+        """Wings of sources ``indices`` (default: all) on the image grid: ``(m, bands, H, W)``,
         or their sum ``(bands, H, W)`` with ``total``; zeros without a PSF."""
         indices = np.arange(self.n_sources) if indices is None else np.asarray(list(indices), np.int64)
         shape = (len(self.bands), *self.image_shape)
-        if self.wing_fluxes is None or self.psf is None:
+        if self.wings is None or self.psf is None:
             return np.zeros(shape if total else (len(indices), *shape), np.float32)
-        return paint_wings(np.asarray(self.wing_fluxes)[indices], peaks_to_pixels(self.peaks_xy)[indices],
-                           np.asarray(self.footprint_sizes)[indices], self.psf, self.image_shape, total=total)
+        return paint_wings(self.wings, peaks_to_pixels(self.peaks_xy), self.psf, self.image_shape, indices=indices,
+                           total=total)
 
     def far_light(self) -> tuple[np.ndarray | None, np.ndarray | None]:
         """Every source's light beyond its stamp: the envelopes, then the PSF wings.
