@@ -120,7 +120,8 @@ class DeblendTaskTestCase(MadnessTestCase):
         self.assertEqual(self.task.metadata["n_children"], len(children))
         # The flux factors (fitAmplitudes, on by default) are the ones applied to each child's
         # model: its model flux is the factor times the flux of its latents' decoded stamp, plus
-        # its PSF wing beyond the stamp (psfWings, on by default: tests/test_task_wings.py).
+        # its outskirts the decoder left dark inside the stamp (outskirts, on by default: 1-2%
+        # here) and its wing beyond the stamp (psfWings, on by default: tests/test_task_wings.py).
         for band in BANDS:
             self.assertTrue(np.isnan(parents[f"deblend_fluxFactor_{band}"]).all())
         factors = np.stack([children[f"deblend_fluxFactor_{band}"] for band in BANDS], axis=1)
@@ -132,7 +133,8 @@ class DeblendTaskTestCase(MadnessTestCase):
         model_flux = np.stack([children[f"deblend_modelFlux_{band}"][inside] - children[f"deblend_wingFlux_{band}"][inside]
                                for band in BANDS], axis=1)
         self.assertTrue(children["deblend_winged"][inside].all())
-        np.testing.assert_allclose(model_flux, factors[inside] * decoded.sum(axis=(2, 3)), rtol=2e-3)
+        ratio = model_flux / (factors[inside] * decoded.sum(axis=(2, 3)))
+        self.assertTrue(((ratio > 1 - 2e-3) & (ratio < 1.03)).all(), ratio)
         # maxZoom is 1 by default: no child is drawn zoomed (tests/test_task_zoom.py zooms one).
         self.assertTrue((children["deblend_zoom"] == 1).all())
         self.assertFalse(children["deblend_extended"].any())

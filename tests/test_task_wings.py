@@ -1,4 +1,5 @@
-"""MadnessDeblendTask with psfWings: each child's light beyond its stamp, drawn from the model's PSF.
+"""MadnessDeblendTask with psfWings: each child's light beyond its stamp, drawn from the model's PSF
+(and, with outskirts, the galaxy's own outer profile).
 
 The engine paints every source's PSF wing beyond its stamp (``tests/test_wings.py``). Through the
 task, the PSF is the model's own (the survey PSF its decoder was trained with,
@@ -108,11 +109,14 @@ class WingTaskTestCase(lsst.utils.tests.TestCase):
         detections, spans = truth_detections(cls.truth, groups=[[0, 1, 2], [3, 4, 5]], peaks=PEAKS, yx0=YX0,
                                              threshold=sigma)
         precision = "mixed_bfloat16" if keras.config.backend() == "tensorflow" else "float32"
+        # False: no wing; True: the PSF's wing alone (what the tests below check against
+        # GalSim's PSF); "outskirts": the default, with each galaxy's outer profile.
         cls.children, cls.tasks = {}, {}
-        for wings in (False, True):
+        for wings in (False, True, "outskirts"):
             config = MadnessDeblendConfig()
             config.precision = precision
-            config.psfWings = wings
+            config.psfWings = bool(wings)
+            config.outskirts = wings == "outskirts"
             task = MadnessDeblendTask(config=config)
             catalog = task.run(coadds=coadds, detections=detections, detectionSpans=spans,
                                deblender=cls.deblender).deblendedCatalog
@@ -154,6 +158,25 @@ class WingTaskTestCase(lsst.utils.tests.TestCase):
         before, after = errors[False], errors[True]
         self.assertTrue((after < before).all(), (before, after))
         self.assertLess(after.mean(), 2 / 3 * before.mean(), (before, after))
+
+    def test_outskirts(self):
+        """With each galaxy's outer profile (the default) the faint children are measured at least
+        as well as with the PSF's wing alone, and the bright children's model flux grows by more
+        than their PSF wing (their outskirts inside the stamp, and their own light beyond it)."""
+        config = MadnessDeblendConfig()
+        self.assertTrue(config.outskirts)
+        self.assertTrue(config.makeMapSettings().outskirts)
+        config.outskirts = False
+        self.assertFalse(config.makeMapSettings().outskirts)
+        psf_only, full = self.children[True], self.children["outskirts"]
+        errors = {}
+        for name, children in (("psf", psf_only), ("outskirts", full)):
+            flux = np.stack([np.asarray(children[f"deblend_flux_{b}"], float) for b in self.bands], axis=1)
+            errors[name] = np.abs(flux[FAINT].sum(axis=1) / self.total[FAINT].sum(axis=1) - 1)
+        self.assertLessEqual(errors["outskirts"].mean(), errors["psf"].mean() + 0.005, errors)
+        for k in BRIGHT:
+            self.assertGreater(float(full["deblend_modelFlux_r"][k]), float(psf_only["deblend_modelFlux_r"][k]))
+            self.assertGreaterEqual(float(full["deblend_wingFlux_r"][k]), float(psf_only["deblend_wingFlux_r"][k]))
 
     def test_bright_children_keep_their_light(self):
         """The bright children's model flux grows by their wing; their pixels hardly change."""

@@ -298,9 +298,9 @@ class ChildSplit:
         ``(bands, area)`` float32 heavy-footprint values of each child, span order.
     model_flux : `numpy.ndarray`
         ``(n, bands)`` sum of each child's model over the coadd (stamp, and envelope), plus its
-        whole PSF wing.
+        whole wing.
     wing_flux : `numpy.ndarray`
-        ``(n, bands)`` flux of each child's PSF wing (`DeblendResult.wing_fluxes`; 0 without).
+        ``(n, bands)`` flux of each child's wing (`DeblendResult.wing_fluxes`; 0 without).
     model_fraction_in_footprint : `numpy.ndarray`
         ``(n,)`` band-summed fraction of each child's model inside its footprint.
     unassigned_fraction : `float`
@@ -323,7 +323,7 @@ def _window(origin_yx, shape, bbox):
 
 def _source_models(plan: BlendPlan, result: DeblendResult) -> list[tuple[np.ndarray, np.ndarray]]:
     """Each source's model as ``(origin_yx, (bands, h, w))``, tract frame, clipped at zero,
-    without its PSF wing (`_with_wings` adds them).
+    without its wing (`_with_wings` adds them).
 
     A source with an envelope (``result.enveloped``) is its stamp plus its envelope on the whole
     fit region; any other source is its stamp.
@@ -340,7 +340,7 @@ def _source_models(plan: BlendPlan, result: DeblendResult) -> list[tuple[np.ndar
 
 
 def _with_wings(models: list, plan: BlendPlan, result: DeblendResult) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``models`` (`_source_models`) where each source with a PSF wing (``result.winged``) is its
+    """``models`` (`_source_models`) where each source with a wing (``result.winged``) is its
     stamp plus its wing, on the box of the PSF around its pixel cut to the fit region."""
     models = list(models)
     winged = np.flatnonzero(result.winged)
@@ -355,8 +355,7 @@ def _with_wings(models: list, plan: BlendPlan, result: DeblendResult) -> list[tu
             # (the wing beyond it falls on no pixel of the parent).
             y0, x0 = np.maximum(np.minimum(pixels[i] - half, stamp_yx0), 0)
             y1, x1 = np.minimum(np.maximum(pixels[i] + half + 1, stamp_yx0 + stamp.shape[2:]), (height, width))
-            box = paint_wings(result.wing_fluxes[i : i + 1], pixels[i : i + 1] - (y0, x0),
-                              np.asarray(result.footprint_sizes)[i : i + 1], result.psf, (y1 - y0, x1 - x0),
+            box = paint_wings(result.wings, pixels - (y0, x0), result.psf, (y1 - y0, x1 - x0), indices=[i],
                               dtype=np.float64)
             paste_stamps(np.clip(stamp.astype(np.float64), 0.0, None), stamp_yx0[None] - (y0, x0), box.shape[1:],
                          out=box)

@@ -305,9 +305,9 @@ def deblend_columns(bands: Sequence[str], latent_dim: int) -> list[Column]:
         Column(
             "deblend_winged",
             "bool",
-            "The child's model carries its PSF wing beyond its stamp (psfWings; doc/engine.md, 'PSF "
-            "wings'): its model flux includes deblend_wingFlux_<band>, and the wing takes its share of "
-            "the parent's pixels.",
+            "The child's model carries its wing beyond its stamp (psfWings, outskirts; doc/engine.md, "
+            "'PSF wings', 'Outskirts'): its model flux includes deblend_wingFlux_<band>, and the wing "
+            "takes its share of the parent's pixels.",
         ),
         Column("deblend_iterations", "int32", "MAP iterations of the blend."),
         Column(
@@ -359,13 +359,13 @@ def deblend_columns(bands: Sequence[str], latent_dim: int) -> list[Column]:
                 f"deblend_modelFlux_{band}",
                 "float32",
                 f"Sum of the child's full model, {band} band, image units: its stamp (and envelope) cropped "
-                "to the image, plus its whole PSF wing (deblend_wingFlux_<band>).",
+                "to the image, plus its whole wing (deblend_wingFlux_<band>).",
             ),
             Column(
                 f"deblend_wingFlux_{band}",
                 "float32",
-                f"Flux of the child's PSF wing beyond its stamp (psfWings), {band} band, image units; 0 "
-                "without one.",
+                f"Flux of the child's wing beyond its stamp (psfWings: the PSF's far profile, and with "
+                f"outskirts the galaxy's own), {band} band, image units; 0 without one.",
             ),
             Column(
                 f"deblend_flux_{band}",

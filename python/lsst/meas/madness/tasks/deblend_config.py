@@ -356,11 +356,20 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
         default=MapSettings.psf_wings,
         doc="Give each child without an envelope the light its PSF spreads beyond its stamp "
         "(MapSettings.psf_wings; doc/engine.md, 'PSF wings'): the stamp's model flux times (1 - f) / f, "
-        "f the PSF's share inside the stamp, shaped as the PSF around the child's pixel. No refit: "
+        "f the PSF's share inside the stamp, shaped as the PSF around the child's pixel (and, with "
+        "outskirts, the galaxy's own outer profile). No refit: "
         "the wing goes into the child's model flux (deblend_wingFlux_<band>, deblend_winged) and "
         "into the templates that share the parent's pixels. The PSF is the model's own (the survey "
         "PSF its decoder was trained with, lsst.meas.madness.psf.model_psf_images), psfSize pixels "
         "wide.",
+    )
+    outskirts = pexConfig.Field[bool](
+        default=MapSettings.outskirts,
+        doc="With psfWings, complete each such child's outskirts (MapSettings.outskirts; doc/engine.md, "
+        "'Outskirts'): from 12 px of its centre outwards the decoder draws nothing, and the child's "
+        "light there and beyond its stamp becomes the PSF's far profile plus the galaxy's own, an "
+        "elliptical r^-7 power law matched to the decoded model at 11 px. The outskirts inside the "
+        "stamp join its heavy footprint, those beyond it its wing (deblend_wingFlux_<band>).",
     )
     psfSize = pexConfig.Field[int](
         default=201,
@@ -516,4 +525,5 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
             fit_envelopes=self.fitEnvelopes,
             envelope_edge_sigma=self.envelopeEdgeSigma,
             psf_wings=self.psfWings,
+            outskirts=self.outskirts,
         )
