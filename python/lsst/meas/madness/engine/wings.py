@@ -25,8 +25,9 @@ with outskirts the profile beyond ``OUTSKIRTS_START`` px of the source's pixel i
     ``F psf(x) + E (r_ell(x) / OUTSKIRTS_RING)^-OUTSKIRTS_INDEX``
 
 per band, with ``E`` the decoded model's mean excess over ``F psf`` on the elliptical ring at
-``OUTSKIRTS_RING`` px (where the decoder still draws the light) and the ellipse the model's
-second moments. Inside the footprint it only lifts pixels the decoder drew fainter
+``OUTSKIRTS_RING`` px (where the decoder still draws the light), summed over the bands and
+shared among them in proportion to the model's flux in each (the decoder cuts its faint bands
+nearer the centre), and the ellipse the model's second moments. Inside the footprint it only lifts pixels the decoder drew fainter
 (`complete_outskirts`); beyond it, it is the wing. The radii are in decoder pixels: a zoomed
 source's are ``zoom`` times longer on the image.
 
@@ -149,7 +150,7 @@ class WingProfiles:
         the PSF's fraction inside the footprint); zero for a source without a wing.
     excess : `numpy.ndarray`
         ``(n, bands)`` ``E``: the galaxy's own light over ``F psf`` at `OUTSKIRTS_RING`, flux per
-        pixel (zero without outskirts).
+        pixel, in the colour of the model's flux (zero without outskirts).
     ellipses : `numpy.ndarray`
         ``(n, 2)`` axis ratio ``q`` (>= 0.2) and position angle (radians, from the x axis
         towards y) of the model's second moments, which define ``r_ell = sqrt(q x'^2 + y'^2 / q)``.
@@ -310,9 +311,15 @@ def wing_profiles(models: np.ndarray, sides, zooms, psf: np.ndarray, *, outskirt
             r = _elliptical_radius(y, x, ellipses[i]) / zooms[i]
             ring = (r >= OUTSKIRTS_RING - 1) & (r < OUTSKIRTS_RING + 1) & (np.abs(y) <= side // 2) \
                 & (np.abs(x) <= side // 2)
-            if ring.any():
-                excess[i] = np.clip(models[i][:, ring].mean(axis=1) - fluxes[i] * psf_stamp[:, ring].mean(axis=1),
-                                    0.0, None)
+            if not ring.any():
+                continue
+            # One excess shared by the bands in the model's colour: the decoder cuts its faint bands
+            # (u first) nearer the centre than the bright ones, so a band's own ring says less
+            # than the sum over bands (doc/engine.md, "Outskirts").
+            total = float((models[i][:, ring].mean(axis=1) - fluxes[i] * psf_stamp[:, ring].mean(axis=1)).sum())
+            colour = np.clip(footprint[k].sum(axis=(1, 2)), 0.0, None)
+            if total > 0 and colour.sum() > 0:
+                excess[i] = total * colour / colour.sum()
     return WingProfiles(psf_fluxes=fluxes, excess=excess, ellipses=ellipses, sides=sides, zooms=zooms)
 
 
