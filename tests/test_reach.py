@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import unittest
 
 import keras
@@ -50,9 +51,37 @@ class ReachTestCase(lsst.utils.tests.TestCase):
         self.assertTrue(np.all(result.flux_error[:3, r] < 0.03), result.flux_error[:, r])
         # the square is drawn much worse than any of the decoder's own galaxies
         self.assertLess(result.cosine[3, r], result.cosine[:3, r].min() - 0.02)
+        # its shapes too: HSM's e1 of the fitted model is the truth's
+        self.assertTrue(np.all(np.abs(result.e1_residual[:3, r]) < 0.02), result.e1_residual[:, r])
+        np.testing.assert_array_equal(result.sources, [[0, 0], [0, 1], [0, 2], [0, 3]])
         summary = result.summary()
         self.assertEqual(summary["n_galaxies"], 4)
         self.assertIn("flux_error_median_r", summary)
+        self.assertAlmostEqual(summary["e1_residual_std_r"], float(np.std(result.e1_residual[:, r])))
+
+    def test_noisy_fits_take_the_fields_noise(self):
+        """``noisy=True`` fits each galaxy on its stamp plus the field's noise (the field minus
+        the galaxies): on a noiseless field it is the noiseless fit exactly; with sky noise the
+        bright galaxies the decoder drew itself are still fitted to a few per cent, by other
+        models than the noiseless fit's."""
+        z = np.asarray(keras.ops.convert_to_numpy(self.deblender.flow.sample(32, seed=3)), np.float32)
+        drawn = self.deblender.decode(z)
+        drawn = drawn[np.argsort(-drawn[:, 2].sum(axis=(1, 2)))[:3]]
+        centres = np.array([[30, 30], [90, 30], [30, 90]])
+        field = _field(drawn, centres)
+        quiet = decoder_reach(self.deblender, [field], steps=60)
+        same = decoder_reach(self.deblender, [field], steps=60, noisy=True)
+        np.testing.assert_array_equal(same.cosine, quiet.cosine)
+        np.testing.assert_array_equal(same.e1_residual, quiet.e1_residual)
+        rng = np.random.default_rng(11)
+        noise = rng.normal(size=field.image.shape).astype(np.float32) * np.sqrt(SKY)[:, None, None]
+        field = dataclasses.replace(field, image=field.image + noise)
+        noisy = decoder_reach(self.deblender, [field], steps=None, noisy=True)
+        r = noisy.bands.index("r")
+        self.assertTrue(np.all(noisy.flux_error[:, r] < 0.05), noisy.flux_error[:, r])
+        self.assertTrue(np.all(noisy.cosine[:, r] > 0.98), noisy.cosine[:, r])
+        self.assertTrue(np.all(noisy.cosine[:, r] != decoder_reach(self.deblender, [field], steps=None).cosine[:, r]))
+        self.assertTrue(np.all(noisy.n_iter < 200))  # the engine's stopping rule, not forced steps
 
     def test_stamp_reach_matches_the_field_path(self):
         """Centred stamps (a training dataset's truth) give what the same galaxies give in a field."""

@@ -9,7 +9,10 @@ better than 5%. Three numbers per band, against the noiseless truth:
 - ``flux_error``: ``|F_model / F_true - 1|`` in a circular aperture of ``aperture_radius``
   pixels (8 by default) at the true centre;
 - ``cosine``: cosine similarity (eq. 22) of the 45x45 stamps;
-- ``init_flux_error``, ``init_cosine``: the same for the VAE-deblender's initialisation alone.
+- ``e1_residual``: ``e1`` of the model minus ``e1`` of the truth in that band (eq. 23, GalSim
+  HSM adaptive moments of the 45x45 stamps, as the evaluation measures shapes);
+- ``init_flux_error``, ``init_cosine``, ``init_e1_residual``: the same for the VAE-deblender's
+  initialisation alone.
 
 The fit runs a fixed number of MAP steps (200, the paper's maximum) instead of the engine's
 stopping rule: on a noiseless galaxy the rule stops after ~45 steps, while the objective still
@@ -19,6 +22,11 @@ falls by orders of magnitude (measured with the first shipped model on galaxies 
 
 Only galaxies whose stamp holds at least ``min_flux_fraction`` of their flux are used (the
 decoder draws 45x45 stamps; a galaxy larger than that is another issue's problem).
+
+``decoder_reach(..., noisy=True)`` fits each galaxy alone on its isolated image *with its field's
+noise* (the field minus every galaxy's noiseless image, cut at the same place), by default with
+the engine's own stopping rule: what noise and the prior leave of a galaxy before any neighbour
+does (`scripts/shape_budget.py` sets the three side by side with the fits in blends).
 """
 
 from __future__ import annotations
@@ -32,24 +40,33 @@ import numpy as np
 
 from ..engine.geometry import subpixel_shifts
 from .fields import TestField
-from .morphology import cosine_similarity
+from .morphology import adaptive_moments, cosine_similarity
 from .photometry import aperture_photometry
 from .stamps import cutout_stamps
 
 
 @dataclasses.dataclass
 class ReachResult:
-    """Per-galaxy reach metrics, ``(n, bands)`` arrays, and their summary."""
+    """Per-galaxy reach metrics, ``(n, bands)`` arrays, and their summary.
+
+    ``sources`` is ``(n, 2)``: the field id and the galaxy's index in its field of each row
+    (`decoder_reach`), or ``(-1, k)`` for the ``k``-th stamp given to `stamp_reach`. The ``e1``
+    residuals are NaN where HSM failed on the model or the truth.
+    """
 
     bands: tuple[str, ...]
     flux_error: np.ndarray
     cosine: np.ndarray
+    e1_residual: np.ndarray
     init_flux_error: np.ndarray
     init_cosine: np.ndarray
+    init_e1_residual: np.ndarray
     n_iter: np.ndarray
+    sources: np.ndarray
 
     def summary(self) -> dict:
-        """Median and mean of each metric per band, and the number of galaxies."""
+        """Median and mean of each metric per band (and the standard deviation of the ``e1``
+        residuals), and the number of galaxies."""
         out: dict = {"n_galaxies": int(len(self.flux_error))}
         for name in ("flux_error", "cosine", "init_flux_error", "init_cosine"):
             values = getattr(self, name)
@@ -57,12 +74,18 @@ class ReachResult:
                 v = values[:, i][np.isfinite(values[:, i])]
                 out[f"{name}_median_{band}"] = float(np.median(v)) if len(v) else None
                 out[f"{name}_mean_{band}"] = float(np.mean(v)) if len(v) else None
+        for name in ("e1_residual", "init_e1_residual"):
+            values = getattr(self, name)
+            for i, band in enumerate(self.bands):
+                v = values[:, i][np.isfinite(values[:, i])]
+                out[f"{name}_std_{band}"] = float(np.std(v)) if len(v) else None
         out["n_iter_median"] = float(np.median(self.n_iter)) if len(self.n_iter) else None
         return out
 
 
 def decoder_reach(deblender, fields: Iterable[TestField], *, aperture_radius: float = 8.0,
-                  min_flux_fraction: float = 0.95, steps: int = 200, settings=None) -> ReachResult:
+                  min_flux_fraction: float = 0.95, steps: int | None = 200, settings=None,
+                  noisy: bool = False) -> ReachResult:
     """Fit every galaxy of ``fields`` alone on its noiseless image; see the module docstring.
 
     Parameters
@@ -75,10 +98,14 @@ def decoder_reach(deblender, fields: Iterable[TestField], *, aperture_radius: fl
         Radius in pixels of the flux aperture.
     min_flux_fraction : `float`
         Skip a galaxy whose 45x45 stamp holds less than this fraction of its r-band flux.
-    steps : `int`
-        MAP steps, all of them run (no stopping rule).
+    steps : `int`, optional
+        MAP steps, all of them run (no stopping rule); `None`: the settings' own limits and
+        stopping rule.
     settings : `lsst.meas.madness.MapSettings`, optional
         MAP settings (the deblender's by default; ``steps`` overrides their iteration limits).
+    noisy : `bool`
+        Fit each galaxy on its image plus its field's noise instead of the noiseless image (the
+        metrics still compare with the noiseless truth).
 
     Returns
     -------
@@ -86,7 +113,7 @@ def decoder_reach(deblender, fields: Iterable[TestField], *, aperture_radius: fl
     """
     size = deblender.stamp_size
     half = size // 2
-    blends, truths = [], []
+    blends, truths, sources = [], [], []
     bands = tuple(deblender.bands)
     r = bands.index("r") if "r" in bands else 0
     for field in fields:
@@ -94,6 +121,8 @@ def decoder_reach(deblender, fields: Iterable[TestField], *, aperture_radius: fl
             raise ValueError(f"Fields have bands {field.bands}, the model {bands}.")
         centres = field.centers_xy
         stamps, _ = cutout_stamps(field.isolated, centres, size)
+        if noisy:
+            noise, _ = cutout_stamps(field.image - field.isolated.sum(axis=0), centres, size)
         total = field.isolated.sum(axis=(-2, -1))
         for k in range(field.n_galaxies):
             truth = stamps[k]
@@ -102,11 +131,14 @@ def decoder_reach(deblender, fields: Iterable[TestField], *, aperture_radius: fl
             # the galaxy's own position inside its stamp (sub-pixel part kept)
             peak = half + subpixel_shifts(centres[k])[:, ::-1]
             variance = np.broadcast_to(np.asarray(field.variance, np.float32)[:, None, None], truth.shape)
-            blends.append(dict(image=truth.astype(np.float32), peaks_xy=peak, variance=variance))
+            image = truth + noise[k] if noisy else truth
+            blends.append(dict(image=image.astype(np.float32), peaks_xy=peak, variance=variance))
             truths.append(truth)
+            sources.append((int(field.field_id), k))
     if not blends:
         raise ValueError("No galaxy of these fields fits in the model's stamp.")
-    return _fit_alone(deblender, blends, np.stack(truths), aperture_radius, steps, settings)
+    return _fit_alone(deblender, blends, np.stack(truths), aperture_radius, steps, settings,
+                      np.array(sources, np.int64))
 
 
 def stamp_reach(deblender, stamps: np.ndarray, variance, *, aperture_radius: float = 8.0, steps: int = 200,
@@ -145,23 +177,36 @@ def stamp_reach(deblender, stamps: np.ndarray, variance, *, aperture_radius: flo
     weights = np.broadcast_to(variance[:, None, None], stamps.shape[1:])
     centre = np.array([[size // 2, size // 2]], np.float64)
     blends = [dict(image=stamp, peaks_xy=centre, variance=weights) for stamp in stamps]
-    return _fit_alone(deblender, blends, stamps, aperture_radius, steps, settings)
+    sources = np.stack([np.full(len(stamps), -1), np.arange(len(stamps))], axis=1)
+    return _fit_alone(deblender, blends, stamps, aperture_radius, steps, settings, sources)
 
 
-def _fit_alone(deblender, blends, truths, aperture_radius, steps, settings) -> ReachResult:
-    """Fit each one-galaxy blend for ``steps`` MAP steps; measure it and its start against ``truths``."""
+def _fit_alone(deblender, blends, truths, aperture_radius, steps, settings, sources) -> ReachResult:
+    """Fit each one-galaxy blend (``steps`` MAP steps, or the settings' own stopping rule when
+    `None`); measure it and its start against ``truths``."""
     # The reach is what the decoder draws on its own stamp (the truths are stamps of the model's
     # size), so no source is zoomed: with the engine's default max_zoom a large galaxy's model
     # would be drawn on a bigger footprint than its truth.
     settings = (settings or deblender.settings).replace(max_zoom=1)
     init_settings = settings.replace(max_iter=0, min_iter=0)
-    fitted = deblender.deblend_batch(blends, settings=settings.replace(max_iter=steps, min_iter=steps))
+    if steps is not None:
+        settings = settings.replace(max_iter=steps, min_iter=steps)
+    fitted = deblender.deblend_batch(blends, settings=settings)
     initial = deblender.deblend_batch(blends, settings=init_settings)
     models = np.stack([f.models[0] for f in fitted])
     starts = np.stack([f.models[0] for f in initial])
     n_iter = np.array([int(f.n_iter) for f in fitted])
-    return ReachResult(tuple(deblender.bands), *_flux_error_and_cosine(models, truths, aperture_radius),
-                       *_flux_error_and_cosine(starts, truths, aperture_radius), n_iter)
+    truth_e1 = _e1(truths)
+    fit, start = (_flux_error_and_cosine(m, truths, aperture_radius) for m in (models, starts))
+    return ReachResult(tuple(deblender.bands), flux_error=fit[0], cosine=fit[1], e1_residual=_e1(models) - truth_e1,
+                       init_flux_error=start[0], init_cosine=start[1], init_e1_residual=_e1(starts) - truth_e1,
+                       n_iter=n_iter, sources=np.asarray(sources, np.int64).reshape(-1, 2))
+
+
+def _e1(stamps: np.ndarray) -> np.ndarray:
+    """``(n, bands)`` HSM ``e1`` of each stamp, the first guess its centre pixel (NaN on failure)."""
+    n, _, size, _ = stamps.shape
+    return adaptive_moments(stamps, np.full((n, 2), (size - 1) / 2.0)).e1
 
 
 def _flux_error_and_cosine(models: np.ndarray, truths: np.ndarray, radius: float):
