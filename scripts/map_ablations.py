@@ -44,6 +44,10 @@ centres) with the engine and measures every galaxy with the paper's apertures (k
   is drawn from it, ``lsst.meas.madness.engine.wings``).
 - ``nooutskirts``: the PSF wings alone, without each galaxy's outer profile from 12 px
   (``MapSettings(outskirts=False)``).
+- ``twopass``: a diagnostic, not a setting: every field fitted once, then again on its image
+  minus every source's outskirts and wings from the first fit (which the engine otherwise draws
+  after the fit), so that no model can take a neighbour's outer light (``doc/error-budget.md``,
+  "Where the shape error lives"); its seconds hold both fits.
 
 ``--score-results NAME=FILE`` scores, beside the ablations (or alone, with ``--ablations`` given no
 names), fits made elsewhere and saved by ``benchmarks/bench_deblend.py --save-results`` on the
@@ -72,7 +76,7 @@ import time
 from pathlib import Path
 
 ABLATIONS = ("default", "paper", "forced200", "variance-image", "variance-truth", "max100", "max60", "zoom1",
-             "zoom-guess", "zoom-fit", "envelope", "noenvelope", "nowings", "nooutskirts")
+             "zoom-guess", "zoom-fit", "envelope", "noenvelope", "nowings", "nooutskirts", "twopass")
 
 
 def _ablation(name: str) -> str:
@@ -193,7 +197,10 @@ def main(argv=None) -> int:
             for part in name.split("+"):
                 settings, variance = _apply(part, settings, variance, sky, field)
             start = time.perf_counter()
-            result = deblender.deblend(field.image, field.centers_xy, variance=variance, settings=settings,
+            image = field.image
+            if "twopass" in name.split("+"):
+                image = image - _outer_light(deblender, image, field.centers_xy, variance, settings, psf)
+            result = deblender.deblend(image, field.centers_xy, variance=variance, settings=settings,
                                        psf=psf)
             seconds[name] += time.perf_counter() - start
             far_light, far_sources = result.far_light()
@@ -260,6 +267,24 @@ def main(argv=None) -> int:
     os.replace(tmp, args.output)
     print(markdown_table(out))
     return 0
+
+
+def _outer_light(deblender, image, centers_xy, variance, settings, psf):
+    """``(bands, H, W)`` every source's outskirts and wings from a first fit of ``image`` (``twopass``)."""
+    import numpy as np
+
+    from lsst.meas.madness.engine.geometry import paste_stamps, peaks_to_pixels
+    from lsst.meas.madness.engine.wings import complete_outskirts, paint_wings, wing_profiles
+
+    # The outer profile is drawn after the fit, so a fit without it is the same fit; its raw models
+    # are what the profiles are measured on.
+    first = deblender.deblend(image, centers_xy, variance=variance, settings=settings.replace(outskirts=False),
+                              psf=psf)
+    unit = np.asarray(first.psf, np.float64)
+    profiles = wing_profiles(first.models, first.footprint_sizes, first.zoom, unit, winged=~first.enveloped)
+    lifted = complete_outskirts(first.models, profiles, unit) - first.models
+    return (paste_stamps(lifted.astype(np.float32), first.stamp_yx0, first.image_shape, dtype=np.float32)
+            + paint_wings(profiles, peaks_to_pixels(first.peaks_xy), unit, first.image_shape))
 
 
 def _apply(name: str, settings, variance, sky, field):
