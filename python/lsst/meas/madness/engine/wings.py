@@ -303,7 +303,8 @@ def wing_profiles(models: np.ndarray, sides, zooms, psf: np.ndarray, *, outskirt
         _, inside = wing_templates(psf, int(side))
         rows = np.flatnonzero((sides == side) & winged)
         footprint = _centre_crop(models[rows], int(side))
-        fluxes[rows] = footprint.sum(axis=(2, 3)) / inside
+        held = footprint.sum(axis=(2, 3))  # each model's flux inside its footprint, per band
+        fluxes[rows] = held / inside
         if not outskirts:
             continue
         for k, i in enumerate(rows):
@@ -317,7 +318,7 @@ def wing_profiles(models: np.ndarray, sides, zooms, psf: np.ndarray, *, outskirt
             # (u first) nearer the centre than the bright ones, so a band's own ring says less
             # than the sum over bands (doc/engine.md, "Outskirts").
             total = float((models[i][:, ring].mean(axis=1) - fluxes[i] * psf_stamp[:, ring].mean(axis=1)).sum())
-            colour = np.clip(footprint[k].sum(axis=(1, 2)), 0.0, None)
+            colour = np.clip(held[k], 0.0, None)
             if total > 0 and colour.sum() > 0:
                 excess[i] = total * colour / colour.sum()
     return WingProfiles(psf_fluxes=fluxes, excess=excess, ellipses=ellipses, sides=sides, zooms=zooms)
