@@ -278,6 +278,88 @@ class DeblenderTestCase(_DecodedBlends):
                                       settings=base.replace(second_start_rate=base.learning_rate))
         np.testing.assert_allclose(same.latents, fits[0].latents, atol=1e-6)
 
+    def test_warm_start(self):
+        """``init`` starts the fit where it is given: from the latents the blend was drawn with
+        and no step, the models are the blend's truth; a NaN row keeps the VAE-deblender's guess;
+        log flux factors start the factors; a wrong shape or a half-finite row is an error."""
+        from lsst.meas.madness.errors import MadnessValueError
+
+        image, var, truth = self._blend()
+        base = self.deblender.settings.replace(fit_envelopes=False, max_zoom=1)
+        still = base.replace(max_iter=0, min_iter=0)
+        guess = self.deblender.deblend(image, PEAKS, variance=var, settings=still)
+        exact = self.deblender.deblend(image, PEAKS, variance=var, settings=still, init=self.latents[:3])
+        def painted(result):
+            return np.stack([result.source_image(i) for i in range(result.n_sources)])
+
+        np.testing.assert_allclose(painted(exact), truth, atol=1e-4 * truth.max())
+        self.assertGreater(np.abs(painted(guess) - truth).max(), 0.05 * truth.max())
+        # One source from the truth, the others from the guess.
+        init = np.full((3, self.latents.shape[1]), np.nan)
+        init[1] = self.latents[1]
+        mixed = self.deblender.deblend(image, PEAKS, variance=var, settings=still, init=init)
+        np.testing.assert_allclose(mixed.initial_latents[[0, 2]], guess.initial_latents[[0, 2]], atol=1e-6)
+        np.testing.assert_allclose(mixed.initial_latents[1], self.latents[1], atol=1e-6)
+        # Latents and log flux factors: a factor of 2 in every band of source 0 doubles its model.
+        factors = np.concatenate([self.latents[:3], np.zeros((3, 6))], axis=1)
+        factors[0, -6:] = np.log(2.0)
+        doubled = self.deblender.deblend(image, PEAKS, variance=var, settings=still, init=factors)
+        np.testing.assert_allclose(doubled.amplitudes[0], 2.0, rtol=1e-5)
+        np.testing.assert_allclose(doubled.source_image(0), 2 * truth[0], atol=2e-4 * truth.max())
+        # Without flux factors in the fit, the given factors are dropped.
+        plain = self.deblender.deblend(image, PEAKS, variance=var, init=factors,
+                                       settings=still.replace(fit_amplitudes=False))
+        np.testing.assert_allclose(painted(plain), truth, atol=1e-4 * truth.max())
+        # Fitted from the truth, the objective ends no higher than from the guess.
+        fit_guess = self.deblender.deblend(image, PEAKS, variance=var, settings=base)
+        fit_truth = self.deblender.deblend(image, PEAKS, variance=var, settings=base, init=self.latents[:3])
+        self.assertLessEqual(fit_truth.objective_final, fit_guess.objective_final + 1e-3 * abs(fit_guess.objective_final))
+        for bad in (self.latents[:2], self.latents[:3, :5], np.where(np.arange(16) < 3, np.nan, self.latents[:3])):
+            with self.assertRaises(MadnessValueError):
+                self.deblender.deblend(image, PEAKS, variance=var, settings=still, init=bad)
+
+    def test_starts_pulled_into_the_prior(self):
+        """`pull_into_prior` leaves latents the flow finds likely alone and moves each unlikely one
+        along its segment to the flow's mode, to the grid point nearest the start whose
+        log-density reaches the floor; the engine applies it to its starts by default."""
+        import keras
+
+        from lsst.meas.madness.errors import MadnessRangeError
+
+        d = self.deblender
+        samples = np.asarray(keras.ops.convert_to_numpy(d.flow.sample(64, seed=3)), np.float32)
+        density = d.log_prior(samples)
+        floor = float(np.percentile(density, 10))
+        mode = np.asarray(keras.ops.convert_to_numpy(d.flow.forward(np.zeros((1, d.latent_dim), np.float32))))[0]
+        far = mode + 25.0 * (samples[:4] - mode)  # stretched far beyond the flow's support
+        self.assertTrue((d.log_prior(far) < floor).all(), d.log_prior(far))
+        latents = np.concatenate([samples, far])
+        pulled = d.pull_into_prior(latents, floor)
+        kept = density >= floor
+        np.testing.assert_array_equal(pulled[:64][kept], samples[kept])
+        self.assertTrue((d.log_prior(pulled) >= floor - 1e-3).all())
+        for z, p in zip(np.concatenate([samples[~kept], far]), np.concatenate([pulled[:64][~kept], pulled[64:]])):
+            # On the segment from the mode to the start, at the largest t of the grid whose density
+            # reaches the floor: the next grid point towards the start is below it.
+            t = np.dot(p - mode, z - mode) / np.dot(z - mode, z - mode)
+            np.testing.assert_allclose(p, mode + t * (z - mode), atol=1e-4)
+            self.assertAlmostEqual(t * 40, round(t * 40), delta=1e-3)
+            if t < 1:
+                self.assertLess(d.log_prior((mode + (t + 1 / 40) * (z - mode))[None])[0], floor)
+        # The engine's starts: with a floor above every guess, every source starts at that floor
+        # or above; without one, at the encoder's guess.
+        image, var, _ = self._blend()
+        still = d.settings.replace(max_iter=0, min_iter=0, fit_envelopes=False, max_zoom=1)
+        raw = d.deblend(image, PEAKS, variance=var, settings=still.replace(init_log_prior_floor=None))
+        high = float(d.log_prior(raw.initial_latents).max()) + 1.0
+        pulled = d.deblend(image, PEAKS, variance=var, settings=still.replace(init_log_prior_floor=high))
+        self.assertTrue((d.log_prior(pulled.initial_latents) >= high - 1e-3).all())
+        self.assertGreater(np.abs(pulled.initial_latents - raw.initial_latents).max(), 1e-3)
+        low = d.deblend(image, PEAKS, variance=var, settings=still.replace(init_log_prior_floor=-1e30))
+        np.testing.assert_array_equal(low.initial_latents, raw.initial_latents)
+        with self.assertRaises(MadnessRangeError):
+            MapSettings(init_log_prior_floor=float("inf"))
+
     def test_subpixel_centre(self):
         """A noiseless GalSim galaxy off its pixel centre, deblended at its float peak, is fitted as
         well as the same galaxy on a pixel centre, and better than at its rounded peak; the

@@ -282,6 +282,14 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
         doc="Weight of the flow log-prior (MapSettings.prior_weight: 0.25, chosen on validation fields, "
         "doc/engine.md; 1 is the paper's posterior).",
     )
+    initLogPriorFloor = pexConfig.Field[float](
+        default=MapSettings.init_log_prior_floor,
+        optional=True,
+        doc="Lowest flow log-density of a MAP starting point (MapSettings.init_log_prior_floor): the "
+        "VAE-deblender's latents of a source below it are moved towards the flow's mode until they reach "
+        "it, so that an encoder guess far outside the prior does not swamp its blend's objective and "
+        "stop the fit early; None: every start as the encoder gives it (doc/error-budget.md).",
+    )
     fitPositionOffsets = pexConfig.Field[bool](
         default=False,
         doc="Fit a position offset per source with its latents, for peaks that are not the galaxies' "
@@ -510,6 +518,7 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
             rtol=self.relativeError,
             freeze_drift=self.freezeDrift,
             prior_weight=self.priorWeight,
+            init_log_prior_floor=self.initLogPriorFloor,
             max_sources=max(max_peaks + (self.maxNeighbors if self.includeNeighbors else 0), 1),
             batch_sources=self.batchSources,
             fit_offsets=self.fitPositionOffsets,
