@@ -48,6 +48,16 @@ centres) with the engine and measures every galaxy with the paper's apertures (k
   minus every source's outskirts and wings from the first fit (which the engine otherwise draws
   after the fit), so that no model can take a neighbour's outer light (``doc/error-budget.md``,
   "Where the shape error lives"); its seconds hold both fits.
+- ``alonestart``: a diagnostic: the joint fit started from each galaxy's own fit alone on its
+  noiseless image plus the field's noise (latents and flux factors, at the zoom the default fit
+  chose; ``deblend(..., init=)``) instead of the VAE-deblender's guesses. Where it ends better
+  than the default, the default's start or path is what limits it; where it ends where the
+  default does, the joint objective itself prefers that trade of light between neighbours.
+- ``neighbours-fixed``: a diagnostic: after a first fit, each galaxy is fitted again alone on the
+  image minus every other source's fitted model (envelopes and wings included), its neighbours
+  held at their fits. Where it ends better than the joint fit, the joint fit traded light the
+  neighbours' models could have held; where it does not, the neighbours' misfit is in the light
+  it is given. Its seconds hold both fits.
 
 ``--score-results NAME=FILE`` scores, beside the ablations (or alone, with ``--ablations`` given no
 names), fits made elsewhere and saved by ``benchmarks/bench_deblend.py --save-results`` on the
@@ -76,7 +86,8 @@ import time
 from pathlib import Path
 
 ABLATIONS = ("default", "paper", "forced200", "variance-image", "variance-truth", "max100", "max60", "zoom1",
-             "zoom-guess", "zoom-fit", "envelope", "noenvelope", "nowings", "nooutskirts", "twopass")
+             "zoom-guess", "zoom-fit", "envelope", "noenvelope", "nowings", "nooutskirts", "twopass",
+             "alonestart", "neighbours-fixed")
 
 
 def _ablation(name: str) -> str:
@@ -198,10 +209,18 @@ def main(argv=None) -> int:
                 settings, variance = _apply(part, settings, variance, sky, field)
             start = time.perf_counter()
             image = field.image
-            if "twopass" in name.split("+"):
+            parts = name.split("+")
+            if "twopass" in parts:
                 image = image - _outer_light(deblender, image, field.centers_xy, variance, settings, psf)
-            result = deblender.deblend(image, field.centers_xy, variance=variance, settings=settings,
-                                       psf=psf)
+            if "neighbours-fixed" in parts:
+                result = _neighbours_fixed(deblender, image, field.centers_xy, variance, settings, psf)
+            elif "alonestart" in parts:
+                init, zoom = _alone_start(deblender, field, image, variance, settings, psf)
+                result = deblender.deblend(image, field.centers_xy, variance=variance, settings=settings,
+                                           psf=psf, zoom=zoom, init=init)
+            else:
+                result = deblender.deblend(image, field.centers_xy, variance=variance, settings=settings,
+                                           psf=psf)
             seconds[name] += time.perf_counter() - start
             far_light, far_sources = result.far_light()
             metrics = model_metrics(ref, result.models.astype(np.float32), models_yx0=np.asarray(result.stamp_yx0),
@@ -285,6 +304,64 @@ def _outer_light(deblender, image, centers_xy, variance, settings, psf):
     lifted = complete_outskirts(first.models, profiles, unit) - first.models
     return (paste_stamps(lifted.astype(np.float32), first.stamp_yx0, first.image_shape, dtype=np.float32)
             + paint_wings(profiles, peaks_to_pixels(first.peaks_xy), unit, first.image_shape))
+
+
+def _alone_start(deblender, field, image, variance, settings, psf):
+    """``(init, zoom)`` of ``alonestart``: each galaxy's latents and log flux factors fitted alone on
+    its noiseless image plus the field's noise, at the zoom a default fit of ``image`` chose."""
+    import numpy as np
+
+    zoom = deblender.deblend(image, field.centers_xy, variance=variance, settings=settings, psf=psf).zoom
+    noise = field.image - field.isolated.sum(axis=0)
+    # No PSF: the wings are drawn after the fit and do not move its latents.
+    alone = deblender.deblend_batch(
+        [dict(image=(field.isolated[k] + noise).astype(np.float32), peaks_xy=field.centers_xy[k : k + 1],
+              variance=variance, zoom=zoom[k : k + 1]) for k in range(len(field.centers_xy))],
+        settings=settings)
+    init = np.stack([np.concatenate([a.latents[0], np.log(a.amplitudes[0])]) for a in alone])
+    return init, zoom
+
+
+class _Refits:
+    """The per-galaxy refits of ``neighbours-fixed`` as one blend's result (what the scoring reads)."""
+
+    def __init__(self, fits, first):
+        import numpy as np
+
+        side = max(f.models.shape[-1] for f in fits)
+        pad = [(side - f.models.shape[-1]) // 2 for f in fits]
+        self.models = np.stack([np.pad(f.models[0], ((0, 0), (p, p), (p, p))) for f, p in zip(fits, pad)])
+        self.stamp_yx0 = np.stack([np.asarray(f.stamp_yx0[0]) - p for f, p in zip(fits, pad)])
+        self.n_iter = np.array([int(np.max(f.n_iter)) for f in fits]) + int(np.max(first.n_iter))
+        self.log_prior = np.array([float(f.log_prior[0]) for f in fits])
+        self._fits = fits
+
+    def far_light(self):
+        import numpy as np
+
+        images, sources = [], []
+        for k, fit in enumerate(self._fits):
+            light, _ = fit.far_light()
+            if light is not None:
+                images.append(light.sum(axis=0))
+                sources.append(k)
+        if not images:
+            return None, None
+        return np.stack(images).astype(np.float32), np.array(sources, np.int64)
+
+
+def _neighbours_fixed(deblender, image, centers_xy, variance, settings, psf):
+    """``neighbours-fixed``: each source fitted again alone on ``image`` minus its neighbours'
+    models from a first fit, at the zoom the first fit chose."""
+    import numpy as np
+
+    first = deblender.deblend(image, centers_xy, variance=variance, settings=settings, psf=psf)
+    others = first.model_image()
+    fits = deblender.deblend_batch(
+        [dict(image=(image - others + first.source_image(k)).astype(np.float32), peaks_xy=centers_xy[k : k + 1],
+              variance=variance, zoom=first.zoom[k : k + 1], psf=psf) for k in range(first.n_sources)],
+        settings=settings)
+    return _Refits(fits, first)
 
 
 def _apply(name: str, settings, variance, sky, field):

@@ -82,6 +82,42 @@ class BenchFilesTestCase(lsst.utils.tests.TestCase):
             ablations.main(common + ["--ablations"])
 
 
+class ShapeDiagnosticsTestCase(lsst.utils.tests.TestCase):
+    """`scripts/map_ablations.py`'s ``alonestart`` and ``neighbours-fixed`` on a blend drawn by the
+    test model's decoder, whose every galaxy is known."""
+
+    def test_alone_start_and_neighbours_fixed(self):
+        from lsst.meas.madness import MadnessDeblender
+        from utils import make_blend, quick_bundle_path, synthetic_galaxies
+
+        ablations = _load("scripts/map_ablations.py", "map_ablations")
+        deblender = MadnessDeblender.from_bundle(quick_bundle_path())
+        latents = deblender.initial_latents(deblender.normalization.normalize(synthetic_galaxies(3, seed=99)))
+        peaks = np.array([[30.0, 30.0], [38.0, 33.0], [27.0, 41.0]])
+        image, var, truth = make_blend(deblender, latents, peaks, (70, 70), seed=5)
+        settings = deblender.settings.replace(fit_envelopes=False, max_zoom=1)
+        field = types.SimpleNamespace(image=image, isolated=truth, centers_xy=peaks)
+        init, zoom = ablations._alone_start(deblender, field, image, var, settings, None)
+        self.assertEqual(init.shape, (3, deblender.latent_dim + 6))
+        np.testing.assert_array_equal(zoom, [1, 1, 1])
+        # Each galaxy alone (its truth plus the blend's noise) gives a start that decodes to it.
+        start = deblender.deblend(image, peaks, variance=var, init=init,
+                                  settings=settings.replace(max_iter=0, min_iter=0))
+        flux = np.stack([start.source_image(k) for k in range(3)]).sum(axis=(2, 3))
+        np.testing.assert_allclose(flux[:, 1:5], truth.sum(axis=(2, 3))[:, 1:5], rtol=0.1)
+        # Neighbours held at their fits: one model per galaxy, on its own stamp, near its truth.
+        refits = ablations._neighbours_fixed(deblender, image, peaks, var, settings, None)
+        self.assertEqual(refits.models.shape, (3, 6, 45, 45))
+        joint = deblender.deblend(image, peaks, variance=var, settings=settings)
+        np.testing.assert_array_equal(refits.stamp_yx0, joint.stamp_yx0)
+        self.assertTrue((refits.n_iter > int(np.max(joint.n_iter))).all())
+        self.assertEqual(refits.far_light(), (None, None))  # no PSF given: no wings
+        from lsst.meas.madness.engine.geometry import paste_stamps
+
+        painted = paste_stamps(refits.models, refits.stamp_yx0, (70, 70), total=False, dtype=np.float32)
+        np.testing.assert_allclose(painted.sum(axis=(2, 3))[:, 1:5], truth.sum(axis=(2, 3))[:, 1:5], rtol=0.1)
+
+
 class MemoryTester(lsst.utils.tests.MemoryTestCase):
     pass
 
