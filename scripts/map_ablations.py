@@ -311,7 +311,11 @@ def _alone_start(deblender, field, image, variance, settings, psf):
     its noiseless image plus the field's noise, at the zoom a default fit of ``image`` chose."""
     import numpy as np
 
-    zoom = deblender.deblend(image, field.centers_xy, variance=variance, settings=settings, psf=psf).zoom
+    if settings.zoom_choice == "guess":  # the deblend's own choice, without its fit
+        zoom = deblender.choose_zoom([dict(image=image, peaks_xy=field.centers_xy, variance=variance)],
+                                     settings=settings)[0]
+    else:  # chosen from the fit
+        zoom = deblender.deblend(image, field.centers_xy, variance=variance, settings=settings, psf=psf).zoom
     noise = field.image - field.isolated.sum(axis=0)
     # No PSF: the wings are drawn after the fit and do not move its latents.
     alone = deblender.deblend_batch(
