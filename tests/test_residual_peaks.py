@@ -7,6 +7,7 @@ import numpy as np
 from lsst.meas.madness.tasks.residual_peaks import (
     bic_penalty,
     find_residual_peaks,
+    mirrored_significance,
     residual_significance,
     unmodelled_light,
 )
@@ -92,6 +93,60 @@ class FindResidualPeaksTestCase(lsst.utils.tests.TestCase):
         self.assertAlmostEqual(bic_penalty(16, 10_000), 8 * np.log(10_000))
 
 
+class SymmetricLightTestCase(lsst.utils.tests.TestCase):
+    """A bright galaxy whose model holds only its core leaves its profile around the core as
+    residual: GalSim draws an elongated de Vaucouleurs galaxy, the "model" is its inner 8 px, and
+    a faint round companion sits on its minor axis. Without the symmetry test the two ends of the
+    residual's major axis are the strongest bumps; with it only the companion is a new peak."""
+
+    def setUp(self):
+        import galsim
+
+        self.size, self.centre = 121, np.array([60.0, 60.0])
+        image = galsim.ImageD(self.size, self.size, scale=0.2)
+        galaxy = galsim.DeVaucouleurs(half_light_radius=1.5, flux=2e6).shear(e1=0.5, e2=0.0)
+        galaxy.drawImage(image, offset=(0.3, -0.2))  # off the pixel grid: no exact pixel symmetry
+        truth = image.array.copy()
+        yy, xx = np.mgrid[: self.size, : self.size]
+        core = np.hypot(xx - 60.3, yy - 59.8) < 8.0
+        companion = galsim.ImageD(self.size, self.size, scale=0.2)
+        galsim.Gaussian(sigma=0.35, flux=3e4).drawImage(companion, offset=(0.0, 18.0))  # 18 px up
+        residual = np.where(core, 0.0, truth) + companion.array
+        shape = (1, self.size, self.size)
+        self.sig = residual_significance(residual[None], np.full(shape, 100.0), np.zeros(shape, bool), 1.7)
+        self.companion_xy = np.array([60, 78])
+
+    def _find(self, symmetry):
+        return find_residual_peaks(self.sig, np.ones_like(self.sig, bool), self.centre[None],
+                                   threshold=5.0, min_separation=3.0, max_peaks=2,
+                                   centers_xy=self.centre[None], reach=np.array([45.0]), symmetry=symmetry)
+
+    def test_symmetry(self):
+        plain = self._find(0.0)
+        # The strongest bumps are the residual's major-axis ends, mirror images of each other.
+        self.assertEqual(len(plain), 2)
+        self.assertTrue(all(abs(y - 60) <= 2 and abs(x - 60) > 8 for x, y in plain), plain)
+        np.testing.assert_allclose(plain.sum(axis=0), 2 * self.centre, atol=2)
+        found = self._find(0.5)
+        np.testing.assert_array_equal(found, self.companion_xy[None])
+
+    def test_mirrored_significance(self):
+        """The 3x3 maximum around the mirror image; -inf off the grid or beyond the reach."""
+        xy = np.array([70.0, 60.0])
+        centres = np.array([self.centre, [100.0, 60.0], [5.0, 60.0]])
+        got = mirrored_significance(self.sig, xy, centres, np.array([45.0, 45.0, 20.0]))
+        self.assertAlmostEqual(got[0], self.sig[59:62, 49:52].max())
+        self.assertEqual(got[1], -np.inf)  # its mirror image (130, 60) is off the grid
+        self.assertEqual(got[2], -np.inf)  # 65 px away, beyond its 20 px reach
+        with self.assertRaises(ValueError):
+            find_residual_peaks(self.sig, np.ones_like(self.sig, bool), self.centre[None], threshold=5.0,
+                                min_separation=3.0, max_peaks=2, symmetry=0.5)
+        with self.assertRaises(ValueError):
+            find_residual_peaks(self.sig, np.ones_like(self.sig, bool), self.centre[None], threshold=5.0,
+                                min_separation=3.0, max_peaks=2, centers_xy=self.centre[None],
+                                reach=np.array([45.0]), symmetry=-1.0)
+
+
 class UnmodelledLightTestCase(lsst.utils.tests.TestCase):
     def test_circles(self):
         """Within the circle through the window's sides around a zoomed source; between that circle
@@ -117,8 +172,15 @@ class UnmodelledLightTestCase(lsst.utils.tests.TestCase):
         self.assertFalse(mask[150, 150])  # the plain source's centre, outside every circle
         plain = unmodelled_light(shape, centers, zoom=[1, 1, 1, 1], truncated=[False] * 4, stamp_size=stamp)
         self.assertFalse(plain.any())
+        # An enveloped source: the whole circle of its window's side, its stamp's inside included.
+        enveloped = unmodelled_light(shape, centers, zoom=[1, 1, 1, 1], truncated=[False] * 4, stamp_size=stamp,
+                                     enveloped=[False, False, True, False])
+        np.testing.assert_array_equal(enveloped, r[2] <= 45.0)
+        self.assertTrue(enveloped[150, 170] and enveloped[150, 195] and not enveloped[150, 196])
         with self.assertRaises(ValueError):
             unmodelled_light(shape, centers, zoom=[1, 1], truncated=[False] * 4, stamp_size=stamp)
+        with self.assertRaises(ValueError):
+            unmodelled_light(shape, centers, zoom=[1] * 4, truncated=[False] * 4, stamp_size=stamp, enveloped=[True])
 
 
 class MemoryTester(lsst.utils.tests.MemoryTestCase):

@@ -522,6 +522,43 @@ class DeblendTaskTestCase(MadnessTestCase):
                 on[on["parent"] != 0][f"deblend_flux_{band}"], off[off["parent"] != 0][f"deblend_flux_{band}"]
             )
 
+    def test_refit_keeps_first_fit_neighbours(self):
+        """The residual-peak refit keeps the first fit's region and neighbours. A detection of
+        another parent within half a stamp of the lost galaxy, but outside the first fit's
+        region, is not added to the refit: before 2026-12-05 it was, the engine rejected the
+        peak outside the region, and the lost galaxy stayed lost."""
+        members = SCENE_GROUPS[0]
+        lost = 1
+        footprint = Footprint.from_mask(self.truth[members].sum(axis=(0, 1)) > 5.0, PATCH_YX0)
+        kept = [i for i in members if i != lost]
+        # The first fit's region spans x 13-62 (45-px stamps around x 35 and 40); the lost galaxy
+        # is at x 47, so a detection at x 67 is 20 px from it and 5 px outside the region.
+        other = np.array([[67.0, 45.0]])
+        mask = np.zeros(PATCH_SHAPE, bool)
+        mask[44:47, 66:69] = True
+        self.assertFalse((mask & footprint.to_mask((Y0, X0, Y0 + PATCH_SHAPE[0], X0 + PATCH_SHAPE[1]))).any())
+        det, spans = detection_tables([(footprint, _tract(SCENE_PEAKS[kept])),
+                                       (Footprint.from_mask(mask, PATCH_YX0), _tract(other))])
+        planned = []
+        original = MadnessDeblender.deblend_batch
+
+        def recording(deblender, blends, **kwargs):
+            planned.extend(len(blend["peaks_xy"]) for blend in blends)
+            return original(deblender, blends, **kwargs)
+
+        task = MadnessDeblendTask(config=run_config(doResidualPeaks=True))
+        with mock.patch.object(MadnessDeblender, "deblend_batch", recording):
+            on = task.run(coadds=self.coadds, detections=det, detectionSpans=spans).deblendedCatalog
+        parents = on[on["parent"] == 0]
+        self.assertFalse(parents["deblend_failed"].any())
+        # First fits: parent A with its two peaks, the other parent with its peak and A's two as
+        # neighbours; the refit: A's two peaks and the lost one, no neighbour.
+        self.assertIn(3, planned)
+        self.assertEqual(task.metadata["n_residual_peaks"], 1)
+        new = on[on["deblend_residualPeak"]]
+        x, y = _tract(SCENE_PEAKS[lost])
+        self.assertLessEqual(np.hypot(new["deblend_center_x"][0] - x, new["deblend_center_y"][0] - y), 1.5)
+
     def test_catch_failures_false_raises_fit_errors(self):
         """Without catchFailures a fit error is raised, after the one-by-one retry."""
         original = MadnessDeblender.deblend_batch

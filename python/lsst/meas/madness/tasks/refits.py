@@ -89,6 +89,17 @@ def _carried_zoom(plan: BlendPlan, new_plan: BlendPlan) -> np.ndarray | None:
     return np.array([old.get(tuple(xy), 1) for xy in new_plan.sources_xy.tolist()], np.int64)
 
 
+def _refit_plan(plan: BlendPlan, new_plan: BlendPlan) -> BlendPlan:
+    """``new_plan`` (the parent with added peaks) on ``plan``'s fit region and neighbours.
+
+    The objectives of the first fit and the refit compare only over the same pixels and the same
+    other sources: the refit keeps the first fit's region and its neighbours. A neighbour that
+    planning picked near an added peak could also lie outside that region, which the engine
+    rejects (the refit, and with it the added peak, was lost).
+    """
+    return dataclasses.replace(new_plan, neighbours_xy=np.asarray(plan.neighbours_xy), region=plan.region)
+
+
 def _penalty(configured: float | None, n_parameters: int, n_data: int) -> float:
     """The configured penalty per added source, or the BIC's for ``n_parameters``."""
     return float(configured) if configured is not None else bic_penalty(n_parameters, n_data)
@@ -140,7 +151,8 @@ def residual_peaks(
     limited = False
     if config.residualPeakSkipLarge:
         # A bump in the wings of a galaxy the stamp cannot hold is that galaxy, not a new one.
-        large = unmodelled_light(inside.shape, result.centers_xy, result.zoom, result.truncated, stamp_size)
+        large = unmodelled_light(inside.shape, result.centers_xy, result.zoom, result.truncated, stamp_size,
+                                 enveloped=result.enveloped)
         limited = bool((inside & large).any())
         inside &= ~large
     local = find_residual_peaks(
@@ -150,6 +162,9 @@ def residual_peaks(
         threshold=config.residualPeakThreshold,
         min_separation=config.residualPeakMinSeparation,
         max_peaks=config.maxResidualPeaks,
+        centers_xy=result.centers_xy,
+        reach=stamp_size * np.asarray(result.zoom).reshape(-1),
+        symmetry=config.residualPeakSymmetry,
     )
     return local + np.array([x0, y0], np.int64), limited
 
@@ -205,9 +220,10 @@ def add_residual_peaks(
         rows[k]["deblend_nResidualPeaksRejected"] = len(ids)
         if not np.isin(ids, new_plan.peak_ids).all():
             continue
-        # The objectives compare only over the same pixels: the refit keeps the first fit's
-        # region, and a new source's stamp is cropped to it (its child may be flagged edge).
-        new_plan = dataclasses.replace(new_plan, region=plan.region, zoom=_carried_zoom(plan, new_plan))
+        # The refit keeps the first fit's region and neighbours (`_refit_plan`); a new source's
+        # stamp is cropped to the region (its child may be flagged edge).
+        new_plan = _refit_plan(plan, new_plan)
+        new_plan = dataclasses.replace(new_plan, zoom=_carried_zoom(plan, new_plan))
         added[index] = ids
         candidates.append((index, new_plan))
 
@@ -402,11 +418,10 @@ def split_pairs(
             if next_id not in new_plan.peak_ids or old_id not in new_plan.peak_ids:
                 next_id += 1
                 continue
-            # The objectives compare only over the same pixels: the refit keeps the first fit's
-            # region, and every source stays at zoom 1 as in the first fit.
-            new_plan = dataclasses.replace(
-                new_plan, region=plan.region, zoom=np.ones(new_plan.n_sources, np.int64)
-            )
+            # The refit keeps the first fit's region and neighbours (`_refit_plan`), and every
+            # source stays at zoom 1 as in the first fit.
+            new_plan = _refit_plan(plan, new_plan)
+            new_plan = dataclasses.replace(new_plan, zoom=np.ones(new_plan.n_sources, np.int64))
             # The BIC counts the added source's latents and, when fitted, every source's offsets.
             extra = context.deblender.latent_dim + (
                 2 * new_plan.n_sources if config.pairSplitFitOffsets else 0

@@ -13,6 +13,14 @@ The significance is of the summed residual, not a chi^2 image: chi^2 also rises 
 too bright, and a missing source shows as a positive residual only. Its noise may include a
 fractional model error, so that the imperfect drawing of a bright galaxy is not read as a source.
 
+Nor can the model error cover a bright galaxy whose decoded model holds only its core: there
+the model is near zero where the galaxy's light is bright, and the whole profile around the core
+is residual. Such a residual is the galaxy's own light, symmetric about its centre as galaxies
+are (the symmetry the SDSS and Rubin ``meas_deblender`` templates are built on), while a missed
+galaxy leaves a bump on one side only: `mirrored_significance` reads the residual at a bump's
+mirror image through each fitted centre within reach, and `find_residual_peaks` drops a bump
+whose mirror image is nearly as significant (``symmetry``).
+
 A galaxy bigger than the stamp is the exception the model error cannot cover: cut at its stamp
 (``deblend_truncated``) its wings are all residual, and drawn with larger pixels (``deblend_zoom``
 > 1) its profile is coarser than the PSF. `unmodelled_light` marks where such a source's light
@@ -22,7 +30,7 @@ galaxy the detection missed.
 
 from __future__ import annotations
 
-__all__ = ["bic_penalty", "find_residual_peaks", "residual_significance", "unmodelled_light"]
+__all__ = ["bic_penalty", "find_residual_peaks", "mirrored_significance", "residual_significance", "unmodelled_light"]
 
 import numpy as np
 from scipy import ndimage
@@ -91,6 +99,7 @@ def unmodelled_light(
     zoom: np.ndarray,
     truncated: np.ndarray,
     stamp_size: int,
+    enveloped: np.ndarray | None = None,
 ) -> np.ndarray:
     """Where the light of sources drawn zoomed or cut at their stamp lies, as a pixel mask.
 
@@ -101,7 +110,11 @@ def unmodelled_light(
     fits inside the stamp) and has light beyond it: from that circle out to one with the window's
     full side as radius (twice as far, where a disc cut at ~2 half-light radii still has light
     above the noise), the residual is its wings. Inside the circle through a truncated source's
-    window sides the model holds the light and a companion may still be found.
+    window sides the model holds the light and a companion may still be found. A source with an
+    envelope (its light went on beyond its stamp, `DeblendResult.enveloped`) is a bright galaxy
+    the decoder did not hold inside its stamp either (an r = 17 de Vaucouleurs galaxy is drawn to
+    ~10 px and its light 10-30 px out is all residual, `tests/test_task_envelope.py`): its whole
+    circle of the window's side is its light.
 
     Parameters
     ----------
@@ -115,33 +128,77 @@ def unmodelled_light(
         ``(n,)`` bool: the source's model runs into its stamp's edge.
     stamp_size : `int`
         Side of the decoder's stamp, pixels.
+    enveloped : `numpy.ndarray`, optional
+        ``(n,)`` bool: the source has an envelope (none by default).
 
     Returns
     -------
     mask : `numpy.ndarray`
-        ``(H, W)`` bool, True within the circle of a zoomed source and in the ring of a
-        truncated one; all False when no source is either.
+        ``(H, W)`` bool, True within the circle of a zoomed source, in the ring of a truncated
+        one and within the window's side of an enveloped one; all False when no source is any.
     """
     centers_xy = np.asarray(centers_xy, np.float64).reshape(-1, 2)
     zoom = np.asarray(zoom).reshape(-1)
     truncated = np.asarray(truncated, bool).reshape(-1)
-    if not (len(zoom) == len(truncated) == len(centers_xy)):
+    enveloped = np.zeros(len(centers_xy), bool) if enveloped is None else np.asarray(enveloped, bool).reshape(-1)
+    if not (len(zoom) == len(truncated) == len(enveloped) == len(centers_xy)):
         raise ValueError(
-            f"centers_xy, zoom and truncated must have one row per source; got {len(centers_xy)}, "
-            f"{len(zoom)} and {len(truncated)}."
+            f"centers_xy, zoom, truncated and enveloped must have one row per source; got {len(centers_xy)}, "
+            f"{len(zoom)}, {len(truncated)} and {len(enveloped)}."
         )
     mask = np.zeros(shape, bool)
     yy, xx = np.ogrid[: shape[0], : shape[1]]
-    for (x, y), z, cut in zip(centers_xy, zoom, truncated):
-        if z <= 1 and not cut:
+    for (x, y), z, cut, env in zip(centers_xy, zoom, truncated, enveloped):
+        if z <= 1 and not cut and not env:
             continue  # most sources: no full-grid work for them
         side = stamp_size * z
         r2 = (xx - x) ** 2 + (yy - y) ** 2
-        if z > 1:
+        if z > 1 or env:
             mask |= r2 <= (side / 2) ** 2
-        if cut:
+        if cut or env:
             mask |= (r2 > (side / 2) ** 2) & (r2 <= side**2)
     return mask
+
+
+def mirrored_significance(
+    significance: np.ndarray, xy: np.ndarray, centers_xy: np.ndarray, reach: np.ndarray
+) -> np.ndarray:
+    """Significance at the mirror image of a pixel through each fitted centre.
+
+    Parameters
+    ----------
+    significance : `numpy.ndarray`
+        ``(H, W)`` significance (`residual_significance`).
+    xy : `numpy.ndarray`
+        ``(2,)`` ``(x, y)`` pixel of a residual bump.
+    centers_xy : `numpy.ndarray`
+        ``(n, 2)`` ``(x, y)`` fitted centres, pixels of the same grid.
+    reach : `numpy.ndarray`
+        ``(n,)`` distance in pixels out to which each source's light is read as its own (e.g.
+        its window's side).
+
+    Returns
+    -------
+    mirrored : `numpy.ndarray`
+        ``(n,)`` float64: the largest significance in the 3x3 pixels around ``2 c - xy`` for each
+        centre ``c`` no farther than its reach (the mirror of a bump half a pixel off a pixel's
+        centre lands between pixels); ``-inf`` for a centre out of reach or a mirror image off
+        the grid, where there is no evidence either way.
+    """
+    significance = np.asarray(significance, np.float64)
+    h, w = significance.shape
+    centers_xy = np.asarray(centers_xy, np.float64).reshape(-1, 2)
+    reach = np.broadcast_to(np.asarray(reach, np.float64), (len(centers_xy),))
+    xy = np.asarray(xy, np.float64).reshape(2)
+    out = np.full(len(centers_xy), -np.inf)
+    for k, (c, r) in enumerate(zip(centers_xy, reach)):
+        if np.hypot(*(xy - c)) > r:
+            continue
+        mx, my = np.rint(2.0 * c - xy).astype(np.int64)
+        if not (0 <= mx < w and 0 <= my < h):
+            continue
+        out[k] = significance[max(my - 1, 0):my + 2, max(mx - 1, 0):mx + 2].max()
+    return out
 
 
 def find_residual_peaks(
@@ -152,6 +209,9 @@ def find_residual_peaks(
     threshold: float,
     min_separation: float,
     max_peaks: int,
+    centers_xy: np.ndarray | None = None,
+    reach: np.ndarray | None = None,
+    symmetry: float = 0.0,
 ) -> np.ndarray:
     """Local maxima of a significance image above ``threshold``, strongest first.
 
@@ -170,12 +230,22 @@ def find_residual_peaks(
         Least distance of a new peak to any other peak, old or new, pixels.
     max_peaks : `int`
         Most peaks returned.
+    centers_xy, reach : `numpy.ndarray`, optional
+        ``(n, 2)`` fitted centres and ``(n,)`` their reach in pixels, for ``symmetry``.
+    symmetry : `float`, optional
+        With ``centers_xy``, a maximum whose mirror image through a centre within reach has at
+        least ``symmetry`` times its significance (`mirrored_significance`) is that source's
+        own symmetric light, not a new peak; 0 keeps every maximum.
 
     Returns
     -------
     peaks_xy : `numpy.ndarray`
         ``(k, 2)`` int64 ``(x, y)`` pixels of the new peaks, ``k <= max_peaks``.
     """
+    if not symmetry >= 0:
+        raise ValueError(f"symmetry must be >= 0; got {symmetry=}.")
+    if symmetry > 0 and (centers_xy is None or reach is None):
+        raise ValueError("symmetry > 0 needs the fitted centres and their reach.")
     maxima = (significance == ndimage.maximum_filter(significance, size=3, mode="nearest"))
     maxima &= (significance > threshold) & np.asarray(footprint, bool)
     ys, xs = np.nonzero(maxima)
@@ -184,6 +254,9 @@ def find_residual_peaks(
     found = []
     for i in order:
         xy = np.array([xs[i], ys[i]], np.float64)
+        if symmetry > 0 and (mirrored_significance(significance, xy, centers_xy, reach)
+                             >= symmetry * significance[ys[i], xs[i]]).any():
+            continue
         if all(np.hypot(*(xy - p)) >= min_separation for p in taken):
             found.append(xy)
             taken.append(xy)
