@@ -20,7 +20,7 @@ from lsst.meas.madness import MadnessDeblender
 from lsst.meas.madness.errors import MadnessValueError
 from lsst.meas.madness.psf import check_psf_size, model_psf_images, survey_psf_images
 from lsst.meas.madness.simulation import LsstConditions
-from lsst.meas.madness.tasks import MadnessDeblendConfig, MadnessDeblendTask
+from lsst.meas.madness.tasks import MadnessDeblendConfig, MadnessDeblendTask, heavy_footprints_from_table
 from task_utils import masked_images, truth_detections
 from test_wings import MAGS, PEAKS, SCALE, SIDE, _draw, _lsst_psf, _scene
 
@@ -111,15 +111,17 @@ class WingTaskTestCase(lsst.utils.tests.TestCase):
         precision = "mixed_bfloat16" if keras.config.backend() == "tensorflow" else "float32"
         # False: no wing; True: the PSF's wing alone (what the tests below check against
         # GalSim's PSF); "outskirts": the default, with each galaxy's outer profile.
-        cls.children, cls.tasks = {}, {}
+        cls.children, cls.tasks, cls.outputs = {}, {}, {}
+        cls.truth_beyond = _light_beyond_stamps(cls.truth, BRIGHT)
         for wings in (False, True, "outskirts"):
             config = MadnessDeblendConfig()
             config.precision = precision
             config.psfWings = bool(wings)
             config.outskirts = wings == "outskirts"
             task = MadnessDeblendTask(config=config)
-            catalog = task.run(coadds=coadds, detections=detections, detectionSpans=spans,
-                               deblender=cls.deblender).deblendedCatalog
+            cls.outputs[wings] = task.run(coadds=coadds, detections=detections, detectionSpans=spans,
+                                          deblender=cls.deblender)
+            catalog = cls.outputs[wings].deblendedCatalog
             cls.children[wings] = catalog[catalog["parent"] != 0]
             cls.tasks[wings] = task
         cls.total = np.array([[cls.conditions.counts(mag, band) for band in cls.bands] for mag in MAGS])
@@ -147,17 +149,36 @@ class WingTaskTestCase(lsst.utils.tests.TestCase):
             np.testing.assert_allclose(wing / stamp, oracle, rtol=0.08, err_msg=band)
 
     def test_faint_children_lose_the_bright_wings(self):
-        """The faint children's deblended pixels (heavy footprints, every band), against their true
-        flux: without the wings they keep the bright galaxies' light beyond their stamps (5-35%
-        too much here); with them, at least a third of that error is gone, in every faint child."""
-        errors = {}
+        """The faint children's deblended pixels (heavy footprints, every band): without the wings
+        each keeps the bright galaxies' light beyond their stamps that falls on its footprint
+        (GalSim's truth: 6-18% of its own flux here); the wings give back between half and 1.25x
+        of exactly that light, in every faint child, and so bring its flux closer to the truth.
+
+        (A bar on the errors themselves does not isolate the wings: the fit happens before them,
+        and a faint model that grew to take a bright neighbour's wing light keeps that excess in
+        its model whatever its pixels; with the starts pulled into the prior, stop 51, the
+        r = 24.5 child beside the r = 17.5 galaxy is drawn 1.3x too bright.)"""
+        errors, flux = {}, {}
         for wings in (False, True):
             children = self.children[wings]
-            flux = np.stack([np.asarray(children[f"deblend_flux_{b}"], float) for b in self.bands], axis=1)
-            errors[wings] = np.abs(flux[FAINT].sum(axis=1) / self.total[FAINT].sum(axis=1) - 1)
+            per_band = np.stack([np.asarray(children[f"deblend_flux_{b}"], float) for b in self.bands], axis=1)
+            flux[wings] = per_band[FAINT].sum(axis=1)
+            errors[wings] = np.abs(flux[wings] / self.total[FAINT].sum(axis=1) - 1)
         before, after = errors[False], errors[True]
         self.assertTrue((after < before).all(), (before, after))
-        self.assertLess(after.mean(), 2 / 3 * before.mean(), (before, after))
+        children = self.children[False]
+        for j, k in enumerate(FAINT):
+            cid = int(children["id"][k])
+            mask = np.zeros(self.truth.shape[2:], bool)
+            for b in range(len(self.bands)):
+                footprint, _ = heavy_footprints_from_table(self.outputs[False].deblendedFlux[b])[cid]
+                y, x = footprint.pixels()
+                mask[y - YX0[0], x - YX0[1]] = True
+            beyond = self.truth_beyond[mask].sum()
+            given_back = flux[False][j] - flux[True][j]
+            self.assertGreater(beyond, 0.05 * self.total[k].sum())
+            self.assertGreater(given_back, 0.5 * beyond, (k, given_back, beyond))
+            self.assertLess(given_back, 1.25 * beyond, (k, given_back, beyond))
 
     def test_outskirts(self):
         """With each galaxy's outer profile (the default) the faint children are measured at least
@@ -188,6 +209,19 @@ class WingTaskTestCase(lsst.utils.tests.TestCase):
                                    delta=0.003)
             flux = [float(c["deblend_flux_r"][k]) / self.total[k, r] - 1 for c in (off, on)]
             self.assertLess(abs(flux[1] - flux[0]), 0.005, flux)
+
+
+def _light_beyond_stamps(truth, sources, side=45):
+    """``(H, W)`` band-summed true light of ``sources`` outside the ``side``-px square centred on
+    each one's peak pixel (the stamp the engine fits it in)."""
+    half = side // 2
+    beyond = np.zeros(truth.shape[2:])
+    for k in sources:
+        light = truth[k].sum(axis=0)
+        x, y = (int(round(v)) for v in PEAKS[k])
+        light[max(y - half, 0):y + half + 1, max(x - half, 0):x + half + 1] = 0.0
+        beyond += light
+    return beyond
 
 
 class MemoryTester(lsst.utils.tests.MemoryTestCase):

@@ -180,9 +180,8 @@ class MapSettings:
         validation fields the std of the r e1 residual 0.093 -> 0.088 (paired |e1| -0.0018,
         95% over fields -0.0042, -0.0003), every band's flux error unchanged within its noise, 15%
         more steps; floors of -300 and -100 touch 6% and 12% of the starts and cost r flux error
-        (``doc/error-budget.md``, "Starts outside the prior"). The pipeline task keeps it off
-        (``initLogPriorFloor=None``): on a scene with an r = 17 de Vaucouleurs galaxy the pulled
-        start of the bright galaxy left a residual its residual peaks made into spurious children.
+        (``doc/error-budget.md``, "Starts outside the prior"). The pipeline task uses it too
+        (``initLogPriorFloor``, since 2026-12-05), where it lets the residual peaks' refits converge.
     """
 
     learning_rate: float = 0.05

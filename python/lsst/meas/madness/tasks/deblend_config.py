@@ -293,15 +293,15 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
         "doc/engine.md; 1 is the paper's posterior).",
     )
     initLogPriorFloor = pexConfig.Field[float](
-        default=None,
+        default=-10000.0,
         optional=True,
-        doc="Lowest flow log-density of a MAP starting point (MapSettings.init_log_prior_floor, -10000 in "
-        "the engine): the VAE-deblender's latents of a source below it are moved towards the flow's mode "
-        "until they reach it, so that an encoder guess far outside the prior does not swamp its blend's "
-        "objective and stop the fit early (doc/error-budget.md). Off (None) in the task: on the scene of "
-        "tests/test_task_envelope.py (an r = 17 de Vaucouleurs galaxy, 2\" half-light radius) the pulled "
-        "start of the bright galaxy left a residual that the residual peaks made into two spurious "
-        "children; on the demo patch -10000 found 3 more galaxies (doc/demo.md).",
+        doc="Lowest flow log-density of a MAP starting point (MapSettings.init_log_prior_floor, the engine's "
+        "default): the VAE-deblender's latents of a source below it are moved towards the flow's mode until "
+        "they reach it, so that an encoder guess far outside the prior does not swamp its blend's objective "
+        "(doc/error-budget.md). This matters most for the residual peaks' refits: the encoder's guess for a "
+        "source found in a bright galaxy's light can lie at -1e17, and without the floor such a refit never "
+        "converges and its source is rejected whatever it is (doc/detection.md). None: every start as the "
+        "encoder gives it (the task's default before 2026-12-05).",
     )
     fitPositionOffsets = pexConfig.Field[bool](
         default=False,
