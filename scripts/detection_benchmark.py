@@ -49,8 +49,15 @@ def make_config(method: str, fields: dict):
         for p in parents:
             target = getattr(target, p)
         current = getattr(target, leaf)
-        setattr(target, leaf, (value in (True, "True", "true", "1")) if isinstance(current, bool)
-                else type(current)(value))
+        if isinstance(current, bool):
+            value = value in (True, "True", "true", "1")
+        elif value in ("None", "none"):
+            value = None
+        elif current is not None:
+            value = type(current)(value)
+        else:  # an optional field that is None by default: its declared type converts
+            value = getattr(type(target), leaf).dtype(value)
+        setattr(target, leaf, value)
     return config
 
 

@@ -58,8 +58,14 @@ def run_patch(seed, args, deblender, psf_fwhm_i):
         setattr(config, args.toggle, on)
         for item in args.config:
             field, value = item.split("=", 1)
-            kind = type(getattr(config, field))
-            setattr(config, field, value.lower() == "true" if kind is bool else kind(value))
+            current = getattr(config, field)
+            if isinstance(current, bool):
+                value = value.lower() == "true"
+            elif value.lower() == "none":
+                value = None
+            else:  # an optional field that is None by default converts with its declared type
+                value = (type(current) if current is not None else getattr(type(config), field).dtype)(value)
+            setattr(config, field, value)
         task = MadnessDeblendTask(config=config)
         t = time.perf_counter()
         result = task.deblendInModelUnits(coadd, parents, deblender, scale)
