@@ -196,7 +196,7 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
         doc="Drop a residual bump whose mirror image through a fitted centre (within that source's window "
         "side) is at least this fraction as significant: a galaxy drawn imperfectly leaves a residual "
         "symmetric about its centre, a missed galaxy a bump on one side "
-        "(lsst.meas.madness.tasks.residual_peaks.mirrored_significance). 0 keeps every bump. On the tuning "
+        "(lsst.meas.madness.tasks.residual_peaks.mirrored_significance). 0 keeps every bump. On two tuning "
         "patches the real finds' mirrors were at most 0.71 as significant, a spurious split's 1.39 "
         "(doc/detection.md).",
     )
