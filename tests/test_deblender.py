@@ -565,11 +565,37 @@ class ZoomTestCase(lsst.utils.tests.TestCase):
         for zoom in ([2, 1], 5, 0, [1.5, 1, 1]):
             with self.subTest(zoom=zoom), self.assertRaises(ValueError):
                 self.deblender.deblend(self.image, self.peaks, variance=self.var, zoom=zoom)
-        with self.assertRaises(ValueError):
+        with self.assertRaisesRegex(ValueError, "zoom > 1"):
             self.deblender.deblend(self.image, self.peaks, variance=self.var, zoom=[2, 1, 1],
-                                   settings=MapSettings(fit_offsets=True))
+                                   settings=MapSettings(fit_offsets=True), fit_offsets=[True, True, False])
+        with self.assertRaisesRegex(ValueError, "one bool per peak"):
+            self.deblender.deblend(self.image, self.peaks, variance=self.var,
+                                   settings=MapSettings(fit_offsets=True), fit_offsets=[True, False])
         with self.assertRaises(ValueError):
             MapSettings(max_zoom=5)
+
+    def test_offsets_beside_a_zoomed_source(self):
+        """Offsets fitted for some sources only: a source given a peak 0.6 px off moves to its true
+        centre while the zoomed source and the other one hold their peaks; held everywhere, the
+        fit is the fit without offsets."""
+        peaks = self.peaks + np.array([[0.0, 0.0], [0.6, -0.45], [0.0, 0.0]])
+        settings = MapSettings(max_iter=150, min_iter=150)
+        plain = self.deblender.deblend(self.image, peaks, variance=self.var, zoom=[2, 1, 1], settings=settings)
+        offsets = settings.replace(fit_offsets=True, offset_max=1.5)
+        held = self.deblender.deblend(self.image, peaks, variance=self.var, zoom=[2, 1, 1], settings=offsets,
+                                      fit_offsets=[False, False, False])
+        np.testing.assert_array_equal(held.offsets_xy, 0.0)
+        self.assertAlmostEqual(held.objective_final, plain.objective_final, delta=1e-4 * abs(plain.objective_final))
+        np.testing.assert_allclose(held.model_image(), plain.model_image(), atol=1e-3 * plain.model_image().max())
+        moved = self.deblender.deblend(self.image, peaks, variance=self.var, zoom=[2, 1, 1], settings=offsets,
+                                       fit_offsets=[False, True, False])
+        np.testing.assert_array_equal(moved.offsets_xy[[0, 2]], 0.0)
+        np.testing.assert_allclose(moved.centers_xy[1], self.peaks[1], atol=0.15)  # the truth's centre
+        np.testing.assert_allclose(moved.centers_xy[[0, 2]], peaks[[0, 2]])
+        self.assertLess(moved.objective_final, plain.objective_final)
+        flux_true = self.truth.sum(axis=(2, 3))[:, 1:5]
+        flux = np.array([moved.source_image(i) for i in range(3)]).sum(axis=(2, 3))[:, 1:5]
+        self.assertLess(np.abs(flux / flux_true - 1).mean(axis=1).max(), 0.05)
 
 
 class FreezingTestCase(_DecodedBlends):
@@ -611,7 +637,7 @@ class FreezingTestCase(_DecodedBlends):
             settings = MapSettings(freeze_drift=0.1, fit_offsets=fit_offsets)
             blend = prepare_blend(image, peaks, var, None, num_bands=len(d.bands), stamp_size=d.stamp_size,
                                   normalization=d.normalization, max_sources=100)
-            *packed, bounds = d._pack([blend], fit_offsets)
+            *packed, bounds = d._pack([blend], settings.offset_max if fit_offsets else None)
             n_amp = len(d.bands)
             x = [self.latents[:3] + 0.3 * rng.normal(size=(3, 16)), 0.2 * rng.normal(size=(3, n_amp))]
             if fit_offsets:

@@ -97,16 +97,16 @@ class _Freezer:
         self.rule.frozen[newly] = True
         settings, ld = self.settings, self.deblender.latent_dim
         data, _, rows, cols, starts, *rest = self.packed
-        shifts = rest[0][newly] if settings.fit_offsets else None
+        shifts, offset_bounds = (rest[0][newly], rest[1][newly]) if settings.fit_offsets else (None, None)
         blends, local = np.unique(self.source_blend[newly], return_inverse=True)
         ops = keras.ops
         model = fitted_models(
             ops.convert_to_tensor(x[newly]), ops.ones((len(newly),)), ops.convert_to_tensor(local.astype(np.int32)),
             ops.convert_to_tensor(rows[newly]), ops.convert_to_tensor(cols[newly]),
             ops.convert_to_tensor(starts[newly]), None if shifts is None else ops.convert_to_tensor(shifts),
+            None if shifts is None else ops.convert_to_tensor(offset_bounds),
             decode=self.deblender._step_decoders[settings.precision],
-            region_shape=(len(blends), data.shape[1], data.shape[3]), n_amplitudes=self.n_amp,
-            offset_max=settings.offset_max)
+            region_shape=(len(blends), data.shape[1], data.shape[3]), n_amplitudes=self.n_amp)
         data[blends] -= np.asarray(ops.convert_to_numpy(model), np.float32)
         # The terms of the objective that belong to the frozen sources alone (constant from now).
         terms = -settings.prior_weight * self.deblender.log_prior(x[newly, :ld])
@@ -114,7 +114,7 @@ class _Freezer:
             a = x[newly, ld : ld + self.n_amp].astype(np.float64)
             terms += 0.5 * np.sum(a * a, axis=1) / settings.amplitude_sigma**2
         if settings.fit_offsets:
-            d = settings.offset_max * np.tanh(x[newly, -2:].astype(np.float64))
+            d = offset_bounds[:, None] * np.tanh(x[newly, -2:].astype(np.float64))
             terms += 0.5 * np.sum(d * d, axis=1) / settings.offset_sigma**2
         np.add.at(self.constant, self.source_blend[newly], terms)
 
@@ -469,6 +469,7 @@ class MadnessDeblender:
         zoom=None,
         psf: np.ndarray | None = None,
         init: np.ndarray | None = None,
+        fit_offsets: np.ndarray | None = None,
     ) -> DeblendResult:
         """Deblend one blend.
 
@@ -490,7 +491,8 @@ class MadnessDeblender:
             ``(n,)`` or one integer zoom factor in [1, 4] per source: the source's model is the
             decoder's stamp drawn with ``zoom``-times larger pixels, for galaxies bigger than the
             stamp (``doc/large-galaxies.md``). `None` (default): all 1, or chosen per source
-            when ``settings.max_zoom > 1``. Not combined with ``settings.fit_offsets``.
+            when ``settings.max_zoom > 1`` without ``settings.fit_offsets``. A zoomed source
+            holds its position when offsets are fitted.
         psf : `numpy.ndarray`, optional
             ``(bands, h, w)`` PSF image of each band, odd sides, centred, its sum the whole PSF
             (normalised here). With ``settings.psf_wings`` each source without an envelope gets
@@ -504,6 +506,10 @@ class MadnessDeblender:
             source's guess. A row is a start at the zoom the source is fitted with: give
             ``zoom`` with it when ``settings.max_zoom > 1`` (a source the fit moves to another
             zoom, ``zoom_choice="fit"``, starts there from the guess).
+        fit_offsets : array-like of `bool`, optional
+            ``(n,)``: the sources whose positions move with ``settings.fit_offsets`` (default:
+            every zoom-1 source), e.g. only sources added to an earlier fit; the others stay on
+            their peaks. Marking a zoomed source raises.
 
         Returns
         -------
@@ -517,7 +523,8 @@ class MadnessDeblender:
             which is flagged per source.
         """
         return self.deblend_batch(
-            [dict(image=image, peaks_xy=peaks_xy, variance=variance, mask=mask, zoom=zoom, psf=psf, init=init)],
+            [dict(image=image, peaks_xy=peaks_xy, variance=variance, mask=mask, zoom=zoom, psf=psf, init=init,
+                  fit_offsets=fit_offsets)],
             bands=bands,
             settings=settings,
         )[0]
@@ -536,7 +543,7 @@ class MadnessDeblender:
         ----------
         blends : sequence of mapping
             Each with keys ``image``, ``peaks_xy``, ``variance`` and optionally ``mask``,
-            ``zoom``, ``psf`` and ``init``, as in `deblend`. Blends may have different image sizes and numbers of peaks.
+            ``zoom``, ``psf``, ``init`` and ``fit_offsets``, as in `deblend`. Blends may have different image sizes and numbers of peaks.
         bands : sequence of `str`, optional
             Band names of the planes, checked against the model's.
         settings : `MapSettings`, optional
@@ -554,14 +561,13 @@ class MadnessDeblender:
         prepare = functools.partial(prepare_blend, num_bands=len(self.bands), stamp_size=self.stamp_size,
                                     normalization=self.normalization, max_sources=settings.max_sources)
         prepared = [
-            prepare(b["image"], b["peaks_xy"], b.get("variance"), b.get("mask"), zoom=b.get("zoom"))
+            prepare(b["image"], b["peaks_xy"], b.get("variance"), b.get("mask"), zoom=b.get("zoom"),
+                    fit_offsets=b.get("fit_offsets"))
             for b in blends
         ]
         if not prepared:
             return []
         psfs = [None if b.get("psf") is None else check_psf(b["psf"], len(self.bands)) for b in blends]
-        if settings.fit_offsets and any((p.zoom > 1).any() for p in prepared):
-            raise MadnessValueError("zoom > 1 is not combined with MapSettings.fit_offsets.")
         t0 = time.perf_counter()
         init = self._start_latents(np.concatenate([p.cutouts for p in prepared]), settings)
         splits = np.cumsum([p.n_sources for p in prepared])[:-1]
@@ -704,8 +710,11 @@ class MadnessDeblender:
     def _preparer(prepare, blend: Mapping):
         """``(zoom, whole_image=False) -> PreparedBlend`` of one blend's arrays."""
         def prepared(zoom, whole_image=False):
+            free = blend.get("fit_offsets")
+            if free is not None:  # a source the zoom choice moved up holds its position
+                free = np.asarray(free, bool) & (np.broadcast_to(np.asarray(zoom), np.shape(free)) == 1)
             return prepare(blend["image"], blend["peaks_xy"], blend.get("variance"), blend.get("mask"),
-                           zoom=zoom, whole_image=whole_image)
+                           zoom=zoom, fit_offsets=free, whole_image=whole_image)
 
         return prepared
 
@@ -862,9 +871,9 @@ class MadnessDeblender:
     def _step_fn(self, settings: MapSettings, envelopes: bool = False):
         amplitude_sigma = float(settings.amplitude_sigma) if settings.fit_amplitudes else None
         if settings.fit_offsets:
-            key = (float(settings.prior_weight), float(settings.offset_max), float(settings.offset_sigma))
-            loss = functools.partial(blend_objective_with_offsets, prior_weight=key[0], offset_max=key[1],
-                                     offset_sigma=key[2], amplitude_sigma=amplitude_sigma)
+            key = (float(settings.prior_weight), float(settings.offset_sigma))
+            loss = functools.partial(blend_objective_with_offsets, prior_weight=key[0], offset_sigma=key[1],
+                                     amplitude_sigma=amplitude_sigma)
         else:
             key = (float(settings.prior_weight),)
             loss = functools.partial(blend_objective, prior_weight=key[0], amplitude_sigma=amplitude_sigma)
@@ -879,15 +888,17 @@ class MadnessDeblender:
             )
         return self._steps[key]
 
-    def _pack(self, blends: Sequence[PreparedBlend], fit_offsets: bool = False) -> tuple[np.ndarray, ...]:
+    def _pack(self, blends: Sequence[PreparedBlend], offset_max: float | None = None) -> tuple[np.ndarray, ...]:
         """The batch's arrays as `blend_objective` wants them, and where each blend's sources are.
 
         Regions are padded to the largest (``(B, h, C, w)`` data and weights); sources come flat,
         every blend's one after another (``(M, ...)``, no padding): their row placement windows
         (`placement_windows`: ``(M, Lw, S)``), their column placements over the padded width
         (`placement_matrices`: ``(M, w, S)``) and the ``(M, 2)`` region pixel where each row
-        window starts (`blend_models`). With ``fit_offsets`` the placements are integer
-        (one-hot) and the sub-pixel shifts come as an extra ``(M, 2)`` array, as
+        window starts (`blend_models`). With an ``offset_max`` (offsets fitted) the zoom-1
+        placements are integer (one-hot) and the sub-pixel shifts come as an extra ``(M, 2)``
+        array (zero for a zoomed source, whose window already sits on its float peak), then the
+        ``(M,)`` offset bounds: ``offset_max`` where `PreparedBlend.offset_free`, else zero, as
         `blend_objective_with_offsets` wants. The source mask and blend index are `_select`'s.
         The last item is the ``(B + 1,)`` source bounds.
         """
@@ -904,7 +915,7 @@ class MadnessDeblender:
             data[k, :h, :, :w] = np.transpose(b.data, (1, 0, 2))
             weights[k, :h, :, :w] = np.transpose(b.weights, (1, 0, 2))
             # Stamp origin in the region plus the sub-pixel shift: the placement also shifts.
-            offsets = b.origins - np.array(b.region[:2]) + (0.0 if fit_offsets else b.shifts)
+            offsets = b.origins - np.array(b.region[:2]) + (0.0 if offset_max is not None else b.shifts)
             rows = placement_matrices(offsets[:, 0], h, s)
             cols = placement_matrices(offsets[:, 1], w, s)
             zoomed = np.flatnonzero(b.zoom > 1)
@@ -925,9 +936,10 @@ class MadnessDeblender:
             cols_full[sl, : rx.shape[1]] = rx
             starts[sl, 0] = sy
         packed = (data, weights, rows_w, cols_full, starts)
-        if fit_offsets:
-            shifts = np.concatenate([b.shifts for b in blends]).astype(np.float32)
-            packed += (shifts,)
+        if offset_max is not None:
+            shifts = np.concatenate([np.where((b.zoom == 1)[:, None], b.shifts, 0.0) for b in blends])
+            free = np.concatenate([b.offset_free for b in blends])
+            packed += (shifts.astype(np.float32), np.where(free, offset_max, 0.0).astype(np.float32))
         return packed + (bounds,)
 
     @staticmethod
@@ -951,7 +963,8 @@ class MadnessDeblender:
         Returns
         -------
         args : `list` [tensor]
-            ``source_mask, blend_of, data, weights, rows, cols, starts[, shifts][, *per_blend]``
+            ``source_mask, blend_of, data, weights, rows, cols, starts[, shifts, offset_bounds]
+            [, *per_blend]``
             selected.
         take : `numpy.ndarray`
             The batch's flat sources fed to the step, in order: the selected blends' sources,
@@ -1085,7 +1098,7 @@ class MadnessDeblender:
         # two offset parameters; the extras start at zero.
         n_amp = len(self.bands) if settings.fit_amplitudes else 0
         n_extra = n_amp + (2 if settings.fit_offsets else 0)
-        *packed, bounds = self._pack(blends, settings.fit_offsets)
+        *packed, bounds = self._pack(blends, settings.offset_max if settings.fit_offsets else None)
         bases = list(envelopes) if envelopes is not None else []
         per_blend = self._pack_envelopes(bases)
         x = np.zeros((int(bounds[-1]), self.latent_dim + n_extra), np.float32)
@@ -1182,10 +1195,12 @@ class MadnessDeblender:
                 "fit them alone to find the one that fails."
             )
         ld = self.latent_dim
-        offsets = settings.offset_max * np.tanh(x[:, ld + n_amp :].astype(np.float64))  # (dy, dx)
+        offsets = None
+        if settings.fit_offsets:  # (dy, dx), each source within its bound (the last packed array)
+            offsets = packed[-1][:, None].astype(np.float64) * np.tanh(x[:, ld + n_amp :].astype(np.float64))
         return self._results(
             blends, bounds, x[:, :ld], initial[:, :ld], x[:, ld : ld + n_amp].astype(np.float64),
-            offsets if settings.fit_offsets else None, n_iter, converged,
+            offsets, n_iter, converged,
             [history[: n_iter[k], k] for k in range(nb)], settings, bases)
 
     def _results(self, blends, bounds, final, start, log_amplitudes, offsets, n_iter, converged, histories,

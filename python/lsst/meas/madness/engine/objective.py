@@ -200,15 +200,16 @@ def fourier_shift_matrices(shifts, size: int):
     return ops.reshape(gathered, tuple(ops.shape(shifts)) + (size, size))
 
 
-def blend_objective_with_offsets(x, source_mask, blend_of, data, weights, rows, cols, starts, shifts, *, calls,
-                                 prior_weight: float = 1.0, offset_max: float = 1.0,
+def blend_objective_with_offsets(x, source_mask, blend_of, data, weights, rows, cols, starts, shifts,
+                                 offset_bounds, *, calls, prior_weight: float = 1.0,
                                  offset_sigma: float = 0.5, amplitude_sigma: float | None = None,
                                  envelopes=None):
     """`blend_objective` with a position offset per source fitted alongside its latents.
 
     ``x`` holds each source's latents followed by two unconstrained numbers ``u``; the offset is
-    ``d = offset_max * tanh(u)`` ``(dy, dx)`` pixels (so ``|d| < offset_max``), with a weak
-    Gaussian prior ``sum |d|^2 / (2 offset_sigma^2)``. Each stamp is shifted by its peak's
+    ``d = b * tanh(u)`` ``(dy, dx)`` pixels with ``b`` the source's bound (so ``|d| < b``; a
+    source whose bound is zero stays at its peak), with a weak Gaussian prior
+    ``sum |d|^2 / (2 offset_sigma^2)``. Each stamp is shifted by its peak's
     sub-pixel remainder plus ``d`` (`fourier_shift_matrices`) and placed by the integer
     placement windows ``rows``, ``cols``.
 
@@ -224,8 +225,10 @@ def blend_objective_with_offsets(x, source_mask, blend_of, data, weights, rows, 
         ``(M, 2)`` window starts of the stamps' pixel grids (`blend_models`).
     shifts : tensor
         ``(M, 2)`` ``(dy, dx)`` sub-pixel remainder of each peak, pixels.
-    offset_max, offset_sigma : `float`
-        Bound and prior width of the fitted offsets, pixels.
+    offset_bounds : tensor
+        ``(M,)`` bound of each source's fitted offset components, pixels.
+    offset_sigma : `float`
+        Prior width of the fitted offsets, pixels.
 
     Returns
     -------
@@ -234,7 +237,7 @@ def blend_objective_with_offsets(x, source_mask, blend_of, data, weights, rows, 
     """
     ops = keras.ops
     latents = x[:, :-2]
-    offsets = offset_max * ops.tanh(x[:, -2:])
+    offsets = offset_bounds[:, None] * ops.tanh(x[:, -2:])
     rows, cols = _shifted_placements(rows, cols, shifts, offsets)
     loss = blend_objective(latents, source_mask, blend_of, data, weights, rows, cols, starts, calls=calls,
                            prior_weight=prior_weight, amplitude_sigma=amplitude_sigma, envelopes=envelopes)
@@ -253,8 +256,8 @@ def _shifted_placements(rows, cols, shifts, offsets):
     return ops.matmul(rows, ky), ops.matmul(cols, kx)
 
 
-def fitted_models(x, source_mask, blend_of, rows, cols, starts, shifts=None, *, decode, region_shape,
-                  n_amplitudes: int = 0, offset_max: float = 1.0):
+def fitted_models(x, source_mask, blend_of, rows, cols, starts, shifts=None, offset_bounds=None, *, decode,
+                  region_shape, n_amplitudes: int = 0):
     """The ``(B, h, C, w)`` region models of sources with the fitted variables ``x``, placed as
     `blend_objective` (``shifts`` `None`) or `blend_objective_with_offsets` place them.
 
@@ -268,16 +271,15 @@ def fitted_models(x, source_mask, blend_of, rows, cols, starts, shifts=None, *, 
         ``shifts``) the two offset parameters, as the objectives take them.
     source_mask, blend_of, rows, cols, starts, decode, region_shape
         As in `blend_models` (``rows``, ``cols`` one-hot with ``shifts``).
-    shifts : tensor, optional
-        ``(M, 2)`` sub-pixel remainders of `blend_objective_with_offsets`.
+    shifts, offset_bounds : tensor, optional
+        ``(M, 2)`` sub-pixel remainders and ``(M,)`` offset bounds of
+        `blend_objective_with_offsets` (both or neither).
     n_amplitudes : `int`
         Number of log flux factors in ``x`` (0 or the band count).
-    offset_max : `float`
-        Bound of the fitted offsets (with ``shifts``).
     """
     ops = keras.ops
     if shifts is not None:
-        rows, cols = _shifted_placements(rows, cols, shifts, offset_max * ops.tanh(x[:, -2:]))
+        rows, cols = _shifted_placements(rows, cols, shifts, offset_bounds[:, None] * ops.tanh(x[:, -2:]))
         x = x[:, :-2]
     log_amplitudes = x[:, -n_amplitudes:] if n_amplitudes else None
     latents = x[:, :-n_amplitudes] if n_amplitudes else x

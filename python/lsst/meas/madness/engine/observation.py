@@ -83,6 +83,9 @@ class PreparedBlend:
         ``(n,)`` fraction of the in-image footprint pixels (all bands) with zero weight.
     zoom : `numpy.ndarray`
         ``(n,)`` int64 image pixels per stamp pixel of each source (1: the decoder's stamp as is).
+    offset_free : `numpy.ndarray`
+        ``(n,)`` bool: the source's position may move with ``MapSettings.fit_offsets`` (every
+        zoom-1 source by default; a zoomed source never, its window is placed on its float peak).
     """
 
     image_shape: tuple[int, int]
@@ -97,10 +100,13 @@ class PreparedBlend:
     no_data: np.ndarray
     masked_fraction: np.ndarray
     zoom: np.ndarray | None = None
+    offset_free: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.zoom is None:
             self.zoom = np.ones(len(self.peaks_xy), np.int64)
+        if self.offset_free is None:
+            self.offset_free = self.zoom == 1
 
     @property
     def n_sources(self) -> int:
@@ -194,6 +200,7 @@ def prepare_blend(
     normalization: LinearNormalization,
     max_sources: int,
     zoom=None,
+    fit_offsets=None,
     whole_image: bool = False,
 ) -> PreparedBlend:
     """Validate one blend and cut what the fit needs (see the module table for bad input).
@@ -218,6 +225,9 @@ def prepare_blend(
         Largest accepted number of peaks.
     zoom : `int` or array-like, optional
         ``(n,)`` or one zoom factor per source (see the module docstring); 1 by default.
+    fit_offsets : array-like of `bool`, optional
+        ``(n,)``: which sources' positions ``MapSettings.fit_offsets`` fits (every zoom-1
+        source by default). A zoomed source's cannot be fitted.
     whole_image : `bool`
         Fit every pixel of the image, not only the bounding box of the stamps: the region the
         envelopes of bright galaxies (their light beyond their stamps) may reach
@@ -250,6 +260,16 @@ def prepare_blend(
     except ValueError as err:
         raise MadnessValueError(f"zoom must be one integer in [1, 4] or one per peak: {err}") from None
     zoom = zoom.astype(np.int64)
+    if fit_offsets is None:
+        offset_free = zoom == 1
+    else:
+        offset_free = np.asarray(fit_offsets, bool).reshape(-1)
+        if offset_free.shape != zoom.shape:
+            raise MadnessValueError(f"fit_offsets must hold one bool per peak ({len(zoom)}); got {offset_free.shape}.")
+        if (offset_free & (zoom > 1)).any():
+            raise MadnessValueError(
+                "fit_offsets marks a source drawn at zoom > 1: a zoomed window has no fitted offset."
+            )
     footprints = pix - (sizes // 2)[:, None]
     if whole_image:
         y0, x0, y1, x1 = 0, 0, *image_shape
@@ -299,4 +319,5 @@ def prepare_blend(
         no_data=masked_fraction >= 1.0,
         masked_fraction=masked_fraction,
         zoom=zoom,
+        offset_free=offset_free,
     )

@@ -80,7 +80,9 @@ class MapSettings:
     fit_offsets : `bool`
         Fit a position offset per source with its latents, for peaks that are not the true
         centres (detected peaks): each model is moved by its peak's sub-pixel remainder plus the
-        offset. Off by default (the peaks are taken as the centres).
+        offset. Off by default (the peaks are taken as the centres). Each blend may name the
+        sources that move (``fit_offsets`` of `MadnessDeblender.deblend`); the others, and
+        every zoomed source, stay on their peaks.
     offset_max : `float`
         Bound on each fitted offset component, pixels (1: a detected peak is within a pixel of
         the centre); the offset is ``offset_max * tanh(u)`` of a free ``u``.
@@ -115,7 +117,8 @@ class MapSettings:
         (that source's stamp, or its own zoomed window: a bright galaxy's light reaches beyond
         its peak's distance; ``doc/large-galaxies.md``). A ``zoom``
         passed to `MadnessDeblender.deblend` overrides the choice. With ``fit_offsets`` no zoom
-        is chosen (every source stays at zoom 1): a zoomed stamp has no fitted offset.
+        is chosen (every source stays at zoom 1): a zoomed window has no fitted offset (a
+        source given a zoom > 1 holds its position).
     zoom_outside_threshold : `float`
         Fraction of the flux outside the smaller stamp above which the zoom is raised, in (0, 1)
         (``zoom_choice="guess"``).
