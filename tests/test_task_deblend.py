@@ -491,6 +491,40 @@ class DeblendTaskTestCase(MadnessTestCase):
         self.assertFalse(complete["deblend_residualPeak"].any())
         self.assertEqual(int((complete["parent"] != 0).sum()), 5)
 
+    def test_residual_peak_offsets(self):
+        """With residualPeakMaxOffset only the added source's position is fitted in the refit:
+        the detected children stay on their peaks, the added one is drawn near its galaxy."""
+        members = SCENE_GROUPS[0]
+        lost = 1
+        footprint = Footprint.from_mask(self.truth[members].sum(axis=(0, 1)) > 5.0, PATCH_YX0)
+        kept = [i for i in members if i != lost]
+        det, spans = detection_tables([(footprint, _tract(SCENE_PEAKS[kept]))])
+        calls = []
+        original = MadnessDeblender.deblend_batch
+
+        def recording(deblender, blends, **kwargs):
+            calls.extend((len(blend["peaks_xy"]), blend.get("fit_offsets"), kwargs["settings"]) for blend in blends)
+            return original(deblender, blends, **kwargs)
+
+        task = MadnessDeblendTask(config=run_config(doResidualPeaks=True, residualPeakMaxOffset=2.0))
+        with mock.patch.object(MadnessDeblender, "deblend_batch", recording):
+            on = task.run(coadds=self.coadds, detections=det, detectionSpans=spans).deblendedCatalog
+        refits = [(free, settings) for n, free, settings in calls if n == 3]
+        self.assertEqual(len(refits), 1)
+        free, settings = refits[0]
+        self.assertEqual(np.asarray(free).tolist(), [False, False, True])  # the residual peak comes last
+        self.assertEqual((settings.fit_offsets, settings.offset_max), (True, 2.0))
+        self.assertFalse(any(s.fit_offsets for n, _, s in calls if n != 3))  # the first fits hold every peak
+        children = on[on["parent"] != 0]
+        self.assertEqual(int(children["deblend_residualPeak"].sum()), 1)
+        old = children[~children["deblend_residualPeak"]]
+        np.testing.assert_array_equal(old["deblend_center_x"], old["deblend_peak_center_x"])
+        np.testing.assert_array_equal(old["deblend_center_y"], old["deblend_peak_center_y"])
+        new = children[children["deblend_residualPeak"]]
+        x, y = _tract(SCENE_PEAKS[lost])
+        self.assertLessEqual(np.hypot(new["deblend_center_x"][0] - x, new["deblend_center_y"][0] - y), 1.0)
+        np.testing.assert_allclose(new["deblend_flux_r"][0], self.truth[lost, 2].sum(), rtol=0.05)
+
     def test_failed_refit_keeps_first_fit(self):
         """A residual-peak refit that raises loses only itself: its parent keeps its first fit,
         is not flagged failed, and counts the peak as rejected."""

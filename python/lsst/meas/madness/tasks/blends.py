@@ -112,6 +112,10 @@ class BlendPlan:
         ``region`` also holds the parent's footprint: the pixels beyond every stamp where the
         envelope of a bright galaxy (its light beyond its stamp, ``MapSettings.fit_envelopes``)
         is fitted.
+    fit_offsets : `numpy.ndarray` or `None`
+        ``(n_sources,)`` bool: the sources whose positions the engine fits when its settings fit
+        offsets (``MapSettings.fit_offsets``; e.g. only the sources a refit adds), or `None` for
+        every zoom-1 source.
     """
 
     parent: ParentFootprint
@@ -122,6 +126,7 @@ class BlendPlan:
     region: tuple[int, int, int, int]
     zoom: np.ndarray | None = None
     covers_parent: bool = False
+    fit_offsets: np.ndarray | None = None
 
     @property
     def n_sources(self) -> int:
@@ -141,6 +146,8 @@ class BlendPlan:
         )
         if self.zoom is not None:
             blend["zoom"] = np.asarray(self.zoom, np.int64)
+        if self.fit_offsets is not None:
+            blend["fit_offsets"] = np.asarray(self.fit_offsets, bool)
         return blend
 
     @property

@@ -147,7 +147,8 @@ def deblend_columns(bands: Sequence[str], latent_dim: int) -> list[Column]:
             "deblend_center_x",
             "float64",
             "Column of the centre the child's model is drawn at, tract frame: its peak position plus the "
-            "position offset fitted with the latents (fitPositionOffsets; the peak itself otherwise). "
+            "position offset fitted with the latents (fitPositionOffsets, or residualPeakMaxOffset for a "
+            "residual peak's source; the peak itself otherwise). "
             "NaN for parents.",
             "pix",
         ),

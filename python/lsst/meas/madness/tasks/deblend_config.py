@@ -208,6 +208,16 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
         "galaxy's own light the model cannot hold, not a missed galaxy. Parents so limited are flagged "
         "deblend_residualPeaksLimited.",
     )
+    residualPeakMaxOffset = pexConfig.Field[float](
+        default=3.0,
+        doc="Bound on each component of a position offset fitted for each added source in the refit "
+        "(and width of its Gaussian prior), pixels, in [0, 3]; the first fit's sources hold their "
+        "positions. A residual peak is where a missed galaxy's light shows beside its neighbours' models, "
+        "not its centre. The penalty then counts two more parameters per added source. 0: the peaks are "
+        "the centres. On the tuning patches 3 px raised completeness at SNR > 20 from 93.9% to 96.2% and "
+        "purity from 97.2% to 98.2% (2 px: the same completeness at SNR > 20, one galaxy fewer at SNR > 10; "
+        "doc/detection.md).",
+    )
     maxResidualPeaks = pexConfig.Field[int](
         default=2, doc="Most residual peaks tried per parent (all in one refit); 0 tries none."
     )
@@ -467,11 +477,12 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
                 "pairSplitModelError >= 0 and pairSplitMaxOffset in (0, 3].",
             )
         if (not self.residualPeakSmoothing > 0 or self.maxResidualPeaks < 0 or self.residualPeakMinSeparation < 0
-                or not self.residualPeakModelError >= 0 or not self.residualPeakSymmetry >= 0):
+                or not self.residualPeakModelError >= 0 or not self.residualPeakSymmetry >= 0
+                or not 0 <= self.residualPeakMaxOffset <= 3):
             raise pexConfig.FieldValidationError(
                 MadnessDeblendConfig.residualPeakSmoothing, self,
                 "residualPeakSmoothing must be > 0, maxResidualPeaks, residualPeakMinSeparation, "
-                "residualPeakModelError and residualPeakSymmetry >= 0.",
+                "residualPeakModelError and residualPeakSymmetry >= 0, residualPeakMaxOffset in [0, 3].",
             )
         if not 1 <= self.maxZoom <= MAX_ZOOM:
             raise pexConfig.FieldValidationError(

@@ -80,12 +80,17 @@ class RefitContext:
         return ~bad_pixels(blend["image"], blend["variance"], blend["mask"])
 
 
-def _carried_zoom(plan: BlendPlan, new_plan: BlendPlan) -> np.ndarray | None:
-    """Zooms of ``new_plan``'s sources: a source of ``plan`` keeps its zoom, a new one gets 1
-    (`None` when ``plan`` left the choice to the engine)."""
-    if plan.zoom is None:
-        return None
-    old = {tuple(xy): int(z) for xy, z in zip(plan.sources_xy.tolist(), plan.zoom)}
+def _added_sources(new_plan: BlendPlan, ids: np.ndarray) -> np.ndarray:
+    """``(n_sources,)`` bool: ``new_plan``'s sources whose peak ids are among ``ids`` (never a
+    neighbour, nor a source drawn at zoom > 1); ``new_plan`` has its zooms."""
+    added = np.concatenate([np.isin(new_plan.peak_ids, ids), np.zeros(len(new_plan.neighbours_xy), bool)])
+    return added & (np.asarray(new_plan.zoom) == 1)
+
+
+def _carried_zoom(plan: BlendPlan, result: DeblendResult, new_plan: BlendPlan) -> np.ndarray:
+    """Zooms of ``new_plan``'s sources: a source of ``plan`` keeps the zoom its first fit
+    ``result`` drew it at (given, or chosen by the engine), a new one gets 1."""
+    old = {tuple(xy): int(z) for xy, z in zip(plan.sources_xy.tolist(), np.asarray(result.zoom).reshape(-1))}
     return np.array([old.get(tuple(xy), 1) for xy in new_plan.sources_xy.tolist()], np.int64)
 
 
@@ -197,6 +202,14 @@ def add_residual_peaks(
     """
     rows = context.parent_rows
     stamp_size = context.deblender.stamp_size
+    settings, extra = context.settings, 0
+    if config.residualPeakMaxOffset > 0:
+        # Only the added sources move (`_added_sources`); their offsets are two more parameters each.
+        settings = dataclasses.replace(
+            settings, fit_offsets=True, offset_max=config.residualPeakMaxOffset,
+            offset_sigma=config.residualPeakMaxOffset,
+        )
+        extra = 2
     candidates: list[tuple[int, BlendPlan]] = []
     added: dict[int, np.ndarray] = {}
     next_id = first_id
@@ -223,13 +236,14 @@ def add_residual_peaks(
         # The refit keeps the first fit's region and neighbours (`_refit_plan`); a new source's
         # stamp is cropped to the region (its child may be flagged edge).
         new_plan = _refit_plan(plan, new_plan)
-        new_plan = dataclasses.replace(new_plan, zoom=_carried_zoom(plan, new_plan))
+        new_plan = dataclasses.replace(new_plan, zoom=_carried_zoom(plan, result, new_plan))
+        new_plan = dataclasses.replace(new_plan, fit_offsets=_added_sources(new_plan, ids))
         added[index] = ids
         candidates.append((index, new_plan))
 
     residual_ids: set[int] = set()
     fitted = list(fitted)
-    for index, new_plan, outcome, runtime in context.fit(candidates, context.settings):
+    for index, new_plan, outcome, runtime in context.fit(candidates, settings):
         k, plan, result = fitted[index]
         row = rows[k]
         row["deblend_runtime"] += runtime * new_plan.n_sources
@@ -237,7 +251,7 @@ def add_residual_peaks(
             continue
         n_added = new_plan.n_sources - plan.n_sources
         penalty = _penalty(
-            config.residualPeakPenalty, context.deblender.latent_dim, int(context.usable(plan).sum())
+            config.residualPeakPenalty, context.deblender.latent_dim + extra, int(context.usable(plan).sum())
         )
         gain = float(result.objective_final - outcome.objective_final)
         context.log.debug(
