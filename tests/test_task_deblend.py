@@ -525,6 +525,60 @@ class DeblendTaskTestCase(MadnessTestCase):
         self.assertLessEqual(np.hypot(new["deblend_center_x"][0] - x, new["deblend_center_y"][0] - y), 1.0)
         np.testing.assert_allclose(new["deblend_flux_r"][0], self.truth[lost, 2].sum(), rtol=0.05)
 
+    def test_added_source_onto_another_is_rejected(self):
+        """An added source whose fitted centre ends nearer another source than
+        residualPeakMinSeparation is a piece of that source's light: the refit is rejected."""
+        members = SCENE_GROUPS[0]
+        footprint = Footprint.from_mask(self.truth[members].sum(axis=(0, 1)) > 5.0, PATCH_YX0)
+        kept = [i for i in members if i != 1]
+        det, spans = detection_tables([(footprint, _tract(SCENE_PEAKS[kept]))])
+        original = MadnessDeblender.deblend_batch
+
+        def onto_first(deblender, blends, **kwargs):
+            results = original(deblender, blends, **kwargs)
+            for blend, result in zip(blends, results):
+                if len(blend["peaks_xy"]) == 3:  # the refit: the added source lands 2 px from the first
+                    result.offsets_xy[2] = blend["peaks_xy"][0] + [2.0, 0.0] - blend["peaks_xy"][2]
+            return results
+
+        with mock.patch.object(MadnessDeblender, "deblend_batch", onto_first):
+            task = MadnessDeblendTask(config=run_config(doResidualPeaks=True, residualPeakMaxOffset=3.0))
+            on = task.run(coadds=self.coadds, detections=det, detectionSpans=spans).deblendedCatalog
+        parent = on[on["parent"] == 0]
+        self.assertEqual(parent["deblend_nResidualPeaks"][0], 0)
+        self.assertEqual(parent["deblend_nResidualPeaksRejected"][0], 1)
+        self.assertFalse(on["deblend_residualPeak"].any())
+        self.assertEqual(task.metadata["n_residual_peaks"], 0)
+
+    def test_only_the_added_source_onto_another_is_dropped(self):
+        """Two lost galaxies found in the residual, one of whose refit centres ends on a detected
+        source: that one is dropped and the parent refitted with the other, which is kept."""
+        members = SCENE_GROUPS[0]
+        footprint = Footprint.from_mask(self.truth[members].sum(axis=(0, 1)) > 5.0, PATCH_YX0)
+        det, spans = detection_tables([(footprint, _tract(SCENE_PEAKS[[0]]))])
+        original = MadnessDeblender.deblend_batch
+        sizes = []
+
+        def last_onto_first(deblender, blends, **kwargs):
+            results = original(deblender, blends, **kwargs)
+            for blend, result in zip(blends, results):
+                sizes.append(len(blend["peaks_xy"]))
+                if len(blend["peaks_xy"]) == 3:
+                    result.offsets_xy[2] = blend["peaks_xy"][0] + [2.0, 0.0] - blend["peaks_xy"][2]
+            return results
+
+        with mock.patch.object(MadnessDeblender, "deblend_batch", last_onto_first):
+            task = MadnessDeblendTask(config=run_config(doResidualPeaks=True, residualPeakMaxOffset=3.0))
+            on = task.run(coadds=self.coadds, detections=det, detectionSpans=spans).deblendedCatalog
+        self.assertEqual(sizes, [1, 3, 2])  # first fit, refit with both, refit with the one left
+        parent = on[on["parent"] == 0]
+        self.assertEqual(parent["deblend_nResidualPeaks"][0], 1)
+        self.assertEqual(parent["deblend_nResidualPeaksRejected"][0], 1)
+        new = on[on["deblend_residualPeak"]]
+        self.assertEqual(len(new), 1)
+        distance = np.hypot(*(_tract(SCENE_PEAKS[[1, 2]]) - [new["deblend_center_x"][0], new["deblend_center_y"][0]]).T)
+        self.assertLess(distance.min(), 1.5)
+
     def test_failed_refit_keeps_first_fit(self):
         """A residual-peak refit that raises loses only itself: its parent keeps its first fit,
         is not flagged failed, and counts the peak as rejected."""

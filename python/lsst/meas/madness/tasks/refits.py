@@ -87,6 +87,38 @@ def _added_sources(new_plan: BlendPlan, ids: np.ndarray) -> np.ndarray:
     return added & (np.asarray(new_plan.zoom) == 1)
 
 
+def _onto_others(centers_xy: np.ndarray, moved: np.ndarray, min_separation: float) -> np.ndarray:
+    """``(n,)`` bool: the ``moved`` sources whose centre is nearer than ``min_separation`` to
+    another source's."""
+    centers_xy = np.asarray(centers_xy, np.float64)
+    d = np.hypot(*(centers_xy[:, None, :] - centers_xy[None, :, :]).transpose(2, 0, 1))
+    np.fill_diagonal(d, np.inf)
+    return moved & (d.min(axis=1, initial=np.inf) < min_separation)
+
+
+def _residual_plan(config, context: RefitContext, k: int, plan: BlendPlan, result: DeblendResult,
+                   ids: np.ndarray, peaks_xy: np.ndarray) -> BlendPlan | None:
+    """The refit's plan of parent ``k`` (first fit ``plan``, ``result``) with the residual peaks
+    ``ids`` at ``peaks_xy`` (tract frame) added, or `None` if planning dropped one of them."""
+    parent = plan.parent
+    augmented = ParentFootprint(
+        parent.id,
+        parent.footprint,
+        np.concatenate([np.asarray(parent.peak_ids, np.int64), ids]),
+        np.concatenate([np.asarray(parent.peaks_xy, np.float64).reshape(-1, 2), peaks_xy]),
+    )
+    # A first fit whose zooms were chosen all 1 was planned as with maxZoom=1: so is its refit.
+    zoomed = plan.zoom is None or bool((plan.zoom > 1).any())
+    new_plan = context.plan(augmented, k, config.maxZoom if zoomed else 1)
+    if not np.isin(ids, new_plan.peak_ids).all():
+        return None
+    # The refit keeps the first fit's region and neighbours (`_refit_plan`); a new source's stamp
+    # is cropped to the region (its child may be flagged edge). Only the added sources may move.
+    new_plan = _refit_plan(plan, new_plan)
+    new_plan = dataclasses.replace(new_plan, zoom=_carried_zoom(plan, result, new_plan))
+    return dataclasses.replace(new_plan, fit_offsets=_added_sources(new_plan, ids))
+
+
 def _carried_zoom(plan: BlendPlan, result: DeblendResult, new_plan: BlendPlan) -> np.ndarray:
     """Zooms of ``new_plan``'s sources: a source of ``plan`` keeps the zoom its first fit
     ``result`` drew it at (given, or chosen by the engine), a new one gets 1."""
@@ -137,9 +169,11 @@ def residual_peaks(
         ``(k, 2)`` (x, y) tract-frame peaks.
     limited : `bool`
         Part of the footprint was left out as the light of a zoomed or truncated model.
+    peak_significance : `numpy.ndarray`
+        ``(k,)`` the filtered residual's significance at each peak.
     """
     if config.maxResidualPeaks <= 0:
-        return np.zeros((0, 2), np.int64), False
+        return np.zeros((0, 2), np.int64), False, np.zeros(0)
     y0, x0, y1, x1 = plan.region
     blend = plan.engine_input(coadd)
     model = result.model_image()
@@ -171,13 +205,17 @@ def residual_peaks(
         reach=stamp_size * np.asarray(result.zoom).reshape(-1),
         symmetry=config.residualPeakSymmetry,
     )
-    return local + np.array([x0, y0], np.int64), limited
+    return local + np.array([x0, y0], np.int64), limited, significance[local[:, 1], local[:, 0]]
 
 
 def add_residual_peaks(
     config, context: RefitContext, fitted: list[Fitted], first_id: int
 ) -> tuple[list[Fitted], set[int]]:
     """Refit parents with the peaks of their residual; keep the refits that pay their penalty.
+
+    With ``residualPeakMaxOffset`` the added sources' positions are fitted (the others held);
+    an added source whose fitted centre ends nearer another source than
+    ``residualPeakMinSeparation`` is dropped and its parent refitted with the rest, if any.
 
     Parameters
     ----------
@@ -207,63 +245,71 @@ def add_residual_peaks(
         # Only the added sources move (`_added_sources`); their offsets are two more parameters each.
         settings = dataclasses.replace(
             settings, fit_offsets=True, offset_max=config.residualPeakMaxOffset,
-            offset_sigma=config.residualPeakMaxOffset,
+            offset_sigma=config.residualPeakOffsetSigma,
         )
         extra = 2
     candidates: list[tuple[int, BlendPlan]] = []
-    added: dict[int, np.ndarray] = {}
+    added: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # fitted index -> ids, tract-frame peaks
     next_id = first_id
     for index, (k, plan, result) in enumerate(fitted):
-        peaks_xy, limited = residual_peaks(config, plan, result, context.coadd, stamp_size)
+        peaks_xy, limited, significance = residual_peaks(config, plan, result, context.coadd, stamp_size)
         rows[k]["deblend_residualPeaksLimited"] = limited
         if not len(peaks_xy):
             continue
+        context.log.debug("Parent %d: residual peaks at %s, significance %s", plan.parent.id,
+                          peaks_xy.tolist(), np.round(significance, 1).tolist())
         ids = np.arange(next_id, next_id + len(peaks_xy), dtype=np.int64)
         next_id += len(peaks_xy)
-        parent = plan.parent
-        augmented = ParentFootprint(
-            parent.id,
-            parent.footprint,
-            np.concatenate([np.asarray(parent.peak_ids, np.int64), ids]),
-            np.concatenate([np.asarray(parent.peaks_xy, np.float64).reshape(-1, 2), peaks_xy]),
-        )
-        # A first fit whose zooms were chosen all 1 was planned as with maxZoom=1: so is its refit.
-        zoomed = plan.zoom is None or bool((plan.zoom > 1).any())
-        new_plan = context.plan(augmented, k, config.maxZoom if zoomed else 1)
         rows[k]["deblend_nResidualPeaksRejected"] = len(ids)
-        if not np.isin(ids, new_plan.peak_ids).all():
-            continue
-        # The refit keeps the first fit's region and neighbours (`_refit_plan`); a new source's
-        # stamp is cropped to the region (its child may be flagged edge).
-        new_plan = _refit_plan(plan, new_plan)
-        new_plan = dataclasses.replace(new_plan, zoom=_carried_zoom(plan, result, new_plan))
-        new_plan = dataclasses.replace(new_plan, fit_offsets=_added_sources(new_plan, ids))
-        added[index] = ids
-        candidates.append((index, new_plan))
+        new_plan = _residual_plan(config, context, k, plan, result, ids, peaks_xy)
+        if new_plan is not None:
+            added[index] = (ids, peaks_xy)
+            candidates.append((index, new_plan))
 
     residual_ids: set[int] = set()
     fitted = list(fitted)
-    for index, new_plan, outcome, runtime in context.fit(candidates, settings):
-        k, plan, result = fitted[index]
-        row = rows[k]
-        row["deblend_runtime"] += runtime * new_plan.n_sources
-        if isinstance(outcome, Exception):
-            continue
-        n_added = new_plan.n_sources - plan.n_sources
-        penalty = _penalty(
-            config.residualPeakPenalty, context.deblender.latent_dim + extra, int(context.usable(plan).sum())
-        )
-        gain = float(result.objective_final - outcome.objective_final)
-        context.log.debug(
-            "Parent %d: %d residual peaks lower the objective by %.1f (penalty %.1f per source)",
-            plan.parent.id, len(added[index]), gain, penalty,
-        )
-        if gain > n_added * penalty:
-            fitted[index] = (k, new_plan, outcome)
-            residual_ids.update(int(i) for i in added[index])
-            row["deblend_nResidualPeaks"] = len(added[index])
-            row["deblend_nResidualPeaksRejected"] = 0
-            row["deblend_nNeighbors"] = len(new_plan.neighbours_xy)
+    # Each round drops the added sources that ended on another source and refits the rest.
+    for _ in range(max(config.maxResidualPeaks, 1)):
+        retry: list[tuple[int, BlendPlan]] = []
+        for index, new_plan, outcome, runtime in context.fit(candidates, settings):
+            k, plan, result = fitted[index]
+            row = rows[k]
+            row["deblend_runtime"] += runtime * new_plan.n_sources
+            if isinstance(outcome, Exception):
+                continue
+            ids, peaks_xy = added[index]
+            # An added source whose fitted centre came nearer another source than a residual
+            # peak may be to a peak took a piece of that source's light, not a galaxy of its own.
+            onto = _onto_others(outcome.centers_xy, np.asarray(new_plan.fit_offsets),
+                                config.residualPeakMinSeparation)
+            if onto.any():
+                kept = ~np.isin(ids, new_plan.peak_ids[onto[: len(new_plan.peak_ids)]])
+                context.log.debug("Parent %d: %d residual peaks ended on another source",
+                                  plan.parent.id, int((~kept).sum()))
+                if kept.any():
+                    again = _residual_plan(config, context, k, plan, result, ids[kept], peaks_xy[kept])
+                    if again is not None:
+                        added[index] = (ids[kept], peaks_xy[kept])
+                        retry.append((index, again))
+                continue
+            n_added = new_plan.n_sources - plan.n_sources
+            penalty = _penalty(
+                config.residualPeakPenalty, context.deblender.latent_dim + extra, int(context.usable(plan).sum())
+            )
+            gain = float(result.objective_final - outcome.objective_final)
+            context.log.debug(
+                "Parent %d: %d residual peaks lower the objective by %.1f (penalty %.1f per source)",
+                plan.parent.id, len(ids), gain, penalty,
+            )
+            if gain > n_added * penalty:
+                fitted[index] = (k, new_plan, outcome)
+                residual_ids.update(int(i) for i in ids)
+                row["deblend_nResidualPeaks"] = len(ids)
+                row["deblend_nResidualPeaksRejected"] -= len(ids)
+                row["deblend_nNeighbors"] = len(new_plan.neighbours_xy)
+        if not retry:
+            break
+        candidates = retry
     context.log.info(
         "Residual peaks: %d parents refitted, %d new sources kept", len(candidates), len(residual_ids)
     )
