@@ -24,7 +24,8 @@ centres) with the engine and measures every galaxy with the paper's apertures (k
   (``MapSettings.amplitude_step_scale``);
 - ``prior<W>`` (e.g. ``prior0.5``): the flow prior's weight W in the objective
   (``MapSettings.prior_weight``; 1 is the paper's, 0 a maximum-likelihood fit);
-- ``min<N>``, ``rtol<X>``: the stopping rule's ``min_iter`` and ``rtol``;
+- ``min<N>``, ``rtol<X>``, ``atol<X>``: the stopping rule's ``min_iter``, ``rtol`` and
+  ``stop_atol``;
 - ``lr<X>``, ``decay<X>``: Adam's initial learning rate and its decay factor every
   ``lr_decay_steps`` (``MapSettings.learning_rate``, ``lr_decay``);
 - ``freeze<X>``: sources stop one by one when their variables drift less than X of Adam's
@@ -106,6 +107,8 @@ def _ablation(name: str) -> str:
             return name
         if name.startswith("rtol") and float(name[4:]) > 0:
             return name
+        if name.startswith("atol") and float(name[4:]) > 0:
+            return name
         if name.startswith("lr") and float(name[2:]) > 0:
             return name
         if name.startswith("start2-") and float(name[7:]) > 0:
@@ -126,7 +129,7 @@ def _ablation(name: str) -> str:
     except ValueError:
         pass
     raise argparse.ArgumentTypeError(f"{name!r} is not one of {', '.join(ABLATIONS)}, amp<SIGMA>, "
-                                     "ampstep<SCALE>, prior<W>, min<N>, rtol<X>, lr<X>, decay<X>, "
+                                     "ampstep<SCALE>, prior<W>, min<N>, rtol<X>, atol<X>, lr<X>, decay<X>, "
                                      "freeze<X>, zoomout<X>, zoomedge<X> or envelope<X>")
 
 
@@ -406,6 +409,8 @@ def _apply(name: str, settings, variance, sky, field):
         settings = settings.replace(min_iter=int(name[3:]))
     elif name.startswith("rtol"):
         settings = settings.replace(rtol=float(name[4:]))
+    elif name.startswith("atol"):
+        settings = settings.replace(stop_atol=float(name[4:]))
     elif name.startswith("lr"):
         settings = settings.replace(learning_rate=float(name[2:]))
     elif name.startswith("start2-"):

@@ -135,6 +135,22 @@ class SmallPiecesTestCase(lsst.utils.tests.TestCase):
         self.assertEqual(stop.tolist(), [True, False])
         early = EwmaStopping(1, window=15, rtol=0.05, min_iter=40)
         self.assertFalse(any(early.update(np.array([1.0]))[0] for _ in range(39)))
+        # A start 1e8 above a slow descent: the relative rule stops it as soon as it may (step
+        # 40) while it still falls by ~7,000 per window; with an absolute bound of 100 it goes on
+        # until the window's fall, 1.42e4 exp(-t / 60), is below 100 (t = 60 ln 142 = 297).
+        def path(t):
+            return 1e8 * np.exp(-t) + 5e4 * np.exp(-t / 60.0)
+
+        for atol, first_stop in ((None, 39), (100.0, 300)):
+            rule = EwmaStopping(1, window=15, rtol=0.05, min_iter=40, atol=atol)
+            stops = [bool(rule.update(np.array([path(t)]))[0]) for t in range(400)]
+            t_stop = stops.index(True)
+            self.assertAlmostEqual(t_stop, first_stop, delta=15, msg=atol)
+            falls = path(t_stop - 15) - path(t_stop)
+            if atol is not None:
+                self.assertLessEqual(falls, 1.2 * atol)
+            else:
+                self.assertGreater(falls, 1000.0)
 
     def test_settings_validated(self):
         with self.assertRaises(MadnessRangeError):

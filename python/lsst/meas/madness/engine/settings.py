@@ -52,6 +52,12 @@ class MapSettings:
         ``rtol`` times its decrease over the first ``ewma_window`` steps (0.01; the paper's 0.05
         stops before faint galaxies' shapes have converged: std e1 residual 0.120 -> 0.098 on
         validation fields, for 20% more time).
+    stop_atol : `float`, optional
+        With it a blend also stops only once its EWMA fell by at most ``stop_atol`` times its
+        number of sources over the last ``ewma_window`` steps (objective units, chi^2 / 2): a
+        start far from the optimum makes the first steps' fall, the reference of ``rtol``, so
+        large that the blend would stop while still falling by thousands. `None` (default): the
+        relative rule alone.
     freeze_drift : `float`, optional
         Per-source stop (`lsst.meas.madness.engine.stopping.DriftFreezing`): after ``min_iter``
         steps a source each of whose variables moved, net over the last ``ewma_window`` steps,
@@ -194,6 +200,7 @@ class MapSettings:
     min_iter: int = 40
     ewma_window: int = 15
     rtol: float = 0.01
+    stop_atol: float | None = None
     freeze_drift: float | None = None
     prior_weight: float = 0.25
     max_sources: int = 100
@@ -254,6 +261,8 @@ class MapSettings:
             checks.append(("second_start_rate", self.second_start_rate, 0.0, None, False))
         if self.freeze_drift is not None:
             checks.append(("freeze_drift", self.freeze_drift, 0.0, None, False))
+        if self.stop_atol is not None:
+            checks.append(("stop_atol", self.stop_atol, 0.0, None, False))
         if self.init_log_prior_floor is not None and not math.isfinite(self.init_log_prior_floor):
             raise MadnessRangeError("MapSettings.init_log_prior_floor must be finite or None.",
                                     self.init_log_prior_floor, None, None)

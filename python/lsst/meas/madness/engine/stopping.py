@@ -20,6 +20,11 @@ class EwmaStopping:
     scale-free, so it behaves the same for faint and bright blends. A blend whose objective did
     not decrease at first stops as soon as it no longer decreases.
 
+    With ``atol`` a blend also needs its last decrease at most ``atol`` (objective units:
+    chi^2 / 2, so a decrease of a few is what a fit that wanders within its noise makes): a
+    blend whose first steps fell by orders of magnitude more than any later fit (a start far
+    from the optimum) is not stopped while it still falls by thousands.
+
     Parameters
     ----------
     n_blends : `int`
@@ -30,6 +35,8 @@ class EwmaStopping:
         Relative decrease below which a blend stops.
     min_iter : `int`
         Steps before any blend may stop.
+    atol : `float` or `numpy.ndarray`, optional
+        Largest last decrease of a blend that stops, or one per blend (`None`: no such bound).
 
     Examples
     --------
@@ -40,7 +47,9 @@ class EwmaStopping:
     [True, False]
     """
 
-    def __init__(self, n_blends: int, window: int = 15, rtol: float = 0.05, min_iter: int = 40):
+    def __init__(self, n_blends: int, window: int = 15, rtol: float = 0.05, min_iter: int = 40,
+                 atol=None):
+        self.atol = None if atol is None else np.broadcast_to(np.asarray(atol, np.float64), (int(n_blends),))
         self.window = int(window)
         self.rtol = float(rtol)
         self.min_iter = int(min_iter)
@@ -72,7 +81,10 @@ class EwmaStopping:
         first = self._ewma[0] - self._ewma[self.window]
         last = self._ewma[t - 1 - self.window] - self._ewma[t - 1]
         with np.errstate(invalid="ignore"):
-            return last <= self.rtol * np.maximum(first, 0.0)
+            stop = last <= self.rtol * np.maximum(first, 0.0)
+            if self.atol is not None:
+                stop &= last <= self.atol
+        return stop
 
 
 class DriftFreezing:
