@@ -214,9 +214,9 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
         "pixels, in [0, 3]; the first fit's sources hold their positions. A residual peak is where a missed "
         "galaxy's light shows beside its neighbours' models, not always its centre. The penalty then counts "
         "two more parameters per added source. 0 (default): the peaks are the centres. Opt-in: on 16 tuning "
-        "patches 3 px found 3 more of 367 galaxies at SNR > 20 and raised purity 96.2% -> 97.1%, but faint "
+        "patches 3 px found 4 more of 367 galaxies at SNR > 20 and raised purity 96.2% -> 97.1%, but faint "
         "added sources slid towards bright neighbours and took their light (paired r mean abs(dF/F) 0.206 -> "
-        "0.224; doc/detection.md, \"Stop 52\").",
+        "0.218; doc/detection.md, \"Stop 52\").",
     )
     residualPeakOffsetSigma = pexConfig.Field[float](
         default=1.5,
