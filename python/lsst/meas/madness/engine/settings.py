@@ -57,7 +57,8 @@ class MapSettings:
         number of sources over the last ``ewma_window`` steps (objective units, chi^2 / 2): a
         start far from the optimum makes the first steps' fall, the reference of ``rtol``, so
         large that the blend would stop while still falling by thousands. `None` (default): the
-        relative rule alone.
+        relative rule alone. On 20 validation fields 1 and 5 left the fluxes as they were and the
+        std e1 residual at 0.094-0.095 against 0.090 (``doc/engine.md``, step 5).
     freeze_drift : `float`, optional
         Per-source stop (`lsst.meas.madness.engine.stopping.DriftFreezing`): after ``min_iter``
         steps a source each of whose variables moved, net over the last ``ewma_window`` steps,
