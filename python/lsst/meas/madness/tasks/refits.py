@@ -268,6 +268,7 @@ def add_residual_peaks(
 
     residual_ids: set[int] = set()
     fitted = list(fitted)
+    n_refitted = len(candidates)
     # Each round drops the added sources that ended on another source and refits the rest.
     for _ in range(max(config.maxResidualPeaks, 1)):
         retry: list[tuple[int, BlendPlan]] = []
@@ -311,7 +312,7 @@ def add_residual_peaks(
             break
         candidates = retry
     context.log.info(
-        "Residual peaks: %d parents refitted, %d new sources kept", len(candidates), len(residual_ids)
+        "Residual peaks: %d parents refitted, %d new sources kept", n_refitted, len(residual_ids)
     )
     return fitted, residual_ids
 
