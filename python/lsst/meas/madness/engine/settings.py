@@ -189,7 +189,8 @@ class MapSettings:
         objective and the stopping rule ends the blend before its galaxies are fitted. On 20
         validation fields the std of the r e1 residual 0.093 -> 0.088 (paired |e1| -0.0018,
         95% over fields -0.0042, -0.0003), every band's flux error unchanged within its noise, 15%
-        more steps; floors of -300 and -100 touch 6% and 12% of the starts and cost r flux error
+        more steps (scratch runs before this setting; the setting itself gives 0.090, the same in
+        two runs, stop 52); floors of -300 and -100 touch 6% and 12% of the starts and cost r flux error
         (``doc/error-budget.md``, "Starts outside the prior"). The pipeline task uses it too
         (``initLogPriorFloor``, since 2026-12-05), where it lets the residual peaks' refits converge.
     """
