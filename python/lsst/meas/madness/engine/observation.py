@@ -260,9 +260,8 @@ def prepare_blend(
     except ValueError as err:
         raise MadnessValueError(f"zoom must be one integer in [1, 4] or one per peak: {err}") from None
     zoom = zoom.astype(np.int64)
-    if fit_offsets is None:
-        offset_free = zoom == 1
-    else:
+    offset_free = None  # PreparedBlend's default: every zoom-1 source
+    if fit_offsets is not None:
         offset_free = np.asarray(fit_offsets, bool).reshape(-1)
         if offset_free.shape != zoom.shape:
             raise MadnessValueError(f"fit_offsets must hold one bool per peak ({len(zoom)}); got {offset_free.shape}.")
