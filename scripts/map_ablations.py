@@ -24,8 +24,8 @@ centres) with the engine and measures every galaxy with the paper's apertures (k
   (``MapSettings.amplitude_step_scale``);
 - ``prior<W>`` (e.g. ``prior0.5``): the flow prior's weight W in the objective
   (``MapSettings.prior_weight``; 1 is the paper's, 0 a maximum-likelihood fit);
-- ``min<N>``, ``rtol<X>``, ``atol<X>``: the stopping rule's ``min_iter``, ``rtol`` and
-  ``stop_atol``;
+- ``min<N>``, ``rtol<X>``, ``atol<X>``, ``sfloor<X>``: the stopping rule's ``min_iter``,
+  ``rtol``, ``stop_atol`` and ``stop_floor``;
 - ``lr<X>``, ``decay<X>``: Adam's initial learning rate and its decay factor every
   ``lr_decay_steps`` (``MapSettings.learning_rate``, ``lr_decay``);
 - ``freeze<X>``: sources stop one by one when their variables drift less than X of Adam's
@@ -109,6 +109,8 @@ def _ablation(name: str) -> str:
             return name
         if name.startswith("atol") and float(name[4:]) > 0:
             return name
+        if name.startswith("sfloor") and float(name[6:]) > 0:
+            return name
         if name.startswith("lr") and float(name[2:]) > 0:
             return name
         if name.startswith("start2-") and float(name[7:]) > 0:
@@ -129,8 +131,8 @@ def _ablation(name: str) -> str:
     except ValueError:
         pass
     raise argparse.ArgumentTypeError(f"{name!r} is not one of {', '.join(ABLATIONS)}, amp<SIGMA>, "
-                                     "ampstep<SCALE>, prior<W>, min<N>, rtol<X>, atol<X>, lr<X>, decay<X>, "
-                                     "freeze<X>, zoomout<X>, zoomedge<X> or envelope<X>")
+                                     "ampstep<SCALE>, prior<W>, min<N>, rtol<X>, atol<X>, sfloor<X>, lr<X>, "
+                                     "decay<X>, freeze<X>, zoomout<X>, zoomedge<X> or envelope<X>")
 
 
 def main(argv=None) -> int:
@@ -145,7 +147,7 @@ def main(argv=None) -> int:
     parser.add_argument("--ablations", nargs="*", type=_ablation,
                         default=["default", "paper", "forced200", "variance-image", "variance-truth"],
                         help=f"any of {', '.join(ABLATIONS)}, amp<SIGMA>, ampstep<SCALE>, prior<W>, min<N>, "
-                        "rtol<X>, lr<X>, decay<X>, or several joined by '+'")
+                        "rtol<X>, atol<X>, sfloor<X>, lr<X>, decay<X>, or several joined by '+'")
     parser.add_argument("--precision", default=None, help="MapSettings.precision of every ablation")
     parser.add_argument("--score-results", nargs="+", default=[], metavar="NAME=FILE",
                         help="also score fits saved by benchmarks/bench_deblend.py --save-results as NAME")
@@ -411,6 +413,8 @@ def _apply(name: str, settings, variance, sky, field):
         settings = settings.replace(rtol=float(name[4:]))
     elif name.startswith("atol"):
         settings = settings.replace(stop_atol=float(name[4:]))
+    elif name.startswith("sfloor"):
+        settings = settings.replace(stop_floor=float(name[6:]))
     elif name.startswith("lr"):
         settings = settings.replace(learning_rate=float(name[2:]))
     elif name.startswith("start2-"):

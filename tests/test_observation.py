@@ -152,6 +152,28 @@ class SmallPiecesTestCase(lsst.utils.tests.TestCase):
             else:
                 self.assertGreater(falls, 1000.0)
 
+    def test_stopping_floor(self):
+        # A start near the optimum (first window's fall ~4.3) followed by a slow descent of 0.45
+        # per window, e.g. Adam wandering within a faint galaxy's noise: 0.45 never falls below
+        # rtol x 4.3, so the relative rule alone runs to any cap; a floor of 0.5 stops it once
+        # the start's exponential has died out, 5 exp(-t / 10) (e^1.5 - 1) < 0.05 at t ~ 59 on
+        # the path, ~12 steps later on its EWMA (alpha = 2 / 16).
+        def path(t):
+            return 5.0 * np.exp(-t / 10.0) - 0.03 * t
+
+        for floor, first_stop in ((None, None), (0.5, 71)):
+            rule = EwmaStopping(1, window=15, rtol=0.05, min_iter=40, floor=floor)
+            stops = [bool(rule.update(np.array([path(t)]))[0]) for t in range(400)]
+            if first_stop is None:
+                self.assertFalse(any(stops))
+                continue
+            t_stop = stops.index(True)
+            self.assertAlmostEqual(t_stop, first_stop, delta=4)
+            self.assertLessEqual(path(t_stop - 15) - path(t_stop), 0.5)
+        # The floor does not lift atol's bound: with both, the stricter decides.
+        rule = EwmaStopping(1, window=15, rtol=0.05, min_iter=40, atol=0.1, floor=0.5)
+        self.assertFalse(any(rule.update(np.array([path(t)]))[0] for t in range(400)))
+
     def test_settings_validated(self):
         with self.assertRaises(MadnessRangeError):
             MapSettings(learning_rate=-1)

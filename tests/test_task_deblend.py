@@ -365,6 +365,31 @@ class DeblendTaskTestCase(MadnessTestCase):
             fluxes.append(np.asarray(kids["deblend_flux_r"]))
         np.testing.assert_allclose(fluxes[1], fluxes[0], rtol=0.05)
 
+    def test_stop_floor(self):
+        """stopFloor reaches the engine (1 by default in the task, None in the engine): a floor
+        no fall goes above stops every blend as soon as the rule may (max(minIter, 2 ewmaWindow
+        + 1) steps); the default floor stops no blend later than the relative rule alone and
+        leaves the isolated galaxies' r fluxes within 2% of its fits."""
+        from lsst.meas.madness import MapSettings
+
+        self.assertIsNone(MapSettings().stop_floor)
+        self.assertEqual(run_config().makeMapSettings().stop_floor, 1.0)
+        self.assertIsNone(run_config(stopFloor=None).makeMapSettings().stop_floor)
+        det, spans = truth_detections(self.truth, groups=SCENE_GROUPS[2:])
+        runs = []
+        for floor in (None, 1.0, 1e12):
+            cfg = run_config(stopFloor=floor, maxIter=200)
+            out = MadnessDeblendTask(config=cfg).run(coadds=self.coadds, detections=det,
+                                                     detectionSpans=spans).deblendedCatalog
+            runs.append(out[out["parent"] != 0])
+        relative, floored, everything = runs
+        np.testing.assert_array_equal(floored["parent"], relative["parent"])
+        first_allowed = max(20, 2 * 15 + 1)  # run_config's minIter, the default ewmaWindow
+        np.testing.assert_array_equal(everything["deblend_iterations"], first_allowed)
+        self.assertTrue((relative["deblend_iterations"] > first_allowed).any())
+        self.assertTrue((floored["deblend_iterations"] <= relative["deblend_iterations"]).all())
+        np.testing.assert_allclose(floored["deblend_flux_r"], relative["deblend_flux_r"], rtol=0.02)
+
     def test_backend_and_device(self):
         import keras
 

@@ -59,6 +59,13 @@ class MapSettings:
         large that the blend would stop while still falling by thousands. `None` (default): the
         relative rule alone. On 20 validation fields 1 and 5 left the fluxes as they were and the
         std e1 residual at 0.094-0.095 against 0.090 (``doc/engine.md``, step 5).
+    stop_floor : `float`, optional
+        With it a blend also stops, after ``min_iter`` steps, once its EWMA fell by at most
+        ``stop_floor`` times its number of sources over the last ``ewma_window`` steps
+        (objective units, chi^2 / 2), whatever its first fall: a blend of one faint galaxy
+        starts near its optimum, its first steps fall by a few units, and the relative rule
+        keeps it to the step cap while it wanders within its noise. `None` (default): the
+        relative rule alone.
     freeze_drift : `float`, optional
         Per-source stop (`lsst.meas.madness.engine.stopping.DriftFreezing`): after ``min_iter``
         steps a source each of whose variables moved, net over the last ``ewma_window`` steps,
@@ -203,6 +210,7 @@ class MapSettings:
     ewma_window: int = 15
     rtol: float = 0.01
     stop_atol: float | None = None
+    stop_floor: float | None = None
     freeze_drift: float | None = None
     prior_weight: float = 0.25
     max_sources: int = 100
@@ -265,6 +273,8 @@ class MapSettings:
             checks.append(("freeze_drift", self.freeze_drift, 0.0, None, False))
         if self.stop_atol is not None:
             checks.append(("stop_atol", self.stop_atol, 0.0, None, False))
+        if self.stop_floor is not None:
+            checks.append(("stop_floor", self.stop_floor, 0.0, None, False))
         if self.init_log_prior_floor is not None and not math.isfinite(self.init_log_prior_floor):
             raise MadnessRangeError("MapSettings.init_log_prior_floor must be finite or None.",
                                     self.init_log_prior_floor, None, None)

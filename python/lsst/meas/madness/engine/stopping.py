@@ -25,6 +25,11 @@ class EwmaStopping:
     blend whose first steps fell by orders of magnitude more than any later fit (a start far
     from the optimum) is not stopped while it still falls by thousands.
 
+    With ``floor`` a blend whose EWMA fell over the last ``window`` steps by at most ``floor``
+    stops whatever its first fall was: a small blend that starts near its optimum (a faint
+    isolated galaxy, whose first steps fall by a few units) otherwise goes on to the step cap
+    while Adam wanders within the noise, falling by less than one unit of chi^2 per window.
+
     Parameters
     ----------
     n_blends : `int`
@@ -37,6 +42,9 @@ class EwmaStopping:
         Steps before any blend may stop.
     atol : `float` or `numpy.ndarray`, optional
         Largest last decrease of a blend that stops, or one per blend (`None`: no such bound).
+    floor : `float` or `numpy.ndarray`, optional
+        Last decrease at or below which a blend stops whatever ``rtol`` says (after ``min_iter``
+        steps; with ``atol`` both bounds apply), or one per blend (`None`: none).
 
     Examples
     --------
@@ -48,8 +56,9 @@ class EwmaStopping:
     """
 
     def __init__(self, n_blends: int, window: int = 15, rtol: float = 0.05, min_iter: int = 40,
-                 atol=None):
+                 atol=None, floor=None):
         self.atol = None if atol is None else np.broadcast_to(np.asarray(atol, np.float64), (int(n_blends),))
+        self.floor = None if floor is None else np.broadcast_to(np.asarray(floor, np.float64), (int(n_blends),))
         self.window = int(window)
         self.rtol = float(rtol)
         self.min_iter = int(min_iter)
@@ -82,6 +91,8 @@ class EwmaStopping:
         last = self._ewma[t - 1 - self.window] - self._ewma[t - 1]
         with np.errstate(invalid="ignore"):
             stop = last <= self.rtol * np.maximum(first, 0.0)
+            if self.floor is not None:
+                stop |= last <= self.floor
             if self.atol is not None:
                 stop &= last <= self.atol
         return stop

@@ -290,6 +290,16 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
         "0.05 stops before faint galaxies' shapes converge, doc/engine.md).",
     )
     ewmaWindow = pexConfig.Field[int](default=15, doc="Window (steps) of the objective's moving average.")
+    stopFloor = pexConfig.Field[float](
+        default=1.0,
+        optional=True,
+        doc="Also stop a blend whose objective's EWMA fell over the last ewmaWindow steps by at most this "
+        "times its number of sources (chi^2 / 2 units), whatever its first fall (MapSettings.stop_floor, "
+        "None in the engine): a parent of one faint galaxy starts near its optimum and the relative rule "
+        "alone keeps it to maxIter. On a 1001 x 1001 patch 1 cut the deblend's time to 0.84x and the "
+        "blends at maxIter from 40 to 6 of 199, fluxes unchanged (doc/engine.md, step 5). None: the "
+        "relative rule alone.",
+    )
     freezeDrift = pexConfig.Field[float](
         default=MapSettings.freeze_drift,
         optional=True,
@@ -546,6 +556,7 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
             min_iter=self.minIter,
             ewma_window=self.ewmaWindow,
             rtol=self.relativeError,
+            stop_floor=self.stopFloor,
             freeze_drift=self.freezeDrift,
             prior_weight=self.priorWeight,
             init_log_prior_floor=self.initLogPriorFloor,
