@@ -112,6 +112,8 @@ def main(argv=None) -> int:
                         "'madness' deblends the default detections with the packaged model and scores its "
                         "children, FIELDs then being MadnessDeblendConfig's (e.g. "
                         "'residual=madness:doResidualPeaks=True')")
+    parser.add_argument("--bundle", default=None,
+                        help="model bundle of the 'madness' rows (default: the packaged one), e.g. a candidate's")
     parser.add_argument("--only", default=None, help="comma-separated names to run (default: all)")
     parser.add_argument("--merge", metavar="JSON", default=None,
                         help="an earlier detection_benchmark.json on the same patches: its methods are kept, "
@@ -168,7 +170,7 @@ def main(argv=None) -> int:
             if method == "madness":
                 if deblender is None:
                     from lsst.meas.madness import MadnessDeblender
-                    deblender = MadnessDeblender.from_bundle()
+                    deblender = MadnessDeblender.from_bundle(args.bundle)
                 peaks_xy = deblended_peaks(coadd, config, deblender)
             else:
                 peaks_xy = find_detections(coadd, config).peaks_xy
@@ -190,6 +192,7 @@ def main(argv=None) -> int:
                              f"{__import__('os').cpu_count()} cores",
                   "simulate_seconds": round(t_sim, 1)},
         "methods": {name: {"method": m, "fields": f, "seconds": round(seconds[name], 2),
+                           **({"bundle": args.bundle or "packaged"} if m == "madness" else {}),
                            **summarise_detections(scores[name], pair_scores=pair_scores[name])}
                     for name, (m, f) in methods.items()},
     }
