@@ -9,6 +9,7 @@ from lsst.meas.madness.tasks.residual_peaks import (
     find_residual_peaks,
     mirrored_significance,
     residual_significance,
+    ring_significance,
     unmodelled_light,
 )
 import pytest
@@ -145,6 +146,76 @@ class SymmetricLightTestCase(lsst.utils.tests.TestCase):
             find_residual_peaks(self.sig, np.ones_like(self.sig, bool), self.centre[None], threshold=5.0,
                                 min_separation=3.0, max_peaks=2, centers_xy=self.centre[None],
                                 reach=np.array([45.0]), symmetry=-1.0)
+
+
+class RingLightTestCase(lsst.utils.tests.TestCase):
+    """A bright galaxy whose model is cut inside its stamp leaves its light beyond the cut as a ring
+    of residual, brightest where the cut is nearest its centre: GalSim draws a PSF-convolved
+    exponential galaxy, the "model" is its light inside a circle 2 px off its centre, and a faint
+    companion sits 23 px out, on the ring's faint side. The ring's brightest arc is the strongest
+    bump and its mirror image is faint (the symmetry test keeps it); the ring's median drops it
+    and keeps the companion."""
+
+    def setUp(self):
+        import galsim
+
+        size = 121
+        psf = galsim.Moffat(beta=3.0, fwhm=0.7)
+        image = galsim.ImageD(size, size, scale=0.2)
+        galaxy = galsim.Exponential(half_light_radius=0.6, flux=3e6).shear(e1=0.1, e2=0.05)
+        galsim.Convolve(galaxy, psf).drawImage(image, offset=(0.3, -0.2))
+        yy, xx = np.mgrid[:size, :size]
+        cut = np.hypot(xx - 62.3, yy - 61.0) < 16.0
+        companion = galsim.ImageD(size, size, scale=0.2)
+        galsim.Convolve(galsim.Gaussian(sigma=0.2, flux=2.5e3), psf).drawImage(companion, offset=(-20.0, 12.0))
+        residual = np.where(cut, 0.0, image.array) + companion.array
+        shape = (1, size, size)
+        self.sig = residual_significance(residual[None], np.full(shape, 100.0), np.zeros(shape, bool), 1.7)
+        self.centre = np.array([[60.3, 59.8]])
+        self.reach = np.array([45.0])
+        self.companion_xy = np.array([40, 72])  # (60.3 - 20, 59.8 + 12), rounded
+
+    def _find(self, ring):
+        return find_residual_peaks(self.sig, np.ones_like(self.sig, bool), self.centre, threshold=5.0,
+                                   min_separation=3.0, max_peaks=2, centers_xy=self.centre, reach=self.reach,
+                                   symmetry=0.8, ring=ring)
+
+    def test_ring(self):
+        plain = self._find(None)
+        self.assertEqual(len(plain), 2)
+        arc, companion = plain
+        np.testing.assert_array_equal(companion, self.companion_xy)
+        # The arc is the stronger bump, on the cut's near side (2 px left of and 1.2 px below the
+        # centre, the cut's radius 16 px), and its mirror image is faint.
+        self.assertGreater(self.sig[arc[1], arc[0]], self.sig[companion[1], companion[0]])
+        self.assertLess(np.hypot(*(arc - self.centre[0])), 17.0)
+        self.assertLess(mirrored_significance(self.sig, arc, self.centre, self.reach)[0],
+                        0.2 * self.sig[arc[1], arc[0]])
+        # The ring through the arc is bright all around; the companion's ring is fainter.
+        self.assertGreater(ring_significance(self.sig, arc, self.centre, self.reach)[0], 5.0)
+        self.assertLess(ring_significance(self.sig, companion, self.centre, self.reach)[0], 3.0)
+        np.testing.assert_array_equal(self._find(3.0), self.companion_xy[None])
+
+    def test_ring_significance(self):
+        """The median over the pixels within 1 px of the bump's distance; -inf beyond the reach, at
+        the centre itself, or where fewer than 8 ring pixels are on the grid."""
+        xy = np.array([70.0, 60.0])
+        yy, xx = np.mgrid[: self.sig.shape[0], : self.sig.shape[1]]
+        d = np.hypot(xx - 60.3, yy - 59.8)
+        oracle = np.median(self.sig[np.abs(d - np.hypot(9.7, 0.2)) <= 1.0])
+        got = ring_significance(self.sig, xy, np.array([self.centre[0], [60.0, 60.0]]), np.array([45.0, 5.0]))
+        self.assertAlmostEqual(got[0], oracle)
+        self.assertEqual(got[1], -np.inf)  # 10 px away, beyond its 5 px reach
+        self.assertEqual(ring_significance(self.sig, self.centre[0], self.centre, self.reach)[0], -np.inf)
+        # A bump in the grid's corner seen from far out along its diagonal: the ring only grazes the grid.
+        corner = ring_significance(self.sig, np.array([0.0, 0.0]), np.array([[-100.0, -100.0]]), np.array([400.0]))
+        self.assertEqual(corner[0], -np.inf)
+        for bad in (np.inf, np.nan):
+            with self.subTest(ring=bad), self.assertRaises(ValueError):
+                self._find(bad)
+        with self.assertRaises(ValueError):
+            find_residual_peaks(self.sig, np.ones_like(self.sig, bool), self.centre, threshold=5.0,
+                                min_separation=3.0, max_peaks=2, ring=3.0)
 
 
 class UnmodelledLightTestCase(lsst.utils.tests.TestCase):

@@ -200,6 +200,17 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
         "patches the real finds' mirrors were at most 0.71 as significant, a spurious split's 1.39 "
         "(doc/detection.md).",
     )
+    residualPeakRing = pexConfig.Field[float](
+        default=3.0,
+        optional=True,
+        doc="Drop a residual bump where the median significance (noise units) on the ring through it around a "
+        "fitted centre (within that source's window side) is at least this: that source's light at that radius "
+        "is not held by its model all around it (a bright galaxy's decoded profile cut inside its stamp, "
+        "brighter where the cut is nearer its centre), where a missed galaxy is a bump on an arc "
+        "(lsst.meas.madness.tasks.residual_peaks.ring_significance). None keeps every bump. On the tuning patches "
+        "(seeds 1000-1005) the real finds' ring medians were at most 2.2, the spurious bumps of a bright galaxy "
+        "drawn without outskirts (tests/test_task_wings.py) 6-13 (doc/detection.md).",
+    )
     residualPeakSkipLarge = pexConfig.Field[bool](
         default=True,
         doc="Take no residual peak in the light of a source drawn at deblend_zoom > 1 (within half its "

@@ -204,6 +204,7 @@ def residual_peaks(
         centers_xy=result.centers_xy,
         reach=stamp_size * np.asarray(result.zoom).reshape(-1),
         symmetry=config.residualPeakSymmetry,
+        ring=config.residualPeakRing,
     )
     return local + np.array([x0, y0], np.int64), limited, significance[local[:, 1], local[:, 0]]
 

@@ -21,6 +21,13 @@ galaxy leaves a bump on one side only: `mirrored_significance` reads the residua
 mirror image through each fitted centre within reach, and `find_residual_peaks` drops a bump
 whose mirror image is nearly as significant (``symmetry``).
 
+Nor does the mirror catch a bright galaxy whose decoded profile stops inside its stamp, nearer its
+centre on one side than on the other (the decoder's output is cut to zero where it runs short
+of its range): its light beyond the cut is a ring of residual all around it, brightest where the
+cut is nearest, and that arc's mirror image is faint. `ring_significance` takes the median over
+the ring through a bump around each fitted centre within reach; a ring that is significant all
+around (``ring``, noise units) is that source's light, and nothing on it is taken as new.
+
 A galaxy bigger than the stamp is the exception the model error cannot cover: cut at its stamp
 (``deblend_truncated``) its wings are all residual, and drawn with larger pixels (``deblend_zoom``
 > 1) its profile is coarser than the PSF. `unmodelled_light` marks where such a source's light
@@ -30,7 +37,14 @@ galaxy the detection missed.
 
 from __future__ import annotations
 
-__all__ = ["bic_penalty", "find_residual_peaks", "mirrored_significance", "residual_significance", "unmodelled_light"]
+__all__ = [
+    "bic_penalty",
+    "find_residual_peaks",
+    "mirrored_significance",
+    "residual_significance",
+    "ring_significance",
+    "unmodelled_light",
+]
 
 import numpy as np
 from scipy import ndimage
@@ -201,6 +215,53 @@ def mirrored_significance(
     return out
 
 
+def ring_significance(
+    significance: np.ndarray, xy: np.ndarray, centers_xy: np.ndarray, reach: np.ndarray, width: float = 1.0
+) -> np.ndarray:
+    """Median significance on the ring through a pixel around each fitted centre.
+
+    A source whose outer light the model does not hold (a bright galaxy drawn short of its
+    stamp's edge, its PSF's wing inside the stamp) leaves positive residual all around it at
+    that radius, uneven where the decoded profile is not round; a missed galaxy is a bump on an
+    arc of the ring only. The median over the ring reads the first and not the second.
+
+    Parameters
+    ----------
+    significance : `numpy.ndarray`
+        ``(H, W)`` significance (`residual_significance`).
+    xy : `numpy.ndarray`
+        ``(2,)`` ``(x, y)`` pixel of a residual bump.
+    centers_xy : `numpy.ndarray`
+        ``(n, 2)`` ``(x, y)`` fitted centres, pixels of the same grid.
+    reach : `numpy.ndarray`
+        ``(n,)`` distance in pixels out to which each source's light is read as its own.
+    width : `float`, optional
+        Half-width of the ring, pixels.
+
+    Returns
+    -------
+    ring : `numpy.ndarray`
+        ``(n,)`` float64: for each centre no farther than its reach, the median significance of
+        the grid's pixels whose distance to it is within ``width`` of the bump's; ``-inf`` for a
+        centre out of reach, at the bump itself (no ring) or whose ring has fewer than 8 pixels
+        on the grid.
+    """
+    significance = np.asarray(significance, np.float64)
+    centers_xy = np.asarray(centers_xy, np.float64).reshape(-1, 2)
+    reach = np.broadcast_to(np.asarray(reach, np.float64), (len(centers_xy),))
+    xy = np.asarray(xy, np.float64).reshape(2)
+    out = np.full(len(centers_xy), -np.inf)
+    yy, xx = np.ogrid[: significance.shape[0], : significance.shape[1]]
+    for k, (c, r) in enumerate(zip(centers_xy, reach)):
+        d = np.hypot(*(xy - c))
+        if d > r or d < 2 * width:
+            continue
+        on_ring = np.abs(np.hypot(xx - c[0], yy - c[1]) - d) <= width
+        if on_ring.sum() >= 8:
+            out[k] = np.median(significance[on_ring])
+    return out
+
+
 def find_residual_peaks(
     significance: np.ndarray,
     footprint: np.ndarray,
@@ -212,6 +273,7 @@ def find_residual_peaks(
     centers_xy: np.ndarray | None = None,
     reach: np.ndarray | None = None,
     symmetry: float = 0.0,
+    ring: float | None = None,
 ) -> np.ndarray:
     """Local maxima of a significance image above ``threshold``, strongest first.
 
@@ -236,6 +298,11 @@ def find_residual_peaks(
         With ``centers_xy``, a maximum whose mirror image through a centre within reach has at
         least ``symmetry`` times its significance (`mirrored_significance`) is that source's
         own symmetric light, not a new peak; 0 keeps every maximum.
+    ring : `float`, optional
+        With ``centers_xy``, a maximum where the median significance on the ring through it
+        around a centre within reach is at least ``ring`` (noise units, `ring_significance`)
+        lies in that source's outer light, which its model does not hold all around it: not a
+        new peak. `None` (default) keeps every maximum.
 
     Returns
     -------
@@ -244,8 +311,10 @@ def find_residual_peaks(
     """
     if not symmetry >= 0:
         raise ValueError(f"symmetry must be >= 0; got {symmetry=}.")
-    if symmetry > 0 and (centers_xy is None or reach is None):
-        raise ValueError("symmetry > 0 needs the fitted centres and their reach.")
+    if ring is not None and not np.isfinite(ring):
+        raise ValueError(f"ring must be finite or None; got {ring=}.")
+    if (symmetry > 0 or ring is not None) and (centers_xy is None or reach is None):
+        raise ValueError("symmetry > 0 or a ring level needs the fitted centres and their reach.")
     maxima = (significance == ndimage.maximum_filter(significance, size=3, mode="nearest"))
     maxima &= (significance > threshold) & np.asarray(footprint, bool)
     ys, xs = np.nonzero(maxima)
@@ -256,6 +325,8 @@ def find_residual_peaks(
         xy = np.array([xs[i], ys[i]], np.float64)
         if symmetry > 0 and (mirrored_significance(significance, xy, centers_xy, reach)
                              >= symmetry * significance[ys[i], xs[i]]).any():
+            continue
+        if ring is not None and (ring_significance(significance, xy, centers_xy, reach) >= ring).any():
             continue
         if all(np.hypot(*(xy - p)) >= min_separation for p in taken):
             found.append(xy)
