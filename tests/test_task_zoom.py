@@ -70,7 +70,7 @@ class ZoomConfigTestCase(lsst.utils.tests.TestCase):
         config.validate()
         settings = config.makeMapSettings()
         self.assertEqual(config.maxZoom, 1)
-        self.assertEqual((settings.max_zoom, settings.zoom_outside_threshold), (1, 0.05))
+        self.assertEqual((settings.max_zoom, settings.zoom_outside_threshold), (1, 0.03))
 
     def test_passed_to_map_settings(self):
         config = MadnessDeblendConfig()
@@ -330,8 +330,10 @@ class LargeGalaxyResidualPeaksTestCase(lsst.utils.tests.TestCase):
         detections, spans = truth_detections(truth, groups=[[0, 1]], peaks=PEAKS.astype(float), yx0=YX0,
                                              threshold=sigma)
         precision = "mixed_bfloat16" if keras.config.backend() == "tensorflow" else "float32"
+        # Both guards off: the large-source mask, and the ring test (which alone drops the disc's
+        # wing bumps too, with cpu9-a; with cpu6-a one of them is kept).
         cls.unguarded = _runTask(coadds, detections, spans, cls.deblender, 1, precision,
-                                 residualPeakSkipLarge=False)[0].deblendedCatalog
+                                 residualPeakSkipLarge=False, residualPeakRing=None)[0].deblendedCatalog
         cls.defaults = LargeGalaxyTaskTestCase
         if not hasattr(cls.defaults, "results"):
             cls.defaults.setUpClass()
@@ -350,7 +352,7 @@ class LargeGalaxyResidualPeaksTestCase(lsst.utils.tests.TestCase):
             self.assertEqual(int(parent["deblend_nResidualPeaks"][0]), 0)
 
     def test_without_the_guard_the_disc_is_split(self):
-        """The guard is what keeps them out: without it the truncated disc's wings read as sources
+        """The guards are what keep them out: without them the truncated disc's wings read as sources
         (measured: 2 residual children 25-27 px from its centre, at its stamp's corners and beyond)."""
         children = self.unguarded[self.unguarded["parent"] != 0]
         self.assertGreater(int(children["deblend_residualPeak"].sum()), 0)
