@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import unittest
+from pathlib import Path
 
 import lsst.utils.tests
 import numpy as np
@@ -35,11 +36,28 @@ class DefaultBundleTestCase(unittest.TestCase):
         self.assertEqual(meta.bands, ("u", "g", "r", "i", "z", "y"))
         self.assertEqual(meta.stamp_size, 45)
         self.assertIn(meta.training["preset"], ("cpu", "cpu2", "cpu3", "paper"))
-        self.assertEqual(bundle.decoder.count_params(), 3_473_062)
+        # cpu9-a (stop 54): the decoder of 96, 64, 32 channels distilled from cpu6-a's.
+        self.assertEqual(bundle.decoder.count_params(), 2_347_142)
         self.assertEqual(bundle.flow.count_params(), 15_936)
         total = sum(p.stat().st_size for p in default_bundle_path().iterdir())
         self.assertLess(total, 40e6)
         self.assertTrue(all(p.stat().st_size < 16e6 for p in default_bundle_path().iterdir()))
+
+    def test_previous_model_loads(self):
+        """cpu6-a, packaged before cpu9-a, is kept as a checkpoint of its paper-size decoder alone;
+        its encoder, flow and VAE-deblender are the packaged bundle's own files."""
+        checkpoint = Path(__file__).resolve().parents[1] / "checkpoints" / "cpu6-a"
+        previous, packaged = ModelBundle.load(checkpoint), ModelBundle.load()
+        self.assertEqual(previous.decoder.count_params(), 3_473_062)
+        self.assertEqual(sorted(p.name for p in checkpoint.iterdir()), ["bundle.json", "decoder.weights.000.npz"])
+        self.assertEqual(previous.metadata.training["preset"], "cpu3")
+        for name in ("encoder", "flow", "deblender_encoder"):
+            for a, b in zip(getattr(previous, name).get_weights(), getattr(packaged, name).get_weights()):
+                np.testing.assert_array_equal(a, b, err_msg=name)
+        self.assertFalse(all(
+            a.shape == b.shape and np.array_equal(a, b)
+            for a, b in zip(previous.decoder.get_weights(), packaged.decoder.get_weights())
+        ))
 
     def test_deblends_better_than_no_deblending(self):
         from lsst.meas.madness.evaluation import catalog_apertures, field_photometry

@@ -139,10 +139,13 @@ def _scene():
 class PairSplitTaskTestCase(lsst.utils.tests.TestCase):
     """The task with doPairSplits on, at the default model error (0.1) and at 0.05.
 
-    Measured (packaged cpu6-a, bfloat16 steps): the pair lowers the objective by ~1300 at 0.05 and
-    ~780 at 0.1 against a penalty of 94; the elongated galaxy, which the decoder draws imperfectly,
-    by ~450 at 0.05 (so it is cut in two, the failure doc/detection.md reports) and is not even
-    tried at 0.1 (its chi^2 excess with 10% of the model in the noise cannot pay the penalty).
+    Measured (bfloat16 steps) with the packaged cpu9-a: at 0.05 the pair lowers the objective by
+    ~750 against a penalty of 94 and is split, and the elongated galaxy is not tried (its chi^2
+    excess is negative); at 0.1 neither is tried: the pair's excess with 10% of the model in the
+    noise (~3) cannot pay the penalty, so the default no longer splits this pair (on patches 0.1
+    still splits a few, doc/detection.md, "Stop 54"). With cpu6-a, packaged before it, the pair
+    was split at both (~1300 and ~780) and the elongated galaxy cut in two at 0.05 (~450), the
+    failure doc/detection.md reports.
     """
 
     @classmethod
@@ -182,7 +185,8 @@ class PairSplitTaskTestCase(lsst.utils.tests.TestCase):
         self.assertEqual(config.pairSplitModelError, 0.1)
 
     def test_pair_is_split(self):
-        for error, catalog in self.catalogs.items():
+        for error in (0.05,):
+            catalog = self.catalogs[error]
             split = catalog[self._pairParent(catalog)]
             self.assertEqual(len(split), 2, error)
             self.assertTrue(split["deblend_pairSplit"].all(), error)
@@ -201,12 +205,15 @@ class PairSplitTaskTestCase(lsst.utils.tests.TestCase):
             np.testing.assert_allclose(float(split["deblend_flux_r"].sum()), self.truth[:2, 2].sum(), rtol=0.1,
                                        err_msg=str(error))
 
-    def test_single_is_not_split_at_the_default(self):
-        catalog = self.catalogs[0.1]
-        single = catalog[(catalog["parent"] != 0) & ~self._pairParent(catalog)]
-        self.assertEqual(len(single), 1)
-        self.assertFalse(single["deblend_pairSplit"][0])
-        self.assertEqual(self.metadata[0.1]["n_pair_splits"], 1)
+    def test_single_is_not_split(self):
+        for error, catalog in self.catalogs.items():
+            single = catalog[(catalog["parent"] != 0) & ~self._pairParent(catalog)]
+            self.assertEqual(len(single), 1, error)
+            self.assertFalse(single["deblend_pairSplit"][0], error)
+        self.assertEqual(self.metadata[0.05]["n_pair_splits"], 1)
+        # The larger model error hides more than the decoder's misfit: nothing is split at 0.1.
+        self.assertEqual(self.metadata[0.1]["n_pair_splits"], 0)
+        self.assertEqual(len(self.catalogs[0.1][self._pairParent(self.catalogs[0.1])]), 1)
 
     def test_config_validation(self):
         config = MadnessDeblendConfig()
