@@ -196,6 +196,34 @@ class RingLightTestCase(lsst.utils.tests.TestCase):
         self.assertLess(ring_significance(self.sig, companion, self.centre, self.reach)[0], 3.0)
         np.testing.assert_array_equal(self._find(3.0), self.companion_xy[None])
 
+    def test_bright_companion_near_a_centre(self):
+        """A very bright companion 8 px from a well-fitted galaxy lights the ring through it with its
+        own wings (median ~8 sigma, above the level) but that is a small fraction of its own
+        significance (~3,000): it is kept; with no fraction asked it would be dropped."""
+        import galsim
+
+        size = self.sig.shape[0]
+        psf = galsim.Moffat(beta=3.0, fwhm=0.7)
+        companion = galsim.ImageD(size, size, scale=0.2)
+        galsim.Convolve(galsim.Gaussian(sigma=0.3, flux=3e5), psf).drawImage(companion, offset=(-6.0, 5.0))
+        shape = (1, size, size)
+        sig = residual_significance(companion.array[None], np.full(shape, 100.0), np.zeros(shape, bool), 1.7)
+        xy = np.array([54, 65])  # (60.3 - 6, 59.8 + 5), rounded
+        ring = ring_significance(sig, xy, self.centre, self.reach)[0]
+        self.assertGreater(ring, 3.0)
+        self.assertLess(ring, 0.01 * sig[xy[1], xy[0]])
+
+        def find(fraction):
+            return find_residual_peaks(sig, np.ones_like(sig, bool), self.centre, threshold=5.0, min_separation=3.0,
+                                       max_peaks=1, centers_xy=self.centre, reach=self.reach, symmetry=0.8,
+                                       ring=3.0, ring_fraction=fraction)
+
+        np.testing.assert_array_equal(find(0.1), xy[None])
+        self.assertEqual(len(find(0.0)), 0)
+        for bad in (-0.1, 1.0):
+            with self.subTest(ring_fraction=bad), self.assertRaises(ValueError):
+                find(bad)
+
     def test_ring_significance(self):
         """The median over the pixels within 1 px of the bump's distance; -inf beyond the reach, at
         the centre itself, or where fewer than 8 ring pixels are on the grid."""

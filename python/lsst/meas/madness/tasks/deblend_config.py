@@ -207,9 +207,19 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
         "fitted centre (within that source's window side) is at least this: that source's light at that radius "
         "is not held by its model all around it (a bright galaxy's decoded profile cut inside its stamp, "
         "brighter where the cut is nearer its centre), where a missed galaxy is a bump on an arc "
-        "(lsst.meas.madness.tasks.residual_peaks.ring_significance). None keeps every bump. On the tuning patches "
+        "(lsst.meas.madness.tasks.residual_peaks.ring_significance), and at least residualPeakRingFraction of the "
+        "bump's significance. None keeps every bump. On the tuning patches "
         "(seeds 1000-1005) the real finds' ring medians were at most 2.2, the spurious bumps of a bright galaxy "
         "drawn without outskirts (tests/test_task_wings.py) 6-13 (doc/detection.md).",
+    )
+    residualPeakRingFraction = pexConfig.Field[float](
+        default=0.1,
+        doc="With residualPeakRing: a bump is dropped only where the ring's median is also at least this "
+        "fraction of the bump's own significance, in [0, 1). A very bright galaxy the detection missed beside a "
+        "fitted centre lights the ring through it with its own light (ring medians 11-19 for the 2,000-3,000 "
+        "sigma finds of tests/test_task_deblend.py, 0.5% of them); the spurious ring bumps' medians were "
+        "0.2-0.8 of theirs.",
+        check=lambda value: 0 <= value < 1,
     )
     residualPeakSkipLarge = pexConfig.Field[bool](
         default=True,

@@ -205,6 +205,7 @@ def residual_peaks(
         reach=stamp_size * np.asarray(result.zoom).reshape(-1),
         symmetry=config.residualPeakSymmetry,
         ring=config.residualPeakRing,
+        ring_fraction=config.residualPeakRingFraction,
     )
     return local + np.array([x0, y0], np.int64), limited, significance[local[:, 1], local[:, 0]]
 

@@ -26,7 +26,9 @@ centre on one side than on the other (the decoder's output is cut to zero where 
 of its range): its light beyond the cut is a ring of residual all around it, brightest where the
 cut is nearest, and that arc's mirror image is faint. `ring_significance` takes the median over
 the ring through a bump around each fitted centre within reach; a ring that is significant all
-around (``ring``, noise units) is that source's light, and nothing on it is taken as new.
+around (``ring``, noise units) and bright against the bump (``ring_fraction`` of it: a very bright
+companion near a centre lights the ring through it with its own wings) is that source's light,
+and nothing on it is taken as new.
 
 A galaxy bigger than the stamp is the exception the model error cannot cover: cut at its stamp
 (``deblend_truncated``) its wings are all residual, and drawn with larger pixels (``deblend_zoom``
@@ -274,6 +276,7 @@ def find_residual_peaks(
     reach: np.ndarray | None = None,
     symmetry: float = 0.0,
     ring: float | None = None,
+    ring_fraction: float = 0.1,
 ) -> np.ndarray:
     """Local maxima of a significance image above ``threshold``, strongest first.
 
@@ -301,8 +304,12 @@ def find_residual_peaks(
     ring : `float`, optional
         With ``centers_xy``, a maximum where the median significance on the ring through it
         around a centre within reach is at least ``ring`` (noise units, `ring_significance`)
-        lies in that source's outer light, which its model does not hold all around it: not a
-        new peak. `None` (default) keeps every maximum.
+        and at least ``ring_fraction`` of its own lies in that source's outer light, which its
+        model does not hold all around it: not a new peak. `None` (default) keeps every maximum.
+    ring_fraction : `float`, optional
+        With ``ring``: the least ratio of the ring's median to the maximum's significance. A
+        bright galaxy next to a fitted centre lights the ring through it with its own light (a
+        median of 8 sigma for a 3,000-sigma companion 8 px out), a small fraction of its peak.
 
     Returns
     -------
@@ -313,6 +320,8 @@ def find_residual_peaks(
         raise ValueError(f"symmetry must be >= 0; got {symmetry=}.")
     if ring is not None and not np.isfinite(ring):
         raise ValueError(f"ring must be finite or None; got {ring=}.")
+    if not 0 <= ring_fraction < 1:
+        raise ValueError(f"ring_fraction must be in [0, 1); got {ring_fraction=}.")
     if (symmetry > 0 or ring is not None) and (centers_xy is None or reach is None):
         raise ValueError("symmetry > 0 or a ring level needs the fitted centres and their reach.")
     maxima = (significance == ndimage.maximum_filter(significance, size=3, mode="nearest"))
@@ -326,7 +335,8 @@ def find_residual_peaks(
         if symmetry > 0 and (mirrored_significance(significance, xy, centers_xy, reach)
                              >= symmetry * significance[ys[i], xs[i]]).any():
             continue
-        if ring is not None and (ring_significance(significance, xy, centers_xy, reach) >= ring).any():
+        if ring is not None and (ring_significance(significance, xy, centers_xy, reach)
+                                 >= max(ring, ring_fraction * significance[ys[i], xs[i]])).any():
             continue
         if all(np.hypot(*(xy - p)) >= min_separation for p in taken):
             found.append(xy)
