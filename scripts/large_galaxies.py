@@ -52,6 +52,7 @@ import argparse
 import datetime
 import json
 import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -86,7 +87,9 @@ def main(argv=None) -> int:
     settings = deblender.settings.replace(precision=args.precision)
     out = {"created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
            "bundle": "packaged default", "precision": args.precision, "max_zoom": args.max_zoom,
-           "machine": f"{os.cpu_count()} cores, single-threaded, shared with a training run",
+           "zoom_outside_threshold": settings.zoom_outside_threshold,
+           # What else ran on the machine is the caller's to say (the numbers of doc/large-galaxies.md do).
+           "machine": f"{platform.machine()}, {os.cpu_count()} cores",
            "seed": args.seed, "sets": {}}
     sets = {}
     if args.dense:
