@@ -66,6 +66,7 @@ def main(argv=None) -> int:
     coadds = {b: butler.get("deepCoadd_calexp", band=b, **data_id) for b in config.bands}
     detections = butler.get("deepCoadd_madnessDet", **data_id)
     spans = butler.get("deepCoadd_madnessDet_spans", **data_id)
+    config.catchFailures = False  # a profile of failed parents would time nothing: fail loudly
     task = MadnessDeblendTask(config=config)
     deblender = task._loadDeblender()
 
@@ -81,14 +82,15 @@ def main(argv=None) -> int:
                            "converged": bool(result.converged), "region": list(map(int, result.image_shape))})
         return out
 
-    def timed_step_fn(self, settings):
-        step = step_fn(self, settings)
+    def timed_step_fn(self, settings, *args, **kwargs):
+        step = step_fn(self, settings, *args, **kwargs)
 
         def timed(x, *step_args):
             start = clock()
             loss, grad = step(x, *step_args)
             grad = keras.ops.convert_to_numpy(grad)  # the step's result on the host, as the loop needs it
-            steps.append((int(x.shape[0]), clock() - start))
+            b, h, _, w = (int(v) for v in step_args[2].shape)  # the data: (blends, h, bands, w), padded
+            steps.append((int(x.shape[0]), clock() - start, b * h * w))
             return loss, grad
 
         return timed
@@ -108,10 +110,14 @@ def main(argv=None) -> int:
 
     galaxy_steps = sum(b["sources"] * b["steps"] for b in blends)
     by_size = collections.defaultdict(lambda: [0, 0.0])
-    for n, seconds in steps:
+    for n, seconds, _ in steps:
         by_size[n][0] += 1
         by_size[n][1] += seconds
-    step_seconds = sum(s for _, s in steps)
+    step_seconds = sum(s for _, s, _ in steps)
+    # Pixels the compiled steps held (every blend padded to its batch's largest region) against
+    # the pixels of the blends' own regions over their own steps: what padding costs.
+    padded_pixel_steps = sum(p for _, _, p in steps)
+    own_pixel_steps = sum(b["region"][0] * b["region"][1] * b["steps"] for b in blends)
     peaks = sum(b["peaks"] for b in blends)
     out = {
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -122,6 +128,8 @@ def main(argv=None) -> int:
         "step_seconds": round(step_seconds, 2), "compiled_steps": len(steps),
         "ms_per_galaxy_step": round(1e3 * step_seconds / max(galaxy_steps, 1), 3),
         "seconds_per_peak": round(total / max(peaks, 1), 3),
+        "region_pixel_steps": {"padded": padded_pixel_steps, "own": own_pixel_steps,
+                               "ratio": round(padded_pixel_steps / max(own_pixel_steps, 1), 2)},
         "steps_by_sources": [{"sources": n, "steps": k, "ms_per_step": round(1e3 * s / k, 2),
                               "ms_per_source_step": round(1e3 * s / k / n, 3)}
                              for n, (k, s) in sorted(by_size.items(), reverse=True)],
@@ -134,7 +142,8 @@ def main(argv=None) -> int:
     print(f"{out['blends']} blends, {peaks} peaks, {out['sources']} sources, {galaxy_steps} galaxy-steps; "
           f"task {total:.1f} s ({args.clock}), compiled steps {step_seconds:.1f} s "
           f"({100 * step_seconds / max(total, 1e-9):.0f}%), {out['ms_per_galaxy_step']} ms per galaxy-step, "
-          f"{out['seconds_per_peak']} s per peak\n")
+          f"{out['seconds_per_peak']} s per peak; region pixel-steps {padded_pixel_steps:.3g} padded, "
+          f"{own_pixel_steps:.3g} own ({out['region_pixel_steps']['ratio']}x)\n")
     print("| sources in the step | steps | ms per step | ms per source-step |")
     print("| --- | --- | --- | --- |")
     for row in out["steps_by_sources"]:
