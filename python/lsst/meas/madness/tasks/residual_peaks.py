@@ -176,6 +176,14 @@ def unmodelled_light(
     return mask
 
 
+def _bump_and_centres(significance, xy, centers_xy, reach):
+    """The arguments of `mirrored_significance` and `ring_significance` as float64 arrays of
+    shapes ``(H, W)``, ``(2,)``, ``(n, 2)`` and ``(n,)`` (a scalar reach holds for every centre)."""
+    centers_xy = np.asarray(centers_xy, np.float64).reshape(-1, 2)
+    return (np.asarray(significance, np.float64), np.asarray(xy, np.float64).reshape(2), centers_xy,
+            np.broadcast_to(np.asarray(reach, np.float64), (len(centers_xy),)))
+
+
 def mirrored_significance(
     significance: np.ndarray, xy: np.ndarray, centers_xy: np.ndarray, reach: np.ndarray
 ) -> np.ndarray:
@@ -201,11 +209,8 @@ def mirrored_significance(
         centre lands between pixels); ``-inf`` for a centre out of reach or a mirror image off
         the grid, where there is no evidence either way.
     """
-    significance = np.asarray(significance, np.float64)
+    significance, xy, centers_xy, reach = _bump_and_centres(significance, xy, centers_xy, reach)
     h, w = significance.shape
-    centers_xy = np.asarray(centers_xy, np.float64).reshape(-1, 2)
-    reach = np.broadcast_to(np.asarray(reach, np.float64), (len(centers_xy),))
-    xy = np.asarray(xy, np.float64).reshape(2)
     out = np.full(len(centers_xy), -np.inf)
     for k, (c, r) in enumerate(zip(centers_xy, reach)):
         if np.hypot(*(xy - c)) > r:
@@ -248,10 +253,7 @@ def ring_significance(
         centre out of reach, at the bump itself (no ring) or whose ring has fewer than 8 pixels
         on the grid.
     """
-    significance = np.asarray(significance, np.float64)
-    centers_xy = np.asarray(centers_xy, np.float64).reshape(-1, 2)
-    reach = np.broadcast_to(np.asarray(reach, np.float64), (len(centers_xy),))
-    xy = np.asarray(xy, np.float64).reshape(2)
+    significance, xy, centers_xy, reach = _bump_and_centres(significance, xy, centers_xy, reach)
     out = np.full(len(centers_xy), -np.inf)
     yy, xx = np.ogrid[: significance.shape[0], : significance.shape[1]]
     for k, (c, r) in enumerate(zip(centers_xy, reach)):
@@ -332,17 +334,20 @@ def find_residual_peaks(
     found = []
     for i in order:
         xy = np.array([xs[i], ys[i]], np.float64)
+        # The separation first: it is cheap, and `taken` grows only with accepted peaks, so the
+        # order of the tests does not change which are found.
+        if any(np.hypot(*(xy - p)) < min_separation for p in taken):
+            continue
         if symmetry > 0 and (mirrored_significance(significance, xy, centers_xy, reach)
                              >= symmetry * significance[ys[i], xs[i]]).any():
             continue
         if ring is not None and (ring_significance(significance, xy, centers_xy, reach)
                                  >= max(ring, ring_fraction * significance[ys[i], xs[i]])).any():
             continue
-        if all(np.hypot(*(xy - p)) >= min_separation for p in taken):
-            found.append(xy)
-            taken.append(xy)
-            if len(found) >= max_peaks:
-                break
+        found.append(xy)
+        taken.append(xy)
+        if len(found) >= max_peaks:
+            break
     return np.array(found, np.int64).reshape(-1, 2)
 
 
