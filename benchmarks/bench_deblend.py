@@ -11,7 +11,11 @@ Runs the packaged trained bundle (or ``--bundle``) in each requested compute pre
   same 2-core machine kind, per the project's design brief) -- the cost of a step;
 - **converged fits** (``--fields``): the validation TestFields deblended with the default
   stopping rule, all galaxies of a field as one blend -- seconds per galaxy end to end and the
-  steps the fits took.
+  steps the fits took;
+- **the authors' setting, converged** (``--fields``, case ``authors-converged``): each of the
+  fields given that holds exactly 12 galaxies (the TestFields are 205x205 px) deblended alone,
+  in its own call, with the default stopping rule -- the authors' field as a user runs it, where
+  ``authors`` times its 200 fixed steps.
 
 ``--cases`` picks the groups (default: all but ``large-batches``); ``large-batches`` adds batches
 of 64 and 256 blends x 15 sources, sizes for an accelerator (raise ``--batch-sources`` with it, the
@@ -50,8 +54,8 @@ import time
 from pathlib import Path
 
 STEPS = 20
-CASES = ("singles", "batches", "large-batches", "authors", "converged")
-DEFAULT_CASES = ("singles", "batches", "authors", "converged")
+CASES = ("singles", "batches", "large-batches", "authors", "converged", "authors-converged")
+DEFAULT_CASES = ("singles", "batches", "authors", "converged", "authors-converged")
 
 
 def _case_blend(rng, n_sources, size):
@@ -295,6 +299,20 @@ def run_backend(backend: str, precisions, bundle=None, fields=None, max_fields: 
         if "authors" in cases_wanted:
             record({"case": "authors' setting: 205x205 field, 12 galaxies, 200 steps", "precision": precision,
                     **timed([authors], fixed.replace(max_iter=200, min_iter=200), True)})
+        twelve = [b for b in field_blends if len(b["peaks_xy"]) == 12]
+        if twelve and "authors-converged" in cases_wanted:
+            fields = [timed([b], base.replace(precision=precision), False) for b in twelve]
+            walls = [f["wall_s"] for f in fields]
+            record({"case": f"authors' setting converged: {len(twelve)} validation TestField(s) of 12 galaxies, "
+                            "each alone, default stopping (median field)",
+                    "precision": precision, "n_blends": len(twelve), "n_galaxies": 12,
+                    "steps": round(float(np.mean([f["steps"] for f in fields])), 1),
+                    "wall_s": round(float(np.median(walls)), 3),
+                    "wall_s_range": [round(min(walls), 3), round(max(walls), 3)],
+                    "s_per_galaxy": round(float(np.median(walls)) / 12, 3),
+                    "ms_per_galaxy_step": round(float(np.median([f["ms_per_galaxy_step"] for f in fields])), 3),
+                    "warmup_s": max(f["warmup_s"] for f in fields), "peak_rss_mb": _peak_rss_mb(),
+                    "accelerator_peak_mb": _accelerator()[1], "fields": fields})
     return snapshot()
 
 
