@@ -61,8 +61,23 @@ def make_config(method: str, fields: dict):
     return config
 
 
-def deblended_peaks(coadd, deblend_config, deblender) -> np.ndarray:
-    """``(n, 2)`` array-pixel centres of the children of `MadnessDeblendTask` on the default detections.
+def patch_inputs(seed: int, size: int, n_galaxies: int, group_shift: int, max_group: int):
+    """A benchmark patch (nJy), its coadd for the tasks and the truth's ``(n, 2)`` array-pixel centres."""
+    from lsst.meas.madness.localrepo import simulate_patch
+    from lsst.meas.madness.tasks import MultibandCoadd
+
+    patch = simulate_patch(seed, size=size, n_galaxies=n_galaxies, min_snr=10.0, group_shift=group_shift,
+                           max_group=max_group, subpixel=True).to_nanojansky()
+    coadd = MultibandCoadd(bands=patch.bands, image=patch.image, variance=patch.variance,
+                           bad=np.zeros(patch.image.shape, bool), yx0=patch.yx0, unit=patch.unit)
+    truth_xy = np.stack([np.asarray(patch.truth["x_true"]) - patch.yx0[1],
+                         np.asarray(patch.truth["y_true"]) - patch.yx0[0]], axis=1)
+    return patch, coadd, truth_xy
+
+
+def deblended_children(coadd, deblend_config, deblender) -> tuple[list[dict], np.ndarray]:
+    """The child rows of `MadnessDeblendTask` on the default detections and their ``(n, 2)``
+    array-pixel centres.
 
     The deblend runs in process (``deblendInModelUnits``) with the packaged model; with
     ``doResidualPeaks`` its children include the sources it found in the residual.
@@ -75,10 +90,11 @@ def deblended_peaks(coadd, deblend_config, deblender) -> np.ndarray:
     detections, spans = detect_footprints(coadd, MadnessDetectionConfig())
     parents = parents_from_tables(detections, spans)
     scale = ModelUnits.from_deblender(deblender).scale(resolve_unit(coadd.unit, None), deblender.bands)
-    result = MadnessDeblendTask(config=deblend_config).deblendInModelUnits(coadd, parents, deblender, scale)
+    children = MadnessDeblendTask(config=deblend_config).deblendInModelUnits(coadd, parents, deblender,
+                                                                           scale).childRows
     y0, x0 = coadd.yx0
-    return np.array([[c["deblend_center_x"] - x0, c["deblend_center_y"] - y0]
-                     for c in result.childRows], np.float64).reshape(-1, 2)
+    return children, np.array([[c["deblend_center_x"] - x0, c["deblend_center_y"] - y0]
+                               for c in children], np.float64).reshape(-1, 2)
 
 
 def aperture_mag_i(patch, xy: np.ndarray, radius_px: float = 5.0) -> np.ndarray:
@@ -121,9 +137,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from lsst.meas.madness.evaluation.detection import score_detections, summarise_detections
-    from lsst.meas.madness.localrepo import simulate_patch
     from lsst.meas.madness.simulation.conditions import LsstConditions
-    from lsst.meas.madness.tasks import MultibandCoadd
     from lsst.meas.madness.tasks.detection import find_detections
 
     earlier = None
@@ -155,15 +169,11 @@ def main(argv=None) -> int:
     for seed in main_seeds + pair_seeds:
         pairs_only = seed in pair_seeds
         t = time.perf_counter()
-        patch = simulate_patch(seed, size=args.size, n_galaxies=args.galaxies, min_snr=10.0,
-                               group_shift=args.pair_shift if pairs_only else args.group_shift,
-                               max_group=2 if pairs_only else 3, subpixel=True).to_nanojansky()
+        patch, coadd, truth_xy = patch_inputs(seed, args.size, args.galaxies,
+                                              args.pair_shift if pairs_only else args.group_shift,
+                                              2 if pairs_only else 3)
         t_sim += time.perf_counter() - t
-        coadd = MultibandCoadd(bands=patch.bands, image=patch.image, variance=patch.variance,
-                               bad=np.zeros(patch.image.shape, bool), yx0=patch.yx0, unit=patch.unit)
         truth = patch.truth
-        truth_xy = np.stack([np.asarray(truth["x_true"]) - patch.yx0[1],
-                             np.asarray(truth["y_true"]) - patch.yx0[0]], axis=1)
         for name, (method, fields) in methods.items():
             config = make_config(method, fields)
             t = time.perf_counter()
@@ -171,7 +181,7 @@ def main(argv=None) -> int:
                 if deblender is None:
                     from lsst.meas.madness import MadnessDeblender
                     deblender = MadnessDeblender.from_bundle(args.bundle)
-                peaks_xy = deblended_peaks(coadd, config, deblender)
+                _, peaks_xy = deblended_children(coadd, config, deblender)
             else:
                 peaks_xy = find_detections(coadd, config).peaks_xy
             seconds[name] += time.perf_counter() - t

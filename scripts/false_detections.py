@@ -45,16 +45,11 @@ def main(argv=None) -> int:
                         help="MadnessDeblendConfig override, as detection_benchmark.py's variants")
     args = parser.parse_args(argv)
 
-    from detection_benchmark import aperture_mag_i, make_config
+    from detection_benchmark import aperture_mag_i, deblended_children, make_config, patch_inputs
 
     from lsst.meas.madness import MadnessDeblender
     from lsst.meas.madness.evaluation.detection import score_detections
-    from lsst.meas.madness.localrepo import simulate_patch
     from lsst.meas.madness.simulation.conditions import LsstConditions
-    from lsst.meas.madness.tasks import MadnessDeblendTask, MadnessDetectionConfig, MultibandCoadd
-    from lsst.meas.madness.tasks.deblend import parents_from_tables
-    from lsst.meas.madness.tasks.detection import detect_footprints
-    from lsst.meas.madness.units import ModelUnits, resolve_unit
 
     deblender = MadnessDeblender.from_bundle(None)
     config = make_config("madness", dict(item.split("=", 1) for item in args.config))
@@ -62,22 +57,10 @@ def main(argv=None) -> int:
     fwhm_i = conditions.psf_fwhm[conditions.bands.index("i")]
     rows, n_bright, n_bright_matched = [], 0, 0
     for seed in range(args.first_seed, args.first_seed + args.patches):
-        patch = simulate_patch(seed, size=args.size, n_galaxies=args.galaxies, min_snr=10.0,
-                               group_shift=args.group_shift, max_group=3, subpixel=True).to_nanojansky()
-        coadd = MultibandCoadd(bands=patch.bands, image=patch.image, variance=patch.variance,
-                               bad=np.zeros(patch.image.shape, bool), yx0=patch.yx0, unit=patch.unit)
-        truth = patch.truth
-        truth_xy = np.stack([np.asarray(truth["x_true"]) - patch.yx0[1],
-                             np.asarray(truth["y_true"]) - patch.yx0[0]], axis=1)
-        truth_i = np.asarray(truth["i_ab"])
-        detections, spans = detect_footprints(coadd, MadnessDetectionConfig())
-        parents = parents_from_tables(detections, spans)
-        scale = ModelUnits.from_deblender(deblender).scale(resolve_unit(coadd.unit, None), deblender.bands)
-        children = MadnessDeblendTask(config=config).deblendInModelUnits(coadd, parents, deblender, scale).childRows
-        y0, x0 = coadd.yx0
-        det_xy = np.array([[c["deblend_center_x"] - x0, c["deblend_center_y"] - y0] for c in children],
-                          np.float64).reshape(-1, 2)
-        score = score_detections(truth_xy, truth_i, np.asarray(truth["snr_r"]), det_xy,
+        patch, coadd, truth_xy = patch_inputs(seed, args.size, args.galaxies, args.group_shift, 3)
+        truth_i = np.asarray(patch.truth["i_ab"])
+        children, det_xy = deblended_children(coadd, config, deblender)
+        score = score_detections(truth_xy, truth_i, np.asarray(patch.truth["snr_r"]), det_xy,
                                  aperture_mag_i(patch, det_xy), psf_fwhm=fwhm_i)
         matched, mag = score["detections"]["matched"], score["detections"]["mag"]
         bright = mag < 25
