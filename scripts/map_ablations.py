@@ -366,9 +366,9 @@ class _Refits:
         return np.stack(images).astype(np.float32), np.array(sources, np.int64)
 
 
-def _neighbours_fixed(deblender, image, centers_xy, variance, settings, psf):
-    """``neighbours-fixed``: each source fitted again alone on ``image`` minus its neighbours'
-    models from a first fit, at the zoom the first fit chose."""
+def _refits_without_neighbours(deblender, image, centers_xy, variance, settings, psf):
+    """A first fit of ``image`` and each of its sources fitted again alone on ``image`` minus its
+    neighbours' models from that fit, at the zoom the first fit chose: ``(first, fits)``."""
     import numpy as np
 
     first = deblender.deblend(image, centers_xy, variance=variance, settings=settings, psf=psf)
@@ -377,6 +377,13 @@ def _neighbours_fixed(deblender, image, centers_xy, variance, settings, psf):
         [dict(image=(image - others + first.source_image(k)).astype(np.float32), peaks_xy=centers_xy[k : k + 1],
               variance=variance, zoom=first.zoom[k : k + 1], psf=psf) for k in range(first.n_sources)],
         settings=settings)
+    return first, fits
+
+
+def _neighbours_fixed(deblender, image, centers_xy, variance, settings, psf):
+    """``neighbours-fixed``: each source fitted again alone on ``image`` minus its neighbours'
+    models from a first fit, at the zoom the first fit chose."""
+    first, fits = _refits_without_neighbours(deblender, image, centers_xy, variance, settings, psf)
     return _Refits(fits, first)
 
 
@@ -385,12 +392,7 @@ def _polish(deblender, image, centers_xy, variance, settings, psf):
     first-fit models; the joint fit of the lower objective."""
     import numpy as np
 
-    first = deblender.deblend(image, centers_xy, variance=variance, settings=settings, psf=psf)
-    others = first.model_image()
-    fits = deblender.deblend_batch(
-        [dict(image=(image - others + first.source_image(k)).astype(np.float32), peaks_xy=centers_xy[k : k + 1],
-              variance=variance, zoom=first.zoom[k : k + 1], psf=psf) for k in range(first.n_sources)],
-        settings=settings)
+    first, fits = _refits_without_neighbours(deblender, image, centers_xy, variance, settings, psf)
     init = np.stack([np.concatenate([f.latents[0], np.log(f.amplitudes[0])]) for f in fits])
     second = deblender.deblend(image, centers_xy, variance=variance, settings=settings, psf=psf,
                                zoom=first.zoom, init=init)
