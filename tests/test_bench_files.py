@@ -83,10 +83,10 @@ class BenchFilesTestCase(lsst.utils.tests.TestCase):
 
 
 class ShapeDiagnosticsTestCase(lsst.utils.tests.TestCase):
-    """`scripts/map_ablations.py`'s ``alonestart`` and ``neighbours-fixed`` on a blend drawn by the
+    """`scripts/map_ablations.py`'s ``alonestart``, ``neighbours-fixed`` and ``polish`` on a blend drawn by the
     test model's decoder, whose every galaxy is known."""
 
-    def test_alone_start_and_neighbours_fixed(self):
+    def test_alone_start_neighbours_fixed_and_polish(self):
         from lsst.meas.madness import MadnessDeblender
         from utils import make_blend, quick_bundle_path, synthetic_galaxies
 
@@ -116,6 +116,10 @@ class ShapeDiagnosticsTestCase(lsst.utils.tests.TestCase):
 
         painted = paste_stamps(refits.models, refits.stamp_yx0, (70, 70), total=False, dtype=np.float32)
         np.testing.assert_allclose(painted.sum(axis=(2, 3))[:, 1:5], truth.sum(axis=(2, 3))[:, 1:5], rtol=0.1)
+        # ``polish``: the joint fit again from those refits, the lower of the two objectives kept.
+        polished = ablations._polish(deblender, image, peaks, var, settings, None)
+        self.assertLessEqual(polished.objective_final, joint.objective_final)
+        self.assertEqual(polished.models.shape, joint.models.shape)
 
 
 class MemoryTester(lsst.utils.tests.MemoryTestCase):
