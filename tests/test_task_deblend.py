@@ -485,6 +485,26 @@ class DeblendTaskTestCase(MadnessTestCase):
             if name != "deblend_runtime":
                 np.testing.assert_array_equal(catalog[name], reference[name], err_msg=name)
 
+    def test_parent_chunks(self):
+        """Fitted, refitted and cut a parent at a time (``parentChunkSize=1``, what bounds the
+        memory of a large patch), the scene gives the catalog of one chunk: the same rows, ids and
+        flags, floats to float32 rounding (the engine's batches hold other parents)."""
+        self.assertGreater(len(self._parents()), 2)
+        self.assertGreater(run_config().parentChunkSize, len(self._parents()))
+        task = MadnessDeblendTask(config=run_config(parentChunkSize=1))
+        catalog = task.run(coadds=self.coadds, detections=self.detections, detectionSpans=self.spans).deblendedCatalog
+        self.assertEqual(catalog.colnames, self.catalog.colnames)
+        for name in catalog.colnames:
+            if name == "deblend_runtime":
+                continue
+            if np.issubdtype(catalog[name].dtype, np.floating):
+                np.testing.assert_allclose(catalog[name], self.catalog[name], rtol=1e-4, atol=1e-6,
+                                           equal_nan=True, err_msg=name)
+            else:
+                np.testing.assert_array_equal(catalog[name], self.catalog[name], err_msg=name)
+        self.assertEqual(task.metadata["n_failed"], self.task.metadata["n_failed"])
+        self.assertEqual(task.metadata["n_residual_peaks"], self.task.metadata["n_residual_peaks"])
+
     def test_residual_peaks(self):
         """doResidualPeaks finds a galaxy whose peak the detection lost, flags it and gives its
         neighbours back their own flux; on by default, and nothing is added to complete peaks."""

@@ -24,6 +24,9 @@ How a patch is deblended (`MadnessDeblendTask.deblendParents`):
    step 2's batches;
 4. the children of each fitted parent are cut to it (`lsst.meas.madness.tasks.blends.split_blend`).
 
+Steps 2-4 run ``parentChunkSize`` parents at a time, so that only one chunk's fits are held in
+memory however large the patch.
+
 With ``maxZoom > 1`` the engine may draw a galaxy bigger than the stamp with larger pixels
 (doc/large-galaxies.md): the fit regions are grown for it in step 1, the models come back in the
 larger window and are cut the same way in step 4, and each child reports its zoom
@@ -406,33 +409,15 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
                 deblender, blends, parentRows, parents, coadd, allPeaks, owner, settings
             )
 
-        # 2. Fit the planned parents in batches; each failure flagged on its own parent.
-        nFailed = 0
-        fitted: list[tuple[int, BlendPlan, DeblendResult]] = []
-        periodic = PeriodicLogger(self.log)
-        for done, (k, plan, outcome, runtime) in enumerate(
-            self._fitBlends(deblender, blends, coadd, settings, psf), start=1
-        ):
-            row = parentRows[k]
-            row["deblend_runtime"] = runtime * plan.n_sources
-            if isinstance(outcome, Exception):
-                row["deblend_failed"] = True
-                row["deblend_error"] = type(outcome).__name__[:48]
-                nFailed += 1
-            else:
-                fitted.append((k, plan, outcome))
-            periodic.log("Deblended %d of %d blends", done, len(blends))
-
-        # 3. Optionally, sources the detection missed, from the residuals. Sources the fit adds
-        # take ids after every id the patch already has.
-        firstId = 1 + max(
+        # Steps 2-4 run a chunk of parents at a time (`parentChunkSize`): only one chunk's fits
+        # (models, envelopes) are held, so the memory of a patch's deblend stays bounded.
+        # Sources the fit adds take ids after every id the patch already has.
+        nextId = 1 + max(
             max((int(p.id) for p in parents), default=0),
             max((int(i) for p in parents for i in p.peak_ids), default=0),
         )
-        residualIds: set[int] = set()
-        splitIds: set[int] = set()
-        newIds: set[int] = set()
-        if (self.config.doResidualPeaks or self.config.doPairSplits) and fitted:
+        context = None
+        if self.config.doResidualPeaks or self.config.doPairSplits:
             context = RefitContext(
                 deblender=deblender,
                 coadd=coadd,
@@ -444,31 +429,62 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
                 fit=lambda blends, fitSettings: self._fitBlends(deblender, blends, coadd, fitSettings, psf),
                 log=self.log,
             )
-            if self.config.doResidualPeaks:
-                fitted, residualIds = add_residual_peaks(self.config, context, fitted, firstId)
-                self.metadata["n_residual_peaks"] = len(residualIds)
-                newIds |= residualIds
-            # 3b. Optionally, single sources that hold an unresolved pair, tried as two.
-            if self.config.doPairSplits:
-                fitted, splitIds, splitNew = split_pairs(
-                    self.config, context, fitted, max(firstId, 1 + max(residualIds, default=0))
-                )
-                self.metadata["n_pair_splits"] = len(splitNew)
-                newIds |= splitNew
+        nFailed = nNotConverged = nResidual = nSplits = done = 0
+        periodic = PeriodicLogger(self.log)
+        chunkSize = max(self.config.parentChunkSize, 1)
+        for chunkStart in range(0, len(blends), chunkSize):
+            # 2. Fit the chunk's parents in batches; each failure flagged on its own parent.
+            fitted: list[tuple[int, BlendPlan, DeblendResult]] = []
+            for k, plan, outcome, runtime in self._fitBlends(
+                deblender, blends[chunkStart : chunkStart + chunkSize], coadd, settings, psf
+            ):
+                done += 1
+                row = parentRows[k]
+                row["deblend_runtime"] = runtime * plan.n_sources
+                if isinstance(outcome, Exception):
+                    row["deblend_failed"] = True
+                    row["deblend_error"] = type(outcome).__name__[:48]
+                    nFailed += 1
+                else:
+                    fitted.append((k, plan, outcome))
+                periodic.log("Deblended %d of %d blends", done, len(blends))
 
-        # 4. Cut the children to their parent.
-        nNotConverged = 0
-        for k, plan, result in fitted:
-            nNotConverged += int(not result.converged)
-            start = len(childRows)
-            self._addChildren(parentRows[k], plan, result, coadd, bands, childRows, heavyFootprints, heavyValues)
-            for child in childRows[start:]:
-                if child["id"] in residualIds:
-                    child["deblend_residualPeak"] = True
-                if child["id"] in splitIds:
-                    child["deblend_pairSplit"] = True
-                if child["id"] in newIds:
-                    child["deblend_peakId"] = 0
+            # 3. Optionally, sources the detection missed, from the residuals.
+            residualIds: set[int] = set()
+            splitIds: set[int] = set()
+            newIds: set[int] = set()
+            if context is not None and fitted:
+                if self.config.doResidualPeaks:
+                    fitted, residualIds = add_residual_peaks(self.config, context, fitted, nextId)
+                    nResidual += len(residualIds)
+                    newIds |= residualIds
+                # 3b. Optionally, single sources that hold an unresolved pair, tried as two.
+                if self.config.doPairSplits:
+                    fitted, splitIds, splitNew = split_pairs(
+                        self.config, context, fitted, max(nextId, 1 + max(residualIds, default=0))
+                    )
+                    nSplits += len(splitNew)
+                    newIds |= splitNew
+                # The next chunk's new sources take ids after every id kept so far.
+                nextId = max(nextId, 1 + max(newIds | splitIds, default=0))
+
+            # 4. Cut the children to their parent.
+            for k, plan, result in fitted:
+                nNotConverged += int(not result.converged)
+                start = len(childRows)
+                self._addChildren(parentRows[k], plan, result, coadd, bands, childRows, heavyFootprints,
+                                  heavyValues)
+                for child in childRows[start:]:
+                    if child["id"] in residualIds:
+                        child["deblend_residualPeak"] = True
+                    if child["id"] in splitIds:
+                        child["deblend_pairSplit"] = True
+                    if child["id"] in newIds:
+                        child["deblend_peakId"] = 0
+        if self.config.doResidualPeaks:
+            self.metadata["n_residual_peaks"] = nResidual
+        if self.config.doPairSplits:
+            self.metadata["n_pair_splits"] = nSplits
 
         nSkipped = sum(bool(r.get("deblend_skipped")) for r in parentRows)
         self.metadata["n_parents"] = len(parentRows)
