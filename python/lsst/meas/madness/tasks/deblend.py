@@ -431,7 +431,7 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
             )
         nFailed = nNotConverged = nResidual = nSplits = done = 0
         periodic = PeriodicLogger(self.log)
-        chunkSize = max(self.config.parentChunkSize, 1)
+        chunkSize = self.config.parentChunkSize  # >= 1 (config check)
         for chunkStart in range(0, len(blends), chunkSize):
             # 2. Fit the chunk's parents in batches; each failure flagged on its own parent.
             fitted: list[tuple[int, BlendPlan, DeblendResult]] = []
@@ -465,8 +465,9 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
                     )
                     nSplits += len(splitNew)
                     newIds |= splitNew
-                # The next chunk's new sources take ids after every id kept so far.
-                nextId = max(nextId, 1 + max(newIds | splitIds, default=0))
+                # The next chunk's new sources take ids after every id kept so far (a split
+                # keeps its detection id, below nextId already).
+                nextId = max(nextId, 1 + max(newIds, default=0))
 
             # 4. Cut the children to their parent.
             for k, plan, result in fitted:
