@@ -108,6 +108,8 @@ def _ablation(name: str) -> str:
     try:
         if name.startswith("prior") and float(name[5:]) >= 0:
             return name
+        if name.startswith("sym") and float(name[3:]) >= 0:
+            return name
         if name.startswith("min") and int(name[3:]) >= 0:
             return name
         if name.startswith("rtol") and float(name[4:]) > 0:
@@ -435,6 +437,8 @@ def _apply(name: str, settings, variance, sky, field):
         settings = settings.replace(fit_envelopes=True, envelope_edge_sigma=float(name[8:]))
     elif name.startswith("prior"):
         settings = settings.replace(prior_weight=float(name[5:]))
+    elif name.startswith("sym"):
+        settings = settings.replace(symmetry_weight=float(name[3:]))
     elif name.startswith("min"):
         settings = settings.replace(min_iter=int(name[3:]))
     elif name.startswith("rtol"):

@@ -365,6 +365,25 @@ class DeblendTaskTestCase(MadnessTestCase):
             fluxes.append(np.asarray(kids["deblend_flux_r"]))
         np.testing.assert_allclose(fluxes[1], fluxes[0], rtol=0.05)
 
+    def test_symmetry_weight(self):
+        """symmetryWeight reaches the engine (0, none, by default) and is checked; with it the
+        children of a group are finite and, the scene's galaxies being symmetric, their r fluxes
+        within 5% of the default fit's."""
+        self.assertEqual(run_config().makeMapSettings().symmetry_weight, 0.0)
+        self.assertEqual(run_config(symmetryWeight=3000.0).makeMapSettings().symmetry_weight, 3000.0)
+        for bad in (-1.0, float("inf"), float("nan")):
+            with self.assertRaises(pexConfig.FieldValidationError):
+                run_config(symmetryWeight=bad).validate()
+        det, spans = truth_detections(self.truth, groups=[SCENE_GROUPS[0]])
+        fluxes = []
+        for weight in (0.0, 3000.0):
+            out = MadnessDeblendTask(config=run_config(symmetryWeight=weight)).run(
+                coadds=self.coadds, detections=det, detectionSpans=spans).deblendedCatalog
+            kids = out[out["parent"] != 0]
+            self.assertTrue(np.isfinite(kids["deblend_flux_r"]).all())
+            fluxes.append(np.asarray(kids["deblend_flux_r"]))
+        np.testing.assert_allclose(fluxes[1], fluxes[0], rtol=0.05)
+
     def test_stop_floor(self):
         """stopFloor reaches the engine (1 by default in the task, None in the engine): a floor
         no fall goes above stops every blend as soon as the rule may (max(minIter, 2 ewmaWindow

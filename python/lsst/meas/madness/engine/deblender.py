@@ -41,7 +41,7 @@ from .geometry import (
     zoom_place_stamps,
     zoom_placement_matrices,
 )
-from .objective import blend_objective, blend_objective_with_offsets, fitted_models
+from .objective import blend_objective, blend_objective_with_offsets, fitted_models, stamp_asymmetry
 from .observation import PreparedBlend, prepare_blend
 from .result import DeblendResult
 from .settings import ENVELOPE_DOMINANCE, ENVELOPE_REACH, MapSettings
@@ -116,6 +116,13 @@ class _Freezer:
         if settings.fit_offsets:
             d = offset_bounds[:, None] * np.tanh(x[newly, -2:].astype(np.float64))
             terms += 0.5 * np.sum(d * d, axis=1) / settings.offset_sigma**2
+        if settings.symmetry_weight:
+            stamps = np.asarray(ops.convert_to_numpy(
+                self.deblender._step_decoders[settings.precision](ops.convert_to_tensor(x[newly, :ld]))), np.float64)
+            if self.n_amp:
+                stamps = stamps * np.exp(a)[:, None, None, :]
+            sky = self.packed[1][self.source_blend[newly]].max(axis=(1, 3))
+            terms += settings.symmetry_weight * np.asarray(ops.convert_to_numpy(stamp_asymmetry(stamps, sky)))
         np.add.at(self.constant, self.source_blend[newly], terms)
 
 
@@ -873,11 +880,12 @@ class MadnessDeblender:
         if settings.fit_offsets:
             key = (float(settings.prior_weight), float(settings.offset_sigma))
             loss = functools.partial(blend_objective_with_offsets, prior_weight=key[0], offset_sigma=key[1],
-                                     amplitude_sigma=amplitude_sigma)
+                                     amplitude_sigma=amplitude_sigma, symmetry_weight=settings.symmetry_weight)
         else:
             key = (float(settings.prior_weight),)
-            loss = functools.partial(blend_objective, prior_weight=key[0], amplitude_sigma=amplitude_sigma)
-        key += (settings.precision, amplitude_sigma, envelopes)
+            loss = functools.partial(blend_objective, prior_weight=key[0], amplitude_sigma=amplitude_sigma,
+                                     symmetry_weight=settings.symmetry_weight)
+        key += (settings.precision, amplitude_sigma, envelopes, float(settings.symmetry_weight))
         if envelopes:
             loss = functools.partial(_with_envelopes, objective=loss)
         if key not in self._steps:
@@ -1296,6 +1304,8 @@ class MadnessDeblender:
         value += 0.5 * (np.log(result.amplitudes) ** 2).sum(axis=1) / settings.amplitude_sigma**2
         if settings.fit_offsets:
             value += 0.5 * (result.offsets_xy**2).sum(axis=1) / settings.offset_sigma**2
+        if settings.symmetry_weight:
+            value += settings.symmetry_weight * result.asymmetry
         return value
 
     def _finish(
@@ -1324,6 +1334,17 @@ class MadnessDeblender:
         # fitted offset, which starts at zero: the initial models are at the peaks).
         fitted = np.zeros_like(blend.shifts) if offsets is None else np.asarray(offsets, np.float64)
         edge_fraction = edge_flux_fraction(models)
+        # Each decoded model against its own rotation (MapSettings.symmetry_weight), its bands
+        # weighted as the fit weighs them: by the sky's inverse variance, the region's largest weight.
+        sky = blend.weights.max(axis=(1, 2)).astype(np.float64) / float(norm.scale) ** 2
+
+        def asymmetry_of(stamps):
+            stamps = np.transpose(stamps, (0, 2, 3, 1)).astype(np.float64)
+            weights = np.broadcast_to(sky, (len(stamps), len(sky)))
+            return np.asarray(keras.ops.convert_to_numpy(stamp_asymmetry(stamps, weights)), np.float64)
+
+        asymmetry = asymmetry_of(models)
+        initial_asymmetry = asymmetry_of(initial_models) if settings.symmetry_weight else 0.0
         models = self._place(blend, models, blend.shifts + fitted)
         initial_models = self._place(blend, initial_models, blend.shifts)
 
@@ -1359,7 +1380,9 @@ class MadnessDeblender:
             objective_final += 0.5 * float((log_amplitudes**2).sum()) / settings.amplitude_sigma**2
         if envelopes is not None:
             objective_final += envelopes.prior_penalty(values)
+        objective_final += settings.symmetry_weight * float(asymmetry.sum())
         objective_initial = 0.5 * resid_init.sum() - w * initial_log_prior.sum()
+        objective_initial += settings.symmetry_weight * float(np.sum(initial_asymmetry))
 
         chi2 = np.full((len(latents), len(self.bands)), np.nan)
         for i, (origin, side) in enumerate(zip(footprints, blend.footprint_sizes)):
@@ -1394,6 +1417,7 @@ class MadnessDeblender:
             envelopes=envelope_images,
             envelope_sources=envelope_sources,
             footprint_sizes=np.asarray(blend.footprint_sizes, np.int64).copy(),
+            asymmetry=asymmetry,
         )
 
     @staticmethod

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 __all__ = ["blend_models", "blend_objective", "blend_objective_with_offsets", "fitted_models",
-           "fourier_shift_matrices", "subtract_envelopes"]
+           "fourier_shift_matrices", "sky_weights", "stamp_asymmetry", "subtract_envelopes"]
 
 import math
 
@@ -121,7 +121,8 @@ def subtract_envelopes(residual, weights, envelopes):
 
 
 def blend_objective(latents, source_mask, blend_of, data, weights, rows, cols, starts, *, calls,
-                    prior_weight: float = 1.0, amplitude_sigma: float | None = None, envelopes=None):
+                    prior_weight: float = 1.0, amplitude_sigma: float | None = None, envelopes=None,
+                    symmetry_weight: float = 0.0):
     """Negative log-posterior of each blend: ``chi2 / 2 - prior_weight * sum_i log p(z_i)``.
 
     ``chi2 = sum w (y - X)^2`` with ``w`` the per-pixel inverse variance (zero on bad pixels),
@@ -151,6 +152,9 @@ def blend_objective(latents, source_mask, blend_of, data, weights, rows, cols, s
     envelopes : `tuple` of tensor, optional
         The extended galaxies' light beyond their stamps, fitted with the sources
         (`subtract_envelopes`, ``MapSettings.fit_envelopes``); `None`: none (the paper).
+    symmetry_weight : `float`
+        Weight of each source's `stamp_asymmetry` (``MapSettings.symmetry_weight``), in the units
+        of the objective; 0: none (the paper).
 
     Returns
     -------
@@ -167,7 +171,15 @@ def blend_objective(latents, source_mask, blend_of, data, weights, rows, cols, s
         latents = latents[:, :-c]
         penalty = _per_blend(0.5 * ops.sum(log_amplitudes * log_amplitudes, axis=-1) / amplitude_sigma**2,
                              source_mask, blend_of, b)
-    model = blend_models(latents, source_mask, blend_of, rows, cols, starts, decode, (b, h, w), log_amplitudes)
+    if symmetry_weight:
+        stamps = ops.cast(decode(latents), "float32")  # (M, S, S, C), decoded once for both terms
+        scaled = stamps if log_amplitudes is None else stamps * ops.exp(log_amplitudes)[:, None, None, :]
+        asymmetry = stamp_asymmetry(scaled, sky_weights(weights, blend_of))
+        penalty = penalty + symmetry_weight * _per_blend(asymmetry, source_mask, blend_of, b)
+        model = blend_models(latents, source_mask, blend_of, rows, cols, starts, lambda _: stamps, (b, h, w),
+                             log_amplitudes)
+    else:
+        model = blend_models(latents, source_mask, blend_of, rows, cols, starts, decode, (b, h, w), log_amplitudes)
     residual = data - model
     if envelopes is not None:
         residual, envelope_penalty = subtract_envelopes(residual, weights, envelopes)
@@ -175,6 +187,37 @@ def blend_objective(latents, source_mask, blend_of, data, weights, rows, cols, s
     chi2 = ops.sum(weights * residual * residual, axis=(1, 2, 3))
     log_prior = _per_blend(log_prob(latents), source_mask, blend_of, b)
     return 0.5 * chi2 - prior_weight * log_prior + penalty
+
+
+def stamp_asymmetry(stamps, sky_weights):
+    """``(M,)`` asymmetry of each decoded stamp about its central pixel, a number in [0, 1].
+
+    ``sum_c w_c sum_p (s_p - s_-p)^2 / (2 sum_c w_c sum_p s_p^2)``, i.e. ``2 |a|^2 / |s|^2`` with
+    ``a = (s - s_rot) / 2`` the part of the stamp that changes sign under a rotation by 180
+    degrees (norms over pixels and bands, each band weighted by the sky's inverse variance
+    ``w_c``): 0 for a symmetric stamp, 1 for light with no counterpart across the centre. It does not depend on the stamp's flux, so a prior on it shapes a model
+    without pulling on its flux: it weighs on faint models, whose chi^2 is small, and hardly on
+    bright ones, whose data can carry an asymmetry of their own.
+
+    Parameters
+    ----------
+    stamps : tensor
+        ``(M, S, S, C)`` decoded stamps (flux factors applied), ``S`` odd.
+    sky_weights : tensor
+        ``(M, C)`` inverse variance of the sky per source and band, in the stamps' units.
+    """
+    ops = keras.ops
+    diff = stamps - ops.flip(stamps, axis=(1, 2))
+    odd = ops.sum(ops.sum(diff * diff, axis=(1, 2)) * sky_weights, axis=-1)
+    power = ops.sum(ops.sum(stamps * stamps, axis=(1, 2)) * sky_weights, axis=-1)
+    return odd / (2.0 * power + 1e-30)
+
+
+def sky_weights(weights, blend_of):
+    """``(M, C)`` sky inverse variance of each source's blend and band: the largest weight of its
+    ``(B, h, C, w)`` region (the background alone; a source's own light only lowers it)."""
+    ops = keras.ops
+    return ops.take(ops.max(weights, axis=(1, 3)), ops.cast(blend_of, "int32"), axis=0)
 
 
 def fourier_shift_matrices(shifts, size: int):
@@ -203,7 +246,7 @@ def fourier_shift_matrices(shifts, size: int):
 def blend_objective_with_offsets(x, source_mask, blend_of, data, weights, rows, cols, starts, shifts,
                                  offset_bounds, *, calls, prior_weight: float = 1.0,
                                  offset_sigma: float = 0.5, amplitude_sigma: float | None = None,
-                                 envelopes=None):
+                                 envelopes=None, symmetry_weight: float = 0.0):
     """`blend_objective` with a position offset per source fitted alongside its latents.
 
     ``x`` holds each source's latents followed by two unconstrained numbers ``u``; the offset is
@@ -218,8 +261,9 @@ def blend_objective_with_offsets(x, source_mask, blend_of, data, weights, rows, 
     x : tensor
         ``(M, L + 2)`` latents and offset parameters (``(M, L + C + 2)`` with
         ``amplitude_sigma``: the log flux factors between them).
-    source_mask, blend_of, data, weights, calls, prior_weight, amplitude_sigma, envelopes
-        As in `blend_objective`.
+    source_mask, blend_of, data, weights, calls, prior_weight, amplitude_sigma, envelopes, symmetry_weight
+        As in `blend_objective` (the asymmetry is the decoded stamp's, about its own centre,
+        before its shift).
     rows, cols, starts : tensor
         ``(M, Lw, S)`` one-hot row windows, ``(M, w, S)`` one-hot column placements and the
         ``(M, 2)`` window starts of the stamps' pixel grids (`blend_models`).
@@ -240,7 +284,8 @@ def blend_objective_with_offsets(x, source_mask, blend_of, data, weights, rows, 
     offsets = offset_bounds[:, None] * ops.tanh(x[:, -2:])
     rows, cols = _shifted_placements(rows, cols, shifts, offsets)
     loss = blend_objective(latents, source_mask, blend_of, data, weights, rows, cols, starts, calls=calls,
-                           prior_weight=prior_weight, amplitude_sigma=amplitude_sigma, envelopes=envelopes)
+                           prior_weight=prior_weight, amplitude_sigma=amplitude_sigma, envelopes=envelopes,
+                           symmetry_weight=symmetry_weight)
     penalty = _per_blend(0.5 * ops.sum(offsets * offsets, axis=-1) / offset_sigma**2, source_mask, blend_of,
                          ops.shape(data)[0])
     return loss + penalty

@@ -94,6 +94,11 @@ class DeblendResult:
         completed inside the footprint, `lsst.meas.madness.engine.wings.complete_outskirts`).
     wings : `lsst.meas.madness.engine.wings.WingProfiles` or `None`
         The outer profile of each source the wings are painted from; `None` without a PSF.
+    asymmetry : `numpy.ndarray`
+        ``(n,)`` chi^2 of each decoded model (flux factors applied, before its shift) against
+        its own rotation by 180 degrees, per pair of pixels, with the sky's inverse variance
+        (`lsst.meas.madness.engine.objective.stamp_asymmetry`); ``MapSettings.symmetry_weight``
+        times its sum is part of `objective_final`. Zeros when not computed.
     """
 
     bands: tuple[str, ...]
@@ -123,6 +128,7 @@ class DeblendResult:
     psf: np.ndarray | None = None
     wing_fluxes: np.ndarray | None = None
     wings: WingProfiles | None = None
+    asymmetry: np.ndarray | None = None
 
     TRUNCATED_EDGE_FRACTION = 0.02
     """`edge_flux_fraction` above which `truncated` calls a model cut off by its stamp."""
@@ -136,6 +142,8 @@ class DeblendResult:
             self.edge_flux_fraction = np.zeros(len(self.peaks_xy))
         if self.amplitudes is None:
             self.amplitudes = np.ones((len(self.peaks_xy), len(self.bands)))
+        if self.asymmetry is None:
+            self.asymmetry = np.zeros(len(self.peaks_xy))
         if self.footprint_sizes is None:
             self.footprint_sizes = np.full(len(self.peaks_xy), self.models.shape[-1], np.int64)
 

@@ -79,6 +79,13 @@ class MapSettings:
         Weight of the flow log-prior against the Gaussian log-likelihood (0.25; 1 is the
         paper's posterior, whose prior pulls faint galaxies round: r mean abs(dF/F) 0.0183 ->
         0.0167 and std e1 residual 0.133 -> 0.113 on validation fields at 0.25).
+    symmetry_weight : `float`
+        Weight of each source's asymmetry about its centre
+        (`lsst.meas.madness.engine.objective.stamp_asymmetry`: 0 for a model equal to its own
+        rotation by 180 degrees, 1 for light with no counterpart across the centre; it does not
+        depend on the flux) added to the objective: a faint model that stretches into a
+        neighbour's light pays for it, a bright one hardly (its chi^2 is far larger). 0: none
+        (the paper).
     max_sources : `int`
         Largest number of peaks accepted in one blend; more raises `MadnessRangeError` so the
         caller can flag the parent (the task's ``maxNumberOfPeaks`` maps here).
@@ -216,6 +223,7 @@ class MapSettings:
     stop_floor: float | None = None
     freeze_drift: float | None = None
     prior_weight: float = 0.25
+    symmetry_weight: float = 0.0
     max_sources: int = 100
     batch_sources: int = 256
     compact: bool = True
@@ -256,6 +264,7 @@ class MapSettings:
             ("ewma_window", self.ewma_window, 1, None, True),
             ("rtol", self.rtol, 0.0, None, True),
             ("prior_weight", self.prior_weight, 0.0, None, True),
+            ("symmetry_weight", self.symmetry_weight, 0.0, None, True),
             ("max_sources", self.max_sources, 1, None, True),
             ("batch_sources", self.batch_sources, 1, None, True),
             ("adam_beta1", self.adam_beta1, 0.0, 1.0, True),

@@ -338,6 +338,12 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
         doc="Weight of the flow log-prior (MapSettings.prior_weight: 0.25, chosen on validation fields, "
         "doc/engine.md; 1 is the paper's posterior).",
     )
+    symmetryWeight = pexConfig.Field[float](
+        default=MapSettings.symmetry_weight,
+        doc="Weight of each model's asymmetry about its centre in the MAP objective "
+        "(MapSettings.symmetry_weight; engine.objective.stamp_asymmetry, a number in [0, 1] that does not "
+        "depend on flux, so it shapes faint models and hardly bright ones; doc/engine.md); 0: none, the paper.",
+    )
     initLogPriorFloor = pexConfig.Field[float](
         default=-10000.0,
         optional=True,
@@ -550,6 +556,10 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
                 MadnessDeblendConfig.maxZoom, self,
                 "maxZoom > 1 is not combined with fitPositionOffsets=True; set one of them off.",
             )
+        if not 0 <= self.symmetryWeight < float("inf"):
+            raise pexConfig.FieldValidationError(
+                MadnessDeblendConfig.symmetryWeight, self, f"must be finite and >= 0; got {self.symmetryWeight}."
+            )
         if not self.amplitudeSigma > 0:
             raise pexConfig.FieldValidationError(
                 MadnessDeblendConfig.amplitudeSigma, self, f"must be > 0; got {self.amplitudeSigma}."
@@ -588,6 +598,7 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
             stop_floor=self.stopFloor,
             freeze_drift=self.freezeDrift,
             prior_weight=self.priorWeight,
+            symmetry_weight=self.symmetryWeight,
             init_log_prior_floor=self.initLogPriorFloor,
             max_sources=max(max_peaks + (self.maxNeighbors if self.includeNeighbors else 0), 1),
             batch_sources=self.batchSources,
