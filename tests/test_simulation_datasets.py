@@ -140,6 +140,33 @@ class DrawTestCase(unittest.TestCase):
         other = draw_planned_blends(table, plans, 45, seed=4)[0]
         self.assertFalse(np.array_equal(blends, other))
 
+    def test_knots(self):
+        """``knots`` moves that share of each disc's flux into GalSim's random knots: the total
+        flux is BTK's (its own drawing of the same galaxy is the oracle), the galaxy is no longer
+        symmetric under a rotation by 180 degrees where BTK's is, every band and the isolated
+        truth hold the same knots, the draw repeats, and a fraction outside [0, 1] is refused."""
+        table = catsim_table(3, seed=6)
+        plans = [BlendPlan(np.array([0]), np.zeros(1), np.zeros(1))]
+        _, plain, _ = draw_planned_blends(table, plans, 65, seed=3, noise="none")
+        _, knotty, _ = draw_planned_blends(table, plans, 65, seed=3, noise="none", knots=0.5)
+        plain, knotty = plain[0, 0].astype(np.float64), knotty[0, 0].astype(np.float64)
+        np.testing.assert_allclose(knotty.sum(axis=(1, 2)), plain.sum(axis=(1, 2)), rtol=0.01)
+
+        def asymmetry(image):
+            return ((image - image[::-1, ::-1]) ** 2).sum() / (2 * (image**2).sum())
+
+        r = 2
+        self.assertLess(asymmetry(plain[r]), 1e-8)
+        self.assertGreater(asymmetry(knotty[r]), 1e3 * max(asymmetry(plain[r]), 1e-10))
+        # The same knots in g and i: their departures from the smooth galaxy agree in shape.
+        g, i = (knotty[b] - plain[b] * knotty[b].sum() / plain[b].sum() for b in (1, 3))
+        self.assertGreater(np.corrcoef(g.ravel(), i.ravel())[0, 1], 0.9)
+        again = draw_planned_blends(table, plans, 65, seed=3, noise="none", knots=0.5)[1][0, 0]
+        np.testing.assert_array_equal(again, knotty.astype(np.float32))
+        for bad in (-0.1, 1.5):
+            with self.assertRaisesRegex(MadnessValueError, "fraction"):
+                draw_planned_blends(table, plans, 65, seed=3, knots=bad)
+
     def test_plan_outside_stamp(self):
         with self.assertRaisesRegex(MadnessValueError, "outside"):
             draw_planned_blends(catsim_table(2), [BlendPlan(np.array([0]), np.array([30.0]), np.zeros(1))],

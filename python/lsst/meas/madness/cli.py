@@ -117,8 +117,11 @@ def _simulate_datasets(args: argparse.Namespace) -> int:
     configs = {}
     for kind, size in (("isolated", args.shard_size), ("blended", args.shard_size),
                        ("testfields", args.fields_per_shard)):
-        if size is not None:
-            configs[kind] = DATASET_KINDS[kind](shard_size=size)
+        changes = {} if size is None else {"shard_size": size}
+        if args.knots:
+            changes["knots"] = args.knots
+        if changes:
+            configs[kind] = DATASET_KINDS[kind](**changes)
     datasets = simulate_suite(
         args.output, catalog=catalog, area_deg2=args.area, seed=args.seed, min_snr=args.min_snr,
         kinds=args.kinds, n_train=args.n_train, n_validation=args.n_validation,
@@ -339,6 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     ds.add_argument("--n-test-fields", type=int, default=None, help="number of TestFields (default: all fit)")
     ds.add_argument("--shard-size", type=int, default=None, help="stamps per shard (default 2000)")
     ds.add_argument("--fields-per-shard", type=int, default=None, help="TestFields per shard (default 25)")
+    ds.add_argument("--knots", type=float, default=0.0, metavar="FRACTION",
+                    help="draw this fraction of every disc's flux as star-forming knots (GalSim RandomKnots): "
+                         "asymmetric galaxies, another population for the evaluation (default 0: BTK's)")
     ds.add_argument("--workers", type=int, default=1, help="worker processes")
     ds.add_argument("--no-progress", action="store_true", help="no progress bars")
     ds.set_defaults(func=_simulate_datasets)

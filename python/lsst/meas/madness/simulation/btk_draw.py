@@ -90,13 +90,79 @@ class _ScalarSeed:
         return int(state[0]) if n_words == 1 else state
 
 
-def _generator_class():
-    """`btk.draw_blends.CatsimGenerator` with the seed hand-off fixed (imported lazily)."""
+KNOT_COUNT = 20
+"""Knots per disc of `knotty_galaxy`."""
+
+
+def knotty_galaxy(entry, filt, survey, knots: float):
+    """BTK's CatSim galaxy with a fraction ``knots`` of its disc's flux drawn as star-forming knots.
+
+    The knots are GalSim's `galsim.RandomKnots` (`KNOT_COUNT` points drawn from the disc's own
+    exponential profile, the disc's half-light radius and shear): light that is not symmetric
+    under a rotation by 180 degrees, as real discs are not, where every CatSim bulge and disc is.
+    Their positions depend on the galaxy alone (a seed from its catalogue row), so every band and
+    its isolated truth image hold the same knots.
+
+    Parameters
+    ----------
+    entry : `astropy.table.Row`
+        CatSim-format catalogue row.
+    filt, survey
+        BTK filter and survey.
+    knots : `float`
+        Fraction of the disc's flux in knots, in [0, 1].
+
+    Returns
+    -------
+    galaxy : `galsim.GSObject`
+        The galaxy before the PSF.
+    """
+    import galsim
+    from btk.draw_blends import get_catsim_galaxy
+
+    if not 0.0 <= knots <= 1.0:
+        raise MadnessValueError(f"knots is a fraction of the disc's flux in [0, 1], not {knots}.")
+    galaxy = get_catsim_galaxy(entry, filt, survey)
+    if knots == 0.0 or entry["fluxnorm_disk"] <= 0:
+        return galaxy
+    disc_share = entry["fluxnorm_disk"] / (entry["fluxnorm_disk"] + entry["fluxnorm_bulge"] + entry["fluxnorm_agn"])
+    disc_flux = knots * disc_share * galaxy.flux
+    # A seed from the galaxy's shape and magnitudes: the same in every band and call.
+    key = np.array([entry["a_d"], entry["b_d"], entry["pa_disk"], entry["r_ab"], entry["redshift"]], np.float64)
+    seed = int(np.random.SeedSequence(np.frombuffer(key.tobytes(), np.uint32).tolist()).generate_state(1)[0])
+    hlr = float(np.sqrt(entry["a_d"] * entry["b_d"]))
+    shear = dict(q=float(entry["b_d"] / entry["a_d"]), beta=float(entry["pa_disk"]) * galsim.degrees)
+    smooth = galsim.Exponential(flux=disc_flux, half_light_radius=hlr).shear(**shear)
+    knotted = galsim.RandomKnots(KNOT_COUNT, half_light_radius=hlr, flux=disc_flux,
+                                 rng=galsim.BaseDeviate(seed)).shear(**shear)
+    # The knots replace that share of the smooth disc: the galaxy's total flux is unchanged.
+    return galsim.Add([galaxy, -1.0 * smooth, knotted])
+
+
+def _generator_class(knots: float = 0.0):
+    """`btk.draw_blends.CatsimGenerator` with the seed hand-off fixed (imported lazily), and with
+    `knotty_galaxy` discs where ``knots`` > 0."""
     import btk
+    import galsim
 
     class _CatsimGenerator(btk.draw_blends.CatsimGenerator):
         def render_blend(self, blend_catalog, psf, filt, survey, seedseq_blend):
             return super().render_blend(blend_catalog, psf, filt, survey, _ScalarSeed(seedseq_blend))
+
+        if knots > 0:
+            def render_single(self, entry, filt, psf, survey):
+                # BTK's render_single_catsim_galaxy with `knotty_galaxy` for its galaxy.
+                try:
+                    galaxy = knotty_galaxy(entry, filt, survey, knots)
+                except btk.draw_blends.SourceNotVisible:
+                    entry["not_drawn_" + filt.name] = 1
+                    return None
+                galaxy = galaxy.rotate(galsim.Angle(entry["btk_rotation"], unit=galsim.degrees))
+                if self.apply_shear:
+                    galaxy = galaxy.shear(g1=entry["g1"], g2=entry["g2"])
+                drawn = galsim.Convolve(galaxy, psf).shift(entry["ra"], entry["dec"])
+                slen = self._get_pix_stamp_size(survey)
+                return drawn.drawImage(nx=slen, ny=slen, scale=survey.pixel_scale.to_value("arcsec"))
 
     return _CatsimGenerator
 
@@ -126,7 +192,7 @@ def _planned_sampling(table, plans: Sequence[BlendPlan], stamp_size_arcsec: floa
 
 
 def draw_planned_blends(table, plans: Sequence[BlendPlan], stamp_pixels: int, seed: int,
-                        noise: str = "all", survey=None):
+                        noise: str = "all", survey=None, knots: float = 0.0):
     """Draw ``plans`` with BTK: noisy blends, noiseless isolated galaxies, blend catalogues.
 
     Parameters
@@ -144,6 +210,9 @@ def draw_planned_blends(table, plans: Sequence[BlendPlan], stamp_pixels: int, se
         ``"galaxy"`` or ``"none"``.
     survey : BTK survey, optional
         Default `lsst_survey`.
+    knots : `float`
+        Fraction of each disc's flux drawn as star-forming knots (`knotty_galaxy`); 0: BTK's
+        galaxies as they are.
 
     Returns
     -------
@@ -161,6 +230,8 @@ def draw_planned_blends(table, plans: Sequence[BlendPlan], stamp_pixels: int, se
         raise MadnessValueError("draw_planned_blends needs at least one plan.")
     if int(stamp_pixels) % 2 != 1:
         raise MadnessValueError(f"stamp_pixels must be odd (a pixel at the centre), got {stamp_pixels}.")
+    if not 0.0 <= knots <= 1.0:
+        raise MadnessValueError(f"knots is a fraction of the disc's flux in [0, 1], not {knots}.")
     survey = lsst_survey() if survey is None else survey
     pixel_scale = float(survey.pixel_scale.to_value("arcsec"))
     stamp = stamp_arcsec(stamp_pixels, pixel_scale)
@@ -171,7 +242,7 @@ def draw_planned_blends(table, plans: Sequence[BlendPlan], stamp_pixels: int, se
         if np.any(np.abs(plan.dx) > half) or np.any(np.abs(plan.dy) > half):
             raise MadnessValueError(f"A planned galaxy lies outside the {stamp_pixels}-pixel stamp.")
     sampling = _planned_sampling(table, plans, stamp, pixel_scale)
-    generator = _generator_class()(
+    generator = _generator_class(knots)(
         btk.catalog.CatsimCatalog(table[:0]), sampling, survey, batch_size=len(plans), njobs=1,
         add_noise=noise, seed=int(seed),
     )

@@ -76,6 +76,7 @@ class IsolatedSimsConfig:
     shard_size: int = 2000
     noise: str = "all"
     subpixel: bool = False
+    knots: float = 0.0
     kind = "isolated"
 
 
@@ -94,6 +95,7 @@ class BlendedSimsConfig:
     shard_size: int = 2000
     noise: str = "all"
     subpixel: bool = False
+    knots: float = 0.0
     kind = "blended"
 
     @property
@@ -108,7 +110,9 @@ class TestFieldsConfig:
     in the inner ``inner`` x ``inner`` pixels, no two centres in one pixel.
 
     Each galaxy's noiseless isolated image is kept in a ``truth_size`` window around it (the
-    fraction of its flux inside is in the catalogue). ``shard_size`` counts fields.
+    fraction of its flux inside is in the catalogue). ``shard_size`` counts fields. ``knots``
+    (every kind) draws that fraction of each disc's flux as star-forming knots
+    (`lsst.meas.madness.simulation.btk_draw.knotty_galaxy`): asymmetric galaxies.
     """
 
     field_size: int = 205
@@ -119,6 +123,7 @@ class TestFieldsConfig:
     shard_size: int = 25
     noise: str = "all"
     subpixel: bool = False
+    knots: float = 0.0
     kind = "testfields"
     __test__ = False  # not a pytest test class, despite its name
 
@@ -232,7 +237,8 @@ def _make_shard(kind: str, index: int, table, plans: list[BlendPlan], catalog_in
 
     for c, i0 in enumerate(range(0, len(plans), chunk)):
         part = plans[i0:i0 + chunk]
-        blends, isolated, catalogs = draw_planned_blends(table, part, size, int(seeds[c]), noise=config.noise)
+        blends, isolated, catalogs = draw_planned_blends(table, part, size, int(seeds[c]), noise=config.noise,
+                                                         knots=config.knots)
         for j, (plan, cat) in enumerate(zip(part, catalogs)):
             n = len(plan)
             x = centre + np.asarray(plan.dx, dtype=np.float64)
