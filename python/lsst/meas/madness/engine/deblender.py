@@ -41,7 +41,8 @@ from .geometry import (
     zoom_place_stamps,
     zoom_placement_matrices,
 )
-from .objective import blend_objective, blend_objective_with_offsets, fitted_models, stamp_asymmetry
+from .objective import (blend_objective, blend_objective_with_offsets, fitted_models, sky_weights,
+                        stamp_asymmetry)
 from .observation import PreparedBlend, prepare_blend
 from .result import DeblendResult
 from .settings import ENVELOPE_DOMINANCE, ENVELOPE_REACH, MapSettings
@@ -117,11 +118,11 @@ class _Freezer:
             d = offset_bounds[:, None] * np.tanh(x[newly, -2:].astype(np.float64))
             terms += 0.5 * np.sum(d * d, axis=1) / settings.offset_sigma**2
         if settings.symmetry_weight:
-            stamps = np.asarray(ops.convert_to_numpy(
-                self.deblender._step_decoders[settings.precision](ops.convert_to_tensor(x[newly, :ld]))), np.float64)
+            decode = self.deblender._step_decoders[settings.precision]
+            stamps = ops.cast(decode(ops.convert_to_tensor(x[newly, :ld])), "float32")
             if self.n_amp:
-                stamps = stamps * np.exp(a)[:, None, None, :]
-            sky = self.packed[1][self.source_blend[newly]].max(axis=(1, 3))
+                stamps = stamps * np.exp(a).astype(np.float32)[:, None, None, :]
+            sky = sky_weights(ops.convert_to_tensor(self.packed[1]), self.source_blend[newly])
             terms += settings.symmetry_weight * np.asarray(ops.convert_to_numpy(stamp_asymmetry(stamps, sky)))
         np.add.at(self.constant, self.source_blend[newly], terms)
 

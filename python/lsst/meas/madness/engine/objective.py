@@ -179,7 +179,8 @@ def blend_objective(latents, source_mask, blend_of, data, weights, rows, cols, s
         model = blend_models(latents, source_mask, blend_of, rows, cols, starts, lambda _: stamps, (b, h, w),
                              log_amplitudes)
     else:
-        model = blend_models(latents, source_mask, blend_of, rows, cols, starts, decode, (b, h, w), log_amplitudes)
+        model = blend_models(latents, source_mask, blend_of, rows, cols, starts, decode, (b, h, w),
+                             log_amplitudes)
     residual = data - model
     if envelopes is not None:
         residual, envelope_penalty = subtract_envelopes(residual, weights, envelopes)
@@ -195,9 +196,10 @@ def stamp_asymmetry(stamps, sky_weights):
     ``sum_c w_c sum_p (s_p - s_-p)^2 / (2 sum_c w_c sum_p s_p^2)``, i.e. ``2 |a|^2 / |s|^2`` with
     ``a = (s - s_rot) / 2`` the part of the stamp that changes sign under a rotation by 180
     degrees (norms over pixels and bands, each band weighted by the sky's inverse variance
-    ``w_c``): 0 for a symmetric stamp, 1 for light with no counterpart across the centre. It does not depend on the stamp's flux, so a prior on it shapes a model
-    without pulling on its flux: it weighs on faint models, whose chi^2 is small, and hardly on
-    bright ones, whose data can carry an asymmetry of their own.
+    ``w_c``): 0 for a symmetric stamp, 1 for light with no counterpart across the centre. It
+    does not depend on the stamp's flux, so a prior on it shapes a model without pulling on its
+    flux: it weighs on faint models, whose chi^2 is small, and hardly on bright ones, whose data
+    can carry an asymmetry of their own.
 
     Parameters
     ----------

@@ -95,8 +95,8 @@ class DeblendResult:
     wings : `lsst.meas.madness.engine.wings.WingProfiles` or `None`
         The outer profile of each source the wings are painted from; `None` without a PSF.
     asymmetry : `numpy.ndarray`
-        ``(n,)`` chi^2 of each decoded model (flux factors applied, before its shift) against
-        its own rotation by 180 degrees, per pair of pixels, with the sky's inverse variance
+        ``(n,)`` asymmetry of each decoded model (flux factors applied, before its shift) under
+        a rotation by 180 degrees, in [0, 1], bands weighted by the sky's inverse variance
         (`lsst.meas.madness.engine.objective.stamp_asymmetry`); ``MapSettings.symmetry_weight``
         times its sum is part of `objective_final`. Zeros when not computed.
     """

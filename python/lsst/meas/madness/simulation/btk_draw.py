@@ -125,7 +125,8 @@ def knotty_galaxy(entry, filt, survey, knots: float):
     galaxy = get_catsim_galaxy(entry, filt, survey)
     if knots == 0.0 or entry["fluxnorm_disk"] <= 0:
         return galaxy
-    disc_share = entry["fluxnorm_disk"] / (entry["fluxnorm_disk"] + entry["fluxnorm_bulge"] + entry["fluxnorm_agn"])
+    total_norm = entry["fluxnorm_disk"] + entry["fluxnorm_bulge"] + entry["fluxnorm_agn"]
+    disc_share = entry["fluxnorm_disk"] / total_norm
     disc_flux = knots * disc_share * galaxy.flux
     # A seed from the galaxy's shape and magnitudes: the same in every band and call.
     key = np.array([entry["a_d"], entry["b_d"], entry["pa_disk"], entry["r_ab"], entry["redshift"]], np.float64)
