@@ -9,6 +9,15 @@ import numpy as np
 from lsst.meas.madness import MadnessDeblender, MapSettings
 from utils import SKY_VARIANCE, make_blend, quick_bundle_path, synthetic_galaxies
 
+
+def rotation_asymmetry(stamps, variance):
+    """Each stamp's asymmetry under a rotation by 180 degrees about its centre, bands weighted
+    by the inverse sky variance (the oracle of ``MapSettings.symmetry_weight``: ``numpy.rot90``)."""
+    m = np.asarray(stamps, np.float64)
+    sky = 1.0 / np.asarray(variance, np.float64)[:, 0, 0]
+    odd = (((m - np.rot90(m, 2, axes=(2, 3))) ** 2).sum(axis=(2, 3)) * sky).sum(axis=1)
+    return odd / (2 * ((m**2).sum(axis=(2, 3)) * sky).sum(axis=1))
+
 PEAKS = np.array([[30.0, 30.0], [38.0, 33.0], [27.0, 41.0]])
 
 
@@ -450,9 +459,12 @@ class DeblenderTestCase(_DecodedBlends):
         self.assertLess(chi2(fitted), 1.02 * chi2(true))
         self.assertLess(chi2(fitted), 0.8 * chi2(rounded))
         np.testing.assert_allclose(fitted.shifts, fitted.offsets_xy[:, ::-1], atol=1e-12)  # rounded peak
-        # The objective includes the offsets' prior.
+        # The objective includes the offsets' prior and the default symmetry prior, the latter on
+        # the decoded stamps (before the shift).
         w = settings.prior_weight
-        expected = 0.5 * chi2(fitted) - w * fitted.log_prior.sum() + 0.5 * (fitted.offsets_xy**2).sum() / 0.5**2
+        decoded = self.deblender.decode(fitted.latents) * fitted.amplitudes[:, :, None, None]
+        expected = (0.5 * chi2(fitted) - w * fitted.log_prior.sum() + 0.5 * (fitted.offsets_xy**2).sum() / 0.5**2
+                    + settings.symmetry_weight * rotation_asymmetry(decoded, var).sum())
         self.assertAlmostEqual(fitted.objective_final, expected, delta=1e-3 * abs(expected))
 
     def test_fitted_amplitudes(self):
@@ -486,7 +498,8 @@ class DeblenderTestCase(_DecodedBlends):
         np.testing.assert_allclose(fitted.models, decoded, rtol=1e-4, atol=1e-3 * decoded.max())
         chi2 = float(((image - fitted.model_image()) ** 2 / var)[:, 13:58, 13:58].sum())
         w = settings.prior_weight
-        expected = 0.5 * chi2 - w * fitted.log_prior.sum() + 0.5 * (np.log(fitted.amplitudes) ** 2).sum() / 1.0**2
+        expected = (0.5 * chi2 - w * fitted.log_prior.sum() + 0.5 * (np.log(fitted.amplitudes) ** 2).sum() / 1.0**2
+                    + settings.symmetry_weight * rotation_asymmetry(fitted.models, var).sum())
         self.assertAlmostEqual(fitted.objective_final, expected, delta=1e-3 * abs(expected))
         self.assertLess(fitted.objective_final, plain.objective_final)
         # A tight prior keeps the factors at one (to within Adam's last steps, lr 0.05 x 0.8^4).
@@ -542,11 +555,8 @@ class DeblenderTestCase(_DecodedBlends):
         settings = MapSettings(max_iter=100, min_iter=100)
         fits = {w: self.deblender.deblend(image, peaks, variance=var, settings=settings.replace(symmetry_weight=w))
                 for w in (0.0, 300.0, 3000.0)}
-        sky = 1.0 / var[:, 0, 0].astype(np.float64)
         for w, fit in fits.items():
-            m = fit.models.astype(np.float64)  # integer peak: placed as decoded
-            odd = (((m - np.rot90(m, 2, axes=(2, 3))) ** 2).sum(axis=(2, 3)) * sky).sum(axis=1)
-            oracle = odd / (2 * ((m**2).sum(axis=(2, 3)) * sky).sum(axis=1))
+            oracle = rotation_asymmetry(fit.models, var)  # integer peak: placed as decoded
             np.testing.assert_allclose(fit.asymmetry, oracle, rtol=1e-3)
             chi2 = float(((image - fit.model_image()) ** 2 / var)[:, 13:58, 13:58].sum())
             expected = (0.5 * chi2 - settings.prior_weight * fit.log_prior.sum()

@@ -366,11 +366,11 @@ class DeblendTaskTestCase(MadnessTestCase):
         np.testing.assert_allclose(fluxes[1], fluxes[0], rtol=0.05)
 
     def test_symmetry_weight(self):
-        """symmetryWeight reaches the engine (0, none, by default) and is checked; with it the
-        children of a group are finite and, the scene's galaxies being symmetric, their r fluxes
-        within 5% of the default fit's."""
-        self.assertEqual(run_config().makeMapSettings().symmetry_weight, 0.0)
-        self.assertEqual(run_config(symmetryWeight=3000.0).makeMapSettings().symmetry_weight, 3000.0)
+        """symmetryWeight reaches the engine (3000 by default, 0 for none) and is checked; with it
+        the children of a group are finite and, the scene's galaxies being symmetric, their r
+        fluxes within 5% of the fit without it."""
+        self.assertEqual(run_config().makeMapSettings().symmetry_weight, 3000.0)
+        self.assertEqual(run_config(symmetryWeight=0.0).makeMapSettings().symmetry_weight, 0.0)
         for bad in (-1.0, float("inf"), float("nan")):
             with self.assertRaises(pexConfig.FieldValidationError):
                 run_config(symmetryWeight=bad).validate()
