@@ -156,7 +156,12 @@ def main(argv=None) -> int:
         method, _, fields = rest.partition(":")
         methods[name] = (method, dict(f.split("=", 1) for f in fields.split(",") if f))
     if args.only:
-        methods = {k: v for k, v in methods.items() if k in args.only.split(",")}
+        wanted = args.only.split(",")
+        unknown = [name for name in wanted if name not in methods]
+        if unknown:  # a misspelt or undeclared row would otherwise run nothing and rewrite the tables
+            parser.error(f"--only names no method: {', '.join(unknown)} (known: {', '.join(methods)}; "
+                         "a 'madness' row needs its --variant)")
+        methods = {k: v for k, v in methods.items() if k in wanted}
     psf_fwhm_i = LsstConditions.from_surveycodex().psf_fwhm[LsstConditions.from_surveycodex().bands.index("i")]
 
     scores = {name: [] for name in methods}
