@@ -310,6 +310,7 @@ class MadnessMethod(_MadnessBase):
                 "config": f"MAP, whole field as one blend; Adam lr {s.learning_rate} x{s.lr_decay} every "
                           f"{s.lr_decay_steps} steps, {s.min_iter}-{s.max_iter} steps, "
                           f"EWMA stop rtol {s.rtol}; prior weight {s.prior_weight}; "
+                          + (f"symmetry prior weight {s.symmetry_weight:g}; " if s.symmetry_weight else "")
                           + (f"flux factor per band (sigma {s.amplitude_sigma})" if s.fit_amplitudes
                              else "no flux factors")
                           + f"; zoom up to {s.max_zoom} ({s.zoom_choice}); "
