@@ -463,7 +463,8 @@ class DeblenderTestCase(_DecodedBlends):
         # the decoded stamps (before the shift).
         w = settings.prior_weight
         decoded = self.deblender.decode(fitted.latents) * fitted.amplitudes[:, :, None, None]
-        expected = (0.5 * chi2(fitted) - w * fitted.log_prior.sum() + 0.5 * (fitted.offsets_xy**2).sum() / 0.5**2
+        expected = (0.5 * chi2(fitted) - w * fitted.log_prior.sum()
+                    + 0.5 * (fitted.offsets_xy**2).sum() / 0.5**2
                     + settings.symmetry_weight * rotation_asymmetry(decoded, var).sum())
         self.assertAlmostEqual(fitted.objective_final, expected, delta=1e-3 * abs(expected))
 
@@ -498,7 +499,8 @@ class DeblenderTestCase(_DecodedBlends):
         np.testing.assert_allclose(fitted.models, decoded, rtol=1e-4, atol=1e-3 * decoded.max())
         chi2 = float(((image - fitted.model_image()) ** 2 / var)[:, 13:58, 13:58].sum())
         w = settings.prior_weight
-        expected = (0.5 * chi2 - w * fitted.log_prior.sum() + 0.5 * (np.log(fitted.amplitudes) ** 2).sum() / 1.0**2
+        expected = (0.5 * chi2 - w * fitted.log_prior.sum()
+                    + 0.5 * (np.log(fitted.amplitudes) ** 2).sum() / 1.0**2
                     + settings.symmetry_weight * rotation_asymmetry(fitted.models, var).sum())
         self.assertAlmostEqual(fitted.objective_final, expected, delta=1e-3 * abs(expected))
         self.assertLess(fitted.objective_final, plain.objective_final)

@@ -342,8 +342,8 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
         default=MapSettings.symmetry_weight,
         doc="Weight of each model's asymmetry about its centre in the MAP objective "
         "(MapSettings.symmetry_weight; engine.objective.stamp_asymmetry, a number in [0, 1] that does not "
-        "depend on flux, so it shapes faint models and hardly bright ones; 3000, chosen on validation fields, "
-        "doc/engine.md); 0: none, the paper.",
+        "depend on flux, so it shapes faint models and hardly bright ones; 3000, chosen on validation "
+        "fields, doc/engine.md); 0: none, the paper.",
     )
     initLogPriorFloor = pexConfig.Field[float](
         default=-10000.0,
