@@ -20,6 +20,7 @@ loaded machine disturbs less. Prints a table and writes JSON. Issue 13: a step s
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import time
@@ -32,6 +33,8 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--precision", default="float32")
     parser.add_argument("--bundle", default=None)
+    parser.add_argument("--symmetry-weight", type=float, default=None,
+                        help="MapSettings.symmetry_weight of the step (default: the engine's)")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="wall time, or the process's CPU time (all its threads): steadier on a loaded machine")
     parser.add_argument("--output", default=None)
@@ -48,6 +51,8 @@ def main() -> int:
     keras.utils.set_random_seed(0)
     deblender = MadnessDeblender.from_bundle(args.bundle)
     settings = MapSettings(precision=args.precision)
+    if args.symmetry_weight is not None:
+        settings = dataclasses.replace(settings, symmetry_weight=args.symmetry_weight)
     n = args.sources
     rng = np.random.default_rng(0)
     net = with_precision(deblender.decoder, args.precision)
@@ -104,7 +109,8 @@ def main() -> int:
         print(json.dumps(row), flush=True)
 
     result = {"machine": f"{cpu_model()}, {os.cpu_count()} CPUs", "backend": keras.config.backend(), "clock": args.clock,
-              "precision": args.precision, "date": time.strftime("%Y-%m-%d"), "rows": rows}
+              "precision": args.precision,
+              "symmetry_weight": settings.symmetry_weight, "date": time.strftime("%Y-%m-%d"), "rows": rows}
     print("\n| width | " + " | ".join(f"{k} ms/gal (x floor)" for k in ("decoder", "decoder+flow", "step")) + " |")
     print("| --- " * 4 + "|")
     for r in rows:
