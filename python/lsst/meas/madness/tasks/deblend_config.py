@@ -335,8 +335,8 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
     learningRateDecaySteps = pexConfig.Field[int](default=30, doc="Steps between learning-rate decays.")
     priorWeight = pexConfig.Field[float](
         default=MapSettings.prior_weight,
-        doc="Weight of the flow log-prior (MapSettings.prior_weight: 0.25, chosen on validation fields, "
-        "doc/engine.md; 1 is the paper's posterior).",
+        doc="Weight of the flow log-prior (MapSettings.prior_weight: 0.1, chosen on validation fields with "
+        "the symmetry prior, doc/engine.md; 1 is the paper's posterior).",
     )
     symmetryWeight = pexConfig.Field[float](
         default=MapSettings.symmetry_weight,
