@@ -20,7 +20,9 @@ truth's, eq. 23) compared:
 
 Per stage: the std of the residual over the common galaxies, split by r-band SNR (< 20, 20-50,
 >= 50); a robust std (1.4826 MAD); and the slope of the residual against the true e1 (below zero:
-shapes drawn rounder than they are). Writes the JSON and prints a Markdown table.
+shapes drawn rounder than they are). Writes the JSON and prints a Markdown table; beside the JSON,
+``<output stem>.npz`` keeps every galaxy's residual per stage (``e1_residual``, one row per
+``stages`` entry) with its ``field_id``, ``galaxy``, ``snr_r``, ``kappa_r`` and ``e1_true``.
 """
 
 from __future__ import annotations
@@ -130,6 +132,14 @@ def main(argv=None) -> int:
     tmp = args.output.with_name(args.output.name + ".tmp")
     tmp.write_text(json.dumps(out, indent=1) + "\n")
     os.replace(tmp, args.output)
+    # Every galaxy of the common set beside the JSON, to ask which galaxies make a stage's excess.
+    npz = args.output.with_suffix(".npz")
+    tmp = npz.with_name(npz.stem + ".tmp.npz")
+    np.savez(tmp, field_id=np.asarray(galaxies["field_id"])[rows][keep][common],
+             galaxy=np.asarray(galaxies["galaxy"])[rows][keep][common], snr_r=snr[common],
+             kappa_r=kappa[keep][common], e1_true=e1_true[common],
+             stages=np.array(list(residuals)), e1_residual=np.stack([v[common] for v in residuals.values()]))
+    os.replace(tmp, npz)
     print(markdown_table(out))
     return 0
 
