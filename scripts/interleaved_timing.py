@@ -19,7 +19,6 @@ step to the first variant's (median over fields, with the 10th and 90th percenti
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import time
@@ -65,7 +64,7 @@ def main(argv=None) -> int:
     deblenders = {}
     for name, overrides in args.variants:
         d = MadnessDeblender.from_bundle(args.bundle)
-        d.settings = dataclasses.replace(d.settings, **overrides)
+        d.settings = d.settings.replace(**overrides)
         deblenders[name] = d
     bands = tuple(deblenders[names[0]].bands)
     conditions = LsstConditions.from_surveycodex(bands=bands)

@@ -20,7 +20,6 @@ loaded machine disturbs less. Prints a table and writes JSON. Issue 13: a step s
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import time
@@ -52,7 +51,7 @@ def main() -> int:
     deblender = MadnessDeblender.from_bundle(args.bundle)
     settings = MapSettings(precision=args.precision)
     if args.symmetry_weight is not None:
-        settings = dataclasses.replace(settings, symmetry_weight=args.symmetry_weight)
+        settings = settings.replace(symmetry_weight=args.symmetry_weight)
     n = args.sources
     rng = np.random.default_rng(0)
     net = with_precision(deblender.decoder, args.precision)
