@@ -126,6 +126,8 @@ def _ablation(name: str) -> str:
             return name
         if name.startswith("freeze") and float(name[6:]) > 0:
             return name
+        if name.startswith("envh") and int(name[4:]) >= 0:
+            return name
         if name.startswith("envelope") and float(name[8:]) > 0:
             return name
         if name.startswith("ampstep") and float(name[7:]) > 0:
@@ -139,7 +141,7 @@ def _ablation(name: str) -> str:
         pass
     raise argparse.ArgumentTypeError(f"{name!r} is not one of {', '.join(ABLATIONS)}, amp<SIGMA>, "
                                      "ampstep<SCALE>, prior<W>, min<N>, rtol<X>, atol<X>, sfloor<X>, lr<X>, "
-                                     "decay<X>, freeze<X>, zoomout<X>, zoomedge<X> or envelope<X>")
+                                     "decay<X>, freeze<X>, zoomout<X>, zoomedge<X>, envh<N> or envelope<X>")
 
 
 def main(argv=None) -> int:
@@ -433,6 +435,8 @@ def _apply(name: str, settings, variance, sky, field):
         settings = settings.replace(outskirts=False)
     elif name == "envelope":
         settings = settings.replace(fit_envelopes=True)
+    elif name.startswith("envh"):
+        settings = settings.replace(envelope_harmonics=int(name[4:]))
     elif name.startswith("envelope"):
         settings = settings.replace(fit_envelopes=True, envelope_edge_sigma=float(name[8:]))
     elif name.startswith("prior"):

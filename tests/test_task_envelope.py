@@ -77,6 +77,13 @@ class EnvelopePlanTestCase(lsst.utils.tests.TestCase):
         config.envelopeEdgeSigma = 0.0
         with self.assertRaisesRegex(Exception, "envelopeEdgeSigma"):
             config.validate()
+        config = MadnessDeblendConfig()
+        self.assertEqual(config.makeMapSettings().envelope_harmonics, config.envelopeHarmonics)
+        config.envelopeHarmonics = 2
+        self.assertEqual(config.makeMapSettings().envelope_harmonics, 2)
+        config.envelopeHarmonics = 3
+        with self.assertRaisesRegex(Exception, "envelopeHarmonics"):
+            config.validate()
 
 
 class EnvelopeTaskTestCase(lsst.utils.tests.TestCase):

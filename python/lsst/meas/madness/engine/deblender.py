@@ -1073,7 +1073,7 @@ class MadnessDeblender:
             side = int(sides[i])
             center = peaks[i, ::-1] - np.array([y0, x0])
             p = envelope_profiles((y1 - y0, x1 - x0), center, (fy, fx, fy + side, fx + side), q, angle,
-                                  inner=side / 2)
+                                  inner=side / 2, harmonics=settings.envelope_harmonics)
             one = EnvelopeBasis.build(blend.weights, p, [i] * len(p))
             residual = residual - one.images(one.values(residual, blend.weights))[0][0]
             profiles.append(p)

@@ -63,13 +63,17 @@ def model_ellipse(stamp: np.ndarray) -> tuple[float, float]:
 
 
 def envelope_profiles(shape: tuple[int, int], center_yx, box, q: float, angle: float, inner: float,
-                      ratio: float = RADIUS_RATIO) -> np.ndarray:
+                      ratio: float = RADIUS_RATIO, harmonics: int = 0) -> np.ndarray:
     """``(k, h, w)`` basis of one galaxy's envelope over a region of ``shape``.
 
     Profile ``j`` is the hat in log elliptical radius centred on ``inner * ratio**j`` (the first
     one flat inwards), so a sum of them is the profile linearly interpolated in log radius; the
-    radii reach the region's farthest corner. Every profile is zero inside ``box``, the
-    galaxy's stamp, where its model draws it.
+    radii reach the region's farthest corner. With ``harmonics`` each hat also comes multiplied
+    by ``cos(m phi)`` and ``sin(m phi)`` for every even ``m`` up to it (``phi`` the azimuth in
+    the ellipse's frame), so that the envelope's isophotes may be flatter, rounder or twisted
+    against the ellipse of the whole model: a bulge-dominated model's moments are rounder than
+    its disc's outskirts. Every profile is zero inside ``box``, the galaxy's stamp, where its
+    model draws it.
 
     Parameters
     ----------
@@ -85,7 +89,12 @@ def envelope_profiles(shape: tuple[int, int], center_yx, box, q: float, angle: f
         Radius of the first profile value, pixels (the stamp's half-side).
     ratio : `float`
         Ratio of consecutive radii.
+    harmonics : `int`
+        Highest azimuthal order (even, >= 0): ``k`` is the number of radii times
+        ``1 + harmonics`` (the radial hats first, then each order's cosine and sine hats).
     """
+    if harmonics < 0 or harmonics % 2:
+        raise ValueError(f"harmonics must be even and >= 0, not {harmonics}.")
     h, w = shape
     y, x = np.mgrid[:h, :w].astype(np.float64)
     dy, dx = y - center_yx[0], x - center_yx[1]
@@ -99,6 +108,12 @@ def envelope_profiles(shape: tuple[int, int], center_yx, box, q: float, angle: f
     t = np.log(np.maximum(radius, 1e-9) / inner) / math.log(ratio)  # profile index, fractional
     profiles = np.clip(1.0 - np.abs(t[None] - np.arange(k)[:, None, None]), 0.0, None)
     profiles[0] = np.where(t < 0, 1.0, profiles[0])
+    if harmonics:
+        phi = np.arctan2(v / math.sqrt(q), u * math.sqrt(q))
+        terms = [profiles]
+        for m in range(2, harmonics + 1, 2):
+            terms += [profiles * np.cos(m * phi)[None], profiles * np.sin(m * phi)[None]]
+        profiles = np.concatenate(terms)
     y0, x0, y1, x1 = (int(v) for v in box)
     profiles[:, max(y0, 0) : max(y1, 0), max(x0, 0) : max(x1, 0)] = 0.0
     return profiles

@@ -426,6 +426,12 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
         doc="With fitEnvelopes, the mean residual of the ring just outside a source's stamp, in pixel "
         "sigma, above which it gets an envelope (> 0; MapSettings.envelope_edge_sigma).",
     )
+    envelopeHarmonics = pexConfig.Field[int](
+        default=MapSettings.envelope_harmonics,
+        doc="With fitEnvelopes, the highest even azimuthal order of an envelope's profile (0: radial in "
+        "the model's ellipse; 2, 4: cos/sin m phi terms at every radius, so that the envelope may be "
+        "flatter or rounder than the whole model; MapSettings.envelope_harmonics).",
+    )
     psfWings = pexConfig.Field[bool](
         default=MapSettings.psf_wings,
         doc="Give each child without an envelope the light its PSF spreads beyond its stamp "
@@ -569,6 +575,11 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
             raise pexConfig.FieldValidationError(
                 MadnessDeblendConfig.envelopeEdgeSigma, self, f"must be > 0; got {self.envelopeEdgeSigma}."
             )
+        if self.envelopeHarmonics < 0 or self.envelopeHarmonics % 2:
+            raise pexConfig.FieldValidationError(
+                MadnessDeblendConfig.envelopeHarmonics, self,
+                f"must be even and >= 0; got {self.envelopeHarmonics}."
+            )
         if self.modelSupportThreshold < 0:
             raise pexConfig.FieldValidationError(
                 MadnessDeblendConfig.modelSupportThreshold, self, "must be >= 0."
@@ -615,6 +626,7 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
             zoom_edge_threshold=self.zoomEdgeThreshold,
             fit_envelopes=self.fitEnvelopes,
             envelope_edge_sigma=self.envelopeEdgeSigma,
+            envelope_harmonics=self.envelopeHarmonics,
             psf_wings=self.psfWings,
             outskirts=self.outskirts,
         )
