@@ -60,6 +60,13 @@ centres) with the engine and measures every galaxy with the paper's apertures (k
   neighbours' models could have held; where it does not, the neighbours' misfit is in the light
   it is given. Its seconds hold both fits.
 
+- ``refit-brighter<DMAG>``: after a first fit, each galaxy whose nearest galaxy (peak distance)
+  has a model more than DMAG magnitudes brighter (band sum) is fitted again alone on the image
+  minus every other source's model (as ``neighbours-fixed``, at its zoom, without an envelope of
+  its own: in a bright galaxy's light it would take what that galaxy's envelope left), and its refit replaces
+  its model in the blend; the others keep the first fit, so the models stay one blend model and
+  every metric applies. Its seconds hold both fits.
+
 - ``polish``: after a first fit, each galaxy is fitted again alone on the image minus its
   neighbours' fitted models (as ``neighbours-fixed``), and the joint fit is run again from those
   latents and flux factors (``deblend(..., init=)``, at the first fit's zoom); the field keeps
@@ -126,6 +133,8 @@ def _ablation(name: str) -> str:
             return name
         if name.startswith("freeze") and float(name[6:]) > 0:
             return name
+        if name.startswith("refit-brighter") and float(name[14:]) >= 0:
+            return name
         if name.startswith("envh") and int(name[4:]) >= 0:
             return name
         if name.startswith("envelope") and float(name[8:]) > 0:
@@ -141,7 +150,7 @@ def _ablation(name: str) -> str:
         pass
     raise argparse.ArgumentTypeError(f"{name!r} is not one of {', '.join(ABLATIONS)}, amp<SIGMA>, "
                                      "ampstep<SCALE>, prior<W>, min<N>, rtol<X>, atol<X>, sfloor<X>, lr<X>, "
-                                     "decay<X>, freeze<X>, zoomout<X>, zoomedge<X>, envh<N> or envelope<X>")
+                                     "decay<X>, freeze<X>, zoomout<X>, zoomedge<X>, envh<N>, refit-brighter<DMAG> or envelope<X>")
 
 
 def main(argv=None) -> int:
@@ -228,6 +237,9 @@ def main(argv=None) -> int:
                 image = image - _outer_light(deblender, image, field.centers_xy, variance, settings, psf)
             if "neighbours-fixed" in parts:
                 result = _neighbours_fixed(deblender, image, field.centers_xy, variance, settings, psf)
+            elif any(part.startswith("refit-brighter") for part in parts):
+                dmag = float(next(part for part in parts if part.startswith("refit-brighter"))[14:])
+                result = _refit_beside_brighter(deblender, image, field.centers_xy, variance, settings, psf, dmag)
             elif "polish" in parts:
                 result = _polish(deblender, image, field.centers_xy, variance, settings, psf)
             elif "alonestart" in parts:
@@ -368,6 +380,72 @@ class _Refits:
         if not images:
             return None, None
         return np.stack(images).astype(np.float32), np.array(sources, np.int64)
+
+
+class _Hybrid(_Refits):
+    """The first fit with some sources' models replaced by their refits (one blend model)."""
+
+    def __init__(self, first, refits: dict):
+        import numpy as np
+
+        self._first, self._refits = first, refits
+        side = max([first.models.shape[-1]] + [f.models.shape[-1] for f in refits.values()])
+        models, yx0 = [], []
+        for k in range(first.n_sources):
+            m, o = (refits[k].models[0], refits[k].stamp_yx0[0]) if k in refits else (first.models[k], first.stamp_yx0[k])
+            p = (side - m.shape[-1]) // 2
+            models.append(np.pad(m, ((0, 0), (p, p), (p, p))))
+            yx0.append(np.asarray(o) - p)
+        self.models, self.stamp_yx0 = np.stack(models), np.stack(yx0)
+        extra = max([int(np.max(f.n_iter)) for f in refits.values()], default=0)
+        self.n_iter = np.asarray(first.n_iter) + extra
+        self.log_prior = np.array([float(refits[k].log_prior[0]) if k in refits else float(first.log_prior[k])
+                                   for k in range(first.n_sources)])
+
+    def far_light(self):
+        import numpy as np
+
+        images, sources = [], []
+        light, owners = self._first.far_light()
+        if light is not None:
+            for image, k in zip(light, owners):
+                if int(k) not in self._refits:
+                    images.append(image)
+                    sources.append(int(k))
+        for k, fit in self._refits.items():
+            refit_light, _ = fit.far_light()
+            if refit_light is not None:
+                images.append(refit_light.sum(axis=0))
+                sources.append(k)
+        if not images:
+            return None, None
+        return np.stack(images).astype(np.float32), np.array(sources, np.int64)
+
+
+def _refit_beside_brighter(deblender, image, centers_xy, variance, settings, psf, dmag: float):
+    """``refit-brighter<DMAG>``: after a first fit, each source whose nearest source (peak distance)
+    has a model more than ``dmag`` magnitudes brighter (band sum) is fitted again alone on the
+    image minus every other source's model, at its zoom and without envelopes; its refit replaces
+    its model in the blend."""
+    import numpy as np
+
+    first = deblender.deblend(image, centers_xy, variance=variance, settings=settings, psf=psf)
+    flux = np.clip(first.models, 0.0, None).sum(axis=(1, 2, 3))
+    peaks = np.asarray(first.peaks_xy, np.float64)
+    distance = np.hypot(*(peaks[:, None, :] - peaks[None, :, :]).transpose(2, 0, 1))
+    np.fill_diagonal(distance, np.inf)
+    nearest = np.argmin(distance, axis=1) if len(peaks) > 1 else np.zeros(len(peaks), int)
+    chosen = [k for k in range(first.n_sources)
+              if len(peaks) > 1 and flux[nearest[k]] > 10 ** (0.4 * dmag) * max(flux[k], 1e-30)]
+    if not chosen:
+        return first
+    others = first.model_image()
+    fits = deblender.deblend_batch(
+        [dict(image=(image - others + first.source_image(k)).astype(np.float32), peaks_xy=centers_xy[k : k + 1],
+              variance=variance, zoom=first.zoom[k : k + 1], psf=psf) for k in chosen],
+        settings=settings.replace(fit_envelopes=False))  # a faint galaxy's refit takes no one's far light
+    print(f"refit-brighter{dmag:g}: {len(chosen)} of {first.n_sources} sources refitted", flush=True)
+    return _Hybrid(first, dict(zip(chosen, fits)))
 
 
 def _refits_without_neighbours(deblender, image, centers_xy, variance, settings, psf):
