@@ -63,9 +63,9 @@ centres) with the engine and measures every galaxy with the paper's apertures (k
 - ``refit-brighter<DMAG>``: after a first fit, each galaxy whose nearest galaxy (peak distance)
   has a model more than DMAG magnitudes brighter (band sum) is fitted again alone on the image
   minus every other source's model (as ``neighbours-fixed``, at its zoom, without an envelope of
-  its own: in a bright galaxy's light it would take what that galaxy's envelope left), and its refit replaces
-  its model in the blend; the others keep the first fit, so the models stay one blend model and
-  every metric applies. Its seconds hold both fits.
+  its own: in a bright galaxy's light it would take what that galaxy's envelope left), and its
+  refit replaces its model in the blend; the others keep the first fit, so the models stay one
+  blend model and every metric applies. Its seconds hold both fits.
 
 - ``polish``: after a first fit, each galaxy is fitted again alone on the image minus its
   neighbours' fitted models (as ``neighbours-fixed``), and the joint fit is run again from those
@@ -150,7 +150,8 @@ def _ablation(name: str) -> str:
         pass
     raise argparse.ArgumentTypeError(f"{name!r} is not one of {', '.join(ABLATIONS)}, amp<SIGMA>, "
                                      "ampstep<SCALE>, prior<W>, min<N>, rtol<X>, atol<X>, sfloor<X>, lr<X>, "
-                                     "decay<X>, freeze<X>, zoomout<X>, zoomedge<X>, envh<N>, refit-brighter<DMAG> or envelope<X>")
+                                     "decay<X>, freeze<X>, zoomout<X>, zoomedge<X>, envh<N>, "
+                                     "refit-brighter<DMAG> or envelope<X>")
 
 
 def main(argv=None) -> int:
@@ -239,7 +240,8 @@ def main(argv=None) -> int:
                 result = _neighbours_fixed(deblender, image, field.centers_xy, variance, settings, psf)
             elif any(part.startswith("refit-brighter") for part in parts):
                 dmag = float(next(part for part in parts if part.startswith("refit-brighter"))[14:])
-                result = _refit_beside_brighter(deblender, image, field.centers_xy, variance, settings, psf, dmag)
+                result = _refit_beside_brighter(deblender, image, field.centers_xy, variance, settings, psf,
+                                                dmag)
             elif "polish" in parts:
                 result = _polish(deblender, image, field.centers_xy, variance, settings, psf)
             elif "alonestart" in parts:
@@ -382,7 +384,7 @@ class _Refits:
         return np.stack(images).astype(np.float32), np.array(sources, np.int64)
 
 
-class _Hybrid(_Refits):
+class _Hybrid:
     """The first fit with some sources' models replaced by their refits (one blend model)."""
 
     def __init__(self, first, refits: dict):
@@ -392,7 +394,8 @@ class _Hybrid(_Refits):
         side = max([first.models.shape[-1]] + [f.models.shape[-1] for f in refits.values()])
         models, yx0 = [], []
         for k in range(first.n_sources):
-            m, o = (refits[k].models[0], refits[k].stamp_yx0[0]) if k in refits else (first.models[k], first.stamp_yx0[k])
+            fit, row = (refits[k], 0) if k in refits else (first, k)
+            m, o = fit.models[row], fit.stamp_yx0[row]
             p = (side - m.shape[-1]) // 2
             models.append(np.pad(m, ((0, 0), (p, p), (p, p))))
             yx0.append(np.asarray(o) - p)
@@ -439,11 +442,10 @@ def _refit_beside_brighter(deblender, image, centers_xy, variance, settings, psf
               if len(peaks) > 1 and flux[nearest[k]] > 10 ** (0.4 * dmag) * max(flux[k], 1e-30)]
     if not chosen:
         return first
-    others = first.model_image()
-    fits = deblender.deblend_batch(
-        [dict(image=(image - others + first.source_image(k)).astype(np.float32), peaks_xy=centers_xy[k : k + 1],
-              variance=variance, zoom=first.zoom[k : k + 1], psf=psf) for k in chosen],
-        settings=settings.replace(fit_envelopes=False))  # a faint galaxy's refit takes no one's far light
+    # A faint galaxy's refit gets no envelope: in a bright galaxy's light it would take what
+    # that galaxy's envelope left.
+    fits = _refit_alone(deblender, image, centers_xy, variance, settings.replace(fit_envelopes=False), psf,
+                        first, chosen)
     print(f"refit-brighter{dmag:g}: {len(chosen)} of {first.n_sources} sources refitted", flush=True)
     return _Hybrid(first, dict(zip(chosen, fits)))
 
@@ -451,15 +453,21 @@ def _refit_beside_brighter(deblender, image, centers_xy, variance, settings, psf
 def _refits_without_neighbours(deblender, image, centers_xy, variance, settings, psf):
     """A first fit of ``image`` and each of its sources fitted again alone on ``image`` minus its
     neighbours' models from that fit, at the zoom the first fit chose: ``(first, fits)``."""
+    first = deblender.deblend(image, centers_xy, variance=variance, settings=settings, psf=psf)
+    return first, _refit_alone(deblender, image, centers_xy, variance, settings, psf, first,
+                               range(first.n_sources))
+
+
+def _refit_alone(deblender, image, centers_xy, variance, settings, psf, first, indices):
+    """Sources ``indices`` each fitted again alone on ``image`` minus every other source's model
+    from ``first``, at the zoom ``first`` chose (one batch)."""
     import numpy as np
 
-    first = deblender.deblend(image, centers_xy, variance=variance, settings=settings, psf=psf)
     others = first.model_image()
-    fits = deblender.deblend_batch(
+    return deblender.deblend_batch(
         [dict(image=(image - others + first.source_image(k)).astype(np.float32), peaks_xy=centers_xy[k : k + 1],
-              variance=variance, zoom=first.zoom[k : k + 1], psf=psf) for k in range(first.n_sources)],
+              variance=variance, zoom=first.zoom[k : k + 1], psf=psf) for k in indices],
         settings=settings)
-    return first, fits
 
 
 def _neighbours_fixed(deblender, image, centers_xy, variance, settings, psf):
