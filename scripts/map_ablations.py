@@ -60,6 +60,9 @@ centres) with the engine and measures every galaxy with the paper's apertures (k
   neighbours' models could have held; where it does not, the neighbours' misfit is in the light
   it is given. Its seconds hold both fits.
 
+- ``refit<DMAG>``: the engine's refit of the same sources (``MapSettings.refit_beside_brighter``),
+  all of a field's refits in one batch, the blend rebuilt from the refits' variables;
+  ``refit<DMAG>warm`` starts them from the blend's fit (``MapSettings.refit_start="fit"``).
 - ``refit-brighter<DMAG>``: after a first fit, each galaxy whose nearest galaxy (peak distance)
   has a model more than DMAG magnitudes brighter (band sum) is fitted again alone on the image
   minus every other source's model (as ``neighbours-fixed``, at its zoom, without an envelope of
@@ -135,6 +138,8 @@ def _ablation(name: str) -> str:
             return name
         if name.startswith("refit-brighter") and float(name[14:]) >= 0:
             return name
+        if name.startswith("refit") and float(name[5:].removesuffix("warm")) >= 0:
+            return name
         if name.startswith("envh") and int(name[4:]) >= 0:
             return name
         if name.startswith("envelope") and float(name[8:]) > 0:
@@ -151,7 +156,7 @@ def _ablation(name: str) -> str:
     raise argparse.ArgumentTypeError(f"{name!r} is not one of {', '.join(ABLATIONS)}, amp<SIGMA>, "
                                      "ampstep<SCALE>, prior<W>, min<N>, rtol<X>, atol<X>, sfloor<X>, lr<X>, "
                                      "decay<X>, freeze<X>, zoomout<X>, zoomedge<X>, envh<N>, "
-                                     "refit-brighter<DMAG> or envelope<X>")
+                                     "refit-brighter<DMAG>, refit<DMAG> or envelope<X>")
 
 
 def main(argv=None) -> int:
@@ -523,6 +528,10 @@ def _apply(name: str, settings, variance, sky, field):
         settings = settings.replace(fit_envelopes=True)
     elif name.startswith("envh"):
         settings = settings.replace(envelope_harmonics=int(name[4:]))
+    elif name.startswith("refit") and not name.startswith("refit-"):
+        warm = name.endswith("warm")
+        settings = settings.replace(refit_beside_brighter=float(name[5:].removesuffix("warm")),
+                                    refit_start="fit" if warm else "guess")
     elif name.startswith("envelope"):
         settings = settings.replace(fit_envelopes=True, envelope_edge_sigma=float(name[8:]))
     elif name.startswith("prior"):

@@ -210,6 +210,18 @@ class DeblendWithEnvelopesTestCase(lsst.utils.tests.TestCase):
         np.testing.assert_allclose(fitted.model_image(), painted, atol=1e-2)
 
 
+    def test_refit_keeps_envelopes(self):
+        """`MapSettings.refit_beside_brighter`: the bright galaxy, enveloped, is never refitted, and
+        its envelope stays as the blend's fit left it (the refits were fitted with it fixed)."""
+        settings = self.settings.replace(fit_envelopes=True, refit_beside_brighter=None)
+        joint = self.deblender.deblend(self.image, PEAKS, variance=self.variance, settings=settings)
+        refit = self.deblender.deblend(self.image, PEAKS, variance=self.variance,
+                                       settings=settings.replace(refit_beside_brighter=0.0))
+        self.assertFalse(refit.refit_alone[0])
+        self.assertTrue(refit.refit_alone[1:].any())
+        np.testing.assert_array_equal(refit.envelope_sources, joint.envelope_sources)
+        np.testing.assert_allclose(refit.envelopes, joint.envelopes, atol=1e-3)
+
     def test_enveloped_source_has_no_wing(self):
         """With a PSF given, the sources without an envelope get PSF wings (`engine.wings`), the
         enveloped one none: its envelope is its fitted light beyond the stamp."""

@@ -99,6 +99,11 @@ class DeblendResult:
         a rotation by 180 degrees, in [0, 1], bands weighted by the sky's inverse variance
         (`lsst.meas.madness.engine.objective.stamp_asymmetry`); ``MapSettings.symmetry_weight``
         times its sum is part of `objective_final`. Zeros when not computed.
+    refit_alone : `numpy.ndarray`
+        ``(n,)`` bool: the source was fitted again alone beside a brighter neighbour, on the
+        image minus the other sources' models (``MapSettings.refit_beside_brighter``); its
+        latents, flux factors and model are the refit's, and `n_iter` counts the refits' steps
+        after the blend's (`loss_history` is the blend's fit alone).
     """
 
     bands: tuple[str, ...]
@@ -129,6 +134,7 @@ class DeblendResult:
     wing_fluxes: np.ndarray | None = None
     wings: WingProfiles | None = None
     asymmetry: np.ndarray | None = None
+    refit_alone: np.ndarray | None = None
 
     TRUNCATED_EDGE_FRACTION = 0.02
     """`edge_flux_fraction` above which `truncated` calls a model cut off by its stamp."""
@@ -144,6 +150,8 @@ class DeblendResult:
             self.amplitudes = np.ones((len(self.peaks_xy), len(self.bands)))
         if self.asymmetry is None:
             self.asymmetry = np.zeros(len(self.peaks_xy))
+        if self.refit_alone is None:
+            self.refit_alone = np.zeros(len(self.peaks_xy), bool)
         if self.footprint_sizes is None:
             self.footprint_sizes = np.full(len(self.peaks_xy), self.models.shape[-1], np.int64)
 

@@ -310,7 +310,13 @@ def deblend_columns(bands: Sequence[str], latent_dim: int) -> list[Column]:
             "'PSF wings', 'Outskirts'): its model flux includes deblend_wingFlux_<band>, and the wing "
             "takes its share of the parent's pixels.",
         ),
-        Column("deblend_iterations", "int32", "MAP iterations of the blend."),
+        Column(
+            "deblend_refitAlone",
+            "bool",
+            "The child was fitted again alone beside a brighter neighbour, on the image minus the other "
+            "models (refitBesideBrighter): its model is that refit's.",
+        ),
+        Column("deblend_iterations", "int32", "MAP iterations of the blend (its sources' refits included)."),
         Column(
             "deblend_chi2",
             "float32",

@@ -498,6 +498,8 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
             self.metadata["n_enveloped"] = sum(bool(c.get("deblend_enveloped")) for c in childRows)
         if psf is not None:
             self.metadata["n_winged"] = sum(bool(c.get("deblend_winged")) for c in childRows)
+        if self.config.refitBesideBrighter is not None:
+            self.metadata["n_refit_alone"] = sum(bool(c.get("deblend_refitAlone")) for c in childRows)
         self.log.info(
             "Deblended %d blends into %d children; %d parents skipped, %d failed, %d blends not converged",
             len(blends) - nFailed,
@@ -918,6 +920,7 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
                 deblend_truncated=bool(result.truncated[i]),
                 deblend_enveloped=bool(result.enveloped[i]),
                 deblend_winged=bool(result.winged[i]),
+                deblend_refitAlone=bool(result.refit_alone[i]),
                 deblend_iterations=result.n_iter,
                 deblend_converged=result.converged,
                 deblend_logPrior=float(result.log_prior[i]),

@@ -432,6 +432,16 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
         "the model's ellipse; 2, 4: cos/sin m phi terms at every radius, so that the envelope may be "
         "flatter or rounder than the whole model; MapSettings.envelope_harmonics).",
     )
+    refitBesideBrighter = pexConfig.Field[float](
+        default=MapSettings.refit_beside_brighter,
+        optional=True,
+        doc="Magnitude gap above which a child is fitted again alone after its blend's fit "
+        "(MapSettings.refit_beside_brighter; None: no refit): a child whose nearest peak's model is "
+        "more than this many magnitudes brighter is refitted on the image minus the other models "
+        "(deblend_refitAlone). Its shape then no longer bends with its bright neighbour's model "
+        "(doc/engine.md, 'Refit beside a brighter neighbour'; 1, the engine's default since stop 61: "
+        "on 100 test fields std e1 residual 0.082 -> 0.077, fluxes level, 1.22x the time).",
+    )
     psfWings = pexConfig.Field[bool](
         default=MapSettings.psf_wings,
         doc="Give each child without an envelope the light its PSF spreads beyond its stamp "
@@ -580,6 +590,11 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
                 MadnessDeblendConfig.envelopeHarmonics, self,
                 f"must be even and >= 0; got {self.envelopeHarmonics}."
             )
+        if self.refitBesideBrighter is not None and not 0 <= self.refitBesideBrighter < float("inf"):
+            raise pexConfig.FieldValidationError(
+                MadnessDeblendConfig.refitBesideBrighter, self,
+                f"must be finite and >= 0, or None; got {self.refitBesideBrighter}."
+            )
         if self.modelSupportThreshold < 0:
             raise pexConfig.FieldValidationError(
                 MadnessDeblendConfig.modelSupportThreshold, self, "must be >= 0."
@@ -627,6 +642,7 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
             fit_envelopes=self.fitEnvelopes,
             envelope_edge_sigma=self.envelopeEdgeSigma,
             envelope_harmonics=self.envelopeHarmonics,
+            refit_beside_brighter=self.refitBesideBrighter,
             psf_wings=self.psfWings,
             outskirts=self.outskirts,
         )
