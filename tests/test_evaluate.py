@@ -329,13 +329,15 @@ class EvaluateCliTestCase(lsst.utils.tests.TestCase):
         outputs = {}
         for size in (41, 101):
             method = MadnessMethod(tuple(field.bands), conditions, str(quick_bundle_path()), psf_size=size,
-                                   map_settings={"max_iter": 5, "min_iter": 5, "fit_envelopes": False})
+                                   map_settings={"max_iter": 5, "min_iter": 5, "fit_envelopes": False,
+                                                 "refit_beside_brighter": None})
             method.setup()
             outputs[size] = method.deblend(data)
             self.assertIn(f"{size}x{size} PSF", method.describe()["config"])
         self.assertIsNone(outputs[41].envelopes)  # a 41-px PSF holds nothing beyond a 45-px stamp
         self.assertEqual(sorted(outputs[101].envelope_sources.tolist()), list(range(field.n_galaxies)))
-        # The fit is the same: the models agree within 12 px of each centre (beyond it each PSF
+        # The fit is the same (no refit beside a brighter neighbour, whose image is cleaned of
+        # its neighbours' wings): the models agree within 12 px of each centre (beyond it each PSF
         # completes the outskirts the decoder leaves dark, engine.wings).
         size = outputs[41].models.shape[-1]
         y, x = np.mgrid[:size, :size] - size // 2
@@ -363,11 +365,11 @@ class EvaluateCliTestCase(lsst.utils.tests.TestCase):
             copy = tmp / "copy"
             shutil.copytree(self.output / "partial", copy / "partial")
             stored = {p.name: json.loads(p.read_text()) for p in (copy / "partial").glob("field-*.json")}
-            # No step, no zoom, no envelope and no PSF wing: MADNESS is then the decoded guesses.
+            # No step, no zoom, no envelope, no PSF wing and no refit: MADNESS is then the decoded guesses.
             # (and every start the encoder's: with init_log_prior_floor a start far outside the
             # prior is pulled into it, which the VAE-deblender does not do)
             settings = ["max_iter=0", "min_iter=0", "max_zoom=1", "fit_envelopes=false", "psf_wings=false",
-                        "init_log_prior_floor=none"]
+                        "init_log_prior_floor=none", "refit_beside_brighter=none"]
             with contextlib.redirect_stdout(io.StringIO()):
                 rc = main(common + ["--methods", "blended", "vae_deblender", "madness", "--output", str(copy),
                                     "--rerun", "madness", "vae_deblender"]
@@ -375,7 +377,8 @@ class EvaluateCliTestCase(lsst.utils.tests.TestCase):
             self.assertEqual(rc, 0)
             run = json.loads((copy / "partial" / "run.json").read_text())
             self.assertEqual(run["map_settings"], {"fit_envelopes": False, "max_iter": 0, "max_zoom": 1,
-                                                   "min_iter": 0, "psf_wings": False, "init_log_prior_floor": None})
+                                                   "min_iter": 0, "psf_wings": False, "init_log_prior_floor": None,
+                                                   "refit_beside_brighter": None})
             for name, before in stored.items():  # the peers' stored results kept
                 self.assertEqual(json.loads((copy / "partial" / name).read_text())["blended"], before["blended"])
             summary = json.loads((copy / "summary.json").read_text())

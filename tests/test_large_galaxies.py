@@ -35,7 +35,9 @@ class LargeGalaxyTestCase(lsst.utils.tests.TestCase):
         precision = "mixed_bfloat16" if keras.config.backend() == "tensorflow" else "float32"
         # Zoom 1 unless a test asks for more (the engine's default max_zoom is 3), and no
         # envelopes: the zoom is under test here (tests/test_envelope.py tests those).
-        cls.settings = cls.deblender.settings.replace(precision=precision, max_zoom=1, fit_envelopes=False)
+        # The joint fit alone (refit_beside_brighter=None): these tests are about its zoom.
+        cls.settings = cls.deblender.settings.replace(precision=precision, max_zoom=1, fit_envelopes=False,
+                                                      refit_beside_brighter=None)
 
     def test_truth_overflows_the_stamp(self):
         """The fixture is what it claims: the disc has > 5% of its r flux outside its 45-px stamp."""
