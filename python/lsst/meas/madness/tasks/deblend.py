@@ -500,6 +500,8 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
             self.metadata["n_winged"] = sum(bool(c.get("deblend_winged")) for c in childRows)
         if self.config.refitBesideBrighter is not None:
             self.metadata["n_refit_alone"] = sum(bool(c.get("deblend_refitAlone")) for c in childRows)
+            self.log.info("Refitted alone beside a brighter neighbour: %d children",
+                          self.metadata["n_refit_alone"])
         self.log.info(
             "Deblended %d blends into %d children; %d parents skipped, %d failed, %d blends not converged",
             len(blends) - nFailed,
