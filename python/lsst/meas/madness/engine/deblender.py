@@ -1253,6 +1253,17 @@ class MadnessDeblender:
             ))
         return results
 
+    def _rebuild(self, blends, latents, initial, amplitudes, offsets_xy, n_iter, converged, histories, settings,
+                 bases, envelope_values=None) -> list[DeblendResult]:
+        """`_results` from variables as `DeblendResult` holds them (rows of all blends' sources one
+        after another: latents, flux factors, offsets ``(dx, dy)``), for blends rebuilt from
+        finished fits (a second start's choice, refits beside brighter sources)."""
+        n_amp = len(self.bands) if settings.fit_amplitudes else 0
+        return self._results(
+            blends, np.concatenate([[0], np.cumsum([p.n_sources for p in blends])]), latents, initial,
+            np.log(amplitudes)[:, :n_amp], offsets_xy[:, ::-1] if settings.fit_offsets else None,
+            n_iter, converged, histories, settings, bases, envelope_values)
+
     def _second_start(self, prepared, init_per_blend, indices, results, settings, progress) -> None:
         """Fit every blend again at ``settings.second_start_rate``; each group of sources whose
         footprints overlap (connected) takes the fit with the lower objective summed over its
@@ -1282,17 +1293,13 @@ class MadnessDeblender:
         if not mixed:
             return
         # Blends whose groups chose differently: their models rebuilt from the choice, in one batch.
-        blends = [prepared[k] for k, *_ in mixed]
-        n_amp = len(self.bands) if settings.fit_amplitudes else 0
-
         def choose(get):
             return np.concatenate([np.where(pick[:, None], get(b), get(a)) for _, pick, a, b in mixed])
 
-        rebuilt = self._results(
-            blends, np.concatenate([[0], np.cumsum([p.n_sources for p in blends])]),
+        rebuilt = self._rebuild(
+            [prepared[k] for k, *_ in mixed],
             choose(lambda r: r.latents), np.concatenate([a.initial_latents for _, _, a, _ in mixed]),
-            np.log(choose(lambda r: r.amplitudes))[:, :n_amp],
-            choose(lambda r: r.offsets_xy)[:, ::-1] if settings.fit_offsets else None,
+            choose(lambda r: r.amplitudes), choose(lambda r: r.offsets_xy),
             [a.n_iter + b.n_iter for _, _, a, b in mixed], [a.converged and b.converged for _, _, a, b in mixed],
             [np.concatenate([a.loss_history, b.loss_history]) for _, _, a, b in mixed], settings, [])
         for (k, *_), result in zip(mixed, rebuilt):
@@ -1352,13 +1359,10 @@ class MadnessDeblender:
             for k, fit in refits[i]:
                 latents[k], amplitudes[k], offsets[k] = fit.latents[0], fit.amplitudes[0], fit.offsets_xy[0]
             variables.append((latents, amplitudes, offsets))
-        n_amp = len(self.bands) if settings.fit_amplitudes else 0
-        blends_in = [prepared[i] for i in order]
-        rebuilt = self._results(
-            blends_in, np.concatenate([[0], np.cumsum([p.n_sources for p in blends_in])]),
+        rebuilt = self._rebuild(
+            [prepared[i] for i in order],
             np.concatenate([v[0] for v in variables]), np.concatenate([results[i].initial_latents for i in order]),
-            np.log(np.concatenate([v[1] for v in variables]))[:, :n_amp],
-            np.concatenate([v[2] for v in variables])[:, ::-1] if settings.fit_offsets else None,
+            np.concatenate([v[1] for v in variables]), np.concatenate([v[2] for v in variables]),
             [results[i].n_iter + max(fit.n_iter for _, fit in refits[i]) for i in order],
             [results[i].converged and all(fit.converged for _, fit in refits[i]) for i in order],
             [results[i].loss_history for i in order], settings, [envelopes.get(i) for i in order],

@@ -16,10 +16,13 @@ from ..errors import MadnessRangeError, MadnessValueError
 from ..precision import PRECISIONS
 
 ZOOM_CHOICES = ("guess", "fit")
+"""How ``MapSettings.max_zoom > 1`` chooses each source's zoom."""
+
 REFIT_STARTS = ("guess", "fit")
+"""Where ``MapSettings.refit_beside_brighter``'s refits start (``MapSettings.refit_start``)."""
+
 REFIT_STOP_FLOOR = 1.0
 """``stop_floor`` of ``MapSettings.refit_beside_brighter``'s refits when the settings have none."""
-"""How ``MapSettings.max_zoom > 1`` chooses each source's zoom."""
 
 ENVELOPE_DOMINANCE = 10.0
 """A source gets no envelope (``MapSettings.fit_envelopes``) when a source this many times
