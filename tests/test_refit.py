@@ -61,6 +61,12 @@ class SelectionTestCase(lsst.utils.tests.TestCase):
         self.assertEqual(MapSettings(refit_beside_brighter=0.0).refit_beside_brighter, 0.0)
         with self.assertRaises(MadnessRangeError):
             MapSettings(refit_beside_brighter=-0.5)
+        self.assertIsNone(MapSettings().refit_max_iter)
+        self.assertIsNone(MapSettings().refit_learning_rate)
+        with self.assertRaises(MadnessRangeError):
+            MapSettings(refit_max_iter=-1)
+        with self.assertRaises(MadnessRangeError):
+            MapSettings(refit_learning_rate=0.0)
 
 
 class RefitBesideBrighterTestCase(lsst.utils.tests.TestCase):
@@ -71,10 +77,28 @@ class RefitBesideBrighterTestCase(lsst.utils.tests.TestCase):
         precision = "mixed_bfloat16" if keras.config.backend() == "tensorflow" else "float32"
         settings = cls.deblender.settings.replace(precision=precision, max_zoom=1, fit_envelopes=False,
                                                   refit_beside_brighter=None)
+        cls.settings = settings
         cls.joint = cls.deblender.deblend(cls.image, cls.peaks, variance=cls.variance, settings=settings)
         cls.refit = cls.deblender.deblend(cls.image, cls.peaks, variance=cls.variance,
                                           settings=settings.replace(refit_beside_brighter=1.0))
         cls.r = cls.deblender.bands.index("r")
+
+    def test_refit_steps_and_start(self):
+        """``refit_max_iter`` caps the refits' steps (the blend's ``n_iter`` adds the longest
+        refit's); a warm start (``refit_start="fit"``) at a small ``refit_learning_rate`` stays
+        near the blend's fit of the chosen sources; the other sources are the joint fit's."""
+        settings = self.settings.replace(refit_beside_brighter=1.0, refit_start="fit", refit_max_iter=6,
+                                         refit_learning_rate=0.01)
+        warm = self.deblender.deblend(self.image, self.peaks, variance=self.variance, settings=settings)
+        self.assertEqual(np.flatnonzero(warm.refit_alone).tolist(), FAINT)
+        self.assertGreater(warm.n_iter, self.joint.n_iter)
+        self.assertLessEqual(warm.n_iter, self.joint.n_iter + 6)
+        discs = [k - 1 for k in FAINT]
+        np.testing.assert_array_equal(warm.latents[discs], self.joint.latents[discs])
+        # Six Adam steps of at most ~0.01 each per latent from the joint fit's latents.
+        moved = np.abs(warm.latents[FAINT] - self.joint.latents[FAINT]).max()
+        self.assertGreater(moved, 0.0)
+        self.assertLess(moved, 0.1)
 
     def test_selection(self):
         """The faint galaxies, and only they, are beside a source > 1 mag brighter; none is
@@ -136,6 +160,16 @@ class TaskTestCase(lsst.utils.tests.TestCase):
         config.refitBesideBrighter = -1.0
         with self.assertRaisesRegex(Exception, "refitBesideBrighter"):
             config.validate()
+        config = MadnessDeblendConfig()
+        settings = config.makeMapSettings()
+        self.assertEqual((settings.refit_start, settings.refit_max_iter, settings.refit_learning_rate),
+                         ("guess", None, None))
+        config.refitStart, config.refitMaxIter, config.refitLearningRate = "fit", 40, 0.01
+        settings = config.makeMapSettings()
+        self.assertEqual((settings.refit_start, settings.refit_max_iter, settings.refit_learning_rate),
+                         ("fit", 40, 0.01))
+        with self.assertRaises(Exception):
+            config.refitStart = "warm"
 
     def test_children_flagged(self):
         """One parent per pair: each faint child is refitted and says so; the discs are not."""
