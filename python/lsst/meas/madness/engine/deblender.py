@@ -1341,10 +1341,8 @@ class MadnessDeblender:
         # floor: a faint galaxy alone starts near its optimum, and the relative stopping rule
         # would keep it wandering in its noise to the step cap (steps median 151 -> 72 and 17 ->
         # 1 of 44 at the cap on 10 validation fields; MapSettings.stop_floor).
-        steps = {}
-        if settings.refit_max_iter is not None:
-            steps = dict(max_iter=settings.refit_max_iter,
-                         min_iter=min(settings.min_iter, settings.refit_max_iter // 2))
+        steps = {} if settings.refit_max_iter is None else dict(
+            max_iter=settings.refit_max_iter, min_iter=min(settings.min_iter, settings.refit_max_iter // 2))
         if settings.refit_learning_rate is not None:
             steps["learning_rate"] = settings.refit_learning_rate
         fits = self.deblend_batch(

@@ -460,7 +460,7 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
         doc="Adam's initial rate of the refits beside a brighter neighbour (MapSettings.refit_learning_rate; "
         "None: learningRate). With refitStart='fit', refitMaxIter=40 and 0.01: 0.88x the time of the "
         "default on 20 validation fields, but std e1 residual 0.077 -> 0.079 on 100 test fields "
-        "(doc/engine.md, 'Shorter refits from the blend\'s fit').",
+        "(doc/engine.md, 'Shorter refits from the blend's fit').",
     )
     psfWings = pexConfig.Field[bool](
         default=MapSettings.psf_wings,
