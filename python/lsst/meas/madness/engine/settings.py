@@ -355,8 +355,12 @@ class MapSettings:
                                     self.init_log_prior_floor, None, None)
         for name, value, lo, hi, inclusive_lo in checks:
             too_low = value < lo if inclusive_lo else value <= lo
-            if too_low or (hi is not None and value > hi):
+            # NaN fails no comparison and infinity has no use in any of them: both are refused.
+            if not math.isfinite(value) or too_low or (hi is not None and value > hi):
                 raise MadnessRangeError(f"MapSettings.{name} out of range.", value, lo, hi)
+        for name in ("zoom_outside_threshold", "zoom_edge_threshold"):  # fractions strictly inside (0, 1)
+            if getattr(self, name) >= 1.0:
+                raise MadnessRangeError(f"MapSettings.{name} out of range.", getattr(self, name), 0.0, 1.0)
 
     def replace(self, **changes) -> "MapSettings":
         """Return a copy with ``changes`` applied (validated)."""

@@ -13,7 +13,6 @@ import lsst.pipe.base as pipeBase
 import lsst.pipe.base.connectionTypes as cT
 
 from ..engine import MapSettings
-from ..engine.geometry import MAX_ZOOM
 from ..errors import MadnessValueError
 from ..units import parse_unit
 from .coadds import DEFAULT_BAD_MASK_PLANES
@@ -72,6 +71,45 @@ class MadnessDeblendConnections(
         super().__init__(config=config)
         if getattr(config, "modelSource", "package") != "butler":
             del self.model
+
+
+MAP_SETTINGS_FIELDS = {
+    "learning_rate": "learningRate",
+    "lr_decay": "learningRateDecay",
+    "lr_decay_steps": "learningRateDecaySteps",
+    "max_iter": "maxIter",
+    "min_iter": "minIter",
+    "ewma_window": "ewmaWindow",
+    "rtol": "relativeError",
+    "stop_floor": "stopFloor",
+    "freeze_drift": "freezeDrift",
+    "prior_weight": "priorWeight",
+    "symmetry_weight": "symmetryWeight",
+    "init_log_prior_floor": "initLogPriorFloor",
+    "batch_sources": "batchSources",
+    "fit_offsets": "fitPositionOffsets",
+    "fit_amplitudes": "fitAmplitudes",
+    "amplitude_sigma": "amplitudeSigma",
+    "offset_max": "maxPositionOffset",
+    "offset_sigma": "positionOffsetSigma",
+    "precision": "precision",
+    "max_zoom": "maxZoom",
+    "zoom_outside_threshold": "zoomOutsideThreshold",
+    "zoom_choice": "zoomChoice",
+    "zoom_edge_threshold": "zoomEdgeThreshold",
+    "fit_envelopes": "fitEnvelopes",
+    "envelope_edge_sigma": "envelopeEdgeSigma",
+    "envelope_harmonics": "envelopeHarmonics",
+    "refit_beside_brighter": "refitBesideBrighter",
+    "refit_start": "refitStart",
+    "refit_max_iter": "refitMaxIter",
+    "refit_learning_rate": "refitLearningRate",
+    "psf_wings": "psfWings",
+    "outskirts": "outskirts",
+}
+"""`MapSettings` field -> the config field that sets it, one to one (``max_sources`` is derived
+from ``maxNumberOfPeaks`` and the neighbours). `MadnessDeblendConfig.validate` checks these
+fields by building the settings, so that the engine's ranges are the only ones."""
 
 
 class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=MadnessDeblendConnections):
@@ -551,11 +589,6 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
                 parse_unit(self.inputUnit)
             except MadnessValueError as exc:
                 raise pexConfig.FieldValidationError(MadnessDeblendConfig.inputUnit, self, str(exc)) from None
-        if not 0 < self.maxPositionOffset <= 3 or not self.positionOffsetSigma > 0:
-            raise pexConfig.FieldValidationError(
-                MadnessDeblendConfig.maxPositionOffset, self,
-                "maxPositionOffset must be in (0, 3] and positionOffsetSigma > 0 (pixels).",
-            )
         if (not 0 < self.pairSplitMinSeparation < self.pairSplitMaxSeparation or self.maxPairSplits < 0
                 or not self.pairSplitModelError >= 0 or not 0 < self.pairSplitMaxOffset <= 3):
             raise pexConfig.FieldValidationError(
@@ -572,54 +605,12 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
                 "residualPeakModelError and residualPeakSymmetry >= 0, residualPeakMaxOffset in [0, 3], "
                 "residualPeakOffsetSigma > 0.",
             )
-        if not 1 <= self.maxZoom <= MAX_ZOOM:
-            raise pexConfig.FieldValidationError(
-                MadnessDeblendConfig.maxZoom, self,
-                f"maxZoom must be in [1, {MAX_ZOOM}] (1: off); got {self.maxZoom}.",
-            )
-        if not 0 < self.zoomOutsideThreshold < 1:
-            raise pexConfig.FieldValidationError(
-                MadnessDeblendConfig.zoomOutsideThreshold, self,
-                f"zoomOutsideThreshold must be in (0, 1); got {self.zoomOutsideThreshold}.",
-            )
-        if not 0 < self.zoomEdgeThreshold < 1:
-            raise pexConfig.FieldValidationError(
-                MadnessDeblendConfig.zoomEdgeThreshold, self,
-                f"zoomEdgeThreshold must be in (0, 1); got {self.zoomEdgeThreshold}.",
-            )
         if self.maxZoom > 1 and self.fitPositionOffsets:
             # The engine places a zoomed stamp by its peak only; it has no fitted offset.
             raise pexConfig.FieldValidationError(
                 MadnessDeblendConfig.maxZoom, self,
                 "maxZoom > 1 is not combined with fitPositionOffsets=True; set one of them off.",
             )
-        if not 0 <= self.symmetryWeight < float("inf"):
-            raise pexConfig.FieldValidationError(
-                MadnessDeblendConfig.symmetryWeight, self, f"must be finite and >= 0; got {self.symmetryWeight}."
-            )
-        if not self.amplitudeSigma > 0:
-            raise pexConfig.FieldValidationError(
-                MadnessDeblendConfig.amplitudeSigma, self, f"must be > 0; got {self.amplitudeSigma}."
-            )
-        if not self.envelopeEdgeSigma > 0:
-            raise pexConfig.FieldValidationError(
-                MadnessDeblendConfig.envelopeEdgeSigma, self, f"must be > 0; got {self.envelopeEdgeSigma}."
-            )
-        if self.envelopeHarmonics < 0 or self.envelopeHarmonics % 2:
-            raise pexConfig.FieldValidationError(
-                MadnessDeblendConfig.envelopeHarmonics, self,
-                f"must be even and >= 0; got {self.envelopeHarmonics}."
-            )
-        if self.refitBesideBrighter is not None and not 0 <= self.refitBesideBrighter < float("inf"):
-            raise pexConfig.FieldValidationError(
-                MadnessDeblendConfig.refitBesideBrighter, self,
-                f"must be finite and >= 0, or None; got {self.refitBesideBrighter}."
-            )
-        if self.refitMaxIter is not None and self.refitMaxIter < 0:
-            raise pexConfig.FieldValidationError(MadnessDeblendConfig.refitMaxIter, self, "must be >= 0, or None.")
-        if self.refitLearningRate is not None and not 0 < self.refitLearningRate < float("inf"):
-            raise pexConfig.FieldValidationError(MadnessDeblendConfig.refitLearningRate, self,
-                                                 "must be finite and > 0, or None.")
         if self.modelSupportThreshold < 0:
             raise pexConfig.FieldValidationError(
                 MadnessDeblendConfig.modelSupportThreshold, self, "must be >= 0."
@@ -628,6 +619,17 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
             raise pexConfig.FieldValidationError(
                 MadnessDeblendConfig.psfSize, self, f"must be odd and >= 3; got {self.psfSize}."
             )
+        # The engine's settings check their own ranges; a value they refuse is named by its config field.
+        try:
+            self.makeMapSettings()
+        except MadnessValueError as exc:
+            fields = [field for name, field in MAP_SETTINGS_FIELDS.items()
+                      if f"MapSettings.{name} " in str(exc) or f"MapSettings.{name}." in str(exc)]
+            if not fields:
+                raise
+            raise pexConfig.FieldValidationError(
+                getattr(MadnessDeblendConfig, fields[0]), self, f"{fields[0]}: {exc}"
+            ) from None
 
     def makeMapSettings(self) -> MapSettings:
         """Make the engine's `MapSettings` for this config.
@@ -640,37 +642,6 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
         """
         max_peaks = self.maxNumberOfPeaks if self.maxNumberOfPeaks > 0 else 1000
         return MapSettings(
-            learning_rate=self.learningRate,
-            lr_decay=self.learningRateDecay,
-            lr_decay_steps=self.learningRateDecaySteps,
-            max_iter=self.maxIter,
-            min_iter=self.minIter,
-            ewma_window=self.ewmaWindow,
-            rtol=self.relativeError,
-            stop_floor=self.stopFloor,
-            freeze_drift=self.freezeDrift,
-            prior_weight=self.priorWeight,
-            symmetry_weight=self.symmetryWeight,
-            init_log_prior_floor=self.initLogPriorFloor,
             max_sources=max(max_peaks + (self.maxNeighbors if self.includeNeighbors else 0), 1),
-            batch_sources=self.batchSources,
-            fit_offsets=self.fitPositionOffsets,
-            fit_amplitudes=self.fitAmplitudes,
-            amplitude_sigma=self.amplitudeSigma,
-            offset_max=self.maxPositionOffset,
-            offset_sigma=self.positionOffsetSigma,
-            precision=self.precision,
-            max_zoom=self.maxZoom,
-            zoom_outside_threshold=self.zoomOutsideThreshold,
-            zoom_choice=self.zoomChoice,
-            zoom_edge_threshold=self.zoomEdgeThreshold,
-            fit_envelopes=self.fitEnvelopes,
-            envelope_edge_sigma=self.envelopeEdgeSigma,
-            envelope_harmonics=self.envelopeHarmonics,
-            refit_beside_brighter=self.refitBesideBrighter,
-            refit_start=self.refitStart,
-            refit_max_iter=self.refitMaxIter,
-            refit_learning_rate=self.refitLearningRate,
-            psf_wings=self.psfWings,
-            outskirts=self.outskirts,
+            **{name: getattr(self, field) for name, field in MAP_SETTINGS_FIELDS.items()},
         )
