@@ -28,6 +28,9 @@ centres) with the engine and measures every galaxy with the paper's apertures (k
   ``rtol``, ``stop_atol`` and ``stop_floor``;
 - ``lr<X>``, ``decay<X>``: Adam's initial learning rate and its decay factor every
   ``lr_decay_steps`` (``MapSettings.learning_rate``, ``lr_decay``);
+- ``lbfgs``, ``lbfgs-scalar``, ``lbfgs-after<N>``: L-BFGS instead of Adam for every fit
+  (``MapSettings.optimizer``), with its diagonal initial Hessian, with a scalar one
+  (``lbfgs_diagonal=False``), or after N Adam steps (``lbfgs_after``);
 - ``freeze<X>``: sources stop one by one when their variables drift less than X of Adam's
   pace (``MapSettings.freeze_drift``);
 - ``start2-<X>``: a second fit of every blend at learning rate X (``MapSettings.second_start_rate``);
@@ -103,7 +106,7 @@ from pathlib import Path
 
 ABLATIONS = ("default", "paper", "forced200", "variance-image", "variance-truth", "max100", "max60", "zoom1",
              "zoom-guess", "zoom-fit", "envelope", "noenvelope", "nowings", "nooutskirts", "twopass",
-             "alonestart", "neighbours-fixed", "polish")
+             "alonestart", "neighbours-fixed", "polish", "lbfgs", "lbfgs-scalar")
 
 
 def _ablation(name: str) -> str:
@@ -127,6 +130,8 @@ def _ablation(name: str) -> str:
         if name.startswith("atol") and float(name[4:]) > 0:
             return name
         if name.startswith("sfloor") and float(name[6:]) > 0:
+            return name
+        if name.startswith("lbfgs-after") and int(name[11:]) >= 0:
             return name
         if name.startswith("lr") and float(name[2:]) > 0:
             return name
@@ -155,7 +160,7 @@ def _ablation(name: str) -> str:
         pass
     raise argparse.ArgumentTypeError(f"{name!r} is not one of {', '.join(ABLATIONS)}, amp<SIGMA>, "
                                      "ampstep<SCALE>, prior<W>, min<N>, rtol<X>, atol<X>, sfloor<X>, lr<X>, "
-                                     "decay<X>, freeze<X>, zoomout<X>, zoomedge<X>, envh<N>, "
+                                     "decay<X>, freeze<X>, zoomout<X>, zoomedge<X>, envh<N>, lbfgs-after<N>, "
                                      "refit-brighter<DMAG>, refit<DMAG> or envelope<X>")
 
 
@@ -546,6 +551,12 @@ def _apply(name: str, settings, variance, sky, field):
         settings = settings.replace(stop_atol=float(name[4:]))
     elif name.startswith("sfloor"):
         settings = settings.replace(stop_floor=float(name[6:]))
+    elif name == "lbfgs":
+        settings = settings.replace(optimizer="lbfgs")
+    elif name.startswith("lbfgs-after"):
+        settings = settings.replace(optimizer="lbfgs", lbfgs_after=int(name[11:]))
+    elif name == "lbfgs-scalar":
+        settings = settings.replace(optimizer="lbfgs", lbfgs_diagonal=False)
     elif name.startswith("lr"):
         settings = settings.replace(learning_rate=float(name[2:]))
     elif name.startswith("start2-"):

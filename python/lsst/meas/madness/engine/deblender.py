@@ -48,6 +48,7 @@ from .observation import PreparedBlend, prepare_blend
 from .refit import beside_brighter, cleaned_image
 from .result import DeblendResult
 from .settings import ENVELOPE_DOMINANCE, ENVELOPE_REACH, REFIT_STOP_FLOOR, MapSettings
+from .lbfgs import BlendLbfgs
 from .stopping import DriftFreezing, EwmaStopping
 from .wings import check_psf, complete_outskirts, wing_profiles
 
@@ -1145,6 +1146,7 @@ class MadnessDeblender:
         freezer = None
         if settings.freeze_drift is not None:
             freezer = _Freezer(self, packed, source_blend, step_scale, n_amp, settings)
+        lbfgs = None
 
         decoded = 0  # source-steps the compiled step decoded (padding included)
         for t in range(1, settings.max_iter + 1):
@@ -1162,17 +1164,33 @@ class MadnessDeblender:
             live_sources = active[source_blend[sources]]
             if freezer is not None:
                 live_sources &= ~freezer.frozen[sources]
-            ids, g = sources[live_sources], grad[live_sources].astype(np.float64)
-            # A non-finite gradient component moves nothing this step (its moments keep their
-            # past); a blend that still diverges is caught after the loop.
-            g[~np.isfinite(g)] = 0.0
-
             lr = settings.learning_rate * settings.lr_decay ** ((t - 1) // settings.lr_decay_steps)
-            m[ids] = b1 * m[ids] + (1 - b1) * g
-            v[ids] = b2 * v[ids] + (1 - b2) * g * g
-            m_hat = m[ids] / (1 - b1**t)
-            v_hat = v[ids] / (1 - b2**t)
-            x[ids] -= (lr * step_scale * m_hat / (np.sqrt(v_hat) + eps)).astype(np.float32)
+            if lbfgs is None and settings.optimizer == "lbfgs" and t > settings.lbfgs_after:
+                # Each blend's optimiser starts where the Adam steps left it (at once by default), in
+                # units of each variable's step scale, as Adam moves them.
+                lbfgs = [BlendLbfgs(x[bounds[k] : bounds[k + 1]] / step_scale, memory=settings.lbfgs_memory,
+                                    first_step=lr, max_step=settings.lbfgs_max_step,
+                                    diagonal=settings.lbfgs_diagonal)
+                         for k in range(nb)]
+            if lbfgs is not None:
+                # Each blend's optimiser is told its objective and gradient at the point it asked
+                # for and names the next; its objective is that of its last accepted point.
+                full = np.zeros(x.shape, np.float64)
+                full[sources] = grad
+                for k, f in zip(selection[live], loss[live]):
+                    rows = slice(bounds[k], bounds[k + 1])
+                    x[rows] = (lbfgs[k].tell(f, full[rows] * step_scale) * step_scale).astype(np.float32)
+                    step_losses[k] = history[t - 1, k] = lbfgs[k].f
+            else:
+                ids, g = sources[live_sources], grad[live_sources].astype(np.float64)
+                # A non-finite gradient component moves nothing this step (its moments keep their
+                # past); a blend that still diverges is caught after the loop.
+                g[~np.isfinite(g)] = 0.0
+                m[ids] = b1 * m[ids] + (1 - b1) * g
+                v[ids] = b2 * v[ids] + (1 - b2) * g * g
+                m_hat = m[ids] / (1 - b1**t)
+                v_hat = v[ids] / (1 - b2**t)
+                x[ids] -= (lr * step_scale * m_hat / (np.sqrt(v_hat) + eps)).astype(np.float32)
             n_iter[selection[live]] = t
 
             stop = stopping.update(step_losses) & active
@@ -1199,6 +1217,9 @@ class MadnessDeblender:
             elif froze:  # the same shapes, the frozen sources masked (their models are in the data now)
                 args, take, n_real = self._select(packed, bounds, selection, bucket, per_blend, present, moving)
 
+        if lbfgs is not None:  # every blend ends at its last accepted point, not at a trial
+            for k in range(nb):
+                x[bounds[k] : bounds[k + 1]] = (lbfgs[k].best * step_scale).astype(np.float32)
         _log.debug("MAP batch of %d blends, %d sources: %d steps, %d source-steps decoded%s", nb, len(x),
                    int(n_iter.max(initial=0)), decoded,
                    "" if freezer is None else f", {int(freezer.frozen.sum())} sources frozen")

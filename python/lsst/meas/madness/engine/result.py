@@ -53,7 +53,8 @@ class DeblendResult:
     objective_initial, objective_final : `float`
         Objective (chi^2 / 2 minus log-prior) at the initial and the final latents.
     loss_history : `numpy.ndarray`
-        ``(n_iter,)`` objective before each step.
+        ``(n_iter,)`` objective before each step (with ``MapSettings.optimizer="lbfgs"``, the
+        objective of the last point its line search accepted after each evaluation).
     edge, no_data : `numpy.ndarray`
         ``(n,)`` bool: stamp crosses the image edge; stamp had no usable pixel (model from
         the prior only).

@@ -21,6 +21,9 @@ ZOOM_CHOICES = ("guess", "fit")
 REFIT_STARTS = ("guess", "fit")
 """Where ``MapSettings.refit_beside_brighter``'s refits start (``MapSettings.refit_start``)."""
 
+OPTIMIZERS = ("adam", "lbfgs")
+"""Optimisers of the MAP fit (``MapSettings.optimizer``)."""
+
 REFIT_STOP_FLOOR = 1.0
 """``stop_floor`` of ``MapSettings.refit_beside_brighter``'s refits when the settings have none."""
 
@@ -255,6 +258,23 @@ class MapSettings:
         two runs, stop 52); floors of -300 and -100 touch 6% and 12% of the starts and cost r flux error
         (``doc/error-budget.md``, "Starts outside the prior"). The pipeline task uses it too
         (``initLogPriorFloor``, since 2026-12-05), where it lets the residual peaks' refits converge.
+    optimizer : `str`
+        ``"adam"`` (the paper's; ``learning_rate``, ``lr_decay`` and the ``adam_*`` fields) or
+        ``"lbfgs"``: limited-memory BFGS per blend with a backtracking line search
+        (`lsst.meas.madness.engine.lbfgs.BlendLbfgs`), each evaluation one step of the compiled
+        batch, stopped by the same rule; its steepest-descent steps move no variable by more than
+        ``learning_rate``. It reaches lower objectives in fewer steps (0.73x on 60 validation
+        fields) but deblends worse: std e1 residual 0.0766 -> 0.0797, g-r scatter 0.155 -> 0.168,
+        fluxes level (``doc/engine.md``, "L-BFGS instead of Adam"); opt-in.
+    lbfgs_memory : `int`
+        Curvature pairs L-BFGS keeps per blend (8).
+    lbfgs_max_step : `float`
+        Largest move of any variable in one L-BFGS step, in units of its step scale (1).
+    lbfgs_diagonal : `bool`
+        Scale L-BFGS's initial inverse Hessian per variable by its past gradients' root mean
+        square (True) rather than by one scalar.
+    lbfgs_after : `int`
+        Adam steps before L-BFGS takes over (0: L-BFGS from the start).
     """
 
     learning_rate: float = 0.05
@@ -297,6 +317,11 @@ class MapSettings:
     refit_start: str = "guess"
     refit_max_iter: int | None = None
     refit_learning_rate: float | None = None
+    optimizer: str = "adam"
+    lbfgs_memory: int = 8
+    lbfgs_max_step: float = 1.0
+    lbfgs_diagonal: bool = True
+    lbfgs_after: int = 0
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -305,6 +330,11 @@ class MapSettings:
             raise MadnessValueError(
                 f"MapSettings.refit_start must be one of {REFIT_STARTS}, not {self.refit_start!r}."
             )
+        if self.optimizer not in OPTIMIZERS:
+            raise MadnessValueError(f"MapSettings.optimizer must be one of {OPTIMIZERS}, not {self.optimizer!r}.")
+        if self.optimizer == "lbfgs" and self.freeze_drift is not None:
+            raise MadnessValueError("MapSettings.freeze_drift follows Adam's steps; it does not apply to "
+                                    "optimizer='lbfgs'.")
         if self.zoom_choice not in ZOOM_CHOICES:
             raise MadnessValueError(
                 f"MapSettings.zoom_choice must be one of {ZOOM_CHOICES}, not {self.zoom_choice!r}."
@@ -332,6 +362,9 @@ class MapSettings:
             ("zoom_outside_threshold", self.zoom_outside_threshold, 0.0, 1.0, False),
             ("zoom_edge_threshold", self.zoom_edge_threshold, 0.0, 1.0, False),
             ("envelope_edge_sigma", self.envelope_edge_sigma, 0.0, None, False),
+            ("lbfgs_memory", self.lbfgs_memory, 1, None, True),
+            ("lbfgs_max_step", self.lbfgs_max_step, 0.0, None, False),
+            ("lbfgs_after", self.lbfgs_after, 0, None, True),
         ]
         if self.envelope_harmonics < 0 or self.envelope_harmonics % 2:
             raise MadnessRangeError("MapSettings.envelope_harmonics must be even and >= 0.",
