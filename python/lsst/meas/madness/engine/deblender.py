@@ -42,13 +42,13 @@ from .geometry import (
     zoom_place_stamps,
     zoom_placement_matrices,
 )
+from .lbfgs import BlendLbfgs
 from .objective import (blend_objective, blend_objective_with_offsets, fitted_models, sky_weights,
                         stamp_asymmetry)
 from .observation import PreparedBlend, prepare_blend
 from .refit import beside_brighter, cleaned_image
 from .result import DeblendResult
 from .settings import ENVELOPE_DOMINANCE, ENVELOPE_REACH, REFIT_STOP_FLOOR, MapSettings
-from .lbfgs import BlendLbfgs
 from .stopping import DriftFreezing, EwmaStopping
 from .wings import check_psf, complete_outskirts, wing_profiles
 
@@ -1161,9 +1161,6 @@ class MadnessDeblender:
             step_losses = np.full(nb, np.nan)
             step_losses[selection[live]] = loss[live]
             history[t - 1, selection[live]] = loss[live]
-            live_sources = active[source_blend[sources]]
-            if freezer is not None:
-                live_sources &= ~freezer.frozen[sources]
             lr = settings.learning_rate * settings.lr_decay ** ((t - 1) // settings.lr_decay_steps)
             if lbfgs is None and settings.optimizer == "lbfgs" and t > settings.lbfgs_after:
                 # Each blend's optimiser starts where the Adam steps left it (at once by default), in
@@ -1182,6 +1179,9 @@ class MadnessDeblender:
                     x[rows] = (lbfgs[k].tell(f, full[rows] * step_scale) * step_scale).astype(np.float32)
                     step_losses[k] = history[t - 1, k] = lbfgs[k].f
             else:
+                live_sources = active[source_blend[sources]]
+                if freezer is not None:
+                    live_sources &= ~freezer.frozen[sources]
                 ids, g = sources[live_sources], grad[live_sources].astype(np.float64)
                 # A non-finite gradient component moves nothing this step (its moments keep their
                 # past); a blend that still diverges is caught after the loop.
