@@ -35,39 +35,60 @@ METHODS = {
 
 
 def make_config(method: str, fields: dict):
+    """The configuration of one row: a `MadnessDetectionConfig` with ``method``, or for ``madness``
+    the `MadnessDeblendConfig` (its fields named ``detection.<field>`` are the detection's: see
+    `detection_config`)."""
     from lsst.meas.madness.tasks import MadnessDeblendConfig, MadnessDetectionConfig
 
     if method == "madness":
-        # The default detection, then the deblend with these deblend-config fields: its children are the peaks.
+        # A detection, then the deblend with these deblend-config fields: its children are the peaks.
         config = MadnessDeblendConfig()
     else:
         config = MadnessDetectionConfig()
         config.method = method
     for path, value in fields.items():
-        target = config
-        *parents, leaf = path.split(".")
-        for p in parents:
-            target = getattr(target, p)
-        current = getattr(target, leaf)
-        if isinstance(current, bool):
-            value = value in (True, "True", "true", "1")
-        elif value in ("None", "none"):
-            value = None
-        elif current is not None:
-            value = type(current)(value)
-        else:  # an optional field that is None by default: its declared type converts
-            value = getattr(type(target), leaf).dtype(value)
-        setattr(target, leaf, value)
+        if not (method == "madness" and path.startswith("detection.")):
+            _set_field(config, path, value)
     return config
 
 
-def patch_inputs(seed: int, size: int, n_galaxies: int, group_shift: int, max_group: int):
+def detection_config(fields: dict):
+    """The `MadnessDetectionConfig` a ``madness`` row deblends: the default one, with the row's
+    fields named ``detection.<field>``."""
+    from lsst.meas.madness.tasks import MadnessDetectionConfig
+
+    config = MadnessDetectionConfig()
+    for path, value in fields.items():
+        if path.startswith("detection."):
+            _set_field(config, path.removeprefix("detection."), value)
+    return config
+
+
+def _set_field(config, path: str, value) -> None:
+    """Set the field of ``config`` at the dotted ``path`` from a command-line string."""
+    target = config
+    *parents, leaf = path.split(".")
+    for p in parents:
+        target = getattr(target, p)
+    current = getattr(target, leaf)
+    if isinstance(current, bool):
+        value = value in (True, "True", "true", "1")
+    elif value in ("None", "none"):
+        value = None
+    elif current is not None:
+        value = type(current)(value)
+    else:  # an optional field that is None by default: its declared type converts
+        value = getattr(type(target), leaf).dtype(value)
+    setattr(target, leaf, value)
+
+
+def patch_inputs(seed: int, size: int, n_galaxies: int, group_shift: int, max_group: int, knots: float = 0.0):
     """A benchmark patch (nJy), its coadd for the tasks and the truth's ``(n, 2)`` array-pixel centres."""
     from lsst.meas.madness.localrepo import simulate_patch
     from lsst.meas.madness.tasks import MultibandCoadd
 
     patch = simulate_patch(seed, size=size, n_galaxies=n_galaxies, min_snr=10.0, group_shift=group_shift,
-                           max_group=max_group, subpixel=True).to_nanojansky()
+                           max_group=max_group, subpixel=True, knots=knots).to_nanojansky()
     coadd = MultibandCoadd(bands=patch.bands, image=patch.image, variance=patch.variance,
                            bad=np.zeros(patch.image.shape, bool), yx0=patch.yx0, unit=patch.unit)
     truth_xy = np.stack([np.asarray(patch.truth["x_true"]) - patch.yx0[1],
@@ -75,9 +96,9 @@ def patch_inputs(seed: int, size: int, n_galaxies: int, group_shift: int, max_gr
     return patch, coadd, truth_xy
 
 
-def deblended_children(coadd, deblend_config, deblender) -> tuple[list[dict], np.ndarray]:
-    """The child rows of `MadnessDeblendTask` on the default detections and their ``(n, 2)``
-    array-pixel centres.
+def deblended_children(coadd, deblend_config, deblender, detection=None) -> tuple[list[dict], np.ndarray]:
+    """The child rows of `MadnessDeblendTask` on the detections of ``detection`` (a
+    `MadnessDetectionConfig`; default: the default one) and their ``(n, 2)`` array-pixel centres.
 
     The deblend runs in process (``deblendInModelUnits``) with the packaged model; with
     ``doResidualPeaks`` its children include the sources it found in the residual.
@@ -87,7 +108,7 @@ def deblended_children(coadd, deblend_config, deblender) -> tuple[list[dict], np
     from lsst.meas.madness.tasks.detection import detect_footprints
     from lsst.meas.madness.units import ModelUnits, resolve_unit
 
-    detections, spans = detect_footprints(coadd, MadnessDetectionConfig())
+    detections, spans = detect_footprints(coadd, detection or MadnessDetectionConfig())
     parents = parents_from_tables(detections, spans)
     scale = ModelUnits.from_deblender(deblender).scale(resolve_unit(coadd.unit, None), deblender.bands)
     children = MadnessDeblendTask(config=deblend_config).deblendInModelUnits(coadd, parents, deblender,
@@ -121,13 +142,17 @@ def main(argv=None) -> int:
                         help="extra patches of close pairs (groups of <= 2 within --pair-shift px), scored for "
                         "the pair statistics only (seeds first-seed + 10000 ..)")
     parser.add_argument("--pair-shift", type=int, default=4)
+    parser.add_argument("--knots", type=float, default=0.0,
+                        help="fraction of each disc's flux drawn as star-forming knots (asymmetric light that "
+                        "can be split into false peaks); 0: BTK's smooth profiles")
     parser.add_argument("--output", default="benchmarks/detection")
     parser.add_argument("--markdown", default=None, help="rewrite this file's benchmark section")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=METHOD[:FIELD=VALUE,...]",
                         help="extra configurations (e.g. 'p1.5=prominence:prominence.prominence=1.5'); METHOD "
                         "'madness' deblends the default detections with the packaged model and scores its "
                         "children, FIELDs then being MadnessDeblendConfig's (e.g. "
-                        "'residual=madness:doResidualPeaks=True')")
+                        "'residual=madness:doResidualPeaks=True'; 'detection.<field>' FIELDs set the "
+                        "detection it deblends)")
     parser.add_argument("--bundle", default=None,
                         help="model bundle of the 'madness' rows (default: the packaged one), e.g. a candidate's")
     parser.add_argument("--only", default=None, help="comma-separated names to run (default: all)")
@@ -146,13 +171,15 @@ def main(argv=None) -> int:
         earlier = json.loads(Path(args.merge).read_text())
         mine = {"patches": args.patches, "first_seed": args.first_seed, "size": args.size,
                 "pair_patches": args.pair_patches, "pair_shift_px": args.pair_shift,
-                "galaxies_per_patch": args.galaxies, "group_shift_px": args.group_shift}
-        if any(earlier["setup"][k] != v for k, v in mine.items()):
-            raise SystemExit(f"--merge {args.merge}: its patches ({ {k: earlier['setup'][k] for k in mine} }) "
+                "galaxies_per_patch": args.galaxies, "group_shift_px": args.group_shift, "knots": args.knots}
+        if any(earlier["setup"].get(k, 0.0 if k == "knots" else None) != v for k, v in mine.items()):
+            raise SystemExit(f"--merge {args.merge}: its patches ({ {k: earlier['setup'].get(k) for k in mine} }) "
                              f"differ from this run's ({mine}).")
     methods = dict(METHODS)
     for spec in args.variant:
         name, rest = spec.split("=", 1)
+        if "," in name:  # --only is a comma-separated list: such a row could not be named there
+            parser.error(f"--variant name {name!r} holds a comma; use another separator")
         method, _, fields = rest.partition(":")
         methods[name] = (method, dict(f.split("=", 1) for f in fields.split(",") if f))
     if args.only:
@@ -176,7 +203,7 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         patch, coadd, truth_xy = patch_inputs(seed, args.size, args.galaxies,
                                               args.pair_shift if pairs_only else args.group_shift,
-                                              2 if pairs_only else 3)
+                                              2 if pairs_only else 3, args.knots)
         t_sim += time.perf_counter() - t
         truth = patch.truth
         for name, (method, fields) in methods.items():
@@ -186,7 +213,7 @@ def main(argv=None) -> int:
                 if deblender is None:
                     from lsst.meas.madness import MadnessDeblender
                     deblender = MadnessDeblender.from_bundle(args.bundle)
-                _, peaks_xy = deblended_children(coadd, config, deblender)
+                _, peaks_xy = deblended_children(coadd, config, deblender, detection_config(fields))
             else:
                 peaks_xy = find_detections(coadd, config).peaks_xy
             seconds[name] += time.perf_counter() - t
@@ -202,7 +229,7 @@ def main(argv=None) -> int:
         "setup": {"patches": args.patches, "first_seed": args.first_seed, "size": args.size,
                   "pair_patches": args.pair_patches, "pair_shift_px": args.pair_shift,
                   "galaxies_per_patch": args.galaxies, "group_shift_px": args.group_shift, "min_snr_r": 10.0,
-                  "subpixel": True, "unit": "nJy", "psf_fwhm_i_arcsec": psf_fwhm_i,
+                  "knots": args.knots, "subpixel": True, "unit": "nJy", "psf_fwhm_i_arcsec": psf_fwhm_i,
                   "machine": f"{platform.node()} {platform.processor() or platform.machine()}, "
                              f"{__import__('os').cpu_count()} cores",
                   "simulate_seconds": round(t_sim, 1)},
@@ -241,7 +268,8 @@ def markdown_tables(result: dict) -> str:
     lines = [
         f"{s['patches']} patches of {s['size']}x{s['size']} px, {s['galaxies_per_patch']} galaxies each "
         f"(SNR >= {s['min_snr_r']:g} in r, groups within {s['group_shift_px']} px, sub-pixel centres, nJy), "
-        f"seeds {s['first_seed']}-{s['first_seed'] + s['patches'] - 1}; {s['machine']}. "
+        f"seeds {s['first_seed']}-{s['first_seed'] + s['patches'] - 1}"
+        + (f", {s['knots']:g} of each disc's flux in knots" if s.get("knots") else "") + f"; {s['machine']}. "
         f"Pair statistics also count {s['pair_patches']} patches of close pairs (groups of <= 2 within "
         f"{s['pair_shift_px']} px). Written by `scripts/detection_benchmark.py`; seconds: the method alone, "
         "all patches.",

@@ -5,7 +5,9 @@ Each patch is the detection benchmark's (`lsst.meas.madness.localrepo.simulate_p
 r, sub-pixel centres, nJy). The default detection (``method="prominence"``) gives the parents;
 `MadnessDeblendTask.deblendInModelUnits` deblends them with the packaged model, once with the
 ``--toggle`` field (default ``doResidualPeaks``; ``doPairSplits`` for pair splits) False and once
-True. The children's centres are scored as detections against the truth
+True; a field named ``detection.<field>`` is the detection's (e.g.
+``detection.prominence.doBandPassPeaks``), and each run then deblends its own detections. The
+children's centres are scored as detections against the truth
 (`lsst.meas.madness.evaluation.detection`, one-to-one within 0.5"), and each matched child's r flux
 against its galaxy's noiseless r flux.
 
@@ -40,7 +42,19 @@ def run_patch(seed, args, deblender, psf_fwhm_i):
                            group_shift=args.group_shift, max_group=args.max_group, subpixel=True).to_nanojansky()
     coadd = MultibandCoadd(bands=patch.bands, image=patch.image, variance=patch.variance,
                            bad=np.zeros(patch.image.shape, bool), yx0=patch.yx0, unit=patch.unit)
-    parents = parents_from_tables(*detect_footprints(coadd, MadnessDetectionConfig()))
+    toggles_detection = args.toggle.startswith("detection.")
+
+    def detected_parents(on: bool):
+        detection = MadnessDetectionConfig()
+        if toggles_detection:
+            *path, leaf = args.toggle.removeprefix("detection.").split(".")
+            target = detection
+            for name in path:
+                target = getattr(target, name)
+            setattr(target, leaf, on)
+        return parents_from_tables(*detect_footprints(coadd, detection))
+
+    parents = None if toggles_detection else detected_parents(False)
     y0, x0 = patch.yx0
     scale = ModelUnits.from_deblender(deblender).scale(resolve_unit(coadd.unit, None), deblender.bands)
     truth = patch.truth
@@ -55,7 +69,8 @@ def run_patch(seed, args, deblender, psf_fwhm_i):
         if name in out:
             continue
         config = MadnessDeblendConfig()
-        setattr(config, args.toggle, on)
+        if not toggles_detection:
+            setattr(config, args.toggle, on)
         for item in args.config:
             field, value = item.split("=", 1)
             current = getattr(config, field)
@@ -68,7 +83,7 @@ def run_patch(seed, args, deblender, psf_fwhm_i):
             setattr(config, field, value)
         task = MadnessDeblendTask(config=config)
         t = time.perf_counter()
-        result = task.deblendInModelUnits(coadd, parents, deblender, scale)
+        result = task.deblendInModelUnits(coadd, parents or detected_parents(on), deblender, scale)
         seconds = time.perf_counter() - t
         kids = result.childRows
         xy = np.array([[c["deblend_center_x"] - x0, c["deblend_center_y"] - y0] for c in kids]).reshape(-1, 2)
@@ -120,7 +135,8 @@ def main(argv=None) -> int:
                         help="galaxies per group (2 with --group-shift 4: the detection benchmark's pair patches)")
     parser.add_argument("--output", default="benchmarks/residual_peaks")
     parser.add_argument("--toggle", default="doResidualPeaks",
-                        help="the bool config field that is False in the 'off' run and True in the 'on' run")
+                        help="the bool config field that is False in the 'off' run and True in the 'on' run "
+                        "(detection.<field>: a MadnessDetectionConfig field)")
     parser.add_argument("--reuse-off", metavar="DIR[:KEY]",
                         help="take each patch's 'off' run from DIR/patch-SEED.json (an earlier output on "
                         "the same patches; :KEY takes its run KEY instead, e.g. :on)")

@@ -143,6 +143,23 @@ class SimulatePatchTestCase(lsst.utils.tests.TestCase):
         np.testing.assert_allclose(cx1 - cx0, x_true - self.patch.truth["x"], atol=0.02)
         np.testing.assert_allclose(cy1 - cy0, y_true - self.patch.truth["y"], atol=0.02)
 
+    def test_knotty_discs(self):
+        """``knots`` moves part of each disc's light into GalSim's random knots, keeping its flux."""
+        from lsst.meas.madness.errors import MadnessValueError
+
+        knotty = simulate_patch(5, size=71, n_galaxies=5, yx0=(100, 300), knots=0.3)
+        np.testing.assert_array_equal(knotty.truth["x"], self.patch.truth["x"])
+        for k in range(5):
+            smooth, knotted = self.patch.isolated_image(k), knotty.isolated_image(k)
+            # GalSim's random knots follow the disc's profile: the same flux in the patch (within
+            # what either drawing folds past its stamp) ...
+            np.testing.assert_allclose(knotted.sum(axis=(1, 2)), smooth.sum(axis=(1, 2)), rtol=5e-3)
+            # ... but not the same light: a tenth of the r band's peak moves into the knots.
+            r = knotted[2] - smooth[2]
+            self.assertGreater(np.abs(r).max(), 0.01 * smooth[2].max())  # 3-11% measured
+        with self.assertRaises(MadnessValueError):
+            simulate_patch(5, size=71, n_galaxies=5, knots=1.5)
+
     def test_stamps_match_btk_full_size(self):
         """Stamps pasted into the patch equal BTK drawing every galaxy at full patch size (the oracle)."""
         from lsst.meas.madness.demo import _aperture_fluxes_per_truth

@@ -265,6 +265,7 @@ def simulate_patch(
     min_snr: float = 10.0,
     yx0: tuple[int, int] = (0, 0),
     subpixel: bool = False,
+    knots: float = 0.0,
 ) -> SimulatedPatch:
     """Draw one LSST patch of SkyPy CatSim-format galaxies with BTK (seeded).
 
@@ -302,6 +303,10 @@ def simulate_patch(
         axis, as real galaxies are (BTK draws at float positions). Off by default, which keeps
         the patches, and every number measured on them, as they were; the truth table's
         ``x_true``/``y_true`` hold the float centres either way.
+    knots : `float`
+        Fraction of each disc's flux drawn as star-forming knots
+        (`lsst.meas.madness.simulation.btk_draw.knotty_galaxy`): light that is not symmetric,
+        as real discs' is not. 0 (default): BTK's smooth CatSim profiles.
     """
     from astropy.table import Table
 
@@ -313,7 +318,7 @@ def simulate_patch(
                                            max_group=max_group, group_shift=group_shift, min_snr=min_snr,
                                            subpixel=subpixel)
     survey = lsst_survey()
-    drawn, origins = draw_galaxy_stamps(catalog, rows, centers_xy, survey=survey)
+    drawn, origins = draw_galaxy_stamps(catalog, rows, centers_xy, survey=survey, knots=knots)
     conditions = LsstConditions.from_surveycodex()
     bands = tuple(conditions.bands)
     # Each stamp clipped to the patch (what BTK's full-size isolated images held) and added into

@@ -264,7 +264,7 @@ def _survey_psfs(survey) -> list:
 
 
 def draw_galaxy_stamps(table, rows, centers_xy: np.ndarray, *, survey=None,
-                       min_size: int = 45) -> tuple[list[np.ndarray], np.ndarray]:
+                       min_size: int = 45, knots: float = 0.0) -> tuple[list[np.ndarray], np.ndarray]:
     """Draw each galaxy alone on its own stamp, the way BTK draws it in a blend.
 
     Every galaxy is BTK's CatSim profile (bulge + disk + AGN, `btk.draw_blends.get_catsim_galaxy`)
@@ -285,6 +285,9 @@ def draw_galaxy_stamps(table, rows, centers_xy: np.ndarray, *, survey=None,
         Default `lsst_survey`.
     min_size : `int`
         Smallest stamp side, pixels.
+    knots : `float`
+        Fraction of each disc's flux drawn as star-forming knots (`knotty_galaxy`); 0: BTK's
+        smooth profiles. The stamp's size is the smooth galaxy's (the knots follow its disc).
 
     Returns
     -------
@@ -310,6 +313,8 @@ def draw_galaxy_stamps(table, rows, centers_xy: np.ndarray, *, survey=None,
     filters = [survey.get_filter(band) for band in survey.available_filters]
     centers_xy = np.asarray(centers_xy, dtype=np.float64).reshape(-1, 2)
     rows = np.asarray(rows, dtype=np.int64)
+    if not 0.0 <= knots <= 1.0:
+        raise MadnessValueError(f"knots is a fraction of the disc's flux in [0, 1], not {knots}.")
     if len(rows) != len(centers_xy):
         raise MadnessValueError(f"draw_galaxy_stamps: {len(rows)} rows but {len(centers_xy)} centres.")
     pixels_yx = peaks_to_pixels(centers_xy)
@@ -333,7 +338,13 @@ def draw_galaxy_stamps(table, rows, centers_xy: np.ndarray, *, survey=None,
         stamp = np.zeros((len(filters), size, size), np.float32)
         for b, (filt, psf) in enumerate(zip(filters, psfs)):
             try:
-                stamp[b] = render_single_catsim_galaxy(entry, filt, survey, psf, size).array
+                if knots > 0:
+                    # BTK's render_single_catsim_galaxy with `knotty_galaxy` for its galaxy.
+                    drawn = galsim.Convolve(knotty_galaxy(entry, filt, survey, knots), psf)
+                    stamp[b] = drawn.shift(entry["ra"], entry["dec"]).drawImage(
+                        nx=size, ny=size, scale=pixel_scale).array
+                else:
+                    stamp[b] = render_single_catsim_galaxy(entry, filt, survey, psf, size).array
             except btk.draw_blends.SourceNotVisible:
                 pass
         stamps.append(stamp)

@@ -173,6 +173,36 @@ class ProminenceConfig(pexConfig.Config):
     peakThreshold = pexConfig.Field[float](
         default=3.0, doc="Smallest significance of a peak in the peak image (units of its noise)."
     )
+    doBandPassPeaks = pexConfig.Field[bool](
+        default=True,
+        doc="Also take the maxima of a difference of Gaussians (bandPassInner - bandPassOuter) as peaks: "
+        "a faint galaxy on a brighter one's wing shows there as a maximum of its own where the smoothed "
+        "image has only a shoulder (doc/detection.md, 'Band-pass peaks').",
+    )
+    bandPassInner = pexConfig.RangeField[float](
+        default=0.5, min=0.0, inclusiveMin=False,
+        doc="Sigma of the band-pass's narrow Gaussian, in units of the PSF's sigma.",
+    )
+    bandPassOuter = pexConfig.RangeField[float](
+        default=3.0, min=0.0, inclusiveMin=False,
+        doc="Sigma of the band-pass's wide Gaussian (subtracted), in units of the PSF's sigma; light smooth "
+        "on this scale (a neighbour's wing) is removed.",
+    )
+    bandPassThreshold = pexConfig.Field[float](
+        default=6.0, doc="Smallest significance of a band-pass peak (units of the band-pass image's noise)."
+    )
+    bandPassMinSeparation = pexConfig.Field[float](
+        default=0.6,
+        doc="Smallest distance of a band-pass peak from a prominent peak (arcsec); a nearer one is that peak.",
+    )
+
+    def validate(self):
+        super().validate()
+        if self.doBandPassPeaks and not self.bandPassInner < self.bandPassOuter:
+            raise pexConfig.FieldValidationError(
+                ProminenceConfig.bandPassOuter, self,
+                f"must exceed bandPassInner ({self.bandPassInner}), got {self.bandPassOuter}",
+            )
 
 
 # LSST 10-year PSF FWHM per band (SurveyCodex 1.3, the simulations' conditions), arcsec.
@@ -287,7 +317,10 @@ def find_detections(coadd: MultibandCoadd, config: MadnessDetectionConfig) -> De
     c = config.prominence
     return detect_prominence(image, variance, bad, mean_sigma, threshold=c.thresholdSigma, min_area=c.minArea,
                              n_sigma_grow=c.nSigmaToGrow, peak_smoothing=c.peakSmoothing,
-                             prominence=c.prominence, peak_threshold=c.peakThreshold)
+                             prominence=c.prominence, peak_threshold=c.peakThreshold,
+                             band_pass=(c.bandPassInner, c.bandPassOuter) if c.doBandPassPeaks else None,
+                             band_pass_threshold=c.bandPassThreshold,
+                             band_pass_min_separation=c.bandPassMinSeparation / config.pixelScale)
 
 
 def detect_footprints(

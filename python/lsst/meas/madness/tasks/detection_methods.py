@@ -28,7 +28,10 @@ Methods
     reaching a higher one, `skimage.morphology.h_maxima`) exceeds ``prominence`` sigma. A faint
     companion on a bright galaxy's wing is kept when its dip is significant, whatever its share
     of the blend's flux (sep's ``deblend_cont`` is a flux fraction, so it drops such companions);
-    a noise bump is not.
+    a noise bump is not. Optionally (``band_pass``) the maxima of a difference of two Gaussians
+    are peaks too (`band_pass_significance`): a faint galaxy on a brighter one's wing often makes
+    no maximum of its own in the smoothed image, only a shoulder, but the band-pass removes the
+    wing's smooth gradient and leaves the companion a maximum of its own.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ __all__ = [
     "detect_rubin_like",
     "detect_scarlet_lite",
     "detect_prominence",
+    "band_pass_significance",
     "gaussian_kernel",
     "gaussian_smooth",
     "grow_and_merge",
@@ -51,6 +55,8 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy import ndimage
+
+from ..errors import MadnessValueError
 
 
 @dataclasses.dataclass
@@ -430,6 +436,9 @@ def detect_prominence(
     peak_smoothing: float = 0.5,
     prominence: float = 2.5,
     peak_threshold: float = 3.0,
+    band_pass: tuple[float, float] | None = None,
+    band_pass_threshold: float = 5.0,
+    band_pass_min_separation: float = 3.0,
 ) -> Detections:
     """Matched-filter footprints on the band stack, peaks by their prominence in noise units.
 
@@ -456,6 +465,15 @@ def detect_prominence(
         between it and any higher peak of its footprint.
     peak_threshold : `float`
         Smallest significance of a peak in the peak image (units of its noise).
+    band_pass : `tuple` [`float`, `float`], optional
+        ``(inner, outer)`` sigmas of a difference of Gaussians, in units of ``psf_sigma``: its
+        local maxima of at least ``band_pass_threshold`` significance inside a footprint and at
+        least ``band_pass_min_separation`` pixels from every prominent peak are peaks too (a
+        companion on a brighter galaxy's wing). None: prominent peaks only.
+    band_pass_threshold : `float`
+        Smallest significance of a band-pass peak (`band_pass_significance`).
+    band_pass_min_separation : `float`
+        Smallest distance of a band-pass peak from a prominent peak, pixels.
     """
     from skimage.morphology import h_maxima
 
@@ -478,4 +496,58 @@ def detect_prominence(
         if n:
             pos = ndimage.maximum_position(sub, lab, np.arange(1, n + 1))
             xy += [(x + sl[1].start, y + sl[0].start) for y, x in pos]
-    return Detections.build(labels, np.array(xy).reshape(-1, 2), peak_img, peak_snr, smoothed)
+    xy = np.array(xy, np.int64).reshape(-1, 2)
+    if band_pass is not None:
+        bp_snr = band_pass_significance(image, variance, bad, band_pass[0] * psf_sigma, band_pass[1] * psf_sigma)
+        extra = local_maxima(bp_snr, labels > 0)
+        extra = extra[bp_snr[extra[:, 1], extra[:, 0]] >= band_pass_threshold]
+        if len(extra) and len(xy):
+            # A band-pass maximum beside a prominent peak is that peak, seen through another filter.
+            gap = np.hypot(extra[:, None, 0] - xy[None, :, 0], extra[:, None, 1] - xy[None, :, 1]).min(axis=1)
+            extra = extra[gap >= band_pass_min_separation]
+        xy = np.concatenate([xy, extra])
+    return Detections.build(labels, xy, peak_img, peak_snr, smoothed)
+
+
+def band_pass_significance(image: np.ndarray, variance: np.ndarray, bad: np.ndarray, inner: float,
+                           outer: float) -> np.ndarray:
+    """Significance of the image filtered by a difference of two unit-sum Gaussians.
+
+    The kernel ``G(inner) - G(outer)`` keeps structure between the two scales and removes what is
+    smooth on the larger one (a bright neighbour's wing, the sky's residual): on it a faint galaxy
+    is a maximum even where the smoothed image only bends. Its noise is the variance convolved
+    with the square of the discrete kernel (independent pixels), so the significance is exact for
+    the kernel as sampled, however narrow ``inner``; bad pixels count as zero with zero variance.
+
+    Parameters
+    ----------
+    image, variance : `numpy.ndarray`
+        ``(H, W)`` image and per-pixel variance.
+    bad : `numpy.ndarray`
+        ``(H, W)`` bool, pixels to ignore.
+    inner, outer : `float`
+        Sigmas of the two Gaussians, pixels (``0 < inner < outer``).
+
+    Returns
+    -------
+    significance : `numpy.ndarray`
+        ``(H, W)`` float64 filtered image over its noise; 0 where the noise is zero.
+    """
+    from scipy.signal import fftconvolve
+
+    if not 0.0 < inner < outer:
+        raise MadnessValueError(f"band_pass_significance: need 0 < inner < outer, got {inner}, {outer}.")
+    half = max(1, int(np.ceil(4.0 * outer)))
+    yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
+    r2 = (xx**2 + yy**2).astype(np.float64)
+    kernel = np.exp(-0.5 * r2 / inner**2) / np.exp(-0.5 * r2 / inner**2).sum()
+    kernel -= np.exp(-0.5 * r2 / outer**2) / np.exp(-0.5 * r2 / outer**2).sum()
+    good = ~bad
+    img = np.where(good, image, 0.0).astype(np.float64)
+    var = np.where(good, variance, 0.0).astype(np.float64)
+    filtered = fftconvolve(img, kernel, mode="same")
+    # FFT round-off can leave tiny negative variances where the image is all bad.
+    noise2 = np.maximum(fftconvolve(var, kernel**2, mode="same"), 0.0)
+    floor = 1e-12 * float(noise2.max()) if noise2.size else 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(noise2 > floor, filtered / np.sqrt(noise2), 0.0)
