@@ -540,8 +540,8 @@ def band_pass_significance(image: np.ndarray, variance: np.ndarray, bad: np.ndar
     half = max(1, int(np.ceil(4.0 * outer)))
     yy, xx = np.mgrid[-half : half + 1, -half : half + 1]
     r2 = (xx**2 + yy**2).astype(np.float64)
-    kernel = np.exp(-0.5 * r2 / inner**2) / np.exp(-0.5 * r2 / inner**2).sum()
-    kernel -= np.exp(-0.5 * r2 / outer**2) / np.exp(-0.5 * r2 / outer**2).sum()
+    narrow, wide = np.exp(-0.5 * r2 / inner**2), np.exp(-0.5 * r2 / outer**2)
+    kernel = narrow / narrow.sum() - wide / wide.sum()
     good = ~bad
     img = np.where(good, image, 0.0).astype(np.float64)
     var = np.where(good, variance, 0.0).astype(np.float64)
