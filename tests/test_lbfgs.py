@@ -67,6 +67,23 @@ class BlendLbfgsTestCase(lsst.utils.tests.TestCase):
         self.assertAlmostEqual(float(opt.best[0]), 0.4, places=5)
         self.assertTrue(np.isfinite(opt.f))
 
+    def test_reset_repeats_the_step_from_the_same_point(self):
+        # Two accepted points with different gradients and no curvature pair (s . y < 0), then
+        # non-finite trials until the memory is reset: nothing new was accepted, so the step after
+        # the reset is the steepest-descent step already taken from that point, each variable
+        # scaled by the RMS of its gradient over the two accepted points (Adam's scaling).
+        opt = BlendLbfgs(np.zeros(2), first_step=0.05, max_backtracks=3)
+        g0, g1 = np.array([1.0, 1.0]), np.array([1.0, 4.0])
+        opt.tell(10.0, g0)
+        first = opt.tell(9.0, g1).copy()
+        self.assertEqual(opt.n_accepted, 1)
+        d = -g1 / np.sqrt((g0**2 + g1**2) / 2)
+        np.testing.assert_allclose(first, opt.best + 0.05 * d / np.abs(d).max(), rtol=1e-12)
+        for _ in range(4):  # max_backtracks + 1 rejections
+            trial = opt.tell(np.inf, np.full(2, np.nan))
+        self.assertEqual(opt.n_rejected, 4)
+        np.testing.assert_allclose(trial, first, rtol=1e-12)
+
     def test_non_finite_start_raises(self):
         opt = BlendLbfgs(np.zeros(3))
         with self.assertRaises(FloatingPointError):

@@ -104,6 +104,7 @@ class BlendLbfgs:
             if not finite:
                 raise FloatingPointError("BlendLbfgs: the objective or its gradient is not finite at the start.")
             self.f, self.g = f, g
+            self._observe_gradient()
             self._direction()
         elif finite and f <= self.f + self.c1 * self.alpha * float(self.g @ self.d):
             s = self._trial - self.x
@@ -114,6 +115,7 @@ class BlendLbfgs:
             self.x, self.f, self.g = self._trial, f, g
             self.n_accepted += 1
             self._backtracks = 0
+            self._observe_gradient()
             self._direction()
         else:
             self.n_rejected += 1
@@ -132,11 +134,19 @@ class BlendLbfgs:
         self._trial = self.x + self.alpha * self.d
         return self.trial
 
-    def _direction(self) -> None:
-        """The next search direction from the current gradient, and its first step length."""
+    def _observe_gradient(self) -> None:
+        """Add the gradient at a newly accepted point to the per-variable scale's running mean.
+
+        Only here: a reset or a rejected trial leaves the point (and its gradient) unchanged, and
+        counting it again would weight that point above the others.
+        """
         g = self.g
         self._n_g2 += 1
         self._g2 += (g * g - self._g2) / min(self._n_g2, 20)  # a mean, then an average over ~20 points
+
+    def _direction(self) -> None:
+        """The next search direction from the current gradient, and its first step length."""
+        g = self.g
         scale = 1.0 / (np.sqrt(self._g2) + 1e-12 * np.sqrt(self._g2.max(initial=0.0)) + 1e-30) \
             if self.diagonal else np.ones_like(g)
         if not self._pairs:
