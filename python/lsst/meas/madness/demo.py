@@ -74,7 +74,9 @@ def score_patch(patch, catalog, objects, measure_config, match_radius: float = M
     """Detections against the truth, and flux errors with and without deblending.
 
     Each truth galaxy is matched to at most one primary object (a child, or a parent without
-    children) within ``match_radius`` pixels of its centre (Hungarian assignment). For a match,
+    children) within ``match_radius`` pixels of its centre (Hungarian assignment; where one
+    object is within reach of two galaxies and only one can have it, the brighter in r does:
+    an unresolved pair's object holds mostly its brighter member's light). For a match,
     three fluxes are taken in the object's own measurement aperture: on the galaxy's noiseless
     isolated image (the truth), on its heavy footprint (the deblended flux the object table holds)
     and on the observed coadd (no deblending: the neighbours' light in the aperture stays).
@@ -102,7 +104,8 @@ def score_patch(patch, catalog, objects, measure_config, match_radius: float = M
     tx, ty = np.asarray(truth["x"], float), np.asarray(truth["y"], float)
     ox, oy = np.asarray(objects["x"], float)[primary], np.asarray(objects["y"], float)[primary]
     # Sparse, group by group: a 4000x4000 patch's 10,000 galaxies in well under a second.
-    ti, oj = match_one_to_one(np.stack([tx, ty], 1), np.stack([ox, oy], 1), match_radius)
+    ti, oj = match_one_to_one(np.stack([tx, ty], 1), np.stack([ox, oy], 1), match_radius,
+                              truth_brightness=10.0 ** (-0.4 * np.asarray(truth["r_ab"], float)))
     separation = np.hypot(tx[ti] - ox[oj], ty[ti] - oy[oj])
     oj = primary[oj]
 

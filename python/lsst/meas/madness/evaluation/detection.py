@@ -26,11 +26,14 @@ __all__ = [
 
 import numpy as np
 
+from ..errors import MadnessValueError
+
 DETECTION_MATCH_RADIUS_ARCSEC = 0.5
 AB_ZEROPOINT_NJY = 31.4  # AB magnitude of 1 nJy
 
 
-def match_one_to_one(truth_xy: np.ndarray, det_xy: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
+def match_one_to_one(truth_xy: np.ndarray, det_xy: np.ndarray, radius: float,
+                     truth_brightness: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """One-to-one match of truth to detections within ``radius`` (pixels), total distance minimal.
 
     The most pairs within ``radius``, and among those the smallest total separation (the
@@ -44,6 +47,13 @@ def match_one_to_one(truth_xy: np.ndarray, det_xy: np.ndarray, radius: float) ->
         ``(n, 2)`` and ``(m, 2)`` ``(x, y)`` positions, pixels; non-finite ones match nothing.
     radius : `float`
         Largest separation of a match, pixels.
+    truth_brightness : `numpy.ndarray`, optional
+        ``(n,)`` brightness of each truth galaxy (a flux; larger is brighter). Given, among
+        the assignments with the most pairs, those matching the brightest galaxies of each
+        group win (the least sum of their brightness ranks in the group), and distance decides
+        only between those: one detection within ``radius`` of an unresolved pair is its
+        brighter member's, whose light it mostly holds, wherever its centroid falls between
+        the two. The number of matches is the same either way.
 
     Returns
     -------
@@ -57,6 +67,13 @@ def match_one_to_one(truth_xy: np.ndarray, det_xy: np.ndarray, radius: float) ->
 
     truth_xy = np.asarray(truth_xy, float).reshape(-1, 2)
     det_xy = np.asarray(det_xy, float).reshape(-1, 2)
+    if truth_brightness is not None:
+        truth_brightness = np.asarray(truth_brightness, float).ravel()
+        if truth_brightness.shape != (len(truth_xy),):
+            raise MadnessValueError(f"truth_brightness must have one value per truth galaxy ({len(truth_xy)}); "
+                                    f"got shape {truth_brightness.shape}.")
+        # A galaxy of unknown brightness is matched last among its group.
+        truth_brightness = np.where(np.isfinite(truth_brightness), truth_brightness, -np.inf)
     t_ok = np.flatnonzero(np.isfinite(truth_xy).all(axis=1))
     d_ok = np.flatnonzero(np.isfinite(det_xy).all(axis=1))
     empty = np.zeros(0, np.int64)
@@ -75,10 +92,20 @@ def match_one_to_one(truth_xy: np.ndarray, det_xy: np.ndarray, radius: float) ->
         sel = label[ti_c] == comp
         rows, row_of = np.unique(ti_c[sel], return_inverse=True)
         cols, col_of = np.unique(dj_c[sel], return_inverse=True)
-        cost = np.full((len(rows), len(cols)), 1e6)
+        valid = np.zeros((len(rows), len(cols)), bool)
+        valid[row_of, col_of] = True
+        cost = np.zeros((len(rows), len(cols)))
         cost[row_of, col_of] = dist_c[sel]
-        r, c = linear_sum_assignment(cost)
-        keep = cost[r, c] <= radius
+        if truth_brightness is not None and len(rows) > 1:
+            # A truth's rank from the brightest, in steps larger than any sum of separations in
+            # the group: brightness decides which galaxies are matched, distance only ties.
+            rank = np.empty(len(rows))
+            rank[np.argsort(-truth_brightness[rows], kind="stable")] = np.arange(len(rows))
+            cost += (rank * (len(rows) * radius + 1.0))[:, None]
+        # Forbidden pairs cost more than any assignment of allowed ones: the most matches first.
+        forbidden = (cost[valid].max() + 1.0) * (min(cost.shape) + 1.0)
+        r, c = linear_sum_assignment(np.where(valid, cost, forbidden))
+        keep = valid[r, c]
         truth_out.append(rows[r[keep]])
         det_out.append(cols[c[keep]])
     truth_index, det_index = np.concatenate(truth_out), np.concatenate(det_out)
