@@ -475,6 +475,58 @@ class TrainingTestCase(unittest.TestCase):
         key = "vae_val_chi2_per_pixel"
         self.assertLess(child.metadata.metrics[key], parent.metadata.metrics[key])
 
+    def test_snapshot_continues_the_schedule(self):
+        """A run stopped by its budget leaves a snapshot of its last epoch; a new run started from
+        it with ``continue_schedule`` takes up the VAE schedule at the next epoch (the learning
+        rate of the uninterrupted run), and the totals count both runs' epochs."""
+        parent_dir = self.tmp / "snap-parent"
+        train_madness(self.data, parent_dir, _tiny(seed=9), progress=False, figures=False)
+        parent = ModelBundle.load(parent_dir / "bundle")
+        vae = dict(_tiny().as_dict()["vae"], max_epochs=4, patience=None, schedule="cosine", warmup_epochs=1)
+        config = _tiny(seed=9, freeze_encoder=True, vae=vae)
+        first = train_madness(self.data, self.tmp / "snap-a", config, progress=False, figures=False,
+                              init_from=parent_dir / "bundle", time_budget_s=1e-6)  # one epoch, then the budget
+        self.assertEqual(first.metadata.training["stages"]["vae"]["epochs_run"], 1)
+        snapshot = ModelBundle.load(self.tmp / "snap-a" / "snapshot")
+        self.assertEqual(snapshot.metadata.training["snapshot"]["epoch"], 0)
+        # The snapshot holds the epoch's networks (the bundle's) and, the encoder
+        # being frozen, the parent's VAE-deblender: it deblends.
+        stored = ModelBundle.load(self.tmp / "snap-a" / "bundle")  # both as stored
+        for a, b in zip(snapshot.decoder.get_weights(), stored.decoder.get_weights()):
+            np.testing.assert_array_equal(a, b)
+        for a, b in zip(snapshot.deblender_encoder.get_weights(), parent.deblender_encoder.get_weights()):
+            np.testing.assert_array_equal(a, b)
+
+        out = self.tmp / "snap-b"
+        train_madness(self.data, out, config, progress=False, figures=False, init_from=self.tmp / "snap-a" / "snapshot",
+                      continue_schedule=True)
+        with open(out / "logs" / "vae.csv") as f:
+            rows = list(csv.DictReader(f))
+        self.assertEqual([int(r["epoch"]) for r in rows], [1, 2, 3])
+        rates = [config.vae.learning_rate_at(e) for e in (1, 2, 3)]
+        self.assertGreater(rates[0], rates[-1])  # the cosine's second half: a restart would begin at the ramp
+        np.testing.assert_allclose([float(r["learning_rate"]) for r in rows], rates, rtol=1e-6)
+        second = ModelBundle.load(out / "bundle")
+        record = second.metadata.training
+        self.assertEqual(record["stages"]["vae"]["epochs_run"], 4)
+        self.assertEqual(record["sample_passes"], 3 * 48)
+        self.assertEqual(record["lineage"][-1]["sample_passes"], 48)
+        # A finished stage, or another schedule, cannot be continued.
+        with self.assertRaisesRegex(MadnessValueError, "finished"):
+            train_madness(self.data, self.tmp / "snap-c", config, progress=False, figures=False,
+                          init_from=out / "bundle", continue_schedule=True)
+        with self.assertRaisesRegex(MadnessValueError, "VAE schedule"):
+            train_madness(self.data, self.tmp / "snap-d", _tiny(seed=9, freeze_encoder=True), progress=False,
+                          figures=False, init_from=self.tmp / "snap-a" / "snapshot", continue_schedule=True)
+        with self.assertRaisesRegex(MadnessValueError, "give init_from"):
+            train_madness(self.data, self.tmp / "snap-e", _tiny(seed=9), progress=False, figures=False,
+                          continue_schedule=True)
+        # The command line passes the flag (the tiny preset's own schedule is not the snapshot's).
+        with self.assertRaisesRegex(MadnessValueError, "VAE schedule"):
+            main(["train", "--data", str(self.data), "--output", str(self.tmp / "snap-f"), "--preset", "tiny",
+                  "--max-train", "48", "--max-validation", "16", "--seed", "9", "--no-progress", "--no-figures",
+                  "--init-from", str(self.tmp / "snap-a" / "snapshot"), "--freeze-encoder", "--continue-schedule"])
+
     def test_distilled_narrower_decoder(self):
         """A narrower decoder in a trained bundle's latent space, taught by its decoder: the latent
         space's owners are the parent's bit for bit, the new decoder has the new width and a

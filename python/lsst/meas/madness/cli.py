@@ -213,7 +213,7 @@ def _train(args: argparse.Namespace) -> int:
     bundle = train_madness(args.data, args.output, config, progress=not args.no_progress,
                            figures=not args.no_figures, init_from=_bundle_argument(args.init_from),
                            time_budget_s=_duration(args.time_budget), teacher_from=_bundle_argument(args.teacher),
-                           data_workers=args.data_workers)
+                           data_workers=args.data_workers, continue_schedule=args.continue_schedule)
     print(json.dumps(bundle.metadata.metrics, indent=1))
     print(f"bundle: {Path(args.output) / 'bundle'}")
     return 0
@@ -357,6 +357,9 @@ def main(argv: list[str] | None = None) -> int:
                             "output scaled per band to the sky noise (exact zeros; u cannot die); tiny: smoke tests")
     train.add_argument("--init-from", default=None, metavar="BUNDLE",
                        help="warm start from this bundle ('default' for the packaged one); skips the SSIM warm-up")
+    train.add_argument("--continue-schedule", action="store_true",
+                       help="with --init-from a run's snapshot (RUN/snapshot) or bundle: take up its VAE schedule at "
+                            "the epoch it reached instead of starting it again (a run continued on a new machine)")
     train.add_argument("--time-budget", default=None, metavar="DURATION",
                        help="training time for the whole run, e.g. 7200, 90m, 2h (stages end cleanly inside it)")
     train.add_argument("--vae-epochs", type=int, default=None,

@@ -181,7 +181,8 @@ def run_stage(name: str, trainer: keras.Model, schedule: StageSchedule, x, y, x_
               directory: Path, seed: int, extra_metrics: Callable[[], dict] | None = None,
               on_epoch_start: Callable[[int], dict] | None = None, progress: bool = True,
               augment: Callable | None = None, time_budget_s: float | None = None,
-              monitor: str = "val_loss", data_workers: int | None = None) -> StageResult:
+              monitor: str = "val_loss", data_workers: int | None = None, first_epoch: int = 0,
+              on_epoch_end: Callable[[StageResult], None] | None = None) -> StageResult:
     """Train ``trainer`` for one stage, resuming from ``directory`` if a checkpoint is there.
 
     Parameters
@@ -220,6 +221,13 @@ def run_stage(name: str, trainer: keras.Model, schedule: StageSchedule, x, y, x_
     data_workers : `int`, optional
         Threads that make the training batches (``augment``'s noise draws) ahead of the step;
         `None`: `default_data_workers`. The batches and so the result are the same for any number.
+    first_epoch : `int`
+        Where a new stage (no checkpoint in ``directory``) starts its schedule: a run continued
+        from another run's snapshot on a new machine takes up its learning-rate schedule at the
+        epoch that run reached (the optimiser's moments start again). Ignored when resuming.
+    on_epoch_end : callable, optional
+        Called with the stage's `StageResult` so far after each epoch's checkpoint is written,
+        while ``trainer`` holds that epoch's weights (e.g. to write a bundle snapshot).
 
     Returns
     -------
@@ -245,7 +253,9 @@ def run_stage(name: str, trainer: keras.Model, schedule: StageSchedule, x, y, x_
     trainer(x[: min(2, len(x))], training=False)
     optimizer.build(trainer.trainable_variables)
 
-    state = {"epoch": 0, "best_val_loss": math.inf, "best_epoch": -1, "wait": 0, "history": [],
+    if not 0 <= first_epoch < schedule.max_epochs:
+        raise ValueError(f"Stage {name}: first_epoch {first_epoch} is outside its {schedule.max_epochs} epochs.")
+    state = {"epoch": int(first_epoch), "best_val_loss": math.inf, "best_epoch": -1, "wait": 0, "history": [],
              "done": False, "seconds": 0.0, "monitor": monitor}
     state_path = ckpt / "state.json"
     if state_path.exists():
@@ -335,6 +345,9 @@ def run_stage(name: str, trainer: keras.Model, schedule: StageSchedule, x, y, x_
             _atomic_bytes(state_path, json.dumps(state, indent=1).encode())
             _write_csv(csv_path, state["history"])
             board.write(epoch, row)
+            if on_epoch_end is not None:
+                on_epoch_end(StageResult(name, state["history"], state["best_val_loss"], state["best_epoch"],
+                                         state["epoch"], stopped_early, state["seconds"], False, monitor))
             bar.update(1)
             bar.set_postfix(loss=f"{row['loss']:.4g}", val=f"{row['val_loss']:.4g}")
             if stop:

@@ -9,7 +9,10 @@ Stages (sections 3.2-3.4), each resumable (see `loop.run_stage`):
    encoder's latents of the isolated central galaxy.
 
 The run directory holds ``config.json``, ``checkpoints/``, ``logs/`` (CSV and TensorBoard),
-``figures/``, ``summary.json`` and the finished model in ``bundle/``.
+``figures/``, ``summary.json`` and the finished model in ``bundle/``. After every epoch of the
+VAE stages ``snapshot/`` holds a bundle of that epoch's networks, small enough (with
+``scripts/share_bundle.py``) to commit while a run spans sessions on machines that are not kept,
+and a new run continues it with ``init_from=<snapshot>, continue_schedule=True``.
 """
 
 from __future__ import annotations
@@ -139,7 +142,8 @@ _BUDGET_RESERVE = {"flow": 0.02, "deblender": 0.15}
 
 def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = True, figures: bool = True,
                   description: str = "", init_from=None, time_budget_s: float | None = None,
-                  teacher_from=None, data_workers: int | None = None) -> ModelBundle:
+                  teacher_from=None, data_workers: int | None = None,
+                  continue_schedule: bool = False) -> ModelBundle:
     """Train encoder, decoder, flow and VAE-deblender; write and return the model bundle.
 
     Parameters
@@ -174,6 +178,12 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
     data_workers : `int`, optional
         Threads making the training batches (`lsst.meas.madness.training.loop.run_stage`);
         `None`: 1 on CPUs, up to 8 beside a GPU. It changes the speed, never the batches.
+    continue_schedule : `bool`
+        Continue ``init_from``'s VAE stage where it stopped instead of starting its schedule
+        again: ``init_from`` is a snapshot or bundle of a run with this configuration whose VAE
+        stage has epochs left (e.g. stopped by its time budget on a machine that was not kept).
+        The learning rate picks up at the next epoch; the optimiser's moments start again, so
+        the result is close to, not equal to, the uninterrupted run's.
 
     Returns
     -------
@@ -187,6 +197,7 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
     if config.freeze_encoder and parent is None:
         raise MadnessValueError("TrainingConfig.freeze_encoder continues a trained model's decoder: give init_from.")
     teacher_bundle = _load_teacher(teacher_from, parent, config)
+    first_epoch = _continued_epoch(parent, config) if continue_schedule else 0
     missing = [d for d in DATASETS if not (data_dir / d / "manifest.json").exists()]
     if any(d.startswith("isolated") for d in missing) or len(missing) == len(DATASETS):
         raise MadnessValueError(f"{data_dir} lacks the datasets {missing}; make them with `madness simulate datasets`.")
@@ -259,6 +270,63 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
 
         augment = FreshNoise(sky_net, norm.scale)
 
+    def bundle_metadata(results: dict, wall: float, metrics: dict, n_blended: int, n_validation_blended: int,
+                        snapshot: dict | None = None) -> BundleMetadata:
+        """The bundle's metadata: what was trained, on what, for how long (this run and its lineage)."""
+        from ..simulation.conditions import LsstConditions
+
+        lineage = _lineage(parent)
+        passes = _sample_passes(results, len(y_iso), n_blended)
+        text = description or f"MADNESS trained with the {config.name!r} preset on {data_dir.name}."
+        if snapshot is not None:
+            text += (f" Snapshot after epoch {snapshot['epoch']} of stage {snapshot['stage']!r}, to continue the run "
+                     "(`madness train --init-from <this> --continue-schedule`).")
+        return BundleMetadata(
+            bands=bands, stamp_size=size, pixel_scale=float(iso.manifest.info.get("pixel_scale", 0.2)),
+            normalization=float(norm.scale), latent_dim=config.latent_dim, trained=True,
+            conditions=LsstConditions.from_surveycodex(bands=bands).as_dict(), description=text,
+            training={
+                "preset": config.name, "config": config.as_dict(), "data": data_dir.name,  # the suite's name, not this machine's path
+                "catalog": iso.manifest.request["catalog"],
+                "n_train": {"isolated": len(y_iso), "blended": n_blended},
+                "n_validation": {"isolated": len(xv_iso), "blended": n_validation_blended},
+                "stages": {k: v.as_dict() for k, v in results.items()},
+                "wall_time_s": round(wall, 1), "machine": _machine(), "backend": keras.config.backend(),
+                "augmentation": augment.describe() if augment is not None else None,
+                "time_budget_s": time_budget_s,
+                "sample_passes": passes,
+                "lineage": lineage,
+                # The teacher's directory name (not this machine's path) when it is not the warm start.
+                "teacher": (None if teacher_from is None else
+                            teacher_from.metadata.description if isinstance(teacher_from, ModelBundle)
+                            else Path(teacher_from).name),
+                "total_wall_time_s": round(wall + sum(p.get("wall_time_s", 0.0) for p in lineage), 1),
+                "total_sample_passes": passes + sum(p.get("sample_passes", 0) for p in lineage),
+                "snapshot": snapshot,
+            },
+            metrics=metrics,
+        )
+
+    def write_snapshot(result) -> None:
+        """``<output>/snapshot``: a bundle of the VAE stage's networks after its last epoch.
+
+        With a frozen encoder the flow and the VAE-deblender are the parent's, so the snapshot
+        deblends; otherwise they are not trained yet for this encoder (the VAE-deblender slot
+        holds the training encoder, which the deblender stage would start from) and the
+        snapshot is only for continuing.
+        """
+        done = dict(results, **{result.name: result})
+        nets = [with_precision(n, "float32") if config.precision != "float32" else n for n in (encoder, decoder)]
+        deblender = parent.deblender_encoder if config.freeze_encoder else nets[0]
+        last = result.history[-1]
+        snapshot = {"stage": result.name, "epoch": last["epoch"],
+                    "validation": {k: v for k, v in last.items() if k.startswith("val_")}}
+        meta = bundle_metadata(done, sum(r.seconds for r in done.values()), {}, 0, 0, snapshot)
+        ModelBundle(meta, nets[1], flow, deblender_encoder=deblender, encoder=nets[0]).save(
+            output / "snapshot", overwrite=True)
+        _log.info("Snapshot of %s after epoch %d: %s", result.name, last["epoch"], output / "snapshot")
+
+
     # --- 1-2: beta-VAE, warm-up then plain loss -------------------------------------------------
     teacher = None
     if config.distill_weight > 0:
@@ -293,12 +361,14 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
         results["vae_warmup"] = run_stage("vae_warmup", vae, config.vae_warmup, x_iso, y_iso, xv_iso, yv_iso,
                                           directory=output, seed=config.seed, extra_metrics=vae_components,
                                           on_epoch_start=set_alpha, progress=progress, augment=augment,
-                                          time_budget_s=budget("vae_warmup"), data_workers=data_workers)
+                                          time_budget_s=budget("vae_warmup"), data_workers=data_workers,
+                                          on_epoch_end=write_snapshot)
     vae.alpha.assign(0.0)
     results["vae"] = run_stage("vae", vae, config.vae, x_iso, y_iso, xv_iso, yv_iso, directory=output,
                                seed=config.seed, extra_metrics=vae_components,
                                on_epoch_start=lambda e: {"alpha": 0.0}, progress=progress, augment=augment,
-                               time_budget_s=budget("vae"), data_workers=data_workers, monitor=VAE_MONITOR)
+                               time_budget_s=budget("vae"), data_workers=data_workers, monitor=VAE_MONITOR,
+                               first_epoch=first_epoch, on_epoch_end=write_snapshot)
 
     # --- 3: the flow prior on the encoder's mean latents ----------------------------------------
     z_val = np.asarray(encoder.encode_mean(xv_iso), np.float32)
@@ -358,35 +428,7 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
                          seed=config.seed)
     metrics = _validation_metrics(vae, flow, deblender_encoder, decoder, xv_iso, yv_iso, z_val, xv_bl, yv_bl,
                                   target_val, sky_net, norm.scale, bands)
-    from ..simulation.conditions import LsstConditions
-
-    conditions = LsstConditions.from_surveycodex(bands=bands).as_dict()
-    lineage = _lineage(parent)
-    passes = _sample_passes(results, len(y_iso), len(x_bl))
-    metadata = BundleMetadata(
-        bands=bands, stamp_size=size, pixel_scale=float(iso.manifest.info.get("pixel_scale", 0.2)),
-        normalization=float(norm.scale), latent_dim=config.latent_dim, trained=True, conditions=conditions,
-        description=description or f"MADNESS trained with the {config.name!r} preset on {data_dir.name}.",
-        training={
-            "preset": config.name, "config": config.as_dict(), "data": data_dir.name,  # the suite's name, not this machine's path
-            "catalog": iso.manifest.request["catalog"],
-            "n_train": {"isolated": len(y_iso), "blended": len(x_bl)},
-            "n_validation": {"isolated": len(xv_iso), "blended": len(xv_bl)},
-            "stages": {k: v.as_dict() for k, v in results.items()},
-            "wall_time_s": round(wall, 1), "machine": _machine(), "backend": keras.config.backend(),
-            "augmentation": augment.describe() if augment is not None else None,
-            "time_budget_s": time_budget_s,
-            "sample_passes": passes,
-            "lineage": lineage,
-            # The teacher's directory name (not this machine's path) when it is not the warm start.
-            "teacher": (None if teacher_from is None else
-                        teacher_from.metadata.description if isinstance(teacher_from, ModelBundle)
-                        else Path(teacher_from).name),
-            "total_wall_time_s": round(wall + sum(p.get("wall_time_s", 0.0) for p in lineage), 1),
-            "total_sample_passes": passes + sum(p.get("sample_passes", 0) for p in lineage),
-        },
-        metrics=metrics,
-    )
+    metadata = bundle_metadata(results, wall, metrics, len(x_bl), len(xv_bl))
     bundle = ModelBundle(metadata, decoder, flow, deblender_encoder=deblender_encoder, encoder=encoder)
     bundle.save(output / "bundle", overwrite=True)
     summary = {"metrics": metrics, "stages": {k: v.as_dict() for k, v in results.items()},
@@ -504,9 +546,32 @@ def _lineage(parent: ModelBundle | None) -> list[dict]:
 
 
 def _sample_passes(results: dict, n_iso: int, n_bl: int) -> int:
-    """Stamps seen by the image networks in this run (the flow's latent vectors not counted)."""
-    vae = sum(results[k].epochs_run for k in ("vae_warmup", "vae") if k in results)
-    return int(vae * n_iso + (results["deblender"].epochs_run if "deblender" in results else 0) * n_bl)
+    """Stamps seen by the image networks in this run (the flow's latent vectors not counted).
+
+    Epochs are counted from each stage's history, not its epoch index: a stage continued from
+    another run's snapshot (``first_epoch``) starts its index where that run stopped.
+    """
+    vae = sum(len(results[k].history) for k in ("vae_warmup", "vae") if k in results)
+    return int(vae * n_iso + (len(results["deblender"].history) if "deblender" in results else 0) * n_bl)
+
+
+def _continued_epoch(parent: ModelBundle | None, config: TrainingConfig) -> int:
+    """The VAE epoch at which a run continuing ``parent``'s schedule starts (``continue_schedule``)."""
+    if parent is None:
+        raise MadnessValueError("continue_schedule continues a run: give init_from (its snapshot or bundle).")
+    record = parent.metadata.training
+    stage = (record.get("stages") or {}).get("vae")
+    theirs = (record.get("config") or {}).get("vae")
+    mine = json.loads(json.dumps(config.as_dict()))["vae"]
+    if stage is None or theirs is None:
+        raise MadnessValueError("continue_schedule: the init_from bundle records no VAE stage to continue.")
+    if json.loads(json.dumps(theirs)) != mine:
+        raise MadnessValueError(f"continue_schedule: the init_from bundle's VAE schedule {theirs} is not this run's "
+                                f"{mine}; continue it with the same preset and options.")
+    if stage.get("stopped_early") or stage["epochs_run"] >= config.vae.max_epochs:
+        raise MadnessValueError(f"continue_schedule: the init_from bundle's VAE stage is finished ({stage['epochs_run']} "
+                                f"of {config.vae.max_epochs} epochs{', stopped early' if stage.get('stopped_early') else ''}).")
+    return int(stage["epochs_run"])
 
 
 def _dead_bands(prediction: np.ndarray, bands) -> dict:
