@@ -1,6 +1,7 @@
 """MadnessDeblendTask: connections, children and flags on a synthetic patch, quantum runs."""
 
 import tempfile
+import time
 import unittest
 from unittest import mock
 
@@ -78,7 +79,9 @@ class DeblendTaskTestCase(MadnessTestCase):
         cls.coadds = masked_images(cls.image, var)
         cls.detections, cls.spans = _injected_detections(truth)
         cls.task = MadnessDeblendTask(config=run_config())
+        start = time.perf_counter()
         cls.result = cls.task.run(coadds=cls.coadds, detections=cls.detections, detectionSpans=cls.spans)
+        cls.wall = time.perf_counter() - start
         cls.catalog = cls.result.deblendedCatalog
         cls.heavy = {
             b: heavy_footprints_from_table(t) for b, t in zip(cls.result.bands, cls.result.deblendedFlux)
@@ -98,6 +101,16 @@ class DeblendTaskTestCase(MadnessTestCase):
             MadnessMeasurementConnections,
         ):
             lintConnections(connections)
+
+    def test_step_timings(self):
+        """The metadata say where the deblend's time went: every step's wall seconds, the fit's
+        positive, together no more than the whole run."""
+        steps = ("zoom", "fit", "residual_peaks", "pair_splits", "children")
+        seconds = {step: self.task.metadata[f"seconds_{step}"] for step in steps}
+        self.assertTrue(all(value >= 0 for value in seconds.values()), seconds)
+        self.assertGreater(seconds["fit"], 0)
+        self.assertGreater(seconds["children"], 0)
+        self.assertLessEqual(sum(seconds.values()), self.wall + 0.01)
 
     def test_children_per_parent(self):
         parents = self._parents()

@@ -361,7 +361,10 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
             columns of `lsst.meas.madness.tasks.catalogs.deblend_columns`; the children of a
             parent follow in peak order), ``heavyFootprints`` (`dict` id -> `Footprint`) and
             ``heavyValues`` (`dict` id -> ``(bands, area)`` pixel values: a parent's observed
-            pixels, a child's deblended ones). Counts go to ``self.metadata``.
+            pixels, a child's deblended ones). Counts go to ``self.metadata``, and the wall
+            seconds of each step (``seconds_zoom``, ``seconds_fit``, ``seconds_residual_peaks``,
+            ``seconds_pair_splits``, ``seconds_children``), so that a slow patch shows where its
+            time went.
         """
         bands = deblender.bands
         absent = [plane for plane in self.config.maskLimits if plane not in coadd.planes]
@@ -401,6 +404,9 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
 
         settings = self.config.makeMapSettings()
         psf = self._wingPsf(deblender)
+        # Wall seconds per step (metadata and the closing log line).
+        seconds = dict.fromkeys(("zoom", "fit", "residual_peaks", "pair_splits", "children"), 0.0)
+        tick = time.perf_counter()
         # 1b. With maxZoom > 1, each source's zoom is chosen on the wide region, and the fit
         # region shrinks to the windows of the zooms chosen (the stamps themselves, with the
         # neighbours of a zoom-1 plan, for a blend without a large galaxy).
@@ -408,6 +414,7 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
             blends = self._chooseZooms(
                 deblender, blends, parentRows, parents, coadd, allPeaks, owner, settings
             )
+        seconds["zoom"] += time.perf_counter() - tick
 
         # Steps 2-4 run a chunk of parents at a time (`parentChunkSize`): only one chunk's fits
         # (models, envelopes) are held, so the memory of a patch's deblend stays bounded.
@@ -434,6 +441,7 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
         chunkSize = self.config.parentChunkSize  # >= 1 (config check)
         for chunkStart in range(0, len(blends), chunkSize):
             # 2. Fit the chunk's parents in batches; each failure flagged on its own parent.
+            tick = time.perf_counter()
             fitted: list[tuple[int, BlendPlan, DeblendResult]] = []
             for k, plan, outcome, runtime in self._fitBlends(
                 deblender, blends[chunkStart : chunkStart + chunkSize], coadd, settings, psf
@@ -453,11 +461,15 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
             residualIds: set[int] = set()
             splitIds: set[int] = set()
             newIds: set[int] = set()
+            seconds["fit"] += time.perf_counter() - tick
             if context is not None and fitted:
+                tick = time.perf_counter()
                 if self.config.doResidualPeaks:
                     fitted, residualIds = add_residual_peaks(self.config, context, fitted, nextId)
                     nResidual += len(residualIds)
                     newIds |= residualIds
+                seconds["residual_peaks"] += time.perf_counter() - tick
+                tick = time.perf_counter()
                 # 3b. Optionally, single sources that hold an unresolved pair, tried as two.
                 if self.config.doPairSplits:
                     fitted, splitIds, splitNew = split_pairs(
@@ -468,8 +480,10 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
                 # The next chunk's new sources take ids after every id kept so far (a split
                 # keeps its detection id, below nextId already).
                 nextId = max(nextId, 1 + max(newIds, default=0))
+                seconds["pair_splits"] += time.perf_counter() - tick
 
             # 4. Cut the children to their parent.
+            tick = time.perf_counter()
             for k, plan, result in fitted:
                 nNotConverged += int(not result.converged)
                 start = len(childRows)
@@ -482,6 +496,7 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
                         child["deblend_pairSplit"] = True
                     if child["id"] in newIds:
                         child["deblend_peakId"] = 0
+            seconds["children"] += time.perf_counter() - tick
         if self.config.doResidualPeaks:
             self.metadata["n_residual_peaks"] = nResidual
         if self.config.doPairSplits:
@@ -502,6 +517,10 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
             self.metadata["n_refit_alone"] = sum(bool(c.get("deblend_refitAlone")) for c in childRows)
             self.log.info("Refitted alone beside a brighter neighbour: %d children",
                           self.metadata["n_refit_alone"])
+        for step, value in seconds.items():
+            self.metadata[f"seconds_{step}"] = round(value, 3)
+        self.log.info("Deblend steps (wall s): %s",
+                      ", ".join(f"{step.replace('_', ' ')} {value:.1f}" for step, value in seconds.items() if value))
         self.log.info(
             "Deblended %d blends into %d children; %d parents skipped, %d failed, %d blends not converged",
             len(blends) - nFailed,
