@@ -510,9 +510,13 @@ def run_demo(
     timings["model_and_figure"] = round(time.perf_counter() - t, 1)
     for label, seconds in task_seconds.items():
         timings[f"task_{label}"] = seconds
+    meta = deblend_meta.get("deblend") if "deblend" in deblend_meta else {}
+    # Where the deblend quantum's time went (MadnessDeblendTask's steps).
+    for step in ("zoom", "fit", "residual_peaks", "pair_splits", "children"):
+        if meta is not None and f"seconds_{step}" in meta and float(meta[f"seconds_{step}"]) > 0:
+            timings[f"deblend_{step}"] = round(float(meta[f"seconds_{step}"]), 2)
     timings["total"] = round(time.perf_counter() - start, 1)
 
-    meta = deblend_meta.get("deblend") if "deblend" in deblend_meta else {}
     counts = {k: int(meta[k]) for k in ("n_parents", "n_blends", "n_children", "n_skipped", "n_failed",
                                         "n_not_converged") if meta is not None and k in meta}
     summary = {
