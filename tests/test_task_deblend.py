@@ -604,47 +604,6 @@ class DeblendTaskTestCase(MadnessTestCase):
         self.assertLessEqual(np.hypot(new["deblend_center_x"][0] - x, new["deblend_center_y"][0] - y), 1.0)
         np.testing.assert_allclose(new["deblend_flux_r"][0], self.truth[lost, 2].sum(), rtol=0.05)
 
-    def test_residual_peak_warm_start(self):
-        """With residualPeakWarmStart the refit starts the detected sources from their first fit
-        (latents and log flux factors) and the added one from its guess; it still finds the lost
-        galaxy, with its flux, in fewer steps than the refit from every guess."""
-        lost = 1
-        det, spans = self._blend_a_missing([lost])
-        original = MadnessDeblender.deblend_batch
-
-        def run(warm):
-            calls = []
-
-            def recording(deblender, blends, **kwargs):
-                results = original(deblender, blends, **kwargs)
-                calls.extend((blend, result) for blend, result in zip(blends, results))
-                return results
-
-            # Steps to convergence (the tests' 60-step cap would end both refits alike).
-            task = MadnessDeblendTask(config=run_config(doResidualPeaks=True, residualPeakWarmStart=warm, maxIter=300))
-            with mock.patch.object(MadnessDeblender, "deblend_batch", recording):
-                catalog = task.run(coadds=self.coadds, detections=det, detectionSpans=spans).deblendedCatalog
-            first = [(b, r) for b, r in calls if len(b["peaks_xy"]) == 2]
-            refit = [(b, r) for b, r in calls if len(b["peaks_xy"]) == 3]
-            self.assertEqual(len(refit), 1)
-            return catalog, first[0], refit[0]
-
-        cold, _, (cold_blend, cold_result) = run(False)
-        self.assertNotIn("init", cold_blend)
-        warm, (_, first), (blend, result) = run(True)
-        start = blend["init"]
-        self.assertEqual(start.shape, (3, first.latents.shape[1] + len(BANDS)))
-        np.testing.assert_allclose(start[:2, : first.latents.shape[1]], first.latents, rtol=1e-6)
-        np.testing.assert_allclose(start[:2, first.latents.shape[1]:], np.log(first.amplitudes), rtol=1e-6)
-        self.assertTrue(np.isnan(start[2]).all())  # the residual peak comes last, from its guess
-        self.assertLess(result.n_iter, cold_result.n_iter)
-        children = warm[warm["parent"] != 0]
-        new = children[children["deblend_residualPeak"]]
-        self.assertEqual(len(new), 1)
-        x, y = _tract(SCENE_PEAKS[lost])
-        self.assertLessEqual(np.hypot(new["deblend_center_x"][0] - x, new["deblend_center_y"][0] - y), 1.5)
-        np.testing.assert_allclose(new["deblend_flux_r"][0], self.truth[lost, 2].sum(), rtol=0.05)
-
     def test_added_source_onto_another_is_rejected(self):
         """An added source whose fitted centre ends nearer another source than
         residualPeakMinSeparation is a piece of that source's light: the refit is rejected."""

@@ -116,10 +116,6 @@ class BlendPlan:
         ``(n_sources,)`` bool: the sources whose positions the engine fits when its settings fit
         offsets (``MapSettings.fit_offsets``; e.g. only the sources a refit adds), or `None` for
         every zoom-1 source.
-    init : `numpy.ndarray` or `None`
-        ``(n_sources, L)`` or ``(n_sources, L + bands)`` start of each source's fit (latents,
-        and log flux factors): a warm start from an earlier fit, a row of NaN keeping a source's
-        VAE-deblender guess (`MadnessDeblender.deblend`'s ``init``); `None`: every source's guess.
     """
 
     parent: ParentFootprint
@@ -131,7 +127,6 @@ class BlendPlan:
     zoom: np.ndarray | None = None
     covers_parent: bool = False
     fit_offsets: np.ndarray | None = None
-    init: np.ndarray | None = None
 
     @property
     def n_sources(self) -> int:
@@ -153,8 +148,6 @@ class BlendPlan:
             blend["zoom"] = np.asarray(self.zoom, np.int64)
         if self.fit_offsets is not None:
             blend["fit_offsets"] = np.asarray(self.fit_offsets, bool)
-        if self.init is not None:
-            blend["init"] = np.asarray(self.init, np.float64)
         return blend
 
     @property

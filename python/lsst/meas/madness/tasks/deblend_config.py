@@ -282,13 +282,6 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
         doc="Width of the Gaussian prior on those offsets, pixels (> 0): a residual peak locates its galaxy to "
         "about a PSF sigma (3 px measured the same on the tuning patches).",
     )
-    residualPeakWarmStart = pexConfig.Field[bool](
-        default=False,
-        doc="Start a residual-peak refit's sources from their first fit (latents and flux factors) and only "
-        "the added sources from the VAE-deblender's guess, instead of every source from its guess: the refit "
-        "begins next to the first fit's optimum (fewer steps), and its objective is compared with the first "
-        "fit's from there.",
-    )
     maxResidualPeaks = pexConfig.Field[int](
         default=2, doc="Most residual peaks tried per parent (all in one refit); 0 tries none."
     )

@@ -116,8 +116,6 @@ def _residual_plan(config, context: RefitContext, k: int, plan: BlendPlan, resul
     # is cropped to the region (its child may be flagged edge). Only the added sources may move.
     new_plan = _refit_plan(plan, new_plan)
     new_plan = dataclasses.replace(new_plan, zoom=_carried_zoom(plan, result, new_plan))
-    if config.residualPeakWarmStart:
-        new_plan = dataclasses.replace(new_plan, init=_carried_start(plan, result, new_plan))
     return dataclasses.replace(new_plan, fit_offsets=_added_sources(new_plan, ids))
 
 
@@ -126,21 +124,6 @@ def _carried_zoom(plan: BlendPlan, result: DeblendResult, new_plan: BlendPlan) -
     ``result`` drew it at (given, or chosen by the engine), a new one gets 1."""
     old = {tuple(xy): int(z) for xy, z in zip(plan.sources_xy.tolist(), np.asarray(result.zoom).reshape(-1))}
     return np.array([old.get(tuple(xy), 1) for xy in new_plan.sources_xy.tolist()], np.int64)
-
-
-def _carried_start(plan: BlendPlan, result: DeblendResult, new_plan: BlendPlan) -> np.ndarray:
-    """``(n_sources, L [+ bands])`` start of ``new_plan``'s fit: a source of ``plan`` starts from
-    its first fit ``result`` (latents, and log flux factors when fitted), a new one from its
-    guess (a row of NaN)."""
-    start = np.asarray(result.latents, np.float64)
-    if result.amplitudes is not None:
-        start = np.concatenate([start, np.log(np.maximum(np.asarray(result.amplitudes, np.float64), 1e-30))], axis=1)
-    row = {tuple(xy): i for i, xy in enumerate(plan.sources_xy.tolist())}
-    out = np.full((new_plan.n_sources, start.shape[1]), np.nan)
-    for j, xy in enumerate(new_plan.sources_xy.tolist()):
-        if tuple(xy) in row:
-            out[j] = start[row[tuple(xy)]]
-    return out
 
 
 def _refit_plan(plan: BlendPlan, new_plan: BlendPlan) -> BlendPlan:
