@@ -96,6 +96,9 @@ def run_patch(seed, args, deblender, psf_fwhm_i):
         true_flux = np.asarray(truth["flux_r"])[ti]
         out[name] = {
             "seconds": seconds,
+            # Wall seconds of the task's steps (fit, residual peaks, ...), from its metadata.
+            "step_seconds": {key.removeprefix("seconds_"): float(task.metadata[key]) for key in task.metadata.names()
+                             if key.startswith("seconds_")},
             "n_truth": len(truth_xy),
             "n_children": len(kids),
             "matched": int(score["detections"]["matched"].sum()),
@@ -183,6 +186,8 @@ def main(argv=None) -> int:
             "mean_abs_dflux_r_matched": float(dflux.mean()) if len(dflux) else None,
             "median_abs_dflux_r_matched": float(np.median(dflux)) if len(dflux) else None,
             "seconds": float(sum(r["seconds"] for r in rows)),
+            "step_seconds": {key: float(sum(r.get("step_seconds", {}).get(key, 0.0) for r in rows))
+                             for key in sorted({k for r in rows for k in r.get("step_seconds", {})})},
         }
     # Flux error on the galaxies matched in both runs (the same galaxies).
     both_off, both_on = [], []

@@ -520,7 +520,7 @@ class MadnessDeblendTask(pipeBase.PipelineTask):
         for step, value in seconds.items():
             self.metadata[f"seconds_{step}"] = round(value, 3)
         self.log.info("Deblend steps (wall s): %s",
-                      ", ".join(f"{step.replace('_', ' ')} {value:.1f}" for step, value in seconds.items() if value))
+                      ", ".join(f"{step.replace('_', ' ')} {value:.1f}" for step, value in seconds.items() if value >= 0.05))
         self.log.info(
             "Deblended %d blends into %d children; %d parents skipped, %d failed, %d blends not converged",
             len(blends) - nFailed,
