@@ -326,7 +326,6 @@ def train_madness(data_dir, output, config: TrainingConfig, *, progress: bool = 
             output / "snapshot", overwrite=True)
         _log.info("Snapshot of %s after epoch %d: %s", result.name, last["epoch"], output / "snapshot")
 
-
     # --- 1-2: beta-VAE, warm-up then plain loss -------------------------------------------------
     teacher = None
     if config.distill_weight > 0:
