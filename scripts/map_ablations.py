@@ -86,8 +86,9 @@ is not reported here.
 
 Writes the JSON (mean abs(dF/F) per band, median in r, mean steps, seconds) and prints a
 Markdown table. Beside the JSON, ``<output stem>.npz`` keeps every galaxy's numbers
-(``<ablation>/abs_flux_residual`` (galaxies, bands), ``cosine``, ``e1_residual``, ``log_prior`` (the
-flow log-density of each galaxy's fitted latents), and ``kappa``), in
+(``<ablation>/abs_flux_residual`` and the signed ``flux_residual`` (galaxies, bands), ``cosine``,
+``e1_residual``, ``colour_residual_gr`` (g-r against the catalogue), ``log_prior`` (the flow
+log-density of each galaxy's fitted latents), and ``kappa``), in
 field order, so that two runs on the same fields can be compared galaxy by galaxy
 (``scripts/paired_comparison.py``): a mean over a few hundred galaxies is decided by its few
 catastrophic ones, a paired difference is not. Runs in this process; set
@@ -213,6 +214,7 @@ def main(argv=None) -> int:
     cosines = {name: [] for name in names}
     e1 = {name: [] for name in names}
     colours = {name: [] for name in names}
+    signed = {name: [] for name in names}
     steps = {name: [] for name in names}
     log_priors = {name: [] for name in names}
     seconds = dict.fromkeys(names, 0.0)
@@ -266,6 +268,7 @@ def main(argv=None) -> int:
             metrics = model_metrics(ref, result.models.astype(np.float32), models_yx0=np.asarray(result.stamp_yx0),
                                     conditions=conditions, envelopes=far_light, envelope_sources=far_sources)
             errors[name].append(np.abs(metrics["flux_residual"]))
+            signed[name].append(metrics["flux_residual"])
             cosines[name].append(metrics["cosine"])
             e1[name].append(metrics["e1_residual"])
             colours[name].append(metrics["colour_residual_true"])
@@ -282,6 +285,7 @@ def main(argv=None) -> int:
                                     envelope_sources=data[key + "envelope_sources"] if envelopes is not None
                                     else None)
             errors[name].append(np.abs(metrics["flux_residual"]))
+            signed[name].append(metrics["flux_residual"])
             cosines[name].append(metrics["cosine"])
             e1[name].append(metrics["e1_residual"])
             colours[name].append(metrics["colour_residual_true"])
@@ -317,6 +321,9 @@ def main(argv=None) -> int:
         per_galaxy[f"{name}/cosine"] = np.concatenate(cosines[name])
         per_galaxy[f"{name}/e1_residual"] = np.concatenate(e1[name])
         per_galaxy[f"{name}/log_prior"] = np.concatenate(log_priors[name])
+        # Signed, so that a colour scatter can be traced to the galaxies and bands that make it.
+        per_galaxy[f"{name}/colour_residual_gr"] = np.concatenate(colours[name])
+        per_galaxy[f"{name}/flux_residual"] = np.concatenate(signed[name])
     npz = args.output.with_suffix(".npz")
     tmp = npz.with_name(npz.stem + ".tmp.npz")
     np.savez_compressed(tmp, bands=np.array(bands), **per_galaxy)
