@@ -14,7 +14,10 @@ fields, or two methods of one run). Both must be the same fields, in the same or
 refuses inputs whose galaxy counts or kappas differ. For every band (kappa <= 5 in that band, as the evaluation report cuts) it prints each
 run's mean and median abs(dF/F), the mean of the paired difference B - A with a bootstrap 95%
 interval over *fields* (galaxies of one field are not independent: they share blends), and the
-fraction of galaxies B fits better; then the same for r's cosine and e1 residual. A mean over a
+fraction of galaxies B fits better; then the same for r's cosine and e1 residual, and, where both
+runs carry it, the g-r colour residual against the catalogue (kappa_r <= 5, as the report cuts):
+its abs value paired, and the difference of its standard deviations (issue 12's std dC) with the
+same interval over fields, since one galaxy far off in colour moves a std as much as many. A mean over a
 few hundred galaxies moves with its few catastrophic ones; the paired difference removes what
 both runs get equally wrong, and the interval says whether 20 fields can tell the two apart.
 """
@@ -56,10 +59,35 @@ def paired(a: np.ndarray, b: np.ndarray, groups: np.ndarray, n_boot: int, seed: 
             "b_better": float(np.mean(d < 0)), "a_better": float(np.mean(d > 0))}
 
 
+def paired_std(a: np.ndarray, b: np.ndarray, groups: np.ndarray, n_boot: int, seed: int) -> dict:
+    """``std(b) - std(a)`` over finite pairs, the interval from resampling whole groups.
+
+    Examples
+    --------
+    >>> g = np.repeat(np.arange(10), 3); a = np.tile([-1.0, 0.0, 1.0], 10)
+    >>> out = paired_std(a, 2 * a, g, n_boot=100, seed=0)
+    >>> round(out["diff"], 6), [round(x, 6) for x in out["ci95"]]
+    (0.816497, [0.816497, 0.816497])
+    """
+    ok = np.isfinite(a) & np.isfinite(b)
+    a, b, groups = a[ok], b[ok], groups[ok]
+    ids = np.unique(groups)
+    members = [np.flatnonzero(groups == g) for g in ids]
+    rng = np.random.default_rng(seed)
+    boot = np.empty(n_boot)
+    for k in range(n_boot):
+        pick = np.concatenate([members[i] for i in rng.integers(0, len(ids), len(ids))])
+        boot[k] = b[pick].std() - a[pick].std()
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return {"n": int(ok.sum()), "std_a": float(a.std()), "std_b": float(b.std()),
+            "diff": float(b.std() - a.std()), "ci95": [float(round(lo, 12)), float(round(hi, 12))]}
+
+
 def load_evaluation(directory: Path) -> dict:
     """The per-galaxy arrays of a ``madness evaluate`` output directory, keyed as
     `scripts/map_ablations.py` writes them (``<method>/abs_flux_residual``, ``<method>/cosine``,
-    ``<method>/e1_residual``, ``kappa``, ``field_of_galaxy``, ``bands``)."""
+    ``<method>/e1_residual``, ``<method>/colour_residual_gr`` (the evaluation's
+    ``colour_residual_true``), ``kappa``, ``field_of_galaxy``, ``bands``)."""
     partial = directory / "partial"
     bands = json.loads((partial / "run.json").read_text())["bands"]
     files = sorted(partial.glob("field-*.npz"))
@@ -71,10 +99,12 @@ def load_evaluation(directory: Path) -> dict:
             parts.setdefault("kappa", []).append(data["g/kappa"])
             parts.setdefault("field_of_galaxy", []).append(data["g/field_id"])
             for key in data.files:
-                if key.startswith("m/") and key.rsplit("/", 1)[1] in ("flux_residual", "cosine", "e1_residual"):
+                if key.startswith("m/") and key.rsplit("/", 1)[1] in ("flux_residual", "cosine", "e1_residual",
+                                                                       "colour_residual_true"):
                     method, name = key[2:].rsplit("/", 1)
                     value = np.abs(data[key]) if name == "flux_residual" else data[key]
-                    name = "abs_flux_residual" if name == "flux_residual" else name
+                    name = {"flux_residual": "abs_flux_residual",
+                            "colour_residual_true": "colour_residual_gr"}.get(name, name)
                     parts.setdefault(f"{method}/{name}", []).append(value)
     out = {k: np.concatenate(v) for k, v in parts.items() if len(v) == len(files)}
     out["bands"] = np.array(bands)
@@ -111,6 +141,11 @@ def compare(a_path: Path, b_path: Path, ablation_a: str = "default", ablation_b:
                                        1 - column(b, ablation_b, "cosine")[keep], groups[keep], n_boot, seed)
     out["abs_e1_residual_r"] = paired(np.abs(column(a, ablation_a, "e1_residual")[keep]),
                                       np.abs(column(b, ablation_b, "e1_residual")[keep]), groups[keep], n_boot, seed)
+    colour_a, colour_b = f"{ablation_a}/colour_residual_gr", f"{ablation_b}/colour_residual_gr"
+    if colour_a in a and colour_b in b:
+        ca, cb = np.asarray(a[colour_a])[keep], np.asarray(b[colour_b])[keep]
+        out["abs_colour_residual_gr"] = paired(np.abs(ca), np.abs(cb), groups[keep], n_boot, seed)
+        out["std_colour_residual_gr"] = paired_std(ca, cb, groups[keep], n_boot, seed)
     return out
 
 
@@ -119,10 +154,16 @@ def markdown(result: dict) -> str:
             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     items = [(f"abs(dF/F) {k}", v) for k, v in result["bands"].items()]
     items += [("1 - cosine r", result["one_minus_cosine_r"]), ("abs(e1 residual) r", result["abs_e1_residual_r"])]
+    if "abs_colour_residual_gr" in result:
+        items.append(("abs(dC) g-r", result["abs_colour_residual_gr"]))
     for name, v in items:
         rows.append(f"| {name} | {v['n']} | {v['mean_a']:.4f} | {v['mean_b']:.4f} | {v['median_a']:.4f} | "
                     f"{v['median_b']:.4f} | {v['mean_diff']:+.4f} ({v['ci95'][0]:+.4f}, {v['ci95'][1]:+.4f}) | "
                     f"{100 * v['b_better']:.0f}% |")
+    if "std_colour_residual_gr" in result:
+        v = result["std_colour_residual_gr"]
+        rows.append(f"\nstd dC (g-r), n {v['n']}: A {v['std_a']:.4f}, B {v['std_b']:.4f}, "
+                    f"B - A {v['diff']:+.4f} ({v['ci95'][0]:+.4f}, {v['ci95'][1]:+.4f})")
     return "\n".join(rows)
 
 

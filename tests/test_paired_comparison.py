@@ -25,13 +25,14 @@ def _load():
     return module
 
 
-def _write(path, errors, kappa, fields, cosine=None, e1=None):
+def _write(path, errors, kappa, fields, cosine=None, e1=None, colour=None):
     """A per-galaxy file as scripts/map_ablations.py writes it (ablation "default")."""
     n = len(errors)
+    extra = {} if colour is None else {"default/colour_residual_gr": colour}
     np.savez(path, bands=np.array(BANDS), kappa=kappa, field_of_galaxy=fields,
              **{"default/abs_flux_residual": errors,
                 "default/cosine": np.full((n, 2), 0.99) if cosine is None else cosine,
-                "default/e1_residual": np.zeros(n) if e1 is None else e1})
+                "default/e1_residual": np.zeros(n) if e1 is None else e1}, **extra)
 
 
 class PairedComparisonTestCase(lsst.utils.tests.TestCase):
@@ -77,6 +78,29 @@ class PairedComparisonTestCase(lsst.utils.tests.TestCase):
         self.assertGreater(v["ci95"][1], 0.0)
         self.assertAlmostEqual(v["b_better"], 0.5)
 
+    def test_colour_scatter_of_one_outlier(self):
+        """B's g-r colours equal A's except one galaxy 2 mag off: the paired abs(dC) moves by
+        2 / n, the std by the known amount, and the interval over fields holds that difference
+        and zero (the resamples without the outlier's field); galaxies cut in r are left out."""
+        compare = _load().compare
+        rng = np.random.default_rng(5)
+        colour = rng.normal(0.0, 0.1, self.n)
+        outlier = colour.copy()
+        outlier[30] += 2.0
+        _write(self.tmp / "a.npz", self.a, self.kappa, self.fields, colour=colour)
+        _write(self.tmp / "b.npz", self.a, self.kappa, self.fields, colour=outlier)
+        out = compare(self.tmp / "a.npz", self.tmp / "b.npz", n_boot=400)
+        keep = self.kappa[:, 1] <= 5
+        v = out["abs_colour_residual_gr"]
+        self.assertEqual(v["n"], int(keep.sum()))
+        self.assertAlmostEqual(v["mean_diff"], (abs(outlier[30]) - abs(colour[30])) / keep.sum(), places=9)
+        s = out["std_colour_residual_gr"]
+        self.assertAlmostEqual(s["diff"], outlier[keep].std() - colour[keep].std(), places=9)
+        self.assertGreater(s["diff"], 0.1)
+        self.assertLessEqual(s["ci95"][0], 1e-12)
+        self.assertGreater(s["ci95"][1], 0.1)
+        self.assertIn("std dC (g-r)", _load().markdown(out))
+
     def test_refuses_other_galaxies_and_runs_as_a_script(self):
         compare = _load().compare
         _write(self.tmp / "a.npz", self.a, self.kappa, self.fields)
@@ -106,6 +130,7 @@ def _write_evaluation(directory, signed_errors, kappa, fields, methods=("madness
             arrays[f"m/{method}/flux_residual"] = signed_errors[rows]
             arrays[f"m/{method}/cosine"] = np.full((rows.sum(), 2), 0.99)
             arrays[f"m/{method}/e1_residual"] = np.zeros((rows.sum(), 2))
+            arrays[f"m/{method}/colour_residual_true"] = signed_errors[rows, 0]
         np.savez(partial / f"field-{int(field):06d}.npz", **arrays)
 
 
@@ -128,6 +153,9 @@ class EvaluationDirectoryTestCase(lsst.utils.tests.TestCase):
         loaded = module.load_evaluation(self.tmp / "eval-a")
         np.testing.assert_array_equal(loaded["field_of_galaxy"], self.fields)
         np.testing.assert_allclose(loaded["madness/abs_flux_residual"], self.a)
+        np.testing.assert_allclose(loaded["madness/colour_residual_gr"], sign[:, 0] * self.a[:, 0])
+        self.assertAlmostEqual(out["std_colour_residual_gr"]["diff"],
+                               -(sign[keep, 0] * self.a[keep, 0]).std() / 2, places=9)
 
 
 class MemoryTester(lsst.utils.tests.MemoryTestCase):
