@@ -59,6 +59,26 @@ class DefaultBundleTestCase(unittest.TestCase):
             for a, b in zip(previous.decoder.get_weights(), packaged.decoder.get_weights())
         ))
 
+    def test_faster_candidate_loads(self):
+        """cpu10-a (stop 67), the decoder of 96, 32, 24 channels at 0.81x cpu9-a's time, is kept as
+        a checkpoint of its decoder alone for whoever prefers its speed (doc/training.md): it
+        loads with the packaged encoder, flow and VAE-deblender and draws a galaxy in all six
+        bands from a latent."""
+        checkpoint = Path(__file__).resolve().parents[1] / "checkpoints" / "cpu10-a"
+        candidate, packaged = ModelBundle.load(checkpoint), ModelBundle.load()
+        self.assertEqual(candidate.decoder.count_params(), 2_201_006)
+        self.assertEqual(sorted(p.name for p in checkpoint.iterdir()), ["bundle.json", "decoder.weights.000.npz"])
+        # The finished run, not one of its epoch snapshots.
+        self.assertIsNone(candidate.metadata.training.get("snapshot"))
+        self.assertEqual(candidate.metadata.training["stages"]["vae"]["epochs_run"], 10)
+        for name in ("encoder", "flow", "deblender_encoder"):
+            for a, b in zip(getattr(candidate, name).get_weights(), getattr(packaged, name).get_weights()):
+                np.testing.assert_array_equal(a, b, err_msg=name)
+        stamp = np.asarray(candidate.decoder(np.zeros((1, 16), np.float32)))
+        self.assertEqual(stamp.shape, (1, 45, 45, 6))
+        self.assertTrue(np.all(np.isfinite(stamp)))
+        self.assertTrue(np.all(stamp.reshape(-1, 6).sum(axis=0) > 0))
+
     def test_deblends_better_than_no_deblending(self):
         from lsst.meas.madness.evaluation import catalog_apertures, field_photometry
         from lsst.meas.madness.simulation import LsstConditions
