@@ -32,6 +32,25 @@ from pathlib import Path
 import numpy as np
 
 
+def _interval(statistic, a: np.ndarray, b: np.ndarray, groups: np.ndarray, n_boot: int, seed: int):
+    """95% interval of ``statistic(a, b)`` from resampling whole groups (fields) with replacement:
+    galaxies of one field share blends, so they are not independent draws."""
+    ids = np.unique(groups)
+    members = [np.flatnonzero(groups == g) for g in ids]
+    rng = np.random.default_rng(seed)
+    boot = np.empty(n_boot)
+    for k in range(n_boot):
+        pick = np.concatenate([members[i] for i in rng.integers(0, len(ids), len(ids))])
+        boot[k] = statistic(a[pick], b[pick])
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return [float(round(lo, 12)), float(round(hi, 12))]
+
+
+def _finite_pairs(a: np.ndarray, b: np.ndarray, groups: np.ndarray):
+    ok = np.isfinite(a) & np.isfinite(b)
+    return a[ok], b[ok], groups[ok]
+
+
 def paired(a: np.ndarray, b: np.ndarray, groups: np.ndarray, n_boot: int, seed: int) -> dict:
     """Summary of ``b - a`` over finite pairs, the interval from resampling whole groups.
 
@@ -42,20 +61,12 @@ def paired(a: np.ndarray, b: np.ndarray, groups: np.ndarray, n_boot: int, seed: 
     >>> round(out["mean_diff"], 6), out["b_better"], out["ci95"] == [-0.05, -0.05]
     (-0.05, 1.0, True)
     """
-    ok = np.isfinite(a) & np.isfinite(b)
-    a, b, groups = a[ok], b[ok], groups[ok]
+    a, b, groups = _finite_pairs(a, b, groups)
     d = b - a
-    ids = np.unique(groups)
-    members = [np.flatnonzero(groups == g) for g in ids]
-    rng = np.random.default_rng(seed)
-    boot = np.empty(n_boot)
-    for k in range(n_boot):
-        pick = np.concatenate([members[i] for i in rng.integers(0, len(ids), len(ids))])
-        boot[k] = d[pick].mean()
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    return {"n": int(ok.sum()), "mean_a": float(a.mean()), "mean_b": float(b.mean()),
+    return {"n": len(a), "mean_a": float(a.mean()), "mean_b": float(b.mean()),
             "median_a": float(np.median(a)), "median_b": float(np.median(b)),
-            "mean_diff": float(d.mean()), "ci95": [float(round(lo, 12)), float(round(hi, 12))],
+            "mean_diff": float(d.mean()),
+            "ci95": _interval(lambda x, y: (y - x).mean(), a, b, groups, n_boot, seed),
             "b_better": float(np.mean(d < 0)), "a_better": float(np.mean(d > 0))}
 
 
@@ -69,18 +80,10 @@ def paired_std(a: np.ndarray, b: np.ndarray, groups: np.ndarray, n_boot: int, se
     >>> round(out["diff"], 6), [round(x, 6) for x in out["ci95"]]
     (0.816497, [0.816497, 0.816497])
     """
-    ok = np.isfinite(a) & np.isfinite(b)
-    a, b, groups = a[ok], b[ok], groups[ok]
-    ids = np.unique(groups)
-    members = [np.flatnonzero(groups == g) for g in ids]
-    rng = np.random.default_rng(seed)
-    boot = np.empty(n_boot)
-    for k in range(n_boot):
-        pick = np.concatenate([members[i] for i in rng.integers(0, len(ids), len(ids))])
-        boot[k] = b[pick].std() - a[pick].std()
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    return {"n": int(ok.sum()), "std_a": float(a.std()), "std_b": float(b.std()),
-            "diff": float(b.std() - a.std()), "ci95": [float(round(lo, 12)), float(round(hi, 12))]}
+    a, b, groups = _finite_pairs(a, b, groups)
+    return {"n": len(a), "std_a": float(a.std()), "std_b": float(b.std()),
+            "diff": float(b.std() - a.std()),
+            "ci95": _interval(lambda x, y: y.std() - x.std(), a, b, groups, n_boot, seed)}
 
 
 def load_evaluation(directory: Path) -> dict:
