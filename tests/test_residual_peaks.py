@@ -93,6 +93,22 @@ class FindResidualPeaksTestCase(lsst.utils.tests.TestCase):
     def test_bic_penalty(self):
         self.assertAlmostEqual(bic_penalty(16, 10_000), 8 * np.log(10_000))
 
+    def test_penalty_factor(self):
+        """The task's penalty per added source: residualPeakPenaltyFactor (0.5 by default) times
+        the BIC's, or residualPeakPenalty as given; a factor <= 0 is refused."""
+        from lsst.meas.madness.tasks import MadnessDeblendConfig
+        from lsst.meas.madness.tasks.refits import _penalty
+
+        config = MadnessDeblendConfig()
+        self.assertEqual(config.residualPeakPenaltyFactor, 0.5)
+        self.assertIsNone(config.residualPeakPenalty)
+        self.assertAlmostEqual(_penalty(None, 16, 10_000, config.residualPeakPenaltyFactor), 4 * np.log(10_000))
+        self.assertAlmostEqual(_penalty(None, 16, 10_000), 8 * np.log(10_000))
+        self.assertEqual(_penalty(40.0, 16, 10_000, 0.5), 40.0)
+        config.residualPeakPenaltyFactor = 0.0
+        with self.assertRaisesRegex(Exception, "residualPeakPenaltyFactor"):
+            config.validate()
+
 
 class SymmetricLightTestCase(lsst.utils.tests.TestCase):
     """A bright galaxy whose model holds only its core leaves its profile around the core as

@@ -288,8 +288,15 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
     residualPeakPenalty = pexConfig.Field[float](
         default=None,
         optional=True,
-        doc="Objective decrease (chi^2 / 2 minus log-prior) each added source must bring; None for the "
-        "BIC's latent_dim / 2 * ln(usable pixels x bands of the fit region).",
+        doc="Objective decrease (chi^2 / 2 minus log-prior) each added source must bring; None for "
+        "residualPeakPenaltyFactor times the BIC's latent_dim / 2 * ln(usable pixels x bands of the fit region).",
+    )
+    residualPeakPenaltyFactor = pexConfig.Field[float](
+        default=0.5,
+        doc="Multiplies the BIC's penalty of an added residual-peak source (residualPeakPenalty None). The BIC "
+        "counts every latent as a free parameter; a faint source's latents are held by the prior, so the "
+        "BIC rejects real galaxies of SNR ~10-13 (doc/detection.md).",
+        check=lambda v: v > 0,
     )
     # Pair splits (issue 14, section 1; lsst.meas.madness.tasks.pair_split)
     doPairSplits = pexConfig.Field[bool](

@@ -137,9 +137,9 @@ def _refit_plan(plan: BlendPlan, new_plan: BlendPlan) -> BlendPlan:
     return dataclasses.replace(new_plan, neighbours_xy=np.asarray(plan.neighbours_xy), region=plan.region)
 
 
-def _penalty(configured: float | None, n_parameters: int, n_data: int) -> float:
-    """The configured penalty per added source, or the BIC's for ``n_parameters``."""
-    return float(configured) if configured is not None else bic_penalty(n_parameters, n_data)
+def _penalty(configured: float | None, n_parameters: int, n_data: int, factor: float = 1.0) -> float:
+    """The configured penalty per added source, or ``factor`` times the BIC's for ``n_parameters``."""
+    return float(configured) if configured is not None else factor * bic_penalty(n_parameters, n_data)
 
 
 # --- residual peaks --------------------------------------------------------------------------------
@@ -297,7 +297,8 @@ def add_residual_peaks(
                 continue
             n_added = new_plan.n_sources - plan.n_sources
             penalty = _penalty(
-                config.residualPeakPenalty, context.deblender.latent_dim + extra, int(context.usable(plan).sum())
+                config.residualPeakPenalty, context.deblender.latent_dim + extra, int(context.usable(plan).sum()),
+                config.residualPeakPenaltyFactor,
             )
             gain = float(result.objective_final - outcome.objective_final)
             context.log.debug(
