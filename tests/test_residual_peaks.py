@@ -105,9 +105,8 @@ class FindResidualPeaksTestCase(lsst.utils.tests.TestCase):
         self.assertAlmostEqual(_penalty(None, 16, 10_000, config.residualPeakPenaltyFactor), 4 * np.log(10_000))
         self.assertAlmostEqual(_penalty(None, 16, 10_000), 8 * np.log(10_000))
         self.assertEqual(_penalty(40.0, 16, 10_000, 0.5), 40.0)
-        config.residualPeakPenaltyFactor = 0.0
         with self.assertRaisesRegex(Exception, "residualPeakPenaltyFactor"):
-            config.validate()
+            config.residualPeakPenaltyFactor = 0.0
 
 
 class SymmetricLightTestCase(lsst.utils.tests.TestCase):
