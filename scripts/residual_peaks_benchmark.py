@@ -13,6 +13,9 @@ against its galaxy's noiseless r flux.
 
     python scripts/residual_peaks_benchmark.py --patches 4 --output benchmarks/residual_peaks
     python scripts/residual_peaks_benchmark.py --patches 4 --toggle doPairSplits --output OUT
+    python scripts/residual_peaks_benchmark.py --toggle none --on-config residualPeakMaxOffset=3 --output OUT
+
+``--toggle none`` toggles nothing: the two runs then differ only by the ``--on-config`` overrides.
 
 Each patch's numbers are kept in ``OUTPUT/patch-SEED.json``; rerunning the same command skips them.
 """
@@ -43,6 +46,7 @@ def run_patch(seed, args, deblender, psf_fwhm_i):
     coadd = MultibandCoadd(bands=patch.bands, image=patch.image, variance=patch.variance,
                            bad=np.zeros(patch.image.shape, bool), yx0=patch.yx0, unit=patch.unit)
     toggles_detection = args.toggle.startswith("detection.")
+    toggles_nothing = args.toggle == "none"
 
     def detected_parents(on: bool):
         detection = MadnessDetectionConfig()
@@ -69,9 +73,9 @@ def run_patch(seed, args, deblender, psf_fwhm_i):
         if name in out:
             continue
         config = MadnessDeblendConfig()
-        if not toggles_detection:
+        if not (toggles_detection or toggles_nothing):
             setattr(config, args.toggle, on)
-        for item in args.config:
+        for item in args.config + (args.on_config if on else []):
             field, value = item.split("=", 1)
             current = getattr(config, field)
             if isinstance(current, bool):
@@ -139,12 +143,14 @@ def main(argv=None) -> int:
     parser.add_argument("--output", default="benchmarks/residual_peaks")
     parser.add_argument("--toggle", default="doResidualPeaks",
                         help="the bool config field that is False in the 'off' run and True in the 'on' run "
-                        "(detection.<field>: a MadnessDetectionConfig field)")
+                        "(detection.<field>: a MadnessDetectionConfig field; none: no field, the runs differ by --on-config)")
     parser.add_argument("--reuse-off", metavar="DIR[:KEY]",
                         help="take each patch's 'off' run from DIR/patch-SEED.json (an earlier output on "
                         "the same patches; :KEY takes its run KEY instead, e.g. :on)")
     parser.add_argument("--config", action="append", default=[], metavar="FIELD=VALUE",
                         help="MadnessDeblendConfig override for both runs, e.g. residualPeakThreshold=7")
+    parser.add_argument("--on-config", action="append", default=[], metavar="FIELD=VALUE",
+                        help="MadnessDeblendConfig override for the 'on' run only (after --config)")
     args = parser.parse_args(argv)
 
     from lsst.meas.madness import MadnessDeblender
