@@ -142,7 +142,7 @@ class PairSplitTaskTestCase(lsst.utils.tests.TestCase):
     Measured (bfloat16 steps) with the packaged cpu9-a: at 0.05 the pair lowers the objective by
     ~750 against a penalty of 94 and is split, and the elongated galaxy is not tried (its chi^2
     excess is negative); at 0.1 neither is tried: the pair's excess with 10% of the model in the
-    noise (~3) cannot pay the penalty, so the default no longer splits this pair (on patches 0.1
+    noise (~-3) cannot pay the penalty, so the default no longer splits this pair (on patches 0.1
     still splits a few, doc/detection.md, "Stop 54"). With cpu6-a, packaged before it, the pair
     was split at both (~1300 and ~780) and the elongated galaxy cut in two at 0.05 (~450), the
     failure doc/detection.md reports.
@@ -166,23 +166,28 @@ class PairSplitTaskTestCase(lsst.utils.tests.TestCase):
         cls.detections = detections
         precision = "mixed_bfloat16" if keras.config.backend() == "tensorflow" else "float32"
         cls.catalogs, cls.metadata = {}, {}
-        for error in (0.05, 0.1):
+        # "strict": 0.05 with a gate on the chi^2 excess the pair cannot pass (its excess is ~770, the
+        # added latents' penalty ~75: 20 x 75 = 1500).
+        for key, error, try_excess in ((0.05, 0.05, 0.5), (0.1, 0.1, 0.5), ("strict", 0.05, 20.0)):
             config = MadnessDeblendConfig()
             config.precision = precision
             config.doPairSplits = True
             config.pairSplitModelError = error
+            config.pairSplitTryExcess = try_excess
             task = MadnessDeblendTask(config=config)
-            cls.catalogs[error] = task.run(coadds=coadds, detections=detections, detectionSpans=spans,
-                                           deblender=deblender).deblendedCatalog
-            cls.metadata[error] = task.metadata
+            cls.catalogs[key] = task.run(coadds=coadds, detections=detections, detectionSpans=spans,
+                                         deblender=deblender).deblendedCatalog
+            cls.metadata[key] = task.metadata
 
     def _pairParent(self, catalog):
         return catalog["parent"] == self.detections["id"][0]
 
     def test_defaults(self):
         config = MadnessDeblendConfig()
-        self.assertFalse(config.doPairSplits)
+        self.assertTrue(config.doPairSplits)
         self.assertEqual(config.pairSplitModelError, 0.1)
+        self.assertEqual(config.pairSplitTryExcess, 0.5)
+        self.assertEqual(config.pairSplitMaxSeparation, 6.0)
 
     def test_pair_is_split(self):
         for error in (0.05,):
@@ -205,6 +210,17 @@ class PairSplitTaskTestCase(lsst.utils.tests.TestCase):
             np.testing.assert_allclose(float(split["deblend_flux_r"].sum()), self.truth[:2, 2].sum(), rtol=0.1,
                                        err_msg=str(error))
 
+    def test_excess_gate(self):
+        """The chi^2 excess decides what is tried; the objective what is kept."""
+        def tried(key):
+            catalog = self.catalogs[key]
+            parent = catalog[catalog["id"] == self.detections["id"][0]]
+            return int(parent["deblend_nPairSplits"][0]) + int(parent["deblend_nPairSplitsRejected"][0])
+
+        self.assertEqual(tried(0.05), 1)
+        self.assertEqual(tried("strict"), 0)
+        self.assertEqual(tried(0.1), 0)  # with 10% of the model in the noise the pair's excess is < 0
+
     def test_single_is_not_split(self):
         for error, catalog in self.catalogs.items():
             single = catalog[(catalog["parent"] != 0) & ~self._pairParent(catalog)]
@@ -220,6 +236,9 @@ class PairSplitTaskTestCase(lsst.utils.tests.TestCase):
         config.pairSplitMinSeparation = 12.0
         with self.assertRaises(pexConfig.FieldValidationError):
             config.validate()
+        config = MadnessDeblendConfig()
+        with self.assertRaises(pexConfig.FieldValidationError):  # pex_config checks on assignment
+            config.pairSplitTryExcess = -1.0
 
 
 class MemoryTester(lsst.utils.tests.MemoryTestCase):
