@@ -22,8 +22,6 @@ import argparse
 import resource
 import time
 
-import numpy as np
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -1,6 +1,5 @@
 """Both Keras backends give the same numbers on the same weights and inputs."""
 
-import json
 import os
 import subprocess
 import sys
