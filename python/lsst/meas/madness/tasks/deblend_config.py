@@ -300,15 +300,16 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
     )
     # Pair splits (issue 14, section 1; lsst.meas.madness.tasks.pair_split)
     doPairSplits = pexConfig.Field[bool](
-        default=True,
+        default=False,
         doc="After the first fit (and the residual peaks), try a source whose light is elongated and "
         "leaves an excess of chi^2 as two sources on its major axis (an unresolved pair), refit the "
         "parent and keep the pair when the objective, with pairSplitModelError in the noise, falls by "
         "more than the penalty of the added parameters (children flagged deblend_pairSplit). Parents with a "
-        "source drawn at deblend_zoom > 1 are not tried. On by default since stop 69: on 16 tuning patches "
-        "7 more of 640 galaxies found (SNR > 20: 94.0% -> 95.9%) for 2 more unmatched children, and the "
-        "r flux error of the galaxies found either way lower, for ~1.2x the deblend time (doc/detection.md, "
-        "\"Stop 69\"); off by default in the afw task, where a new member gets a new peak record.",
+        "source drawn at deblend_zoom > 1 are not tried. Opt-in: on 16 simulated tuning patches it finds 7 "
+        "more of 640 galaxies (SNR > 20: 94.0% -> 95.9%) for 2 more unmatched children and lowers the r flux "
+        "error of the galaxies found either way, for ~1.2x the deblend time, but in a GalSim scene of bright "
+        "exponential discs (hlr 1\", r ~20) it cuts a disc in two (doc/detection.md, \"Stop 69\"). In the afw "
+        "task a new member gets a new peak record.",
     )
     pairSplitMinSeparation = pexConfig.Field[float](
         default=3.0,
