@@ -72,16 +72,6 @@ def flipped_kernel(kernel: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(kernel[::-1, ::-1].transpose(0, 1, 3, 2))
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--filters", default="96,64,32", help="the decoder's transposed-convolution filters")
@@ -92,6 +82,8 @@ def main(argv=None) -> int:
     parser.add_argument("--output", default=None, help="JSON file to write")
     args = parser.parse_args(argv)
     import tensorflow as tf
+
+    from lsst.meas.madness.backend import cpu_model
 
     filters = [int(f) for f in args.filters.split(",")]
     base = -(-args.stamp // 2 ** len(filters))
@@ -169,7 +161,7 @@ def main(argv=None) -> int:
         out.parent.mkdir(parents=True, exist_ok=True)
         record = {
             "command": "python benchmarks/bench_decoder_layers.py " + " ".join(sys.argv[1:] if argv is None else argv),
-            "machine": {"platform": platform.platform(), "cpu": _cpu_model(), "cpus": os.cpu_count()},
+            "machine": {"platform": platform.platform(), "cpu": cpu_model(), "cpus": os.cpu_count()},
             "tensorflow": tf.__version__, "filters": filters, "batch": batch, "repeats": args.repeats,
             "layers": rows,
         }

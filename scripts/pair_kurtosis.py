@@ -7,9 +7,10 @@ The fourth moment along the major axis tells them apart in principle: two member
 make the profile flatter than one (for two equal Gaussians of width ``b`` the excess kurtosis is
 ``-2 t^4 / (1 + t^2)^2`` with ``t = d / 2b``), while an exponential or de Vaucouleurs profile is
 peakier than a Gaussian. This script measures it on noiseless GalSim images convolved with a
-Kolmogorov PSF of 0.8" FWHM at 0.2" pixels, weighted by GalSim's adaptive (HSM) elliptical
-Gaussian as `light_moments` weights the light. A measurement on the images, not on the task:
-it tells whether the statistic is worth building into the splits' decision.
+Kolmogorov PSF of 0.8" FWHM at 0.2" pixels, weighted by the adaptive (HSM) elliptical Gaussian
+of `lsst.meas.madness.tasks.pair_split.light_moments`, as the pair splits weigh the light. A
+measurement on the images, not on the task: it tells whether the statistic is worth building into
+the splits' decision.
 
 Usage::
 
@@ -32,25 +33,23 @@ PSF = galsim.Kolmogorov(fwhm=0.8)
 
 
 def major_axis_kurtosis(image: np.ndarray) -> tuple[float, float]:
-    """Excess kurtosis along the major axis of the HSM-weighted light, and HSM's distortion."""
-    moments = galsim.hsm.FindAdaptiveMom(galsim.Image(image), strict=False)
-    if moments.moments_status != 0:
+    """Excess kurtosis along the major axis of the light weighted as `light_moments` weighs it, and
+    the light's distortion ``(a^2 - b^2) / (a^2 + b^2)``."""
+    from lsst.meas.madness.tasks.pair_split import light_moments
+
+    centre = ((image.shape[1] - 1) / 2, (image.shape[0] - 1) / 2)
+    moments = light_moments(image, centre)
+    if moments is None:
         return float("nan"), float("nan")
-    sigma = moments.moments_sigma
-    e1, e2 = moments.observed_shape.e1, moments.observed_shape.e2
-    # GalSim's centroid is in 1-based pixel coordinates.
-    x0, y0 = moments.moments_centroid.x - 1, moments.moments_centroid.y - 1
     yy, xx = np.mgrid[: image.shape[0], : image.shape[1]]
-    dx, dy = xx - x0, yy - y0
-    covariance = np.array([[1 + e1, e2], [e2, 1 - e1]]) * sigma**2 / np.sqrt(1 - e1**2 - e2**2)
-    inverse = np.linalg.inv(covariance)
-    r2 = inverse[0, 0] * dx**2 + 2 * inverse[0, 1] * dx * dy + inverse[1, 1] * dy**2
-    weighted = np.exp(-0.5 * r2) * image
-    theta = 0.5 * np.arctan2(e2, e1)
-    u = dx * np.cos(theta) + dy * np.sin(theta)
+    dx, dy = xx - moments.x, yy - moments.y
+    u = dx * np.cos(moments.angle) + dy * np.sin(moments.angle)  # along the major axis
+    v = -dx * np.sin(moments.angle) + dy * np.cos(moments.angle)
+    weighted = np.exp(-0.5 * (u**2 / moments.major2 + v**2 / moments.minor2)) * image
     m2 = float((weighted * u**2).sum() / weighted.sum())
     m4 = float((weighted * u**4).sum() / weighted.sum())
-    return m4 / m2**2 - 3.0, float(np.hypot(e1, e2))
+    distortion = (moments.major2 - moments.minor2) / (moments.major2 + moments.minor2)
+    return m4 / m2**2 - 3.0, float(distortion)
 
 
 def draw(profile) -> np.ndarray:
