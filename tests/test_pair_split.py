@@ -21,7 +21,9 @@ from lsst.meas.madness.tasks import MadnessDeblendConfig, MadnessDeblendTask
 from lsst.meas.madness.tasks.pair_split import (
     chi2_excess,
     light_moments,
+    member_overlap,
     model_error_objective,
+    neighbour_light_ratio,
     pair_positions,
 )
 from task_utils import masked_images, truth_detections
@@ -72,6 +74,62 @@ class PairGeometryTestCase(lsst.utils.tests.TestCase):
         self.assertIsNone(light_moments(np.zeros((21, 21)), (10.0, 10.0)))
         with self.assertRaises(ValueError):
             light_moments(np.zeros((2, 21, 21)), (10.0, 10.0))
+
+
+    def test_kurtosis(self):
+        # A Gaussian under its own adaptive Gaussian weight is a Gaussian: no excess kurtosis.
+        gaussian = galsim.Gaussian(sigma=2.5, flux=1e4).shear(e1=0.3, e2=0.1).drawImage(
+            nx=61, ny=61, scale=1.0, method="no_pixel").array
+        self.assertAlmostEqual(light_moments(gaussian, (30.0, 30.0)).kurtosis, 0.0, delta=0.01)
+        # An exponential is peakier than a Gaussian, however flat; two members apart flatter.
+        disc = galsim.Exponential(half_light_radius=3.0, flux=1e4).shear(e=0.5, beta=0.3 * galsim.radians)
+        disc_image = disc.drawImage(nx=61, ny=61, scale=1.0).array
+        self.assertGreater(light_moments(disc_image, (30.0, 30.0)).kurtosis, 0.2)
+        pair, centre, _ = _pair_light(6.0, ANGLE)
+        self.assertLess(light_moments(pair, tuple(centre)).kurtosis, -0.2)
+
+
+class MemberTestCase(lsst.utils.tests.TestCase):
+    """member_overlap and neighbour_light_ratio against GalSim-drawn Gaussians of known geometry."""
+
+    @staticmethod
+    def _gaussian(xy, sigma=2.0, flux=1e4, shape=(61, 81)):
+        offset = (xy[0] - (shape[1] - 1) / 2, xy[1] - (shape[0] - 1) / 2)
+        return galsim.Gaussian(sigma=sigma, flux=flux).drawImage(
+            nx=shape[1], ny=shape[0], scale=1.0, offset=offset, method="no_pixel").array
+
+    def test_overlap_of_gaussians(self):
+        # Two round Gaussians of width s, d apart: cosine exp(-d^2 / 4 s^2).
+        for separation, sigma in ((3.0, 1.5), (4.5, 2.0), (8.0, 3.0)):
+            first = self._gaussian((40.0, 30.0), sigma)
+            second = self._gaussian((40.0 + separation * 0.6, 30.0 + separation * 0.8), sigma, flux=3e3)
+            self.assertAlmostEqual(member_overlap(first, second), np.exp(-(separation**2) / (4 * sigma**2)),
+                                   delta=2e-3)
+        first = self._gaussian((40.0, 30.0))
+        self.assertAlmostEqual(member_overlap(first, 5 * first), 1.0, places=6)
+        self.assertEqual(member_overlap(first, np.zeros_like(first)), 0.0)
+        # Over the stacked bands: the same light in other bands does not overlap.
+        zero = np.zeros_like(first)
+        self.assertEqual(member_overlap(np.stack([first, zero]), np.stack([zero, first])), 0.0)
+        self.assertAlmostEqual(member_overlap(np.stack([first, first]), np.stack([first, 2 * first])),
+                               3 / np.sqrt(10), places=6)
+
+    def test_neighbour_light_ratio(self):
+        own = self._gaussian((30.0, 30.0), flux=1e3)
+        others = self._gaussian((45.0, 30.0), sigma=4.0, flux=2e4)
+        positions = np.array([[30.0, 30.0], [45.0, 30.0], [30.4, 29.6], [-3.0, 30.0], [30.0, 70.0]])
+        ratio = neighbour_light_ratio(own, others, positions)
+        # At the nearest pixel: both Gaussians evaluated by hand (no_pixel drawing samples them there).
+        def gauss(dx, dy, sigma, flux):
+            return flux / (2 * np.pi * sigma**2) * np.exp(-(dx**2 + dy**2) / (2 * sigma**2))
+        expect = [gauss(15, 0, 4.0, 2e4) / gauss(0, 0, 2.0, 1e3), gauss(0, 0, 4.0, 2e4) / gauss(15, 0, 2.0, 1e3)]
+        np.testing.assert_allclose(ratio[:3], [expect[0], expect[1], expect[0]], rtol=1e-4)
+        np.testing.assert_array_equal(ratio[3:], [np.inf, np.inf])
+        # It rises monotonically from the source towards the neighbour.
+        xs = np.arange(30, 46)
+        along = neighbour_light_ratio(own, others, np.stack([xs, np.full_like(xs, 30)], axis=1))
+        self.assertTrue((np.diff(along) > 0).all())
+        self.assertEqual(float(neighbour_light_ratio(np.zeros((3, 3)), np.zeros((3, 3)), [[1, 1]])[0]), 0.0)
 
 
 class Chi2TestCase(lsst.utils.tests.TestCase):
@@ -184,7 +242,9 @@ class PairSplitTaskTestCase(lsst.utils.tests.TestCase):
 
     def test_defaults(self):
         config = MadnessDeblendConfig()
-        self.assertFalse(config.doPairSplits)  # opt-in: it cuts bright flat discs (test_refit's scene)
+        self.assertTrue(config.doPairSplits)
+        self.assertEqual(config.pairSplitMaxOverlap, 0.75)
+        self.assertEqual(config.pairSplitMaxNeighbourLight, 3.0)
         self.assertEqual(config.pairSplitModelError, 0.1)
         self.assertEqual(config.pairSplitTryExcess, 0.5)
         self.assertEqual(config.pairSplitMaxSeparation, 6.0)

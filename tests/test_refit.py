@@ -191,6 +191,12 @@ class TaskTestCase(lsst.utils.tests.TestCase):
         self.assertEqual(children["deblend_refitAlone"].tolist(), [k in FAINT for k in range(len(peaks))])
         self.assertFalse(catalog[catalog["parent"] == 0]["deblend_refitAlone"].any())
         self.assertEqual(task.metadata["n_refit_alone"], len(FAINT))
+        # With the pair splits on (the default), the bright discs' light reads as pairs and their splits
+        # lower the objective by far more than the penalty; the gates refuse them: the disc cut in two
+        # by pairSplitMaxOverlap (members' models overlap 0.78), the companion whose second member lands
+        # on its disc's light by pairSplitMaxNeighbourLight (3.8x its own model there).
+        self.assertEqual(task.metadata["n_pair_splits"], 0)
+        self.assertGreaterEqual(int(catalog[catalog["parent"] == 0]["deblend_nPairSplitsRejected"].sum()), 2)
 
 
 class MemoryTester(lsst.utils.tests.MemoryTestCase):

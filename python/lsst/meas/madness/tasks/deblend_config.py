@@ -300,16 +300,16 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
     )
     # Pair splits (issue 14, section 1; lsst.meas.madness.tasks.pair_split)
     doPairSplits = pexConfig.Field[bool](
-        default=False,
+        default=True,
         doc="After the first fit (and the residual peaks), try a source whose light is elongated and "
         "leaves an excess of chi^2 as two sources on its major axis (an unresolved pair), refit the "
         "parent and keep the pair when the objective, with pairSplitModelError in the noise, falls by "
-        "more than the penalty of the added parameters (children flagged deblend_pairSplit). Parents with a "
-        "source drawn at deblend_zoom > 1 are not tried. Opt-in: on 16 simulated tuning patches it finds 7 "
-        "more of 640 galaxies (SNR > 20: 94.0% -> 95.9%) for 2 more unmatched children and lowers the r flux "
-        "error of the galaxies found either way, for ~1.2x the deblend time, but in a GalSim scene of bright "
-        "exponential discs (hlr 1\", r ~20) it cuts a disc in two (doc/detection.md, \"Stop 69\"). In the afw "
-        "task a new member gets a new peak record.",
+        "more than the penalty of the added parameters and the members pass pairSplitMaxOverlap and "
+        "pairSplitMaxNeighbourLight (children flagged deblend_pairSplit). Parents with a source drawn at "
+        "deblend_zoom > 1 are not tried. On 16 simulated tuning patches it finds 6 more of 640 galaxies "
+        "(SNR > 20: 94.0% -> 95.6%) for 1 more unmatched child and lowers the r flux error of the galaxies "
+        "found either way, for ~1.2x the deblend time (doc/detection.md, \"Stop 70\"). In the afw task a "
+        "new member gets a new peak record.",
     )
     pairSplitMinSeparation = pexConfig.Field[float](
         default=3.0,
@@ -337,6 +337,27 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
         "source's latents. 2 (before stop 69) assumed half the excess bounds a split's gain; the tuning "
         "patches' splits gained 0.9-1.8x their excess, and most missed pair members had 0.3-1x.",
         check=lambda v: v >= 0,
+    )
+    pairSplitMaxOverlap = pexConfig.Field[float](
+        default=0.75,
+        doc="Keep a split only when its members' models overlap at most this much (cosine of the two "
+        "models, lsst.meas.madness.tasks.pair_split.member_overlap), in (0, 1]; 1 keeps any. Two "
+        "galaxies that can be told apart overlap little; a flat galaxy cut in two makes two wide "
+        "halves that overlap more. The kept splits of the tuning and pair patches overlapped 0.41-0.71; "
+        "a bright exponential disc (hlr 1\", tests/test_refit.py) cut in two, 0.78 (doc/detection.md).",
+        check=lambda v: 0 < v <= 1,
+    )
+    pairSplitMaxNeighbourLight = pexConfig.Field[float](
+        default=3.0,
+        optional=True,
+        doc="Keep a split only when, at both fitted members, the first fit's models of the other sources "
+        "together are at most this many times the split source's own model "
+        "(lsst.meas.madness.tasks.pair_split.neighbour_light_ratio): a member on a much brighter "
+        "neighbour's light takes the light the neighbour's model did not hold. None keeps any. On the "
+        "tuning and pair patches the kept splits that found a galaxy had 0-2.2 but one (11.7), the ones "
+        "that made an unmatched child up to 49; a companion split onto its bright disc's light, 3.8 "
+        "(doc/detection.md).",
+        check=lambda v: v is None or v > 0,
     )
     maxPairSplits = pexConfig.Field[int](
         default=2,

@@ -29,7 +29,9 @@ from ..engine.geometry import stamp_overlap
 from ..engine.observation import bad_pixels
 from .blends import BlendPlan, ParentFootprint
 from .coadds import MultibandCoadd
-from .pair_split import chi2_excess, light_moments, model_error_objective, pair_positions
+from .pair_split import (
+    chi2_excess, light_moments, member_overlap, model_error_objective, neighbour_light_ratio, pair_positions,
+)
 from .residual_peaks import bic_penalty, find_residual_peaks, residual_significance, unmodelled_light
 
 Fitted = tuple[int, BlendPlan, DeblendResult]
@@ -386,8 +388,9 @@ def pair_candidates(
             0.5 * separation + 2.0 * config.residualPeakSmoothing,
         )
         context.log.debug(
-            "Parent %d, source %d at (%.1f, %.1f): light %.1f px as a pair, chi^2 excess %.1f (penalty %.1f)",
-            plan.parent.id, plan.peak_ids[source], cx + x0, cy + y0, separation, excess, penalty,
+            "Parent %d, source %d at (%.1f, %.1f): light %.1f px as a pair, kurtosis %+.2f, chi^2 excess %.1f "
+            "(penalty %.1f)", plan.parent.id, plan.peak_ids[source], cx + x0, cy + y0, separation,
+            moments.kurtosis, excess, penalty,
         )
         # The excess about the light's centre is what a split can win back there; the refit's gain
         # (the neighbours refitted too) was 0.9-1.8x it on the tuning patches, so the gate is loose.
@@ -510,12 +513,20 @@ def split_pairs(
         # PSF are the decoder's extra freedom, not a pair.
         members = [int(np.flatnonzero(new_plan.peak_ids == i)[0]) for i in ids]
         apart = float(np.hypot(*np.diff(outcome.centers_xy[members], axis=0)[0]))
+        overlap = member_overlap(*(outcome.source_image(i) for i in members))
+        # The neighbours' light at each member over the split source's own (first fit's models).
+        source = int(np.flatnonzero(plan.peak_ids == ids[0])[0])
+        own = result.source_image(source).sum(axis=0)
+        neighbours = neighbour_light_ratio(own, result.model_image().sum(axis=0) - own, outcome.centers_xy[members])
         context.log.debug(
             "Parent %d: splitting source %d lowers the objective by %.1f (penalty %.1f), members "
-            "%.1f px apart; log-prior %.1f -> %.1f", plan.parent.id, ids[0], gain, penalty, apart,
-            float(np.sum(result.log_prior)), float(np.sum(outcome.log_prior)),
+            "%.1f px apart; log-prior %.1f -> %.1f; overlap %.3f, neighbours' light %s", plan.parent.id, ids[0],
+            gain, penalty, apart, float(np.sum(result.log_prior)), float(np.sum(outcome.log_prior)), overlap,
+            np.round(neighbours, 2).tolist(),
         )
-        if apart < config.pairSplitMinSeparation:
+        if apart < config.pairSplitMinSeparation or overlap > config.pairSplitMaxOverlap:
+            continue
+        if config.pairSplitMaxNeighbourLight is not None and neighbours.max() > config.pairSplitMaxNeighbourLight:
             continue
         if gain > penalty and gain - penalty > best.get(index, (0.0,))[0]:
             best[index] = (gain - penalty, new_plan, outcome, ids)
