@@ -122,7 +122,8 @@ class MemberTestCase(lsst.utils.tests.TestCase):
         # At the nearest pixel: both Gaussians evaluated by hand (no_pixel drawing samples them there).
         def gauss(dx, dy, sigma, flux):
             return flux / (2 * np.pi * sigma**2) * np.exp(-(dx**2 + dy**2) / (2 * sigma**2))
-        expect = [gauss(15, 0, 4.0, 2e4) / gauss(0, 0, 2.0, 1e3), gauss(0, 0, 4.0, 2e4) / gauss(15, 0, 2.0, 1e3)]
+        expect = [gauss(15, 0, 4.0, 2e4) / gauss(0, 0, 2.0, 1e3),
+                  gauss(0, 0, 4.0, 2e4) / gauss(15, 0, 2.0, 1e3)]
         np.testing.assert_allclose(ratio[:3], [expect[0], expect[1], expect[0]], rtol=1e-4)
         np.testing.assert_array_equal(ratio[3:], [np.inf, np.inf])
         # It rises monotonically from the source towards the neighbour.

@@ -11,7 +11,10 @@ with those moments (`LightMoments.pair_separation`); `chi2_excess` bounds what a
 could gain, so that only sources where a split can pay its penalty are refitted. The task then
 refits, and keeps the pair only when the MAP objective with a model error in the noise
 (`model_error_objective`) falls by more than the penalty of the added parameters: a single galaxy
-the decoder draws imperfectly must not be cut in two.
+the decoder draws imperfectly must not be cut in two. Two tests of the fitted members come last:
+`member_overlap` (the halves of one flat galaxy overlap more than two galaxies that the data can
+tell apart) and `neighbour_light_ratio` (a member on a much brighter neighbour's light is taking
+the light that neighbour's model did not hold).
 """
 
 from __future__ import annotations

@@ -388,8 +388,8 @@ def pair_candidates(
             0.5 * separation + 2.0 * config.residualPeakSmoothing,
         )
         context.log.debug(
-            "Parent %d, source %d at (%.1f, %.1f): light %.1f px as a pair, kurtosis %+.2f, chi^2 excess %.1f "
-            "(penalty %.1f)", plan.parent.id, plan.peak_ids[source], cx + x0, cy + y0, separation,
+            "Parent %d, source %d at (%.1f, %.1f): light %.1f px as a pair, kurtosis %+.2f, chi^2 excess "
+            "%.1f (penalty %.1f)", plan.parent.id, plan.peak_ids[source], cx + x0, cy + y0, separation,
             moments.kurtosis, excess, penalty,
         )
         # The excess about the light's centre is what a split can win back there; the refit's gain
@@ -425,7 +425,9 @@ def split_gain(
 def split_pairs(
     config, context: RefitContext, fitted: list[Fitted], first_id: int
 ) -> tuple[list[Fitted], set[int], set[int]]:
-    """Refit parents with one source split into a pair; keep the best split that pays its penalty.
+    """Refit parents with one source split into a pair; keep the best split that pays its penalty
+    and whose members pass ``pairSplitMinSeparation``, ``pairSplitMaxOverlap`` and
+    ``pairSplitMaxNeighbourLight``.
 
     Parameters
     ----------
@@ -517,16 +519,18 @@ def split_pairs(
         # The neighbours' light at each member over the split source's own (first fit's models).
         source = int(np.flatnonzero(plan.peak_ids == ids[0])[0])
         own = result.source_image(source).sum(axis=0)
-        neighbours = neighbour_light_ratio(own, result.model_image().sum(axis=0) - own, outcome.centers_xy[members])
+        others = result.model_image().sum(axis=0) - own
+        neighbours = neighbour_light_ratio(own, others, outcome.centers_xy[members])
         context.log.debug(
             "Parent %d: splitting source %d lowers the objective by %.1f (penalty %.1f), members "
-            "%.1f px apart; log-prior %.1f -> %.1f; overlap %.3f, neighbours' light %s", plan.parent.id, ids[0],
-            gain, penalty, apart, float(np.sum(result.log_prior)), float(np.sum(outcome.log_prior)), overlap,
-            np.round(neighbours, 2).tolist(),
+            "%.1f px apart; log-prior %.1f -> %.1f; overlap %.3f, neighbours' light %s", plan.parent.id,
+            ids[0], gain, penalty, apart, float(np.sum(result.log_prior)), float(np.sum(outcome.log_prior)),
+            overlap, np.round(neighbours, 2).tolist(),
         )
         if apart < config.pairSplitMinSeparation or overlap > config.pairSplitMaxOverlap:
             continue
-        if config.pairSplitMaxNeighbourLight is not None and neighbours.max() > config.pairSplitMaxNeighbourLight:
+        bound = config.pairSplitMaxNeighbourLight
+        if bound is not None and neighbours.max() > bound:
             continue
         if gain > penalty and gain - penalty > best.get(index, (0.0,))[0]:
             best[index] = (gain - penalty, new_plan, outcome, ids)
