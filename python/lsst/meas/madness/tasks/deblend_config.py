@@ -343,7 +343,7 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
         doc="Keep a split only when its members' models overlap at most this much (cosine of the two "
         "models, lsst.meas.madness.tasks.pair_split.member_overlap), in (0, 1]; 1 keeps any. Two "
         "galaxies that can be told apart overlap little; a flat galaxy cut in two makes two wide "
-        "halves that overlap more. The kept splits of the tuning and pair patches overlapped 0.41-0.71; "
+        "halves that overlap more. The kept splits of the tuning and pair patches overlapped 0.16-0.69; "
         "a bright exponential disc (hlr 1\", tests/test_refit.py) cut in two, 0.78 (doc/detection.md).",
         check=lambda v: 0 < v <= 1,
     )
