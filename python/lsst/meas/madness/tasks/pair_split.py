@@ -29,6 +29,8 @@ import logging
 
 import numpy as np
 
+from ..engine.geometry import peaks_to_pixels
+
 _log = logging.getLogger(__name__)
 
 
@@ -187,7 +189,7 @@ def neighbour_light_ratio(own: np.ndarray, others: np.ndarray, positions_xy: np.
         one grid.
     positions_xy : `numpy.ndarray`
         ``(n, 2)`` ``(x, y)`` pixels of that grid (0 at the first pixel's centre), read at the
-        nearest pixel.
+        pixel that holds it (`lsst.meas.madness.engine.geometry.peaks_to_pixels`).
 
     Returns
     -------
@@ -195,9 +197,8 @@ def neighbour_light_ratio(own: np.ndarray, others: np.ndarray, positions_xy: np.
         ``(n,)`` ``others / own`` there, >= 0; ``inf`` off the grid or where ``own <= 0`` (and
         0 where both are <= 0 on the grid).
     """
-    positions = np.rint(np.asarray(positions_xy, np.float64).reshape(-1, 2)).astype(np.int64)
+    y, x = peaks_to_pixels(positions_xy).T
     height, width = np.shape(own)
-    x, y = positions[:, 0], positions[:, 1]
     on_grid = (x >= 0) & (x < width) & (y >= 0) & (y < height)
     xc, yc = np.clip(x, 0, width - 1), np.clip(y, 0, height - 1)
     mine = np.asarray(own, np.float64)[yc, xc]
