@@ -8,6 +8,7 @@ from lsst.meas.madness.tasks.residual_peaks import (
     bic_penalty,
     find_residual_peaks,
     mirrored_significance,
+    model_contrast,
     residual_significance,
     ring_significance,
     unmodelled_light,
@@ -295,6 +296,67 @@ class UnmodelledLightTestCase(lsst.utils.tests.TestCase):
             unmodelled_light(shape, centers, zoom=[1, 1], truncated=[False] * 4, stamp_size=stamp)
         with self.assertRaises(ValueError):
             unmodelled_light(shape, centers, zoom=[1] * 4, truncated=[False] * 4, stamp_size=stamp, enveloped=[True])
+
+
+class ModelContrastTestCase(lsst.utils.tests.TestCase):
+    """The filtered model over the filtered residual, against the closed form for Gaussians: a
+    Gaussian of flux F and sigma s filtered by a unit Gaussian of sigma f is a Gaussian of flux F
+    and variance s^2 + f^2."""
+
+    def setUp(self):
+        import galsim
+
+        self.size, self.sigma = 81, 1.7
+        self.centre = self.size // 2
+
+        def gaussian(flux, sigma, dx=0.0, dy=0.0):
+            # Sampled at the pixel centres (no pixel convolution), as the closed form is.
+            return galsim.Gaussian(flux=flux, sigma=sigma).shift(dx, dy).drawImage(
+                nx=self.size, ny=self.size, scale=1.0, method="no_pixel").array.astype(np.float64)
+
+        self.gaussian = gaussian
+
+    def filtered(self, flux, s, r2):
+        v = s**2 + self.sigma**2
+        return flux / (2 * np.pi * v) * np.exp(-r2 / (2 * v))
+
+    def test_closed_form(self):
+        """A companion 6 px from a bright model's centre, split over two bands: at the companion the
+        contrast is the ratio of the two filtered Gaussians, whatever the bands."""
+        model = self.gaussian(5000.0, 3.0)
+        residual = self.gaussian(300.0, 1.5, dx=6.0)
+        bands = np.stack([0.4 * model, 0.6 * model]), np.stack([0.7 * residual, 0.3 * residual])
+        contrast = model_contrast(bands[1], bands[0], np.zeros((2, self.size, self.size), bool), self.sigma)
+        expected = self.filtered(5000.0, 3.0, 36.0) / self.filtered(300.0, 1.5, 0.0)
+        self.assertFloatsAlmostEqual(contrast[self.centre, self.centre + 6], expected, rtol=2e-3)
+        # Beside the model's centre the same companion is faint against it.
+        self.assertGreater(contrast[self.centre, self.centre + 2], 5 * expected)
+
+    def test_dipole(self):
+        """A model drawn a pixel off its galaxy leaves a dipole whose positive lobe is faint against
+        the model (contrast > 2), where a companion of a tenth of its flux 8 px out is bright (< 1)."""
+        galaxy = self.gaussian(5000.0, 2.5, dx=1.0) + self.gaussian(500.0, 1.5, dx=-8.0)
+        model = self.gaussian(5000.0, 2.5)
+        contrast = model_contrast((galaxy - model)[None], model[None], np.zeros((1, self.size, self.size), bool),
+                                  self.sigma)
+        lobe = self.centre + 2 + int(np.argmax((galaxy - model)[self.centre, self.centre + 2:self.centre + 6]))
+        self.assertGreater(contrast[self.centre, lobe], 2.0)
+        self.assertLess(contrast[self.centre, self.centre - 8], 1.0)
+        # Where the residual is negative (the dipole's other lobe) nothing is taken.
+        self.assertEqual(contrast[self.centre, self.centre - 2], np.inf)
+
+    def test_bad_pixels_and_errors(self):
+        """Bad and non-finite pixels carry no weight; a sigma <= 0 raises."""
+        model = self.gaussian(5000.0, 3.0)[None].repeat(2, axis=0)
+        residual = self.gaussian(300.0, 1.5, dx=6.0)[None].repeat(2, axis=0)
+        bad = np.zeros(model.shape, bool)
+        bad[1] = True
+        poisoned = residual.copy()
+        poisoned[1] = np.nan
+        np.testing.assert_allclose(model_contrast(poisoned, model, bad, self.sigma),
+                                   model_contrast(residual[:1], model[:1], bad[:1], self.sigma))
+        with self.assertRaises(ValueError):
+            model_contrast(residual, model, bad, 0.0)
 
 
 class MemoryTester(lsst.utils.tests.MemoryTestCase):

@@ -259,6 +259,17 @@ class MadnessDeblendConfig(pipeBase.PipelineTaskConfig, pipelineConnections=Madn
         "0.2-0.8 of theirs.",
         check=lambda value: 0 <= value < 1,
     )
+    residualPeakMaxModelContrast = pexConfig.Field[float](
+        default=1.6,
+        optional=True,
+        doc="Take no residual peak where the first fit's models, band-summed and filtered as the "
+        "significance is, are more than this many times the residual "
+        "(lsst.meas.madness.tasks.residual_peaks.model_contrast): a bump that faint beside the models is "
+        "most often their error (a model a pixel off, or too narrow). None takes any. On 16 tuning and 8 "
+        "pair patches the kept peaks that found a galaxy had 0.17-1.54 but 8 of 48 (1.9-2.9, all i > 25), "
+        "those that made an unmatched child 0.6-3.7, 18 of 31 above 1.6 (doc/detection.md, \"Stop 71\").",
+        check=lambda v: v is None or v > 0,
+    )
     residualPeakSkipLarge = pexConfig.Field[bool](
         default=True,
         doc="Take no residual peak in the light of a source drawn at deblend_zoom > 1 (within half its "

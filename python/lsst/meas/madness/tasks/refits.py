@@ -32,7 +32,9 @@ from .coadds import MultibandCoadd
 from .pair_split import (
     chi2_excess, light_moments, member_overlap, model_error_objective, neighbour_light_ratio, pair_positions,
 )
-from .residual_peaks import bic_penalty, find_residual_peaks, residual_significance, unmodelled_light
+from .residual_peaks import (
+    bic_penalty, find_residual_peaks, model_contrast, residual_significance, unmodelled_light,
+)
 
 Fitted = tuple[int, BlendPlan, DeblendResult]
 """A fitted parent: its index in the patch, its plan and its result."""
@@ -149,7 +151,7 @@ def _penalty(configured: float | None, n_parameters: int, n_data: int, factor: f
 
 def residual_peaks(
     config, plan: BlendPlan, result: DeblendResult, coadd: MultibandCoadd, stamp_size: int
-) -> tuple[np.ndarray, bool]:
+) -> tuple[np.ndarray, bool, np.ndarray, np.ndarray]:
     """Peaks of a fitted parent's residual, inside its footprint.
 
     Parameters
@@ -173,9 +175,11 @@ def residual_peaks(
         Part of the footprint was left out as the light of a zoomed or truncated model.
     peak_significance : `numpy.ndarray`
         ``(k,)`` the filtered residual's significance at each peak.
+    peak_contrast : `numpy.ndarray`
+        ``(k,)`` the filtered models over the filtered residual at each peak (`model_contrast`).
     """
     if config.maxResidualPeaks <= 0:
-        return np.zeros((0, 2), np.int64), False, np.zeros(0)
+        return np.zeros((0, 2), np.int64), False, np.zeros(0), np.zeros(0)
     y0, x0, y1, x1 = plan.region
     blend = plan.engine_input(coadd)
     model = result.model_image()
@@ -196,6 +200,9 @@ def residual_peaks(
                                  enveloped=result.enveloped)
         limited = bool((inside & large).any())
         inside &= ~large
+    contrast = model_contrast(blend["image"] - model, model, blend["mask"], config.residualPeakSmoothing)
+    if config.residualPeakMaxModelContrast is not None:
+        inside &= contrast <= config.residualPeakMaxModelContrast
     local = find_residual_peaks(
         significance,
         inside,
@@ -209,7 +216,8 @@ def residual_peaks(
         ring=config.residualPeakRing,
         ring_fraction=config.residualPeakRingFraction,
     )
-    return local + np.array([x0, y0], np.int64), limited, significance[local[:, 1], local[:, 0]]
+    return (local + np.array([x0, y0], np.int64), limited, significance[local[:, 1], local[:, 0]],
+            contrast[local[:, 1], local[:, 0]])
 
 
 def add_residual_peaks(
@@ -256,12 +264,14 @@ def add_residual_peaks(
     added: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # fitted index -> ids, tract-frame peaks
     next_id = first_id
     for index, (k, plan, result) in enumerate(fitted):
-        peaks_xy, limited, significance = residual_peaks(config, plan, result, context.coadd, stamp_size)
+        peaks_xy, limited, significance, contrast = residual_peaks(
+            config, plan, result, context.coadd, stamp_size
+        )
         rows[k]["deblend_residualPeaksLimited"] = limited
         if not len(peaks_xy):
             continue
-        context.log.debug("Parent %d: residual peaks at %s, significance %s", plan.parent.id,
-                          peaks_xy.tolist(), np.round(significance, 1).tolist())
+        context.log.debug("Parent %d: residual peaks at %s, significance %s, model contrast %s", plan.parent.id,
+                          peaks_xy.tolist(), np.round(significance, 1).tolist(), np.round(contrast, 2).tolist())
         ids = np.arange(next_id, next_id + len(peaks_xy), dtype=np.int64)
         next_id += len(peaks_xy)
         rows[k]["deblend_nResidualPeaksRejected"] = len(ids)

@@ -30,6 +30,13 @@ around (``ring``, noise units) and bright against the bump (``ring_fraction`` of
 companion near a centre lights the ring through it with its own wings) is that source's light,
 and nothing on it is taken as new.
 
+Nor does either catch the smaller errors of a model that holds its galaxy: drawn a pixel off, or
+a little too narrow along one axis, it leaves a bump beside its centre that the model error's 5%
+does not cover when the galaxy is bright. Such a bump is faint against the models around it,
+while a galaxy the models lack adds light of its own to theirs: `model_contrast` is the filtered
+models over the filtered residual, and no peak is taken where it exceeds a bound
+(``MadnessDeblendConfig.residualPeakMaxModelContrast``).
+
 A galaxy bigger than the stamp is the exception the model error cannot cover: cut at its stamp
 (``deblend_truncated``) its wings are all residual, and drawn with larger pixels (``deblend_zoom``
 > 1) its profile is coarser than the PSF. `unmodelled_light` marks where such a source's light
@@ -42,6 +49,7 @@ from __future__ import annotations
 __all__ = [
     "bic_penalty",
     "find_residual_peaks",
+    "model_contrast",
     "mirrored_significance",
     "residual_significance",
     "ring_significance",
@@ -107,6 +115,39 @@ def residual_significance(
         noise_var += (model_error * ndimage.gaussian_filter(summed_model, sigma, mode="constant")) ** 2
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(noise_var > 0, signal / np.sqrt(noise_var), 0.0)
+
+
+def model_contrast(
+    residual: np.ndarray, model: np.ndarray, bad: np.ndarray, sigma: float
+) -> np.ndarray:
+    """The fitted models over the residual, both band-summed and filtered as the significance is.
+
+    A bump of the residual much fainter than the models around it is most often their error (a
+    dipole where a model sits a pixel off, an arc where its profile is too narrow), while a galaxy
+    the models lack adds light of its own to what they hold.
+
+    Parameters
+    ----------
+    residual, model : `numpy.ndarray`
+        ``(bands, H, W)`` observed minus model, and the fitted models' sum, flux units per pixel.
+    bad : `numpy.ndarray`
+        ``(bands, H, W)`` bool, pixels to ignore.
+    sigma : `float`
+        Gaussian sigma of the filter (the PSF's), pixels, > 0.
+
+    Returns
+    -------
+    contrast : `numpy.ndarray`
+        ``(H, W)`` float64: filtered model over filtered residual, ``inf`` where the filtered
+        residual is <= 0.
+    """
+    if not sigma > 0:
+        raise ValueError(f"sigma must be > 0 pixels; got {sigma=}.")
+    good = ~np.asarray(bad, bool) & np.isfinite(residual) & np.isfinite(model)
+    filtered = [ndimage.gaussian_filter(np.where(good, a, 0.0).sum(axis=0).astype(np.float64), sigma, mode="constant")
+                for a in (residual, model)]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(filtered[0] > 0, np.maximum(filtered[1], 0.0) / filtered[0], np.inf)
 
 
 def unmodelled_light(
