@@ -270,8 +270,9 @@ def add_residual_peaks(
         rows[k]["deblend_residualPeaksLimited"] = limited
         if not len(peaks_xy):
             continue
-        context.log.debug("Parent %d: residual peaks at %s, significance %s, model contrast %s", plan.parent.id,
-                          peaks_xy.tolist(), np.round(significance, 1).tolist(), np.round(contrast, 2).tolist())
+        context.log.debug("Parent %d: residual peaks at %s, significance %s, model contrast %s",
+                          plan.parent.id, peaks_xy.tolist(), np.round(significance, 1).tolist(),
+                          np.round(contrast, 2).tolist())
         ids = np.arange(next_id, next_id + len(peaks_xy), dtype=np.int64)
         next_id += len(peaks_xy)
         rows[k]["deblend_nResidualPeaksRejected"] = len(ids)

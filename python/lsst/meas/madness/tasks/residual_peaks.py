@@ -144,8 +144,10 @@ def model_contrast(
     if not sigma > 0:
         raise ValueError(f"sigma must be > 0 pixels; got {sigma=}.")
     good = ~np.asarray(bad, bool) & np.isfinite(residual) & np.isfinite(model)
-    filtered = [ndimage.gaussian_filter(np.where(good, a, 0.0).sum(axis=0).astype(np.float64), sigma, mode="constant")
-                for a in (residual, model)]
+    filtered = [
+        ndimage.gaussian_filter(np.where(good, a, 0.0).sum(axis=0).astype(np.float64), sigma, mode="constant")
+        for a in (residual, model)
+    ]
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(filtered[0] > 0, np.maximum(filtered[1], 0.0) / filtered[0], np.inf)
 
