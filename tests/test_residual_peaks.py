@@ -338,7 +338,8 @@ class ModelContrastTestCase(lsst.utils.tests.TestCase):
         galaxy = self.gaussian(5000.0, 2.5, dx=1.0) + self.gaussian(500.0, 1.5, dx=-8.0)
         model = self.gaussian(5000.0, 2.5)
         residual = galaxy - model
-        contrast = model_contrast(residual[None], model[None], np.zeros((1, self.size, self.size), bool), self.sigma)
+        bad = np.zeros((1, self.size, self.size), bool)
+        contrast = model_contrast(residual[None], model[None], bad, self.sigma)
         row = residual[self.centre]
         lobe = self.centre + 2 + int(np.argmax(row[self.centre + 2:self.centre + 6]))
         self.assertGreater(contrast[self.centre, lobe], 2.0)

@@ -573,6 +573,22 @@ class DeblendTaskTestCase(MadnessTestCase):
         self.assertFalse(complete["deblend_residualPeak"].any())
         self.assertEqual(int((complete["parent"] != 0).sum()), 5)
 
+    def test_residual_peak_model_contrast(self):
+        """The opt-in residualPeakMaxModelContrast: a lost galaxy's own bump is bright against the
+        models around it (its neighbours' first fits took little of its light) and is still found
+        at 1.6; a bound below any bump's contrast takes no peak at all."""
+        self.assertIsNone(run_config().residualPeakMaxModelContrast)
+        det, spans = self._blend_a_missing([1])
+        found = MadnessDeblendTask(config=run_config(residualPeakMaxModelContrast=1.6)).run(
+            coadds=self.coadds, detections=det, detectionSpans=spans).deblendedCatalog
+        self.assertEqual(int(found["deblend_residualPeak"].sum()), 1)
+        none = MadnessDeblendTask(config=run_config(residualPeakMaxModelContrast=1e-3)).run(
+            coadds=self.coadds, detections=det, detectionSpans=spans).deblendedCatalog
+        self.assertFalse(none["deblend_residualPeak"].any())
+        parents = none[none["parent"] == 0]
+        self.assertFalse(parents["deblend_nResidualPeaks"].any())
+        self.assertFalse(parents["deblend_nResidualPeaksRejected"].any())  # none was tried
+
     def test_residual_peak_offsets(self):
         """With residualPeakMaxOffset only the added source's position is fitted in the refit:
         the detected children stay on their peaks, the added one is drawn near its galaxy."""
