@@ -32,10 +32,10 @@ and nothing on it is taken as new.
 
 Nor does either catch the smaller errors of a model that holds its galaxy: drawn a pixel off, or
 a little too narrow along one axis, it leaves a bump beside its centre that the model error's 5%
-does not cover when the galaxy is bright. Such a bump is faint against the models around it,
-while a galaxy the models lack adds light of its own to theirs: `model_contrast` is the filtered
-models over the filtered residual, and no peak is taken where it exceeds a bound
-(``MadnessDeblendConfig.residualPeakMaxModelContrast``).
+does not cover when the galaxy is bright. Such a bump is faint against the models around it:
+`model_contrast` is the filtered models over the filtered residual, and opt-in no peak is taken
+where it exceeds a bound (``MadnessDeblendConfig.residualPeakMaxModelContrast``). Opt-in, because a
+faint galaxy whose near side a neighbour's first model took is faint against that model too.
 
 A galaxy bigger than the stamp is the exception the model error cannot cover: cut at its stamp
 (``deblend_truncated``) its wings are all residual, and drawn with larger pixels (``deblend_zoom``
@@ -122,9 +122,9 @@ def model_contrast(
 ) -> np.ndarray:
     """The fitted models over the residual, both band-summed and filtered as the significance is.
 
-    A bump of the residual much fainter than the models around it is most often their error (a
-    dipole where a model sits a pixel off, an arc where its profile is too narrow), while a galaxy
-    the models lack adds light of its own to what they hold.
+    A bump of the residual much fainter than the models around it may be their error (a dipole
+    where a model sits a pixel off, an arc where its profile is too narrow), or a faint galaxy
+    whose light a neighbour's model partly took.
 
     Parameters
     ----------
