@@ -176,7 +176,8 @@ def residual_peaks(
     peak_significance : `numpy.ndarray`
         ``(k,)`` the filtered residual's significance at each peak.
     peak_contrast : `numpy.ndarray`
-        ``(k,)`` the filtered models over the filtered residual at each peak (`model_contrast`).
+        ``(k,)`` the filtered models over the filtered residual at each peak (`model_contrast`),
+        NaN unless ``residualPeakMaxModelContrast`` is set.
     """
     if config.maxResidualPeaks <= 0:
         return np.zeros((0, 2), np.int64), False, np.zeros(0), np.zeros(0)
@@ -200,8 +201,10 @@ def residual_peaks(
                                  enveloped=result.enveloped)
         limited = bool((inside & large).any())
         inside &= ~large
-    contrast = model_contrast(blend["image"] - model, model, blend["mask"], config.residualPeakSmoothing)
+    # The contrast costs two more filters per parent: only where the opt-in bound needs it.
+    contrast = np.full(inside.shape, np.nan)
     if config.residualPeakMaxModelContrast is not None:
+        contrast = model_contrast(blend["image"] - model, model, blend["mask"], config.residualPeakSmoothing)
         inside &= contrast <= config.residualPeakMaxModelContrast
     local = find_residual_peaks(
         significance,

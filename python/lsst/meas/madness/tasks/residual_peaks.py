@@ -103,16 +103,13 @@ def residual_significance(
     if model_error > 0 and model is None:
         raise ValueError("model_error > 0 needs the fitted model.")
     good = ~np.asarray(bad, bool) & np.isfinite(residual) & np.isfinite(variance) & (variance > 0)
-    summed = np.where(good, residual, 0.0).sum(axis=0)
-    summed_var = np.where(good, variance, 0.0).sum(axis=0)
-    signal = ndimage.gaussian_filter(summed.astype(np.float64), sigma, mode="constant")
+    signal = _filtered_band_sum(residual, good, sigma)
     # Variance of a filtered sum: the variance filtered by the kernel squared, a Gaussian of
     # sigma / sqrt(2) scaled by 1 / (4 pi sigma^2).
-    noise_var = ndimage.gaussian_filter(summed_var.astype(np.float64), sigma / np.sqrt(2), mode="constant")
+    noise_var = _filtered_band_sum(variance, good, sigma / np.sqrt(2))
     noise_var /= 4.0 * np.pi * sigma**2
     if model_error > 0:
-        summed_model = np.where(good, model, 0.0).sum(axis=0).astype(np.float64)
-        noise_var += (model_error * ndimage.gaussian_filter(summed_model, sigma, mode="constant")) ** 2
+        noise_var += (model_error * _filtered_band_sum(model, good, sigma)) ** 2
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(noise_var > 0, signal / np.sqrt(noise_var), 0.0)
 
@@ -144,12 +141,16 @@ def model_contrast(
     if not sigma > 0:
         raise ValueError(f"sigma must be > 0 pixels; got {sigma=}.")
     good = ~np.asarray(bad, bool) & np.isfinite(residual) & np.isfinite(model)
-    filtered = [
-        ndimage.gaussian_filter(np.where(good, a, 0.0).sum(axis=0).astype(np.float64), sigma, mode="constant")
-        for a in (residual, model)
-    ]
+    light, models = (_filtered_band_sum(a, good, sigma) for a in (residual, model))
     with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(filtered[0] > 0, np.maximum(filtered[1], 0.0) / filtered[0], np.inf)
+        return np.where(light > 0, np.maximum(models, 0.0) / light, np.inf)
+
+
+def _filtered_band_sum(planes: np.ndarray, good: np.ndarray, sigma: float) -> np.ndarray:
+    """``(H, W)`` float64: the band sum of ``planes`` over the ``good`` pixels, filtered by a
+    Gaussian of ``sigma`` (zero beyond the grid)."""
+    summed = np.where(good, planes, 0.0).sum(axis=0).astype(np.float64)
+    return ndimage.gaussian_filter(summed, sigma, mode="constant")
 
 
 def unmodelled_light(
