@@ -361,6 +361,49 @@ class ModelContrastTestCase(lsst.utils.tests.TestCase):
             model_contrast(residual, model, bad, 0.0)
 
 
+class FittedPeaksTestCase(lsst.utils.tests.TestCase):
+    def test_offsets_carried(self):
+        """A refit starts each of the parent's peaks where the fit put it: its planned position plus
+        its fitted offset (a pair split's members); a peak the plan dropped stays where it was."""
+        from types import SimpleNamespace
+
+        from lsst.meas.madness.tasks.blends import BlendPlan, ParentFootprint
+        from lsst.meas.madness.tasks.refits import fitted_peaks
+
+        parent = ParentFootprint(3, None, np.array([5, 7, 9]),
+                                 np.array([[10.0, 20.0], [30.0, 40.0], [50.5, 60.25]]))
+        # The plan deblends peaks 9 and 5, in that order, beside one neighbour; peak 7 was dropped.
+        plan = BlendPlan(parent, np.array([9, 5]), np.array([[50.5, 60.25], [10.0, 20.0]]),
+                         np.array([[80.0, 80.0]]), 1, (0, 0, 100, 100))
+        result = SimpleNamespace(offsets_xy=np.array([[0.5, -1.25], [-2.0, 0.75], [1.0, 1.0]]))
+        np.testing.assert_allclose(fitted_peaks(plan, result), [[8.0, 20.75], [30.0, 40.0], [51.0, 59.0]])
+        # A fit without offsets gives the parent's peaks back.
+        still = SimpleNamespace(offsets_xy=np.zeros((3, 2)))
+        np.testing.assert_array_equal(fitted_peaks(plan, still), parent.peaks_xy)
+
+
+class NearestOwnTestCase(lsst.utils.tests.TestCase):
+    def test_nearest(self):
+        """For each added source, the parent's own zoom-1 source nearest it (never another added
+        source, another parent's peak or a zoomed source), by hand."""
+        from lsst.meas.madness.tasks.blends import BlendPlan, ParentFootprint
+        from lsst.meas.madness.tasks.refits import _nearest_own
+
+        peaks = np.array([[10.0, 10.0], [20.0, 10.0], [40.0, 10.0], [13.0, 11.0], [31.0, 10.0]])
+        parent = ParentFootprint(1, None, np.arange(5), peaks)
+        # Sources 3 and 4 were added; a neighbour of another parent sits at (12, 10), next to 3.
+        plan = BlendPlan(parent, np.arange(5), peaks, np.array([[12.0, 10.0]]), 0, (0, 0, 60, 60),
+                         zoom=np.array([1, 1, 1, 1, 1, 1]))
+        added = np.array([False, False, False, True, True, False])
+        # 3 -> 0 (3.2 px; the neighbour at 1.4 px is not the parent's), 4 -> 2 (9 px; 1 at 11 px).
+        self.assertEqual(_nearest_own(plan, added).tolist(), [True, False, True, False, False, False])
+        # Drawn at zoom 2, source 2 stays where it is: 4 -> 1.
+        zoomed = BlendPlan(parent, np.arange(5), peaks, np.array([[12.0, 10.0]]), 0, (0, 0, 60, 60),
+                           zoom=np.array([1, 1, 2, 1, 1, 1]))
+        self.assertEqual(_nearest_own(zoomed, added).tolist(), [True, True, False, False, False, False])
+        self.assertFalse(_nearest_own(plan, np.zeros(6, bool)).any())
+
+
 class MemoryTester(lsst.utils.tests.MemoryTestCase):
     pass
 

@@ -601,7 +601,8 @@ class DeblendTaskTestCase(MadnessTestCase):
             calls.extend((len(blend["peaks_xy"]), blend.get("fit_offsets"), kwargs["settings"]) for blend in blends)
             return original(deblender, blends, **kwargs)
 
-        task = MadnessDeblendTask(config=run_config(doResidualPeaks=True, residualPeakMaxOffset=2.0))
+        task = MadnessDeblendTask(config=run_config(doResidualPeaks=True, residualPeakMaxOffset=2.0,
+                                                    residualPeakMoveNeighbours=False))
         with mock.patch.object(MadnessDeblender, "deblend_batch", recording):
             on = task.run(coadds=self.coadds, detections=det, detectionSpans=spans).deblendedCatalog
         refits = [(free, settings) for n, free, settings in calls if n == 3]
@@ -619,6 +620,39 @@ class DeblendTaskTestCase(MadnessTestCase):
         x, y = _tract(SCENE_PEAKS[lost])
         self.assertLessEqual(np.hypot(new["deblend_center_x"][0] - x, new["deblend_center_y"][0] - y), 1.0)
         np.testing.assert_allclose(new["deblend_flux_r"][0], self.truth[lost, 2].sum(), rtol=0.05)
+
+    def test_residual_peak_moves_nearest_source(self):
+        """With residualPeakMoveNeighbours the refit also fits the position of the parent's source
+        nearest the added one (peak 0, 8.6 px from the lost galaxy 1; peak 2 is 12.6 px away), under
+        the same bound; peak 2 holds its position, and both moved sources end on their galaxies."""
+        lost = 1
+        det, spans = self._blend_a_missing([lost])
+        calls = []
+        original = MadnessDeblender.deblend_batch
+
+        def recording(deblender, blends, **kwargs):
+            calls.extend((len(b["peaks_xy"]), b.get("fit_offsets"), kwargs["settings"]) for b in blends)
+            return original(deblender, blends, **kwargs)
+
+        config = run_config(doResidualPeaks=True, residualPeakMaxOffset=2.0, residualPeakMoveNeighbours=True)
+        task = MadnessDeblendTask(config=config)
+        with mock.patch.object(MadnessDeblender, "deblend_batch", recording):
+            on = task.run(coadds=self.coadds, detections=det, detectionSpans=spans).deblendedCatalog
+        refits = [(free, settings) for n, free, settings in calls if n == 3]
+        self.assertEqual(len(refits), 1)
+        free, settings = refits[0]
+        self.assertEqual(np.asarray(free).tolist(), [True, False, True])  # peaks 0, 2, then the residual peak
+        self.assertEqual((settings.fit_offsets, settings.offset_max), (True, 2.0))
+        children = on[on["parent"] != 0]
+        self.assertEqual(int(children["deblend_residualPeak"].sum()), 1)
+        for i in (0, lost):
+            x, y = _tract(SCENE_PEAKS[i])
+            near = np.hypot(children["deblend_center_x"] - x, children["deblend_center_y"] - y)
+            self.assertLessEqual(near.min(), 1.0, i)
+        held = children[children["deblend_peakId"] == det["id"][det["parent"] != 0][1]]
+        self.assertEqual(len(held), 1)
+        self.assertEqual((held["deblend_center_x"][0], held["deblend_center_y"][0]),
+                         tuple(float(v) for v in _tract(SCENE_PEAKS[2])))
 
     def test_added_source_onto_another_is_rejected(self):
         """An added source whose fitted centre ends nearer another source than

@@ -91,6 +91,20 @@ def _added_sources(new_plan: BlendPlan, ids: np.ndarray) -> np.ndarray:
     return added & (np.asarray(new_plan.zoom) == 1)
 
 
+def _nearest_own(new_plan: BlendPlan, added: np.ndarray) -> np.ndarray:
+    """``(n_sources,)`` bool: for each ``added`` source, the parent's own source (not added, not a
+    neighbour of another parent, at zoom 1) nearest it, if any."""
+    xy = new_plan.sources_xy
+    own = np.concatenate([np.ones(len(new_plan.peak_ids), bool), np.zeros(len(new_plan.neighbours_xy), bool)])
+    own &= ~added & (np.asarray(new_plan.zoom) == 1)
+    nearest = np.zeros(len(xy), bool)
+    if own.any():
+        for a in np.flatnonzero(added):
+            d = np.where(own, np.hypot(*(xy - xy[a]).T), np.inf)
+            nearest[int(np.argmin(d))] = True
+    return nearest
+
+
 def _onto_others(centers_xy: np.ndarray, moved: np.ndarray, min_separation: float) -> np.ndarray:
     """``(n,)`` bool: the ``moved`` sources whose centre is nearer than ``min_separation`` to
     another source's."""
@@ -109,7 +123,7 @@ def _residual_plan(config, context: RefitContext, k: int, plan: BlendPlan, resul
         parent.id,
         parent.footprint,
         np.concatenate([np.asarray(parent.peak_ids, np.int64), ids]),
-        np.concatenate([np.asarray(parent.peaks_xy, np.float64).reshape(-1, 2), peaks_xy]),
+        np.concatenate([fitted_peaks(plan, result), peaks_xy]),
     )
     # A first fit whose zooms were chosen all 1 was planned as with maxZoom=1: so is its refit.
     zoomed = plan.zoom is None or bool((plan.zoom > 1).any())
@@ -117,10 +131,31 @@ def _residual_plan(config, context: RefitContext, k: int, plan: BlendPlan, resul
     if not np.isin(ids, new_plan.peak_ids).all():
         return None
     # The refit keeps the first fit's region and neighbours (`_refit_plan`); a new source's stamp
-    # is cropped to the region (its child may be flagged edge). Only the added sources may move.
+    # is cropped to the region (its child may be flagged edge). Only the added sources may move, and
+    # with residualPeakMoveNeighbours the parent's source nearest each.
     new_plan = _refit_plan(plan, new_plan)
     new_plan = dataclasses.replace(new_plan, zoom=_carried_zoom(plan, result, new_plan))
-    return dataclasses.replace(new_plan, fit_offsets=_added_sources(new_plan, ids))
+    moved = _added_sources(new_plan, ids)
+    if config.residualPeakMoveNeighbours and config.residualPeakMaxOffset > 0:
+        moved |= _nearest_own(new_plan, moved)
+    return dataclasses.replace(new_plan, fit_offsets=moved)
+
+
+def fitted_peaks(plan: BlendPlan, result: DeblendResult) -> np.ndarray:
+    """``(n_peaks, 2)`` tract-frame (x, y) of ``plan.parent``'s peaks where ``result`` put them.
+
+    A fit with position offsets (a residual-peak refit with ``residualPeakMaxOffset``, a pair
+    split) moved its sources; a refit that starts from the parent's detected peaks would undo
+    that, and its objective would not compare with the fit's.
+    Peaks the plan dropped keep their detected position.
+    """
+    parent = plan.parent
+    peaks_xy = np.array(parent.peaks_xy, np.float64).reshape(-1, 2)
+    offsets = np.asarray(result.offsets_xy, np.float64)[: len(plan.peak_ids)]
+    at = {int(i): j for j, i in enumerate(np.asarray(parent.peak_ids, np.int64))}
+    for source, peak_id in enumerate(np.asarray(plan.peak_ids, np.int64)):
+        peaks_xy[at[int(peak_id)]] = plan.peaks_xy[source] + offsets[source]
+    return peaks_xy
 
 
 def _carried_zoom(plan: BlendPlan, result: DeblendResult, new_plan: BlendPlan) -> np.ndarray:
@@ -228,8 +263,9 @@ def add_residual_peaks(
 ) -> tuple[list[Fitted], set[int]]:
     """Refit parents with the peaks of their residual; keep the refits that pay their penalty.
 
-    With ``residualPeakMaxOffset`` the added sources' positions are fitted (the others held);
-    an added source whose fitted centre ends nearer another source than
+    With ``residualPeakMaxOffset`` (3 px by default) the added sources' positions are fitted and,
+    with ``residualPeakMoveNeighbours``, that of the parent's source nearest each (the others
+    held); an added source whose fitted centre ends nearer another source than
     ``residualPeakMinSeparation`` is dropped and its parent refitted with the rest, if any.
 
     Parameters
@@ -299,7 +335,7 @@ def add_residual_peaks(
             ids, peaks_xy = added[index]
             # An added source whose fitted centre came nearer another source than a residual
             # peak may be to a peak took a piece of that source's light, not a galaxy of its own.
-            onto = _onto_others(outcome.centers_xy, np.asarray(new_plan.fit_offsets),
+            onto = _onto_others(outcome.centers_xy, _added_sources(new_plan, ids),
                                 config.residualPeakMinSeparation)
             if onto.any():
                 kept = ~np.isin(ids, new_plan.peak_ids[onto[: len(new_plan.peak_ids)]])
@@ -312,16 +348,22 @@ def add_residual_peaks(
                         retry.append((index, again))
                 continue
             n_added = new_plan.n_sources - plan.n_sources
+            n_usable = int(context.usable(plan).sum())
             penalty = _penalty(
-                config.residualPeakPenalty, context.deblender.latent_dim + extra, int(context.usable(plan).sum()),
+                config.residualPeakPenalty, context.deblender.latent_dim + extra, n_usable,
                 config.residualPeakPenaltyFactor,
             )
+            required = n_added * penalty
+            n_moved = int(np.count_nonzero(new_plan.fit_offsets)) - n_added if extra else 0
+            if n_moved > 0 and config.residualPeakPenalty is None:
+                # The first fit's sources that moved: their offsets are parameters too.
+                required += _penalty(None, 2 * n_moved, n_usable, config.residualPeakPenaltyFactor)
             gain = float(result.objective_final - outcome.objective_final)
             context.log.debug(
-                "Parent %d: %d residual peaks lower the objective by %.1f (penalty %.1f per source)",
-                plan.parent.id, len(ids), gain, penalty,
+                "Parent %d: %d residual peaks lower the objective by %.1f (penalty %.1f per source, %.1f "
+                "in all)", plan.parent.id, len(ids), gain, penalty, required,
             )
-            if gain > n_added * penalty:
+            if gain > required:
                 fitted[index] = (k, new_plan, outcome)
                 residual_ids.update(int(i) for i in ids)
                 row["deblend_nResidualPeaks"] = len(ids)
@@ -484,7 +526,7 @@ def split_pairs(
         found, n_usable = pair_candidates(config, plan, result, context)
         parent = plan.parent
         peak_ids = np.asarray(parent.peak_ids, np.int64)
-        peaks_xy = np.asarray(parent.peaks_xy, np.float64).reshape(-1, 2)
+        peaks_xy = fitted_peaks(plan, result)
         for source, pair_xy in found:
             old_id = int(plan.peak_ids[source])
             at = int(np.flatnonzero(peak_ids == old_id)[0])
