@@ -148,7 +148,8 @@ def deblend_columns(bands: Sequence[str], latent_dim: int) -> list[Column]:
             "float64",
             "Column of the centre the child's model is drawn at, tract frame: its peak position plus the "
             "position offset fitted with the latents (fitPositionOffsets, or residualPeakMaxOffset for a "
-            "residual peak's source; the peak itself otherwise). "
+            "residual peak's source and, with residualPeakMoveNeighbours, the detected source nearest it; "
+            "the peak itself otherwise). "
             "NaN for parents.",
             "pix",
         ),
