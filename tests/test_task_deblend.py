@@ -453,6 +453,22 @@ class DeblendTaskTestCase(MadnessTestCase):
         kept = [i for i in members if i not in lost]
         return detection_tables([(footprint, _tract(SCENE_PEAKS[kept]))])
 
+    def _recordedRun(self, lost, **overrides):
+        """Blend A without the peaks ``lost``, deblended with ``overrides``: the catalog and, for every
+        blend given to the engine, ``(number of sources, fit_offsets mask, settings)``."""
+        det, spans = self._blend_a_missing(lost)
+        calls = []
+        original = MadnessDeblender.deblend_batch
+
+        def recording(deblender, blends, **kwargs):
+            calls.extend((len(b["peaks_xy"]), b.get("fit_offsets"), kwargs["settings"]) for b in blends)
+            return original(deblender, blends, **kwargs)
+
+        task = MadnessDeblendTask(config=run_config(**overrides))
+        with mock.patch.object(MadnessDeblender, "deblend_batch", recording):
+            catalog = task.run(coadds=self.coadds, detections=det, detectionSpans=spans).deblendedCatalog
+        return catalog, calls
+
     def _without(self, parent_id):
         """The injected detection tables without parent ``parent_id`` and its peaks."""
         det = self.detections
@@ -593,18 +609,9 @@ class DeblendTaskTestCase(MadnessTestCase):
         """With residualPeakMaxOffset only the added source's position is fitted in the refit:
         the detected children stay on their peaks, the added one is drawn near its galaxy."""
         lost = 1
-        det, spans = self._blend_a_missing([lost])
-        calls = []
-        original = MadnessDeblender.deblend_batch
-
-        def recording(deblender, blends, **kwargs):
-            calls.extend((len(blend["peaks_xy"]), blend.get("fit_offsets"), kwargs["settings"]) for blend in blends)
-            return original(deblender, blends, **kwargs)
-
-        task = MadnessDeblendTask(config=run_config(doResidualPeaks=True, residualPeakMaxOffset=2.0,
-                                                    residualPeakMoveNeighbours=False))
-        with mock.patch.object(MadnessDeblender, "deblend_batch", recording):
-            on = task.run(coadds=self.coadds, detections=det, detectionSpans=spans).deblendedCatalog
+        on, calls = self._recordedRun(
+            [lost], doResidualPeaks=True, residualPeakMaxOffset=2.0, residualPeakMoveNeighbours=False
+        )
         refits = [(free, settings) for n, free, settings in calls if n == 3]
         self.assertEqual(len(refits), 1)
         free, settings = refits[0]
@@ -626,18 +633,10 @@ class DeblendTaskTestCase(MadnessTestCase):
         nearest the added one (peak 0, 8.6 px from the lost galaxy 1; peak 2 is 12.6 px away), under
         the same bound; peak 2 holds its position, and both moved sources end on their galaxies."""
         lost = 1
-        det, spans = self._blend_a_missing([lost])
-        calls = []
-        original = MadnessDeblender.deblend_batch
-
-        def recording(deblender, blends, **kwargs):
-            calls.extend((len(b["peaks_xy"]), b.get("fit_offsets"), kwargs["settings"]) for b in blends)
-            return original(deblender, blends, **kwargs)
-
-        config = run_config(doResidualPeaks=True, residualPeakMaxOffset=2.0, residualPeakMoveNeighbours=True)
-        task = MadnessDeblendTask(config=config)
-        with mock.patch.object(MadnessDeblender, "deblend_batch", recording):
-            on = task.run(coadds=self.coadds, detections=det, detectionSpans=spans).deblendedCatalog
+        on, calls = self._recordedRun(
+            [lost], doResidualPeaks=True, residualPeakMaxOffset=2.0, residualPeakMoveNeighbours=True
+        )
+        det, _ = self._blend_a_missing([lost])
         refits = [(free, settings) for n, free, settings in calls if n == 3]
         self.assertEqual(len(refits), 1)
         free, settings = refits[0]
